@@ -1,0 +1,28 @@
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from diploi.launcher import LaunchError, Launcher
+
+
+class Command(BaseCommand):
+    help = "Start the whole platform on this machine: Redis (embedded unless REDIS_URL is set), web, worker."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--port", type=int, default=8000, help="HTTP port of the dashboard (default 8000)")
+        parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+        parser.add_argument("--data-dir", type=Path, default=settings.DATA_DIR, help="where Diploi keeps its data")
+
+    def handle(self, *args, port: int, host: str, data_dir: Path, **options) -> None:
+        if not 1 <= port <= 65535:
+            raise CommandError(f"--port {port} is not a TCP port number")
+        data_dir = data_dir.resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        launcher = Launcher(host, port, data_dir, grace=settings.DIPLOI_SHUTDOWN_GRACE, extra=[])
+        try:
+            code = launcher.run()
+        except LaunchError as e:
+            raise CommandError(str(e)) from None
+        if code:
+            raise SystemExit(code)

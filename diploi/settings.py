@@ -1,0 +1,191 @@
+"""Diploi settings. Configuration comes from environment variables only; .env.example lists them."""
+
+import secrets
+from pathlib import Path
+
+import dj_database_url
+
+from diploi.env import envbool, envchoice, envint, envlist, envstr
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DATA_DIR = Path(envstr("DIPLOI_DATA_DIR", str(BASE_DIR / "data"))).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    """An explicit key wins; otherwise one is generated once and kept in the data directory."""
+    key = envstr("DIPLOI_SECRET_KEY")
+    if key:
+        return key
+    path = DATA_DIR / "secret_key"
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = envbool("DIPLOI_DEBUG", False)
+ALLOWED_HOSTS = envlist("DIPLOI_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", ".localhost"])
+CSRF_TRUSTED_ORIGINS = envlist("DIPLOI_CSRF_TRUSTED_ORIGINS", [])
+SITE_URL = envstr("DIPLOI_SITE_URL", "http://localhost:8000")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "channels",
+    "django_htmx",
+    "template_partials",
+    "allauth",
+    "allauth.account",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.github",
+    "accounts",
+    "projects",
+    "deployments",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
+]
+
+ROOT_URLCONF = "diploi.urls"
+ASGI_APPLICATION = "diploi.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        envstr("DATABASE_URL", f"sqlite:///{DATA_DIR / 'diploi.sqlite3'}"), conn_max_age=0
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The web server, the worker and the monitor share one SQLite file: WAL lets readers run
+    # beside a writer, and IMMEDIATE transactions wait for the write lock instead of failing.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_USER_MODEL = "accounts.User"
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "account_login"
+LOGIN_REDIRECT_URL = "projects:list"
+ACCOUNT_LOGOUT_REDIRECT_URL = "account_login"
+ACCOUNT_LOGIN_METHODS = {"username", "email"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "username*", "password1*", "password2*"]
+ACCOUNT_EMAIL_VERIFICATION = envchoice("DIPLOI_EMAIL_VERIFICATION", "optional", ("none", "optional", "mandatory"))
+ACCOUNT_LOGOUT_ON_GET = False
+ACCOUNT_PREVENT_ENUMERATION = True
+
+GITHUB_CLIENT_ID = envstr("DIPLOI_GITHUB_CLIENT_ID")
+GITHUB_SECRET = envstr("DIPLOI_GITHUB_SECRET")
+SOCIALACCOUNT_PROVIDERS = {}
+if GITHUB_CLIENT_ID and GITHUB_SECRET:
+    SOCIALACCOUNT_PROVIDERS["github"] = {
+        "APPS": [{"client_id": GITHUB_CLIENT_ID, "secret": GITHUB_SECRET, "key": ""}],
+        "SCOPE": ["read:user", "user:email"],
+    }
+
+EMAIL_HOST = envstr("DIPLOI_EMAIL_HOST")
+if EMAIL_HOST:
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_PORT = envint("DIPLOI_EMAIL_PORT", 587, minimum=1, maximum=65535)
+    EMAIL_HOST_USER = envstr("DIPLOI_EMAIL_USER")
+    EMAIL_HOST_PASSWORD = envstr("DIPLOI_EMAIL_PASSWORD")
+    EMAIL_USE_TLS = envbool("DIPLOI_EMAIL_TLS", True)
+else:
+    # Without a mail server, password-reset and verification mails are printed by the web process.
+    EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+DEFAULT_FROM_EMAIL = envstr("DIPLOI_EMAIL_FROM", "diploi@localhost")
+
+# Redis carries Celery's queue and the Channels layer. `manage.py up` starts an embedded server and
+# sets REDIS_URL for its children when it is not set; processes started by hand need it set.
+REDIS_URL = envstr("REDIS_URL")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+CELERY_BROKER_URL = REDIS_URL or "memory://"
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+DIPLOI_RUNTIME = envchoice("DIPLOI_RUNTIME", "local", ("local", "kubernetes"))
+DIPLOI_BASE_DOMAIN = envstr("DIPLOI_BASE_DOMAIN", "localhost")
+DIPLOI_GIT_TIMEOUT = envint("DIPLOI_GIT_TIMEOUT", 60, minimum=1)
+DIPLOI_SSH_PORT = envint("DIPLOI_SSH_PORT", 2222, minimum=1, maximum=65535)
+DIPLOI_SHUTDOWN_GRACE = envint("DIPLOI_SHUTDOWN_GRACE", 10, minimum=0)
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = envstr("DIPLOI_TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise warns when it is missing
+STATICFILES_DIRS = [BASE_DIR / "static"]
+# Served straight from the apps' and project's static folders, so no collectstatic step is needed.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = envbool("DIPLOI_SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+X_FRAME_OPTIONS = "DENY"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": envstr("DIPLOI_LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

@@ -1,0 +1,11 @@
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import RedirectView
+
+urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="projects:list", permanent=False)),
+    path("accounts/", include("allauth.urls")),
+    path("account/", include("accounts.urls")),
+    path("projects/", include("projects.urls")),
+    path("admin/", admin.site.urls),
+]

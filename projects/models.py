@@ -1,0 +1,72 @@
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+
+from projects.stackerrors import StackError
+from projects.validators import validate_branch_name, validate_dns_label, validate_repository
+
+
+class Role(models.TextChoices):
+    OWNER = "owner", "Owner"
+    DEVELOPER = "developer", "Developer"
+    VIEWER = "viewer", "Viewer"
+
+
+WRITE_ROLES = (Role.OWNER, Role.DEVELOPER)
+
+
+class Project(models.Model):
+    name = models.CharField(max_length=100)
+    slug = models.SlugField(max_length=63, unique=True, validators=[validate_dns_label])
+    repository = models.CharField(
+        max_length=500, validators=[validate_repository], help_text="Git URL, or the absolute path of a local repository."
+    )
+    default_branch = models.CharField(max_length=255, default="main", validators=[validate_branch_name])
+    created = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+
+    # What the last read of the stack file found on the default branch.
+    stack_commit = models.CharField(max_length=40, blank=True)
+    stack = models.JSONField(null=True, blank=True)
+    stack_errors = models.JSONField(default=list, blank=True)
+    stack_checked = models.DateTimeField(null=True, blank=True)
+
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="projects")
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("projects:detail", args=[self.slug])
+
+    @property
+    def errors(self) -> list[StackError]:
+        return [StackError(**e) for e in self.stack_errors]
+
+    # Set by get_project_for_user: the role of the user who asked.
+    role: str = ""
+
+    @property
+    def can_write(self) -> bool:
+        return self.role in WRITE_ROLES
+
+    @property
+    def is_owner(self) -> bool:
+        return self.role == Role.OWNER
+
+
+class Membership(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.DEVELOPER)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "user"], name="one_membership_per_user")]
+        ordering = ["created"]
+
+    def __str__(self) -> str:
+        return f"{self.user} is {self.role} of {self.project}"

@@ -1,0 +1,59 @@
+"""Reading a project's stack file from its repository and storing what was found."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.utils import timezone
+
+from projects import git
+from projects.models import Project
+from projects.stackerrors import StackError
+from projects.stackfile import STACK_FILE, Stack, parse_stack
+
+
+@dataclass
+class GitTree:
+    """The repository at one commit, as the stack file parser reads it."""
+
+    mirror: Path
+    commit: str
+
+    def read(self, path: str) -> bytes | None:
+        return git.read_file(self.mirror, self.commit, path)
+
+    def is_folder(self, path: str) -> bool:
+        return git.is_folder(self.mirror, self.commit, path)
+
+
+def project_mirror(project: Project) -> Path:
+    return git.mirror_path(f"project-{project.pk}")
+
+
+def read_stack(repository: str, mirror: Path, branch: str) -> tuple[str, Stack | None, list[StackError]]:
+    """Fetch the branch and parse its stack file: (commit, stack, errors). Never raises GitError."""
+    try:
+        git.sync_mirror(repository, mirror)
+        commit = git.resolve_branch(mirror, branch)
+    except git.GitError as e:
+        return "", None, [StackError("repository", "", str(e))]
+    tree = GitTree(mirror, commit)
+    stack, errors = parse_stack(tree.read(STACK_FILE), tree)
+    return commit, stack, errors
+
+
+def refresh_stack(project: Project) -> None:
+    """Re-read the stack file of the project's default branch and store the outcome."""
+    commit, stack, errors = read_stack(project.repository, project_mirror(project), project.default_branch)
+    project.stack_commit = commit
+    project.stack = stack.as_dict() if stack else None
+    project.stack_errors = [e.as_dict() for e in errors]
+    project.stack_checked = timezone.now()
+    project.save(update_fields=["stack_commit", "stack", "stack_errors", "stack_checked"])
+
+
+def branches(project: Project) -> list[str]:
+    """The repository's branches as of the last fetch (empty when it could not be read)."""
+    try:
+        return git.list_branches(project_mirror(project))
+    except git.GitError:
+        return []

@@ -1,0 +1,16 @@
+from django.urls import path
+
+from projects import views
+
+app_name = "projects"
+urlpatterns = [
+    path("", views.project_list, name="list"),
+    path("new/", views.project_create, name="create"),
+    path("<slug:slug>/", views.project_detail, name="detail"),
+    path("<slug:slug>/refresh/", views.project_refresh, name="refresh"),
+    path("<slug:slug>/settings/", views.project_settings, name="settings"),
+    path("<slug:slug>/members/", views.member_add, name="member_add"),
+    path("<slug:slug>/members/<int:pk>/", views.member_update, name="member_update"),
+    path("<slug:slug>/members/<int:pk>/remove/", views.member_remove, name="member_remove"),
+    path("<slug:slug>/delete/", views.project_delete, name="delete"),
+]

@@ -1,0 +1,83 @@
+"""Validation of names that users type and that later reach Git, DNS or a process environment."""
+
+import re
+from pathlib import PurePosixPath
+
+from django.core.exceptions import ValidationError
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+_SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+$")
+_URL = re.compile(r"^(https?|ssh|git|file)://[^\s]+$")
+
+
+def dns_label_error(value: str) -> str | None:
+    if not value:
+        return "must not be empty"
+    if len(value) > 63:
+        return "must be at most 63 characters"
+    if not _DNS_LABEL.match(value):
+        return "may contain only lowercase letters, digits and '-', and must start and end with a letter or digit"
+    return None
+
+
+def validate_dns_label(value: str) -> None:
+    if error := dns_label_error(value):
+        raise ValidationError(f"“{value}” {error}.")
+
+
+def env_name_error(value: str) -> str | None:
+    if not _ENV_NAME.match(value or ""):
+        return "must be letters, digits and '_', not starting with a digit"
+    return None
+
+
+def validate_branch_name(value: str) -> None:
+    """The rules of `git check-ref-format --branch`, checked without running git."""
+    reason = None
+    if not value:
+        reason = "must not be empty"
+    elif len(value) > 255:
+        reason = "is too long"
+    elif value.startswith("-"):
+        reason = "must not start with '-'"
+    elif value == "@" or "@{" in value:
+        reason = "must not be '@' or contain '@{'"
+    elif _REF_FORBIDDEN.search(value):
+        reason = "must not contain spaces, control characters or any of ~ ^ : ? * [ \\"
+    elif ".." in value or "//" in value or value.startswith("/") or value.endswith("/") or value.endswith("."):
+        reason = "must not contain '..' or '//', nor start or end with '/', nor end with '.'"
+    elif any(part.startswith(".") or part.endswith(".lock") for part in value.split("/")):
+        reason = "must not have a part that starts with '.' or ends with '.lock'"
+    if reason:
+        raise ValidationError(f"“{value}” is not a valid branch name: it {reason}.")
+
+
+def validate_repository(value: str) -> None:
+    """A URL git can fetch over https/ssh/git/file, an scp-like address, or an absolute local path.
+
+    Git's other transports (ext::, fd::) can run commands, and a leading '-' would be read as an
+    option, so neither is accepted.
+    """
+    if value.startswith("-") or "::" in value:
+        raise ValidationError("This repository address is not allowed.")
+    if _URL.match(value) or _SCP_LIKE.match(value):
+        return
+    if value.startswith("/") and "\n" not in value:
+        return
+    raise ValidationError(
+        "Enter a Git URL (https://…, ssh://…, git@host:path) or the absolute path of a repository on this machine."
+    )
+
+
+def safe_relative_folder(value: str) -> str | None:
+    """Normalise a folder inside the repository ('/web', 'web/', '.'); None when it escapes the repository."""
+    path = PurePosixPath("/" + value.strip())
+    parts: list[str] = []
+    for part in path.parts[1:]:
+        if part == "..":
+            return None
+        if part not in (".", ""):
+            parts.append(part)
+    return "/".join(parts) or "."
