@@ -13,6 +13,7 @@ from projects.validators import dns_label_error, env_name_error, safe_relative_f
 STACK_FILE = "diploi.yaml"
 SUPPORTED_VERSIONS = ("v1.0",)
 MAX_STACK_BYTES = 64 * 1024
+_ARTICLE = {"component": "a component", "addon": "an add-on"}
 _INCLUDE = re.compile(r"^(?P<ident>[^.\s]+)\.(?P<name>\*|[^:\s]+)(?::(?P<alias>\S+))?$")
 
 
@@ -166,7 +167,7 @@ def _services(
             if reason:
                 p.add(f"{where}.package", reason)
             elif package and package.kind != kind:
-                p.add(f"{where}.package", f"“{ref}” is an {package.kind} package and cannot be used as {'an' if kind == 'addon' else 'a'} {kind}")
+                p.add(f"{where}.package", f"“{ref}” is {_ARTICLE[package.kind]} package and cannot be used as {_ARTICLE[kind]}")
         if package and identifier and folder is not None and not any(e.field.startswith(where) for e in p.errors):
             services.append(Service(str(item["name"]), identifier, kind, folder, package))
     return services

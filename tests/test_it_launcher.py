@@ -1,0 +1,188 @@
+"""`manage.py up` for real: embedded Redis, migrations, demo account, daphne and a Celery worker."""
+
+import contextlib
+import http.cookiejar
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+GRACE = 3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Platform:
+    def __init__(self, data_dir: Path, port: int) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "DIPLOI_DATA_DIR")}
+        env["DIPLOI_SHUTDOWN_GRACE"] = str(GRACE)
+        self.port = port
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", "up", "--port", str(port), "--data-dir", str(data_dir)],
+            cwd=BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 120) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if m := re.search(pattern, self.output()):
+                return m
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"no {pattern!r} in the launcher's output:\n{self.output()[-3000:]}")
+
+    def descendants(self) -> list[psutil.Process]:
+        return psutil.Process(self.proc.pid).children(recursive=True)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=GRACE * 3 + 20)
+
+    def kill(self) -> None:
+        """Test clean-up only: whatever is still running after a failed assertion."""
+        if self.proc.poll() is not None:
+            return
+        for p in [*self.descendants(), psutil.Process(self.proc.pid)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+
+
+@pytest.fixture
+def platform(tmp_path: Path):
+    p = Platform(tmp_path / "data", free_port())
+    yield p
+    p.kill()
+
+
+def log_in(port: int, username: str, password: str) -> urllib.request.OpenerDirector:
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    base = f"http://localhost:{port}"
+    page = opener.open(f"{base}/accounts/login/").read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    data = urllib.parse.urlencode({"csrfmiddlewaretoken": token, "login": username, "password": password}).encode()
+    response = opener.open(f"{base}/accounts/login/", data)
+    assert response.url == f"{base}/projects/", response.url
+    return opener
+
+
+def assert_all_gone(procs: list[psutil.Process]) -> None:
+    alive = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(f"{p.pid} {' '.join(p.cmdline())}")
+        except psutil.NoSuchProcess:
+            pass
+    assert not alive, f"left behind: {alive}"
+
+
+def test_it_starts_everything_logs_in_and_stops_cleanly(platform: Platform) -> None:
+    url = platform.wait_for(r"Diploi is running at (http://\S+)").group(1)
+    assert url == f"http://localhost:{platform.port}/"
+    m = platform.wait_for(r"username: (\S+) password: (\S+)")
+    platform.wait_for(r"celery@\S+ ready")
+
+    opener = log_in(platform.port, m.group(1), m.group(2))
+    projects = opener.open(f"{url}projects/").read().decode()
+    assert "Diploi sample" in projects
+    detail = opener.open(f"{url}projects/diploi-sample/").read().decode()
+    assert "Valid at commit" in detail
+
+    procs = platform.descendants()
+    names = " ".join(" ".join(p.cmdline()) for p in procs)
+    assert "valkey-server" in names and "daphne" in names and "celery" in names
+
+    assert platform.stop() == 0
+    assert_all_gone(procs)
+    assert "stopped" in platform.output()
+
+
+def test_it_stops_everything_under_load(platform: Platform) -> None:
+    platform.wait_for(r"Diploi is running at")
+    platform.wait_for(r"celery@\S+ ready")
+    procs = platform.descendants()
+
+    stop_load = threading.Event()
+    served = []
+
+    def hammer() -> None:
+        while not stop_load.is_set():
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{platform.port}/accounts/login/", timeout=2).read()
+                served.append(1)
+            except (urllib.error.URLError, OSError):
+                pass
+
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(20)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(served) < 100 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert len(served) >= 100
+        platform.stop()
+    finally:
+        stop_load.set()
+        for t in threads:
+            t.join(timeout=5)
+    assert_all_gone(procs)
+
+
+def test_the_demo_account_is_created_once(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = Platform(data, free_port())
+    try:
+        first.wait_for(r"Diploi is running at")
+        assert "password:" in first.output()
+        first.stop()
+        second = Platform(data, free_port())
+        try:
+            second.wait_for(r"Diploi is running at")
+            assert "password:" not in second.output()
+            second.stop()
+        finally:
+            second.kill()
+    finally:
+        first.kill()
+
+
+def test_a_used_port_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "manage.py", "up", "--port", str(port), "--data-dir", str(tmp_path / "d")],
+            cwd=BASE_DIR, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode != 0
+    assert f"Port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert "Traceback" not in result.stderr

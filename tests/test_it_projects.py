@@ -1,0 +1,126 @@
+import html
+from pathlib import Path
+
+import pytest
+
+from deployments.models import Deployment
+from projects.models import Membership, Project, Role
+
+
+def test_it_creates_a_project_and_reads_its_stack(cast, sample_repo: Path) -> None:
+    client = cast.client(cast.outsider)
+    r = client.post("/projects/new/", {"name": "My Shop!", "repository": str(sample_repo), "default_branch": "main"})
+    project = Project.objects.get(name="My Shop!")
+    assert r.status_code == 302 and r["Location"] == f"/projects/{project.slug}/"
+    assert project.slug == "my-shop"
+    assert Membership.objects.get(project=project).user == cast.outsider
+    assert Membership.objects.get(project=project).role == Role.OWNER
+    assert project.stack_errors == [] and project.stack["addons"][0]["identifier"] == "redis"
+
+
+def test_it_gives_unique_slugs(cast, sample_repo: Path) -> None:
+    client = cast.client(cast.owner)
+    for _ in range(2):
+        client.post("/projects/new/", {"name": "Shop", "repository": str(sample_repo), "default_branch": "main"})
+    assert sorted(Project.objects.values_list("slug", flat=True)) == ["shop", "shop-2", "shop-3"]
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("default_branch", "feature..x", "is not a valid branch name"),
+        ("default_branch", "-rf", "must not start with '-'"),
+        ("default_branch", "a b", "must not contain spaces"),
+        ("default_branch", "topic.lock", "ends with '.lock'"),
+        ("repository", "ext::sh -c touch% /tmp/pwned", "This repository address is not allowed."),
+        ("repository", "--upload-pack=touch /tmp/x", "This repository address is not allowed."),
+        ("repository", "relative/path", "Enter a Git URL"),
+        ("name", "!!!", "must contain at least one letter or digit"),
+        ("name", "", "This field is required."),
+    ],
+)
+def test_it_rejects_bad_input_and_keeps_what_was_typed(cast, sample_repo: Path, field: str, value: str, message: str) -> None:
+    data = {"name": "Shop", "repository": str(sample_repo), "default_branch": "main", field: value}
+    r = cast.client(cast.owner).post("/projects/new/", data, headers={"HX-Request": "true"})
+    body = html.unescape(r.content.decode())
+    assert r.status_code == 200 and message in body
+    assert '<form id="project-form"' in body and "<html" not in body
+    assert str(sample_repo) in body or field == "repository"
+    assert Project.objects.count() == 1
+
+
+def test_an_unreadable_repository_is_a_message_not_a_500(cast, tmp_path: Path) -> None:
+    client = cast.client(cast.owner)
+    r = client.post("/projects/new/", {"name": "Gone", "repository": str(tmp_path / "missing"), "default_branch": "main"})
+    assert r.status_code == 302
+    page = client.get(r["Location"])
+    assert page.status_code == 200
+    assert "Could not read the repository" in page.content.decode()
+
+
+def test_an_owner_manages_members(cast) -> None:
+    client = cast.client(cast.owner)
+    url = f"/projects/{cast.project.slug}/members/"
+    assert client.post(url, {"who": "OUTSIDER@example.com", "role": "viewer"}).status_code == 302
+    membership = Membership.objects.get(project=cast.project, user=cast.outsider)
+    assert membership.role == Role.VIEWER
+
+    r = client.post(url, {"who": "outsider", "role": "developer"})
+    assert "outsider is already a member." in r.content.decode()
+    r = client.post(url, {"who": "nobody", "role": "viewer"})
+    assert "There is no user “nobody”." in r.content.decode()
+
+    client.post(f"/projects/{cast.project.slug}/members/{membership.pk}/", {"role": "developer"})
+    assert Membership.objects.get(pk=membership.pk).role == Role.DEVELOPER
+    client.post(f"/projects/{cast.project.slug}/members/{membership.pk}/remove/")
+    assert not Membership.objects.filter(pk=membership.pk).exists()
+    assert cast.client(cast.outsider).get(f"/projects/{cast.project.slug}/").status_code == 404
+
+
+def test_the_last_owner_stays(cast) -> None:
+    client = cast.client(cast.owner)
+    mine = Membership.objects.get(project=cast.project, user=cast.owner)
+    client.post(f"/projects/{cast.project.slug}/members/{mine.pk}/", {"role": "viewer"})
+    client.post(f"/projects/{cast.project.slug}/members/{mine.pk}/remove/")
+    assert Membership.objects.get(pk=mine.pk).role == Role.OWNER
+    page = client.get(f"/projects/{cast.project.slug}/settings/").content.decode()
+    assert "A project needs at least one owner" in page
+
+    # With a second owner, the first may step down.
+    dev = Membership.objects.get(project=cast.project, user=cast.developer)
+    client.post(f"/projects/{cast.project.slug}/members/{dev.pk}/", {"role": "owner"})
+    client.post(f"/projects/{cast.project.slug}/members/{mine.pk}/", {"role": "viewer"})
+    assert Membership.objects.get(pk=mine.pk).role == Role.VIEWER
+
+
+def test_a_project_with_deployments_cannot_be_deleted(cast) -> None:
+    Deployment.objects.create(project=cast.project, name="dev", slug="dev", branch="main")
+    client = cast.client(cast.owner)
+    r = client.post(f"/projects/{cast.project.slug}/delete/", {"confirm": "Shop"})
+    assert "This project still has deployments. Delete them first" in r.content.decode()
+    assert Project.objects.filter(pk=cast.project.pk).exists()
+    assert "still has deployments" in client.get(f"/projects/{cast.project.slug}/settings/").content.decode()
+
+
+def test_deleting_needs_the_exact_name(cast, data_dir: Path) -> None:
+    client = cast.client(cast.owner)
+    r = client.post(f"/projects/{cast.project.slug}/delete/", {"confirm": "shop"})
+    assert "Type “Shop” exactly" in r.content.decode()
+    assert Project.objects.filter(pk=cast.project.pk).exists()
+    mirror = data_dir / "git" / f"project-{cast.project.pk}.git"
+    assert mirror.exists()
+
+    r = client.post(f"/projects/{cast.project.slug}/delete/", {"confirm": "Shop"})
+    assert r.status_code == 302 and r["Location"] == "/projects/"
+    assert not Project.objects.filter(pk=cast.project.pk).exists()
+    assert not Membership.objects.exists()
+    assert not mirror.exists()
+
+
+def test_changing_the_branch_rereads_the_stack(cast) -> None:
+    client = cast.client(cast.developer)
+    data = {"name": "Shop", "repository": cast.project.repository, "default_branch": "nope"}
+    client.post(f"/projects/{cast.project.slug}/settings/", data)
+    project = Project.objects.get(pk=cast.project.pk)
+    assert project.default_branch == "nope"
+    assert "does not exist" in project.stack_errors[0]["message"]
