@@ -1,0 +1,140 @@
+"""The runtime seam: the one interface through which Diploi touches processes, containers or clusters.
+
+Views, tasks and the monitor build a DeploymentSpec from the database and call a Runtime; they never
+start processes or talk to a cluster themselves. Implementations: local.py (processes on this
+machine) and kubernetes.py.
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+
+class Colour(str, Enum):
+    GREEN = "green"
+    YELLOW = "yellow"
+    RED = "red"
+    PENDING = "pending"
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    name: str
+    port: int
+    public: bool = False
+    protocol: str = "http"
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    name: str
+    path: str
+    size: str
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One component or add-on of a deployment, with everything needed to run it."""
+
+    identifier: str
+    kind: str  # "component" | "addon"
+    package: str
+    folder: str
+    commands: dict[str, str]
+    ports: tuple[PortSpec, ...]
+    env: dict[str, str]  # decrypted, final values for this service's processes
+    volumes: tuple[VolumeSpec, ...] = ()
+    health: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """A plain description of what should be running, built from the database and the stack file."""
+
+    id: int
+    slug: str
+    project_slug: str
+    stage: str  # development | staging | production
+    repository: str
+    branch: str
+    commit: str
+    enabled: bool
+    services: tuple[ServiceSpec, ...]
+    hosts: tuple[str, ...] = ()
+    release: str = ""  # staging/production: the release (build) to run
+
+
+@dataclass(frozen=True)
+class ItemState:
+    """One item of the status tree (a volume, a build, a container, a service)."""
+
+    name: str
+    colour: Colour
+    message: str = ""
+    restarts: int = 0
+    cpu_percent: float | None = None
+    memory_bytes: int | None = None
+    started_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the runtime sees of one deployment at one moment."""
+
+    storage: tuple[ItemState, ...] = ()
+    builds: tuple[ItemState, ...] = ()
+    containers: tuple[ItemState, ...] = ()
+    services: tuple[ItemState, ...] = ()
+
+
+class Progress(Protocol):
+    def __call__(self, step: str, percent: int, line: str | None = None) -> None: ...
+
+
+class Shell(Protocol):
+    """A bidirectional stream into a running service (used by the SSH gateway)."""
+
+    def write(self, data: bytes) -> None: ...
+    def read(self, size: int = -1) -> bytes: ...
+    def resize(self, columns: int, rows: int) -> None: ...
+    def close(self) -> int: ...
+
+
+class RuntimeFailure(Exception):
+    """Base of the errors a runtime raises; `transient` ones are worth retrying."""
+
+    transient = False
+
+
+class Runtime(ABC):
+    @abstractmethod
+    def apply(self, spec: DeploymentSpec) -> None:
+        """Make reality match the spec; idempotent."""
+
+    @abstractmethod
+    def build(self, spec: DeploymentSpec, progress: Progress) -> str:
+        """Turn spec.commit into an immutable release and return its identifier."""
+
+    @abstractmethod
+    def set_enabled(self, spec: DeploymentSpec, enabled: bool) -> None:
+        """Stop or start every service without losing storage."""
+
+    @abstractmethod
+    def restart(self, spec: DeploymentSpec, service: str) -> None: ...
+
+    @abstractmethod
+    def observe(self, specs: list[DeploymentSpec]) -> dict[int, Observation]:
+        """One batched look at many deployments."""
+
+    @abstractmethod
+    def logs(self, spec: DeploymentSpec, service: str, follow: bool = False, since: float | None = None) -> Iterator[str]: ...
+
+    @abstractmethod
+    def open_shell(self, spec: DeploymentSpec, service: str, command: str | None, pty: bool) -> Shell: ...
+
+    @abstractmethod
+    def destroy(self, spec: DeploymentSpec) -> None:
+        """Remove everything of the deployment, storage included; safe to call again."""
+
