@@ -1,7 +1,7 @@
 from django import forms
 
 from accounts.models import SSHKey
-from accounts.sshkeys import InvalidKey, PublicKey, parse_public_key
+from accounts.sshkeys import InvalidKey, PrivateKeyPasted, PublicKey, parse_public_key
 
 
 class SSHKeyForm(forms.Form):
@@ -17,10 +17,11 @@ class SSHKeyForm(forms.Form):
     def clean_public_key(self) -> str:
         try:
             self.parsed = parse_public_key(self.cleaned_data["public_key"])
-        except InvalidKey as e:
-            # Never echo the submitted text back: it may be a private key.
+        except PrivateKeyPasted as e:
             self.data = self.data.copy()
-            self.data["public_key"] = ""
+            self.data["public_key"] = ""  # never echo a private key back
+            raise forms.ValidationError(str(e)) from None
+        except InvalidKey as e:
             raise forms.ValidationError(str(e)) from None
         if SSHKey.objects.filter(fingerprint=self.parsed.fingerprint).exists():
             raise forms.ValidationError("This key is already registered.")

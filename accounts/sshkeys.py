@@ -26,6 +26,10 @@ class InvalidKey(ValueError):
     pass
 
 
+class PrivateKeyPasted(InvalidKey):
+    """A private key was pasted: it must not be echoed back, stored or logged."""
+
+
 @dataclass(frozen=True)
 class PublicKey:
     key_type: str
@@ -54,7 +58,7 @@ def parse_public_key(text: str) -> PublicKey:
     if not text:
         raise InvalidKey("Paste a public key.")
     if _PRIVATE_MARKERS.search(text):
-        raise InvalidKey(
+        raise PrivateKeyPasted(
             "This is a private key. It was not saved. Paste the public key instead "
             "(the contents of the .pub file, e.g. ~/.ssh/id_ed25519.pub)."
         )

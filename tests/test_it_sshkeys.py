@@ -137,6 +137,7 @@ def test_it_renders_the_htmx_partial_with_errors(cast) -> None:
     assert body.lstrip().startswith('<div id="ssh-keys">')
     assert "<html" not in body
     assert "does not look like an SSH public key" in body
+    assert "nonsense</textarea>" in body  # what was typed stays, to be corrected
 
 
 def test_it_answers_404_for_someone_elses_key(cast) -> None:
