@@ -1,5 +1,9 @@
-from django.db import models
+from django.conf import settings
+from django.db import models, transaction
+from django.urls import reverse
+from django.utils import timezone
 
+from deployments.crypto import EncryptedTextField
 from projects.models import Project
 from projects.validators import validate_branch_name, validate_dns_label
 
@@ -8,6 +12,16 @@ class Stage(models.TextChoices):
     DEVELOPMENT = "development", "Development"
     STAGING = "staging", "Staging"
     PRODUCTION = "production", "Production"
+
+
+class State(models.TextChoices):
+    PENDING = "pending", "Pending"
+    PROVISIONING = "provisioning", "Provisioning"
+    BUILDING = "building", "Building"
+    RUNNING = "running", "Running"
+    STOPPED = "stopped", "Stopped"
+    FAILED = "failed", "Failed"
+    DELETING = "deleting", "Deleting"
 
 
 class Deployment(models.Model):
@@ -19,7 +33,17 @@ class Deployment(models.Model):
     slug = models.SlugField(max_length=63, validators=[validate_dns_label])
     stage = models.CharField(max_length=20, choices=Stage.choices, default=Stage.DEVELOPMENT)
     branch = models.CharField(max_length=255, validators=[validate_branch_name])
+    enabled = models.BooleanField(default=True)
+    state = models.CharField(max_length=20, choices=State.choices, default=State.PENDING)
+    state_reason = models.CharField(max_length=500, blank=True)
+    commit = models.CharField(max_length=40, blank=True, help_text="The commit the deployment runs (or checked out).")
+    release = models.ForeignKey("Build", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    status = models.JSONField(default=dict, blank=True, help_text="The last status tree the runtime reported.")
+    endpoints = models.JSONField(default=dict, blank=True, help_text="Public URL per component.")
+    # Generated passwords of the add-ons, {identifier: password}, encrypted as one JSON document.
+    credentials = EncryptedTextField(default="{}")
     created = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["project", "slug"], name="deployment_slug_unique_per_project")]
@@ -27,3 +51,100 @@ class Deployment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.project.slug}/{self.slug}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("deployments:detail", args=[self.project.slug, self.slug])
+
+    @property
+    def builds_releases(self) -> bool:
+        return self.stage != Stage.DEVELOPMENT
+
+    def transition(self, to: str, actor: str, reason: str = "") -> None:
+        """Move to state `to` and record who/what did it and why (no record when nothing changes)."""
+        with transaction.atomic():
+            current = Deployment.objects.select_for_update().filter(pk=self.pk).values_list("state", "state_reason").first()
+            if current is None:
+                return
+            if current == (to, reason[:500]):
+                self.state, self.state_reason = current
+                return
+            Deployment.objects.filter(pk=self.pk).update(state=to, state_reason=reason[:500])
+            StateTransition.objects.create(deployment_id=self.pk, from_state=current[0], to_state=to, actor=actor, reason=reason[:500])
+        self.state, self.state_reason = to, reason[:500]
+
+
+class StateTransition(models.Model):
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="transitions")
+    from_state = models.CharField(max_length=20, choices=State.choices)
+    to_state = models.CharField(max_length=20, choices=State.choices)
+    actor = models.CharField(max_length=100, help_text="user:<name>, task:<name>, monitor or cli")
+    reason = models.CharField(max_length=500, blank=True)
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["at", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.from_state} → {self.to_state} by {self.actor}"
+
+
+class BuildStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+BUILD_STEPS = ("clone", "install", "build", "release")
+
+
+def _initial_steps() -> list[dict]:
+    return [{"name": name, "status": BuildStatus.QUEUED, "started": None, "finished": None} for name in BUILD_STEPS]
+
+
+class Build(models.Model):
+    """One commit turned into an immutable release (staging and production)."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="builds")
+    commit = models.CharField(max_length=40)
+    status = models.CharField(max_length=20, choices=BuildStatus.choices, default=BuildStatus.QUEUED)
+    progress = models.PositiveSmallIntegerField(default=0)
+    steps = models.JSONField(default=_initial_steps)
+    log = models.TextField(blank=True)
+    error = models.CharField(max_length=500, blank=True)
+    external_url = models.URLField(blank=True, help_text="The CI run that built this release, when built elsewhere.")
+    created = models.DateTimeField(auto_now_add=True)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-pk"]
+
+    def __str__(self) -> str:
+        return f"build {self.pk} of {self.commit[:10]} ({self.status})"
+
+    def append_log(self, text: str) -> None:
+        """Keep the log bounded: when it grows past the limit, the oldest part goes."""
+        limit = settings.DIPLOI_BUILD_LOG_LIMIT
+        log = self.log + text
+        if len(log) > limit:
+            log = "[… earlier output trimmed …]\n" + log[-(limit - 40) :]
+        self.log = log
+
+
+class EnvVar(models.Model):
+    """A user-set variable. `service` is empty for every component, or one component's identifier."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="env_vars")
+    service = models.CharField(max_length=63, blank=True)
+    key = models.CharField(max_length=255)
+    value = EncryptedTextField(blank=True)
+    secret = models.BooleanField(default=False)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["deployment", "service", "key"], name="env_key_unique")]
+        ordering = ["service", "key"]
+
+    def __str__(self) -> str:
+        return f"{self.service or '*'}:{self.key}"

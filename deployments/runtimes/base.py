@@ -35,17 +35,34 @@ class VolumeSpec:
 
 
 @dataclass(frozen=True)
+class EnvImport:
+    """A variable a service takes from another one's exports (from the stack file's env.include)."""
+
+    name: str  # the name in the importing service
+    source: str  # identifier of the providing service
+    source_name: str  # the name the provider exports
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
-    """One component or add-on of a deployment, with everything needed to run it."""
+    """One component or add-on of a deployment, with everything needed to run it.
+
+    Commands and exports are templates: {host}, {port}, {port.<name>}, {password}, {storage.<name>},
+    {code}, {identifier}, {deployment}, {stage}. Each runtime fills them in with its own addresses.
+    """
 
     identifier: str
+    name: str
     kind: str  # "component" | "addon"
     package: str
     folder: str
     commands: dict[str, str]
-    ports: tuple[PortSpec, ...]
-    env: dict[str, str]  # decrypted, final values for this service's processes
+    ports: tuple[PortSpec, ...] = ()
     volumes: tuple[VolumeSpec, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)  # literal values, decrypted
+    exports: dict[str, str] = field(default_factory=dict)
+    imports: tuple[EnvImport, ...] = ()
+    password: str = ""
     health: dict[str, object] = field(default_factory=dict)
 
 
@@ -61,9 +78,15 @@ class DeploymentSpec:
     branch: str
     commit: str
     enabled: bool
-    services: tuple[ServiceSpec, ...]
+    services: tuple[ServiceSpec, ...] = ()
     hosts: tuple[str, ...] = ()
     release: str = ""  # staging/production: the release (build) to run
+
+    def service(self, identifier: str) -> ServiceSpec:
+        for s in self.services:
+            if s.identifier == identifier:
+                return s
+        raise UnknownService(f"the deployment has no component or add-on “{identifier}”")
 
 
 @dataclass(frozen=True)
@@ -103,19 +126,31 @@ class Shell(Protocol):
 
 
 class RuntimeFailure(Exception):
-    """Base of the errors a runtime raises; `transient` ones are worth retrying."""
+    """Base of the errors a runtime raises; the message is fit to show to users."""
 
-    transient = False
+
+class TransientFailure(RuntimeFailure):
+    """Worth retrying: the engine was busy or briefly unreachable."""
+
+
+class UnknownService(RuntimeFailure):
+    pass
+
+
+class BuildFailed(RuntimeFailure):
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(f"{step} failed: {message}")
+        self.step = step
 
 
 class Runtime(ABC):
     @abstractmethod
-    def apply(self, spec: DeploymentSpec) -> None:
-        """Make reality match the spec; idempotent."""
+    def apply(self, spec: DeploymentSpec) -> dict[str, str]:
+        """Make reality match the spec; idempotent. Returns the public URL of each public component."""
 
     @abstractmethod
     def build(self, spec: DeploymentSpec, progress: Progress) -> str:
-        """Turn spec.commit into an immutable release and return its identifier."""
+        """Turn spec.commit into an immutable release and return its identifier; raises BuildFailed."""
 
     @abstractmethod
     def set_enabled(self, spec: DeploymentSpec, enabled: bool) -> None:
@@ -129,7 +164,8 @@ class Runtime(ABC):
         """One batched look at many deployments."""
 
     @abstractmethod
-    def logs(self, spec: DeploymentSpec, service: str, follow: bool = False, since: float | None = None) -> Iterator[str]: ...
+    def logs(self, spec: DeploymentSpec, service: str, follow: bool = False, since: int | None = None) -> Iterator[str]:
+        """Output lines of a service; `since` is a cursor (byte offset) from an earlier read."""
 
     @abstractmethod
     def open_shell(self, spec: DeploymentSpec, service: str, command: str | None, pty: bool) -> Shell: ...

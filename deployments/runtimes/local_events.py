@@ -1,0 +1,41 @@
+"""supervisord event listener: counts unexpected exits (crashes) per process into restarts.json.
+
+Run by supervisord itself (see supervisor.py); speaks supervisor's event listener protocol on
+stdin/stdout and must print nothing else to stdout.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def parse(line: str) -> dict[str, str]:
+    return dict(token.split(":", 1) for token in line.split() if ":" in token)
+
+
+def record_exit(path: Path, process: str) -> None:
+    counts = json.loads(path.read_text()) if path.exists() else {}
+    counts[process] = counts.get(process, 0) + 1
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(counts))
+    os.replace(tmp, path)
+
+
+def main(directory: str) -> None:
+    path = Path(directory) / "restarts.json"
+    while True:
+        sys.stdout.write("READY\n")
+        sys.stdout.flush()
+        header = parse(sys.stdin.readline())
+        payload = sys.stdin.read(int(header.get("len", 0)))
+        first_line, _, _ = payload.partition("\n")
+        body = parse(first_line)
+        if header.get("eventname") == "PROCESS_STATE_EXITED" and body.get("expected") == "0":
+            record_exit(path, f"{body.get('groupname')}:{body.get('processname')}")
+        sys.stdout.write("RESULT 2\nOK")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
