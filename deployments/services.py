@@ -17,7 +17,9 @@ def create_deployment(project: Project, name: str, stage: str, branch: str, user
     """Validate, save and enqueue provisioning; raises ValidationError keyed by field."""
     slug = slugify(name).replace("_", "-")
     errors: dict[str, list[str]] = {}
-    if err := dns_label_error(slug):
+    if not slug:
+        errors["name"] = ["The name must contain at least one letter or digit."]
+    elif err := dns_label_error(slug):
         errors["name"] = [f"The name gives the address “{slug}”, which {err}."]
     elif Deployment.objects.filter(project=project, slug=slug).exists():
         errors["name"] = [f"This project already has a deployment called “{slug}”."]

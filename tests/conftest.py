@@ -50,3 +50,48 @@ def cast(db, sample_repo: Path) -> Cast:
         Membership.objects.create(project=project, user=users[role.value], role=role)
     refresh_stack(project)
     return Cast(project=project, **users)
+
+
+@pytest.fixture(autouse=True)
+def fresh_runtime():
+    """get_runtime() is cached per process; each test has its own data directory, so its own runtime."""
+    from deployments.runtimes import get_runtime
+
+    get_runtime.cache_clear()
+    yield
+    get_runtime.cache_clear()
+
+
+@pytest.fixture
+def runtime(data_dir: Path):
+    """The local runtime of this test's data directory; its supervisor (and every process) stops after."""
+    from deployments.runtimes import get_runtime
+
+    rt = get_runtime()
+    yield rt
+    rt.supervisor.shutdown()
+
+
+def wait_until(check, timeout: float = 30.0, interval: float = 0.2, what: str = "condition"):
+    """Poll `check` until it returns something truthy; its last exception or value explains a failure."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+            last = result
+        except Exception as e:  # noqa: BLE001 - reported below if it never succeeds
+            last = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def http_get(url: str, timeout: float = 3.0) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read().decode()

@@ -114,6 +114,7 @@ class LocalRuntime(Runtime):
         elif not spec.release or not (home / "releases" / spec.release).is_dir():
             raise RuntimeFailure("there is no release to run yet; build one first")
 
+        self._check_ports(spec, ports)
         problems: dict[str, str] = {}
         programs: list[str] = []
         for service in spec.services:
@@ -233,6 +234,24 @@ priority={100 if service.kind == "addon" else 200}
         if changed:
             _write(path, json.dumps(ports))
         return ports
+
+    def _check_ports(self, spec: DeploymentSpec, ports: dict[str, dict[str, int]]) -> None:
+        """A port of a service that is not running must be free, or its start would fail obscurely."""
+        info = self.supervisor.process_info()
+        for service in spec.services:
+            name = self.program(spec, service.identifier)
+            if info.get(f"{name}:{name}", {}).get("statename") in ("RUNNING", "STARTING", "BACKOFF"):
+                continue
+            for port_name, port in ports.get(service.identifier, {}).items():
+                with socket.socket() as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    try:
+                        s.bind(("127.0.0.1", port))
+                    except OSError:
+                        raise RuntimeFailure(
+                            f"port {port} ({service.identifier}/{port_name}) is in use by another program on this machine; "
+                            f"stop that program and try again"
+                        ) from None
 
     def _endpoints(self, spec: DeploymentSpec, ports: dict[str, dict[str, int]]) -> dict[str, str]:
         endpoints = {}

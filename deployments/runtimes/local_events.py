@@ -1,4 +1,7 @@
-"""supervisord event listener: counts unexpected exits (crashes) per process into restarts.json.
+"""supervisord event listener: counts crashes per process into restarts.json.
+
+A crash is an unexpected exit of a running process (EXITED, expected:0) or a death while it was
+still starting (BACKOFF); supervisord restarts both.
 
 Run by supervisord itself (see supervisor.py); speaks supervisor's event listener protocol on
 stdin/stdout and must print nothing else to stdout.
@@ -27,11 +30,15 @@ def main(directory: str) -> None:
     while True:
         sys.stdout.write("READY\n")
         sys.stdout.flush()
-        header = parse(sys.stdin.readline())
+        line = sys.stdin.readline()
+        if not line:  # supervisord went away
+            return
+        header = parse(line)
         payload = sys.stdin.read(int(header.get("len", 0)))
         first_line, _, _ = payload.partition("\n")
         body = parse(first_line)
-        if header.get("eventname") == "PROCESS_STATE_EXITED" and body.get("expected") == "0":
+        event = header.get("eventname")
+        if (event == "PROCESS_STATE_EXITED" and body.get("expected") == "0") or event == "PROCESS_STATE_BACKOFF":
             record_exit(path, f"{body.get('groupname')}:{body.get('processname')}")
         sys.stdout.write("RESULT 2\nOK")
         sys.stdout.flush()

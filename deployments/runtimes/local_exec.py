@@ -1,18 +1,28 @@
-"""What supervisord runs for each local service: prepare, then exec the service's command.
+"""What supervisord runs for each local service: prepare, run the service's command, clean up after it.
 
 Reads the service's run file (JSON, mode 0600, written by local.py) so that env values never pass
 through supervisord's config syntax. For releases it first makes a fresh scratch copy, so every
-start begins from the immutable release; then it runs the `before` commands and execs the command.
+start begins from the immutable release. The command runs in a process group of its own; when it
+exits, whatever it left behind in that group is killed, so that no stray process keeps the
+service's port when supervisord starts it again.
 """
 
+import ctypes
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
+PR_SET_PDEATHSIG = 1
 
-def main(run_file: str) -> None:
+
+def _die_with_wrapper() -> None:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def main(run_file: str) -> int:
     with open(run_file) as f:
         run = json.load(f)
     env = run["env"]
@@ -24,10 +34,26 @@ def main(run_file: str) -> None:
         result = subprocess.run(["/bin/sh", "-c", command], cwd=run["cwd"], env=env)
         if result.returncode != 0:
             print(f"diploi: preparation step failed with exit code {result.returncode}: {command}", flush=True)
-            sys.exit(result.returncode)
-    os.chdir(run["cwd"])
-    os.execve("/bin/sh", ["/bin/sh", "-c", run["command"]], env)
+            return result.returncode
+
+    child = subprocess.Popen(["/bin/sh", "-c", run["command"]], cwd=run["cwd"], env=env,
+                             start_new_session=True, preexec_fn=_die_with_wrapper)  # fmt: skip
+
+    def forward(signum: int, frame: object) -> None:
+        try:
+            os.killpg(child.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, forward)
+    code = child.wait()
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return code if code >= 0 else 128 - code
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    sys.exit(main(sys.argv[1]))

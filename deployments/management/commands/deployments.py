@@ -1,0 +1,141 @@
+import json
+from argparse import ArgumentParser
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.http import Http404
+
+from accounts.models import User
+from deployments import tasks
+from deployments.access import get_deployment_for_user
+from deployments.models import Deployment, State
+from deployments.runtimes import get_runtime
+from deployments.runtimes.base import RuntimeFailure
+from deployments.services import create_deployment
+from deployments.spec import current_spec
+from projects.access import get_project_for_user, projects_for_user
+
+
+class Command(BaseCommand):
+    help = "Script deployments: list, create, status, logs, restart, destroy (same access rules as the dashboard)."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("--user", required=True, help="act as this user (username)")
+        sub = parser.add_subparsers(dest="action", required=True)
+        ls = sub.add_parser("list")
+        ls.add_argument("project", nargs="?")
+        ls.add_argument("--json", action="store_true")
+        create = sub.add_parser("create")
+        create.add_argument("project")
+        create.add_argument("name")
+        create.add_argument("--stage", default="development", choices=["development", "staging", "production"])
+        create.add_argument("--branch", help="defaults to the project's default branch")
+        create.add_argument("--disabled", action="store_true")
+        create.add_argument("--wait", action="store_true", help="provision now, in this process, and wait")
+        for name in ("status", "logs", "restart", "destroy"):
+            p = sub.add_parser(name)
+            p.add_argument("target", help="<project>/<deployment>")
+            if name == "status":
+                p.add_argument("--json", action="store_true")
+            if name in ("logs", "restart"):
+                p.add_argument("service", help="component or add-on identifier")
+            if name == "logs":
+                p.add_argument("--follow", "-f", action="store_true")
+                p.add_argument("--lines", "-n", type=int, default=100)
+            if name in ("restart", "destroy"):
+                p.add_argument("--wait", action="store_true", help="do it now, in this process")
+
+    def handle(self, *args, user: str, action: str, **options) -> None:
+        try:
+            self.user = User.objects.get(username=user, is_active=True)
+        except User.DoesNotExist:
+            raise CommandError(f"no active user “{user}”") from None
+        try:
+            getattr(self, f"do_{action}")(**options)
+        except Http404:
+            raise CommandError("not found (or you are not a member of that project)") from None
+        except PermissionDenied as e:
+            raise CommandError(f"permission denied: {e}") from None
+        except ValidationError as e:
+            raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in e.message_dict.items())) from None
+        except RuntimeFailure as e:
+            raise CommandError(str(e)) from None
+
+    def _target(self, target: str, write: bool = False, owner: bool = False) -> Deployment:
+        project, _, slug = target.partition("/")
+        if not slug:
+            raise CommandError("name the deployment as <project>/<deployment>")
+        return get_deployment_for_user(self.user, project, slug, write=write, owner=owner)
+
+    def do_list(self, project: str | None, json: bool = False, **_) -> None:
+        projects = [get_project_for_user(self.user, project)] if project else list(projects_for_user(self.user))
+        rows = [_summary(d) for d in Deployment.objects.filter(project__in=projects).select_related("project").order_by("project__slug", "slug")]
+        if json:
+            self.stdout.write(_json(rows))
+            return
+        for r in rows:
+            self.stdout.write(f"{r['project']}/{r['slug']:<24} {r['stage']:<12} {r['branch']:<20} {r['state']:<13} {r['endpoints'].get('web', '')}")
+
+    def do_create(self, project: str, name: str, stage: str, branch: str | None, disabled: bool, wait: bool, **_) -> None:
+        p = get_project_for_user(self.user, project, write=True)
+        d = create_deployment(p, name, stage, branch or p.default_branch, self.user, enabled=not disabled)
+        if wait:
+            tasks.provision(d.pk, actor="cli")
+            d.refresh_from_db()
+        self.stdout.write(f"{p.slug}/{d.slug}: {d.state}{' — ' + d.state_reason if d.state_reason else ''}")
+
+    def do_status(self, target: str, json: bool = False, **_) -> None:
+        d = self._target(target)
+        status = _summary(d)
+        status["services"] = _observe(d)
+        status["history"] = [
+            {"from": t.from_state, "to": t.to_state, "actor": t.actor, "reason": t.reason, "at": t.at.isoformat()}
+            for t in d.transitions.all()
+        ]
+        if json:
+            self.stdout.write(_json(status))
+            return
+        self.stdout.write(f"{d.project.slug}/{d.slug}  {d.stage}  {d.branch}@{d.commit[:10]}  {d.state}  {d.state_reason}")
+        for item in status["services"]:
+            self.stdout.write(f"  {item['kind']:<10} {item['name']:<20} {item['colour']:<8} {item['message']}")
+
+    def do_logs(self, target: str, service: str, follow: bool, lines: int, **_) -> None:
+        d = self._target(target)
+        try:
+            for line in get_runtime().logs(current_spec(d), service, follow=follow, tail=lines):
+                self.stdout.write(line)
+        except KeyboardInterrupt:
+            pass
+
+    def do_restart(self, target: str, service: str, wait: bool, **_) -> None:
+        d = self._target(target, write=True)
+        current_spec(d).service(service)  # a clear error for an unknown service
+        (tasks.restart if wait else tasks.restart.delay)(d.pk, service, actor=f"user:{self.user.username}")
+        self.stdout.write(f"{service} {'restarted' if wait else 'restart queued'}")
+
+    def do_destroy(self, target: str, wait: bool, **_) -> None:
+        d = self._target(target, owner=True)
+        d.transition(State.DELETING, f"user:{self.user.username}", "deletion requested")
+        (tasks.destroy if wait else tasks.destroy.delay)(d.pk, actor=f"user:{self.user.username}")
+        self.stdout.write(f"{d.project.slug}/{d.slug} {'destroyed' if wait else 'is being deleted'}")
+
+
+def _summary(d: Deployment) -> dict:
+    return {"project": d.project.slug, "slug": d.slug, "name": d.name, "stage": d.stage, "branch": d.branch,
+            "commit": d.commit, "enabled": d.enabled, "state": d.state, "reason": d.state_reason, "endpoints": d.endpoints}  # fmt: skip
+
+
+def _observe(d: Deployment) -> list[dict]:
+    spec = current_spec(d)
+    if not spec.services:
+        return []
+    observation = get_runtime().observe([spec])[d.pk]
+    return [
+        {"kind": kind, "name": item.name, "colour": item.colour.value, "message": item.message, "restarts": item.restarts, "cpu": item.cpu_percent}
+        for kind, items in (("storage", observation.storage), ("container", observation.containers), ("service", observation.services))
+        for item in items
+    ]
+
+
+def _json(data: object) -> str:
+    return json.dumps(data, indent=2, default=str)

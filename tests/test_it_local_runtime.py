@@ -1,0 +1,263 @@
+"""Deployments of the sample project run for real: supervisord, the Redis add-on, git, builds."""
+
+import re
+import socket
+from pathlib import Path
+
+import psutil
+import pytest
+from django.core.exceptions import ValidationError
+
+from deployments import tasks
+from deployments.models import Build, BuildStatus, Deployment, State, StateTransition
+from deployments.runtimes.base import Colour
+from deployments.services import create_deployment
+from deployments.spec import current_spec
+from projects.sample import commit_all
+from tests.conftest import http_get, wait_until
+
+
+def visits(url: str) -> int:
+    return int(re.search(r"<strong id='visits'>(\d+)</strong>", http_get(url)).group(1))
+
+
+def processes_of(home: Path) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and p.environ().get("DIPLOI_HOME") == str(home):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def deploy(cast, name: str, stage: str = "development") -> Deployment:
+    d = create_deployment(cast.project, name, stage, "main", cast.developer)
+    tasks.provision(d.pk)
+    d.refresh_from_db()
+    assert d.state == State.RUNNING, d.state_reason
+    return d
+
+
+def test_a_development_deployment_runs_the_branch_and_reloads_edits(cast, runtime) -> None:
+    d = deploy(cast, "Dev")
+    url = d.endpoints["web"]
+    assert url.startswith("http://localhost:")
+    first = wait_until(lambda: visits(url), what="the sample page")
+    assert visits(url) == first + 1  # the counter lives in the Redis add-on
+    page = http_get(url)
+    assert "Stage: <span id='stage'>development</span>" in page
+    assert d.commit[:10] in page
+
+    app = runtime.home(current_spec(d)) / "code" / "web" / "app.py"
+    app.write_text(app.read_text().replace("Visits:", "Hits:"))
+    wait_until(lambda: "Hits:" in http_get(url), what="the edit to show")
+
+    # The edit is the developer's: it survives a restart and another provisioning.
+    tasks.restart(d.pk, "web")
+    tasks.provision(d.pk)
+    wait_until(lambda: "Hits:" in http_get(url), what="the page after a restart")
+    assert [t.to_state for t in StateTransition.objects.filter(deployment=d)] == ["provisioning", "running", "provisioning", "running"]
+
+
+def test_production_builds_a_release_and_keeps_it_when_a_build_fails(cast, runtime, sample_repo: Path) -> None:
+    d = deploy(cast, "Prod", stage="production")
+    build = d.release
+    assert build.status == BuildStatus.SUCCEEDED and build.progress == 100
+    assert [s["name"] for s in build.steps] == ["clone", "install", "build", "release"]
+    assert all(s["status"] == "succeeded" and s["started"] and s["finished"] for s in build.steps)
+    assert "Release" in build.log and "ready" in build.log
+    url = d.endpoints["web"]
+    wait_until(lambda: "Stage: <span id='stage'>production</span>" in http_get(url), what="the production page")
+    good_commit = d.commit
+
+    (sample_repo / "web" / "requirements.txt").write_text("this is not a requirement !!!\n")
+    commit_all(sample_repo, "Break the build")
+    tasks.build(d.pk)
+
+    d.refresh_from_db()
+    failed = Build.objects.filter(deployment=d).first()
+    assert failed.status == BuildStatus.FAILED
+    assert failed.commit != good_commit
+    assert [s["status"] for s in failed.steps] == ["succeeded", "failed", "queued", "queued"]
+    assert "install failed" in failed.error
+    assert "requirements.txt" in failed.log or "Invalid requirement" in failed.log
+    assert d.release == build and d.commit == good_commit
+    assert d.state == State.RUNNING and "failed" in d.state_reason and "still running" in d.state_reason
+    assert good_commit[:10] in http_get(url)  # the previous release still serves
+
+
+def test_a_restart_starts_a_release_afresh(cast, runtime) -> None:
+    d = deploy(cast, "Prod", stage="production")
+    spec = current_spec(d)
+    scratch = runtime.home(spec) / "scratch" / "web" / "web"
+    wait_until(lambda: (scratch / "app.py").exists(), what="the scratch copy")
+    (scratch / "junk.txt").write_text("written at run time")
+    tasks.restart(d.pk, "web")
+    wait_until(lambda: visits(d.endpoints["web"]), what="the page after restart")
+    assert not (scratch / "junk.txt").exists()
+    assert (runtime.home(spec) / "storage" / "redis" / "data").is_dir()  # storage stays
+
+
+def test_a_killed_process_is_seen_restarted_and_counted(cast, runtime) -> None:
+    d = deploy(cast, "Dev")
+    spec = current_spec(d)
+    wait_until(lambda: visits(d.endpoints["web"]), what="the sample page")
+    name = f"d{d.pk}-web"
+    info = runtime.supervisor.process_info()[f"{name}:{name}"]
+    app = next(p for p in psutil.Process(info["pid"]).children(recursive=True) if "app.py" in " ".join(p.cmdline()))
+    app.kill()
+
+    def restarted():
+        web = runtime.observe([spec])[d.pk].containers[0]
+        return web if web.restarts == 1 and web.colour == Colour.GREEN else None
+
+    web = wait_until(restarted, what="the restart to be observed")
+    assert "restarted 1×" in web.message
+    assert runtime.supervisor.process_info()[f"{name}:{name}"]["pid"] != info["pid"]
+    wait_until(lambda: visits(d.endpoints["web"]), what="the page after the crash")
+    assert not psutil.pid_exists(app.pid) or psutil.Process(app.pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_observe_reports_every_branch_of_the_status_tree(cast, runtime) -> None:
+    d = deploy(cast, "Dev")
+    spec = current_spec(d)
+    wait_until(lambda: visits(d.endpoints["web"]), what="the sample page")
+
+    def all_green():
+        o = runtime.observe([spec])[d.pk]
+        return o if all(i.colour == Colour.GREEN for i in (*o.containers, *o.services, *o.storage)) else None
+
+    o = wait_until(all_green, what="everything green")
+    assert [i.name for i in o.containers] == ["web", "redis"]
+    assert [i.name for i in o.storage] == ["redis/data"]
+    assert o.services[0].message == "HTTP 200 on /"
+    assert o.containers[0].memory_bytes > 1_000_000
+    assert o.containers[0].cpu_percent is not None
+
+
+def test_disable_stops_and_keeps_storage_enable_starts_again(cast, runtime) -> None:
+    d = deploy(cast, "Dev")
+    url = d.endpoints["web"]
+    count = wait_until(lambda: visits(url), what="the sample page")
+    Deployment.objects.filter(pk=d.pk).update(enabled=False)
+    tasks.set_enabled(d.pk)
+    assert Deployment.objects.get(pk=d.pk).state == State.STOPPED
+    with pytest.raises(OSError):
+        http_get(url, timeout=1)
+    assert not processes_of(runtime.home(current_spec(d)))
+
+    Deployment.objects.filter(pk=d.pk).update(enabled=True)
+    tasks.set_enabled(d.pk)
+    assert wait_until(lambda: visits(url), what="the page after enabling") > count  # Redis kept its data
+
+
+def test_destroy_leaves_nothing_and_can_run_twice(cast, runtime) -> None:
+    d = deploy(cast, "Dev")
+    home = runtime.home(current_spec(d))
+    wait_until(lambda: visits(d.endpoints["web"]), what="the sample page")
+    assert len(processes_of(home)) >= 2
+
+    tasks.destroy(d.pk)
+    assert not Deployment.objects.filter(pk=d.pk).exists()
+    assert not home.exists()
+    assert processes_of(home) == []
+    assert not any(k.startswith(f"d{d.pk}-") for k in runtime.supervisor.process_info())
+
+    tasks.destroy(d.pk)  # a redelivered task finds nothing to do
+    runtime.destroy(current_spec(d))  # and the runtime is fine with nothing left
+
+
+def test_a_destroy_interrupted_half_way_completes_on_retry(cast, runtime, monkeypatch) -> None:
+    d = deploy(cast, "Dev")
+    home = runtime.home(current_spec(d))
+    import deployments.runtimes.local as local
+
+    real_rmtree = local.shutil.rmtree
+
+    def crash(*args, **kwargs):
+        raise SystemExit("worker killed")  # what a dying worker looks like from inside the task
+
+    monkeypatch.setattr(local.shutil, "rmtree", crash)
+    with pytest.raises(SystemExit):
+        tasks.destroy(d.pk)
+    d.refresh_from_db()
+    assert d.state == State.DELETING and home.exists()
+
+    monkeypatch.setattr(local.shutil, "rmtree", real_rmtree)
+    tasks.destroy(d.pk)
+    assert not Deployment.objects.filter(pk=d.pk).exists()
+    assert not home.exists() and processes_of(home) == []
+
+
+def test_deleting_needs_no_shut_down_first_and_provision_ignores_it(cast, runtime) -> None:
+    d = deploy(cast, "Dev")
+    d.transition(State.DELETING, "user:owner")
+    tasks.provision(d.pk)  # arrives late: must not bring it back
+    assert Deployment.objects.get(pk=d.pk).state == State.DELETING
+    tasks.destroy(d.pk)
+    assert not Deployment.objects.filter(pk=d.pk).exists()
+
+
+@pytest.mark.parametrize(
+    "name, branch, field, message",
+    [
+        ("dev", "bad..branch", "branch", "is not a valid branch name"),
+        ("dev", "nope", "branch", "Branch “nope” does not exist in the repository."),
+        ("---", "main", "name", "must contain at least one letter or digit"),
+        ("x" * 64, "main", "name", "must be at most 63 characters"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_exists(cast, runtime, name, branch, field, message) -> None:
+    with pytest.raises(ValidationError) as e:
+        create_deployment(cast.project, name, "development", branch, cast.developer)
+    assert any(message in m for m in e.value.message_dict[field])
+    assert not Deployment.objects.exists()
+    assert not (runtime.data_dir / "deployments").exists() or not any((runtime.data_dir / "deployments").iterdir())
+
+
+def test_a_duplicate_name_is_refused(cast, runtime) -> None:
+    create_deployment(cast.project, "Dev", "development", "main", cast.developer)
+    with pytest.raises(ValidationError) as e:
+        create_deployment(cast.project, "dev", "development", "main", cast.developer)
+    assert "already has a deployment called “dev”" in e.value.message_dict["name"][0]
+    assert Deployment.objects.count() == 1
+
+
+def test_a_stack_file_naming_an_unknown_package_is_refused(cast, runtime, sample_repo: Path) -> None:
+    stack = sample_repo / "diploi.yaml"
+    stack.write_text(stack.read_text().replace("package: redis", "package: mongo"))
+    commit_all(sample_repo, "Unknown package")
+    with pytest.raises(ValidationError) as e:
+        create_deployment(cast.project, "Dev", "development", "main", cast.developer)
+    assert "unknown package “mongo”" in e.value.message_dict["branch"][0]
+    assert not Deployment.objects.exists()
+
+
+def test_a_port_taken_by_another_program_is_a_clear_error(cast, runtime) -> None:
+    d = deploy(cast, "Dev")
+    port = int(d.endpoints["web"].rsplit(":", 1)[1])
+    Deployment.objects.filter(pk=d.pk).update(enabled=False)
+    tasks.set_enabled(d.pk)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        Deployment.objects.filter(pk=d.pk).update(enabled=True)
+        tasks.provision(d.pk)
+        d.refresh_from_db()
+        assert f"port {port} (web/http) is in use by another program" in d.state_reason
+        assert not processes_of(runtime.home(current_spec(d)))
+
+
+def test_a_missing_postgresql_is_a_clear_red_status(cast, runtime, monkeypatch, sample_repo: Path) -> None:
+    import deployments.runtimes.local as local
+
+    stack = sample_repo / "diploi.yaml"
+    stack.write_text(stack.read_text().replace("addons:\n", "addons:\n  - name: DB\n    identifier: db\n    package: postgres\n"))
+    commit_all(sample_repo, "Add a database")
+    monkeypatch.setattr(local, "postgres_bin_dir", lambda: None)
+    d = deploy(cast, "Dev")
+    db = next(c for c in runtime.observe([current_spec(d)])[d.pk].containers if c.name == "db")
+    assert db.colour == Colour.RED
+    assert db.message == "PostgreSQL is not installed on this machine (initdb and postgres were not found)"
