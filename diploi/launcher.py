@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import psutil
+
 from diploi import embedded_redis
 
 PR_SET_PDEATHSIG = 1
@@ -88,6 +90,13 @@ class Child:
         except (ProcessLookupError, PermissionError):
             pass
         self.proc.wait()
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -166,6 +175,7 @@ class Launcher:
                 if self.stopping:
                     return 0
 
+            self._start_supervisor(env)
             web = Child("web", [sys.executable, "-m", "daphne", "-b", self.host, "-p", str(self.port), "diploi.asgi:application"])
             processes = [
                 web,
@@ -187,6 +197,22 @@ class Launcher:
         finally:
             self.shutdown()
 
+    def _start_supervisor(self, env: dict[str, str]) -> None:
+        """The process supervisor that runs the deployments starts first, so that the worker finds it."""
+        from deployments.runtimes.supervisor import Supervisor
+
+        supervisor = Supervisor(self.data_dir)
+        if supervisor.running():
+            say("up", "using the process supervisor already running for this data directory (it stays when Diploi stops)")
+            return
+        agent = Child("agent", supervisor.foreground_command())
+        self._start(agent, env)
+        deadline = time.monotonic() + 30
+        while not supervisor.running():
+            if not agent.alive() or time.monotonic() > deadline:
+                raise LaunchError(f"the process supervisor did not start; see {supervisor.dir / 'supervisord.log'}")
+            time.sleep(0.1)
+
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stopping = True
 
@@ -198,23 +224,32 @@ class Launcher:
     def shutdown(self) -> None:
         """SIGTERM to every child, a bounded wait, then SIGKILL to each process group. Redis goes last
         so that the worker can still acknowledge its tasks while it stops."""
-        others = [c for c in self.children if c.name != "redis"]
-        redis = [c for c in self.children if c.name == "redis"]
-        for batch in (others, redis):
-            self._stop(batch)
+        # Every process in the tree now, so that nothing a child started can outlive the launcher.
+        tree = [p for c in self.children if c.alive() for p in _descendants(c.proc.pid)]
+        by_name = {c.name: c for c in self.children}
+        # Web and worker first; then the supervisor, which stops the deployments (with more time);
+        # Redis last, so that the worker can still acknowledge its tasks while it stops.
+        self._stop([c for c in self.children if c.name not in ("agent", "redis")], self.grace)
+        self._stop([by_name["agent"]] if "agent" in by_name else [], self.grace + 15)
+        self._stop([by_name["redis"]] if "redis" in by_name else [], self.grace)
+        for p in tree:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
         for child in self.children:
             if child.pump:
                 child.pump.join(timeout=2)
         if self.children:
             say("up", "stopped")
 
-    def _stop(self, batch: list[Child]) -> None:
+    def _stop(self, batch: list[Child], grace: float) -> None:
         for child in batch:
             child.terminate()
-        deadline = time.monotonic() + self.grace
+        deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(c.alive() for c in batch):
             time.sleep(0.1)
         for child in batch:
             if child.alive():
-                say("up", f"{child.name} did not stop within {self.grace:.0f} s; killing it")
+                say("up", f"{child.name} did not stop within {grace:.0f} s; killing it")
             child.kill_group()

@@ -18,6 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.conftest import http_get, wait_until
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 GRACE = 3
 
@@ -186,3 +188,38 @@ def test_a_used_port_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert f"Port {port} on 127.0.0.1 is already in use" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_sample_project_deploys_from_a_fresh_install(platform: Platform, tmp_path: Path) -> None:
+    """The out-of-the-box path: queued through Redis to the real worker, run under the launcher's supervisor."""
+    import json
+
+    platform.wait_for(r"Diploi is running at")
+    platform.wait_for(r"celery@\S+ ready")
+    redis_port = platform.wait_for(r"embedded Redis on port (\d+)").group(1)
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL",)}
+    env.update(DIPLOI_DATA_DIR=str(tmp_path / "data"), REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
+
+    def cli(*args: str) -> str:
+        r = subprocess.run([sys.executable, "manage.py", "deployments", "--user", "demo", *args],
+                           cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    assert "pending" in cli("create", "diploi-sample", "dev")
+    cli("create", "diploi-sample", "prod", "--stage", "production")
+
+    pages = {}
+    for name, stage in (("dev", "development"), ("prod", "production")):
+        status = wait_until(lambda: (s := json.loads(cli("status", f"diploi-sample/{name}", "--json")))["state"] == "running" and s,
+                            timeout=120, what=f"{name} to run")  # fmt: skip
+        assert [h["actor"] for h in status["history"]][0] == "user:demo"
+        pages[name] = wait_until(lambda: http_get(status["endpoints"]["web"]), what=f"the {name} page")
+        assert f"Stage: <span id='stage'>{stage}</span>" in pages[name] and "Visits:" in pages[name]
+    listing = json.loads(cli("list", "--json"))
+    assert sorted(d["slug"] for d in listing) == ["dev", "prod"]
+
+    procs = platform.descendants()
+    assert sum(p.name().startswith("python") and "app.py" in " ".join(p.cmdline()) for p in procs) == 2
+    assert platform.stop() == 0
+    assert_all_gone(procs)

@@ -11,6 +11,7 @@ from django.core.exceptions import ValidationError
 from deployments import tasks
 from deployments.models import Build, BuildStatus, Deployment, State, StateTransition
 from deployments.runtimes.base import Colour
+from deployments.runtimes.local import processes_of
 from deployments.services import create_deployment
 from deployments.spec import current_spec
 from projects.sample import commit_all
@@ -19,17 +20,6 @@ from tests.conftest import http_get, wait_until
 
 def visits(url: str) -> int:
     return int(re.search(r"<strong id='visits'>(\d+)</strong>", http_get(url)).group(1))
-
-
-def processes_of(home: Path) -> list[psutil.Process]:
-    found = []
-    for p in psutil.process_iter(["pid"]):
-        try:
-            if p.status() != psutil.STATUS_ZOMBIE and p.environ().get("DIPLOI_HOME") == str(home):
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
 
 
 def deploy(cast, name: str, stage: str = "development") -> Deployment:

@@ -666,12 +666,26 @@ def _health(service: ServiceSpec, address: str) -> ItemState:
         return ItemState(service.identifier, Colour.RED, f"not accepting connections on port {port} ({e.strerror or e})")
 
 
-def _kill_processes_of(home: Path) -> None:
-    """Safety net for destroy: kill any process that still runs for this deployment."""
+def processes_of(home: Path) -> list[psutil.Process]:
+    """Processes that run for the deployment at `home`: by their environment, or by their working
+    directory (some servers, Valkey among them, overwrite their environment with their title)."""
     marker = str(home)
+    found = []
     for p in psutil.process_iter(["pid"]):
         try:
-            if p.pid != os.getpid() and p.environ().get("DIPLOI_HOME") == marker:
-                p.kill()
+            if p.pid == os.getpid() or p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if p.environ().get("DIPLOI_HOME") == marker or (p.cwd() + "/").startswith(marker + "/"):
+                found.append(p)
         except (psutil.Error, OSError):
             continue
+    return found
+
+
+def _kill_processes_of(home: Path) -> None:
+    """Safety net for destroy: kill any process that still runs for this deployment."""
+    for p in processes_of(home):
+        try:
+            p.kill()
+        except psutil.Error:
+            pass

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import psutil
 from supervisor.xmlrpc import SupervisorTransport
 
 from deployments.runtimes.base import TransientFailure
@@ -127,12 +128,16 @@ files={self.data_dir / "deployments"}/*/supervisor.conf
         except (OSError, http.client.HTTPException) as e:
             raise TransientFailure(f"the process supervisor is not answering ({e})") from None
 
-    def shutdown(self) -> None:
-        if self.running():
-            self.rpc().shutdown()
-            deadline = time.monotonic() + 30
-            while self.running() and time.monotonic() < deadline:
-                time.sleep(0.1)
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop supervisord and every process it runs; returns when supervisord has exited."""
+        if not self.running():
+            return
+        pidfile = self.dir / "supervisord.pid"
+        pid = int(pidfile.read_text()) if pidfile.exists() else None
+        self.rpc().shutdown()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (self.running() or (pid and _alive(pid))):
+            time.sleep(0.1)
 
     @staticmethod
     def _call(method, *args) -> None:
@@ -142,6 +147,13 @@ files={self.data_dir / "deployments"}/*/supervisor.conf
             # Already in the wanted state (not running, already added, gone): nothing to do.
             if e.faultString.split(":")[0] not in ("NOT_RUNNING", "ALREADY_ADDED", "BAD_NAME", "STILL_RUNNING"):
                 raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _supervisord() -> str:
