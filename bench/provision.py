@@ -1,0 +1,140 @@
+"""How long from "create" to a page that answers, and what one observe() costs as deployments grow.
+
+    uv run python bench/provision.py [--deployments 1,10,50] [--repeat 5]
+
+Runs in a temporary data directory with its own SQLite database and process supervisor, and
+prints figures with baselines measured in the same run:
+- create → endpoint answering, for a development and a production deployment of the sample
+  project, next to the sample app started by hand (python3 app.py, no Diploi) as the baseline;
+- observe() for 1, 10 and 50 running development deployments: ms per call, ms per deployment,
+  and the number of supervisor calls per observe (batched: one, whatever the count).
+"""
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE_DIR))
+DATA = Path(tempfile.mkdtemp(prefix="diploi-bench-"))
+os.environ.update(DIPLOI_DATA_DIR=str(DATA / "data"), DJANGO_SETTINGS_MODULE="diploi.settings")
+os.environ.pop("DATABASE_URL", None)
+os.environ.pop("REDIS_URL", None)
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.core.management import call_command  # noqa: E402
+
+from accounts.models import User  # noqa: E402
+from deployments import tasks  # noqa: E402
+from deployments.models import Deployment  # noqa: E402
+from deployments.runtimes import get_runtime  # noqa: E402
+from deployments.services import create_deployment  # noqa: E402
+from deployments.spec import current_spec  # noqa: E402
+from projects.models import Membership, Project, Role  # noqa: E402
+from projects.sample import create_sample_repository  # noqa: E402
+from projects.stack import refresh_stack  # noqa: E402
+
+
+def wait_for(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise SystemExit(f"{url} did not answer within {timeout} s")
+
+
+def baseline_start(repo: Path) -> float:
+    """The sample app alone: start it and wait for its first answer (no Redis, no Diploi)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=repo / "web", env={"PORT": str(port), "REDIS_URL": "redis://127.0.0.1:1/0", "PATH": os.environ["PATH"]},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for(f"http://127.0.0.1:{port}/")
+        return time.perf_counter() - t
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def create_and_answer(project: Project, user: User, name: str, stage: str) -> tuple[float, Deployment]:
+    t = time.perf_counter()
+    d = create_deployment(project, name, stage, "main", user)
+    tasks.provision(d.pk)
+    d.refresh_from_db()
+    wait_for(d.endpoints["web"])
+    return time.perf_counter() - t, d
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--deployments", default="1,10,50")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    counts = [int(n) for n in args.deployments.split(",")]
+
+    call_command("migrate", verbosity=0)
+    repo = create_sample_repository(DATA / "sample")
+    user = User.objects.create_user("bench")
+    project = Project.objects.create(name="Sample", slug="sample", repository=str(repo), default_branch="main")
+    Membership.objects.create(project=project, user=user, role=Role.OWNER)
+    refresh_stack(project)
+    runtime = get_runtime()
+    try:
+        base = statistics.median(baseline_start(repo) for _ in range(3))
+        print(f"baseline: sample app started by hand, first answer      {base * 1000:8.0f} ms")
+        for stage in ("development", "production"):
+            took, _ = create_and_answer(project, user, f"first-{stage}", stage)
+            print(f"create → endpoint answering, {stage:<12}              {took * 1000:8.0f} ms   ({took / base:.1f}× baseline)")
+
+        deployments = list(Deployment.objects.filter(stage="development"))
+        t = time.perf_counter()
+        while len(deployments) < max(counts):
+            deployments.append(create_and_answer(project, user, f"d{len(deployments)}", "development")[1])
+        print(f"(started {max(counts)} development deployments in {time.perf_counter() - t:.0f} s)")
+
+        calls = {"n": 0}
+        real = runtime.supervisor.process_info
+
+        def counted():
+            calls["n"] += 1
+            return real()
+
+        runtime.supervisor.process_info = counted
+        per_one = None
+        for n in counts:
+            specs = [current_spec(d) for d in deployments[:n]]
+            runtime.observe(specs)  # warm: CPU sampling needs a first reading
+            samples = []
+            calls["n"] = 0
+            for _ in range(args.repeat):
+                t = time.perf_counter()
+                runtime.observe(specs)
+                samples.append(time.perf_counter() - t)
+            ms = statistics.median(samples) * 1000
+            per_one = per_one or ms / n
+            print(f"observe() with {n:>3} deployments: {ms:8.1f} ms/call, {ms / n:6.2f} ms/deployment "
+                  f"({ms / n / per_one:.2f}× the 1-deployment cost), {calls['n'] // args.repeat} supervisor call(s) per observe")
+    finally:
+        for d in Deployment.objects.all():
+            tasks.destroy(d.pk)
+        runtime.supervisor.shutdown()
+
+
+if __name__ == "__main__":
+    main()
