@@ -42,6 +42,7 @@ from deployments.runtimes.base import (
     Runtime,
     RuntimeFailure,
     ServiceSpec,
+    TransientFailure,
 )
 from deployments.runtimes.supervisor import BASE_DIR, Supervisor
 from diploi.embedded_redis import server_binary
@@ -400,7 +401,10 @@ priority={100 if service.kind == "addon" else 200}
     # --- observe ------------------------------------------------------------------------------
 
     def observe(self, specs: list[DeploymentSpec]) -> dict[int, Observation]:
-        info = self.supervisor.process_info() if self.supervisor.running() else {}
+        try:
+            info: dict[str, dict] | None = self.supervisor.process_info()
+        except TransientFailure:
+            info = None  # every container is reported red below, with the reason
         restarts_file = self.supervisor.restarts_file
         restarts = json.loads(restarts_file.read_text()) if restarts_file.exists() else {}
         checks: list[tuple[int, ServiceSpec, str]] = []
@@ -412,8 +416,9 @@ priority={100 if service.kind == "addon" else 200}
             containers, storage = [], []
             for service in spec.services:
                 name = self.program(spec, service.identifier)
-                proc = info.get(f"{name}:{name}")
-                containers.append(self._container_state(service, proc, problems.get(service.identifier), restarts.get(f"{name}:{name}", 0), spec.enabled))
+                proc = (info or {}).get(f"{name}:{name}")
+                problem = problems.get(service.identifier) or (None if info is not None else "the process supervisor is not running")
+                containers.append(self._container_state(service, proc, problem, restarts.get(f"{name}:{name}", 0), spec.enabled))
                 for volume in service.volumes:
                     storage.append(_volume_state(f"{service.identifier}/{volume.name}", self.volume_dir(spec, service, volume.name)))
                 if proc and proc["statename"] == "RUNNING" and service.ports:
