@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from projects.stackerrors import Problems, StackError
 from projects.validators import dns_label_error, env_name_error
 
@@ -73,12 +71,7 @@ def load_builtin(name: str) -> tuple[Package | None, list[StackError]]:
 
 def parse_package(text: str | bytes, file: str, source: str) -> tuple[Package | None, list[StackError]]:
     p = Problems(file)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        p.add(f"line {mark.line + 1}" if mark else "", f"is not valid YAML ({getattr(e, 'problem', e)})")
-        return None, p.errors
+    data = p.load_yaml(text)
     allowed = {"name", "kind", "description", "commands", "ports", "env", "storage", "parameters", "health"}
     if not p.mapping(data, "", allowed, required={"name", "kind", "commands"}):
         return None, p.errors

@@ -1,5 +1,9 @@
 from dataclasses import asdict, dataclass
 
+import yaml
+
+_INVALID = object()
+
 
 @dataclass(frozen=True)
 class StackError:
@@ -27,8 +31,19 @@ class Problems:
     def add(self, field: str, message: str) -> None:
         self.errors.append(StackError(self.file, field, message))
 
+    def load_yaml(self, text: str | bytes) -> object:
+        """The parsed document, or _INVALID after recording where the YAML is broken."""
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            self.add(f"line {mark.line + 1}" if mark else "", f"is not valid YAML ({getattr(e, 'problem', None) or e})")
+            return _INVALID
+
     def mapping(self, value: object, field: str, allowed: set[str], required: set[str] = frozenset()) -> bool:
         """Check that `value` is a mapping with only `allowed` keys and all `required` ones."""
+        if value is _INVALID:
+            return False
         if not isinstance(value, dict):
             self.add(field, f"must be a mapping, not {_kind(value)}")
             return False

@@ -4,8 +4,6 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-import yaml
-
 from projects.package import PACKAGE_FILE, Package, builtin_names, load_builtin, parse_package
 from projects.stackerrors import Problems, StackError
 from projects.validators import dns_label_error, env_name_error, safe_relative_folder
@@ -70,12 +68,7 @@ def parse_stack(text: bytes | str | None, repo: RepoReader) -> tuple[Stack | Non
     if len(text) > MAX_STACK_BYTES:
         p.add("", f"is larger than {MAX_STACK_BYTES // 1024} KiB")
         return None, p.errors
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        p.add(f"line {mark.line + 1}" if mark else "", f"is not valid YAML ({getattr(e, 'problem', None) or e})")
-        return None, p.errors
+    data = p.load_yaml(text)
     if not p.mapping(data, "", {"diploiVersion", "components", "addons", "env"}, required={"diploiVersion"}):
         return None, p.errors
 

@@ -112,6 +112,12 @@ def member_add(request: HttpRequest, slug: str) -> HttpResponse:
     return _settings_page(request, project, member_form=form, partial="members")
 
 
+def _members_changed(request: HttpRequest, project: Project) -> HttpResponse:
+    if request.htmx:
+        return _settings_page(request, project, partial="members")
+    return redirect("projects:settings", project.slug)
+
+
 def _is_last_owner(membership: Membership) -> bool:
     return (
         membership.role == Role.OWNER
@@ -133,9 +139,7 @@ def member_update(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
         membership.role = form.cleaned_data["role"]
         membership.save(update_fields=["role"])
         messages.success(request, f"{membership.user.username} is now {membership.get_role_display().lower()}.")
-    if request.htmx:
-        return _settings_page(request, project, partial="members")
-    return redirect("projects:settings", project.slug)
+    return _members_changed(request, project)
 
 
 @login_required
@@ -148,9 +152,7 @@ def member_remove(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
     else:
         membership.delete()
         messages.success(request, f"{membership.user.username} removed from the project.")
-    if request.htmx:
-        return _settings_page(request, project, partial="members")
-    return redirect("projects:settings", project.slug)
+    return _members_changed(request, project)
 
 
 @login_required

@@ -251,3 +251,73 @@ def test_a_missing_postgresql_is_a_clear_red_status(cast, runtime, monkeypatch, 
     db = next(c for c in runtime.observe([current_spec(d)])[d.pk].containers if c.name == "db")
     assert db.colour == Colour.RED
     assert db.message == "PostgreSQL is not installed on this machine (initdb and postgres were not found)"
+
+
+def test_a_shell_runs_in_the_component_with_its_env(cast, runtime) -> None:
+    d = deploy(cast, "Dev")
+    spec = current_spec(d)
+    shell = runtime.open_shell(spec, "web", 'echo "$GREETING" && pwd && echo $REDIS_URL && exit 3', pty=False)
+    out = b""
+    while chunk := shell.read():
+        out += chunk
+    assert shell.close() == 3
+    greeting, cwd, redis_url = out.decode().splitlines()
+    assert greeting == "Hello from Diploi"
+    assert cwd == str(runtime.home(spec) / "code" / "web")
+    assert redis_url.startswith("redis://:") and "@127.0.0.1:" in redis_url
+
+    tty = runtime.open_shell(spec, "web", None, pty=True)
+    tty.resize(100, 30)
+    tty.write(b"stty size; echo marker-$((6*7)); exit 0\n")
+    seen = b""
+    while b"marker-42" not in seen and (chunk := tty.read()):
+        seen += chunk
+    assert b"30 100" in seen and b"marker-42" in seen
+    assert tty.close() == 0
+    with pytest.raises(Exception, match="no component or add-on “nope”"):
+        runtime.open_shell(spec, "nope", "true", pty=False)
+
+
+def test_logs_tail_and_follow(cast, runtime) -> None:
+    d = deploy(cast, "Dev")
+    spec = current_spec(d)
+    wait_until(lambda: visits(d.endpoints["web"]), what="the sample page")
+    lines = wait_until(lambda: list(runtime.logs(spec, "web")), what="log lines")
+    assert any(line.startswith("Listening on port") for line in lines)
+    follow = runtime.logs(spec, "web", follow=True, tail=0)
+    http_get(d.endpoints["web"] + "/")
+    assert "GET / HTTP/1.1" in wait_until(lambda: next(follow), what="a followed line")
+    follow.close()
+
+
+def test_provisioning_interrupted_half_way_completes_on_the_next_run(cast, runtime, monkeypatch) -> None:
+    d = create_deployment(cast.project, "Dev", "development", "main", cast.developer)
+    real_update = runtime.supervisor.update
+    monkeypatch.setattr(runtime.supervisor, "update", lambda: (_ for _ in ()).throw(SystemExit("worker killed")))
+    with pytest.raises(SystemExit):
+        tasks.provision(d.pk)
+    assert Deployment.objects.get(pk=d.pk).state == State.PROVISIONING
+    monkeypatch.setattr(runtime.supervisor, "update", real_update)
+    tasks.provision(d.pk)  # the redelivered task
+    d.refresh_from_db()
+    assert d.state == State.RUNNING
+    assert wait_until(lambda: visits(d.endpoints["web"]), what="the page") >= 1
+
+
+def test_cli_status_shows_the_colour_and_the_reason(cast, runtime) -> None:
+    import json
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    d = deploy(cast, "Dev")
+    wait_until(lambda: visits(d.endpoints["web"]), what="the sample page")
+
+    def status() -> dict:
+        out = StringIO()
+        call_command("deployments", "--user", "viewer", "status", "shop/dev", "--json", stdout=out)
+        return json.loads(out.getvalue())
+
+    s = wait_until(lambda: (s := status())["colour"] == "green" and s, what="green")
+    assert s["reason"] == "Running"
+    assert {(i["branch"], i["name"]) for i in s["items"]} == {("storage", "redis/data"), ("containers", "web"), ("containers", "redis"), ("services", "web"), ("services", "redis")}

@@ -615,8 +615,11 @@ def _free_port(taken: set[int]) -> int:
 
 
 def _tail(f, lines: int) -> list[bytes]:
+    """The last `lines` lines of an open file, leaving it positioned at the end."""
     f.seek(0, os.SEEK_END)
     end = f.tell()
+    if lines <= 0:
+        return []
     size = min(end, 64 * 1024)
     while True:
         f.seek(end - size)

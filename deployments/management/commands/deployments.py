@@ -10,9 +10,10 @@ from deployments import tasks
 from deployments.access import get_deployment_for_user
 from deployments.models import Deployment, State
 from deployments.runtimes import get_runtime
-from deployments.runtimes.base import RuntimeFailure
+from deployments.runtimes.base import Observation, RuntimeFailure
 from deployments.services import create_deployment
 from deployments.spec import current_spec
+from deployments.status import BuildInfo, StatusTree, derive
 from projects.access import get_project_for_user, projects_for_user
 
 
@@ -86,8 +87,14 @@ class Command(BaseCommand):
 
     def do_status(self, target: str, json: bool = False, **_) -> None:
         d = self._target(target)
+        tree = status_tree(d)
         status = _summary(d)
-        status["services"] = _observe(d)
+        status["colour"], status["reason"] = tree.colour.value, tree.reason
+        status["items"] = [
+            {"branch": branch, "name": i.name, "colour": i.colour.value, "message": i.message, "restarts": i.restarts, "cpu": i.cpu_percent}
+            for branch in tree.branches
+            for i in getattr(tree, branch)
+        ]
         status["history"] = [
             {"from": t.from_state, "to": t.to_state, "actor": t.actor, "reason": t.reason, "at": t.at.isoformat()}
             for t in d.transitions.all()
@@ -95,9 +102,12 @@ class Command(BaseCommand):
         if json:
             self.stdout.write(_json(status))
             return
-        self.stdout.write(f"{d.project.slug}/{d.slug}  {d.stage}  {d.branch}@{d.commit[:10]}  {d.state}  {d.state_reason}")
-        for item in status["services"]:
-            self.stdout.write(f"  {item['kind']:<10} {item['name']:<20} {item['colour']:<8} {item['message']}")
+        self.stdout.write(f"{d.project.slug}/{d.slug}  {d.stage}  {d.branch}@{d.commit[:10]}  {d.state}")
+        self.stdout.write(f"{tree.colour.value.upper()}: {tree.reason}")
+        for url in d.endpoints.values():
+            self.stdout.write(f"  {url}")
+        for item in status["items"]:
+            self.stdout.write(f"  {item['branch']:<10} {item['name']:<20} {item['colour']:<8} {item['message']}")
 
     def do_logs(self, target: str, service: str, follow: bool, lines: int, **_) -> None:
         d = self._target(target)
@@ -125,16 +135,13 @@ def _summary(d: Deployment) -> dict:
             "commit": d.commit, "enabled": d.enabled, "state": d.state, "reason": d.state_reason, "endpoints": d.endpoints}  # fmt: skip
 
 
-def _observe(d: Deployment) -> list[dict]:
+def status_tree(d: Deployment) -> StatusTree:
     spec = current_spec(d)
-    if not spec.services:
-        return []
-    observation = get_runtime().observe([spec])[d.pk]
-    return [
-        {"kind": kind, "name": item.name, "colour": item.colour.value, "message": item.message, "restarts": item.restarts, "cpu": item.cpu_percent}
-        for kind, items in (("storage", observation.storage), ("container", observation.containers), ("service", observation.services))
-        for item in items
-    ]
+    observation = get_runtime().observe([spec])[d.pk] if spec.services else Observation()
+    builds = tuple(
+        BuildInfo(b.commit, b.status, b.progress, b.error, is_release=b.pk == d.release_id) for b in d.builds.all()[:5]
+    )
+    return derive(observation, d.state, d.enabled, d.state_reason, builds)
 
 
 def _json(data: object) -> str:
