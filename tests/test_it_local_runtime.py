@@ -240,6 +240,25 @@ def test_a_port_taken_by_another_program_is_a_clear_error(cast, runtime) -> None
         assert not processes_of(runtime.home(current_spec(d)))
 
 
+def test_a_postgresql_that_cannot_reach_its_data_is_a_clear_red_status(cast, runtime, sample_repo: Path) -> None:
+    import os
+
+    import deployments.runtimes.local as local
+
+    if os.geteuid() != 0 or local.postgres_bin_dir() is None:
+        pytest.skip("only as root, with PostgreSQL installed")
+    stack = sample_repo / "diploi.yaml"
+    stack.write_text(stack.read_text().replace("addons:\n", "addons:\n  - name: DB\n    identifier: db\n    package: postgres\n"))
+    commit_all(sample_repo, "Add a database")
+    runtime.data_dir.parent.chmod(0o700)
+    d = deploy(cast, "Dev")
+    db = next(c for c in runtime.observe([current_spec(d)])[d.pk].containers if c.name == "db")
+    assert db.colour == Colour.RED
+    blocked = re.search(r"the user “postgres” cannot reach (\S+);", db.message).group(1)
+    assert runtime.data_dir.is_relative_to(blocked)
+    assert f"allow it (chmod o+x {blocked}) or run Diploi as a regular user" in db.message
+
+
 def test_a_missing_postgresql_is_a_clear_red_status(cast, runtime, monkeypatch, sample_repo: Path) -> None:
     import deployments.runtimes.local as local
 
@@ -321,3 +340,33 @@ def test_cli_status_shows_the_colour_and_the_reason(cast, runtime) -> None:
     s = wait_until(lambda: (s := status())["colour"] == "green" and s, what="green")
     assert s["reason"] == "Running"
     assert {(i["branch"], i["name"]) for i in s["items"]} == {("storage", "redis/data"), ("containers", "web"), ("containers", "redis"), ("services", "web"), ("services", "redis")}
+
+
+@pytest.mark.skipif(__import__("deployments.runtimes.local", fromlist=["x"]).postgres_bin_dir() is None, reason="PostgreSQL is not installed on this machine")
+def test_the_postgresql_add_on_runs_and_keeps_its_data(cast, runtime, sample_repo: Path) -> None:
+    stack = sample_repo / "diploi.yaml"
+    stack.write_text(stack.read_text().replace("addons:\n", "addons:\n  - name: DB\n    identifier: db\n    package: postgres\n")
+                     .replace("    - redis.REDIS_URL\n", "    - redis.REDIS_URL\n    - db.DATABASE_URL\n"))  # fmt: skip
+    commit_all(sample_repo, "Add a database")
+    # As root, PostgreSQL runs as the postgres user, which must be able to enter the data directory;
+    # pytest makes its temporary directories private (0700).
+    for parent in (runtime.data_dir, *runtime.data_dir.parents):
+        if parent.owner() == "root" and str(parent).startswith("/tmp/pytest-of-"):
+            parent.chmod(parent.stat().st_mode | 0o001)
+    d = deploy(cast, "Dev")
+    spec = current_spec(d)
+
+    def query(sql: str) -> str:
+        shell = runtime.open_shell(spec, "web", f'psql "$DATABASE_URL" -tAc "{sql}"', pty=False)
+        out = b""
+        while chunk := shell.read():
+            out += chunk
+        assert shell.close() == 0, shell.read_stderr()
+        return out.decode().strip()
+
+    wait_until(lambda: query("SELECT 1") == "1", timeout=60, what="PostgreSQL to accept connections")
+    query("CREATE TABLE notes (body text); INSERT INTO notes VALUES ('kept')")
+    wait_until(lambda: next(c for c in runtime.observe([spec])[d.pk].containers if c.name == "db").colour == Colour.GREEN,
+               what="the db container to be green")  # fmt: skip
+    tasks.restart(d.pk, "db")
+    assert wait_until(lambda: query("SELECT body FROM notes"), timeout=60, what="the data after a restart") == "kept"

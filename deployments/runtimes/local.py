@@ -11,6 +11,7 @@ Layout under DIPLOI_DATA_DIR/deployments/<project>.<deployment>/:
   supervisor.conf        the deployment's programs, included by supervisord
 """
 
+import grp
 import hashlib
 import json
 import os
@@ -119,7 +120,7 @@ class LocalRuntime(Runtime):
         problems: dict[str, str] = {}
         programs: list[str] = []
         for service in spec.services:
-            if problem := self._requirement_problem(service):
+            if problem := self._requirement_problem(spec, service):
                 problems[service.identifier] = problem
                 continue
             programs.append(self._program_conf(spec, service, ports))
@@ -134,8 +135,7 @@ class LocalRuntime(Runtime):
         run = self._run_file(spec, service, ports)
         run_path = home / "run" / f"{service.identifier}.json"
         _write(run_path, json.dumps(run, sort_keys=True), mode=0o600)
-        user = self._unprivileged_user(service)
-        if user:
+        if user := run.get("user"):
             for path in (home / "storage" / service.identifier, *(self.volume_dir(spec, service, v.name) for v in service.volumes)):
                 shutil.chown(path, user, user)
         # The digest of the run file is part of the config, so supervisord restarts a service
@@ -158,7 +158,6 @@ stdout_logfile_maxbytes=10MB
 stdout_logfile_backups=2
 redirect_stderr=true
 priority={100 if service.kind == "addon" else 200}
-{f"user={user}" if user else ""}
 """
 
     def _run_file(self, spec: DeploymentSpec, service: ServiceSpec, ports: dict[str, dict[str, int]]) -> dict:
@@ -174,6 +173,8 @@ priority={100 if service.kind == "addon" else 200}
             "env": self._env(spec, service, ports),
             "before": [_render(service.commands["install"], ctx, quote=True)] if service.kind == "addon" and "install" in service.commands else [],
         }
+        if user := self._unprivileged_user(service):
+            run["user"] = user
         if service.kind == "component" and spec.stage != "development":
             run["fresh_from"] = str(self.home(spec) / "releases" / spec.release)
             run["scratch"] = str(self.home(spec) / "scratch" / service.identifier)
@@ -278,10 +279,14 @@ priority={100 if service.kind == "addon" else 200}
             raise RuntimeFailure(f"could not check out {spec.branch}: {e}") from None
         tmp.rename(code)
 
-    @staticmethod
-    def _requirement_problem(service: ServiceSpec) -> str | None:
+    def _requirement_problem(self, spec: DeploymentSpec, service: ServiceSpec) -> str | None:
         if service.package == "postgres" and postgres_bin_dir() is None:
             return "PostgreSQL is not installed on this machine (initdb and postgres were not found)"
+        user = self._unprivileged_user(service)
+        if user:
+            if blocked := _first_untraversable(self.home(spec), user):
+                return (f"PostgreSQL refuses to run as root, and the user “{user}” cannot reach {blocked}; "
+                        f"allow it (chmod o+x {blocked}) or run Diploi as a regular user")  # fmt: skip
         return None
 
     @staticmethod
@@ -603,6 +608,23 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
         f.write(text)
     os.chmod(tmp, mode)
     os.replace(tmp, path)
+
+
+def _first_untraversable(path: Path, user: str) -> Path | None:
+    """The first directory above `path` that `user` may not enter, if any."""
+    entry = pwd.getpwnam(user)
+    groups = {entry.pw_gid, *(g.gr_gid for g in grp.getgrall() if user in g.gr_mem)}
+    for parent in reversed(path.parents):
+        st = parent.stat()
+        if st.st_uid == entry.pw_uid:
+            allowed = st.st_mode & 0o100
+        elif st.st_gid in groups:
+            allowed = st.st_mode & 0o010
+        else:
+            allowed = st.st_mode & 0o001
+        if not allowed:
+            return parent
+    return None
 
 
 def _free_port(taken: set[int]) -> int:

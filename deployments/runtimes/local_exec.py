@@ -10,6 +10,7 @@ service's port when supervisord starts it again.
 import ctypes
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -18,26 +19,38 @@ import sys
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_wrapper() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+def _preexec(user: str | None):
+    """In the service's process: die with the wrapper; drop to `user` when one is named (the
+    wrapper itself stays root so it can read its run file and clean up)."""
+    entry = pwd.getpwnam(user) if user else None
+
+    def setup() -> None:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if entry:
+            os.setgroups([])
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+
+    return setup
 
 
 def main(run_file: str) -> int:
     with open(run_file) as f:
         run = json.load(f)
     env = run["env"]
+    preexec = _preexec(run.get("user"))
     if run.get("fresh_from"):
         shutil.rmtree(run["scratch"], ignore_errors=True)
         shutil.copytree(run["fresh_from"], run["scratch"], symlinks=True)
     os.makedirs(run["cwd"], exist_ok=True)
     for command in run.get("before", []):
-        result = subprocess.run(["/bin/sh", "-c", command], cwd=run["cwd"], env=env)
+        result = subprocess.run(["/bin/sh", "-c", command], cwd=run["cwd"], env=env, preexec_fn=preexec)
         if result.returncode != 0:
             print(f"diploi: preparation step failed with exit code {result.returncode}: {command}", flush=True)
             return result.returncode
 
     child = subprocess.Popen(["/bin/sh", "-c", run["command"]], cwd=run["cwd"], env=env,
-                             start_new_session=True, preexec_fn=_die_with_wrapper)  # fmt: skip
+                             start_new_session=True, preexec_fn=preexec)  # fmt: skip
 
     def forward(signum: int, frame: object) -> None:
         try:
