@@ -2,6 +2,7 @@
 
 import re
 import socket
+import threading
 from pathlib import Path
 
 import psutil
@@ -303,10 +304,20 @@ def test_logs_tail_and_follow(cast, runtime) -> None:
     wait_until(lambda: visits(d.endpoints["web"]), what="the sample page")
     lines = wait_until(lambda: list(runtime.logs(spec, "web")), what="log lines")
     assert any(line.startswith("Listening on port") for line in lines)
-    follow = runtime.logs(spec, "web", follow=True, tail=0)
-    http_get(d.endpoints["web"] + "/")
-    assert "GET / HTTP/1.1" in wait_until(lambda: next(follow), what="a followed line")
-    follow.close()
+    followed: list[str] = []
+    stop = threading.Event()
+
+    def follow() -> None:
+        for line in runtime.logs(spec, "web", follow=True, tail=0):
+            followed.append(line)
+            if stop.is_set():
+                return
+
+    threading.Thread(target=follow, daemon=True).start()
+    # Requests until one shows up: the reader may open the file after the first request was logged.
+    wait_until(lambda: http_get(d.endpoints["web"]) and any("GET / HTTP/1.1" in line for line in followed), what="a followed line")
+    stop.set()
+    assert not any(line.startswith("Listening on port") for line in followed)  # tail=0: only new lines
 
 
 def test_provisioning_interrupted_half_way_completes_on_the_next_run(cast, runtime, monkeypatch) -> None:
