@@ -24,6 +24,9 @@ class State(models.TextChoices):
     DELETING = "deleting", "Deleting"
 
 
+SUMMARY_WORDS = {"green": "Running", "yellow": "Possible issues", "red": "Error"}
+
+
 class Deployment(models.Model):
     """One running instance of a project at one stage, following one branch."""
 
@@ -54,6 +57,24 @@ class Deployment(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("deployments:detail", args=[self.project.slug, self.slug])
+
+    @property
+    def summary(self) -> tuple[str, str]:
+        """Colour and word for lists: from the state, and the monitor's last status tree when stored."""
+        if self.state == State.DELETING:
+            return "pending", "Deleting…"
+        if self.state == State.FAILED:
+            return "red", "Error"
+        if self.state in (State.PENDING, State.PROVISIONING):
+            return "pending", "Provisioning…"
+        if self.state == State.BUILDING:
+            return "pending", "Building…"
+        if self.state == State.STOPPED or not self.enabled:
+            return "pending", "Stopped"
+        colour = (self.status or {}).get("colour")
+        if colour in SUMMARY_WORDS:
+            return colour, SUMMARY_WORDS[colour]
+        return ("yellow", "Possible issues") if self.state_reason else ("green", "Running")
 
     @property
     def builds_releases(self) -> bool:
@@ -148,3 +169,16 @@ class EnvVar(models.Model):
 
     def __str__(self) -> str:
         return f"{self.service or '*'}:{self.key}"
+
+
+class Sample(models.Model):
+    """CPU and memory of a deployment at one moment, for the Overview chart (kept 24 hours)."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="samples")
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    cpu_percent = models.FloatField()
+    memory_bytes = models.BigIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["deployment", "-at"], name="sample_latest")]
+        ordering = ["at"]

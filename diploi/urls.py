@@ -7,5 +7,6 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("account/", include("accounts.urls")),
     path("projects/", include("projects.urls")),
+    path("projects/", include("deployments.urls")),
     path("admin/", admin.site.urls),
 ]

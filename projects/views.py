@@ -9,6 +9,7 @@ from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from deployments.queries import deployments_with_figures
 from projects.access import get_project_for_user, projects_for_user
 from projects.forms import DeleteProjectForm, MemberForm, ProjectForm, RoleForm, unique_slug
 from projects.models import Membership, Project, Role
@@ -49,7 +50,7 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
     project = get_project_for_user(request.user, slug)
     ctx = {
         "project": project,
-        "deployments": project.deployments.all(),
+        "deployments": deployments_with_figures(project),
         "members": project.memberships.select_related("user"),
     }
     return TemplateResponse(request, "projects/detail.html", ctx)

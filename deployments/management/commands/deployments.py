@@ -8,12 +8,12 @@ from django.http import Http404
 from accounts.models import User
 from deployments import tasks
 from deployments.access import get_deployment_for_user
+from deployments.live import status_tree
 from deployments.models import Deployment, State
 from deployments.runtimes import get_runtime
-from deployments.runtimes.base import Observation, RuntimeFailure
+from deployments.runtimes.base import RuntimeFailure
 from deployments.services import create_deployment
 from deployments.spec import current_spec
-from deployments.status import BuildInfo, StatusTree, derive
 from projects.access import get_project_for_user, projects_for_user
 
 
@@ -133,15 +133,6 @@ class Command(BaseCommand):
 def _summary(d: Deployment) -> dict:
     return {"project": d.project.slug, "slug": d.slug, "name": d.name, "stage": d.stage, "branch": d.branch,
             "commit": d.commit, "enabled": d.enabled, "state": d.state, "reason": d.state_reason, "endpoints": d.endpoints}  # fmt: skip
-
-
-def status_tree(d: Deployment) -> StatusTree:
-    spec = current_spec(d)
-    observation = get_runtime().observe([spec])[d.pk] if spec.services else Observation()
-    builds = tuple(
-        BuildInfo(b.commit, b.status, b.progress, b.error, is_release=b.pk == d.release_id) for b in d.builds.all()[:5]
-    )
-    return derive(observation, d.state, d.enabled, d.state_reason, builds)
 
 
 def _json(data: object) -> str:

@@ -1,0 +1,71 @@
+import re
+
+from django import forms
+
+from deployments.models import Deployment, EnvVar, Stage
+from projects.validators import env_name_error, validate_branch_name
+
+MAX_ENV_VALUE = 32 * 1024
+
+
+class NewDeploymentForm(forms.Form):
+    name = forms.CharField(max_length=63, help_text="Also its address: lowercase letters, digits and '-'.")
+    stage = forms.ChoiceField(choices=Stage.choices, initial=Stage.DEVELOPMENT)
+    branch = forms.CharField(max_length=255)
+    enabled = forms.BooleanField(required=False, initial=True, label="Start it right away")
+
+    def __init__(self, *args, branches: list[str], default_branch: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["branch"].initial = default_branch
+        if branches:
+            self.fields["branch"].widget = forms.Select(choices=[(b, b) for b in branches])
+
+    def clean_branch(self) -> str:
+        validate_branch_name(self.cleaned_data["branch"])
+        return self.cleaned_data["branch"]
+
+
+class BranchForm(forms.Form):
+    branch = forms.CharField(max_length=255, validators=[validate_branch_name])
+
+
+class EnvVarForm(forms.Form):
+    service = forms.ChoiceField(label="Applies to", required=False)
+    key = forms.CharField(max_length=255, label="Name")
+    value = forms.CharField(required=False, widget=forms.TextInput(attrs={"autocomplete": "off"}), max_length=MAX_ENV_VALUE)
+    secret = forms.BooleanField(required=False, help_text="Secret values are never shown again.")
+
+    def __init__(self, *args, components: list[str], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["service"].choices = [("", "All components"), *((c, c) for c in components)]
+
+    def clean_key(self) -> str:
+        key = self.cleaned_data["key"].strip()
+        if err := env_name_error(key):
+            raise forms.ValidationError(f"“{key}” {err}.")
+        if re.match(r"^DIPLOI_", key):
+            raise forms.ValidationError("Names starting with DIPLOI_ are set by Diploi.")
+        return key
+
+    def clean_value(self) -> str:
+        value = self.cleaned_data["value"]
+        if "\x00" in value:
+            raise forms.ValidationError("Values cannot contain NUL characters.")
+        return value
+
+
+class DeleteDeploymentForm(forms.Form):
+    confirm = forms.CharField(label="Type the deployment's name to confirm")
+
+    def __init__(self, *args, deployment: Deployment, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.deployment = deployment
+
+    def clean_confirm(self) -> str:
+        if self.cleaned_data["confirm"].strip() != self.deployment.name:
+            raise forms.ValidationError(f"Type “{self.deployment.name}” exactly to delete this deployment.")
+        return self.cleaned_data["confirm"]
+
+
+def env_rows(deployment: Deployment) -> list[EnvVar]:
+    return list(EnvVar.objects.filter(deployment=deployment))

@@ -1,0 +1,32 @@
+"""What a deployment looks like right now: the runtime's observation turned into a status tree."""
+
+from datetime import timedelta
+
+from django.utils import timezone
+
+from deployments.models import Deployment, Sample
+from deployments.runtimes import get_runtime
+from deployments.runtimes.base import Observation
+from deployments.spec import current_spec
+from deployments.status import BuildInfo, StatusTree, derive
+
+SAMPLE_EVERY = timedelta(seconds=10)
+KEEP_SAMPLES = timedelta(hours=24)
+
+
+def status_tree(d: Deployment, observation: Observation | None = None) -> StatusTree:
+    if observation is None:
+        spec = current_spec(d)
+        observation = get_runtime().observe([spec])[d.pk] if spec.services else Observation()
+    builds = tuple(BuildInfo(b.commit, b.status, b.progress, b.error, is_release=b.pk == d.release_id) for b in d.builds.all()[:5])
+    return derive(observation, d.state, d.enabled, d.state_reason, builds)
+
+
+def record_sample(d: Deployment, tree: StatusTree) -> None:
+    """Keep one CPU/memory sample per SAMPLE_EVERY (the monitor calls this every tick)."""
+    cpu = sum(c.cpu_percent or 0 for c in tree.containers)
+    memory = sum(c.memory_bytes or 0 for c in tree.containers)
+    now = timezone.now()
+    if not Sample.objects.filter(deployment=d, at__gt=now - SAMPLE_EVERY).exists():
+        Sample.objects.create(deployment=d, at=now, cpu_percent=cpu, memory_bytes=memory)
+        Sample.objects.filter(deployment=d, at__lt=now - KEEP_SAMPLES).delete()

@@ -1,0 +1,27 @@
+from django import template
+
+register = template.Library()
+
+WORDS = {"green": "Running", "yellow": "Possible issues", "red": "Error", "pending": "Pending"}
+
+
+@register.filter
+def colour_word(colour: object) -> str:
+    """The word that goes beside a colour dot: colour is never the only signal."""
+    return WORDS.get(getattr(colour, "value", colour), str(colour))
+
+
+@register.filter
+def dot(colour: object) -> str:
+    value = getattr(colour, "value", colour)
+    return "grey" if value == "pending" else value
+
+
+@register.filter
+def bytes_human(n: int | None) -> str:
+    n = float(n or 0)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -1,0 +1,227 @@
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from deployments import tasks
+from deployments.access import get_deployment_for_user
+from deployments.forms import BranchForm, DeleteDeploymentForm, EnvVarForm, NewDeploymentForm
+from deployments.live import record_sample, status_tree
+from deployments.models import Deployment, EnvVar, Sample, State
+from deployments.runtimes import get_runtime
+from deployments.runtimes.base import RuntimeFailure
+from deployments.services import create_deployment
+from deployments.spec import current_spec
+from projects.access import get_project_for_user
+from projects.stack import branches
+
+LOG_LINES = 200
+
+
+def sparkline(values: list[float], width: int = 240, height: int = 40) -> str:
+    """SVG polyline points for `values`, scaled to the box (0 at the bottom)."""
+    if len(values) < 2:
+        return ""
+    top = max(max(values), 1.0)
+    step = width / (len(values) - 1)
+    return " ".join(f"{i * step:.1f},{height - (v / top) * height:.1f}" for i, v in enumerate(values))
+
+
+def _components(d: Deployment) -> list[str]:
+    return [c["identifier"] for c in (d.project.stack or {}).get("components", [])]
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def deployment_new(request: HttpRequest, project_slug: str) -> HttpResponse:
+    project = get_project_for_user(request.user, project_slug, write=True)
+    form = NewDeploymentForm(request.POST or None, branches=branches(project), default_branch=project.default_branch)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            d = create_deployment(project, data["name"], data["stage"], data["branch"], request.user, enabled=data["enabled"])
+        except ValidationError as e:
+            for field, errors in e.message_dict.items():
+                for error in errors:
+                    form.add_error(field if field in form.fields else None, error)
+        else:
+            messages.success(request, f"Deployment “{d.name}” created; it is being provisioned.")
+            return redirect(d)
+    template = "deployments/new.html#form" if request.htmx else "deployments/new.html"
+    return TemplateResponse(request, template, {"project": project, "form": form})
+
+
+@login_required
+@require_GET
+def deployment_detail(request: HttpRequest, project_slug: str, slug: str) -> HttpResponse:
+    d = get_deployment_for_user(request.user, project_slug, slug)
+    tree = status_tree(d)
+    record_sample(d, tree)
+    samples = list(Sample.objects.filter(deployment=d, at__gte=timezone.now() - timedelta(minutes=15)).values_list("cpu_percent", "memory_bytes"))
+    ssh_host = settings.DIPLOI_PUBLIC_HOST
+    ctx = {
+        "d": d,
+        "project": d.project,
+        "tab": "overview",
+        "tree": tree,
+        "cpu": samples[-1][0] if samples else 0,
+        "memory": samples[-1][1] if samples else 0,
+        "cpu_points": sparkline([s[0] for s in samples]),
+        "build": d.builds.first(),
+        "ssh": [(c, f"ssh -p {settings.DIPLOI_SSH_PORT} {c}-{d.slug}@{ssh_host}") for c in _components(d)],
+        "has_keys": request.user.ssh_keys.exists(),
+        "transitions": list(d.transitions.order_by("-at", "-pk")[:8]),
+    }
+    template = "deployments/detail.html#live" if request.htmx else "deployments/detail.html"
+    return TemplateResponse(request, template, ctx)
+
+
+def _options_page(request: HttpRequest, d: Deployment, partial: str | None = None, **forms) -> HttpResponse:
+    components = _components(d)
+    ctx = {
+        "d": d,
+        "project": d.project,
+        "tab": "options",
+        "branch_form": forms.get("branch_form") or BranchForm(initial={"branch": d.branch}),
+        "env_form": forms.get("env_form") or EnvVarForm(components=components),
+        "delete_form": forms.get("delete_form") or DeleteDeploymentForm(deployment=d),
+        "env_vars": EnvVar.objects.filter(deployment=d),
+        "branches": branches(d.project),
+    }
+    template = "deployments/options.html" + (f"#{partial}" if request.htmx and partial else "")
+    return TemplateResponse(request, template, ctx)
+
+
+@login_required
+@require_GET
+def deployment_options(request: HttpRequest, project_slug: str, slug: str) -> HttpResponse:
+    return _options_page(request, get_deployment_for_user(request.user, project_slug, slug))
+
+
+def _actor(request: HttpRequest) -> str:
+    return f"user:{request.user.username}"
+
+
+@login_required
+@require_POST
+def deployment_enabled(request: HttpRequest, project_slug: str, slug: str) -> HttpResponse:
+    d = get_deployment_for_user(request.user, project_slug, slug, write=True)
+    enabled = request.POST.get("enabled") == "on"
+    with transaction.atomic():
+        Deployment.objects.filter(pk=d.pk).update(enabled=enabled)
+        tasks.set_enabled.delay_on_commit(d.pk, actor=_actor(request))
+    messages.success(request, "Starting the deployment." if enabled else "Stopping the deployment; its storage is kept.")
+    return redirect("deployments:options", project_slug, slug)
+
+
+@login_required
+@require_POST
+def deployment_branch(request: HttpRequest, project_slug: str, slug: str) -> HttpResponse:
+    d = get_deployment_for_user(request.user, project_slug, slug, write=True)
+    form = BranchForm(request.POST)
+    if not form.is_valid():
+        return _options_page(request, d, "general", branch_form=form)
+    with transaction.atomic():
+        Deployment.objects.filter(pk=d.pk).update(branch=form.cleaned_data["branch"])
+        tasks.provision.delay_on_commit(d.pk, actor=_actor(request))
+    messages.success(request, f"Now following {form.cleaned_data['branch']}; updating.")
+    return redirect("deployments:options", project_slug, slug)
+
+
+@login_required
+@require_POST
+def env_save(request: HttpRequest, project_slug: str, slug: str) -> HttpResponse:
+    d = get_deployment_for_user(request.user, project_slug, slug, write=True)
+    form = EnvVarForm(request.POST, components=_components(d))
+    if not form.is_valid():
+        return _options_page(request, d, "env", env_form=form)
+    data = form.cleaned_data
+    with transaction.atomic():
+        EnvVar.objects.update_or_create(
+            deployment=d, service=data["service"], key=data["key"], defaults={"value": data["value"], "secret": data["secret"]}
+        )
+        tasks.provision.delay_on_commit(d.pk, actor=_actor(request))
+    messages.success(request, f"{data['key']} saved; restarting the affected components.")
+    if request.htmx:
+        return _options_page(request, d, "env")
+    return redirect("deployments:options", project_slug, slug)
+
+
+@login_required
+@require_POST
+def env_delete(request: HttpRequest, project_slug: str, slug: str, pk: int) -> HttpResponse:
+    d = get_deployment_for_user(request.user, project_slug, slug, write=True)
+    var = get_object_or_404(EnvVar, pk=pk, deployment=d)
+    with transaction.atomic():
+        var.delete()
+        tasks.provision.delay_on_commit(d.pk, actor=_actor(request))
+    messages.success(request, f"{var.key} deleted; restarting the affected components.")
+    if request.htmx:
+        return _options_page(request, d, "env")
+    return redirect("deployments:options", project_slug, slug)
+
+
+@login_required
+@require_POST
+def deployment_restart(request: HttpRequest, project_slug: str, slug: str, service: str) -> HttpResponse:
+    d = get_deployment_for_user(request.user, project_slug, slug, write=True)
+    try:
+        current_spec(d).service(service)
+    except RuntimeFailure as e:
+        messages.error(request, str(e))
+    else:
+        tasks.restart.delay_on_commit(d.pk, service, actor=_actor(request))
+        messages.success(request, f"Restarting {service}.")
+    return redirect(d)
+
+
+@login_required
+@require_POST
+def deployment_delete(request: HttpRequest, project_slug: str, slug: str) -> HttpResponse:
+    d = get_deployment_for_user(request.user, project_slug, slug, owner=True)
+    form = DeleteDeploymentForm(request.POST, deployment=d)
+    if not form.is_valid():
+        return _options_page(request, d, "danger", delete_form=form)
+    with transaction.atomic():
+        d.transition(State.DELETING, _actor(request), "deletion requested")
+        tasks.destroy.delay_on_commit(d.pk, actor=_actor(request))
+    messages.success(request, f"Deleting “{d.name}” and its storage.")
+    return redirect(d.project)
+
+
+@login_required
+@require_GET
+def deployment_logs(request: HttpRequest, project_slug: str, slug: str) -> HttpResponse:
+    d = get_deployment_for_user(request.user, project_slug, slug)
+    spec = current_spec(d)
+    services = [s.identifier for s in spec.services]
+    service = request.GET.get("service") or (services[0] if services else "")
+    lines: list[str] = []
+    if service in services:
+        lines = list(get_runtime().logs(spec, service, tail=LOG_LINES))
+    ctx = {"d": d, "project": d.project, "tab": "logs", "services": services, "service": service, "lines": lines}
+    template = "deployments/logs.html#lines" if request.htmx else "deployments/logs.html"
+    return TemplateResponse(request, template, ctx)
+
+
+@login_required
+@require_GET
+def deployment_logs_download(request: HttpRequest, project_slug: str, slug: str, service: str) -> HttpResponse:
+    d = get_deployment_for_user(request.user, project_slug, slug)
+    spec = current_spec(d)
+    try:
+        spec.service(service)
+    except RuntimeFailure:
+        return HttpResponse(status=404)
+    lines = get_runtime().logs(spec, service, since=0)
+    response = StreamingHttpResponse((line + "\n" for line in lines), content_type="text/plain; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{d.project.slug}-{d.slug}-{service}.log"'
+    return response

@@ -1,0 +1,149 @@
+"""Deployment pages: who may see and change what, forms, and bounded queries."""
+
+import html
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from deployments.models import Build, Deployment, EnvVar, Sample, State
+
+
+@pytest.fixture
+def dev(cast) -> Deployment:
+    return Deployment.objects.create(project=cast.project, name="Dev", slug="dev", branch="main", state=State.RUNNING,
+                                     commit=cast.project.stack_commit, endpoints={"web": "http://localhost:40001"})  # fmt: skip
+
+
+def urls(d: Deployment) -> dict[str, tuple[str, dict | None, str]]:
+    base = f"/projects/{d.project.slug}/d/{d.slug}"
+    return {
+        "overview": (f"{base}/", None, "viewer"),
+        "options": (f"{base}/options/", None, "viewer"),
+        "logs": (f"{base}/logs/", None, "viewer"),
+        "download": (f"{base}/logs/web.log", None, "viewer"),
+        "new": (f"/projects/{d.project.slug}/deployments/new/", None, "developer"),
+        "create": (f"/projects/{d.project.slug}/deployments/new/", {"name": "x", "stage": "development", "branch": "main"}, "developer"),
+        "enable": (f"{base}/enabled/", {}, "developer"),
+        "branch": (f"{base}/branch/", {"branch": "main"}, "developer"),
+        "env": (f"{base}/env/", {"key": "A", "value": "1"}, "developer"),
+        "restart": (f"{base}/restart/web/", {}, "developer"),
+        "delete": (f"{base}/delete/", {"confirm": "Dev"}, "owner"),
+    }  # fmt: skip
+
+
+RANK = {"viewer": 0, "developer": 1, "owner": 2}
+NAMES = ["overview", "options", "logs", "download", "new", "create", "enable", "branch", "env", "restart", "delete"]
+
+
+def snapshot(d: Deployment) -> tuple:
+    row = Deployment.objects.filter(pk=d.pk).values_list("enabled", "branch", "state").first()
+    return row, list(EnvVar.objects.values_list("key", flat=True)), Deployment.objects.count()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_outsiders_get_404_and_change_nothing(cast, dev, runtime, name) -> None:
+    url, data, _ = urls(dev)[name]
+    before = snapshot(dev)
+    client = cast.client(cast.outsider)
+    assert (client.get(url) if data is None else client.post(url, data)).status_code == 404
+    assert snapshot(dev) == before
+
+
+WRITES = {"new": "developer", "create": "developer", "enable": "developer", "branch": "developer", "env": "developer",
+          "restart": "developer", "delete": "owner"}  # fmt: skip
+
+
+@pytest.mark.parametrize("role, name", [(r, n) for n, need in WRITES.items() for r in ("viewer", "developer") if RANK[r] < RANK[need]])
+def test_weaker_roles_get_403_and_change_nothing(cast, dev, runtime, role, name) -> None:
+    url, data, _ = urls(dev)[name]
+    before = snapshot(dev)
+    client = cast.client(getattr(cast, role))
+    assert (client.get(url) if data is None else client.post(url, data)).status_code == 403
+    assert snapshot(dev) == before
+
+
+@pytest.mark.parametrize("name", ["overview", "options", "logs"])
+def test_every_member_sees_the_pages(cast, dev, runtime, name) -> None:
+    url, _, _ = urls(dev)[name]
+    for user in (cast.viewer, cast.developer, cast.owner):
+        assert cast.client(user).get(url).status_code == 200
+
+
+def test_the_overview_shows_status_hosts_and_the_ssh_command(cast, dev, runtime) -> None:
+    page = cast.client(cast.developer).get(f"/projects/shop/d/dev/").content.decode()
+    assert f'id="deployment-{dev.pk}-status"' in page and f'id="deployment-{dev.pk}-tree"' in page
+    for branch in ("Storage", "Builds", "Containers", "Services"):
+        assert f"<h3>{branch}</h3>" in page
+    assert "http://localhost:40001" in page
+    assert "Add an SSH key to connect" in page  # no key yet: a link instead of the command
+    from accounts.models import SSHKey
+
+    SSHKey.objects.create(user=cast.developer, title="k", key_type="ssh-ed25519", public_key="ssh-ed25519 AAAA", fingerprint="SHA256:x")
+    page = cast.client(cast.developer).get(f"/projects/shop/d/dev/").content.decode()
+    assert "ssh -p 2222 web-dev@localhost" in page
+    assert 'aria-label="Copy the SSH command for web"' in page
+
+
+def test_env_vars_are_validated_masked_and_applied(cast, dev, runtime, django_capture_on_commit_callbacks) -> None:
+    client = cast.client(cast.developer)
+    url = "/projects/shop/d/dev/env/"
+    for key, message in [("1BAD", "must be letters, digits and '_'"), ("DIPLOI_X", "set by Diploi"), ("A B", "must be letters")]:
+        r = client.post(url, {"key": key, "value": "v"}, headers={"HX-Request": "true"})
+        body = html.unescape(r.content.decode())
+        assert message in body and 'id="options-env"' in body and "<html" not in body
+    assert not EnvVar.objects.exists()
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        r = client.post(url, {"key": "API_TOKEN", "value": "t0p-s3cret", "secret": "on", "service": "web"})
+    assert r.status_code == 302 and len(callbacks) == 1  # the provision task is queued on commit
+    var = EnvVar.objects.get()
+    assert (var.service, var.key, var.value, var.secret) == ("web", "API_TOKEN", "t0p-s3cret", True)
+    page = client.get("/projects/shop/d/dev/options/").content.decode()
+    assert "API_TOKEN" in page and "t0p-s3cret" not in page and "(secret)" in page
+
+    r = client.post(url, {"key": "X", "value": "1", "service": "nope"})
+    assert "Select a valid choice" in r.content.decode()
+
+
+def test_delete_asks_for_the_name_then_goes_to_deleting(cast, dev, runtime, django_capture_on_commit_callbacks) -> None:
+    client = cast.client(cast.owner)
+    page = client.get("/projects/shop/d/dev/options/").content.decode()
+    assert "permanently deletes its storage" in page
+    r = client.post("/projects/shop/d/dev/delete/", {"confirm": "dev"})
+    assert "Type “Dev” exactly" in r.content.decode()
+    assert Deployment.objects.get(pk=dev.pk).state == State.RUNNING
+    with django_capture_on_commit_callbacks() as callbacks:
+        r = client.post("/projects/shop/d/dev/delete/", {"confirm": "Dev"})
+    assert r.status_code == 302 and r["Location"] == "/projects/shop/"
+    assert Deployment.objects.get(pk=dev.pk).state == State.DELETING and len(callbacks) == 1
+    assert "Deleting…" in client.get("/projects/shop/").content.decode()
+
+
+def test_the_new_deployment_form_explains_problems(cast, runtime) -> None:
+    client = cast.client(cast.developer)
+    page = client.get("/projects/shop/deployments/new/").content.decode()
+    assert '<option value="main" selected>main</option>' in page  # branches come from the repository
+    r = client.post("/projects/shop/deployments/new/", {"name": "!!", "stage": "development", "branch": "main"}, headers={"HX-Request": "true"})
+    assert "must contain at least one letter or digit" in r.content.decode()
+    r = client.post("/projects/shop/deployments/new/", {"name": "x", "stage": "development", "branch": "bad..name"})
+    assert "not a valid branch name" in html.unescape(r.content.decode())
+    assert not Deployment.objects.exists()
+    r = client.post("/projects/shop/deployments/new/", {"name": "Feature", "stage": "staging", "branch": "main", "enabled": "on"})
+    d = Deployment.objects.get()
+    assert r.status_code == 302 and r["Location"] == "/projects/shop/d/feature/"
+    assert (d.stage, d.created_by) == ("staging", cast.developer)
+
+
+@pytest.mark.parametrize("count", [1, 50])
+def test_the_project_page_has_bounded_queries(cast, runtime, count) -> None:
+    for i in range(count):
+        d = Deployment.objects.create(project=cast.project, name=f"d{i}", slug=f"d{i}", branch="main", state=State.RUNNING)
+        Sample.objects.create(deployment=d, cpu_percent=i, memory_bytes=1)
+        Build.objects.create(deployment=d, commit="a" * 40, status="succeeded")
+    client = cast.client(cast.viewer)
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get("/projects/shop/").content.decode()
+    assert page.count('<span class="dot green" aria-hidden="true"></span>Running') == count
+    assert f"{count - 1}.0%" in page and "succeeded" in page
+    assert len(queries) <= 8, [q["sql"] for q in queries]
