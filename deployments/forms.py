@@ -69,3 +69,46 @@ class DeleteDeploymentForm(forms.Form):
 
 def env_rows(deployment: Deployment) -> list[EnvVar]:
     return list(EnvVar.objects.filter(deployment=deployment))
+
+
+class CloneForm(NewDeploymentForm):
+    copy_storage = forms.BooleanField(required=False, initial=True, label="Copy storage",
+                                      help_text="Start from a copy of this deployment's databases and files (and code, for development).")  # fmt: skip
+
+
+def parameter_form(parameters: list[dict], current: dict[str, EnvVar], data=None) -> forms.Form:
+    """A form for one component's package parameters, typed as the package declares them.
+    Read-only parameters are shown but locked; secrets are never rendered back."""
+    fields: dict[str, forms.Field] = {}
+    for p in parameters:
+        value = current[p["key"]].value if p["key"] in current else p["default"]
+        common = {"label": p["label"], "required": False, "disabled": p["readonly"], "help_text": p["group"]}
+        if p["type"] == "integer":
+            field = forms.IntegerField(initial=value or None, **common)
+        elif p["type"] == "boolean":
+            field = forms.BooleanField(initial=str(value).lower() == "true", **common)
+        elif p["type"] == "secret":
+            common["help_text"] = "Set" if p["key"] in current else "Not set"
+            field = forms.CharField(widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+                                    max_length=MAX_ENV_VALUE, **common)  # fmt: skip
+        else:
+            field = forms.CharField(initial=value, max_length=MAX_ENV_VALUE, **common)
+        fields[p["key"]] = field
+    return type("ParameterForm", (forms.Form,), fields)(data)
+
+
+def parameter_values(parameters: list[dict], form: forms.Form) -> dict[str, tuple[str, bool]]:
+    """What to store: {key: (value, secret)}; an empty secret keeps the stored one."""
+    values = {}
+    for p in parameters:
+        if p["readonly"]:
+            continue
+        v = form.cleaned_data.get(p["key"])
+        if p["type"] == "secret":
+            if v:
+                values[p["key"]] = (v, True)
+        elif p["type"] == "boolean":
+            values[p["key"]] = ("true" if v else "false", False)
+        else:
+            values[p["key"]] = ("" if v is None else str(v), False)
+    return values

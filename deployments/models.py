@@ -47,6 +47,9 @@ class Deployment(models.Model):
     credentials = EncryptedTextField(default="{}")
     created = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    clone_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="clones")
+    # Set when a clone should start from a copy of its source's storage; cleared once copied.
+    copy_storage_pending = models.BooleanField(default=False)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["project", "slug"], name="deployment_slug_unique_per_project")]

@@ -6,15 +6,21 @@ from django.utils.text import slugify
 
 from accounts.models import User
 from deployments import tasks
-from deployments.models import Deployment, Stage
+from deployments.models import Deployment, EnvVar, Stage
 from deployments.spec import StackInvalid, fetch_branch, load_stack
 from projects.git import GitError
 from projects.models import Project
 from projects.validators import dns_label_error, validate_branch_name
 
 
-def create_deployment(project: Project, name: str, stage: str, branch: str, user: User | None, enabled: bool = True) -> Deployment:
-    """Validate, save and enqueue provisioning; raises ValidationError keyed by field."""
+def create_deployment(
+    project: Project, name: str, stage: str, branch: str, user: User | None, enabled: bool = True,
+    clone_of: Deployment | None = None, copy_storage: bool = False,
+) -> Deployment:
+    """Validate, save and enqueue provisioning; raises ValidationError keyed by field.
+
+    A clone inherits its source's env vars and add-on passwords (so that copied databases still
+    open); with `copy_storage` it starts from a copy of the source's storage."""  # fmt: skip
     slug = slugify(name).replace("_", "-")
     errors: dict[str, list[str]] = {}
     if not slug:
@@ -32,7 +38,10 @@ def create_deployment(project: Project, name: str, stage: str, branch: str, user
     if errors:
         raise ValidationError(errors)
 
-    deployment = Deployment(project=project, name=name, slug=slug, stage=stage, branch=branch, enabled=enabled, created_by=user)
+    deployment = Deployment(project=project, name=name, slug=slug, stage=stage, branch=branch, enabled=enabled, created_by=user,
+                            clone_of=clone_of, copy_storage_pending=bool(clone_of and copy_storage))  # fmt: skip
+    if clone_of:
+        deployment.credentials = clone_of.credentials
     try:
         commit = fetch_branch(deployment)
         load_stack(deployment, commit)
@@ -44,6 +53,11 @@ def create_deployment(project: Project, name: str, stage: str, branch: str, user
     try:
         with transaction.atomic():
             deployment.save()
+            if clone_of:
+                EnvVar.objects.bulk_create(
+                    EnvVar(deployment=deployment, service=v.service, key=v.key, value=v.value, secret=v.secret)
+                    for v in EnvVar.objects.filter(deployment=clone_of)
+                )
             tasks.provision.delay_on_commit(deployment.pk, actor=f"user:{user.username}" if user else "cli")
     except IntegrityError:
         raise ValidationError({"name": [f"This project already has a deployment called “{slug}”."]}) from None

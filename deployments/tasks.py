@@ -18,7 +18,7 @@ RETRY = {"autoretry_for": (TransientFailure,), "retry_backoff": 2, "retry_backof
 
 
 def _get(deployment_id: int) -> Deployment | None:
-    return Deployment.objects.select_related("project", "release").filter(pk=deployment_id).first()
+    return Deployment.objects.select_related("project", "release", "clone_of__project").filter(pk=deployment_id).first()
 
 
 @shared_task(acks_late=True, **RETRY)
@@ -46,6 +46,10 @@ def provision(deployment_id: int, force_build: bool = False, actor: str = "task:
         release = build
 
     spec = build_spec(deployment, stack, commit, release.commit if release and deployment.builds_releases else "")
+    if deployment.copy_storage_pending:
+        if deployment.clone_of_id:
+            get_runtime().copy_storage(minimal_spec(deployment.clone_of), spec)
+        Deployment.objects.filter(pk=deployment.pk).update(copy_storage_pending=False)
     try:
         endpoints = get_runtime().apply(spec)
     except TransientFailure:

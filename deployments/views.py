@@ -13,7 +13,15 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from deployments import tasks
 from deployments.access import get_deployment_for_user
-from deployments.forms import BranchForm, DeleteDeploymentForm, EnvVarForm, NewDeploymentForm
+from deployments.forms import (
+    BranchForm,
+    CloneForm,
+    DeleteDeploymentForm,
+    EnvVarForm,
+    NewDeploymentForm,
+    parameter_form,
+    parameter_values,
+)
 from deployments.live import record_sample, status_tree
 from deployments.models import Deployment, EnvVar, Sample, State
 from deployments.runtimes import get_runtime
@@ -37,6 +45,23 @@ def sparkline(values: list[float], width: int = 240, height: int = 40) -> str:
 
 def _components(d: Deployment) -> list[str]:
     return [c["identifier"] for c in (d.project.stack or {}).get("components", [])]
+
+
+def _parameters(d: Deployment) -> dict[str, list[dict]]:
+    """Each service's package parameters, from the project's stack file."""
+    stack = d.project.stack or {}
+    return {s["identifier"]: s["package"]["parameters"] for s in [*stack.get("components", []), *stack.get("addons", [])]
+            if s["package"]["parameters"]}  # fmt: skip
+
+
+def _parameter_forms(d: Deployment, bound: tuple[str, object] | None = None) -> list[tuple[str, object]]:
+    current: dict[str, dict[str, EnvVar]] = {}
+    for var in EnvVar.objects.filter(deployment=d).exclude(service=""):
+        current.setdefault(var.service, {})[var.key] = var
+    return [
+        (service, bound[1] if bound and bound[0] == service else parameter_form(params, current.get(service, {})))
+        for service, params in _parameters(d).items()
+    ]
 
 
 @login_required
@@ -94,6 +119,7 @@ def _options_page(request: HttpRequest, d: Deployment, partial: str | None = Non
         "env_form": forms.get("env_form") or EnvVarForm(components=components),
         "delete_form": forms.get("delete_form") or DeleteDeploymentForm(deployment=d),
         "env_vars": EnvVar.objects.filter(deployment=d),
+        "parameter_forms": forms.get("parameter_forms") or _parameter_forms(d),
         "branches": branches(d.project),
     }
     template = "deployments/options.html" + (f"#{partial}" if request.htmx and partial else "")
@@ -157,6 +183,24 @@ def env_save(request: HttpRequest, project_slug: str, slug: str) -> HttpResponse
 
 @login_required
 @require_POST
+def parameters_save(request: HttpRequest, project_slug: str, slug: str, service: str) -> HttpResponse:
+    d = get_deployment_for_user(request.user, project_slug, slug, write=True)
+    params = _parameters(d).get(service)
+    if params is None:
+        return HttpResponse(status=404)
+    form = parameter_form(params, {}, request.POST)
+    if not form.is_valid():
+        return _options_page(request, d, "parameters", parameter_forms=_parameter_forms(d, (service, form)))
+    with transaction.atomic():
+        for key, (value, secret) in parameter_values(params, form).items():
+            EnvVar.objects.update_or_create(deployment=d, service=service, key=key, defaults={"value": value, "secret": secret})
+        tasks.provision.delay_on_commit(d.pk, actor=_actor(request))
+    messages.success(request, f"Parameters of {service} saved; restarting it.")
+    return redirect("deployments:options", project_slug, slug)
+
+
+@login_required
+@require_POST
 def env_delete(request: HttpRequest, project_slug: str, slug: str, pk: int) -> HttpResponse:
     d = get_deployment_for_user(request.user, project_slug, slug, write=True)
     var = get_object_or_404(EnvVar, pk=pk, deployment=d)
@@ -195,6 +239,28 @@ def deployment_delete(request: HttpRequest, project_slug: str, slug: str) -> Htt
         tasks.destroy.delay_on_commit(d.pk, actor=_actor(request))
     messages.success(request, f"Deleting “{d.name}” and its storage.")
     return redirect(d.project)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def deployment_clone(request: HttpRequest, project_slug: str, slug: str) -> HttpResponse:
+    source = get_deployment_for_user(request.user, project_slug, slug, write=True)
+    form = CloneForm(request.POST or None, branches=branches(source.project), default_branch=source.branch,
+                     initial={"name": f"{source.name}-copy", "stage": source.stage})  # fmt: skip
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            clone = create_deployment(source.project, data["name"], data["stage"], data["branch"], request.user,
+                                      enabled=data["enabled"], clone_of=source, copy_storage=data["copy_storage"])  # fmt: skip
+        except ValidationError as e:
+            for field, errors in e.message_dict.items():
+                for error in errors:
+                    form.add_error(field if field in form.fields else None, error)
+        else:
+            messages.success(request, f"“{clone.name}” is being created from “{source.name}”, which keeps running.")
+            return redirect(clone)
+    template = "deployments/clone.html#form" if request.htmx else "deployments/clone.html"
+    return TemplateResponse(request, template, {"d": source, "project": source.project, "tab": "options", "form": form})
 
 
 @login_required

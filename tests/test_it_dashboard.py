@@ -29,11 +29,15 @@ def urls(d: Deployment) -> dict[str, tuple[str, dict | None, str]]:
         "env": (f"{base}/env/", {"key": "A", "value": "1"}, "developer"),
         "restart": (f"{base}/restart/web/", {}, "developer"),
         "delete": (f"{base}/delete/", {"confirm": "Dev"}, "owner"),
+        "clone form": (f"{base}/clone/", None, "developer"),
+        "clone": (f"{base}/clone/", {"name": "copy", "stage": "development", "branch": "main"}, "developer"),
+        "parameters": (f"{base}/parameters/web/", {"LOG_LEVEL": "debug"}, "developer"),
     }  # fmt: skip
 
 
 RANK = {"viewer": 0, "developer": 1, "owner": 2}
-NAMES = ["overview", "options", "logs", "download", "new", "create", "enable", "branch", "env", "restart", "delete"]
+NAMES = ["overview", "options", "logs", "download", "new", "create", "enable", "branch", "env", "restart", "delete",
+         "clone form", "clone", "parameters"]  # fmt: skip
 
 
 def snapshot(d: Deployment) -> tuple:
@@ -51,7 +55,7 @@ def test_outsiders_get_404_and_change_nothing(cast, dev, runtime, name) -> None:
 
 
 WRITES = {"new": "developer", "create": "developer", "enable": "developer", "branch": "developer", "env": "developer",
-          "restart": "developer", "delete": "owner"}  # fmt: skip
+          "restart": "developer", "delete": "owner", "clone form": "developer", "clone": "developer", "parameters": "developer"}  # fmt: skip
 
 
 @pytest.mark.parametrize("role, name", [(r, n) for n, need in WRITES.items() for r in ("viewer", "developer") if RANK[r] < RANK[need]])
@@ -147,3 +151,26 @@ def test_the_project_page_has_bounded_queries(cast, runtime, count) -> None:
     assert page.count('<span class="dot green" aria-hidden="true"></span>Running') == count
     assert f"{count - 1}.0%" in page and "succeeded" in page
     assert len(queries) <= 8, [q["sql"] for q in queries]
+
+
+def test_parameters_are_typed_locked_and_secrets_stay_hidden(cast, dev, runtime) -> None:
+    client = cast.client(cast.developer)
+    page = client.get("/projects/shop/d/dev/options/").content.decode()
+    assert 'name="PYTHON_VERSION"' in page and "disabled" in page.split('name="PYTHON_VERSION"')[1].split(">")[0]
+    assert 'type="number" name="WEB_CONCURRENCY"' in page and 'type="password" name="SECRET_KEY"' in page
+
+    r = client.post("/projects/shop/d/dev/parameters/web/", {"WEB_CONCURRENCY": "many", "LOG_LEVEL": "debug"})
+    assert "Enter a whole number." in r.content.decode() and not EnvVar.objects.exists()
+
+    data = {"WEB_CONCURRENCY": "4", "LOG_LEVEL": "debug", "DEBUG": "on", "SECRET_KEY": "hunter2", "PYTHON_VERSION": "2"}
+    assert client.post("/projects/shop/d/dev/parameters/web/", data).status_code == 302
+    stored = {v.key: (v.value, v.secret, v.service) for v in EnvVar.objects.all()}
+    assert stored == {"WEB_CONCURRENCY": ("4", False, "web"), "LOG_LEVEL": ("debug", False, "web"),
+                      "DEBUG": ("true", False, "web"), "SECRET_KEY": ("hunter2", True, "web")}  # fmt: skip
+    page = client.get("/projects/shop/d/dev/options/").content.decode()
+    assert "hunter2" not in page and 'value="4"' in page
+
+    data["SECRET_KEY"] = ""  # an empty secret keeps the stored one
+    client.post("/projects/shop/d/dev/parameters/web/", data)
+    assert EnvVar.objects.get(key="SECRET_KEY").value == "hunter2"
+    assert client.post("/projects/shop/d/dev/parameters/nope/", data).status_code == 404

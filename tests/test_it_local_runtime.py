@@ -381,3 +381,31 @@ def test_the_postgresql_add_on_runs_and_keeps_its_data(cast, runtime, sample_rep
                what="the db container to be green")  # fmt: skip
     tasks.restart(d.pk, "db")
     assert wait_until(lambda: query("SELECT body FROM notes"), timeout=60, what="the data after a restart") == "kept"
+
+
+def test_a_clone_gets_a_copy_of_storage_and_env_and_the_source_keeps_running(cast, runtime) -> None:
+    from deployments.models import EnvVar
+
+    source = deploy(cast, "Dev")
+    EnvVar.objects.create(deployment=source, key="GREETING", value="Cloned greeting")
+    tasks.provision(source.pk)
+    url = source.endpoints["web"]
+    count = wait_until(lambda: visits(url), what="the source page")
+    app = runtime.home(current_spec(source)) / "code" / "web" / "app.py"
+    app.write_text(app.read_text().replace("Visits:", "Edited:"))
+    wait_until(lambda: "Edited:" in http_get(url), what="the edit")
+
+    clone = create_deployment(cast.project, "Copy", "development", "main", cast.developer, clone_of=source, copy_storage=True)
+    tasks.provision(clone.pk)
+    clone.refresh_from_db()
+    assert clone.state == State.RUNNING and not clone.copy_storage_pending
+    page = wait_until(lambda: http_get(clone.endpoints["web"]), what="the clone's page")
+    assert "Cloned greeting" in page and "Edited:" in page  # env and the edited code came along
+    clone_count = int(re.search(r"<strong id='visits'>(\d+)</strong>", page).group(1))
+    assert clone_count > count  # the Redis data came along too
+    assert clone.endpoints["web"] != url and visits(url) > count  # the source keeps running on its own
+
+    fresh = create_deployment(cast.project, "Fresh", "development", "main", cast.developer, clone_of=source, copy_storage=False)
+    tasks.provision(fresh.pk)
+    fresh.refresh_from_db()
+    assert wait_until(lambda: visits(fresh.endpoints["web"]), what="the fresh clone's page") == 1

@@ -171,6 +171,11 @@ class Runtime(ABC):
     def open_shell(self, spec: DeploymentSpec, service: str, command: str | None, pty: bool) -> Shell: ...
 
     @abstractmethod
+    def copy_storage(self, source: DeploymentSpec, target: DeploymentSpec) -> None:
+        """Before `target` first starts: give it a copy of `source`'s storage (volumes, and the code
+        of a development deployment). Safe to call again; never touches the source."""
+
+    @abstractmethod
     def destroy(self, spec: DeploymentSpec) -> None:
         """Remove everything of the deployment, storage included; safe to call again."""
 

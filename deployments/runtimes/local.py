@@ -108,7 +108,7 @@ class LocalRuntime(Runtime):
     def apply(self, spec: DeploymentSpec) -> dict[str, str]:
         self.supervisor.ensure_running()
         home = self.home(spec)
-        for sub in ("logs", "run", "storage"):
+        for sub in ("logs", "run"):
             (home / sub).mkdir(parents=True, exist_ok=True)
         ports = self._ports(spec)
         if spec.stage == "development":
@@ -385,6 +385,17 @@ priority={100 if service.kind == "addon" else 200}
         rpc = self.supervisor.rpc()
         Supervisor._call(rpc.stopProcess, f"{name}:{name}")
         Supervisor._call(rpc.startProcess, f"{name}:{name}", False)
+
+    def copy_storage(self, source: DeploymentSpec, target: DeploymentSpec) -> None:
+        parts = ["storage"] + (["code"] if target.stage == "development" and source.stage == "development" else [])
+        for part in parts:
+            src, dst = self.home(source) / part, self.home(target) / part
+            if not src.is_dir() or dst.exists():
+                continue
+            tmp = dst.with_name(f".{part}.copy")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src, tmp, symlinks=True)
+            tmp.rename(dst)
 
     def destroy(self, spec: DeploymentSpec) -> None:
         home = self.home(spec)
