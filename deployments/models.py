@@ -185,3 +185,28 @@ class Sample(models.Model):
     class Meta:
         indexes = [models.Index(fields=["deployment", "-at"], name="sample_latest")]
         ordering = ["at"]
+
+
+class Domain(models.Model):
+    """A custom host name of a deployment; the user points it at Diploi with a CNAME record."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="domains")
+    # IDNA (punycode) form, lowercase; unique across the platform.
+    name = models.CharField(max_length=253, unique=True)
+    verified = models.BooleanField(default=False)
+    checked = models.DateTimeField(null=True, blank=True)
+    check_result = models.CharField(max_length=300, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def display_name(self) -> str:
+        try:
+            return self.name.encode().decode("idna")
+        except UnicodeError:
+            return self.name

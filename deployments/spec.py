@@ -93,6 +93,7 @@ def build_spec(deployment: Deployment, stack: Stack, commit: str, release: str =
         commit=commit,
         enabled=deployment.enabled,
         services=tuple(services),
+        hosts=tuple(deployment.domains.values_list("name", flat=True)),
         release=release,
     )
 

@@ -4,7 +4,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
@@ -23,7 +23,8 @@ from deployments.forms import (
     parameter_values,
 )
 from deployments.live import record_sample, status_tree
-from deployments.models import Deployment, EnvVar, Sample, State
+from deployments.domains import cname_target, normalise_domain, verify
+from deployments.models import Deployment, Domain, EnvVar, Sample, State
 from deployments.runtimes import get_runtime
 from deployments.runtimes.base import RuntimeFailure
 from deployments.services import create_deployment
@@ -104,6 +105,7 @@ def deployment_detail(request: HttpRequest, project_slug: str, slug: str) -> Htt
         "ssh": [(c, f"ssh -p {settings.DIPLOI_SSH_PORT} {c}-{d.slug}@{ssh_host}") for c in _components(d)],
         "has_keys": request.user.ssh_keys.exists(),
         "transitions": list(d.transitions.order_by("-at", "-pk")[:8]),
+        "domains": list(d.domains.all()),
     }
     template = "deployments/detail.html#live" if request.htmx else "deployments/detail.html"
     return TemplateResponse(request, template, ctx)
@@ -120,6 +122,10 @@ def _options_page(request: HttpRequest, d: Deployment, partial: str | None = Non
         "delete_form": forms.get("delete_form") or DeleteDeploymentForm(deployment=d),
         "env_vars": EnvVar.objects.filter(deployment=d),
         "parameter_forms": forms.get("parameter_forms") or _parameter_forms(d),
+        "domains": Domain.objects.filter(deployment=d),
+        "cname_target": cname_target(d),
+        "domain_error": forms.get("domain_error"),
+        "domain_value": forms.get("domain_value", ""),
         "branches": branches(d.project),
     }
     template = "deployments/options.html" + (f"#{partial}" if request.htmx and partial else "")
@@ -196,6 +202,47 @@ def parameters_save(request: HttpRequest, project_slug: str, slug: str, service:
             EnvVar.objects.update_or_create(deployment=d, service=service, key=key, defaults={"value": value, "secret": secret})
         tasks.provision.delay_on_commit(d.pk, actor=_actor(request))
     messages.success(request, f"Parameters of {service} saved; restarting it.")
+    return redirect("deployments:options", project_slug, slug)
+
+
+@login_required
+@require_POST
+def domain_add(request: HttpRequest, project_slug: str, slug: str) -> HttpResponse:
+    d = get_deployment_for_user(request.user, project_slug, slug, write=True)
+    raw = request.POST.get("name", "")
+    try:
+        name = normalise_domain(raw)
+        Domain.objects.create(deployment=d, name=name)
+    except ValidationError as e:
+        return _options_page(request, d, "domains", domain_error=e.messages[0], domain_value=raw)
+    except IntegrityError:
+        return _options_page(request, d, "domains", domain_error=f"{raw} is already in use by a deployment.", domain_value=raw)
+    messages.success(request, f"{name} added. Create the CNAME record shown, then verify.")
+    if request.htmx:
+        return _options_page(request, d, "domains")
+    return redirect("deployments:options", project_slug, slug)
+
+
+@login_required
+@require_POST
+def domain_verify(request: HttpRequest, project_slug: str, slug: str, pk: int) -> HttpResponse:
+    d = get_deployment_for_user(request.user, project_slug, slug, write=True)
+    domain = verify(get_object_or_404(Domain, pk=pk, deployment=d))
+    (messages.success if domain.verified else messages.error)(request, f"{domain.display_name}: {domain.check_result}")
+    if request.htmx:
+        return _options_page(request, d, "domains")
+    return redirect("deployments:options", project_slug, slug)
+
+
+@login_required
+@require_POST
+def domain_remove(request: HttpRequest, project_slug: str, slug: str, pk: int) -> HttpResponse:
+    d = get_deployment_for_user(request.user, project_slug, slug, write=True)
+    domain = get_object_or_404(Domain, pk=pk, deployment=d)
+    domain.delete()
+    messages.success(request, f"{domain.display_name} removed.")
+    if request.htmx:
+        return _options_page(request, d, "domains")
     return redirect("deployments:options", project_slug, slug)
 
 

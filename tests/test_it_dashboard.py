@@ -174,3 +174,63 @@ def test_parameters_are_typed_locked_and_secrets_stay_hidden(cast, dev, runtime)
     client.post("/projects/shop/d/dev/parameters/web/", data)
     assert EnvVar.objects.get(key="SECRET_KEY").value == "hunter2"
     assert client.post("/projects/shop/d/dev/parameters/nope/", data).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ("*.example.com", "Wildcard domains are not supported"),
+        ("https://example.com/x", "only the host name"),
+        ("example", "is not a valid domain name"),
+        ("-bad-.example.com", "is not a valid domain name"),
+        ("10.0.0.1", "not an IP address"),
+        ("shop.localhost", "are Diploi's own"),
+        ("", "Enter a domain name."),
+    ],
+)
+def test_bad_domains_are_refused(cast, dev, runtime, raw, message) -> None:
+    r = cast.client(cast.developer).post("/projects/shop/d/dev/domains/", {"name": raw}, headers={"HX-Request": "true"})
+    body = html.unescape(r.content.decode())
+    assert message in body and 'id="options-domains"' in body
+    assert f'value="{raw}"' in body  # what was typed stays
+    from deployments.models import Domain
+
+    assert not Domain.objects.exists()
+
+
+def test_domains_are_idna_unique_and_verified_by_dns(cast, dev, runtime, monkeypatch) -> None:
+    from deployments import domains
+    from deployments.models import Domain
+
+    client = cast.client(cast.developer)
+    client.post("/projects/shop/d/dev/domains/", {"name": "Bücher.Example.com."})
+    domain = Domain.objects.get()
+    assert domain.name == "xn--bcher-kva.example.com" and domain.display_name == "bücher.example.com"
+    page = client.get("/projects/shop/d/dev/options/").content.decode()
+    assert "xn--bcher-kva.example.com. CNAME dev.shop.localhost." in page
+
+    other = Deployment.objects.create(project=cast.project, name="Other", slug="other", branch="main")
+    r = client.post(f"/projects/shop/d/{other.slug}/domains/", {"name": "bücher.example.com"})
+    assert "already in use by a deployment" in r.content.decode()
+
+    # DNS is the outside world: the lookup is replaced at our own module's boundary.
+    monkeypatch.setattr(domains, "lookup_cname", lambda name: "elsewhere.example.net")
+    client.post(f"/projects/shop/d/dev/domains/{domain.pk}/verify/")
+    domain.refresh_from_db()
+    assert not domain.verified and domain.check_result == "CNAME points to elsewhere.example.net, not dev.shop.localhost"
+    monkeypatch.setattr(domains, "lookup_cname", lambda name: "dev.shop.localhost")
+    client.post(f"/projects/shop/d/dev/domains/{domain.pk}/verify/")
+    domain.refresh_from_db()
+    assert domain.verified and domain.checked
+
+    assert cast.client(cast.viewer).post(f"/projects/shop/d/dev/domains/{domain.pk}/remove/").status_code == 403
+    client.post(f"/projects/shop/d/dev/domains/{domain.pk}/remove/")
+    assert not Domain.objects.exists()
+
+
+def test_a_real_dns_failure_is_reported_not_raised(cast, dev, runtime) -> None:
+    from deployments.domains import verify
+    from deployments.models import Domain
+
+    domain = verify(Domain.objects.create(deployment=dev, name="diploi-test.invalid"))
+    assert not domain.verified and domain.check_result  # NXDOMAIN or no resolver here: either way a message
