@@ -320,7 +320,8 @@ def deployment_logs(request: HttpRequest, project_slug: str, slug: str) -> HttpR
     lines: list[str] = []
     if service in services:
         lines = list(get_runtime().logs(spec, service, tail=LOG_LINES))
-    ctx = {"d": d, "project": d.project, "tab": "logs", "services": services, "service": service, "lines": lines}
+    follow = request.GET.get("follow") == "1"
+    ctx = {"d": d, "project": d.project, "tab": "logs", "services": services, "service": service, "lines": lines, "follow": follow}
     template = "deployments/logs.html#lines" if request.htmx else "deployments/logs.html"
     return TemplateResponse(request, template, ctx)
 

@@ -234,3 +234,42 @@ def test_a_real_dns_failure_is_reported_not_raised(cast, dev, runtime) -> None:
 
     domain = verify(Domain.objects.create(deployment=dev, name="diploi-test.invalid"))
     assert not domain.verified and domain.check_result  # NXDOMAIN or no resolver here: either way a message
+
+
+@pytest.mark.parametrize("page", ["", "options/", "logs/"])
+def test_deployment_pages_have_the_same_queries_with_1_or_50_deployments(cast, dev, runtime, page) -> None:
+    client = cast.client(cast.developer)
+    url = f"/projects/shop/d/dev/{page}"
+    client.get(url)  # warm caches (sessions, content types)
+
+    def count() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get(url).status_code == 200
+        return len(queries)
+
+    one = count()
+    for i in range(49):
+        d = Deployment.objects.create(project=cast.project, name=f"x{i}", slug=f"x{i}", branch="main")
+        EnvVar.objects.create(deployment=d, key="K", value="v")
+    assert count() == one
+    assert one <= 25
+
+
+def test_logs_show_follow_and_download(cast, runtime) -> None:
+    from deployments import tasks
+    from deployments.services import create_deployment
+    from tests.conftest import http_get, wait_until
+
+    d = create_deployment(cast.project, "Dev", "development", "main", cast.developer)
+    tasks.provision(d.pk)
+    d.refresh_from_db()
+    wait_until(lambda: http_get(d.endpoints["web"]), what="the page")
+    client = cast.client(cast.viewer)
+    page = wait_until(lambda: (p := client.get("/projects/shop/d/dev/logs/?service=web").content.decode()) and "Listening on port" in p and p, what="log lines")
+    assert 'hx-trigger="every 2s"' not in page
+    followed = client.get("/projects/shop/d/dev/logs/?service=web&follow=1", headers={"HX-Request": "true"}).content.decode()
+    assert followed.lstrip().startswith("<pre") and 'hx-trigger="every 2s"' in followed and "<html" not in followed
+    r = client.get("/projects/shop/d/dev/logs/web.log")
+    body = b"".join(r.streaming_content).decode()
+    assert r["Content-Disposition"] == 'attachment; filename="shop-dev-web.log"' and "Listening on port" in body
+    assert client.get("/projects/shop/d/dev/logs/nope.log").status_code == 404
