@@ -2,13 +2,13 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect
 from django.template.response import TemplateResponse
-from django.views.decorators.http import require_GET, require_POST, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.access import get_ssh_key_for_user
 from accounts.forms import SSHKeyForm
 from accounts.models import SSHKey
+from diploi.http import redirect_to
 
 
 def _keys_page(request: HttpRequest, form: SSHKeyForm) -> HttpResponse:
@@ -22,7 +22,7 @@ def _keys_page(request: HttpRequest, form: SSHKeyForm) -> HttpResponse:
 @login_required
 @require_GET
 def settings(request: HttpRequest) -> HttpResponse:
-    return redirect("accounts:ssh_keys")
+    return redirect_to(request, "accounts:ssh_keys")
 
 
 @login_required
@@ -49,7 +49,7 @@ def ssh_keys(request: HttpRequest) -> HttpResponse:
             messages.success(request, f"SSH key “{form.cleaned_data['title']}” added.")
             if request.htmx:
                 return _keys_page(request, SSHKeyForm())
-            return redirect("accounts:ssh_keys")
+            return redirect_to(request, "accounts:ssh_keys")
     return _keys_page(request, form)
 
 
@@ -61,4 +61,4 @@ def ssh_key_delete(request: HttpRequest, pk: int) -> HttpResponse:
     messages.success(request, f"SSH key “{key.title}” deleted.")
     if request.htmx:
         return _keys_page(request, SSHKeyForm())
-    return redirect("accounts:ssh_keys")
+    return redirect_to(request, "accounts:ssh_keys")

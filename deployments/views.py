@@ -6,13 +6,14 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
-from django.shortcuts import get_object_or_404, redirect
+from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from deployments import tasks
 from deployments.access import get_deployment_for_user
+from deployments.domains import cname_target, normalise_domain, verify
 from deployments.forms import (
     BranchForm,
     CloneForm,
@@ -23,12 +24,12 @@ from deployments.forms import (
     parameter_values,
 )
 from deployments.live import record_sample, status_tree
-from deployments.domains import cname_target, normalise_domain, verify
 from deployments.models import Deployment, Domain, EnvVar, Sample, State
 from deployments.runtimes import get_runtime
 from deployments.runtimes.base import RuntimeFailure
 from deployments.services import create_deployment
 from deployments.spec import current_spec
+from diploi.http import redirect_to
 from projects.access import get_project_for_user
 from projects.stack import branches
 
@@ -80,7 +81,7 @@ def deployment_new(request: HttpRequest, project_slug: str) -> HttpResponse:
                     form.add_error(field if field in form.fields else None, error)
         else:
             messages.success(request, f"Deployment “{d.name}” created; it is being provisioned.")
-            return redirect(d)
+            return redirect_to(request, d)
     template = "deployments/new.html#form" if request.htmx else "deployments/new.html"
     return TemplateResponse(request, template, {"project": project, "form": form})
 
@@ -98,8 +99,8 @@ def deployment_detail(request: HttpRequest, project_slug: str, slug: str) -> Htt
         "project": d.project,
         "tab": "overview",
         "tree": tree,
-        "cpu": samples[-1][0] if samples else 0,
-        "memory": samples[-1][1] if samples else 0,
+        "cpu": sum(c.cpu_percent or 0 for c in tree.containers),
+        "memory": sum(c.memory_bytes or 0 for c in tree.containers),
         "cpu_points": sparkline([s[0] for s in samples]),
         "build": d.builds.first(),
         "ssh": [(c, f"ssh -p {settings.DIPLOI_SSH_PORT} {c}-{d.slug}@{ssh_host}") for c in _components(d)],
@@ -151,7 +152,7 @@ def deployment_enabled(request: HttpRequest, project_slug: str, slug: str) -> Ht
         Deployment.objects.filter(pk=d.pk).update(enabled=enabled)
         tasks.set_enabled.delay_on_commit(d.pk, actor=_actor(request))
     messages.success(request, "Starting the deployment." if enabled else "Stopping the deployment; its storage is kept.")
-    return redirect("deployments:options", project_slug, slug)
+    return redirect_to(request, "deployments:options", project_slug, slug)
 
 
 @login_required
@@ -165,7 +166,7 @@ def deployment_branch(request: HttpRequest, project_slug: str, slug: str) -> Htt
         Deployment.objects.filter(pk=d.pk).update(branch=form.cleaned_data["branch"])
         tasks.provision.delay_on_commit(d.pk, actor=_actor(request))
     messages.success(request, f"Now following {form.cleaned_data['branch']}; updating.")
-    return redirect("deployments:options", project_slug, slug)
+    return redirect_to(request, "deployments:options", project_slug, slug)
 
 
 @login_required
@@ -184,7 +185,7 @@ def env_save(request: HttpRequest, project_slug: str, slug: str) -> HttpResponse
     messages.success(request, f"{data['key']} saved; restarting the affected components.")
     if request.htmx:
         return _options_page(request, d, "env")
-    return redirect("deployments:options", project_slug, slug)
+    return redirect_to(request, "deployments:options", project_slug, slug)
 
 
 @login_required
@@ -202,7 +203,7 @@ def parameters_save(request: HttpRequest, project_slug: str, slug: str, service:
             EnvVar.objects.update_or_create(deployment=d, service=service, key=key, defaults={"value": value, "secret": secret})
         tasks.provision.delay_on_commit(d.pk, actor=_actor(request))
     messages.success(request, f"Parameters of {service} saved; restarting it.")
-    return redirect("deployments:options", project_slug, slug)
+    return redirect_to(request, "deployments:options", project_slug, slug)
 
 
 @login_required
@@ -220,7 +221,7 @@ def domain_add(request: HttpRequest, project_slug: str, slug: str) -> HttpRespon
     messages.success(request, f"{name} added. Create the CNAME record shown, then verify.")
     if request.htmx:
         return _options_page(request, d, "domains")
-    return redirect("deployments:options", project_slug, slug)
+    return redirect_to(request, "deployments:options", project_slug, slug)
 
 
 @login_required
@@ -231,7 +232,7 @@ def domain_verify(request: HttpRequest, project_slug: str, slug: str, pk: int) -
     (messages.success if domain.verified else messages.error)(request, f"{domain.display_name}: {domain.check_result}")
     if request.htmx:
         return _options_page(request, d, "domains")
-    return redirect("deployments:options", project_slug, slug)
+    return redirect_to(request, "deployments:options", project_slug, slug)
 
 
 @login_required
@@ -243,7 +244,7 @@ def domain_remove(request: HttpRequest, project_slug: str, slug: str, pk: int) -
     messages.success(request, f"{domain.display_name} removed.")
     if request.htmx:
         return _options_page(request, d, "domains")
-    return redirect("deployments:options", project_slug, slug)
+    return redirect_to(request, "deployments:options", project_slug, slug)
 
 
 @login_required
@@ -257,7 +258,7 @@ def env_delete(request: HttpRequest, project_slug: str, slug: str, pk: int) -> H
     messages.success(request, f"{var.key} deleted; restarting the affected components.")
     if request.htmx:
         return _options_page(request, d, "env")
-    return redirect("deployments:options", project_slug, slug)
+    return redirect_to(request, "deployments:options", project_slug, slug)
 
 
 @login_required
@@ -271,7 +272,7 @@ def deployment_restart(request: HttpRequest, project_slug: str, slug: str, servi
     else:
         tasks.restart.delay_on_commit(d.pk, service, actor=_actor(request))
         messages.success(request, f"Restarting {service}.")
-    return redirect(d)
+    return redirect_to(request, d)
 
 
 @login_required
@@ -285,7 +286,7 @@ def deployment_delete(request: HttpRequest, project_slug: str, slug: str) -> Htt
         d.transition(State.DELETING, _actor(request), "deletion requested")
         tasks.destroy.delay_on_commit(d.pk, actor=_actor(request))
     messages.success(request, f"Deleting “{d.name}” and its storage.")
-    return redirect(d.project)
+    return redirect_to(request, d.project)
 
 
 @login_required
@@ -305,7 +306,7 @@ def deployment_clone(request: HttpRequest, project_slug: str, slug: str) -> Http
                     form.add_error(field if field in form.fields else None, error)
         else:
             messages.success(request, f"“{clone.name}” is being created from “{source.name}”, which keeps running.")
-            return redirect(clone)
+            return redirect_to(request, clone)
     template = "deployments/clone.html#form" if request.htmx else "deployments/clone.html"
     return TemplateResponse(request, template, {"d": source, "project": source.project, "tab": "options", "form": form})
 

@@ -5,11 +5,12 @@ from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.db.models import Count, ProtectedError
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect
+from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from deployments.queries import deployments_with_figures
+from diploi.http import redirect_to
 from projects.access import get_project_for_user, projects_for_user
 from projects.forms import DeleteProjectForm, MemberForm, ProjectForm, RoleForm, unique_slug
 from projects.models import Membership, Project, Role
@@ -39,7 +40,7 @@ def project_create(request: HttpRequest) -> HttpResponse:
             Membership.objects.create(project=project, user=request.user, role=Role.OWNER)
         refresh_stack(project)
         messages.success(request, f"Project “{project.name}” created.")
-        return redirect(project)
+        return redirect_to(request, project)
     template = "projects/create.html#form" if request.htmx else "projects/create.html"
     return TemplateResponse(request, template, {"form": form})
 
@@ -63,7 +64,7 @@ def project_refresh(request: HttpRequest, slug: str) -> HttpResponse:
     refresh_stack(project)
     if request.htmx:
         return TemplateResponse(request, "projects/detail.html#stack", {"project": project})
-    return redirect(project)
+    return redirect_to(request, project)
 
 
 def _settings_page(request: HttpRequest, project: Project, **forms) -> HttpResponse:
@@ -94,7 +95,7 @@ def project_settings(request: HttpRequest, slug: str) -> HttpResponse:
         form.save()
         refresh_stack(project)
         messages.success(request, "Project settings saved.")
-        return redirect("projects:settings", project.slug)
+        return redirect_to(request, "projects:settings", project.slug)
     return _settings_page(request, project, form=form, partial="general")
 
 
@@ -108,7 +109,7 @@ def member_add(request: HttpRequest, slug: str) -> HttpResponse:
         Membership.objects.create(project=project, user=user, role=form.cleaned_data["role"])
         messages.success(request, f"{user.username} added as {Role(form.cleaned_data['role']).label.lower()}.")
         if not request.htmx:
-            return redirect("projects:settings", project.slug)
+            return redirect_to(request, "projects:settings", project.slug)
         form = None
     return _settings_page(request, project, member_form=form, partial="members")
 
@@ -116,7 +117,7 @@ def member_add(request: HttpRequest, slug: str) -> HttpResponse:
 def _members_changed(request: HttpRequest, project: Project) -> HttpResponse:
     if request.htmx:
         return _settings_page(request, project, partial="members")
-    return redirect("projects:settings", project.slug)
+    return redirect_to(request, "projects:settings", project.slug)
 
 
 def _is_last_owner(membership: Membership) -> bool:
@@ -171,8 +172,4 @@ def project_delete(request: HttpRequest, slug: str) -> HttpResponse:
         return _settings_page(request, project, delete_form=form, partial="danger")
     shutil.rmtree(mirror, ignore_errors=True)
     messages.success(request, f"Project “{project.name}” deleted.")
-    if request.htmx:
-        response = HttpResponse(status=204)
-        response["HX-Redirect"] = "/projects/"
-        return response
-    return redirect("projects:list")
+    return redirect_to(request, "projects:list")

@@ -75,7 +75,7 @@ def test_every_member_sees_the_pages(cast, dev, runtime, name) -> None:
 
 
 def test_the_overview_shows_status_hosts_and_the_ssh_command(cast, dev, runtime) -> None:
-    page = cast.client(cast.developer).get(f"/projects/shop/d/dev/").content.decode()
+    page = cast.client(cast.developer).get("/projects/shop/d/dev/").content.decode()
     assert f'id="deployment-{dev.pk}-status"' in page and f'id="deployment-{dev.pk}-tree"' in page
     for branch in ("Storage", "Builds", "Containers", "Services"):
         assert f"<h3>{branch}</h3>" in page
@@ -84,7 +84,7 @@ def test_the_overview_shows_status_hosts_and_the_ssh_command(cast, dev, runtime)
     from accounts.models import SSHKey
 
     SSHKey.objects.create(user=cast.developer, title="k", key_type="ssh-ed25519", public_key="ssh-ed25519 AAAA", fingerprint="SHA256:x")
-    page = cast.client(cast.developer).get(f"/projects/shop/d/dev/").content.decode()
+    page = cast.client(cast.developer).get("/projects/shop/d/dev/").content.decode()
     assert "ssh -p 2222 web-dev@localhost" in page
     assert 'aria-label="Copy the SSH command for web"' in page
 

@@ -1,10 +1,8 @@
 """`manage.py up` for real: embedded Redis, migrations, demo account, daphne and a Celery worker."""
 
-import contextlib
 import http.cookiejar
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -16,70 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import psutil
-import pytest
 
-from tests.conftest import http_get, wait_until
-
-BASE_DIR = Path(__file__).resolve().parent.parent
-GRACE = 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Platform:
-    def __init__(self, data_dir: Path, port: int) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "DIPLOI_DATA_DIR")}
-        env["DIPLOI_SHUTDOWN_GRACE"] = str(GRACE)
-        self.port = port
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", "up", "--port", str(port), "--data-dir", str(data_dir)],
-            cwd=BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip())
-
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_for(self, pattern: str, timeout: float = 120) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if m := re.search(pattern, self.output()):
-                return m
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"no {pattern!r} in the launcher's output:\n{self.output()[-3000:]}")
-
-    def descendants(self) -> list[psutil.Process]:
-        return psutil.Process(self.proc.pid).children(recursive=True)
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=GRACE * 3 + 20)
-
-    def kill(self) -> None:
-        """Test clean-up only: whatever is still running after a failed assertion."""
-        if self.proc.poll() is not None:
-            return
-        for p in [*self.descendants(), psutil.Process(self.proc.pid)]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-
-
-@pytest.fixture
-def platform(tmp_path: Path):
-    p = Platform(tmp_path / "data", free_port())
-    yield p
-    p.kill()
+from tests.conftest import BASE_DIR, Platform, free_port, http_get, wait_until
 
 
 def log_in(port: int, username: str, password: str) -> urllib.request.OpenerDirector:

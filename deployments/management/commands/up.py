@@ -3,7 +3,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from diploi.launcher import LaunchError, Launcher
+from diploi.launcher import Launcher, LaunchError
 
 
 class Command(BaseCommand):

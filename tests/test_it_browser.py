@@ -1,0 +1,127 @@
+"""A person's path through the dashboard, in Debian's Chromium driven by Playwright, against the real
+platform (`manage.py up`: daphne, a Celery worker, supervisord, the embedded Redis)."""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from tests.conftest import Platform, http_get, wait_until
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
+ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def reload_until(page, text: str, timeout: float = 120) -> None:
+    """What a person does before live updates exist: reload until the page says so."""
+    wait_until(lambda: page.reload() and text in page.content(), timeout=timeout, interval=1, what=f"“{text}” on {page.url}")
+
+
+def test_a_new_user_deploys_the_demo_project(platform: Platform, browser, tmp_path: Path) -> None:
+    base = platform.wait_for(r"Diploi is running at (http://\S+)").group(1).rstrip("/")
+    demo_password = platform.wait_for(r"username: demo password: (\S+)").group(1)
+    platform.wait_for(r"celery@\S+ ready")
+
+    # A new user signs up and adds an SSH key.
+    ada = browser.new_context(base_url=base, permissions=["clipboard-read", "clipboard-write"], viewport={"width": 1280, "height": 900})
+    page = ada.new_page()
+    page.goto("/accounts/signup/")
+    page.fill("input[name=email]", "ada@example.com")
+    page.fill("input[name=username]", "ada")
+    page.fill("input[name=password1]", "analytical-engine-1843")
+    page.fill("input[name=password2]", "analytical-engine-1843")
+    page.click("button[type=submit]")
+    page.wait_for_url("**/projects/")
+    public = ed25519.Ed25519PrivateKey.generate().public_key()
+    key = public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode() + " ada@laptop"
+    page.goto("/account/keys/")
+    page.fill("textarea[name=public_key]", key)
+    page.click("text=Add key")
+    page.wait_for_selector("text=SHA256:")
+
+    # The demo project's owner makes her an owner too.
+    demo = browser.new_context(base_url=base).new_page()
+    demo.goto("/accounts/login/")
+    demo.fill("input[name=login]", "demo")
+    demo.fill("input[name=password]", demo_password)
+    demo.click("button[type=submit]")
+    demo.wait_for_url("**/projects/")
+    demo.goto("/projects/diploi-sample/settings/")
+    demo.fill("input[name=who]", "ada")
+    demo.select_option("#id_role", "owner")
+    demo.click("text=Add member")
+    demo.wait_for_selector("text=ada@example.com")
+
+    # She opens the demo project and creates a development deployment.
+    page.goto("/projects/")
+    page.click("text=Diploi sample")
+    page.click("text=New deployment")
+    page.fill("input[name=name]", "dev")
+    page.select_option("select[name=stage]", "development")
+    page.click("button:has-text('Create deployment')")
+    page.wait_for_url("**/d/dev/")
+    reload_until(page, "<strong>Running</strong>")
+    page.wait_for_selector("text=HTTP 200 on /")
+    page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
+    if target := os.environ.get("DIPLOI_SCREENSHOT"):
+        shutil.copy(tmp_path / "overview.png", target)
+
+    # Its endpoint answers.
+    endpoint = page.get_attribute(f"#deployment-{_id(page)}-hosts a", "href")
+    site = ada.new_page()
+    site.goto(endpoint)
+    assert "Visits:" in site.content()
+
+    # The SSH command is copied with the keyboard.
+    page.focus("button[data-copy='#ssh-web']")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("button[data-copy='#ssh-web']:has-text('Copied')")
+    assert page.evaluate("navigator.clipboard.readText()") == "ssh -p 2222 web-dev@localhost"
+
+    # An env var restarts the component with it.
+    page.click("nav[aria-label=Deployment] >> text=Options")
+    page.fill("#options-env input[name=key]", "GREETING")
+    page.fill("#options-env input[name=value]", "Hello from the browser")
+    page.click("text=Save and restart")
+    page.wait_for_selector("text=GREETING saved")
+    wait_until(lambda: "Hello from the browser" in http_get(endpoint), timeout=60, what="the component to restart with the value")
+
+    # She clones it; the clone runs beside it.
+    page.click("text=Clone…")
+    page.fill("input[name=name]", "dev-copy")
+    page.click("text=Create the clone")
+    page.wait_for_url("**/d/dev-copy/")
+    reload_until(page, "<strong>Running</strong>")
+    clone_endpoint = page.get_attribute(f"#deployment-{_id(page)}-hosts a", "href")
+    assert "Hello from the browser" in http_get(clone_endpoint)
+
+    # And deletes the clone by typing its name.
+    page.click("nav[aria-label=Deployment] >> text=Options")
+    page.fill("#options-danger input[name=confirm]", "dev-copy")
+    page.click("button:has-text('Delete deployment')")
+    page.wait_for_url("**/projects/diploi-sample/")
+    wait_until(lambda: page.reload() and "dev-copy" not in page.inner_text("main table"), timeout=60, interval=1, what="the clone to disappear")
+    assert "dev" in page.inner_text("main table")
+    with pytest.raises(OSError):
+        http_get(clone_endpoint, timeout=2)
+    assert "Visits:" in http_get(endpoint)  # the source is untouched
+
+
+def _id(page) -> str:
+    return re.search(r'id="deployment-(\d+)-status"', page.content()).group(1)
