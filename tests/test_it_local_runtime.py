@@ -409,3 +409,28 @@ def test_a_clone_gets_a_copy_of_storage_and_env_and_the_source_keeps_running(cas
     tasks.provision(fresh.pk)
     fresh.refresh_from_db()
     assert wait_until(lambda: visits(fresh.endpoints["web"]), what="the fresh clone's page") == 1
+
+
+def test_changing_the_branch_of_a_development_deployment_checks_it_out(cast, runtime, sample_repo: Path) -> None:
+    from projects.git import run_git
+
+    d = deploy(cast, "Dev")
+    run_git("checkout", "--quiet", "-b", "feature", cwd=sample_repo)
+    app = sample_repo / "web" / "app.py"
+    app.write_text(app.read_text().replace("Visits:", "Feature visits:"))
+    commit_all(sample_repo, "Feature")
+    run_git("checkout", "--quiet", "main", cwd=sample_repo)
+
+    code = runtime.home(current_spec(d)) / "code" / "web" / "app.py"
+    code.write_text(code.read_text() + "\n# an uncommitted edit\n")
+    Deployment.objects.filter(pk=d.pk).update(branch="feature")
+    tasks.provision(d.pk)
+    d.refresh_from_db()
+    assert "uncommitted changes on main" in d.state_reason and d.state == State.RUNNING  # nothing lost
+    assert "# an uncommitted edit" in code.read_text()
+
+    run_git("checkout", "--quiet", "--", ".", cwd=code.parent.parent)
+    tasks.provision(d.pk)
+    d.refresh_from_db()
+    assert d.state == State.RUNNING and d.state_reason == ""
+    wait_until(lambda: "Feature visits:" in http_get(d.endpoints["web"]), what="the feature branch's page")

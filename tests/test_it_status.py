@@ -52,3 +52,15 @@ def test_builds_become_items_of_the_tree() -> None:
 def test_worst_orders_colours() -> None:
     assert worst((ItemState("a", G), ItemState("b", Y), ItemState("c", P))) == Y
     assert worst(()) == G
+
+
+def test_uptime_reads_like_a_person_would_say_it() -> None:
+    import time
+
+    from deployments.templatetags.diploi import uptime
+
+    now = time.time()
+    assert uptime(now - 7500) == "2 h 5 min"
+    assert uptime(now - 42) == "42 s"
+    assert uptime(now - 3 * 86400 - 60) == "3 d 1 min"
+    assert uptime(None) == ""

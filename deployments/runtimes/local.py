@@ -266,7 +266,8 @@ priority={100 if service.kind == "addon" else 200}
     def _checkout(self, spec: DeploymentSpec) -> None:
         code = self.home(spec) / "code"
         if (code / ".git").exists():
-            return  # the code is the developer's now; it survives every apply
+            self._switch_branch(code, spec.branch)
+            return  # otherwise the code is the developer's: it survives every apply
         tmp = code.with_name("code.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
@@ -288,6 +289,22 @@ priority={100 if service.kind == "addon" else 200}
                 return (f"PostgreSQL refuses to run as root, and the user “{user}” cannot reach {blocked}; "
                         f"allow it (chmod o+x {blocked}) or run Diploi as a regular user")  # fmt: skip
         return None
+
+    @staticmethod
+    def _switch_branch(code: Path, branch: str) -> None:
+        """Follow a new branch; refuse rather than lose uncommitted edits."""
+        current = run_git("rev-parse", "--abbrev-ref", "HEAD", cwd=code).decode().strip()
+        if current == branch:
+            return
+        if run_git("status", "--porcelain", cwd=code).strip():
+            raise RuntimeFailure(
+                f"the code has uncommitted changes on {current}; commit or discard them (over SSH) before switching to {branch}"
+            )
+        try:
+            run_git("fetch", "--quiet", "origin", f"+refs/heads/{branch}:refs/remotes/origin/{branch}", cwd=code, timeout=600)
+            run_git("checkout", "--quiet", "-B", branch, f"origin/{branch}", cwd=code)
+        except GitError as e:
+            raise RuntimeFailure(f"could not check out {branch}: {e}") from None
 
     @staticmethod
     def _unprivileged_user(service: ServiceSpec) -> str | None:

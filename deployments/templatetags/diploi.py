@@ -1,3 +1,5 @@
+import time
+
 from django import template
 
 register = template.Library()
@@ -25,3 +27,17 @@ def bytes_human(n: int | None) -> str:
             return f"{n:.0f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+@register.filter
+def uptime(started_at: float | None) -> str:
+    """How long since a unix time, in the largest two units (e.g. “2 h 5 min”)."""
+    if not started_at:
+        return ""
+    seconds = max(0, int(time.time() - started_at))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "min"), (seconds, "s")]
+    shown = [f"{n} {unit}" for n, unit in parts if n][:2]
+    return " ".join(shown) or "0 s"
