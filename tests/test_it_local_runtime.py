@@ -238,7 +238,10 @@ def test_a_port_taken_by_another_program_is_a_clear_error(cast, runtime) -> None
         tasks.provision(d.pk)
         d.refresh_from_db()
         assert f"port {port} (web/http) is in use by another program" in d.state_reason
-        assert not processes_of(runtime.home(current_spec(d)))
+        home = runtime.home(current_spec(d))
+        # Nothing was started (a process still exiting from the stop above may take a moment to go).
+        wait_until(lambda: not processes_of(home), timeout=15, what=f"no process of the deployment; left: {processes_of(home)}")
+        assert all(i["statename"] == "STOPPED" for k, i in runtime.supervisor.process_info().items() if k.startswith(f"d{d.pk}-"))
 
 
 def test_a_postgresql_that_cannot_reach_its_data_is_a_clear_red_status(cast, runtime, sample_repo: Path) -> None:
