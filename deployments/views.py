@@ -76,9 +76,7 @@ def deployment_new(request: HttpRequest, project_slug: str) -> HttpResponse:
         try:
             d = create_deployment(project, data["name"], data["stage"], data["branch"], request.user, enabled=data["enabled"])
         except ValidationError as e:
-            for field, errors in e.message_dict.items():
-                for error in errors:
-                    form.add_error(field if field in form.fields else None, error)
+            _add_errors(form, e)
         else:
             messages.success(request, f"Deployment “{d.name}” created; it is being provisioned.")
             return redirect_to(request, d)
@@ -133,6 +131,19 @@ def _options_page(request: HttpRequest, d: Deployment, partial: str | None = Non
     return TemplateResponse(request, template, ctx)
 
 
+def _options_changed(request: HttpRequest, d: Deployment, partial: str) -> HttpResponse:
+    """After a change on the Options tab: re-render its section in place, or reload the page."""
+    if request.htmx:
+        return _options_page(request, d, partial)
+    return redirect_to(request, "deployments:options", d.project.slug, d.slug)
+
+
+def _add_errors(form, error: ValidationError) -> None:
+    for field, messages_ in error.message_dict.items():
+        for message in messages_:
+            form.add_error(field if field in form.fields else None, message)
+
+
 @login_required
 @require_GET
 def deployment_options(request: HttpRequest, project_slug: str, slug: str) -> HttpResponse:
@@ -183,9 +194,7 @@ def env_save(request: HttpRequest, project_slug: str, slug: str) -> HttpResponse
         )
         tasks.provision.delay_on_commit(d.pk, actor=_actor(request))
     messages.success(request, f"{data['key']} saved; restarting the affected components.")
-    if request.htmx:
-        return _options_page(request, d, "env")
-    return redirect_to(request, "deployments:options", project_slug, slug)
+    return _options_changed(request, d, "env")
 
 
 @login_required
@@ -219,9 +228,7 @@ def domain_add(request: HttpRequest, project_slug: str, slug: str) -> HttpRespon
     except IntegrityError:
         return _options_page(request, d, "domains", domain_error=f"{raw} is already in use by a deployment.", domain_value=raw)
     messages.success(request, f"{name} added. Create the CNAME record shown, then verify.")
-    if request.htmx:
-        return _options_page(request, d, "domains")
-    return redirect_to(request, "deployments:options", project_slug, slug)
+    return _options_changed(request, d, "domains")
 
 
 @login_required
@@ -230,9 +237,7 @@ def domain_verify(request: HttpRequest, project_slug: str, slug: str, pk: int) -
     d = get_deployment_for_user(request.user, project_slug, slug, write=True)
     domain = verify(get_object_or_404(Domain, pk=pk, deployment=d))
     (messages.success if domain.verified else messages.error)(request, f"{domain.display_name}: {domain.check_result}")
-    if request.htmx:
-        return _options_page(request, d, "domains")
-    return redirect_to(request, "deployments:options", project_slug, slug)
+    return _options_changed(request, d, "domains")
 
 
 @login_required
@@ -242,9 +247,7 @@ def domain_remove(request: HttpRequest, project_slug: str, slug: str, pk: int) -
     domain = get_object_or_404(Domain, pk=pk, deployment=d)
     domain.delete()
     messages.success(request, f"{domain.display_name} removed.")
-    if request.htmx:
-        return _options_page(request, d, "domains")
-    return redirect_to(request, "deployments:options", project_slug, slug)
+    return _options_changed(request, d, "domains")
 
 
 @login_required
@@ -256,9 +259,7 @@ def env_delete(request: HttpRequest, project_slug: str, slug: str, pk: int) -> H
         var.delete()
         tasks.provision.delay_on_commit(d.pk, actor=_actor(request))
     messages.success(request, f"{var.key} deleted; restarting the affected components.")
-    if request.htmx:
-        return _options_page(request, d, "env")
-    return redirect_to(request, "deployments:options", project_slug, slug)
+    return _options_changed(request, d, "env")
 
 
 @login_required
@@ -301,9 +302,7 @@ def deployment_clone(request: HttpRequest, project_slug: str, slug: str) -> Http
             clone = create_deployment(source.project, data["name"], data["stage"], data["branch"], request.user,
                                       enabled=data["enabled"], clone_of=source, copy_storage=data["copy_storage"])  # fmt: skip
         except ValidationError as e:
-            for field, errors in e.message_dict.items():
-                for error in errors:
-                    form.add_error(field if field in form.fields else None, error)
+            _add_errors(form, e)
         else:
             messages.success(request, f"“{clone.name}” is being created from “{source.name}”, which keeps running.")
             return redirect_to(request, clone)
