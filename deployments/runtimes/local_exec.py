@@ -15,8 +15,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 PR_SET_PDEATHSIG = 1
+STOP_GRACE = 7  # seconds; supervisord's stopwaitsecs is 10
 
 
 def _preexec(user: str | None):
@@ -49,23 +51,40 @@ def main(run_file: str) -> int:
             print(f"diploi: preparation step failed with exit code {result.returncode}: {command}", flush=True)
             return result.returncode
 
+    # Signal handlers go in before the child exists: a stop that arrives while it is being spawned
+    # must still reach it (`sh -c` forks the real server, which the death signal does not cover).
+    stop_requested: list[float] = []
+
+    def on_stop(signum: int, frame: object) -> None:
+        if not stop_requested:
+            stop_requested.append(time.monotonic())
+        if child is not None:
+            _signal_group(child.pid, signum)
+
+    child: subprocess.Popen | None = None
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, on_stop)
     child = subprocess.Popen(["/bin/sh", "-c", run["command"]], cwd=run["cwd"], env=env,
                              start_new_session=True, preexec_fn=preexec)  # fmt: skip
-
-    def forward(signum: int, frame: object) -> None:
+    if stop_requested:
+        _signal_group(child.pid, signal.SIGTERM)
+    while True:
         try:
-            os.killpg(child.pid, signum)
-        except ProcessLookupError:
-            pass
+            code = child.wait(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            # Escalate before supervisord's own SIGKILL (stopwaitsecs) would orphan the service.
+            if stop_requested and time.monotonic() - stop_requested[0] > STOP_GRACE:
+                _signal_group(child.pid, signal.SIGKILL)
+    _signal_group(child.pid, signal.SIGKILL)  # whatever the service left behind
+    return code if code >= 0 else 128 - code
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(sig, forward)
-    code = child.wait()
+
+def _signal_group(pgid: int, sig: int) -> None:
     try:
-        os.killpg(child.pid, signal.SIGKILL)
+        os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
-    return code if code >= 0 else 128 - code
 
 
 if __name__ == "__main__":
