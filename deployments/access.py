@@ -13,3 +13,13 @@ def get_deployment_for_user(user: User, project_slug: str, slug: str, write: boo
         raise Http404("No such deployment.")
     deployment.project = project  # keeps the caller's role
     return deployment
+
+
+def get_deployment_by_id_for_user(user: User, pk: int, write: bool = False) -> Deployment:
+    """The same check, for callers that know only the id (the websocket)."""
+    if not getattr(user, "is_authenticated", False):
+        raise Http404
+    found = Deployment.objects.filter(pk=pk).values_list("project__slug", "slug").first()
+    if found is None:
+        raise Http404("No such deployment.")
+    return get_deployment_for_user(user, found[0], found[1], write=write)

@@ -7,6 +7,7 @@ from celery import shared_task
 from django.db import transaction
 from django.utils import timezone
 
+from deployments import events
 from deployments.models import Build, BuildStatus, Deployment, State
 from deployments.runtimes import get_runtime
 from deployments.runtimes.base import BuildFailed, DeploymentSpec, RuntimeFailure, TransientFailure
@@ -104,6 +105,7 @@ def run_build(build: Build, spec: DeploymentSpec) -> bool:
             build.append_log(line + "\n")
         if time.monotonic() - last_save > 0.5 or percent >= 100:
             build.save(update_fields=["steps", "progress", "log"])
+            events.publish(build.deployment_id, events.BUILD)
             last_save = time.monotonic()
 
     try:

@@ -84,30 +84,33 @@ def deployment_new(request: HttpRequest, project_slug: str) -> HttpResponse:
     return TemplateResponse(request, template, {"project": project, "form": form})
 
 
-@login_required
-@require_GET
-def deployment_detail(request: HttpRequest, project_slug: str, slug: str) -> HttpResponse:
-    d = get_deployment_for_user(request.user, project_slug, slug)
+def overview_context(d: Deployment, user) -> dict:
+    """Everything the Overview shows; the page and the websocket render the same partials from it."""
     tree = status_tree(d)
     record_sample(d, tree)
-    samples = list(Sample.objects.filter(deployment=d, at__gte=timezone.now() - timedelta(minutes=15)).values_list("cpu_percent", "memory_bytes"))
-    ssh_host = settings.DIPLOI_PUBLIC_HOST
-    ctx = {
+    samples = list(Sample.objects.filter(deployment=d, at__gte=timezone.now() - timedelta(minutes=15)).values_list("cpu_percent", flat=True))
+    return {
         "d": d,
         "project": d.project,
         "tab": "overview",
         "tree": tree,
         "cpu": sum(c.cpu_percent or 0 for c in tree.containers),
         "memory": sum(c.memory_bytes or 0 for c in tree.containers),
-        "cpu_points": sparkline([s[0] for s in samples]),
+        "cpu_points": sparkline(samples),
         "build": d.builds.first(),
-        "ssh": [(c, f"ssh -p {settings.DIPLOI_SSH_PORT} {c}-{d.slug}@{ssh_host}") for c in _components(d)],
-        "has_keys": request.user.ssh_keys.exists(),
+        "ssh": [(c, f"ssh -p {settings.DIPLOI_SSH_PORT} {c}-{d.slug}@{settings.DIPLOI_PUBLIC_HOST}") for c in _components(d)],
+        "has_keys": user.ssh_keys.exists(),
         "transitions": list(d.transitions.order_by("-at", "-pk")[:8]),
         "domains": list(d.domains.all()),
     }
+
+
+@login_required
+@require_GET
+def deployment_detail(request: HttpRequest, project_slug: str, slug: str) -> HttpResponse:
+    d = get_deployment_for_user(request.user, project_slug, slug)
     template = "deployments/detail.html#live" if request.htmx else "deployments/detail.html"
-    return TemplateResponse(request, template, ctx)
+    return TemplateResponse(request, template, overview_context(d, request.user))
 
 
 def _options_page(request: HttpRequest, d: Deployment, partial: str | None = None, **forms) -> HttpResponse:

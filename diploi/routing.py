@@ -1,4 +1,7 @@
-from django.urls import URLPattern
+from django.urls import path
 
-# Websocket routes of the apps (the live dashboard adds deployments.consumers here).
-websocket_urlpatterns: list[URLPattern] = []
+from deployments.consumers import DeploymentConsumer
+
+websocket_urlpatterns = [
+    path("ws/deployments/<int:pk>/", DeploymentConsumer.as_asgi()),
+]

@@ -172,3 +172,43 @@ def platform(tmp_path: Path):
     p.kill()
 
 
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> str:
+    """A real Redis: REDIS_URL when it answers (CI starts one), else the embedded server."""
+    import redis as redis_client
+
+    from diploi import embedded_redis
+
+    url = os.environ.get("REDIS_URL", "")
+    if url:
+        try:
+            redis_client.Redis.from_url(url, socket_connect_timeout=1).ping()
+            yield url
+            return
+        except redis_client.ConnectionError:
+            pass
+    port = free_port()
+    proc = subprocess.Popen(embedded_redis.redis_command(port, tmp_path_factory.mktemp("redis"), persistent=False),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        embedded_redis.wait_until_ready(url, proc)
+        yield url
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def redis_layer(settings, redis_url: str) -> str:
+    """The production channel layer (Redis) instead of the in-memory one, with a clean slate."""
+    import redis as redis_client
+    from channels.layers import channel_layers
+
+    redis_client.Redis.from_url(redis_url).flushdb()
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [redis_url]}}}
+    channel_layers.backends.clear()
+    yield redis_url
+    channel_layers.backends.clear()

@@ -1,0 +1,43 @@
+"""Websocket: `/ws/deployments/<id>/` streams re-rendered fragments of the Overview to members."""
+
+from asgiref.sync import async_to_sync
+from channels.generic.websocket import WebsocketConsumer
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.template.loader import render_to_string
+
+from deployments import events
+from deployments.access import get_deployment_by_id_for_user
+from deployments.views import overview_context
+
+
+class DeploymentConsumer(WebsocketConsumer):
+    def connect(self) -> None:
+        user = self.scope.get("user")
+        self.deployment_id = int(self.scope["url_route"]["kwargs"]["pk"])
+        try:
+            get_deployment_by_id_for_user(user, self.deployment_id)
+        except (Http404, PermissionDenied):
+            self.close(code=4404)  # anonymous users and outsiders alike: nothing to see here
+            return
+        self.group = events.group(self.deployment_id)
+        async_to_sync(self.channel_layer.group_add)(self.group, self.channel_name)
+        self.accept()
+        self.send_live()  # the current state at once, so a reconnect never shows a stale colour
+
+    def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            async_to_sync(self.channel_layer.group_discard)(self.group, self.channel_name)
+
+    def deployment_event(self, event: dict) -> None:
+        self.send_live()
+
+    def send_live(self) -> None:
+        # Access is checked again on every event: a member removed meanwhile stops receiving.
+        try:
+            d = get_deployment_by_id_for_user(self.scope["user"], self.deployment_id)
+        except (Http404, PermissionDenied):
+            self.close(code=4403)
+            return
+        html = render_to_string("deployments/detail.html#live", overview_context(d, self.scope["user"]))
+        self.send(text_data=html)

@@ -1,0 +1,87 @@
+"""Websockets: who may connect, and fragments arriving after an event published by another process."""
+
+import subprocess
+import sys
+
+import pytest
+from channels.testing import WebsocketCommunicator
+
+from deployments.models import Deployment, State
+from diploi.asgi import application
+from tests.conftest import BASE_DIR
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+
+def session_cookie(user) -> bytes:
+    """A real session, as the browser would carry it after logging in."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+async def connect(user, deployment_id: int, origin: bytes = b"http://localhost") -> tuple[WebsocketCommunicator, bool]:
+    from asgiref.sync import sync_to_async
+
+    headers = [(b"origin", origin), (b"host", b"localhost")]
+    if user is not None:
+        headers.append((b"cookie", await sync_to_async(session_cookie)(user)))
+    communicator = WebsocketCommunicator(application, f"/ws/deployments/{deployment_id}/", headers=headers)
+    connected, _ = await communicator.connect(timeout=10)
+    return communicator, connected
+
+
+@pytest.fixture
+def dev(cast) -> Deployment:
+    return Deployment.objects.create(project=cast.project, name="Dev", slug="dev", branch="main", state=State.RUNNING,
+                                     commit=cast.project.stack_commit)  # fmt: skip
+
+
+async def test_anonymous_and_outsiders_are_refused(cast, dev, runtime, redis_layer) -> None:
+    for user in (None, cast.outsider):
+        communicator, connected = await connect(user, dev.pk)
+        assert not connected
+    communicator, connected = await connect(cast.viewer, 999999)
+    assert not connected
+
+
+async def test_a_foreign_origin_is_refused(cast, dev, runtime, redis_layer) -> None:
+    communicator, connected = await connect(cast.owner, dev.pk, origin=b"http://evil.example")
+    assert not connected
+
+
+async def test_a_member_gets_fragments_after_an_event_from_another_process(cast, dev, runtime, redis_layer) -> None:
+    communicator, connected = await connect(cast.viewer, dev.pk)
+    assert connected
+    first = await communicator.receive_from(timeout=10)  # the current state, at once
+    assert f'id="deployment-{dev.pk}-live"' in first and f'id="deployment-{dev.pk}-status"' in first
+
+    # Another process (as the worker or the monitor would) publishes through Redis.
+    script = f"from deployments.events import publish; import sys; sys.exit(0 if publish({dev.pk}, 'status') else 1)"
+    env = {"REDIS_URL": redis_layer, "DJANGO_SETTINGS_MODULE": "diploi.settings", "PATH": "/usr/bin:/bin",
+           "DIPLOI_DATA_DIR": str(runtime.data_dir)}  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", f"import django; django.setup(); {script}"], cwd=BASE_DIR, env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    fragment = await communicator.receive_from(timeout=10)
+    assert fragment.lstrip().startswith(f'<div id="deployment-{dev.pk}-live">')
+    for part in ("status", "cpu", "hosts", "tree"):
+        assert f'id="deployment-{dev.pk}-{part}"' in fragment
+    await communicator.disconnect()
+
+
+async def test_a_removed_member_stops_receiving(cast, dev, runtime, redis_layer) -> None:
+    from asgiref.sync import sync_to_async
+
+    from deployments.events import publish
+    from projects.models import Membership
+
+    communicator, connected = await connect(cast.viewer, dev.pk)
+    assert connected
+    await communicator.receive_from(timeout=10)
+    await sync_to_async(Membership.objects.filter(user=cast.viewer).delete)()
+    await sync_to_async(publish)(dev.pk, "status")
+    output = await communicator.receive_output(timeout=10)
+    assert output["type"] == "websocket.close"
