@@ -10,7 +10,7 @@ from deployments.models import Deployment, State
 from diploi.asgi import application
 from tests.conftest import BASE_DIR
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
 def session_cookie(user) -> bytes:
@@ -39,6 +39,7 @@ def dev(cast) -> Deployment:
                                      commit=cast.project.stack_commit)  # fmt: skip
 
 
+@pytest.mark.asyncio
 async def test_anonymous_and_outsiders_are_refused(cast, dev, runtime, redis_layer) -> None:
     for user in (None, cast.outsider):
         communicator, connected = await connect(user, dev.pk)
@@ -47,11 +48,13 @@ async def test_anonymous_and_outsiders_are_refused(cast, dev, runtime, redis_lay
     assert not connected
 
 
+@pytest.mark.asyncio
 async def test_a_foreign_origin_is_refused(cast, dev, runtime, redis_layer) -> None:
     communicator, connected = await connect(cast.owner, dev.pk, origin=b"http://evil.example")
     assert not connected
 
 
+@pytest.mark.asyncio
 async def test_a_member_gets_fragments_after_an_event_from_another_process(cast, dev, runtime, redis_layer) -> None:
     communicator, connected = await connect(cast.viewer, dev.pk)
     assert connected
@@ -72,6 +75,7 @@ async def test_a_member_gets_fragments_after_an_event_from_another_process(cast,
     await communicator.disconnect()
 
 
+@pytest.mark.asyncio
 async def test_a_removed_member_stops_receiving(cast, dev, runtime, redis_layer) -> None:
     from asgiref.sync import sync_to_async
 
@@ -85,3 +89,54 @@ async def test_a_removed_member_stops_receiving(cast, dev, runtime, redis_layer)
     await sync_to_async(publish)(dev.pk, "status")
     output = await communicator.receive_output(timeout=10)
     assert output["type"] == "websocket.close"
+
+
+@pytest.mark.asyncio
+async def test_the_monitor_stores_status_and_pushes_it_live(cast, runtime, redis_layer) -> None:
+    from asgiref.sync import sync_to_async
+
+    from deployments import tasks
+    from deployments.monitor import Monitor
+    from deployments.services import create_deployment
+    from tests.conftest import http_get, wait_until
+
+    def deploy() -> Deployment:
+        d = create_deployment(cast.project, "Dev", "development", "main", cast.developer)
+        tasks.provision(d.pk)
+        d.refresh_from_db()
+        wait_until(lambda: http_get(d.endpoints["web"]), what="the page")
+        return d
+
+    d = await sync_to_async(deploy)()
+    communicator, connected = await connect(cast.viewer, d.pk)
+    assert connected
+    await communicator.receive_from(timeout=10)
+
+    monitor = Monitor()
+
+    def green() -> bool:
+        monitor.tick()
+        return Deployment.objects.get(pk=d.pk).status == {"colour": "green", "reason": "Running"}
+
+    await sync_to_async(wait_until)(green, what="the monitor to store green")
+    fragment = await communicator.receive_from(timeout=10)
+    assert f'id="deployment-{d.pk}-cpu"' in fragment
+    assert await sync_to_async(d.samples.count)() >= 1
+    await communicator.disconnect()
+
+
+def test_the_monitor_stops_cleanly_on_sigterm(tmp_path) -> None:
+    import os
+    import signal
+    import time
+
+    env = {**os.environ, "DIPLOI_DATA_DIR": str(tmp_path)}
+    env.pop("DATABASE_URL", None)
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=BASE_DIR, env=env, check=True, capture_output=True)
+    proc = subprocess.Popen([sys.executable, "manage.py", "monitor", "--interval", "1"], cwd=BASE_DIR, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 0, out
+    assert "monitor: observing every 1 s" in out and "monitor: stopped" in out
