@@ -140,3 +140,53 @@ def test_the_monitor_stops_cleanly_on_sigterm(tmp_path) -> None:
     out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 0, out
     assert "monitor: observing every 1 s" in out and "monitor: stopped" in out
+
+
+def test_with_redis_gone_pages_render_and_producers_carry_on(cast, runtime, settings) -> None:
+    from channels.layers import channel_layers
+
+    from deployments.events import publish
+    from tests.conftest import free_port
+
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                                           "CONFIG": {"hosts": [f"redis://127.0.0.1:{free_port()}/0"]}}}  # fmt: skip
+    channel_layers.backends.clear()
+    try:
+        d = Deployment.objects.create(project=cast.project, name="Dev", slug="dev", branch="main", state=State.PENDING)
+        d.transition(State.RUNNING, "test")  # publishes on commit: must not raise
+        assert publish(d.pk, "status") is False
+        page = cast.client(cast.viewer).get("/projects/shop/d/dev/")
+        assert page.status_code == 200 and "Live updates paused" in page.content.decode()
+    finally:
+        channel_layers.backends.clear()
+
+
+def test_a_crash_is_announced_at_once(cast, data_dir, redis_url, monkeypatch) -> None:
+    import psutil
+    import redis
+
+    from deployments import tasks
+    from deployments.runtimes import get_runtime
+    from deployments.runtimes.local_events import CHANNEL
+    from deployments.services import create_deployment
+    from tests.conftest import http_get, wait_until
+
+    monkeypatch.setenv("REDIS_URL", redis_url)  # supervisord and its listener inherit it
+    runtime = get_runtime()
+    try:
+        d = create_deployment(cast.project, "Dev", "development", "main", cast.developer)
+        tasks.provision(d.pk)
+        d.refresh_from_db()
+        wait_until(lambda: http_get(d.endpoints["web"]), what="the page")
+        pubsub = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(CHANNEL)
+        name = f"d{d.pk}-web"
+        wrapper = psutil.Process(runtime.supervisor.process_info()[f"{name}:{name}"]["pid"])
+        next(p for p in wrapper.children(recursive=True) if p.name().startswith("python")).kill()
+        seen = []
+        wait_until(lambda: (m := pubsub.get_message(timeout=1)) and seen.append(m["data"].decode()) is None
+                   and any(s.startswith(f"{name} PROCESS_STATE_") and ("EXITED" in s or "BACKOFF" in s) for s in seen),
+                   timeout=20, what="the crash announcement")  # fmt: skip
+        pubsub.close()
+    finally:
+        runtime.supervisor.shutdown()

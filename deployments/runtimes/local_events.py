@@ -1,4 +1,5 @@
-"""supervisord event listener: counts crashes per process into restarts.json.
+"""supervisord event listener: counts crashes per process into restarts.json, and announces every
+process state change on Redis (channel `diploi:runtime`) so the monitor looks at once.
 
 A crash is an unexpected exit of a running process (EXITED, expected:0) or a death while it was
 still starting (BACKOFF); supervisord restarts both.
@@ -11,6 +12,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+CHANNEL = "diploi:runtime"
 
 
 def parse(line: str) -> dict[str, str]:
@@ -25,8 +28,27 @@ def record_exit(path: Path, process: str) -> None:
     os.replace(tmp, path)
 
 
+def announcer():
+    """A function that publishes a line on Redis, or does nothing without REDIS_URL (or Redis)."""
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        return lambda line: None
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+
+    def announce(line: str) -> None:
+        try:
+            client.publish(CHANNEL, line)
+        except redis.RedisError as e:
+            print(f"diploi-events: not announced ({e})", file=sys.stderr, flush=True)
+
+    return announce
+
+
 def main(directory: str) -> None:
     path = Path(directory) / "restarts.json"
+    announce = announcer()
     while True:
         sys.stdout.write("READY\n")
         sys.stdout.flush()
@@ -40,6 +62,8 @@ def main(directory: str) -> None:
         event = header.get("eventname")
         if (event == "PROCESS_STATE_EXITED" and body.get("expected") == "0") or event == "PROCESS_STATE_BACKOFF":
             record_exit(path, f"{body.get('groupname')}:{body.get('processname')}")
+        if event and event.startswith("PROCESS_STATE_") and body.get("groupname", "").startswith("d"):
+            announce(f"{body.get('groupname')} {event}")
         sys.stdout.write("RESULT 2\nOK")
         sys.stdout.flush()
 

@@ -1,10 +1,48 @@
 import signal
 import time
 
+import redis
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from deployments.monitor import Monitor
+from deployments.runtimes.local_events import CHANNEL
+
+
+class RuntimeChanges:
+    """Announcements from the runtime's event listener (Redis pub/sub); inactive without Redis."""
+
+    def __init__(self, url: str) -> None:
+        self.pubsub = None
+        if url:
+            try:
+                self.pubsub = redis.Redis.from_url(url, socket_connect_timeout=2).pubsub(ignore_subscribe_messages=True)
+                self.pubsub.subscribe(CHANNEL)
+            except redis.RedisError:
+                self.pubsub = None
+
+    @property
+    def active(self) -> bool:
+        return self.pubsub is not None
+
+    def wait(self, timeout: float) -> bool:
+        """True when a change was announced within `timeout` seconds (and drains the others)."""
+        if self.pubsub is None:
+            time.sleep(timeout)
+            return False
+        try:
+            if self.pubsub.get_message(timeout=timeout) is None:
+                return False
+            while self.pubsub.get_message(timeout=0.05) is not None:
+                pass
+            return True
+        except redis.RedisError:
+            time.sleep(timeout)
+            return False
+
+    def close(self) -> None:
+        if self.pubsub is not None:
+            self.pubsub.close()
 
 
 class Command(BaseCommand):
@@ -19,7 +57,8 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, self.on_signal)
         signal.signal(signal.SIGINT, self.on_signal)
         monitor = Monitor()
-        self.stdout.write(f"monitor: observing every {interval:g} s")
+        changes = RuntimeChanges(settings.REDIS_URL)
+        self.stdout.write(f"monitor: observing every {interval:g} s{', and at once on process changes' if changes.active else ''}")
         while not self.stopping:
             started = time.monotonic()
             try:
@@ -28,8 +67,11 @@ class Command(BaseCommand):
                 self.stderr.write(f"monitor: tick failed: {e}")
             if once:
                 return
+            # Wait for the next tick, or less when the runtime announces a change (a crash, a restart).
             while not self.stopping and time.monotonic() - started < interval:
-                time.sleep(0.1)
+                if changes.wait(0.2):
+                    break
+        changes.close()
         self.stdout.write("monitor: stopped")
 
     def on_signal(self, signum: int, frame: object) -> None:
