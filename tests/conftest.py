@@ -123,6 +123,7 @@ class Platform:
     def __init__(self, data_dir: Path, port: int) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "DIPLOI_DATA_DIR")}
         env["DIPLOI_SHUTDOWN_GRACE"] = str(GRACE)
+        env["DIPLOI_MONITOR_INTERVAL"] = "1"
         self.port = port
         self.lines: list[str] = []
         self.proc = subprocess.Popen(

@@ -4,6 +4,7 @@ platform (`manage.py up`: daphne, a Celery worker, supervisord, the embedded Red
 import os
 import re
 import shutil
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,66 @@ def test_a_new_user_deploys_the_demo_project(platform: Platform, browser, tmp_pa
 
 def _id(page) -> str:
     return re.search(r'id="deployment-(\d+)-status"', page.content()).group(1)
+
+
+def test_the_overview_updates_itself(platform: Platform, browser) -> None:
+    import threading
+
+    base = platform.wait_for(r"Diploi is running at (http://\S+)").group(1).rstrip("/")
+    password = platform.wait_for(r"username: demo password: (\S+)").group(1)
+    platform.wait_for(r"celery@\S+ ready")
+    page = browser.new_context(base_url=base).new_page()
+    page.goto("/accounts/login/")
+    page.fill("input[name=login]", "demo")
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/projects/")
+    page.goto("/projects/diploi-sample/deployments/new/")
+    page.fill("input[name=name]", "live")
+    page.click("button:has-text('Create deployment')")
+    page.wait_for_url("**/d/live/")
+    pk = _id(page)
+    status = f"#deployment-{pk}-status .overall strong"
+
+    loads = []
+    page.on("load", lambda: loads.append(1))
+    # Provisioning → Running arrives over the websocket: no reload.
+    page.wait_for_function(f"document.querySelector('{status}').textContent === 'Running'", timeout=90_000)
+
+    app = next(p for p in platform.descendants() if p.name().startswith("python") and "app.py" in " ".join(p.cmdline()))
+    app.kill()
+    page.wait_for_function(f"document.querySelector('{status}').textContent !== 'Running'", timeout=30_000)
+    page.wait_for_function(f"document.querySelector('{status}').textContent === 'Running'", timeout=60_000)
+    page.wait_for_selector(f"#deployment-{pk}-tree >> text=restarted 1×")
+
+    # CPU moves while the app is busy.
+    endpoint = page.get_attribute(f"#deployment-{pk}-hosts a", "href")
+    figure = f"#deployment-{pk}-cpu .figure"
+    before = page.inner_text(figure)
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            try:
+                http_get(endpoint, timeout=2)
+            except OSError:
+                pass
+
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        page.wait_for_function(f"document.querySelector('{figure}').textContent !== {before!r}", timeout=30_000)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=5)
+    assert loads == []  # all of it without a reload
+
+    # Following the log shows a line the app prints.
+    page.goto("/projects/diploi-sample/d/live/logs/?service=web&follow=1")
+    try:
+        http_get(endpoint + "/?marker=followed-line")
+    except urllib.error.HTTPError:  # the sample answers 404 to a query string; the request is logged all the same
+        pass
+    page.wait_for_selector(f"#deployment-{pk}-log >> text=followed-line", timeout=15_000)
