@@ -8,7 +8,9 @@ from django.template.loader import render_to_string
 
 from deployments import events
 from deployments.access import get_deployment_by_id_for_user
+from deployments.queries import deployments_with_figures
 from deployments.views import overview_context
+from projects.access import get_project_for_user
 
 
 class DeploymentConsumer(WebsocketConsumer):
@@ -29,7 +31,7 @@ class DeploymentConsumer(WebsocketConsumer):
         if hasattr(self, "group"):
             async_to_sync(self.channel_layer.group_discard)(self.group, self.channel_name)
 
-    def deployment_event(self, event: dict) -> None:
+    def live_event(self, event: dict) -> None:
         self.send_live()
 
     def send_live(self) -> None:
@@ -41,3 +43,35 @@ class DeploymentConsumer(WebsocketConsumer):
             return
         html = render_to_string("deployments/detail.html#live", overview_context(d, self.scope["user"]))
         self.send(text_data=html)
+
+
+class ProjectConsumer(WebsocketConsumer):
+    """`/ws/projects/<slug>/`: the project page's list of deployments, re-rendered on change."""
+
+    def connect(self) -> None:
+        self.slug = self.scope["url_route"]["kwargs"]["slug"]
+        try:
+            project = get_project_for_user(self.scope.get("user"), self.slug)
+        except (Http404, PermissionDenied):
+            self.close(code=4404)
+            return
+        self.group = events.project_group(project.pk)
+        async_to_sync(self.channel_layer.group_add)(self.group, self.channel_name)
+        self.accept()
+        self.send_list()
+
+    def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            async_to_sync(self.channel_layer.group_discard)(self.group, self.channel_name)
+
+    def live_event(self, event: dict) -> None:
+        self.send_list()
+
+    def send_list(self) -> None:
+        try:
+            project = get_project_for_user(self.scope["user"], self.slug)
+        except (Http404, PermissionDenied):
+            self.close(code=4403)
+            return
+        ctx = {"project": project, "deployments": deployments_with_figures(project)}
+        self.send(text_data=render_to_string("projects/detail.html#deployments", ctx))

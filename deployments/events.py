@@ -21,14 +21,27 @@ def group(deployment_id: int) -> str:
     return f"deployment.{deployment_id}"
 
 
+def project_group(project_id: int) -> str:
+    return f"project.{project_id}"
+
+
 def publish(deployment_id: int, kind: str) -> bool:
     """Tell the deployment's viewers that `kind` changed; False when the channel layer is away."""
+    return _send(group(deployment_id), kind, deployment_id)
+
+
+def publish_project(project_id: int) -> bool:
+    """Tell the project page's viewers that its list (dots, CPU, states) changed."""
+    return _send(project_group(project_id), "list", project_id)
+
+
+def _send(group_name: str, kind: str, ident: int) -> bool:
     layer = get_channel_layer()
     if layer is None:
         return False
     try:
-        async_to_sync(layer.group_send)(group(deployment_id), {"type": "deployment.event", "kind": kind})
+        async_to_sync(layer.group_send)(group_name, {"type": "live.event", "kind": kind})
         return True
     except Exception as e:  # noqa: BLE001 - Redis down must not fail a task or the monitor
-        log.warning("live update for deployment %s not sent: %s", deployment_id, e)
+        log.warning("live update for %s not sent: %s", group_name, e)
         return False

@@ -4,7 +4,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from deployments.crypto import EncryptedTextField
-from deployments.events import STATE, publish
+from deployments.events import STATE, publish, publish_project
 from projects.models import Project
 from projects.validators import validate_branch_name, validate_dns_label
 
@@ -95,7 +95,8 @@ class Deployment(models.Model):
                 return
             Deployment.objects.filter(pk=self.pk).update(state=to, state_reason=reason[:500])
             StateTransition.objects.create(deployment_id=self.pk, from_state=current[0], to_state=to, actor=actor, reason=reason[:500])
-            transaction.on_commit(lambda: publish(self.pk, STATE))
+            project_id = Deployment.objects.filter(pk=self.pk).values_list("project_id", flat=True).first()
+            transaction.on_commit(lambda: (publish(self.pk, STATE), publish_project(project_id)))
         self.state, self.state_reason = to, reason[:500]
 
 

@@ -15,6 +15,7 @@ from deployments.models import Deployment, State
 from deployments.runtimes import get_runtime
 from deployments.runtimes.base import DeploymentSpec, TransientFailure
 from deployments.spec import current_spec
+from deployments.status import StatusTree
 
 log = logging.getLogger(__name__)
 OBSERVED = (State.RUNNING, State.STOPPED)
@@ -49,17 +50,30 @@ class Monitor:
         except TransientFailure as e:
             log.warning("monitor: runtime not answering, tick skipped: %s", e)
             return 0
+        projects: set[int] = set()
         for d in deployments:
             if d.pk not in observations:
                 continue
             try:
                 tree = status_tree(d, observations[d.pk])
                 record_sample(d, tree)
-                status = {"colour": tree.colour.value, "reason": tree.reason}
+                status = stored_status(tree)
                 if status != d.status:
                     Deployment.objects.filter(pk=d.pk).update(status=status)
                 events.publish(d.pk, events.STATUS)
+                projects.add(d.project_id)
             except Exception:  # noqa: BLE001
                 log.exception("monitor: cannot update deployment %s", d.pk)
+        for project_id in projects:
+            events.publish_project(project_id)
         self._specs = {pk: v for pk, v in self._specs.items() if pk in specs}
         return len(observations)
+
+
+def stored_status(tree: StatusTree) -> dict:
+    """The tree as stored: colours and messages, not the samples that change every tick."""
+    return {
+        "colour": tree.colour.value,
+        "reason": tree.reason,
+        "tree": {branch: [[i.name, i.colour.value, i.message] for i in getattr(tree, branch)] for branch in tree.branches},
+    }

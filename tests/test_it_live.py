@@ -116,9 +116,12 @@ async def test_the_monitor_stores_status_and_pushes_it_live(cast, runtime, redis
 
     def green() -> bool:
         monitor.tick()
-        return Deployment.objects.get(pk=d.pk).status == {"colour": "green", "reason": "Running"}
+        status = Deployment.objects.get(pk=d.pk).status
+        return status.get("colour") == "green" and status["reason"] == "Running" and status
 
-    await sync_to_async(wait_until)(green, what="the monitor to store green")
+    status = await sync_to_async(wait_until)(green, what="the monitor to store green")
+    assert [c[0] for c in status["tree"]["containers"]] == ["web", "redis"]
+    assert all(c[1] == "green" for c in status["tree"]["containers"])
     fragment = await communicator.receive_from(timeout=10)
     assert f'id="deployment-{d.pk}-cpu"' in fragment
     assert await sync_to_async(d.samples.count)() >= 1
@@ -190,3 +193,43 @@ def test_a_crash_is_announced_at_once(cast, data_dir, redis_url, monkeypatch) ->
         pubsub.close()
     finally:
         runtime.supervisor.shutdown()
+
+
+@pytest.mark.asyncio
+async def test_the_project_page_list_is_live_for_members_only(cast, runtime, redis_layer) -> None:
+    from asgiref.sync import sync_to_async
+
+    from deployments.events import publish_project
+
+    async def project_socket(user):
+        headers = [(b"origin", b"http://localhost"), (b"host", b"localhost")]
+        if user is not None:
+            headers.append((b"cookie", await sync_to_async(session_cookie)(user)))
+        communicator = WebsocketCommunicator(application, "/ws/projects/shop/", headers=headers)
+        connected, _ = await communicator.connect(timeout=10)
+        return communicator, connected
+
+    for user in (None, cast.outsider):
+        assert not (await project_socket(user))[1]
+    communicator, connected = await project_socket(cast.viewer)
+    assert connected
+    assert f'id="project-{cast.project.pk}-deployments"' in await communicator.receive_from(timeout=10)
+    await sync_to_async(Deployment.objects.create)(project=cast.project, name="New one", slug="new-one", branch="main")
+    await sync_to_async(publish_project)(cast.project.pk)
+    assert "New one" in await communicator.receive_from(timeout=10)
+    await communicator.disconnect()
+
+
+def test_one_broken_deployment_does_not_stop_the_monitor(cast, runtime, monkeypatch) -> None:
+    from deployments.monitor import Monitor
+
+    good = Deployment.objects.create(project=cast.project, name="Good", slug="good", branch="main", state=State.RUNNING,
+                                     commit=cast.project.stack_commit)  # fmt: skip
+    bad = Deployment.objects.create(project=cast.project, name="Bad", slug="bad", branch="main", state=State.RUNNING,
+                                    commit=cast.project.stack_commit)  # fmt: skip
+    monitor = Monitor()
+    real = monitor.spec
+    monkeypatch.setattr(monitor, "spec", lambda d: (_ for _ in ()).throw(RuntimeError("broken")) if d.pk == bad.pk else real(d))
+    assert monitor.tick() == 1
+    assert Deployment.objects.get(pk=good.pk).status["colour"] == "red"  # observed: nothing runs for it
+    assert Deployment.objects.get(pk=bad.pk).status == {}
