@@ -1,5 +1,7 @@
 """Websocket: `/ws/deployments/<id>/` streams re-rendered fragments of the Overview to members."""
 
+import json
+
 from asgiref.sync import async_to_sync
 from channels.generic.websocket import WebsocketConsumer
 from django.core.exceptions import PermissionDenied
@@ -11,6 +13,22 @@ from deployments.access import get_deployment_by_id_for_user
 from deployments.queries import deployments_with_figures
 from deployments.views import overview_context
 from projects.access import get_project_for_user
+
+_rendered: dict[tuple, str] = {}
+
+
+def render_live(d, user) -> str:
+    """The live fragment, rendered once per state and role in this process, however many viewers."""
+    latest = d.samples.order_by("-at").values_list("pk", flat=True).first()
+    build = d.builds.values_list("pk", "status", "progress").first()
+    domains = tuple(d.domains.values_list("name", "verified"))
+    key = (d.pk, d.state, d.state_reason, d.enabled, d.commit, d.release_id, json.dumps(d.status, sort_keys=True),
+           json.dumps(d.endpoints, sort_keys=True), latest, build, domains, d.project.can_write)  # fmt: skip
+    if key not in _rendered:
+        if len(_rendered) > 1000:
+            _rendered.clear()
+        _rendered[key] = render_to_string("deployments/detail.html#live", overview_context(d, user, observe=False))
+    return _rendered[key]
 
 
 class DeploymentConsumer(WebsocketConsumer):
@@ -41,8 +59,7 @@ class DeploymentConsumer(WebsocketConsumer):
         except (Http404, PermissionDenied):
             self.close(code=4403)
             return
-        html = render_to_string("deployments/detail.html#live", overview_context(d, self.scope["user"]))
-        self.send(text_data=html)
+        self.send(text_data=render_live(d, self.scope["user"]))
 
 
 class ProjectConsumer(WebsocketConsumer):

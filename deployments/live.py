@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from deployments.models import Deployment, Sample
 from deployments.runtimes import get_runtime
-from deployments.runtimes.base import Observation
+from deployments.runtimes.base import Colour, ItemState, Observation
 from deployments.spec import current_spec
 from deployments.status import BuildInfo, StatusTree, derive
 
@@ -20,6 +20,18 @@ def status_tree(d: Deployment, observation: Observation | None = None) -> Status
         observation = get_runtime().observe([spec])[d.pk] if spec.services else Observation()
     builds = tuple(BuildInfo(b.commit, b.status, b.progress, b.error, is_release=b.pk == d.release_id) for b in d.builds.all()[:5])
     return derive(observation, d.state, d.enabled, d.state_reason, builds)
+
+
+def stored_tree(d: Deployment) -> StatusTree:
+    """The tree the monitor stored last (no runtime call): what the websocket renders from."""
+    status = d.status or {}
+    tree = status.get("tree", {})
+
+    def items(branch: str) -> tuple[ItemState, ...]:
+        return tuple(ItemState(name, Colour(colour), message) for name, colour, message in tree.get(branch, []))
+
+    colour = Colour(status["colour"]) if status.get("colour") else Colour.PENDING
+    return StatusTree(colour, status.get("reason", "Waiting for the monitor"), items("storage"), items("builds"), items("containers"), items("services"))
 
 
 def record_sample(d: Deployment, tree: StatusTree) -> None:

@@ -23,7 +23,7 @@ from deployments.forms import (
     parameter_form,
     parameter_values,
 )
-from deployments.live import record_sample, status_tree
+from deployments.live import record_sample, status_tree, stored_tree
 from deployments.models import Deployment, Domain, EnvVar, Sample, State
 from deployments.runtimes import get_runtime
 from deployments.runtimes.base import RuntimeFailure
@@ -84,19 +84,27 @@ def deployment_new(request: HttpRequest, project_slug: str) -> HttpResponse:
     return TemplateResponse(request, template, {"project": project, "form": form})
 
 
-def overview_context(d: Deployment, user) -> dict:
-    """Everything the Overview shows; the page and the websocket render the same partials from it."""
-    tree = status_tree(d)
-    record_sample(d, tree)
-    samples = list(Sample.objects.filter(deployment=d, at__gte=timezone.now() - timedelta(minutes=15)).values_list("cpu_percent", flat=True))
+def overview_context(d: Deployment, user, observe: bool = True) -> dict:
+    """Everything the Overview shows; the page and the websocket render the same partials from it.
+
+    The page observes the runtime itself; the websocket (`observe=False`) renders what the monitor
+    stored, so a thousand viewers cost no runtime calls."""
+    samples = list(Sample.objects.filter(deployment=d, at__gte=timezone.now() - timedelta(minutes=15)).values_list("cpu_percent", "memory_bytes"))
+    if observe:
+        tree = status_tree(d)
+        record_sample(d, tree)
+        cpu, memory = sum(c.cpu_percent or 0 for c in tree.containers), sum(c.memory_bytes or 0 for c in tree.containers)
+    else:
+        tree = stored_tree(d)
+        cpu, memory = samples[-1] if samples else (0, 0)
     return {
         "d": d,
         "project": d.project,
         "tab": "overview",
         "tree": tree,
-        "cpu": sum(c.cpu_percent or 0 for c in tree.containers),
-        "memory": sum(c.memory_bytes or 0 for c in tree.containers),
-        "cpu_points": sparkline(samples),
+        "cpu": cpu,
+        "memory": memory,
+        "cpu_points": sparkline([s[0] for s in samples]),
         "build": d.builds.first(),
         "ssh": [(c, f"ssh -p {settings.DIPLOI_SSH_PORT} {c}-{d.slug}@{settings.DIPLOI_PUBLIC_HOST}") for c in _components(d)],
         "has_keys": user.ssh_keys.exists(),

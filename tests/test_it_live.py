@@ -233,3 +233,28 @@ def test_one_broken_deployment_does_not_stop_the_monitor(cast, runtime, monkeypa
     assert monitor.tick() == 1
     assert Deployment.objects.get(pk=good.pk).status["colour"] == "red"  # observed: nothing runs for it
     assert Deployment.objects.get(pk=bad.pk).status == {}
+
+
+def test_the_live_fragment_follows_every_change_it_shows(cast, runtime) -> None:
+    from deployments.consumers import render_live
+    from deployments.models import Build, Domain, Sample
+
+    d = Deployment.objects.create(project=cast.project, name="Dev", slug="dev", branch="main", state=State.RUNNING,
+                                  status={"colour": "green", "reason": "Running", "tree": {"containers": [["web", "green", "running"]]}})  # fmt: skip
+
+    def fragment() -> str:
+        from deployments.access import get_deployment_by_id_for_user
+
+        return render_live(get_deployment_by_id_for_user(cast.viewer, d.pk), cast.viewer)
+
+    first = fragment()
+    assert "<strong>Running</strong>" in first and "web" in first
+    assert fragment() is first  # rendered once for many viewers
+    Sample.objects.create(deployment=d, cpu_percent=42.5, memory_bytes=1 << 20)
+    assert "42.5%" in fragment()
+    Build.objects.create(deployment=d, commit="c" * 40, status="running", progress=37)
+    assert 'aria-valuenow="37"' in fragment()
+    Domain.objects.create(deployment=d, name="shop.example.com")
+    assert "https://shop.example.com" in fragment()
+    Deployment.objects.filter(pk=d.pk).update(status={"colour": "red", "reason": "web: exited", "tree": {}})
+    assert "<strong>Error</strong> — web: exited" in fragment()
