@@ -67,10 +67,6 @@ class DeleteDeploymentForm(forms.Form):
         return self.cleaned_data["confirm"]
 
 
-def env_rows(deployment: Deployment) -> list[EnvVar]:
-    return list(EnvVar.objects.filter(deployment=deployment))
-
-
 class CloneForm(NewDeploymentForm):
     copy_storage = forms.BooleanField(required=False, initial=True, label="Copy storage",
                                       help_text="Start from a copy of this deployment's databases and files (and code, for development).")  # fmt: skip

@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 
 from deployments.runtimes.base import Colour, ItemState, Observation
 
-_RANK = {Colour.GREEN: 0, Colour.PENDING: 1, Colour.YELLOW: 2, Colour.RED: 3}
-
 
 @dataclass(frozen=True)
 class BuildInfo:
@@ -76,7 +74,3 @@ def derive(observation: Observation, state: str, enabled: bool, state_reason: st
     if state_reason:
         return result(Colour.YELLOW, state_reason)
     return result(Colour.GREEN, "Running")
-
-
-def worst(items: tuple[ItemState, ...]) -> Colour:
-    return max((i.colour for i in items), key=_RANK.__getitem__, default=Colour.GREEN)

@@ -3,7 +3,7 @@
 import pytest
 
 from deployments.runtimes.base import Colour, ItemState, Observation
-from deployments.status import BuildInfo, derive, worst
+from deployments.status import BuildInfo, derive
 
 G, Y, R, P = Colour.GREEN, Colour.YELLOW, Colour.RED, Colour.PENDING
 
@@ -47,11 +47,6 @@ def test_builds_become_items_of_the_tree() -> None:
         ("build bbbbbbbbbb", P, "building, 60%"),
         ("build aaaaaaaaaa", G, "current release"),
     ]
-
-
-def test_worst_orders_colours() -> None:
-    assert worst((ItemState("a", G), ItemState("b", Y), ItemState("c", P))) == Y
-    assert worst(()) == G
 
 
 def test_uptime_reads_like_a_person_would_say_it() -> None:
