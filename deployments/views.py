@@ -191,6 +191,15 @@ def deployment_branch(request: HttpRequest, project_slug: str, slug: str) -> Htt
     return redirect_to(request, "deployments:options", project_slug, slug)
 
 
+def _save_env(request: HttpRequest, d: Deployment, service: str, values: dict[str, tuple[str, bool]]) -> None:
+    """Store {key: (value, secret)} for `service` ("" = every component) and re-provision on commit,
+    which restarts the services whose environment changed."""
+    with transaction.atomic():
+        for key, (value, secret) in values.items():
+            EnvVar.objects.update_or_create(deployment=d, service=service, key=key, defaults={"value": value, "secret": secret})
+        tasks.provision.delay_on_commit(d.pk, actor=_actor(request))
+
+
 @login_required
 @require_POST
 def env_save(request: HttpRequest, project_slug: str, slug: str) -> HttpResponse:
@@ -199,11 +208,7 @@ def env_save(request: HttpRequest, project_slug: str, slug: str) -> HttpResponse
     if not form.is_valid():
         return _options_page(request, d, "env", env_form=form)
     data = form.cleaned_data
-    with transaction.atomic():
-        EnvVar.objects.update_or_create(
-            deployment=d, service=data["service"], key=data["key"], defaults={"value": data["value"], "secret": data["secret"]}
-        )
-        tasks.provision.delay_on_commit(d.pk, actor=_actor(request))
+    _save_env(request, d, data["service"], {data["key"]: (data["value"], data["secret"])})
     messages.success(request, f"{data['key']} saved; restarting the affected components.")
     return _options_changed(request, d, "env")
 
@@ -218,10 +223,7 @@ def parameters_save(request: HttpRequest, project_slug: str, slug: str, service:
     form = parameter_form(params, {}, request.POST)
     if not form.is_valid():
         return _options_page(request, d, "parameters", parameter_forms=_parameter_forms(d, (service, form)))
-    with transaction.atomic():
-        for key, (value, secret) in parameter_values(params, form).items():
-            EnvVar.objects.update_or_create(deployment=d, service=service, key=key, defaults={"value": value, "secret": secret})
-        tasks.provision.delay_on_commit(d.pk, actor=_actor(request))
+    _save_env(request, d, service, parameter_values(params, form))
     messages.success(request, f"Parameters of {service} saved; restarting it.")
     return redirect_to(request, "deployments:options", project_slug, slug)
 

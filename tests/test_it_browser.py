@@ -29,6 +29,17 @@ def browser():
         b.close()
 
 
+def log_in_as_demo(browser, base: str, password: str):
+    """A page logged in as the demo account, through the login form."""
+    page = browser.new_context(base_url=base).new_page()
+    page.goto("/accounts/login/")
+    page.fill("input[name=login]", "demo")
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/projects/")
+    return page
+
+
 def reload_until(page, text: str, timeout: float = 120) -> None:
     """What a person does before live updates exist: reload until the page says so."""
     wait_until(lambda: page.reload() and text in page.content(), timeout=timeout, interval=1, what=f"“{text}” on {page.url}")
@@ -57,12 +68,7 @@ def test_a_new_user_deploys_the_demo_project(platform: Platform, browser, tmp_pa
     page.wait_for_selector("text=SHA256:")
 
     # The demo project's owner makes her an owner too.
-    demo = browser.new_context(base_url=base).new_page()
-    demo.goto("/accounts/login/")
-    demo.fill("input[name=login]", "demo")
-    demo.fill("input[name=password]", demo_password)
-    demo.click("button[type=submit]")
-    demo.wait_for_url("**/projects/")
+    demo = log_in_as_demo(browser, base, demo_password)
     demo.goto("/projects/diploi-sample/settings/")
     demo.fill("input[name=who]", "ada")
     demo.select_option("#id_role", "owner")
@@ -134,12 +140,7 @@ def test_the_overview_updates_itself(platform: Platform, browser) -> None:
     base = platform.wait_for(r"Diploi is running at (http://\S+)").group(1).rstrip("/")
     password = platform.wait_for(r"username: demo password: (\S+)").group(1)
     platform.wait_for(r"celery@\S+ ready")
-    page = browser.new_context(base_url=base).new_page()
-    page.goto("/accounts/login/")
-    page.fill("input[name=login]", "demo")
-    page.fill("input[name=password]", password)
-    page.click("button[type=submit]")
-    page.wait_for_url("**/projects/")
+    page = log_in_as_demo(browser, base, password)
     page.goto("/projects/diploi-sample/deployments/new/")
     page.fill("input[name=name]", "live")
     page.click("button:has-text('Create deployment')")
