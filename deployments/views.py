@@ -11,6 +11,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from accounts.models import User
 from deployments import tasks
 from deployments.access import get_deployment_for_user
 from deployments.domains import cname_target, normalise_domain, verify
@@ -84,7 +85,7 @@ def deployment_new(request: HttpRequest, project_slug: str) -> HttpResponse:
     return TemplateResponse(request, template, {"project": project, "form": form})
 
 
-def overview_context(d: Deployment, user, observe: bool = True) -> dict:
+def overview_context(d: Deployment, user: User | None = None, observe: bool = True) -> dict:
     """Everything the Overview shows; the page and the websocket render the same partials from it.
 
     The page observes the runtime itself; the websocket (`observe=False`) renders what the monitor
@@ -107,7 +108,7 @@ def overview_context(d: Deployment, user, observe: bool = True) -> dict:
         "cpu_points": sparkline([s[0] for s in samples]),
         "build": d.builds.first(),
         "ssh": [(c, f"ssh -p {settings.DIPLOI_SSH_PORT} {c}-{d.slug}@{settings.DIPLOI_PUBLIC_HOST}") for c in _components(d)],
-        "has_keys": user.ssh_keys.exists(),
+        "has_keys": user is not None and user.ssh_keys.exists(),
         "transitions": list(d.transitions.order_by("-at", "-pk")[:8]),
         "domains": list(d.domains.all()),
     }
@@ -334,9 +335,8 @@ def deployment_logs(request: HttpRequest, project_slug: str, slug: str) -> HttpR
     if service in services:
         lines = list(get_runtime().logs(spec, service, tail=LOG_LINES))
     follow = request.GET.get("follow") == "1"
-    ctx = {"d": d, "project": d.project, "tab": "logs", "services": services, "service": service, "lines": lines, "follow": follow}
-    template = "deployments/logs.html#lines" if request.htmx else "deployments/logs.html"
-    return TemplateResponse(request, template, ctx)
+    ctx = {"d": d, "project": d.project, "tab": "logs", "services": services, "service": service, "lines": lines, "follow": follow, "keep": LOG_LINES}
+    return TemplateResponse(request, "deployments/logs.html", ctx)
 
 
 @login_required

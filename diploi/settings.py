@@ -147,10 +147,18 @@ DEFAULT_FROM_EMAIL = envstr("DIPLOI_EMAIL_FROM", "diploi@localhost")
 # Redis carries Celery's queue and the Channels layer. `manage.py up` starts an embedded server and
 # sets REDIS_URL for its children when it is not set; processes started by hand need it set.
 REDIS_URL = envstr("REDIS_URL")
+
+
+
+def redis_channel_layer(url: str) -> dict:
+    # channels_redis blocks 5 s in BZPOPMIN per receive; redis-py's default read timeout is also
+    # 5 s, which made idle sockets fail with "Timeout reading from" (seen under load): read longer.
+    host = {"address": url, "socket_timeout": 30, "socket_connect_timeout": 5}
+    return {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [host]}}}
+
+
 if REDIS_URL:
-    CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
-    }
+    CHANNEL_LAYERS = redis_channel_layer(REDIS_URL)
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 CELERY_BROKER_URL = REDIS_URL or "memory://"

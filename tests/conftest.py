@@ -209,7 +209,9 @@ def redis_layer(settings, redis_url: str) -> str:
     from channels.layers import channel_layers
 
     redis_client.Redis.from_url(redis_url).flushdb()
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [redis_url]}}}
+    from diploi.settings import redis_channel_layer
+
+    settings.CHANNEL_LAYERS = redis_channel_layer(redis_url)
     channel_layers.backends.clear()
     yield redis_url
     channel_layers.backends.clear()

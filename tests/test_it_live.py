@@ -33,6 +33,19 @@ async def connect(user, deployment_id: int, origin: bytes = b"http://localhost")
     return communicator, connected
 
 
+def running(cast) -> Deployment:
+    """A development deployment of the sample, provisioned and answering."""
+    from deployments import tasks
+    from deployments.services import create_deployment
+    from tests.conftest import http_get, wait_until
+
+    d = create_deployment(cast.project, "Dev", "development", "main", cast.developer)
+    tasks.provision(d.pk)
+    d.refresh_from_db()
+    wait_until(lambda: http_get(d.endpoints["web"]), what="the page")
+    return d
+
+
 @pytest.fixture
 def dev(cast) -> Deployment:
     return Deployment.objects.create(project=cast.project, name="Dev", slug="dev", branch="main", state=State.RUNNING,
@@ -61,7 +74,10 @@ async def test_a_member_gets_fragments_after_an_event_from_another_process(cast,
     first = await communicator.receive_from(timeout=10)  # the current state, at once
     assert f'id="deployment-{dev.pk}-live"' in first and f'id="deployment-{dev.pk}-status"' in first
 
-    # Another process (as the worker or the monitor would) publishes through Redis.
+    # The state changes; another process (as the worker or the monitor would) publishes through Redis.
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(Deployment.objects.filter(pk=dev.pk).update)(state_reason="from afar")
     script = f"from deployments.events import publish; import sys; sys.exit(0 if publish({dev.pk}, 'status') else 1)"
     env = {"REDIS_URL": redis_layer, "DJANGO_SETTINGS_MODULE": "diploi.settings", "PATH": "/usr/bin:/bin",
            "DIPLOI_DATA_DIR": str(runtime.data_dir)}  # fmt: skip
@@ -69,7 +85,7 @@ async def test_a_member_gets_fragments_after_an_event_from_another_process(cast,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
     fragment = await communicator.receive_from(timeout=10)
-    assert fragment.lstrip().startswith(f'<div id="deployment-{dev.pk}-live">')
+    assert fragment.lstrip().startswith(f'<div id="deployment-{dev.pk}-live">') and "from afar" in fragment
     for part in ("status", "cpu", "hosts", "tree"):
         assert f'id="deployment-{dev.pk}-{part}"' in fragment
     await communicator.disconnect()
@@ -85,29 +101,50 @@ async def test_a_removed_member_stops_receiving(cast, dev, runtime, redis_layer)
     communicator, connected = await connect(cast.viewer, dev.pk)
     assert connected
     await communicator.receive_from(timeout=10)
-    await sync_to_async(Membership.objects.filter(user=cast.viewer).delete)()
-    await sync_to_async(publish)(dev.pk, "status")
+    await sync_to_async(Membership.objects.filter(user=cast.viewer).delete)()  # announces itself: no other event needed
     output = await communicator.receive_output(timeout=10)
-    assert output["type"] == "websocket.close"
+    assert output == {"type": "websocket.close", "code": 4403}
+    communicator, connected = await connect(cast.viewer, dev.pk)
+    assert not connected
+    await sync_to_async(publish)(dev.pk, "status")  # nothing breaks for the others
+
+
+@pytest.mark.asyncio
+async def test_many_sockets_share_one_render_per_event(cast, dev, runtime, redis_layer, monkeypatch) -> None:
+    """Viewers and developers on one deployment: one snapshot per event, each gets its role's fragment."""
+    from asgiref.sync import sync_to_async
+
+    from deployments import consumers
+    from deployments.events import publish
+
+    calls = []
+    real = consumers.deployment_snapshot
+    monkeypatch.setattr(consumers, "deployment_snapshot", lambda pk: calls.append(pk) or real(pk))
+    sockets = [(await connect(user, dev.pk))[0] for user in [cast.viewer, cast.developer] * 5]
+    firsts = [await s.receive_from(timeout=10) for s in sockets]
+    assert len(calls) == 10  # one per connect: each socket starts from the current state
+    assert all("Nothing running yet" in f for f in firsts)
+    await sync_to_async(consumers.Deployment.objects.filter(pk=dev.pk).update)(status={"colour": "red", "reason": "web: exited",
+        "tree": {"containers": [["web", "red", "exited"]]}})  # fmt: skip
+    await sync_to_async(publish)(dev.pk, "status")
+    updates = [await s.receive_from(timeout=10) for s in sockets]
+    assert len(calls) == 11  # the event rendered once for all ten sockets
+    assert all("web: exited" in u for u in updates)
+    assert all("Restart" not in u for u in updates[::2]) and all("Restart" in u for u in updates[1::2])
+    await sync_to_async(publish)(dev.pk, "status")  # nothing changed: nothing is sent
+    assert all([await s.receive_nothing(timeout=0.5) for s in sockets])
+    for s in sockets:
+        await s.disconnect()
 
 
 @pytest.mark.asyncio
 async def test_the_monitor_stores_status_and_pushes_it_live(cast, runtime, redis_layer) -> None:
     from asgiref.sync import sync_to_async
 
-    from deployments import tasks
     from deployments.monitor import Monitor
-    from deployments.services import create_deployment
-    from tests.conftest import http_get, wait_until
+    from tests.conftest import wait_until
 
-    def deploy() -> Deployment:
-        d = create_deployment(cast.project, "Dev", "development", "main", cast.developer)
-        tasks.provision(d.pk)
-        d.refresh_from_db()
-        wait_until(lambda: http_get(d.endpoints["web"]), what="the page")
-        return d
-
-    d = await sync_to_async(deploy)()
+    d = await sync_to_async(running)(cast)
     communicator, connected = await connect(cast.viewer, d.pk)
     assert connected
     await communicator.receive_from(timeout=10)
@@ -245,7 +282,7 @@ def test_the_live_fragment_follows_every_change_it_shows(cast, runtime) -> None:
     def fragment() -> str:
         from deployments.access import get_deployment_by_id_for_user
 
-        return render_live(get_deployment_by_id_for_user(cast.viewer, d.pk), cast.viewer)
+        return render_live(get_deployment_by_id_for_user(cast.viewer, d.pk))
 
     first = fragment()
     assert "<strong>Running</strong>" in first and "web" in first
@@ -258,3 +295,48 @@ def test_the_live_fragment_follows_every_change_it_shows(cast, runtime) -> None:
     assert "https://shop.example.com" in fragment()
     Deployment.objects.filter(pk=d.pk).update(status={"colour": "red", "reason": "web: exited", "tree": {}})
     assert "<strong>Error</strong> — web: exited" in fragment()
+
+
+@pytest.mark.asyncio
+async def test_logs_stream_over_the_socket_to_members_only(cast, runtime, redis_layer) -> None:
+    import urllib.error
+
+    from asgiref.sync import sync_to_async
+
+    from projects.models import Membership
+    from tests.conftest import http_get
+
+    d = await sync_to_async(running)(cast)
+
+    async def log_socket(user, service: str = "web"):
+        headers = [(b"origin", b"http://localhost"), (b"host", b"localhost")]
+        if user is not None:
+            headers.append((b"cookie", await sync_to_async(session_cookie)(user)))
+        communicator = WebsocketCommunicator(application, f"/ws/deployments/{d.pk}/logs/{service}/", headers=headers)
+        return communicator, (await communicator.connect(timeout=10))[0]
+
+    for user in (None, cast.outsider):
+        assert not (await log_socket(user))[1]
+    assert not (await log_socket(cast.viewer, "nope"))[1]
+    communicator, connected = await log_socket(cast.viewer)
+    assert connected
+    first = await communicator.receive_from(timeout=10)
+    assert f'<pre class="log" id="deployment-{d.pk}-log" hx-swap-oob="true">' in first and "Listening on port" in first
+
+    def visit() -> None:
+        try:
+            http_get(d.endpoints["web"] + "/?marker=streamed<line>")
+        except urllib.error.HTTPError:  # the sample answers 404 to a query string; the request is logged all the same
+            pass
+
+    await sync_to_async(visit)()
+    while "streamed" not in (message := await communicator.receive_from(timeout=10)):
+        pass
+    assert 'hx-swap-oob="beforeend"' in message
+    assert "<line>" not in message  # lines are text, never markup
+
+    await sync_to_async(Membership.objects.filter(user=cast.viewer).delete)()
+    output = await communicator.receive_output(timeout=10)
+    while output["type"] != "websocket.close":
+        output = await communicator.receive_output(timeout=10)
+    assert output["code"] == 4403

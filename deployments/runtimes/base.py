@@ -5,6 +5,7 @@ start processes or talk to a cluster themselves. Implementations: local.py (proc
 machine) and kubernetes.py.
 """
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -164,8 +165,10 @@ class Runtime(ABC):
         """One batched look at many deployments."""
 
     @abstractmethod
-    def logs(self, spec: DeploymentSpec, service: str, follow: bool = False, since: int | None = None) -> Iterator[str]:
-        """Output lines of a service; `since` is a cursor (byte offset) from an earlier read."""
+    def logs(self, spec: DeploymentSpec, service: str, follow: bool = False, since: int | None = None, tail: int = 200,
+             stop: threading.Event | None = None) -> Iterator[str]:  # fmt: skip
+        """Output lines of a service: the last `tail`, or all from byte offset `since`; with
+        `follow`, then new lines as they come until `stop` is set (checked at least every second)."""
 
     @abstractmethod
     def open_shell(self, spec: DeploymentSpec, service: str, command: str | None, pty: bool) -> Shell: ...

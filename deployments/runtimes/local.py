@@ -23,7 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -517,15 +517,16 @@ priority={100 if service.kind == "addon" else 200}
 
     # --- logs and shells ----------------------------------------------------------------------
 
-    def logs(self, spec: DeploymentSpec, service: str, follow: bool = False, since: int | None = None, tail: int = 200) -> Iterator[str]:
+    def logs(self, spec: DeploymentSpec, service: str, follow: bool = False, since: int | None = None, tail: int = 200,
+             stop: threading.Event | None = None) -> Iterator[str]:  # fmt: skip
         """Lines of the service's output: the last `tail` ones, or those after byte offset `since`;
-        with `follow`, then every new line as it is written."""
+        with `follow`, then every new line as it is written, until `stop` is set."""
         spec.service(service)
         path = self.log_file(spec, service)
+        stop = stop or threading.Event()
         while not path.exists():
-            if not follow:
+            if not follow or stop.wait(0.2):
                 return
-            time.sleep(0.2)
         with open(path, "rb") as f:
             if since is not None:
                 f.seek(since)
@@ -537,12 +538,12 @@ priority={100 if service.kind == "addon" else 200}
             if not follow:
                 return
             buffer = b""
-            while True:
+            while not stop.is_set():
                 chunk = f.readline()
                 if not chunk:
                     if path.stat().st_size < f.tell():  # rotated by supervisord
                         f.seek(0)
-                    time.sleep(0.2)
+                    stop.wait(0.2)
                     continue
                 buffer += chunk
                 if buffer.endswith(b"\n"):
