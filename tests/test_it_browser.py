@@ -4,6 +4,7 @@ platform (`manage.py up`: daphne, a Celery worker, supervisord, the embedded Red
 import os
 import re
 import shutil
+import subprocess
 import urllib.error
 from pathlib import Path
 
@@ -134,7 +135,7 @@ def _id(page) -> str:
     return re.search(r'id="deployment-(\d+)-status"', page.content()).group(1)
 
 
-def test_the_overview_updates_itself(platform: Platform, browser) -> None:
+def test_the_overview_updates_itself(platform: Platform, browser, tmp_path: Path) -> None:
     import threading
 
     base = platform.wait_for(r"Diploi is running at (http://\S+)").group(1).rstrip("/")
@@ -190,3 +191,30 @@ def test_the_overview_updates_itself(platform: Platform, browser) -> None:
     except urllib.error.HTTPError:  # the sample answers 404 to a query string; the request is logged all the same
         pass
     page.wait_for_selector(f"#deployment-{pk}-log >> text=followed-line", timeout=15_000)
+
+    # A production build's progress bar advances live to 100. The install step is made slow enough to watch.
+    repo = tmp_path / "data" / "repos" / "diploi-sample"
+    package = (Path(__file__).parent.parent / "projects" / "packages" / "python.yaml").read_text()
+    install = re.search(r"^  install: .*$", package, re.M).group(0)
+    (repo / "web" / "diploi-package.yaml").write_text(package.replace(install, '  install: "for i in 1 2 3 4 5 6; do echo installing $i; sleep 0.5; done"'))
+    (repo / "diploi.yaml").write_text((repo / "diploi.yaml").read_text().replace("package: python", "package: ./web"))
+    git = ["git", "-C", str(repo), "-c", "user.name=Ada", "-c", "user.email=ada@example.com"]
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "A slower install"], check=True)
+
+    page.goto("/projects/diploi-sample/deployments/new/")
+    page.fill("input[name=name]", "prod")
+    page.select_option("select[name=stage]", "production")
+    page.click("button:has-text('Create deployment')")
+    page.wait_for_url("**/d/prod/")
+    prod = _id(page)
+    loads.clear()
+    bar = f"#deployment-{prod}-tree [role=progressbar]"
+    page.evaluate(f"""window.seen = []; setInterval(() => {{
+        const bar = document.querySelector('{bar}'); if (bar) window.seen.push(Number(bar.getAttribute('aria-valuenow'))); }}, 50);""")
+    page.wait_for_function(f"document.querySelector('{bar}')?.getAttribute('aria-valuenow') === '100'", timeout=120_000)
+    seen = page.evaluate("window.seen")
+    assert any(0 < v < 100 for v in seen), seen  # it moved while the page was open
+    assert seen == sorted(seen)  # and only forward
+    page.wait_for_function(f"document.querySelector('#deployment-{prod}-status .overall strong').textContent === 'Running'", timeout=90_000)
+    assert loads == []
