@@ -56,10 +56,15 @@ class Renders:
     async def get(self, key: Hashable, produce: Callable[[], Snapshot | None]) -> Snapshot | None:
         future = self._futures.get(key)
         if future is None or future.get_loop() is not asyncio.get_running_loop():
-            future = self._futures[key] = asyncio.ensure_future(database_sync_to_async(produce)())
+            future = self._futures[key] = asyncio.ensure_future(off_thread(produce)())
             while len(self._futures) > self.size:
                 self._futures.popitem(last=False)
         return await asyncio.shield(future)
+
+
+def off_thread(produce: Callable[[], Snapshot | None]):
+    """Renders run in the thread pool, beside (not queued behind) the page views' one sync thread."""
+    return database_sync_to_async(produce, thread_sensitive=False)
 
 
 renders = Renders()
@@ -134,7 +139,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self.group = self.group_name(self.ident)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
-        await self.push(await database_sync_to_async(self.snapshot)())
+        await self.push(await off_thread(self.snapshot)())
 
     async def disconnect(self, code: int) -> None:
         if self.group:

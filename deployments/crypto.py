@@ -6,6 +6,7 @@ the data directory.
 """
 
 from functools import cache
+from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
@@ -21,14 +22,17 @@ def _fernet(keys: tuple[str, ...]) -> MultiFernet:
         raise ImproperlyConfigured("DIPLOI_ENCRYPTION_KEYS must be Fernet keys (32 url-safe base64 bytes)") from None
 
 
+@cache
+def _key_file(path: Path) -> str:
+    """The generated key, read once per process (it never changes once written)."""
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(Fernet.generate_key().decode())
+    return path.read_text().strip()
+
+
 def fernet() -> MultiFernet:
-    keys = tuple(settings.DIPLOI_ENCRYPTION_KEYS)
-    if not keys:
-        path = settings.DATA_DIR / "encryption_key"
-        if not path.exists():
-            path.touch(mode=0o600)
-            path.write_text(Fernet.generate_key().decode())
-        keys = (path.read_text().strip(),)
+    keys = tuple(settings.DIPLOI_ENCRYPTION_KEYS) or (_key_file(settings.DATA_DIR / "encryption_key"),)
     return _fernet(keys)
 
 

@@ -32,6 +32,11 @@ def publish(deployment_id: int, kind: str) -> bool:
     return _send(group(deployment_id), kind)
 
 
+def publish_many(deployment_ids: list[int], project_ids: list[int], kind: str = STATUS) -> bool:
+    """Several events over one connection to the layer (the monitor's tick)."""
+    return _send_all([(group(pk), kind) for pk in deployment_ids] + [(project_group(pk), "list") for pk in project_ids])
+
+
 def publish_project(project_id: int) -> bool:
     """Tell the project page's viewers that its list (dots, CPU, states) changed."""
     return _send(project_group(project_id), "list")
@@ -39,19 +44,26 @@ def publish_project(project_id: int) -> bool:
 
 def publish_members(project_id: int, deployment_ids: list[int]) -> None:
     """A membership changed: every socket on the project and its deployments checks access again."""
-    for deployment_id in deployment_ids:
-        publish(deployment_id, MEMBERS)
-    _send(project_group(project_id), MEMBERS)
+    _send_all([(group(pk), MEMBERS) for pk in deployment_ids] + [(project_group(project_id), MEMBERS)])
 
 
 def _send(group_name: str, kind: str) -> bool:
+    return _send_all([(group_name, kind)])
+
+
+def _send_all(messages: list[tuple[str, str]]) -> bool:
     layer = get_channel_layer()
-    if layer is None:
-        return False
+    if layer is None or not messages:
+        return layer is not None
+
+    async def send() -> None:
+        # `seq` names each event: the sockets of one process that receive it share one render.
+        for group_name, kind in messages:
+            await layer.group_send(group_name, {"type": "live.event", "kind": kind, "seq": uuid.uuid4().hex})
+
     try:
-        # `seq` names this event: the sockets of one process that receive it share one render.
-        async_to_sync(layer.group_send)(group_name, {"type": "live.event", "kind": kind, "seq": uuid.uuid4().hex})
+        async_to_sync(send)()
         return True
     except Exception as e:  # noqa: BLE001 - Redis down must not fail a task or the monitor
-        log.warning("live update for %s not sent: %s", group_name, e)
+        log.warning("live updates for %s not sent: %s", ", ".join(g for g, _ in messages[:3]), e)
         return False

@@ -1,17 +1,18 @@
 """The monitor: one batched look at every active deployment per tick.
 
-Each tick stores a deployment's status tree when it changed, keeps a CPU/memory sample, and tells
-its viewers (the status event re-renders the live part, CPU included). A failure on one deployment
+Each tick stores a deployment's status tree when it changed, keeps a CPU/memory sample when one is
+due, and tells the viewers of what moved, all in a few queries and one publish per tick. A failure on one deployment
 is logged and the others carry on; an unreachable runtime skips the tick.
 """
 
 import logging
 
-from django.db.models import Max
+from django.db.models import OuterRef, Prefetch, Subquery
+from django.utils import timezone
 
 from deployments import events
-from deployments.live import record_sample, status_tree
-from deployments.models import Deployment, State
+from deployments.live import KEEP_SAMPLES, sample_due, sample_of, status_tree
+from deployments.models import Build, Deployment, EnvVar, Sample, State
 from deployments.runtimes import get_runtime
 from deployments.runtimes.base import DeploymentSpec, TransientFailure
 from deployments.spec import current_spec
@@ -36,8 +37,13 @@ class Monitor:
 
     def tick(self) -> int:
         """Observe every active deployment once; returns how many were observed."""
+        latest_sample = Sample.objects.filter(deployment=OuterRef("pk")).order_by("-at").values("at")[:1]
+        env_updated = EnvVar.objects.filter(deployment=OuterRef("pk")).order_by("-updated").values("updated")[:1]
         deployments = list(
-            Deployment.objects.filter(state__in=OBSERVED).select_related("project", "release").annotate(env_updated=Max("env_vars__updated"))
+            Deployment.objects.filter(state__in=OBSERVED)
+            .select_related("project", "release")
+            .annotate(env_updated=Subquery(env_updated), last_sample=Subquery(latest_sample))
+            .prefetch_related(Prefetch("builds", queryset=Build.objects.order_by("-created", "-pk")[:5], to_attr="recent_builds"))
         )
         specs = {}
         for d in deployments:
@@ -50,22 +56,27 @@ class Monitor:
         except TransientFailure as e:
             log.warning("monitor: runtime not answering, tick skipped: %s", e)
             return 0
-        projects: set[int] = set()
+        now = timezone.now()
+        samples: list[Sample] = []
+        changed: list[Deployment] = []
         for d in deployments:
             if d.pk not in observations:
                 continue
             try:
                 tree = status_tree(d, observations[d.pk])
-                record_sample(d, tree)
                 status = stored_status(tree)
                 if status != d.status:
                     Deployment.objects.filter(pk=d.pk).update(status=status)
-                events.publish(d.pk, events.STATUS)
-                projects.add(d.project_id)
+                if sample_due(d.last_sample, now):
+                    samples.append(sample_of(d, tree, now))
+                if status != d.status or sample_due(d.last_sample, now):  # the colour, the tree or the CPU figure moved
+                    changed.append(d)
             except Exception:  # noqa: BLE001
                 log.exception("monitor: cannot update deployment %s", d.pk)
-        for project_id in projects:
-            events.publish_project(project_id)
+        if samples:
+            Sample.objects.bulk_create(samples)
+            Sample.objects.filter(deployment__in=[s.deployment_id for s in samples], at__lt=now - KEEP_SAMPLES).delete()
+        events.publish_many([d.pk for d in changed], sorted({d.project_id for d in changed}))
         self._specs = {pk: v for pk, v in self._specs.items() if pk in specs}
         return len(observations)
 

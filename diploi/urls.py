@@ -2,6 +2,8 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from diploi.views import healthz
+
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="projects:list", permanent=False)),
     path("accounts/", include("allauth.urls")),
@@ -9,4 +11,5 @@ urlpatterns = [
     path("projects/", include("projects.urls")),
     path("projects/", include("deployments.urls")),
     path("admin/", admin.site.urls),
+    path("healthz", healthz, name="healthz"),
 ]

@@ -1,0 +1,357 @@
+"""Live updates at scale: websocket fan-out, Overview latency, monitor cost and memory.
+
+    DATABASE_URL=postgres:///test REDIS_URL=redis://127.0.0.1:6379/0 uv run python bench/live.py
+
+Needs a PostgreSQL server (it creates and drops its own database, `diploi_bench`, next to the one
+DATABASE_URL names) and a Redis; both only on this machine. Starts daphne, a Celery worker and the
+monitor as the launcher would, in a temporary data directory, and prints with baselines measured
+in the same run:
+1. publish → fragment received over the websocket, p50/p99, for N clients over 50 deployments and
+   N clients on one deployment, next to a Redis pub/sub round trip;
+2. the Overview page and the project page with 1,000 deployments in PostgreSQL, p50/p99 and
+   requests/s, next to a trivial view (/healthz) on the same server;
+3. monitor CPU seconds per tick for 10/50/200 observed deployments (monitor + supervisord), next to
+   just reading those rows;
+4. resident memory of web, worker and monitor with 200 observed deployments and N clients connected,
+   next to a Python process that only set Django up.
+"""
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE_DIR))
+DATA = Path(tempfile.mkdtemp(prefix="diploi-bench-"))
+BENCH_DB = "diploi_bench"
+
+
+def bench_database() -> str:
+    """A fresh database on the server DATABASE_URL points at; returns its URL."""
+    import psycopg
+
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith(("postgres://", "postgresql://")):
+        raise SystemExit("bench/live.py measures PostgreSQL: set DATABASE_URL=postgres:///<any database on the server>")
+    parts = urllib.parse.urlsplit(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {BENCH_DB}")
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{BENCH_DB}"))
+
+
+def drop_database(admin_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+
+
+ADMIN_URL = os.environ.get("DATABASE_URL", "")
+if not os.environ.get("REDIS_URL"):
+    raise SystemExit("bench/live.py measures the Redis channel layer: set REDIS_URL=redis://127.0.0.1:6379/0")
+os.environ.update(DATABASE_URL=bench_database(), DIPLOI_DATA_DIR=str(DATA / "data"), DJANGO_SETTINGS_MODULE="diploi.settings",
+                  DIPLOI_MONITOR_INTERVAL="2")  # fmt: skip
+
+import django  # noqa: E402
+
+django.setup()
+
+import psutil  # noqa: E402
+import websockets  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from django.test import Client  # noqa: E402
+
+from accounts.models import User  # noqa: E402
+from deployments import events  # noqa: E402
+from deployments.models import Deployment, Sample, Stage, State  # noqa: E402
+from deployments.monitor import OBSERVED, Monitor  # noqa: E402
+from deployments.runtimes import get_runtime  # noqa: E402
+from projects.models import Membership, Project, Role  # noqa: E402
+from projects.sample import create_sample_repository  # noqa: E402
+from projects.stack import refresh_stack  # noqa: E402
+
+GREEN = {"colour": "green", "reason": "Running",
+         "tree": {"containers": [["web", "green", "running"], ["redis", "green", "running"]], "services": [["web", "green", "answering"]]}}  # fmt: skip
+
+
+def pct(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def figures(samples: list[float]) -> str:
+    return f"p50 {pct(samples, 50) * 1000:7.2f} ms  p99 {pct(samples, 99) * 1000:7.2f} ms"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(name: str, argv: list[str]) -> subprocess.Popen:
+    log = open(DATA / f"{name}.log", "w")
+    return subprocess.Popen(argv, cwd=BASE_DIR, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def rss_mib(proc: subprocess.Popen) -> float:
+    """Resident size of a process and its children (a prefork worker's pool included)."""
+    p = psutil.Process(proc.pid)
+    return sum(q.memory_info().rss for q in [p, *p.children(recursive=True)]) / 2**20
+
+
+def setup(count: int) -> tuple[User, Project, list[int]]:
+    call_command("migrate", verbosity=0)
+    repo = create_sample_repository(DATA / "sample")
+    user = User.objects.create_user("bench")
+    project = Project.objects.create(name="Sample", slug="sample", repository=str(repo), default_branch="main")
+    Membership.objects.create(project=project, user=user, role=Role.OWNER)
+    refresh_stack(project)
+    project.refresh_from_db()
+    Deployment.objects.bulk_create(
+        Deployment(project=project, name=f"d{i:04}", slug=f"d{i:04}", stage=Stage.DEVELOPMENT, branch="main", commit=project.stack_commit,
+                   state=State.PENDING, status=GREEN, endpoints={"web": f"http://d{i:04}.localhost:8000"})
+        for i in range(count)
+    )  # fmt: skip
+    ids = list(Deployment.objects.order_by("slug").values_list("pk", flat=True))
+    Sample.objects.bulk_create(Sample(deployment_id=pk, cpu_percent=i % 7, memory_bytes=2**24) for pk in ids for i in range(5))
+    return user, project, ids
+
+
+def observe(ids: list[int]) -> None:
+    """Mark exactly these deployments as running (what the monitor observes)."""
+    Deployment.objects.exclude(pk__in=ids).update(state=State.PENDING)
+    Deployment.objects.filter(pk__in=ids).update(state=State.RUNNING)
+
+
+def http_bench(base: str, cookie: str, path: str, requests: int, workers: int = 8) -> tuple[list[float], float]:
+    def one(_: int) -> float:
+        req = urllib.request.Request(base + path, headers={"Cookie": cookie})
+        t = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=60) as r:
+            r.read()
+            assert r.status == 200
+        return time.perf_counter() - t
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, range(workers * 2)))  # warm
+        t = time.perf_counter()
+        samples = list(pool.map(one, range(requests)))
+        return samples, requests / (time.perf_counter() - t)
+
+
+async def pubsub_baseline(rounds: int = 300) -> list[float]:
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    pubsub = client.pubsub()
+    await pubsub.subscribe("diploi-bench")
+    await pubsub.get_message(timeout=1)  # the subscription confirmation
+    samples = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        await client.publish("diploi-bench", "x")
+        while await pubsub.get_message(timeout=5) is None:
+            pass
+        samples.append(time.perf_counter() - t)
+    await pubsub.aclose()
+    await client.aclose()
+    return samples
+
+
+class Clients:
+    """N session-authenticated websocket clients; each records when it sees the current marker."""
+
+    def __init__(self, url: str, cookie: str, origin: str) -> None:
+        self.url, self.cookie, self.origin = url, cookie, origin
+        self.sockets: list = []
+        self.seen: dict[str, dict[int, float]] = {}
+        self.readers: list[asyncio.Task] = []
+
+    async def connect(self, deployment_ids: list[int]) -> None:
+        limit = asyncio.Semaphore(50)
+
+        async def one(index: int, pk: int) -> None:
+            async with limit:
+                ws = await websockets.connect(f"{self.url}/ws/deployments/{pk}/", origin=self.origin, additional_headers={"Cookie": self.cookie},
+                                              open_timeout=60, max_size=2**22, ping_interval=None)  # fmt: skip
+                await asyncio.wait_for(ws.recv(), 60)  # the current state
+                self.sockets.append(ws)
+                self.readers.append(asyncio.create_task(self.read(index, ws)))
+
+        await asyncio.gather(*(one(i, pk) for i, pk in enumerate(deployment_ids)))
+
+    async def read(self, index: int, ws) -> None:
+        try:
+            async for message in ws:
+                now = time.perf_counter()
+                for marker, seen in self.seen.items():
+                    if marker in message and index not in seen:
+                        seen[index] = now
+        except websockets.ConnectionClosed:
+            pass
+
+    async def close(self) -> None:
+        for task in self.readers:
+            task.cancel()
+        await asyncio.gather(*(ws.close() for ws in self.sockets), return_exceptions=True)
+        self.sockets, self.readers = [], []
+
+
+async def fanout(clients: Clients, targets: dict[int, list[int]], rounds: int) -> tuple[list[float], int]:
+    """Change each target deployment and publish its event, `rounds` times; latencies per client."""
+    from asgiref.sync import sync_to_async
+
+    latencies, missing = [], 0
+    for r in range(rounds):
+        marker = f"bench-{uuid.uuid4().hex[:12]}"
+        clients.seen[marker] = seen = {}
+        await sync_to_async(Deployment.objects.filter(pk__in=list(targets)).update)(state_reason=marker)
+        sent = {}
+        for pk in targets:
+            sent[pk] = time.perf_counter()
+            await asyncio.to_thread(events.publish, pk, events.STATUS)
+        expected = sum(len(v) for v in targets.values())
+        deadline = time.monotonic() + 30
+        while len(seen) < expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for pk, indexes in targets.items():
+            latencies += [seen[i] - sent[pk] for i in indexes if i in seen]
+        missing += expected - len([i for v in targets.values() for i in v if i in seen])
+        del clients.seen[marker]
+        await asyncio.sleep(0.2)
+    return latencies, missing
+
+
+def monitor_cost(ids: list[int], counts: list[int]) -> None:
+    supervisor_pid = int((DATA / "data" / "runtime" / "supervisord.pid").read_text())
+    supervisord = psutil.Process(supervisor_pid)
+    for n in counts:
+        observe(ids[:n])
+        monitor = Monitor()
+        monitor.tick()  # cold: reads the stack file once per deployment
+        ticks = 5
+        before, sup_before = time.process_time(), sum(supervisord.cpu_times()[:2])
+        for _ in range(ticks):
+            assert monitor.tick() == n
+        cpu = (time.process_time() - before + sum(supervisord.cpu_times()[:2]) - sup_before) / ticks
+        t = time.process_time()
+        for _ in range(ticks):
+            list(Deployment.objects.filter(state__in=OBSERVED).select_related("project", "release"))
+        base = (time.process_time() - t) / ticks
+        print(f"  {n:>4} deployments: {cpu:7.3f} CPU s/tick ({cpu / n * 1000:5.2f} ms each)   baseline (read the rows) {base:7.4f} s   {cpu / base:6.0f}×")
+
+
+async def websocket_phase(url: str, cookie: str, ids: list[int], n: int, rounds: int) -> Clients:
+    base = await pubsub_baseline()
+    print(f"  baseline: Redis pub/sub round trip                {figures(base)}")
+    spread = ids[:50]
+    clients = Clients(url.replace("http", "ws"), cookie, url)
+    await clients.connect([spread[i % len(spread)] for i in range(n)])
+    targets = {pk: [i for i in range(n) if spread[i % len(spread)] == pk] for pk in spread}
+    latencies, missing = await fanout(clients, targets, rounds)
+    print(f"  {n} clients over {len(spread)} deployments:             {figures(latencies)}   "
+          f"({pct(latencies, 50) / pct(base, 50):.0f}× / {pct(latencies, 99) / pct(base, 99):.0f}× baseline){f'  MISSING {missing}' if missing else ''}")
+    await clients.close()
+
+    clients = Clients(url.replace("http", "ws"), cookie, url)
+    await clients.connect([ids[0]] * n)
+    latencies, missing = await fanout(clients, {ids[0]: list(range(n))}, rounds)
+    print(f"  {n} clients on one deployment:                  {figures(latencies)}   "
+          f"({pct(latencies, 50) / pct(base, 50):.0f}× / {pct(latencies, 99) / pct(base, 99):.0f}× baseline){f'  MISSING {missing}' if missing else ''}")
+    return clients  # left connected for the memory figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--clients", type=int, default=500)
+    parser.add_argument("--deployments", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--requests", type=int, default=400)
+    args = parser.parse_args()
+
+    user, project, ids = setup(args.deployments)
+    client = Client()
+    client.force_login(user)
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    runtime = get_runtime()
+    runtime.supervisor.ensure_running()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    web = start("web", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "diploi.asgi:application"])
+    worker = start("worker", [sys.executable, "-m", "celery", "-A", "diploi", "worker", "--loglevel", "WARNING", "--concurrency", "2"])
+    monitor = None
+    clients = None
+    loop = asyncio.new_event_loop()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=1).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or web.poll() is not None:
+                    raise SystemExit(f"daphne did not start; see {DATA / 'web.log'}")
+                time.sleep(0.1)
+        print(f"machine: {os.cpu_count()} CPUs; PostgreSQL {BENCH_DB}; {args.deployments} deployments; everything on loopback\n")
+
+        print(f"1. Overview latency, {args.deployments} deployments in PostgreSQL, {args.requests} requests, 8 at a time:")
+        trivial, trivial_rps = http_bench(url, cookie, "/healthz", args.requests)
+        print(f"  baseline: /healthz                                {figures(trivial)}  {trivial_rps:7.0f} req/s")
+        for label, path in (("Overview of one deployment", f"/projects/sample/d/{Deployment.objects.get(pk=ids[0]).slug}/"),
+                            (f"project page ({args.deployments} rows)", "/projects/sample/")):  # fmt: skip
+            samples, rps = http_bench(url, cookie, path, args.requests)
+            print(f"  {label:<48}{figures(samples)}  {rps:7.0f} req/s   ({pct(samples, 50) / pct(trivial, 50):.1f}× / "
+                  f"{pct(samples, 99) / pct(trivial, 99):.1f}× baseline; {trivial_rps / rps:.1f}× fewer req/s)")
+
+        print("\n2. Monitor cost (rows marked running; their processes are not started, so the supervisor reports them stopped):")
+        monitor_cost(ids, [10, 50, 200])
+
+        print(f"\n3. Websocket fan-out, publish → fragment received, {args.rounds} rounds:")
+        clients = loop.run_until_complete(websocket_phase(url, cookie, ids, args.clients, args.rounds))
+
+        print(f"\n4. Resident memory with 200 observed deployments and {len(clients.sockets)} connected clients (after 10 s):")
+        observe(ids[:200])
+        monitor = start("monitor", [sys.executable, "manage.py", "monitor"])
+        loop.run_until_complete(asyncio.sleep(10))
+        bare = subprocess.run([sys.executable, "-c", "import django, os, psutil; django.setup(); print(psutil.Process().memory_info().rss)"],
+                              cwd=BASE_DIR, capture_output=True, text=True, check=True)  # fmt: skip
+        base = int(bare.stdout) / 2**20
+        print(f"  baseline: python with Django set up               {base:7.1f} MiB")
+        for name, proc in (("web (daphne)", web), ("worker (celery, 2 pool processes)", worker), ("monitor", monitor)):
+            print(f"  {name:<48}{rss_mib(proc):7.1f} MiB   ({rss_mib(proc) / base:.1f}× baseline)")
+    finally:
+        if clients is not None:
+            loop.run_until_complete(clients.close())
+        for proc in (monitor, worker, web):
+            if proc is not None:
+                stop(proc)
+        runtime.supervisor.shutdown()
+        from django.db import connections
+
+        connections.close_all()
+        drop_database(ADMIN_URL)
+
+
+if __name__ == "__main__":
+    main()
