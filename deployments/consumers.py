@@ -13,6 +13,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -24,7 +25,7 @@ from django.utils.html import escape
 from deployments import events
 from deployments.access import get_deployment_by_id_for_user
 from deployments.models import Deployment
-from deployments.queries import deployments_with_figures
+from deployments.queries import deployments_page
 from deployments.runtimes import get_runtime
 from deployments.runtimes.base import RuntimeFailure
 from deployments.spec import current_spec
@@ -104,12 +105,13 @@ def deployment_snapshot(deployment_id: int) -> Snapshot | None:
     return Snapshot(members_of(d.project_id), per_role(d.project, lambda: render_live(d)))
 
 
-def project_snapshot(project_id: int) -> Snapshot | None:
+def project_snapshot(project_id: int, page_number: str | None = None) -> Snapshot | None:
     project = Project.objects.filter(pk=project_id).first()
     if project is None:
         return None
-    deployments = list(deployments_with_figures(project))
-    ctx = {"project": project, "deployments": deployments}
+    page = deployments_page(project, page_number)
+    page.object_list = list(page.object_list)
+    ctx = {"project": project, "page": page}
     return Snapshot(members_of(project_id), per_role(project, lambda: render_to_string("projects/detail.html#deployments", ctx)))
 
 
@@ -146,7 +148,11 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def live_event(self, event: dict) -> None:
-        await self.push(await renders.get((self.group, event.get("seq")), self.snapshot))
+        await self.push(await renders.get((self.group, self.variant(), event.get("seq")), self.snapshot))
+
+    def variant(self) -> Hashable:
+        """What else than the group the fragment depends on (sockets that share it share a render)."""
+        return None
 
     async def push(self, snapshot: Snapshot | None) -> None:
         fragment = snapshot.fragment_for(self.scope["user"]) if snapshot else None
@@ -179,8 +185,11 @@ class ProjectConsumer(LiveConsumer):
     def group_name(self, ident: int) -> str:
         return events.project_group(ident)
 
+    def variant(self) -> Hashable:
+        return parse_qs(self.scope.get("query_string", b"").decode()).get("page", ["1"])[0]
+
     def snapshot(self) -> Snapshot | None:
-        return project_snapshot(self.ident)
+        return project_snapshot(self.ident, self.variant())
 
 
 class LogConsumer(AsyncWebsocketConsumer):

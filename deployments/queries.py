@@ -1,3 +1,4 @@
+from django.core.paginator import Page, Paginator
 from django.db.models import OuterRef, QuerySet, Subquery
 
 from deployments.models import Build, Deployment, Sample
@@ -12,3 +13,11 @@ def deployments_with_figures(project: Project) -> QuerySet[Deployment]:
         cpu=Subquery(latest_sample.values("cpu_percent")[:1]),
         last_build_status=Subquery(last_build.values("status")[:1]),
     ).order_by("name")
+
+
+PAGE_SIZE = 50
+
+
+def deployments_page(project: Project, number: object) -> Page:
+    """One page of the project's list; a missing or bad page number gives the nearest page."""
+    return Paginator(deployments_with_figures(project), PAGE_SIZE).get_page(number)

@@ -9,7 +9,7 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from deployments.queries import deployments_with_figures
+from deployments.queries import deployments_page
 from diploi.http import redirect_to
 from projects.access import get_project_for_user, projects_for_user
 from projects.forms import DeleteProjectForm, MemberForm, ProjectForm, RoleForm, unique_slug
@@ -51,7 +51,7 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
     project = get_project_for_user(request.user, slug)
     ctx = {
         "project": project,
-        "deployments": deployments_with_figures(project),
+        "page": deployments_page(project, request.GET.get("page")),
         "members": project.memberships.select_related("user"),
     }
     return TemplateResponse(request, "projects/detail.html", ctx)

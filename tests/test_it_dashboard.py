@@ -154,6 +154,21 @@ def test_the_project_page_has_bounded_queries(cast, runtime, count) -> None:
     assert len(queries) <= 8, [q["sql"] for q in queries]
 
 
+def test_a_long_project_list_is_paged_and_its_socket_follows_the_page(cast, runtime) -> None:
+    Deployment.objects.bulk_create(Deployment(project=cast.project, name=f"d{i:03}", slug=f"d{i:03}", branch="main") for i in range(120))
+    client = cast.client(cast.viewer)
+    first = client.get("/projects/shop/").content.decode()
+    assert first.count("<td><a href=\"/projects/shop/d/") == 50 and "1–50 of 120" in first and "d049" in first and "d050" not in first
+    last = client.get("/projects/shop/?page=3").content.decode()
+    assert last.count("<td><a href=\"/projects/shop/d/") == 20 and "101–120 of 120" in last and 'ws-connect="/ws/projects/shop/?page=3"' in last
+    assert "1–50 of 120" in client.get("/projects/shop/?page=nonsense").content.decode()
+
+    from deployments.consumers import project_snapshot
+
+    fragment = project_snapshot(cast.project.pk, "3").html[False]
+    assert "d119" in fragment and "d000" not in fragment
+
+
 def test_parameters_are_typed_locked_and_secrets_stay_hidden(cast, dev, runtime) -> None:
     client = cast.client(cast.developer)
     page = client.get("/projects/shop/d/dev/options/").content.decode()

@@ -340,3 +340,35 @@ async def test_logs_stream_over_the_socket_to_members_only(cast, runtime, redis_
     while output["type"] != "websocket.close":
         output = await communicator.receive_output(timeout=10)
     assert output["code"] == 4403
+
+
+def test_a_monitor_tick_costs_the_same_queries_for_any_number_and_tells_only_what_moved(cast, runtime, monkeypatch) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from deployments import events
+    from deployments.monitor import Monitor
+
+    published = []
+    monkeypatch.setattr(events, "publish_many", lambda ids, projects, kind=events.STATUS: published.append((sorted(ids), projects)))
+
+    def add(count: int) -> list[int]:
+        start = Deployment.objects.count()
+        return [Deployment.objects.create(project=cast.project, name=f"D{i}", slug=f"d{i}", branch="main", state=State.RUNNING,
+                                          commit=cast.project.stack_commit).pk for i in range(start, start + count)]  # fmt: skip
+
+    def steady_tick() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            monitor.tick()
+        return len(queries)
+
+    monitor = Monitor()
+    three = add(3)
+    monitor.tick()  # first sight: status stored, a sample kept, everyone told
+    assert published[-1] == (three, [cast.project.pk])
+    few = steady_tick()
+    assert published[-1] == ([], [])  # nothing moved: nobody is told
+    twelve = three + add(9)
+    monitor.tick()
+    assert published[-1][0] == sorted(set(twelve) - set(three))
+    assert steady_tick() == few  # no query per deployment
