@@ -213,3 +213,28 @@ class Domain(models.Model):
             return self.name.encode().decode("idna")
         except UnicodeError:
             return self.name
+
+
+class SSHSession(models.Model):
+    """One connection through the SSH gateway into a deployment: who, where from, what, how it ended."""
+
+    class Kind(models.TextChoices):
+        SHELL = "shell", "Shell"
+        EXEC = "exec", "Command"
+        SFTP = "sftp", "SFTP"
+        FORWARD = "forward", "Port forward"
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="ssh_sessions")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="ssh_sessions")
+    key_fingerprint = models.CharField(max_length=60)
+    component = models.CharField(max_length=63)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    command = models.CharField(max_length=200, blank=True)
+    source = models.CharField(max_length=60, help_text="Client address and port.")
+    started = models.DateTimeField(default=timezone.now)
+    ended = models.DateTimeField(null=True, blank=True)
+    exit_status = models.IntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started", "-pk"]
+        indexes = [models.Index(fields=["deployment", "-started"], name="ssh_session_latest")]

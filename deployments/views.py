@@ -30,6 +30,7 @@ from deployments.runtimes import get_runtime
 from deployments.runtimes.base import RuntimeFailure
 from deployments.services import create_deployment
 from deployments.spec import current_spec
+from deployments.sshgateway import host_key_fingerprint, ssh_username
 from diploi.http import redirect_to
 from projects.access import get_project_for_user
 from projects.stack import branches
@@ -48,6 +49,14 @@ def sparkline(values: list[float], width: int = 240, height: int = 40) -> str:
 
 def _components(d: Deployment) -> list[str]:
     return [c["identifier"] for c in (d.project.stack or {}).get("components", [])]
+
+
+def ssh_commands(d: Deployment, user: User) -> list[tuple[str, str]]:
+    """The exact command per component; qualified with the project when the user reaches another
+    deployment of the same name."""
+    components = _components(d)
+    qualify = Deployment.objects.filter(slug=d.slug, project__memberships__user=user).exclude(pk=d.pk).exists()
+    return [(c, f"ssh -p {settings.DIPLOI_SSH_PORT} {ssh_username(c, d, components[0], qualify)}@{settings.DIPLOI_PUBLIC_HOST}") for c in components]
 
 
 def _parameters(d: Deployment) -> dict[str, list[dict]]:
@@ -107,7 +116,9 @@ def overview_context(d: Deployment, user: User | None = None, observe: bool = Tr
         "memory": memory,
         "cpu_points": sparkline([s[0] for s in samples]),
         "build": d.builds.first(),
-        "ssh": [(c, f"ssh -p {settings.DIPLOI_SSH_PORT} {c}-{d.slug}@{settings.DIPLOI_PUBLIC_HOST}") for c in _components(d)],
+        "ssh": ssh_commands(d, user) if user is not None else [],
+        "ssh_host_key": host_key_fingerprint(),
+        "ssh_sessions": list(d.ssh_sessions.select_related("user")[:10]),
         "has_keys": user is not None and user.ssh_keys.exists(),
         "transitions": list(d.transitions.order_by("-at", "-pk")[:8]),
         "domains": list(d.domains.all()),

@@ -124,6 +124,7 @@ class Platform:
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "DIPLOI_DATA_DIR")}
         env["DIPLOI_SHUTDOWN_GRACE"] = str(GRACE)
         env["DIPLOI_MONITOR_INTERVAL"] = "1"
+        env["DIPLOI_SSH_PORT"] = str(free_port())
         self.port = port
         self.lines: list[str] = []
         self.proc = subprocess.Popen(

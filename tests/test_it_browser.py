@@ -100,7 +100,7 @@ def test_a_new_user_deploys_the_demo_project(platform: Platform, browser, tmp_pa
     page.focus("button[data-copy='#ssh-web']")
     page.keyboard.press("Enter")
     page.wait_for_selector("button[data-copy='#ssh-web']:has-text('Copied')")
-    assert page.evaluate("navigator.clipboard.readText()") == "ssh -p 2222 web-dev@localhost"
+    assert page.evaluate("navigator.clipboard.readText()") == "ssh -p 2222 dev@localhost"
 
     # An env var restarts the component with it.
     page.click("nav[aria-label=Deployment] >> text=Options")

@@ -85,7 +85,7 @@ def test_the_overview_shows_status_hosts_and_the_ssh_command(cast, dev, runtime)
 
     SSHKey.objects.create(user=cast.developer, title="k", key_type="ssh-ed25519", public_key="ssh-ed25519 AAAA", fingerprint="SHA256:x")
     page = cast.client(cast.developer).get("/projects/shop/d/dev/").content.decode()
-    assert "ssh -p 2222 web-dev@localhost" in page
+    assert "ssh -p 2222 dev@localhost" in page
     assert 'aria-label="Copy the SSH command for web"' in page
 
 

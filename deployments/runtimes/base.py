@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Protocol
 
 
@@ -118,12 +119,19 @@ class Progress(Protocol):
 
 
 class Shell(Protocol):
-    """A bidirectional stream into a running service (used by the SSH gateway)."""
+    """A process inside a running service (the SSH gateway's sessions). Reads block; b"" is the end.
+    With a terminal, stderr comes through `read`."""
 
     def write(self, data: bytes) -> None: ...
-    def read(self, size: int = -1) -> bytes: ...
+    def close_stdin(self) -> None: ...
+    def read(self, size: int = 65536) -> bytes: ...
+    def read_stderr(self, size: int = 65536) -> bytes: ...
     def resize(self, columns: int, rows: int) -> None: ...
-    def close(self) -> int: ...
+    def kill(self) -> None:
+        """End the process and everything it started, now (the client went away)."""
+
+    def close(self) -> int:
+        """Wait for the exit status and release the stream."""
 
 
 class RuntimeFailure(Exception):
@@ -171,7 +179,19 @@ class Runtime(ABC):
         `follow`, then new lines as they come until `stop` is set (checked at least every second)."""
 
     @abstractmethod
-    def open_shell(self, spec: DeploymentSpec, service: str, command: str | None, pty: bool) -> Shell: ...
+    def open_shell(self, spec: DeploymentSpec, service: str, command: str | None, pty: bool) -> Shell:
+        """`command` (or an interactive shell) in the service's folder, with its environment."""
+
+    @abstractmethod
+    def files_root(self, spec: DeploymentSpec, service: str) -> Path:
+        """The folder SFTP serves for `service`: the code of a development deployment, else the
+        service's own files. Nothing outside it may be reached."""
+
+    @abstractmethod
+    def forward_address(self, spec: DeploymentSpec, service: str, host: str, port: int) -> tuple[str, int]:
+        """Where `ssh -L …:host:port` from a session on `service` connects. `port` is a port the
+        deployment's stack declares; `host` is localhost (the session's service first) or a service
+        identifier. RuntimeFailure for anything else."""
 
     @abstractmethod
     def copy_storage(self, source: DeploymentSpec, target: DeploymentSpec) -> None:

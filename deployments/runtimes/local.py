@@ -11,6 +11,7 @@ Layout under DIPLOI_DATA_DIR/deployments/<project>.<deployment>/:
   supervisor.conf        the deployment's programs, included by supervisord
 """
 
+import contextlib
 import grp
 import hashlib
 import json
@@ -559,6 +560,32 @@ priority={100 if service.kind == "addon" else 200}
         argv = ["/bin/sh", "-c", command] if command else ["/bin/sh", "-i" if pty else "-s"]
         return LocalShell(argv, cwd, self._env(spec, svc, ports), pty)
 
+    def files_root(self, spec: DeploymentSpec, service: str) -> Path:
+        svc = spec.service(service)
+        home = self.home(spec)
+        if svc.kind == "component" and spec.stage == "development":
+            root = home / "code"
+        elif svc.kind == "component":
+            root = home / "scratch" / svc.identifier
+        else:
+            root = home / "storage" / svc.identifier
+        if not root.is_dir():
+            raise RuntimeFailure(f"{service} has no files yet; is the deployment running?")
+        return root
+
+    def forward_address(self, spec: DeploymentSpec, service: str, host: str, port: int) -> tuple[str, int]:
+        ports = self._ports(spec)
+        if host in ("localhost", "127.0.0.1", "::1", ""):
+            own = spec.service(service)
+            candidates = [own, *(s for s in spec.services if s is not own)]
+        else:
+            candidates = [s for s in spec.services if s.identifier == host]
+        for svc in candidates:
+            for declared in svc.ports:
+                if declared.port == port and declared.name in ports.get(svc.identifier, {}):
+                    return "127.0.0.1", ports[svc.identifier][declared.name]
+        raise RuntimeFailure(f"{host}:{port} is not a port of this deployment")
+
 
 class LocalShell:
     """A process in a service's directory and environment, with or without a terminal."""
@@ -603,12 +630,16 @@ class LocalShell:
 
             fcntl.ioctl(self._master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
 
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
     def close(self) -> int:
         """Wait for the process (killing its group after a grace period) and return its exit status."""
         try:
             code = self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.kill()
             code = self.proc.wait()
         if self._master is not None:
             os.close(self._master)

@@ -19,7 +19,7 @@ class Command(BaseCommand):
             raise CommandError(f"--port {port} is not a TCP port number")
         data_dir = data_dir.resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
-        launcher = Launcher(host, port, data_dir, grace=settings.DIPLOI_SHUTDOWN_GRACE, extra=[("monitor", ["monitor"])])
+        launcher = Launcher(host, port, data_dir, grace=settings.DIPLOI_SHUTDOWN_GRACE, extra=[("monitor", ["monitor"]), ("ssh", ["sshgateway"])])
         try:
             code = launcher.run()
         except LaunchError as e:
