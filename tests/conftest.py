@@ -124,7 +124,8 @@ class Platform:
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "DIPLOI_DATA_DIR")}
         env["DIPLOI_SHUTDOWN_GRACE"] = str(GRACE)
         env["DIPLOI_MONITOR_INTERVAL"] = "1"
-        env["DIPLOI_SSH_PORT"] = str(free_port())
+        self.ssh_port = free_port()
+        env["DIPLOI_SSH_PORT"] = str(self.ssh_port)
         self.port = port
         self.lines: list[str] = []
         self.proc = subprocess.Popen(

@@ -61,8 +61,11 @@ def test_a_new_user_deploys_the_demo_project(platform: Platform, browser, tmp_pa
     page.fill("input[name=password2]", "analytical-engine-1843")
     page.click("button[type=submit]")
     page.wait_for_url("**/projects/")
-    public = ed25519.Ed25519PrivateKey.generate().public_key()
-    key = public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode() + " ada@laptop"
+    private = ed25519.Ed25519PrivateKey.generate()
+    key_file = tmp_path / "ada_ed25519"
+    key_file.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+    key_file.chmod(0o600)
+    key = private.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode() + " ada@laptop"
     page.goto("/account/keys/")
     page.fill("textarea[name=public_key]", key)
     page.click("text=Add key")
@@ -100,7 +103,16 @@ def test_a_new_user_deploys_the_demo_project(platform: Platform, browser, tmp_pa
     page.focus("button[data-copy='#ssh-web']")
     page.keyboard.press("Enter")
     page.wait_for_selector("button[data-copy='#ssh-web']:has-text('Copied')")
-    assert page.evaluate("navigator.clipboard.readText()") == "ssh -p 2222 dev@localhost"
+    command = page.evaluate("navigator.clipboard.readText()")
+    assert command == f"ssh -p {platform.ssh_port} dev@localhost"
+
+    # And it works, pasted into a terminal (with her key and a throwaway known-hosts file).
+    if shutil.which("ssh"):
+        options = ["-i", str(key_file), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={tmp_path / 'known'}"]
+        argv = command.split()
+        result = subprocess.run([argv[0], *options, *argv[1:], "echo $GREETING from $(pwd)"], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("Hello from Diploi from /") and result.stdout.rstrip().endswith("/code/web")
 
     # An env var restarts the component with it.
     page.click("nav[aria-label=Deployment] >> text=Options")
