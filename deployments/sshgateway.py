@@ -63,7 +63,7 @@ def host_key_fingerprint() -> str | None:
 
 
 def ssh_username(component: str, deployment: Deployment, default_component: str, qualify: bool = False) -> str:
-    """The username the dashboard shows; `parse` reads it back."""
+    """The username the dashboard shows; `resolve` reads it back."""
     name = deployment.slug if component == default_component else f"{component}-{deployment.slug}"
     return f"{name}.{deployment.project.slug}" if qualify else name
 
@@ -81,8 +81,6 @@ class Target:
     key_pk: int
     fingerprint: str
     deployment_id: int
-    project_slug: str
-    deployment_slug: str
     component: str
 
 
@@ -96,16 +94,17 @@ def resolve(username: str, fingerprint: str) -> Target:
     candidates = Deployment.objects.filter(project_id__in=memberships).select_related("project", "release")
     if project_slug:
         candidates = candidates.filter(project__slug=project_slug)
-    matches: list[tuple[Deployment, str]] = []
+    found: list[tuple[Deployment, str]] = []
     for d in candidates.filter(slug__in=_suffixes(name)):
-        prefix = name[: -len(d.slug)].removesuffix("-") if name != d.slug else ""
-        matches.append((d, prefix))
-    found = []
-    for d, component in matches:
-        components = _components(d)
-        if component == "" and components:
+        component = name[: -len(d.slug)].removesuffix("-")
+        try:
+            services = current_spec(d).services
+        except Exception as e:  # noqa: BLE001 - e.g. a stack file broken on this branch
+            raise Refused(f"{d.name} cannot be described right now: {e}") from None
+        components = [s.identifier for s in services if s.kind == "component"]
+        if not component and components:
             found.append((d, components[0]))
-        elif component in components or component in _addons(d):
+        elif component in {s.identifier for s in services}:
             found.append((d, component))
     if not found:
         raise Refused(f"No deployment or component named “{username}” that you can reach.")
@@ -117,27 +116,12 @@ def resolve(username: str, fingerprint: str) -> Target:
         raise Refused(f"Viewers of {d.project.name} cannot open SSH sessions; ask an owner for developer access.")
     if d.state == State.DELETING:
         raise Refused(f"{d.name} is being deleted.")
-    return Target(key.user_id, key.pk, fingerprint, d.pk, d.project.slug, d.slug, component)
+    return Target(key.user_id, key.pk, fingerprint, d.pk, component)
 
 
 def _suffixes(name: str) -> list[str]:
     """Every way `name` may end in a deployment slug: the whole name and what follows each '-'."""
     return [name] + [name[i + 1 :] for i, c in enumerate(name) if c == "-"]
-
-
-def _components(d: Deployment) -> list[str]:
-    return [s.identifier for s in _spec(d).services if s.kind == "component"]
-
-
-def _addons(d: Deployment) -> list[str]:
-    return [s.identifier for s in _spec(d).services if s.kind == "addon"]
-
-
-def _spec(d: Deployment) -> DeploymentSpec:
-    cached = getattr(d, "_spec", None)
-    if cached is None:
-        cached = d._spec = current_spec(d)
-    return cached
 
 
 def spec_of(target: Target) -> DeploymentSpec:
