@@ -170,6 +170,18 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 DIPLOI_RUNTIME = envchoice("DIPLOI_RUNTIME", "local", ("local", "kubernetes"))
 DIPLOI_BASE_DOMAIN = envstr("DIPLOI_BASE_DOMAIN", "localhost")
+# The Kubernetes runtime (DIPLOI_RUNTIME=kubernetes): in-cluster configuration when no kubeconfig is given.
+DIPLOI_K8S_KUBECONFIG = envstr("DIPLOI_K8S_KUBECONFIG")
+DIPLOI_K8S_CONTEXT = envstr("DIPLOI_K8S_CONTEXT")
+DIPLOI_K8S_INGRESS_CLASS = envstr("DIPLOI_K8S_INGRESS_CLASS", "nginx")
+DIPLOI_K8S_CLUSTER_ISSUER = envstr("DIPLOI_K8S_CLUSTER_ISSUER", "letsencrypt")
+DIPLOI_K8S_STORAGE_CLASS = envstr("DIPLOI_K8S_STORAGE_CLASS")
+DIPLOI_K8S_REGISTRY = envstr("DIPLOI_K8S_REGISTRY", "registry.localhost:5000")
+DIPLOI_K8S_GIT_IMAGE = envstr("DIPLOI_K8S_GIT_IMAGE", "alpine/git:2.47.2")
+DIPLOI_K8S_DEFAULT_IMAGE = envstr("DIPLOI_K8S_DEFAULT_IMAGE", "debian:bookworm-slim")
+DIPLOI_K8S_SIZE = envchoice("DIPLOI_K8S_SIZE", "S", ("S", "M", "L", "XL"))
+DIPLOI_K8S_CODE_SIZE = envstr("DIPLOI_K8S_CODE_SIZE", "1Gi")
+DIPLOI_K8S_DELETE_TIMEOUT = envint("DIPLOI_K8S_DELETE_TIMEOUT", 300, minimum=1)
 DIPLOI_GIT_TIMEOUT = envint("DIPLOI_GIT_TIMEOUT", 60, minimum=1)
 DIPLOI_SSH_PORT = envint("DIPLOI_SSH_PORT", 2222, minimum=1, maximum=65535)
 DIPLOI_SSH_BIND = envstr("DIPLOI_SSH_BIND", "127.0.0.1")

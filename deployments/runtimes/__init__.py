@@ -13,4 +13,8 @@ def get_runtime() -> Runtime:
         from deployments.runtimes.local import LocalRuntime
 
         return LocalRuntime()
-    raise ImproperlyConfigured(f"DIPLOI_RUNTIME={settings.DIPLOI_RUNTIME!r} is not available in this version")
+    if settings.DIPLOI_RUNTIME == "kubernetes":
+        from deployments.runtimes.kubernetes import KubernetesRuntime
+
+        return KubernetesRuntime()
+    raise ImproperlyConfigured(f"DIPLOI_RUNTIME={settings.DIPLOI_RUNTIME!r} is not a runtime")

@@ -5,6 +5,7 @@ start processes or talk to a cluster themselves. Implementations: local.py (proc
 machine) and kubernetes.py.
 """
 
+import shlex
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -13,12 +14,24 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
+from projects.package import PLACEHOLDER
+
 
 class Colour(str, Enum):
     GREEN = "green"
     YELLOW = "yellow"
     RED = "red"
     PENDING = "pending"
+
+
+def render(template: str, ctx: dict[str, str], quote: bool = False) -> str:
+    """Fill a package's {placeholders} with a runtime's values; in commands they are shell-quoted."""
+
+    def value(name: str) -> str:
+        v = ctx.get(name, "")
+        return shlex.quote(v) if quote else v
+
+    return PLACEHOLDER.sub(lambda m: value(m.group(1)), template)
 
 
 @dataclass(frozen=True)

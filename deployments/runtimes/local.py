@@ -18,7 +18,6 @@ import json
 import os
 import pty
 import pwd
-import shlex
 import shutil
 import signal
 import socket
@@ -45,11 +44,11 @@ from deployments.runtimes.base import (
     RuntimeFailure,
     ServiceSpec,
     TransientFailure,
+    render,
 )
 from deployments.runtimes.supervisor import BASE_DIR, Supervisor
 from diploi.embedded_redis import server_binary
 from projects.git import GitError, run_git
-from projects.package import PLACEHOLDER
 
 EXEC = BASE_DIR / "deployments" / "runtimes" / "local_exec.py"
 KEEP_RELEASES = 3
@@ -170,9 +169,9 @@ priority={100 if service.kind == "addon" else 200}
         command_key = "development" if spec.stage == "development" and "development" in service.commands else "start"
         run = {
             "cwd": str(cwd),
-            "command": _render(service.commands[command_key], ctx, quote=True),
+            "command": render(service.commands[command_key], ctx, quote=True),
             "env": self._env(spec, service, ports),
-            "before": [_render(service.commands["install"], ctx, quote=True)] if service.kind == "addon" and "install" in service.commands else [],
+            "before": [render(service.commands["install"], ctx, quote=True)] if service.kind == "addon" and "install" in service.commands else [],
         }
         if user := self._unprivileged_user(service):
             run["user"] = user
@@ -218,7 +217,7 @@ priority={100 if service.kind == "addon" else 200}
         for imp in service.imports:
             source = by_id.get(imp.source)
             if source and imp.source_name in source.exports:
-                env[imp.name] = _render(source.exports[imp.source_name], self._context(spec, source, ports))
+                env[imp.name] = render(source.exports[imp.source_name], self._context(spec, source, ports))
         return env
 
     def _ports(self, spec: DeploymentSpec) -> dict[str, dict[str, int]]:
@@ -355,7 +354,7 @@ priority={100 if service.kind == "addon" else 200}
                 components = [s for s in spec.services if s.kind == "component" and s.commands.get(step)]
                 progress(step, start, None if components else f"Nothing to {step}")
                 for i, service in enumerate(components):
-                    command = _render(service.commands[step], self._context(spec, service, ports), quote=True)
+                    command = render(service.commands[step], self._context(spec, service, ports), quote=True)
                     self._build_command(step, service, command, tmp / service.folder, self._env(spec, service, ports), progress,
                                         start + (end - start) * i // len(components))  # fmt: skip
                 progress(step, end)
@@ -648,16 +647,6 @@ class LocalShell:
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def _render(template: str, ctx: dict[str, str], quote: bool = False) -> str:
-    """Fill {placeholders}; in commands the values are shell-quoted."""
-
-    def value(name: str) -> str:
-        v = ctx.get(name, "")
-        return shlex.quote(v) if quote else v
-
-    return PLACEHOLDER.sub(lambda m: value(m.group(1)), template)
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:

@@ -1,0 +1,163 @@
+"""All Kubernetes API access, through the official client's HTTP layer (no other module imports
+`kubernetes`). Objects are plain dicts; writes are server-side apply with one field manager.
+
+Errors: KubeUnavailable (a TransientFailure: connection refused, timeouts, 429 and 5xx — the callers'
+retries take them) and KubeError (anything else, with the API's message). A 409 AlreadyExists on a
+retried create counts as success.
+"""
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from deployments.runtimes.base import RuntimeFailure, TransientFailure
+
+log = logging.getLogger(__name__)
+FIELD_MANAGER = "diploi"
+RETRIED = {0, 429, 500, 502, 503, 504}
+
+# kind → (API path prefix, plural, namespaced)
+KINDS: dict[str, tuple[str, str, bool]] = {
+    "Namespace": ("/api/v1", "namespaces", False),
+    "Node": ("/api/v1", "nodes", False),
+    "Secret": ("/api/v1", "secrets", True),
+    "Service": ("/api/v1", "services", True),
+    "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims", True),
+    "Pod": ("/api/v1", "pods", True),
+    "Deployment": ("/apis/apps/v1", "deployments", True),
+    "StatefulSet": ("/apis/apps/v1", "statefulsets", True),
+    "Job": ("/apis/batch/v1", "jobs", True),
+    "Ingress": ("/apis/networking.k8s.io/v1", "ingresses", True),
+}
+
+
+class KubeError(RuntimeFailure):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"Kubernetes answered {status}: {message}")
+        self.status = status
+
+
+class KubeUnavailable(KubeError, TransientFailure):
+    pass
+
+
+def path(kind: str, namespace: str | None = None, name: str | None = None, subresource: str = "") -> str:
+    prefix, plural, namespaced = KINDS[kind]
+    parts = [prefix]
+    if namespaced and namespace:
+        parts += ["namespaces", namespace]
+    parts.append(plural)
+    if name:
+        parts.append(name)
+    if subresource:
+        parts.append(subresource)
+    return "/".join(parts)
+
+
+class Kube:
+    """One API server. `calls` counts requests (the benchmarks report API calls per operation)."""
+
+    def __init__(self, kubeconfig: str = "", context: str = "") -> None:
+        self.configuration = client.Configuration()
+        try:
+            if kubeconfig or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+                config.load_kube_config(config_file=kubeconfig or None, context=context or None, client_configuration=self.configuration)
+            else:
+                config.load_incluster_config(client_configuration=self.configuration)
+        except (ConfigException, OSError) as e:
+            raise RuntimeFailure(f"cannot read the Kubernetes configuration: {e}") from None
+        self.api = client.ApiClient(self.configuration)
+        self.calls = 0
+
+    def request(self, method: str, url: str, query: dict | None = None, body: object = None, content_type: str = "application/json",
+                timeout: float = 30, stream: bool = False):  # fmt: skip
+        self.calls += 1
+        params = [(k, v) for k, v in (query or {}).items() if v is not None]
+        method, full_url, headers, body, _ = self.api.param_serialize(
+            method, url, query_params=params, header_params={"Content-Type": content_type, "Accept": "application/json"}, body=body,
+            auth_settings=["BearerToken"],
+        )  # fmt: skip
+        try:
+            response = self.api.rest_client.request(method, full_url, headers=headers, body=body, _request_timeout=timeout)
+        except ApiException as e:
+            raise self._error(e.status or 0, e.body or e.reason) from None
+        except OSError as e:  # urllib3's connection errors are OSErrors
+            raise KubeUnavailable(0, str(e)) from None
+        if stream:
+            if response.status >= 400:
+                raise self._error(response.status, response.read())
+            return response.response
+        data = response.read()
+        if response.status >= 400:
+            raise self._error(response.status, data)
+        return json.loads(data) if data else None
+
+    @staticmethod
+    def _error(status: int, body: object) -> KubeError:
+        message = body.decode(errors="replace") if isinstance(body, bytes) else str(body)
+        try:
+            message = json.loads(message).get("message", message)
+        except (ValueError, AttributeError):
+            pass
+        return (KubeUnavailable if status in RETRIED else KubeError)(status, message[:500])
+
+    # --- objects ---
+
+    def apply(self, obj: dict) -> dict:
+        """Server-side apply: create or update to exactly these fields (idempotent)."""
+        meta = obj["metadata"]
+        url = path(obj["kind"], meta.get("namespace"), meta["name"])
+        return self.request("PATCH", url, {"fieldManager": FIELD_MANAGER, "force": "true"}, obj, "application/apply-patch+yaml")
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict | None:
+        try:
+            return self.request("GET", path(kind, namespace, name))
+        except KubeError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def list(self, kind: str, namespace: str | None = None, selector: str | None = None) -> list[dict]:
+        """Across all namespaces when `namespace` is None: one call, whatever the number of deployments."""
+        return self.request("GET", path(kind, namespace), {"labelSelector": selector}).get("items", [])
+
+    def delete(self, kind: str, name: str, namespace: str | None = None) -> bool:
+        """False when it was already gone."""
+        try:
+            self.request("DELETE", path(kind, namespace, name), body={"propagationPolicy": "Foreground"})
+            return True
+        except KubeError as e:
+            if e.status == 404:
+                return False
+            raise
+
+    def patch(self, kind: str, name: str, namespace: str, patch: dict) -> dict:
+        return self.request("PATCH", path(kind, namespace, name), body=patch, content_type="application/merge-patch+json")
+
+    def wait_gone(self, kind: str, name: str, namespace: str | None = None, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while self.get(kind, name, namespace) is not None:
+            if time.monotonic() > deadline:
+                raise KubeUnavailable(0, f"{kind} {name} is still being deleted after {timeout:.0f} s")
+            time.sleep(0.5)
+
+    def logs(self, namespace: str, pod: str, container: str, follow: bool = False, tail: int | None = 200) -> Iterator[str]:
+        query = {"container": container, "follow": "true" if follow else None, "tailLines": tail}
+        response = self.request("GET", path("Pod", namespace, pod, "log"), query, stream=True, timeout=None if follow else 30)
+        try:
+            buffer = b""
+            for chunk in response.stream(4096):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    yield line.decode(errors="replace")
+            if buffer:
+                yield buffer.decode(errors="replace")
+        finally:
+            response.release_conn()

@@ -1,0 +1,293 @@
+"""The Kubernetes runtime: the same stack files, as objects in one namespace per deployment.
+
+`manifests(spec)` is pure (tests validate it offline); `apply` sends it with server-side apply.
+Every object carries the managed-by, project, deployment and component labels, so `observe` lists
+pods, claims and workloads across all namespaces in a fixed number of calls.
+
+Mapping: env and parameters in one Secret per service (its checksum in the pod template, so a change
+rolls the workload); storage as PersistentVolumeClaims; add-ons and development components as
+StatefulSets (development: the branch cloned onto a claim by an init container, then the package's
+development command); staging/production components as Deployments of the built image; a Service
+per service; one Ingress per deployment (`<deployment>-<project>.<base domain>` plus custom domains,
+TLS by cert-manager's cluster issuer).
+"""
+
+import hashlib
+import json
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+from django.conf import settings
+
+from deployments.runtimes.base import (
+    Colour,
+    DeploymentSpec,
+    ItemState,
+    Observation,
+    Progress,
+    Runtime,
+    RuntimeFailure,
+    ServiceSpec,
+    Shell,
+    render,
+)
+from deployments.runtimes.k8s_client import Kube
+
+MANAGED = "app.kubernetes.io/managed-by"
+PROJECT, DEPLOYMENT, DEPLOYMENT_ID, COMPONENT = "diploi.io/project", "diploi.io/deployment", "diploi.io/deployment-id", "diploi.io/component"
+SIZES = {  # requests, limits per component
+    "S": ({"cpu": "100m", "memory": "128Mi"}, {"cpu": "500m", "memory": "512Mi"}),
+    "M": ({"cpu": "250m", "memory": "512Mi"}, {"cpu": "1", "memory": "1Gi"}),
+    "L": ({"cpu": "500m", "memory": "1Gi"}, {"cpu": "2", "memory": "2Gi"}),
+    "XL": ({"cpu": "1", "memory": "2Gi"}, {"cpu": "4", "memory": "4Gi"}),
+}
+IMAGES = {"python": "python:3.12-slim", "node": "node:22-slim", "redis": "valkey/valkey:8", "postgres": "postgres:16"}
+NOT_YET = "is not available on the Kubernetes runtime yet"
+
+
+def namespace(spec: DeploymentSpec) -> str:
+    return f"diploi-{spec.project_slug}-{spec.slug}"[:63].rstrip("-")
+
+
+def labels(spec: DeploymentSpec, service: ServiceSpec | None = None) -> dict[str, str]:
+    found = {MANAGED: "diploi", PROJECT: spec.project_slug, DEPLOYMENT: spec.slug, DEPLOYMENT_ID: str(spec.id)}
+    if service is not None:
+        found[COMPONENT] = service.identifier
+    return found
+
+
+def default_host(spec: DeploymentSpec) -> str:
+    return f"{spec.slug}-{spec.project_slug}.{settings.DIPLOI_BASE_DOMAIN}"
+
+
+def _meta(spec: DeploymentSpec, name: str, service: ServiceSpec | None = None, namespaced: bool = True) -> dict:
+    meta = {"name": name, "labels": labels(spec, service)}
+    if namespaced:
+        meta["namespace"] = namespace(spec)
+    return meta
+
+
+def _context(spec: DeploymentSpec, service: ServiceSpec) -> dict[str, str]:
+    """Placeholder values inside the cluster: services reach each other by their Service's name."""
+    ctx = {
+        "host": service.identifier,
+        "port": str(service.ports[0].port) if service.ports else "",
+        "password": service.password,
+        "code": f"/code/{service.folder}".rstrip("/") if service.kind == "component" else "",
+        "identifier": service.identifier,
+        "deployment": spec.slug,
+        "stage": spec.stage,
+    }
+    ctx.update({f"port.{p.name}": str(p.port) for p in service.ports})
+    ctx.update({f"storage.{v.name}": v.path for v in service.volumes})
+    return ctx
+
+
+def environment(spec: DeploymentSpec, service: ServiceSpec) -> dict[str, str]:
+    ctx = _context(spec, service)
+    env = {"HOST": "0.0.0.0", "PYTHONUNBUFFERED": "1", "DIPLOI_STAGE": spec.stage, "DIPLOI_COMMIT": spec.commit}
+    if service.ports:
+        env["PORT"] = str(service.ports[0].port)
+    env.update({k: render(v, ctx) for k, v in service.env.items()})
+    by_id = {s.identifier: s for s in spec.services}
+    for imp in service.imports:
+        source = by_id.get(imp.source)
+        if source and imp.source_name in source.exports:
+            env[imp.name] = render(source.exports[imp.source_name], _context(spec, source))
+    return env
+
+
+def _image(spec: DeploymentSpec, service: ServiceSpec) -> str:
+    if service.kind == "component" and spec.stage != "development":
+        return f"{settings.DIPLOI_K8S_REGISTRY}/{spec.project_slug}-{service.identifier}:{spec.release or spec.commit}"
+    return IMAGES.get(service.package, settings.DIPLOI_K8S_DEFAULT_IMAGE)
+
+
+def _workload(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -> dict:
+    development = service.kind == "component" and spec.stage == "development"
+    command_name = "development" if development and "development" in service.commands else "start"
+    command = render(service.commands.get(command_name, ""), _context(spec, service), quote=True)
+    requests, limits = SIZES[settings.DIPLOI_K8S_SIZE]
+    mounts = [{"name": v.name, "mountPath": v.path} for v in service.volumes]
+    volumes = [{"name": v.name, "persistentVolumeClaim": {"claimName": f"{service.identifier}-{v.name}"}} for v in service.volumes]
+    container = {
+        "name": service.identifier,
+        "image": _image(spec, service),
+        "command": ["/bin/sh", "-c", command],
+        "envFrom": [{"secretRef": {"name": f"env-{service.identifier}"}}],
+        "ports": [{"name": p.name[:15], "containerPort": p.port} for p in service.ports],
+        "resources": {"requests": requests, "limits": limits},
+        "volumeMounts": mounts,
+    }
+    pod: dict = {"containers": [container], "volumes": volumes, "enableServiceLinks": False}
+    if development:
+        container["workingDir"] = _context(spec, service)["code"]
+        mounts.append({"name": "code", "mountPath": "/code"})
+        volumes.append({"name": "code", "persistentVolumeClaim": {"claimName": f"{service.identifier}-code"}})
+        clone = f"[ -d /code/.git ] || git clone --branch {spec.branch} -- {spec.repository} /code"
+        pod["initContainers"] = [{"name": "clone", "image": settings.DIPLOI_K8S_GIT_IMAGE, "command": ["/bin/sh", "-c", clone],
+                                  "volumeMounts": [{"name": "code", "mountPath": "/code"}]}]  # fmt: skip
+    checksum = hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()[:16]
+    template = {"metadata": {"labels": labels(spec, service), "annotations": {"diploi.io/env-checksum": checksum}}, "spec": pod}
+    workload = {
+        "replicas": 1 if spec.enabled else 0,
+        "selector": {"matchLabels": {DEPLOYMENT_ID: str(spec.id), COMPONENT: service.identifier}},
+        "template": template,
+    }
+    if service.kind == "addon" or development:
+        workload["serviceName"] = service.identifier
+        return {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": _meta(spec, service.identifier, service), "spec": workload}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(spec, service.identifier, service), "spec": workload}
+
+
+def _claim(spec: DeploymentSpec, service: ServiceSpec, name: str, size: str) -> dict:
+    claim = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
+    if settings.DIPLOI_K8S_STORAGE_CLASS:
+        claim["storageClassName"] = settings.DIPLOI_K8S_STORAGE_CLASS
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(spec, f"{service.identifier}-{name}", service), "spec": claim}
+
+
+def _ingress(spec: DeploymentSpec, public: ServiceSpec) -> dict:
+    port = next(p for p in public.ports if p.public)
+    hosts = [default_host(spec), *spec.hosts]
+    backend = {"service": {"name": public.identifier, "port": {"number": port.port}}}
+    meta = _meta(spec, "web")
+    if settings.DIPLOI_K8S_CLUSTER_ISSUER:
+        meta["annotations"] = {"cert-manager.io/cluster-issuer": settings.DIPLOI_K8S_CLUSTER_ISSUER}
+    ingress: dict = {
+        "rules": [{"host": h, "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": backend}]}} for h in hosts],
+        "tls": [{"hosts": hosts, "secretName": "web-tls"}],
+    }
+    if settings.DIPLOI_K8S_INGRESS_CLASS:
+        ingress["ingressClassName"] = settings.DIPLOI_K8S_INGRESS_CLASS
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": meta, "spec": ingress}
+
+
+def manifests(spec: DeploymentSpec) -> list[dict]:
+    """Everything the deployment consists of, in the order it is applied."""
+    objects: list[dict] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(spec, namespace(spec), namespaced=False)}]
+    for service in spec.services:
+        env = environment(spec, service)
+        objects.append({"apiVersion": "v1", "kind": "Secret", "metadata": _meta(spec, f"env-{service.identifier}", service), "type": "Opaque",
+                        "stringData": env})  # fmt: skip
+        objects += [_claim(spec, service, v.name, v.size) for v in service.volumes]
+        if service.kind == "component" and spec.stage == "development":
+            objects.append(_claim(spec, service, "code", settings.DIPLOI_K8S_CODE_SIZE))
+        if service.ports:
+            ports = [{"name": p.name[:15], "port": p.port, "targetPort": p.port, "protocol": "TCP"} for p in service.ports]
+            objects.append({"apiVersion": "v1", "kind": "Service", "metadata": _meta(spec, service.identifier, service),
+                            "spec": {"selector": {DEPLOYMENT_ID: str(spec.id), COMPONENT: service.identifier}, "ports": ports}})  # fmt: skip
+        objects.append(_workload(spec, service, env))
+    public = next((s for s in spec.services if s.kind == "component" and any(p.public for p in s.ports)), None)
+    if public is not None:
+        objects.append(_ingress(spec, public))
+    return objects
+
+
+class KubernetesRuntime(Runtime):
+    def __init__(self, kube: Kube | None = None) -> None:
+        self.kube = kube or Kube(settings.DIPLOI_K8S_KUBECONFIG, settings.DIPLOI_K8S_CONTEXT)
+
+    def apply(self, spec: DeploymentSpec) -> dict[str, str]:
+        for obj in manifests(spec):
+            self.kube.apply(obj)
+        public = next((s for s in spec.services if s.kind == "component" and any(p.public for p in s.ports)), None)
+        return {public.identifier: f"https://{default_host(spec)}"} if public else {}
+
+    def set_enabled(self, spec: DeploymentSpec, enabled: bool) -> None:
+        """Replicas to zero (or back); claims stay."""
+        self.apply(replace(spec, enabled=enabled))
+
+    def restart(self, spec: DeploymentSpec, service: str) -> None:
+        workload = _workload(spec, spec.service(service), {})
+        stamp = {"spec": {"template": {"metadata": {"annotations": {"diploi.io/restarted-at": str(time.time())}}}}}
+        self.kube.patch(workload["kind"], service, namespace(spec), stamp)
+
+    def observe(self, specs: list[DeploymentSpec]) -> dict[int, Observation]:
+        wanted = {s.id: s for s in specs}
+        found: dict[str, dict[str, list[dict]]] = {}
+        for kind in ("Pod", "PersistentVolumeClaim", "StatefulSet", "Deployment"):
+            found[kind] = defaultdict(list)
+            for obj in self.kube.list(kind, selector=f"{MANAGED}=diploi"):
+                found[kind][obj["metadata"]["labels"].get(DEPLOYMENT_ID, "")].append(obj)
+        return {pk: self._observation(spec, {k: v.get(str(pk), []) for k, v in found.items()}) for pk, spec in wanted.items()}
+
+    def _observation(self, spec: DeploymentSpec, objects: dict[str, list[dict]]) -> Observation:
+        storage = tuple(_claim_state(c) for c in objects["PersistentVolumeClaim"])
+        containers, services = [], []
+        workloads = {w["metadata"]["name"]: w for w in objects["StatefulSet"] + objects["Deployment"]}
+        for service in spec.services:
+            pods = [p for p in objects["Pod"] if p["metadata"]["labels"].get(COMPONENT) == service.identifier]
+            containers.append(_container_state(service.identifier, pods, spec.enabled))
+            workload = workloads.get(service.identifier)
+            ready = (workload or {}).get("status", {}).get("readyReplicas", 0)
+            if workload is None:
+                services.append(ItemState(service.identifier, Colour.RED, "not created"))
+            elif ready:
+                services.append(ItemState(service.identifier, Colour.GREEN, f"{ready} ready (CPU figures need metrics.k8s.io)"))
+            else:
+                services.append(ItemState(service.identifier, Colour.PENDING if not spec.enabled else Colour.YELLOW, "no ready replica"))
+        return Observation(storage=storage, containers=tuple(containers), services=tuple(services))
+
+    def logs(self, spec: DeploymentSpec, service: str, follow: bool = False, since: int | None = None, tail: int = 200,
+             stop: threading.Event | None = None) -> Iterator[str]:  # fmt: skip
+        spec.service(service)
+        pods = self.kube.list("Pod", namespace(spec), f"{DEPLOYMENT_ID}={spec.id},{COMPONENT}={service}")
+        if not pods:
+            return
+        for line in self.kube.logs(namespace(spec), pods[0]["metadata"]["name"], service, follow=follow, tail=None if since == 0 else tail):
+            if stop is not None and stop.is_set():
+                return
+            yield line
+
+    def destroy(self, spec: DeploymentSpec) -> None:
+        """Delete the namespace (everything in it, claims included) and wait until it is gone."""
+        self.kube.delete("Namespace", namespace(spec))
+        self.kube.wait_gone("Namespace", namespace(spec), timeout=settings.DIPLOI_K8S_DELETE_TIMEOUT)
+
+    def build(self, spec: DeploymentSpec, progress: Progress) -> str:
+        raise RuntimeFailure(f"Building images {NOT_YET}; run the build in CI and report the image.")
+
+    def open_shell(self, spec: DeploymentSpec, service: str, command: str | None, pty: bool) -> Shell:
+        raise RuntimeFailure(f"SSH sessions {NOT_YET}.")
+
+    def files_root(self, spec: DeploymentSpec, service: str) -> Path:
+        raise RuntimeFailure(f"SFTP {NOT_YET}.")
+
+    def forward_address(self, spec: DeploymentSpec, service: str, host: str, port: int) -> tuple[str, int]:
+        raise RuntimeFailure(f"Port forwarding {NOT_YET}.")
+
+    def copy_storage(self, source: DeploymentSpec, target: DeploymentSpec) -> None:
+        raise RuntimeFailure(f"Copying storage {NOT_YET}; clone without copying storage.")
+
+
+def _claim_state(claim: dict) -> ItemState:
+    name = claim["metadata"]["name"]
+    phase = claim.get("status", {}).get("phase", "Pending")
+    size = claim["spec"]["resources"]["requests"]["storage"]
+    colour = {"Bound": Colour.GREEN, "Lost": Colour.RED}.get(phase, Colour.YELLOW)
+    return ItemState(name, colour, f"{phase.lower()}, {size}")
+
+
+def _container_state(name: str, pods: list[dict], enabled: bool) -> ItemState:
+    if not pods:
+        return ItemState(name, Colour.PENDING, "stopped") if not enabled else ItemState(name, Colour.YELLOW, "no pod yet")
+    pod = pods[0]
+    status = pod.get("status", {})
+    statuses = status.get("containerStatuses", [])
+    restarts = sum(c.get("restartCount", 0) for c in statuses)
+    waiting = [c["state"]["waiting"] for c in statuses if "waiting" in c.get("state", {})]
+    if pod["metadata"].get("deletionTimestamp"):
+        return ItemState(name, Colour.YELLOW, "terminating", restarts)
+    if waiting and waiting[0].get("reason") in ("CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "CreateContainerConfigError"):
+        return ItemState(name, Colour.RED, f"{waiting[0]['reason']}: {waiting[0].get('message', '')}".rstrip(": "), restarts)
+    phase = status.get("phase", "Pending")
+    if phase == "Running" and statuses and all(c.get("ready") for c in statuses):
+        return ItemState(name, Colour.GREEN, "running", restarts)
+    if phase == "Failed":
+        return ItemState(name, Colour.RED, status.get("reason", "failed"), restarts)
+    return ItemState(name, Colour.YELLOW, phase.lower(), restarts)

@@ -1,0 +1,164 @@
+"""The Kubernetes runtime against a real API server (scripts/k8s-testenv: kube-apiserver, controllers,
+scheduler, etcd, KWOK nodes) — or any cluster DIPLOI_TEST_KUBECONFIG points at. The manifest checks
+need no cluster."""
+
+import os
+from dataclasses import replace
+
+import pytest
+
+from deployments.models import Deployment, State
+from tests.conftest import wait_until
+
+KUBECONFIG = os.environ.get("DIPLOI_TEST_KUBECONFIG", "")
+needs_cluster = pytest.mark.skipif(not KUBECONFIG, reason="no control plane: run scripts/k8s-testenv start and set DIPLOI_TEST_KUBECONFIG")
+
+
+def sample_spec(cast, stage: str = "development", slug: str = "dev"):
+    from deployments.spec import current_spec
+
+    d = Deployment.objects.create(project=cast.project, name=slug.title(), slug=slug, stage=stage, branch="main", state=State.RUNNING,
+                                  commit=cast.project.stack_commit, release_id=None)  # fmt: skip
+    spec = current_spec(d)
+    return d, (replace(spec, release=spec.commit) if stage != "development" else spec)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("stage", ["development", "production"])
+def test_every_manifest_validates_strictly_for_kubernetes_1_30_to_1_37(cast, data_dir, stage) -> None:
+    import kubernetes_validate
+
+    from deployments.runtimes.kubernetes import manifests
+
+    _, spec = sample_spec(cast, stage)
+    objects = manifests(replace(spec, hosts=("shop.example.com",)))
+    web = ["Secret", "PersistentVolumeClaim", "Service", "StatefulSet"] if stage == "development" else ["Secret", "Service", "Deployment"]
+    assert [o["kind"] for o in objects] == ["Namespace", *web, "Secret", "PersistentVolumeClaim", "Service", "StatefulSet", "Ingress"]
+    for version in [f"1.{minor}.0" for minor in range(30, 38)]:
+        for obj in objects:
+            kubernetes_validate.validate(obj, version, strict=True)  # raises on any unknown or wrong field
+
+
+@pytest.fixture
+def kube(settings, data_dir):
+    from deployments.runtimes import get_runtime
+    from deployments.runtimes.k8s_client import Kube
+
+    settings.DIPLOI_RUNTIME = "kubernetes"
+    settings.DIPLOI_K8S_KUBECONFIG = KUBECONFIG
+    get_runtime.cache_clear()
+    client = Kube(KUBECONFIG)
+
+    def clean() -> None:  # the tests' namespaces, also those a crashed run left
+        names = [ns["metadata"]["name"] for ns in client.list("Namespace", selector="app.kubernetes.io/managed-by=diploi")]
+        for name in names:
+            client.delete("Namespace", name)
+        for name in names:
+            client.wait_gone("Namespace", name)
+
+    clean()
+    yield client
+    clean()
+    get_runtime.cache_clear()
+
+
+def green(runtime, spec) -> bool:
+    from deployments.status import derive
+
+    tree = derive(runtime.observe([spec])[spec.id], "running", spec.enabled)
+    return tree.colour.value == "green" and tree
+
+
+@needs_cluster
+@pytest.mark.django_db
+def test_the_sample_stack_runs_on_kubernetes(cast, kube) -> None:
+    from deployments.runtimes import get_runtime
+    from deployments.runtimes.kubernetes import namespace
+
+    d, spec = sample_spec(cast)
+    runtime = get_runtime()
+    assert runtime.apply(spec) == {"web": "https://dev-shop.localhost"}
+    ns = namespace(spec)
+    assert kube.get("Namespace", ns)["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "diploi"
+    env = kube.get("Secret", "env-web", ns)["data"]
+    import base64
+
+    decoded = {k: base64.b64decode(v).decode() for k, v in env.items()}
+    assert decoded["GREETING"] == "Hello from Diploi" and decoded["REDIS_URL"].endswith("@redis:6379/0") and decoded["PORT"] == "8000"
+    assert {c["metadata"]["name"] for c in kube.list("PersistentVolumeClaim", ns)} == {"web-code", "redis-data"}
+    assert {s["metadata"]["name"] for s in kube.list("Service", ns)} == {"web", "redis"}
+    web = kube.get("StatefulSet", "web", ns)
+    assert web["spec"]["template"]["spec"]["initContainers"][0]["name"] == "clone"
+    assert kube.get("Ingress", "web", ns)["spec"]["rules"][0]["host"] == "dev-shop.localhost"
+
+    tree = wait_until(lambda: green(runtime, spec), timeout=90, what="pods Running and ready (simulated by KWOK)")
+    assert [c.name for c in tree.containers] == ["web", "redis"] and all(s.colour.value == "green" for s in tree.storage)
+    page = cast.client(cast.viewer).get("/projects/shop/d/dev/").content.decode()
+    assert "redis-data" in page and "bound" in page and "running" in page
+
+    # Applying the same spec again changes nothing.
+    versions = {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in kube.list("StatefulSet", ns) + kube.list("Secret", ns)}
+    runtime.apply(spec)
+    assert {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in kube.list("StatefulSet", ns) + kube.list("Secret", ns)} == versions
+
+
+@needs_cluster
+@pytest.mark.django_db
+def test_env_restart_disable_enable_and_destroy(cast, kube) -> None:
+    from deployments.runtimes import get_runtime
+    from deployments.runtimes.kubernetes import namespace
+
+    _, spec = sample_spec(cast, slug="env")
+    runtime = get_runtime()
+    runtime.apply(spec)
+    ns = namespace(spec)
+    wait_until(lambda: green(runtime, spec), timeout=90, what="the first start")
+    before = kube.get("StatefulSet", "web", ns)
+
+    web = spec.service("web")
+    changed = replace(spec, services=tuple(replace(s, env={**s.env, "GREETING": "Changed"}) if s is web else s for s in spec.services))
+    runtime.apply(changed)
+    assert "Q2hhbmdlZA==" == kube.get("Secret", "env-web", ns)["data"]["GREETING"]
+    after = kube.get("StatefulSet", "web", ns)
+    checksum = "diploi.io/env-checksum"
+    assert after["spec"]["template"]["metadata"]["annotations"][checksum] != before["spec"]["template"]["metadata"]["annotations"][checksum]
+    assert kube.get("StatefulSet", "redis", ns)["metadata"]["generation"] == 1  # only the affected workload rolls
+
+    runtime.restart(changed, "redis")
+    assert "diploi.io/restarted-at" in kube.get("StatefulSet", "redis", ns)["spec"]["template"]["metadata"]["annotations"]
+
+    runtime.set_enabled(changed, False)
+    assert [w["spec"]["replicas"] for w in kube.list("StatefulSet", ns)] == [0, 0]
+    wait_until(lambda: not kube.list("Pod", ns), timeout=60, what="the pods to go")
+    assert len(kube.list("PersistentVolumeClaim", ns)) == 2  # storage kept
+    assert derive_colour(runtime, replace(changed, enabled=False)) == "pending"
+    runtime.set_enabled(changed, True)
+    wait_until(lambda: green(runtime, changed), timeout=90, what="the second start")
+
+    runtime.destroy(changed)
+    assert kube.get("Namespace", ns) is None
+    runtime.destroy(changed)  # again: nothing left, no error
+
+
+def derive_colour(runtime, spec) -> str:
+    from deployments.status import derive
+
+    return derive(runtime.observe([spec])[spec.id], "running", spec.enabled).colour.value
+
+
+@needs_cluster
+@pytest.mark.django_db
+def test_observe_uses_the_same_calls_for_any_number_of_deployments(cast, kube) -> None:
+    from deployments.runtimes import get_runtime
+
+    runtime = get_runtime()
+    specs = [sample_spec(cast, slug=f"d{i}")[1] for i in range(3)]
+    for spec in specs:
+        runtime.apply(spec)
+    kube = runtime.kube
+    kube.calls = 0
+    runtime.observe(specs[:1])
+    one = kube.calls
+    kube.calls = 0
+    observed = runtime.observe(specs)
+    assert kube.calls == one == 4 and set(observed) == {s.id for s in specs}
