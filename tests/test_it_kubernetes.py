@@ -162,3 +162,48 @@ def test_observe_uses_the_same_calls_for_any_number_of_deployments(cast, kube) -
     kube.calls = 0
     observed = runtime.observe(specs)
     assert kube.calls == one == 4 and set(observed) == {s.id for s in specs}
+
+
+@needs_cluster
+@pytest.mark.django_db
+def test_the_api_server_going_away_mid_apply_is_retried_without_duplicates(cast, kube, monkeypatch) -> None:
+    import subprocess
+
+    from deployments import tasks
+    from deployments.runtimes import get_runtime
+    from deployments.runtimes.base import TransientFailure
+    from deployments.runtimes.kubernetes import namespace
+    from deployments.services import create_deployment
+    from deployments.spec import current_spec
+    from tests.conftest import BASE_DIR
+
+    state = os.environ.get("DIPLOI_K8S_STATE", "/tmp/diploi-k8s")
+    if os.path.realpath(KUBECONFIG) != os.path.realpath(f"{state}/kubeconfig"):
+        pytest.skip("stops and starts the API server of scripts/k8s-testenv, not another cluster's")
+    script = str(BASE_DIR / "scripts" / "k8s-testenv")
+    d = create_deployment(cast.project, "Dev", "development", "main", cast.developer)
+    runtime = get_runtime()
+    real_apply, applied = runtime.kube.apply, []
+
+    def apply_then_lose_the_server(obj: dict) -> dict:
+        if len(applied) == 4:  # half-way through the deployment's objects
+            subprocess.run([script, "apiserver-stop"], check=True, timeout=60)
+        applied.append(obj["kind"])
+        return real_apply(obj)
+
+    monkeypatch.setattr(runtime.kube, "apply", apply_then_lose_the_server)
+    try:
+        with pytest.raises(TransientFailure):  # Celery retries these (called directly, the task raises)
+            tasks.provision(d.pk)
+    finally:
+        subprocess.run([script, "apiserver-start"], check=True, timeout=180)
+    d.refresh_from_db()
+    assert d.state == State.PROVISIONING  # not failed: waiting for its retry
+
+    tasks.provision(d.pk)  # the retry
+    d.refresh_from_db()
+    assert d.state == State.RUNNING and d.endpoints == {"web": "https://dev-shop.localhost"}
+    ns = namespace(current_spec(d))
+    for kind, names in (("Secret", ["env-redis", "env-web"]), ("PersistentVolumeClaim", ["redis-data", "web-code"]), ("Service", ["redis", "web"]),
+                        ("StatefulSet", ["redis", "web"]), ("Ingress", ["web"])):  # fmt: skip
+        assert sorted(o["metadata"]["name"] for o in kube.list(kind, ns)) == names, kind

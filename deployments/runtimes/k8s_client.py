@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Iterator
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
@@ -87,7 +88,7 @@ class Kube:
             response = self.api.rest_client.request(method, full_url, headers=headers, body=body, _request_timeout=timeout)
         except ApiException as e:
             raise self._error(e.status or 0, e.body or e.reason) from None
-        except OSError as e:  # urllib3's connection errors are OSErrors
+        except (OSError, urllib3.exceptions.HTTPError) as e:  # refused, reset, timed out
             raise KubeUnavailable(0, str(e)) from None
         if stream:
             if response.status >= 400:
