@@ -82,17 +82,15 @@ logging.getLogger("channels_redis").setLevel(logging.WARNING)  # a slow reader's
 
 import psutil  # noqa: E402
 import websockets  # noqa: E402
-from django.core.management import call_command  # noqa: E402
 from django.test import Client  # noqa: E402
 
 from accounts.models import User  # noqa: E402
+from bench.sample import sample_project  # noqa: E402
 from deployments import events  # noqa: E402
 from deployments.models import Deployment, Sample, Stage, State  # noqa: E402
 from deployments.monitor import OBSERVED, Monitor  # noqa: E402
 from deployments.runtimes import get_runtime  # noqa: E402
-from projects.models import Membership, Project, Role  # noqa: E402
-from projects.sample import create_sample_repository  # noqa: E402
-from projects.stack import refresh_stack  # noqa: E402
+from projects.models import Project  # noqa: E402
 
 GREEN = {"colour": "green", "reason": "Running",
          "tree": {"containers": [["web", "green", "running"], ["redis", "green", "running"]], "services": [["web", "green", "answering"]]}}  # fmt: skip
@@ -134,13 +132,7 @@ def rss_mib(proc: subprocess.Popen) -> float:
 
 
 def setup(count: int) -> tuple[User, Project, list[int]]:
-    call_command("migrate", verbosity=0)
-    repo = create_sample_repository(DATA / "sample")
-    user = User.objects.create_user("bench")
-    project = Project.objects.create(name="Sample", slug="sample", repository=str(repo), default_branch="main")
-    Membership.objects.create(project=project, user=user, role=Role.OWNER)
-    refresh_stack(project)
-    project.refresh_from_db()
+    user, project = sample_project(DATA)
     Deployment.objects.bulk_create(
         Deployment(project=project, name=f"d{i:04}", slug=f"d{i:04}", stage=Stage.DEVELOPMENT, branch="main", commit=project.stack_commit,
                    state=State.PENDING, status=GREEN, endpoints={"web": f"http://d{i:04}.localhost:8000"})

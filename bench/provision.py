@@ -32,17 +32,15 @@ import django  # noqa: E402
 
 django.setup()
 
-from django.core.management import call_command  # noqa: E402
 
 from accounts.models import User  # noqa: E402
+from bench.sample import sample_project  # noqa: E402
 from deployments import tasks  # noqa: E402
 from deployments.models import Deployment  # noqa: E402
 from deployments.runtimes import get_runtime  # noqa: E402
 from deployments.services import create_deployment  # noqa: E402
 from deployments.spec import current_spec  # noqa: E402
-from projects.models import Membership, Project, Role  # noqa: E402
-from projects.sample import create_sample_repository  # noqa: E402
-from projects.stack import refresh_stack  # noqa: E402
+from projects.models import Project  # noqa: E402
 
 
 def wait_for(url: str, timeout: float = 60) -> None:
@@ -88,15 +86,10 @@ def main() -> None:
     args = parser.parse_args()
     counts = [int(n) for n in args.deployments.split(",")]
 
-    call_command("migrate", verbosity=0)
-    repo = create_sample_repository(DATA / "sample")
-    user = User.objects.create_user("bench")
-    project = Project.objects.create(name="Sample", slug="sample", repository=str(repo), default_branch="main")
-    Membership.objects.create(project=project, user=user, role=Role.OWNER)
-    refresh_stack(project)
+    user, project = sample_project(DATA)
     runtime = get_runtime()
     try:
-        base = statistics.median(baseline_start(repo) for _ in range(3))
+        base = statistics.median(baseline_start(Path(project.repository)) for _ in range(3))
         print(f"baseline: sample app started by hand, first answer      {base * 1000:8.0f} ms")
         for stage in ("development", "production"):
             took, _ = create_and_answer(project, user, f"first-{stage}", stage)

@@ -158,7 +158,7 @@ def test_a_long_project_list_is_paged_and_its_socket_follows_the_page(cast, runt
     Deployment.objects.bulk_create(Deployment(project=cast.project, name=f"d{i:03}", slug=f"d{i:03}", branch="main") for i in range(120))
     client = cast.client(cast.viewer)
     first = client.get("/projects/shop/").content.decode()
-    assert first.count("<td><a href=\"/projects/shop/d/") == 50 and "1–50 of 120" in first and "d049" in first and "d050" not in first
+    assert first.count("<td><a href=\"/projects/shop/d/") == 50 and first.count("1–50 of 120") == 1 and "d049" in first and "d050" not in first
     last = client.get("/projects/shop/?page=3").content.decode()
     assert last.count("<td><a href=\"/projects/shop/d/") == 20 and "101–120 of 120" in last and 'ws-connect="/ws/projects/shop/?page=3"' in last
     assert "1–50 of 120" in client.get("/projects/shop/?page=nonsense").content.decode()
