@@ -93,6 +93,7 @@ def test_the_sample_stack_runs_on_kubernetes(cast, kube) -> None:
 
     tree = wait_until(lambda: green(runtime, spec), timeout=90, what="pods Running and ready (simulated by KWOK)")
     assert [c.name for c in tree.containers] == ["web", "redis"] and all(s.colour.value == "green" for s in tree.storage)
+    assert all("does not serve metrics.k8s.io" in s.message for s in tree.services)
     page = cast.client(cast.viewer).get("/projects/shop/d/dev/").content.decode()
     assert "redis-data" in page and "bound" in page and "running" in page
 
@@ -161,7 +162,15 @@ def test_observe_uses_the_same_calls_for_any_number_of_deployments(cast, kube) -
     one = kube.calls
     kube.calls = 0
     observed = runtime.observe(specs)
-    assert kube.calls == one == 4 and set(observed) == {s.id for s in specs}
+    assert kube.calls == one == 5 and set(observed) == {s.id for s in specs}  # four lists and the metrics API
+    assert kube.pod_metrics("app.kubernetes.io/managed-by=diploi") is None  # no metrics server in the test cluster
+
+
+def test_metrics_quantities_become_percent_of_a_core_and_bytes() -> None:
+    from deployments.runtimes.kubernetes import _usage
+
+    metrics = {"containers": [{"usage": {"cpu": "250000000n", "memory": "2048Ki"}}, {"usage": {"cpu": "500m", "memory": "1Mi"}}]}
+    assert _usage(metrics) == (75.0, 2048 * 1024 + 1024**2)
 
 
 @needs_cluster

@@ -142,6 +142,15 @@ class Kube:
                 return False
             raise
 
+    def pod_metrics(self, selector: str) -> "list[dict] | None":
+        """CPU and memory per pod from metrics.k8s.io, across namespaces; None when the cluster does not serve it."""
+        try:
+            return self.request("GET", "/apis/metrics.k8s.io/v1beta1/pods", {"labelSelector": selector}).get("items", [])
+        except KubeError as e:
+            if e.status in (404, 503):
+                return None
+            raise
+
     def patch(self, kind: str, name: str, namespace: str, patch: dict) -> dict:
         return self.request("PATCH", path(kind, namespace, name), body=patch, content_type="application/merge-patch+json")
 

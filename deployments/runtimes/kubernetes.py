@@ -214,21 +214,28 @@ class KubernetesRuntime(Runtime):
             found[kind] = defaultdict(list)
             for obj in self.kube.list(kind, selector=f"{MANAGED}=diploi"):
                 found[kind][obj["metadata"]["labels"].get(DEPLOYMENT_ID, "")].append(obj)
-        return {pk: self._observation(spec, {k: v.get(str(pk), []) for k, v in found.items()}) for pk, spec in wanted.items()}
+        metrics = self.kube.pod_metrics(f"{MANAGED}=diploi")
+        usage = None if metrics is None else {(m["metadata"]["namespace"], m["metadata"]["name"]): _usage(m) for m in metrics}
+        return {pk: self._observation(spec, {k: v.get(str(pk), []) for k, v in found.items()}, usage) for pk, spec in wanted.items()}
 
-    def _observation(self, spec: DeploymentSpec, objects: dict[str, list[dict]]) -> Observation:
+    def _observation(self, spec: DeploymentSpec, objects: dict[str, list[dict]], usage: dict | None) -> Observation:
         storage = tuple(_claim_state(c) for c in objects["PersistentVolumeClaim"])
         containers, services = [], []
         workloads = {w["metadata"]["name"]: w for w in objects["StatefulSet"] + objects["Deployment"]}
         for service in spec.services:
             pods = [p for p in objects["Pod"] if p["metadata"]["labels"].get(COMPONENT) == service.identifier]
-            containers.append(_container_state(service.identifier, pods, spec.enabled))
+            state = _container_state(service.identifier, pods, spec.enabled)
+            if usage is not None and pods:
+                cpu, memory = usage.get((pods[0]["metadata"]["namespace"], pods[0]["metadata"]["name"]), (None, None))
+                state = replace(state, cpu_percent=cpu, memory_bytes=memory)
+            containers.append(state)
             workload = workloads.get(service.identifier)
             ready = (workload or {}).get("status", {}).get("readyReplicas", 0)
             if workload is None:
                 services.append(ItemState(service.identifier, Colour.RED, "not created"))
             elif ready:
-                services.append(ItemState(service.identifier, Colour.GREEN, f"{ready} ready (CPU figures need metrics.k8s.io)"))
+                note = "" if usage is not None else " (no CPU figures: the cluster does not serve metrics.k8s.io)"
+                services.append(ItemState(service.identifier, Colour.GREEN, f"{ready} ready{note}"))
             else:
                 services.append(ItemState(service.identifier, Colour.PENDING if not spec.enabled else Colour.YELLOW, "no ready replica"))
         return Observation(storage=storage, containers=tuple(containers), services=tuple(services))
@@ -263,6 +270,23 @@ class KubernetesRuntime(Runtime):
 
     def copy_storage(self, source: DeploymentSpec, target: DeploymentSpec) -> None:
         raise RuntimeFailure(f"Copying storage {NOT_YET}; clone without copying storage.")
+
+
+def _usage(metrics: dict) -> tuple[float, int]:
+    """metrics.k8s.io quantities ("12345678n" CPU, "2048Ki" memory) as CPU percent of one core and bytes."""
+    cpu = memory = 0.0
+    for c in metrics.get("containers", []):
+        cpu += _quantity(c["usage"].get("cpu", "0"))
+        memory += _quantity(c["usage"].get("memory", "0"))
+    return round(cpu * 100, 1), int(memory)
+
+
+def _quantity(text: str) -> float:
+    units = {"n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
+    for suffix in sorted(units, key=len, reverse=True):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * units[suffix]
+    return float(text)
 
 
 def _claim_state(claim: dict) -> ItemState:
