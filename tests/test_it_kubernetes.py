@@ -34,6 +34,10 @@ def test_every_manifest_validates_strictly_for_kubernetes_1_30_to_1_37(cast, dat
     objects = manifests(replace(spec, hosts=("shop.example.com",)))
     web = ["Secret", "PersistentVolumeClaim", "Service", "StatefulSet"] if stage == "development" else ["Secret", "Service", "Deployment"]
     assert [o["kind"] for o in objects] == ["Namespace", *web, "Secret", "PersistentVolumeClaim", "Service", "StatefulSet", "Ingress"]
+    if stage == "production":
+        from deployments.runtimes.kubernetes import build_manifests
+
+        objects += build_manifests(spec, spec.service("web"))
     for version in [f"1.{minor}.0" for minor in range(30, 38)]:
         for obj in objects:
             kubernetes_validate.validate(obj, version, strict=True)  # raises on any unknown or wrong field
@@ -216,3 +220,29 @@ def test_the_api_server_going_away_mid_apply_is_retried_without_duplicates(cast,
     for kind, names in (("Secret", ["env-redis", "env-web"]), ("PersistentVolumeClaim", ["redis-data", "web-code"]), ("Service", ["redis", "web"]),
                         ("StatefulSet", ["redis", "web"]), ("Ingress", ["web"])):  # fmt: skip
         assert sorted(o["metadata"]["name"] for o in kube.list(kind, ns)) == names, kind
+
+
+@needs_cluster
+@pytest.mark.django_db
+def test_a_production_deployment_builds_in_jobs_then_runs_its_image(cast, kube, settings) -> None:
+    from deployments import tasks
+    from deployments.models import Build
+    from deployments.runtimes.kubernetes import namespace
+    from deployments.services import create_deployment
+    from deployments.spec import current_spec
+
+    settings.DIPLOI_K8S_REGISTRY = "registry.test:5000/diploi"
+    d = create_deployment(cast.project, "Prod", "production", "main", cast.developer)
+    tasks.provision(d.pk)  # the Job's pod "runs" under KWOK and completes
+    d.refresh_from_db()
+    build = Build.objects.get(deployment=d)
+    assert (build.status, build.progress, d.state) == ("succeeded", 100, State.RUNNING), (build.error, d.state_reason)
+    assert "web: image pushed" in build.log
+    ns = namespace(current_spec(d))
+    job = kube.get("Job", f"build-{d.commit[:12]}-web", ns)
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--destination=registry.test:5000/diploi/shop-web:{d.commit}" in args and any(a.startswith("--context=git://") for a in args)
+    dockerfile = kube.get("ConfigMap", f"build-{d.commit[:12]}-web", ns)["data"]["Dockerfile"]
+    assert dockerfile.startswith("FROM python:3.12-slim") and "RUN if [ -f requirements.txt ]" in dockerfile
+    web = kube.get("Deployment", "web", ns)
+    assert web["spec"]["template"]["spec"]["containers"][0]["image"] == f"registry.test:5000/diploi/shop-web:{d.commit}"

@@ -24,6 +24,7 @@ from pathlib import Path
 from django.conf import settings
 
 from deployments.runtimes.base import (
+    BuildFailed,
     Colour,
     DeploymentSpec,
     ItemState,
@@ -188,6 +189,38 @@ def manifests(spec: DeploymentSpec) -> list[dict]:
     return objects
 
 
+def _build_name(spec: DeploymentSpec, service: ServiceSpec) -> str:
+    return f"build-{spec.commit[:12]}-{service.identifier}"[:63].rstrip("-")
+
+
+def build_manifests(spec: DeploymentSpec, service: ServiceSpec) -> list[dict]:
+    """A ConfigMap with the generated Dockerfile and the Job that builds and pushes the image."""
+    name = _build_name(spec, service)
+    ctx = _context(spec, service)
+    steps = [render(service.commands[step], ctx) for step in ("install", "build") if service.commands.get(step)]
+    folder = f"/code/{service.folder}".rstrip("/")
+    dockerfile = "\n".join([f"FROM {IMAGES.get(service.package, settings.DIPLOI_K8S_DEFAULT_IMAGE)}", "COPY . /code/", f"WORKDIR {folder}",
+                             *(f"RUN {step}" for step in steps), ""])  # fmt: skip
+    repository = spec.repository.split("://", 1)[-1]
+    image = _image(replace(spec, release=spec.commit), service)
+    container = {
+        "name": "build",
+        "image": settings.DIPLOI_K8S_BUILDER_IMAGE,
+        "args": [f"--context=git://{repository}#refs/heads/{spec.branch}#{spec.commit}", "--dockerfile=/build/Dockerfile", f"--destination={image}"],
+        "volumeMounts": [{"name": "dockerfile", "mountPath": "/build"}],
+    }
+    job = {
+        "backoffLimit": 0,
+        "ttlSecondsAfterFinished": 3600,
+        "template": {"metadata": {"labels": labels(spec, service)},
+                     "spec": {"restartPolicy": "Never", "containers": [container], "volumes": [{"name": "dockerfile", "configMap": {"name": name}}]}},
+    }  # fmt: skip
+    return [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(spec, name, service), "data": {"Dockerfile": dockerfile}},
+        {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(spec, name, service), "spec": job},
+    ]
+
+
 class KubernetesRuntime(Runtime):
     def __init__(self, kube: Kube | None = None) -> None:
         self.kube = kube or Kube(settings.DIPLOI_K8S_KUBECONFIG, settings.DIPLOI_K8S_CONTEXT)
@@ -257,7 +290,35 @@ class KubernetesRuntime(Runtime):
         self.kube.wait_gone("Namespace", namespace(spec), timeout=settings.DIPLOI_K8S_DELETE_TIMEOUT)
 
     def build(self, spec: DeploymentSpec, progress: Progress) -> str:
-        raise RuntimeFailure(f"Building images {NOT_YET}; run the build in CI and report the image.")
+        """One Job per component: the builder image builds the commit with a generated Dockerfile
+        (the package's image, the code, its install and build commands) and pushes the image the
+        workloads run. Progress follows the Jobs; a failed Job fails the build with its reason."""
+        components = [s for s in spec.services if s.kind == "component"]
+        self.kube.apply(manifests(spec)[0])  # the namespace
+        progress("clone", 0, f"Building {spec.commit[:10]} of {spec.branch} in the cluster")
+        for service in components:
+            for obj in build_manifests(spec, service):
+                self.kube.apply(obj)
+        progress("install", 25, f"{len(components)} build job(s) started")
+        deadline = time.monotonic() + settings.DIPLOI_K8S_BUILD_TIMEOUT
+        done: set[str] = set()
+        while len(done) < len(components):
+            for service in components:
+                if service.identifier in done:
+                    continue
+                job = self.kube.get("Job", _build_name(spec, service), namespace(spec)) or {}
+                conditions = {c["type"]: c for c in job.get("status", {}).get("conditions", []) if c.get("status") == "True"}
+                if "Failed" in conditions:
+                    raise BuildFailed("build", f"{service.identifier}: {conditions['Failed'].get('message') or conditions['Failed'].get('reason')}")
+                if "Complete" in conditions:
+                    done.add(service.identifier)
+                    progress("build", 25 + 65 * len(done) // len(components), f"{service.identifier}: image pushed")
+            if len(done) < len(components):
+                if time.monotonic() > deadline:
+                    raise BuildFailed("build", f"not finished after {settings.DIPLOI_K8S_BUILD_TIMEOUT} s")
+                time.sleep(1)
+        progress("release", 100, f"Release {spec.commit[:10]} ready")
+        return spec.commit
 
     def open_shell(self, spec: DeploymentSpec, service: str, command: str | None, pty: bool) -> Shell:
         raise RuntimeFailure(f"SSH sessions {NOT_YET}.")
