@@ -176,9 +176,13 @@ class Registry:
         self.failures[address].append(time.monotonic())
 
     def blocked(self, address: str) -> bool:
-        recent = self.failures[address]
+        recent = self.failures.get(address)
+        if recent is None:
+            return False
         while recent and recent[0] < time.monotonic() - 60:
             recent.popleft()
+        if not recent:
+            del self.failures[address]  # forget addresses that behave
         return len(recent) >= self.limits.failures_per_minute
 
 
