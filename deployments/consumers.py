@@ -18,6 +18,7 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.exceptions import PermissionDenied
+from django.db.models.functions import Length
 from django.http import Http404
 from django.template.loader import render_to_string
 from django.utils.html import escape
@@ -75,7 +76,7 @@ _rendered: dict[tuple, str] = {}
 def render_live(d: Deployment) -> str:
     """The live part of the Overview for `d.project.role`; the same state renders once per process."""
     latest = d.samples.order_by("-at").values_list("pk", flat=True).first()
-    build = d.builds.values_list("pk", "status", "progress").first()
+    build = d.builds.annotate(log_size=Length("log")).values_list("pk", "status", "progress", "log_size").first()
     domains = tuple(d.domains.values_list("name", "verified"))
     key = (d.pk, d.state, d.state_reason, d.enabled, d.commit, d.release_id, json.dumps(d.status, sort_keys=True),
            json.dumps(d.endpoints, sort_keys=True), latest, build, domains, d.project.can_write)  # fmt: skip

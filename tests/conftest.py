@@ -119,12 +119,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
 class Platform:
     def __init__(self, data_dir: Path, port: int) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "DIPLOI_DATA_DIR")}
         env["DIPLOI_SHUTDOWN_GRACE"] = str(GRACE)
         env["DIPLOI_MONITOR_INTERVAL"] = "1"
-        self.ssh_port = free_port()
+        # The README's screenshot shows the default SSH port when it is free.
+        self.ssh_port = 2222 if os.environ.get("DIPLOI_SCREENSHOT") and port_free(2222) else free_port()
         env["DIPLOI_SSH_PORT"] = str(self.ssh_port)
         self.port = port
         self.lines: list[str] = []

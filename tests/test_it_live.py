@@ -289,8 +289,12 @@ def test_the_live_fragment_follows_every_change_it_shows(cast, runtime) -> None:
     assert fragment() is first  # rendered once for many viewers
     Sample.objects.create(deployment=d, cpu_percent=42.5, memory_bytes=1 << 20)
     assert "42.5%" in fragment()
-    Build.objects.create(deployment=d, commit="c" * 40, status="running", progress=37)
+    build = Build.objects.create(deployment=d, commit="c" * 40, status="running", progress=37)
     assert 'aria-valuenow="37"' in fragment()
+    build.append_log("".join(f"line {i}\n" for i in range(20)))
+    build.save()
+    tail = fragment()
+    assert "line 19" in tail and "line 8\n" in tail and "line 7\n" not in tail  # the last twelve, as the build prints them
     Domain.objects.create(deployment=d, name="shop.example.com")
     assert "https://shop.example.com" in fragment()
     Deployment.objects.filter(pk=d.pk).update(status={"colour": "red", "reason": "web: exited", "tree": {}})

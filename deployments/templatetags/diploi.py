@@ -41,3 +41,9 @@ def uptime(started_at: float | None) -> str:
     parts = [(days, "d"), (hours, "h"), (minutes, "min"), (seconds, "s")]
     shown = [f"{n} {unit}" for n, unit in parts if n][:2]
     return " ".join(shown) or "0 s"
+
+
+@register.filter
+def last_lines(text: str | None, count: int = 12) -> str:
+    """The end of a log: what a running build printed last."""
+    return "\n".join((text or "").rstrip("\n").splitlines()[-int(count) :])
