@@ -34,7 +34,9 @@ def stored_tree(d: Deployment) -> StatusTree:
     tree = status.get("tree", {})
 
     def items(branch: str) -> tuple[ItemState, ...]:
-        return tuple(ItemState(name, Colour(colour), message) for name, colour, message in tree.get(branch, []))
+        # [name, colour, message, restarts, started_at]; trees stored before restarts were kept have three fields.
+        rows = [(*row, 0, None)[:5] for row in tree.get(branch, [])]
+        return tuple(ItemState(name, Colour(colour), message, restarts=restarts, started_at=started) for name, colour, message, restarts, started in rows)
 
     colour = Colour(status["colour"]) if status.get("colour") else Colour.PENDING
     return StatusTree(colour, status.get("reason", "Waiting for the monitor"), items("storage"), items("builds"), items("containers"), items("services"))

@@ -82,9 +82,10 @@ class Monitor:
 
 
 def stored_status(tree: StatusTree) -> dict:
-    """The tree as stored: colours and messages, not the samples that change every tick."""
+    """The tree as stored: colours, messages, restarts and start times — not the CPU readings that
+    change every tick (those are samples)."""
     return {
         "colour": tree.colour.value,
         "reason": tree.reason,
-        "tree": {branch: [[i.name, i.colour.value, i.message] for i in getattr(tree, branch)] for branch in tree.branches},
+        "tree": {branch: [[i.name, i.colour.value, i.message, i.restarts, i.started_at] for i in getattr(tree, branch)] for branch in tree.branches},
     }

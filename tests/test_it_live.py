@@ -161,6 +161,10 @@ async def test_the_monitor_stores_status_and_pushes_it_live(cast, runtime, redis
     assert all(c[1] == "green" for c in status["tree"]["containers"])
     fragment = await communicator.receive_from(timeout=10)
     assert f'id="deployment-{d.pk}-cpu"' in fragment
+    assert all(len(c) == 5 and c[4] for c in status["tree"]["containers"])  # start times are kept with the tree
+    while "<strong>Running</strong>" not in fragment:  # earlier ticks' fragments may still be queued
+        fragment = await communicator.receive_from(timeout=10)
+    assert " · up " in fragment
     assert await sync_to_async(d.samples.count)() >= 1
     await communicator.disconnect()
 
