@@ -53,9 +53,11 @@ def sample_due(last: datetime | None, now: datetime) -> bool:
     return last is None or last <= now - SAMPLE_EVERY
 
 
-def record_sample(d: Deployment, tree: StatusTree) -> None:
-    """The page's own observation, kept as a sample when one is due."""
+def record_sample(d: Deployment, tree: StatusTree) -> Sample:
+    """The page's own observation, kept as a sample when one is due; returned either way."""
     now = timezone.now()
+    sample = sample_of(d, tree, now)
     if sample_due(Sample.objects.filter(deployment=d).order_by("-at").values_list("at", flat=True).first(), now):
-        sample_of(d, tree, now).save()
+        sample.save()
         Sample.objects.filter(deployment=d, at__lt=now - KEEP_SAMPLES).delete()
+    return sample

@@ -65,11 +65,12 @@ class Monitor:
             try:
                 tree = status_tree(d, observations[d.pk])
                 status = stored_status(tree)
-                if status != d.status:
+                moved, due = status != d.status, sample_due(d.last_sample, now)
+                if moved:
                     Deployment.objects.filter(pk=d.pk).update(status=status)
-                if sample_due(d.last_sample, now):
+                if due:
                     samples.append(sample_of(d, tree, now))
-                if status != d.status or sample_due(d.last_sample, now):  # the colour, the tree or the CPU figure moved
+                if moved or due:  # the colour, the tree or the CPU figure changed
                     changed.append(d)
             except Exception:  # noqa: BLE001
                 log.exception("monitor: cannot update deployment %s", d.pk)

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
 from django.utils import timezone
 
 from accounts.models import SSHKey
@@ -34,6 +33,11 @@ from projects.models import WRITE_ROLES, Membership
 
 log = logging.getLogger(__name__)
 HOST_KEY = "ssh_host_ed25519_key"
+
+
+def db(func: Callable) -> Callable:
+    """Database work off the event loop, in the thread pool, with Django's connection housekeeping."""
+    return database_sync_to_async(func, thread_sensitive=False)
 
 
 def host_key_path() -> Path:
@@ -237,7 +241,7 @@ class Connection(asyncssh.SSHServer):
         if self.gateway.registry.blocked(self.host):
             return False
         try:
-            self.target = await self.gateway.db(resolve, username, key.get_fingerprint("sha256"))
+            self.target = await db(resolve)(username, key.get_fingerprint("sha256"))
             return True
         except Refused as e:
             self.gateway.registry.failed(self.host)
@@ -271,16 +275,6 @@ class Gateway:
         self.pending: set[asyncio.Task] = set()
         self.sessions: set[asyncio.Task] = set()
         self.runtime = get_runtime()
-
-    async def db(self, func: Callable, *args):
-        def call():
-            close_old_connections()
-            try:
-                return func(*args)
-            finally:
-                close_old_connections()
-
-        return await sync_to_async(call, thread_sensitive=False)()
 
     async def start(self, host: str, port: int) -> asyncssh.SSHAcceptor:
         key = await asyncio.to_thread(load_host_key)
@@ -338,14 +332,14 @@ class Gateway:
 
         self.registry.open(target)
         try:
-            return target, await self.db(record)
+            return target, await db(record)()
         except BaseException:
             self.registry.close(target)
             raise
 
     async def end(self, target: Target, record: int, status: int | None) -> None:
         self.registry.close(target)
-        await self.db(lambda: SSHSession.objects.filter(pk=record).update(ended=timezone.now(), exit_status=status))
+        await db(lambda: SSHSession.objects.filter(pk=record).update(ended=timezone.now(), exit_status=status))()
 
     async def session(self, process: asyncssh.SSHServerProcess) -> None:
         task = asyncio.current_task()
@@ -376,7 +370,7 @@ class Gateway:
 
     async def run_shell(self, conn: Connection, target: Target, process: asyncssh.SSHServerProcess, command: str | None) -> int:
         loop = asyncio.get_running_loop()
-        spec = await self.db(spec_of, target)
+        spec = await db(spec_of)(target)
         terminal = process.get_terminal_type() is not None
         shell: Shell = await loop.run_in_executor(self.pool, lambda: self.runtime.open_shell(spec, target.component, command, terminal))
         if terminal:
@@ -429,7 +423,7 @@ class Gateway:
         conn: Connection = chan.get_connection().get_owner()
         try:
             target = conn.target
-            spec = await self.db(spec_of, target)
+            spec = await db(spec_of)(target)
             root = os.path.realpath(self.runtime.files_root(spec, target.component))
             started = await self.begin(conn, SSHSession.Kind.SFTP)
         except (Refused, RuntimeFailure) as e:
@@ -440,7 +434,7 @@ class Gateway:
 
     def forward(self, conn: Connection, target: Target, host: str, port: int) -> Awaitable:
         async def open_forward() -> asyncssh.SSHTCPSession:
-            spec = await self.db(spec_of, target)
+            spec = await db(spec_of)(target)
             try:
                 address = self.runtime.forward_address(spec, target.component, host, port)
             except RuntimeFailure as e:

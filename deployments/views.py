@@ -102,8 +102,8 @@ def overview_context(d: Deployment, user: User | None = None, observe: bool = Tr
     samples = list(Sample.objects.filter(deployment=d, at__gte=timezone.now() - timedelta(minutes=15)).values_list("cpu_percent", "memory_bytes"))
     if observe:
         tree = status_tree(d)
-        record_sample(d, tree)
-        cpu, memory = sum(c.cpu_percent or 0 for c in tree.containers), sum(c.memory_bytes or 0 for c in tree.containers)
+        sample = record_sample(d, tree)
+        cpu, memory = sample.cpu_percent, sample.memory_bytes
     else:
         tree = stored_tree(d)
         cpu, memory = samples[-1] if samples else (0, 0)

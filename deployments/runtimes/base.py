@@ -8,7 +8,7 @@ machine) and kubernetes.py.
 import shlex
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -79,6 +79,18 @@ class ServiceSpec:
     imports: tuple[EnvImport, ...] = ()
     password: str = ""
     health: dict[str, object] = field(default_factory=dict)
+
+
+def imported_env(spec: "DeploymentSpec", service: "ServiceSpec", context: Callable[["ServiceSpec"], dict[str, str]]) -> dict[str, str]:
+    """What `service` takes from the others' exports (env.include), filled with each provider's
+    values as `context` gives them in this runtime (addresses differ between runtimes)."""
+    by_id = {s.identifier: s for s in spec.services}
+    env = {}
+    for imp in service.imports:
+        source = by_id.get(imp.source)
+        if source and imp.source_name in source.exports:
+            env[imp.name] = render(source.exports[imp.source_name], context(source))
+    return env
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from deployments.runtimes.base import (
     RuntimeFailure,
     ServiceSpec,
     Shell,
+    imported_env,
     render,
 )
 from deployments.runtimes.k8s_client import Kube
@@ -89,16 +90,11 @@ def _context(spec: DeploymentSpec, service: ServiceSpec) -> dict[str, str]:
 
 
 def environment(spec: DeploymentSpec, service: ServiceSpec) -> dict[str, str]:
-    ctx = _context(spec, service)
     env = {"HOST": "0.0.0.0", "PYTHONUNBUFFERED": "1", "DIPLOI_STAGE": spec.stage, "DIPLOI_COMMIT": spec.commit}
     if service.ports:
         env["PORT"] = str(service.ports[0].port)
-    env.update({k: render(v, ctx) for k, v in service.env.items()})
-    by_id = {s.identifier: s for s in spec.services}
-    for imp in service.imports:
-        source = by_id.get(imp.source)
-        if source and imp.source_name in source.exports:
-            env[imp.name] = render(source.exports[imp.source_name], _context(spec, source))
+    env.update(service.env)  # literal values, as the local runtime sets them
+    env.update(imported_env(spec, service, lambda source: _context(spec, source)))
     return env
 
 
@@ -106,6 +102,11 @@ def _image(spec: DeploymentSpec, service: ServiceSpec) -> str:
     if service.kind == "component" and spec.stage != "development":
         return f"{settings.DIPLOI_K8S_REGISTRY}/{spec.project_slug}-{service.identifier}:{spec.release or spec.commit}"
     return IMAGES.get(service.package, settings.DIPLOI_K8S_DEFAULT_IMAGE)
+
+
+def _workload_kind(spec: DeploymentSpec, service: ServiceSpec) -> str:
+    """Add-ons and development components keep their state (StatefulSet); built components are Deployments."""
+    return "StatefulSet" if service.kind == "addon" or spec.stage == "development" else "Deployment"
 
 
 def _workload(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -> dict:
@@ -139,10 +140,10 @@ def _workload(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -
         "selector": {"matchLabels": {DEPLOYMENT_ID: str(spec.id), COMPONENT: service.identifier}},
         "template": template,
     }
-    if service.kind == "addon" or development:
+    kind = _workload_kind(spec, service)
+    if kind == "StatefulSet":
         workload["serviceName"] = service.identifier
-        return {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": _meta(spec, service.identifier, service), "spec": workload}
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(spec, service.identifier, service), "spec": workload}
+    return {"apiVersion": "apps/v1", "kind": kind, "metadata": _meta(spec, service.identifier, service), "spec": workload}
 
 
 def _claim(spec: DeploymentSpec, service: ServiceSpec, name: str, size: str) -> dict:
@@ -236,9 +237,8 @@ class KubernetesRuntime(Runtime):
         self.apply(replace(spec, enabled=enabled))
 
     def restart(self, spec: DeploymentSpec, service: str) -> None:
-        workload = _workload(spec, spec.service(service), {})
         stamp = {"spec": {"template": {"metadata": {"annotations": {"diploi.io/restarted-at": str(time.time())}}}}}
-        self.kube.patch(workload["kind"], service, namespace(spec), stamp)
+        self.kube.patch(_workload_kind(spec, spec.service(service)), service, namespace(spec), stamp)
 
     def observe(self, specs: list[DeploymentSpec]) -> dict[int, Observation]:
         wanted = {s.id: s for s in specs}

@@ -44,6 +44,7 @@ from deployments.runtimes.base import (
     RuntimeFailure,
     ServiceSpec,
     TransientFailure,
+    imported_env,
     render,
 )
 from deployments.runtimes.supervisor import BASE_DIR, Supervisor
@@ -213,11 +214,7 @@ priority={100 if service.kind == "addon" else 200}
         if own:
             env["PORT"] = str(next(iter(own.values())))
         env.update(service.env)
-        by_id = {s.identifier: s for s in spec.services}
-        for imp in service.imports:
-            source = by_id.get(imp.source)
-            if source and imp.source_name in source.exports:
-                env[imp.name] = render(source.exports[imp.source_name], self._context(spec, source, ports))
+        env.update(imported_env(spec, service, lambda source: self._context(spec, source, ports)))
         return env
 
     def _ports(self, spec: DeploymentSpec) -> dict[str, dict[str, int]]:
