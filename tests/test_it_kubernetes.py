@@ -2,12 +2,15 @@
 scheduler, etcd, KWOK nodes) — or any cluster DIPLOI_TEST_KUBECONFIG points at. The manifest checks
 need no cluster."""
 
+import asyncio
 import os
+import shutil
+import subprocess
 from dataclasses import replace
 
 import pytest
 
-from deployments.models import Deployment, State
+from deployments.models import Deployment, SSHSession, State
 from tests.conftest import wait_until
 
 KUBECONFIG = os.environ.get("DIPLOI_TEST_KUBECONFIG", "")
@@ -246,3 +249,75 @@ def test_a_production_deployment_builds_in_jobs_then_runs_its_image(cast, kube, 
     assert dockerfile.startswith("FROM python:3.12-slim") and "RUN if [ -f requirements.txt ]" in dockerfile
     web = kube.get("Deployment", "web", ns)
     assert web["spec"]["template"]["spec"]["containers"][0]["image"] == f"registry.test:5000/diploi/shop-web:{d.commit}"
+
+
+@needs_cluster
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="OpenSSH's ssh is not installed (.ci/run installs openssh-client)")
+def test_ssh_sessions_run_in_the_pod_through_the_exec_api(cast, kube, tmp_path) -> None:
+    """The SSH gateway on the Kubernetes runtime. On the test control plane KWOK answers the pod
+    exec API by running the command on this machine (its ClusterExec, env DIPLOI_TEST_EXEC=kwok);
+    on a real cluster it runs in the container, with the deployment's env."""
+    from deployments.runtimes import get_runtime
+    from deployments.runtimes.kubernetes import namespace
+    from tests.test_it_ssh import GatewayThread, client, new_key, read_until, ssh
+
+    d, spec = sample_spec(cast)
+    runtime = get_runtime()
+    runtime.apply(spec)
+    wait_until(lambda: green(runtime, spec), timeout=90, what="pods Running")
+    g = GatewayThread()
+    try:
+        key = new_key(tmp_path, "dev-key", cast.developer)
+        result = ssh(g.port, key, "dev", "echo env=$DIPLOI_TEST_EXEC$GREETING; echo oops >&2; exit 3", quiet=True)
+        assert (result.returncode, result.stderr) == (3, "oops\n")
+        assert result.stdout in ("env=kwok\n", "env=Hello from Diploi\n")
+        simulated = result.stdout == "env=kwok\n"
+
+        async def sessions() -> dict:
+            found = {}
+            async with client(g.port, key) as conn:
+                found["stdin"] = (await conn.run("head -n 1; echo after", input="a line\nnot this\n")).stdout
+                process = await conn.create_process(term_type="xterm", term_size=(100, 30), encoding="utf-8")
+                process.stdin.write("stty size\n")
+                await read_until(process, "30 100")
+                process.change_terminal_size(120, 40)
+                process.stdin.write("stty size; exit 4\n")
+                await read_until(process, "40 120")
+                await process.wait_closed()
+                found["terminal"] = process.exit_status
+            async with client(g.port, key) as conn:  # a client that goes away in the middle of a command
+                await conn.create_process("sleep 301 & sleep 302")
+                if simulated:
+                    await asyncio.to_thread(wait_until, lambda: running("sleep 301") and running("sleep 302"), what="the session's commands")
+                conn.abort()
+            return found
+
+        found = asyncio.run(asyncio.wait_for(sessions(), 90))
+        assert found == {"stdin": "a line\nafter\n", "terminal": 4}
+        if simulated:  # what the session started ends with it
+            wait_until(lambda: not running("sleep 301") and not running("sleep 302"), what="the session's processes to end")
+        recorded = list(SSHSession.objects.filter(deployment=d).order_by("started").values_list("kind", "exit_status"))
+        assert recorded[:3] == [("exec", 3), ("exec", 0), ("shell", 4)] and recorded[3][0] == "exec"
+        wait_until(lambda: SSHSession.objects.filter(deployment=d, ended__isnull=True).count() == 0, what="the last session to end")
+
+        runtime.set_enabled(spec, False)  # no pod to run in: said plainly
+        wait_until(lambda: not kube.list("Pod", namespace(spec)), timeout=60, what="the pods to go")
+        refused = ssh(g.port, key, "dev", "true")
+        assert refused.returncode == 1 and "web has no running pod" in refused.stderr
+    finally:
+        g.stop()
+
+
+def running(pattern: str) -> bool:
+    return subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0
+
+
+def test_exit_status_from_the_exec_streams_final_status() -> None:
+    from deployments.runtimes.k8s_client import exit_status
+
+    kubelet = {"status": "Failure", "reason": "NonZeroExitCode", "message": "command terminated with non-zero exit code: error executing "
+               "command [sh -c exit 7], exit code 7", "details": {"causes": [{"reason": "ExitCode", "message": "7"}]}}  # fmt: skip
+    kwok = {"status": "Failure", "reason": "InternalError", "message": "error executing command in container: cmd wait: sh: exit status 5"}
+    assert exit_status({"status": "Success"}) == 0 and exit_status(kubelet) == 7 and exit_status(kwok) == 5
+    assert exit_status(None) == 255 and exit_status({"status": "Failure", "message": "container not found"}) == 255

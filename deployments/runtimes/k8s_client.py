@@ -9,6 +9,9 @@ retried create counts as success.
 import json
 import logging
 import os
+import queue
+import re
+import threading
 import time
 from collections.abc import Iterator
 
@@ -16,6 +19,8 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+from kubernetes.stream import ws_client
+from websocket import WebSocketBadStatusException, WebSocketException
 
 from deployments.runtimes.base import RuntimeFailure, TransientFailure
 
@@ -175,3 +180,107 @@ class Kube:
                 yield buffer.decode(errors="replace")
         finally:
             response.release_conn()
+
+    def exec(self, namespace: str, pod: str, container: str, argv: "list[str]", tty: bool) -> "Exec":
+        """`argv` in a running container through the pod exec API (a websocket, channel protocol v5)."""
+        self.calls += 1
+        query = [("container", container), ("stdin", "true"), ("stdout", "true"), ("stderr", "false" if tty else "true"),
+                 ("tty", "true" if tty else "false"), *(("command", arg) for arg in argv)]  # fmt: skip
+        _, url, headers, _, _ = self.api.param_serialize("GET", path("Pod", namespace, pod, "exec"), query_params=query, auth_settings=["BearerToken"])
+        headers = {k.lower(): v for k, v in headers.items()}
+        try:
+            sock = ws_client.create_websocket(self.configuration, ws_client.get_websocket_url(url), headers)
+        except WebSocketBadStatusException as e:
+            raise self._error(e.status_code, e.resp_body or str(e)) from None
+        except (OSError, WebSocketException) as e:
+            raise KubeUnavailable(0, str(e)) from None
+        return Exec(sock)
+
+
+class Exec:
+    """One exec stream. Channels: 0 stdin, 1 stdout, 2 stderr, 3 the final status, 4 terminal size,
+    255 close (v5: the end of stdin). A thread reads the socket and sorts frames into queues."""
+
+    STDIN, STDOUT, STDERR, STATUS, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
+
+    def __init__(self, sock) -> None:
+        self.sock = sock
+        protocol = getattr(sock, "subprotocol", None) or {k.lower(): v for k, v in (sock.getheaders() or {}).items()}.get("sec-websocket-protocol")
+        self.v5 = protocol == ws_client.V5_CHANNEL_PROTOCOL
+        self.out: queue.Queue[bytes] = queue.Queue()
+        self.err: queue.Queue[bytes] = queue.Queue()
+        self.status: dict | None = None
+        self.lock = threading.Lock()  # websocket-client sends are not thread-safe
+        self.reader = threading.Thread(target=self._read, daemon=True, name="kube-exec")
+        self.reader.start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                opcode, frame = self.sock.recv_data()
+                if opcode == 8 or not frame:  # closed by the server
+                    break
+                channel, data = frame[0], frame[1:]
+                if not data:  # the server opens each channel with an empty frame
+                    continue
+                if channel == self.STDOUT:
+                    self.out.put(bytes(data))
+                elif channel == self.STDERR:
+                    self.err.put(bytes(data))
+                elif channel == self.STATUS:
+                    self.status = json.loads(data or b"{}")
+        except (OSError, WebSocketException, ValueError):
+            pass
+        finally:
+            self.out.put(b"")
+            self.err.put(b"")
+
+    def _send(self, channel: int, data: bytes) -> None:
+        try:
+            with self.lock:
+                self.sock.send_binary(bytes([channel]) + data)
+        except (OSError, WebSocketException):
+            pass  # the stream has ended; the reader reports it
+
+    def write(self, data: bytes) -> None:
+        self._send(self.STDIN, data)
+
+    def close_stdin(self) -> None:
+        if self.v5:
+            self._send(self.CLOSE, bytes([self.STDIN]))
+
+    def resize(self, columns: int, rows: int) -> None:
+        self._send(self.RESIZE, json.dumps({"Width": columns, "Height": rows}).encode())
+
+    def read(self, size: int = 65536) -> bytes:
+        return self.out.get()
+
+    def read_stderr(self, size: int = 65536) -> bytes:
+        return self.err.get()
+
+    def kill(self) -> None:
+        """Close the stream: the container runtime ends the process with its terminal."""
+        try:
+            self.sock.close(timeout=1)
+        except (OSError, WebSocketException):
+            pass
+
+    def close(self) -> int:
+        self.reader.join()
+        self.kill()
+        return exit_status(self.status)
+
+
+def exit_status(status: dict | None) -> int:
+    """The exit code in the exec API's final status: Success → 0; the kubelet's NonZeroExitCode
+    carries it as the ExitCode cause; runtimes that pass Go's exec error on (KWOK) end the message
+    with "exit status N". 255 when the stream ended without a status."""
+    if not status:
+        return 255
+    if status.get("status") == "Success":
+        return 0
+    for cause in (status.get("details") or {}).get("causes") or []:
+        if cause.get("reason") == "ExitCode" and str(cause.get("message", "")).isdigit():
+            return int(cause["message"])
+    found = re.search(r"exit status (\d+)$", status.get("message", ""))
+    return int(found.group(1)) if found else 255

@@ -14,6 +14,8 @@ TLS by cert-manager's cluster issuer).
 
 import hashlib
 import json
+import logging
+import secrets
 import threading
 import time
 from collections import defaultdict
@@ -49,6 +51,7 @@ SIZES = {  # requests, limits per component
 }
 IMAGES = {"python": "python:3.12-slim", "node": "node:22-slim", "redis": "valkey/valkey:8", "postgres": "postgres:16"}
 NOT_YET = "is not available on the Kubernetes runtime yet"
+log = logging.getLogger(__name__)
 
 
 def namespace(spec: DeploymentSpec) -> str:
@@ -273,13 +276,20 @@ class KubernetesRuntime(Runtime):
                 services.append(ItemState(service.identifier, Colour.PENDING if not spec.enabled else Colour.YELLOW, "no ready replica"))
         return Observation(storage=storage, containers=tuple(containers), services=tuple(services))
 
-    def logs(self, spec: DeploymentSpec, service: str, follow: bool = False, since: int | None = None, tail: int = 200,
-             stop: threading.Event | None = None) -> Iterator[str]:  # fmt: skip
+    def _pod(self, spec: DeploymentSpec, service: str, running: bool = False) -> str | None:
+        """The name of one pod of the service (a running one when asked), or None."""
         spec.service(service)
         pods = self.kube.list("Pod", namespace(spec), f"{DEPLOYMENT_ID}={spec.id},{COMPONENT}={service}")
-        if not pods:
+        if running:
+            pods = [p for p in pods if p.get("status", {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
+        return pods[0]["metadata"]["name"] if pods else None
+
+    def logs(self, spec: DeploymentSpec, service: str, follow: bool = False, since: int | None = None, tail: int = 200,
+             stop: threading.Event | None = None) -> Iterator[str]:  # fmt: skip
+        pod = self._pod(spec, service)
+        if pod is None:
             return
-        for line in self.kube.logs(namespace(spec), pods[0]["metadata"]["name"], service, follow=follow, tail=None if since == 0 else tail):
+        for line in self.kube.logs(namespace(spec), pod, service, follow=follow, tail=None if since == 0 else tail):
             if stop is not None and stop.is_set():
                 return
             yield line
@@ -321,7 +331,12 @@ class KubernetesRuntime(Runtime):
         return spec.commit
 
     def open_shell(self, spec: DeploymentSpec, service: str, command: str | None, pty: bool) -> Shell:
-        raise RuntimeFailure(f"SSH sessions {NOT_YET}.")
+        """Through the pod exec API: the container's environment and working directory, a terminal
+        when asked (resized through the stream), the exit status from the stream's final status."""
+        pod = self._pod(spec, service, running=True)
+        if pod is None:
+            raise RuntimeFailure(f"{service} has no running pod; is the deployment running?")
+        return PodShell(self.kube, namespace(spec), pod, service, command, pty)
 
     def files_root(self, spec: DeploymentSpec, service: str) -> Path:
         raise RuntimeFailure(f"SFTP {NOT_YET}.")
@@ -331,6 +346,42 @@ class KubernetesRuntime(Runtime):
 
     def copy_storage(self, source: DeploymentSpec, target: DeploymentSpec) -> None:
         raise RuntimeFailure(f"Copying storage {NOT_YET}; clone without copying storage.")
+
+
+class PodShell:
+    """A session in a container through the exec API. Closing an exec stream does not end its
+    process everywhere (the kubelet leaves a command without a terminal running), so the session
+    starts by writing its PID to a file, and `kill` ends that process and its children with a
+    second exec."""
+
+    def __init__(self, kube: Kube, ns: str, pod: str, container: str, command: str | None, pty: bool) -> None:
+        self.kube, self.target = kube, (ns, pod, container)
+        self.pidfile = f"/tmp/.diploi-session-{secrets.token_hex(8)}"
+        argv = ["/bin/sh", "-c", command] if command else ["/bin/sh", "-i" if pty else "-s"]
+        wrapper = f'echo $$ > {self.pidfile} 2> /dev/null; exec "$@"'
+        self.stream = kube.exec(ns, pod, container, ["/bin/sh", "-c", wrapper, "diploi-session", *argv], pty)
+        self.write, self.close_stdin, self.resize = self.stream.write, self.stream.close_stdin, self.stream.resize
+        self.read, self.read_stderr = self.stream.read, self.stream.read_stderr
+
+    def _finish(self, kill: bool) -> None:
+        """Forget the PID file; with `kill`, first end the session's process and its children."""
+        script = f"rm -f {self.pidfile}"
+        if kill:
+            script = (f'p=$(cat {self.pidfile}) && for s in /proc/[0-9]*/stat; do read -r c _ _ pp _ < "$s" && [ "$pp" = "$p" ] '
+                      f'&& kill -TERM "$c"; done 2> /dev/null; kill -TERM "$p" 2> /dev/null; {script}')  # fmt: skip
+        try:
+            self.kube.exec(*self.target, ["/bin/sh", "-c", script], False).close()
+        except RuntimeFailure:
+            log.warning("could not end the session %s in %s", self.pidfile, "/".join(self.target))
+
+    def kill(self) -> None:
+        self.stream.kill()
+        self._finish(kill=True)
+
+    def close(self) -> int:
+        status = self.stream.close()
+        self._finish(kill=False)
+        return status
 
 
 def _usage(metrics: dict) -> tuple[float, int]:
