@@ -140,6 +140,7 @@ class Build(models.Model):
     log = models.TextField(blank=True)
     error = models.CharField(max_length=500, blank=True)
     external_url = models.URLField(blank=True, help_text="The CI run that built this release, when built elsewhere.")
+    images = models.JSONField(default=dict, blank=True, help_text="Component → image reference, when CI built them.")
     created = models.DateTimeField(auto_now_add=True)
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
@@ -157,6 +158,26 @@ class Build(models.Model):
         if len(log) > limit:
             log = "[… earlier output trimmed …]\n" + log[-(limit - 40) :]
         self.log = log
+
+
+class CIReport(models.Model):
+    """What CI reported for one component at one commit (external build mode). Kept per project, so
+    a report that arrives before Diploi has started waiting for it is not lost."""
+
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="ci_reports")
+    commit = models.CharField(max_length=40)
+    component = models.CharField(max_length=63)
+    status = models.CharField(max_length=20, choices=BuildStatus.choices)
+    image = models.CharField(max_length=500, blank=True)
+    url = models.URLField(max_length=500, blank=True)
+    message = models.CharField(max_length=500, blank=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "commit", "component"], name="one_report_per_component")]
+
+    def __str__(self) -> str:
+        return f"{self.component}@{self.commit[:10]}: {self.status}"
 
 
 class EnvVar(models.Model):

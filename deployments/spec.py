@@ -3,7 +3,7 @@
 import json
 import secrets
 
-from deployments.models import Deployment, EnvVar
+from deployments.models import Build, Deployment, EnvVar
 from deployments.runtimes.base import DeploymentSpec, EnvImport, PortSpec, ServiceSpec, VolumeSpec
 from projects import git
 from projects.stack import GitTree, project_mirror
@@ -43,7 +43,9 @@ def ensure_credentials(deployment: Deployment, stack: Stack) -> dict[str, str]:
     return creds
 
 
-def build_spec(deployment: Deployment, stack: Stack, commit: str, release: str = "") -> DeploymentSpec:
+def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build | None = None) -> DeploymentSpec:
+    """What should run: `commit`'s stack with the deployment's env, and (staging/production) the
+    release to run — its commit, and the images CI reported for it in external build mode."""
     creds = ensure_credentials(deployment, stack)
     user_env: dict[str, dict[str, str]] = {}
     for var in EnvVar.objects.filter(deployment=deployment):
@@ -94,7 +96,8 @@ def build_spec(deployment: Deployment, stack: Stack, commit: str, release: str =
         enabled=deployment.enabled,
         services=tuple(services),
         hosts=tuple(deployment.domains.values_list("name", flat=True)),
-        release=release,
+        release=release.commit if release else "",
+        images=tuple(sorted(release.images.items())) if release else (),
     )
 
 
@@ -115,8 +118,7 @@ def current_spec(deployment: Deployment) -> DeploymentSpec:
         stack = load_stack(deployment, deployment.commit)
     except (StackInvalid, git.GitError):
         return minimal_spec(deployment)
-    release = deployment.release.commit if deployment.release_id else ""
-    return build_spec(deployment, stack, deployment.commit, release)
+    return build_spec(deployment, stack, deployment.commit, deployment.release if deployment.release_id else None)
 
 
 def _imports(stack: Stack) -> tuple[EnvImport, ...]:

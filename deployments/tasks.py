@@ -7,9 +7,9 @@ from celery import shared_task
 from django.db import transaction
 from django.utils import timezone
 
-from deployments import events
+from deployments import ci, events
 from deployments.models import Build, BuildStatus, Deployment, State
-from deployments.runtimes import get_runtime
+from deployments.runtimes import builds_externally, get_runtime
 from deployments.runtimes.base import BuildFailed, DeploymentSpec, RuntimeFailure, TransientFailure
 from deployments.spec import StackInvalid, build_spec, current_spec, fetch_branch, load_stack, minimal_spec
 from projects.git import GitError
@@ -40,13 +40,20 @@ def provision(deployment_id: int, force_build: bool = False, actor: str = "task:
     if deployment.builds_releases and (force_build or release is None or release.commit != commit):
         build = Build.objects.filter(deployment=deployment, commit=commit, status__in=[BuildStatus.QUEUED, BuildStatus.RUNNING]).first()
         build = build or Build.objects.create(deployment=deployment, commit=commit)
-        deployment.transition(State.BUILDING, actor, f"building {commit[:10]}")
-        if not run_build(build, build_spec(deployment, stack, commit, release.commit if release else "")):
-            _settle_after_failure(deployment, actor, f"build of {commit[:10]} failed at {build.error}")
+        if builds_externally():
+            built = ci.take_external_build(build, deployment.project_id, [s.identifier for s in stack.services if s.kind == "component"])
+            if built is None:
+                deployment.transition(State.BUILDING, actor, f"waiting for CI to report the images of {commit[:10]}")
+                return  # each report from CI provisions again
+        else:
+            deployment.transition(State.BUILDING, actor, f"building {commit[:10]}")
+            built = run_build(build, build_spec(deployment, stack, commit, release))
+        if not built:
+            _settle_after_failure(deployment, actor, f"build of {commit[:10]}: {build.error}")
             return
         release = build
 
-    spec = build_spec(deployment, stack, commit, release.commit if release and deployment.builds_releases else "")
+    spec = build_spec(deployment, stack, commit, release if deployment.builds_releases else None)
     if deployment.copy_storage_pending:
         if deployment.clone_of_id:
             get_runtime().copy_storage(minimal_spec(deployment.clone_of), spec)

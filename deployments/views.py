@@ -1,3 +1,4 @@
+import json
 from datetime import timedelta
 
 from django.conf import settings
@@ -5,14 +6,15 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.models import User
-from deployments import tasks
+from deployments import ci, tasks
 from deployments.access import get_deployment_for_user
 from deployments.domains import cname_target, normalise_domain, verify
 from deployments.forms import (
@@ -33,9 +35,11 @@ from deployments.spec import current_spec
 from deployments.sshgateway import host_key_fingerprint, ssh_username
 from diploi.http import redirect_to
 from projects.access import get_project_for_user
+from projects.models import Project
 from projects.stack import branches
 
 LOG_LINES = 200
+CI_REPORT_LIMIT = 16384
 
 
 def sparkline(values: list[float], width: int = 240, height: int = 40) -> str:
@@ -363,3 +367,31 @@ def deployment_logs_download(request: HttpRequest, project_slug: str, slug: str,
     response = StreamingHttpResponse((line + "\n" for line in lines), content_type="text/plain; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{d.project.slug}-{d.slug}-{service}.log"'
     return response
+
+
+@csrf_exempt
+@require_POST
+def ci_build_report(request: HttpRequest) -> JsonResponse:
+    """CI reports a component's image at a commit (external build mode), with the project's CI token.
+    A bad or missing token is 401 whatever the project (nothing about projects is disclosed)."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    project = Project.for_ci_token(token.strip()) if scheme.lower() == "bearer" else None
+    if project is None:
+        response = JsonResponse({"error": "A valid CI token is needed: Authorization: Bearer <the project's CI token>."}, status=401)
+        response["WWW-Authenticate"] = "Bearer"
+        return response
+    if len(request.body) > CI_REPORT_LIMIT:
+        return JsonResponse({"error": f"The report is larger than {CI_REPORT_LIMIT} bytes."}, status=413)
+    try:
+        data = json.loads(request.body or b"null")
+    except ValueError as e:
+        return JsonResponse({"error": f"The body is not JSON: {e}"}, status=400)
+    try:
+        report = ci.record_report(project, data)
+    except ValidationError as e:
+        return JsonResponse({"error": "The report was not accepted.", "fields": {k: " ".join(v) for k, v in e.message_dict.items()}}, status=400)
+    waiting = ci.waiting_deployments(project, report.commit)
+    for d in waiting:
+        tasks.provision.delay_on_commit(d.pk, actor="ci")
+    return JsonResponse({"commit": report.commit, "component": report.component, "status": report.status,
+                         "deployments": [d.slug for d in waiting]}, status=202)  # fmt: skip

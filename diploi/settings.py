@@ -184,6 +184,9 @@ DIPLOI_K8S_CODE_SIZE = envstr("DIPLOI_K8S_CODE_SIZE", "1Gi")
 DIPLOI_K8S_DELETE_TIMEOUT = envint("DIPLOI_K8S_DELETE_TIMEOUT", 300, minimum=1)
 DIPLOI_K8S_BUILDER_IMAGE = envstr("DIPLOI_K8S_BUILDER_IMAGE", "gcr.io/kaniko-project/executor:v1.23.2")
 DIPLOI_K8S_BUILD_TIMEOUT = envint("DIPLOI_K8S_BUILD_TIMEOUT", 1800, minimum=10)
+# job: a builder Job per component pushes to DIPLOI_K8S_REGISTRY; external: CI builds and reports
+# each component's image to POST /api/ci/builds/ with the project's CI token.
+DIPLOI_K8S_BUILD_MODE = envchoice("DIPLOI_K8S_BUILD_MODE", "job", ("job", "external"))
 DIPLOI_GIT_TIMEOUT = envint("DIPLOI_GIT_TIMEOUT", 60, minimum=1)
 DIPLOI_SSH_PORT = envint("DIPLOI_SSH_PORT", 2222, minimum=1, maximum=65535)
 DIPLOI_SSH_BIND = envstr("DIPLOI_SSH_BIND", "127.0.0.1")

@@ -1,6 +1,10 @@
+import hashlib
+import secrets
+
 from django.conf import settings
 from django.db import models
 from django.urls import reverse
+from django.utils import timezone
 
 from projects.stackerrors import StackError
 from projects.validators import validate_branch_name, validate_dns_label, validate_repository
@@ -13,6 +17,13 @@ class Role(models.TextChoices):
 
 
 WRITE_ROLES = (Role.OWNER, Role.DEVELOPER)
+
+
+CI_TOKEN_PREFIX = "diploi_ci_"
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class Project(models.Model):
@@ -32,6 +43,9 @@ class Project(models.Model):
     stack_checked = models.DateTimeField(null=True, blank=True)
 
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="projects")
+    # CI's token for reporting built images (external build mode): only its SHA-256 is kept.
+    ci_token_hash = models.CharField(max_length=64, blank=True, db_index=True)
+    ci_token_created = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]
@@ -41,6 +55,19 @@ class Project(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("projects:detail", args=[self.slug])
+
+    def rotate_ci_token(self) -> str:
+        """A new CI token (the old one stops working); returned once, only its hash is stored."""
+        token = CI_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        self.ci_token_hash, self.ci_token_created = _token_hash(token), timezone.now()
+        self.save(update_fields=["ci_token_hash", "ci_token_created"])
+        return token
+
+    @classmethod
+    def for_ci_token(cls, token: str) -> "Project | None":
+        if not token.startswith(CI_TOKEN_PREFIX):
+            return None
+        return cls.objects.filter(ci_token_hash=_token_hash(token)).first()
 
     @property
     def errors(self) -> list[StackError]:

@@ -12,5 +12,6 @@ urlpatterns = [
     path("<slug:slug>/members/", views.member_add, name="member_add"),
     path("<slug:slug>/members/<int:pk>/", views.member_update, name="member_update"),
     path("<slug:slug>/members/<int:pk>/remove/", views.member_remove, name="member_remove"),
+    path("<slug:slug>/ci-token/", views.ci_token_rotate, name="ci_token"),
     path("<slug:slug>/delete/", views.project_delete, name="delete"),
 ]

@@ -7,9 +7,11 @@ from django.db.models import Count, ProtectedError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from deployments.queries import deployments_page
+from deployments.runtimes import builds_externally
 from diploi.http import redirect_to
 from projects.access import get_project_for_user, projects_for_user
 from projects.forms import DeleteProjectForm, MemberForm, ProjectForm, RoleForm, unique_slug
@@ -77,6 +79,9 @@ def _settings_page(request: HttpRequest, project: Project, **forms) -> HttpRespo
         "roles": Role.choices,
         "branches": branches(project),
         "has_deployments": project.deployments.exists(),
+        "new_ci_token": forms.get("new_ci_token"),
+        "ci_api_url": request.build_absolute_uri(reverse("ci_build_report")),
+        "builds_externally": builds_externally(),
     }
     template = "projects/settings.html"
     if request.htmx and (partial := forms.get("partial")):
@@ -155,6 +160,15 @@ def member_remove(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
         membership.delete()
         messages.success(request, f"{membership.user.username} removed from the project.")
     return _members_changed(request, project)
+
+
+@login_required
+@require_POST
+def ci_token_rotate(request: HttpRequest, slug: str) -> HttpResponse:
+    """A new CI token, shown once on the page (not in a redirect's message: it would sit in the session)."""
+    project = get_project_for_user(request.user, slug, owner=True)
+    token = project.rotate_ci_token()
+    return _settings_page(request, project, new_ci_token=token, partial="ci")
 
 
 @login_required

@@ -252,6 +252,62 @@ def test_a_production_deployment_builds_in_jobs_then_runs_its_image(cast, kube, 
 
 
 @needs_cluster
+@pytest.mark.django_db
+def test_external_builds_run_the_image_ci_reports(cast, kube, settings, sample_repo, django_capture_on_commit_callbacks, monkeypatch) -> None:
+    """DIPLOI_K8S_BUILD_MODE=external: no Job; the deployment waits for CI's report, then runs that image."""
+    from deployments import tasks
+    from deployments.models import Build
+    from deployments.runtimes.kubernetes import namespace
+    from deployments.services import create_deployment
+    from deployments.spec import current_spec
+    from diploi.celery import app
+    from projects.sample import commit_all
+
+    settings.DIPLOI_K8S_BUILD_MODE = "external"
+    monkeypatch.setitem(app.conf, "task_always_eager", True)  # the provisioning a report queues runs here, at once
+    token = cast.project.rotate_ci_token()
+    d = create_deployment(cast.project, "Prod", "production", "main", cast.developer)
+    tasks.provision(d.pk)
+    d.refresh_from_db()
+    commit, ns = d.commit or cast.project.stack_commit, namespace(current_spec(d))
+    assert d.state == State.BUILDING and d.state_reason == f"waiting for CI to report the images of {commit[:10]}"
+    assert kube.get("Namespace", ns) is None and not kube.list("Job", selector=f"diploi.io/deployment-id={d.pk}")  # nothing built here
+
+    def report(**fields):
+        body = {"commit": commit, "component": "web", **fields}
+        with django_capture_on_commit_callbacks(execute=True):
+            return cast.client(cast.outsider).post("/api/ci/builds/", body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}")
+
+    assert report(status="running", url="https://ci.example.com/runs/1").json()["deployments"] == ["prod"]
+    build = Build.objects.get(deployment=d)
+    assert (build.status, build.external_url, Deployment.objects.get(pk=d.pk).state) == ("running", "https://ci.example.com/runs/1", State.BUILDING)
+    image = f"ghcr.io/acme/shop-web:{commit}"
+    assert report(status="succeeded", image=image, url="https://ci.example.com/runs/1").status_code == 202
+    d.refresh_from_db()
+    build.refresh_from_db()
+    assert (d.state, d.release_id, build.status, build.progress, build.images) == (State.RUNNING, build.pk, "succeeded", 100, {"web": image})
+    assert kube.get("Deployment", "web", ns)["spec"]["template"]["spec"]["containers"][0]["image"] == image
+    page = cast.client(cast.viewer).get("/projects/shop/d/prod/").content.decode()
+    assert '<a href="https://ci.example.com/runs/1">CI run</a>' in page and f"Built by CI: web <code>{image}</code>" in page
+
+    # A report that came first is taken at once: a second deployment of the same commit needs no wait.
+    staging = create_deployment(cast.project, "Staging", "staging", "main", cast.developer)
+    tasks.provision(staging.pk)
+    staging.refresh_from_db()
+    assert staging.state == State.RUNNING and staging.release.images == {"web": image}
+
+    # CI fails on the next commit: the deployment keeps running the image it had, and says why.
+    (sample_repo / "web" / "app.py").write_text((sample_repo / "web" / "app.py").read_text() + "\n# next\n")
+    commit = commit_all(sample_repo, "Next")
+    tasks.provision(d.pk)
+    assert Deployment.objects.get(pk=d.pk).state == State.BUILDING
+    report(status="failed", message="tests failed", url="https://ci.example.com/runs/2")
+    d.refresh_from_db()
+    assert d.state == State.RUNNING and d.state_reason.startswith(f"build of {commit[:10]}: CI: web failed: tests failed; still running")
+    assert kube.get("Deployment", "web", ns)["spec"]["template"]["spec"]["containers"][0]["image"] == image
+
+
+@needs_cluster
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(shutil.which("ssh") is None, reason="OpenSSH's ssh is not installed (.ci/run installs openssh-client)")
 def test_ssh_sessions_run_in_the_pod_through_the_exec_api(cast, kube, tmp_path) -> None:

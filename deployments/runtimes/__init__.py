@@ -18,3 +18,8 @@ def get_runtime() -> Runtime:
 
         return KubernetesRuntime()
     raise ImproperlyConfigured(f"DIPLOI_RUNTIME={settings.DIPLOI_RUNTIME!r} is not a runtime")
+
+
+def builds_externally() -> bool:
+    """CI builds the staging/production images and reports them (POST /api/ci/builds/); Diploi does not build."""
+    return settings.DIPLOI_RUNTIME == "kubernetes" and settings.DIPLOI_K8S_BUILD_MODE == "external"

@@ -108,6 +108,10 @@ class DeploymentSpec:
     services: tuple[ServiceSpec, ...] = ()
     hosts: tuple[str, ...] = ()
     release: str = ""  # staging/production: the release (build) to run
+    images: tuple[tuple[str, str], ...] = ()  # component → image CI built for the release (external build mode)
+
+    def image(self, identifier: str) -> str | None:
+        return dict(self.images).get(identifier)
 
     def service(self, identifier: str) -> ServiceSpec:
         for s in self.services:

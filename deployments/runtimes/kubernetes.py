@@ -103,7 +103,7 @@ def environment(spec: DeploymentSpec, service: ServiceSpec) -> dict[str, str]:
 
 def _image(spec: DeploymentSpec, service: ServiceSpec) -> str:
     if service.kind == "component" and spec.stage != "development":
-        return f"{settings.DIPLOI_K8S_REGISTRY}/{spec.project_slug}-{service.identifier}:{spec.release or spec.commit}"
+        return spec.image(service.identifier) or f"{settings.DIPLOI_K8S_REGISTRY}/{spec.project_slug}-{service.identifier}:{spec.release or spec.commit}"
     return IMAGES.get(service.package, settings.DIPLOI_K8S_DEFAULT_IMAGE)
 
 

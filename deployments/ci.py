@@ -1,0 +1,114 @@
+"""External build mode: CI builds each component's image and reports it; Diploi runs what it reports.
+
+CI sends `POST /api/ci/builds/` with the project's CI token for each component at a commit
+(`running`, then `succeeded` with the image, or `failed`). Reports are kept per project and commit,
+so one that arrives before Diploi has started waiting is not lost; a staging/production deployment
+waiting at that commit is provisioned again on every report, and its build takes the reports.
+"""
+
+import re
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
+from django.utils import timezone
+
+from deployments import events
+from deployments.models import Build, BuildStatus, CIReport, Deployment
+from projects.models import Project
+from projects.validators import dns_label_error
+
+_NAME = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]{1,5})?"
+# An image reference with a tag or a digest: a release must not move under a mutable name.
+IMAGE = re.compile(rf"^(?:{_HOST}/)?{_NAME}(?:/{_NAME})*(?::[\w][\w.-]{{0,127}}(?:@sha256:[0-9a-f]{{64}})?|@sha256:[0-9a-f]{{64}})$")
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+REPORTED = (BuildStatus.RUNNING, BuildStatus.SUCCEEDED, BuildStatus.FAILED)
+
+
+def record_report(project: Project, data: Any) -> CIReport:
+    """Validate one report and store it (a later report for the same component replaces it)."""
+    if not isinstance(data, dict):
+        raise ValidationError({"body": "Send a JSON object."})
+    errors: dict[str, str] = {}
+    fields = {k: data.get(k) for k in ("commit", "component", "status", "image", "url", "message")}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        errors["body"] = f"Unknown fields: {', '.join(unknown)}."
+    for key, value in fields.items():
+        if value is not None and not isinstance(value, str):
+            errors[key] = "Must be a string."
+    if errors:
+        raise ValidationError(errors)
+    commit, component, status = fields["commit"] or "", fields["component"] or "", fields["status"] or ""
+    image, url, message = fields["image"] or "", fields["url"] or "", (fields["message"] or "")[:500]
+    if not COMMIT.match(commit):
+        errors["commit"] = "The full 40-character commit id, in lower case."
+    if error := dns_label_error(component):
+        errors["component"] = f"“{component[:63]}” {error}."
+    if status not in REPORTED:
+        errors["status"] = f"One of {', '.join(REPORTED)}."
+    if status == BuildStatus.SUCCEEDED and not image:
+        errors["image"] = "A succeeded build names its image."
+    elif image and (len(image) > 500 or not IMAGE.match(image)):
+        errors["image"] = f"“{image[:100]}” is not an image reference with a tag or digest (registry.example.com/shop/web:1a2b3c)."
+    if url:
+        try:
+            URLValidator(schemes=["https", "http"])(url)
+        except ValidationError:
+            errors["url"] = "An http(s) URL of the CI run."
+    if errors:
+        raise ValidationError(errors)
+    report, _ = CIReport.objects.update_or_create(
+        project=project, commit=commit, component=component,
+        defaults={"status": status, "image": image if status == BuildStatus.SUCCEEDED else "", "url": url, "message": message},
+    )  # fmt: skip
+    return report
+
+
+def waiting_deployments(project: Project, commit: str) -> list[Deployment]:
+    """Staging/production deployments whose build of `commit` has not finished."""
+    waiting = Build.objects.filter(deployment__project=project, commit=commit, status__in=[BuildStatus.QUEUED, BuildStatus.RUNNING])
+    return list(Deployment.objects.filter(pk__in=waiting.values("deployment_id")).order_by("pk"))
+
+
+def take_external_build(build: Build, project_id: int, components: list[str]) -> bool | None:
+    """Bring the build up to what CI reported: True when every component has its image (the build is
+    the release), False when CI reported a failure, None while still waiting."""
+    reports = {r.component: r for r in CIReport.objects.filter(project_id=project_id, commit=build.commit, component__in=components)}
+    now = timezone.now()
+    done = [c for c in components if c in reports and reports[c].status == BuildStatus.SUCCEEDED]
+    failed = [c for c in components if c in reports and reports[c].status == BuildStatus.FAILED]
+    lines = []
+    for c in components:
+        r = reports.get(c)
+        if r is None:
+            lines.append(f"{c}: waiting for CI")
+        elif r.status == BuildStatus.SUCCEEDED:
+            lines.append(f"{c}: image {r.image}")
+        else:
+            lines.append(f"{c}: {r.status}{': ' + r.message if r.message else ''}")
+    build.log = "CI builds this release (external build mode).\n" + "\n".join(lines) + "\n"
+    build.external_url = next((reports[c].url for c in components if c in reports and reports[c].url), "")
+    build.started = build.started or now
+    build.progress = 100 * len(done) // len(components) if components else 100
+    outcome: bool | None = None
+    if failed:
+        r = reports[failed[0]]
+        build.status, build.error, build.finished = BuildStatus.FAILED, f"CI: {failed[0]} failed{': ' + r.message if r.message else ''}"[:500], now
+        outcome = False
+    elif len(done) == len(components):
+        build.status, build.finished, build.images = BuildStatus.SUCCEEDED, now, {c: reports[c].image for c in components}
+        outcome = True
+    else:
+        build.status = BuildStatus.RUNNING
+    step_status = {True: BuildStatus.SUCCEEDED, False: BuildStatus.FAILED, None: BuildStatus.RUNNING}[outcome]
+    for step in build.steps:
+        step["status"] = step_status if step["name"] == "build" else (BuildStatus.SUCCEEDED if outcome else BuildStatus.QUEUED)
+        step["started"] = step["started"] or now.isoformat()
+        step["finished"] = now.isoformat() if outcome is not None else None
+    build.save()
+    if outcome:
+        Deployment.objects.filter(pk=build.deployment_id).update(release=build)
+    events.publish(build.deployment_id, events.BUILD)
+    return outcome
