@@ -54,11 +54,11 @@ def provision(deployment_id: int, force_build: bool = False, actor: str = "task:
         release = build
 
     spec = build_spec(deployment, stack, commit, release if deployment.builds_releases else None)
-    if deployment.copy_storage_pending:
-        if deployment.clone_of_id:
-            get_runtime().copy_storage(minimal_spec(deployment.clone_of), spec)
-        Deployment.objects.filter(pk=deployment.pk).update(copy_storage_pending=False)
     try:
+        if deployment.copy_storage_pending:
+            if deployment.clone_of_id:
+                get_runtime().copy_storage(minimal_spec(deployment.clone_of), spec)
+            Deployment.objects.filter(pk=deployment.pk).update(copy_storage_pending=False)
         endpoints = get_runtime().apply(spec)
     except TransientFailure:
         raise

@@ -377,3 +377,79 @@ def test_exit_status_from_the_exec_streams_final_status() -> None:
     kwok = {"status": "Failure", "reason": "InternalError", "message": "error executing command in container: cmd wait: sh: exit status 5"}
     assert exit_status({"status": "Success"}) == 0 and exit_status(kubelet) == 7 and exit_status(kwok) == 5
     assert exit_status(None) == 255 and exit_status({"status": "Failure", "message": "container not found"}) == 255
+
+
+@pytest.mark.django_db
+def test_port_forwards_go_to_the_services_cluster_names(cast, data_dir) -> None:
+    """`ssh -L` on Kubernetes: the gateway runs in the cluster (the Helm chart) and connects to the
+    deployment's Service by its DNS name. (Connecting needs cluster DNS: not tried here.)"""
+    from deployments.runtimes.base import RuntimeFailure
+    from deployments.runtimes.kubernetes import KubernetesRuntime
+
+    _, spec = sample_spec(cast)
+    runtime = KubernetesRuntime(kube=object())  # no API call is made
+    assert runtime.forward_address(spec, "web", "localhost", 8000) == ("web.diploi-shop-dev.svc", 8000)
+    assert runtime.forward_address(spec, "web", "localhost", 6379) == ("redis.diploi-shop-dev.svc", 6379)
+    assert runtime.forward_address(spec, "web", "redis", 6379) == ("redis.diploi-shop-dev.svc", 6379)
+    for host, port in (("localhost", 22), ("redis", 8000), ("example.com", 443)):
+        with pytest.raises(RuntimeFailure, match="is not a port of this deployment"):
+            runtime.forward_address(spec, "web", host, port)
+
+
+@pytest.mark.django_db
+def test_a_clone_on_kubernetes_says_it_starts_with_empty_storage(cast, data_dir, settings) -> None:
+    settings.DIPLOI_RUNTIME = "kubernetes"
+    sample_spec(cast)
+    client = cast.client(cast.developer)
+    form = client.get("/projects/shop/d/dev/clone/").content.decode()
+    assert "Not available on the Kubernetes runtime yet" in form
+    response = client.post("/projects/shop/d/dev/clone/", {"name": "copy", "stage": "development", "branch": "main", "copy_storage": "on"})
+    assert response.status_code == 302
+    assert Deployment.objects.get(slug="copy").copy_storage_pending is False  # nothing to fail on later
+
+
+@needs_cluster
+@pytest.mark.django_db
+def test_the_charts_service_account_may_do_all_the_runtime_does(cast, kube, tmp_path) -> None:
+    """The Helm chart's ClusterRole, bound to its service account, with a token of that account:
+    apply, observe (metrics included), build Jobs, exec and destroy are all allowed."""
+    import yaml
+
+    from deployments.runtimes.k8s_client import Kube
+    from deployments.runtimes.kubernetes import KubernetesRuntime
+    from tests.test_it_helm import REQUIRED, render
+
+    system = "diploi-rbac-test"
+    docs = [d for d in yaml.safe_load_all(render(*REQUIRED).stdout) if d and d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": system}})
+    try:
+        for d in docs:
+            d["metadata"]["name"] = "rbac-test"
+            if d["kind"] == "ServiceAccount":
+                d["metadata"]["namespace"] = system
+            if d["kind"] == "ClusterRoleBinding":
+                d["roleRef"]["name"], d["subjects"][0]["name"], d["subjects"][0]["namespace"] = "rbac-test", "rbac-test", system
+            kube.apply(d)
+        token = kube.request("POST", f"/api/v1/namespaces/{system}/serviceaccounts/rbac-test/token",
+                             body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}})  # fmt: skip
+        admin = yaml.safe_load(open(KUBECONFIG))
+        config = {**admin, "users": [{"name": "admin", "user": {"token": token["status"]["token"]}}]}
+        (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
+        runtime = KubernetesRuntime(Kube(str(tmp_path / "kubeconfig")))
+
+        with pytest.raises(Exception, match="403"):  # it is not the admin: what the role lacks is refused
+            runtime.kube.list("Node")
+        _, dev = sample_spec(cast)
+        runtime.apply(dev)
+        wait_until(lambda: green(runtime, dev), timeout=90, what="pods Running")
+        shell = runtime.open_shell(dev, "web", "echo through-exec", False)
+        assert shell.read() == b"through-exec\n" and shell.close() == 0
+        _, prod = sample_spec(cast, "production", "prod")
+        assert runtime.build(prod, lambda *args: None) == prod.commit  # a ConfigMap and a Job
+        runtime.destroy(dev)
+        runtime.destroy(prod)
+    finally:
+        kube.delete("Namespace", system)
+        for d in docs:
+            if d["kind"] != "ServiceAccount":
+                kube.delete(d["kind"], d["metadata"]["name"])

@@ -36,6 +36,7 @@ from deployments.runtimes.base import (
     RuntimeFailure,
     ServiceSpec,
     Shell,
+    forward_candidates,
     imported_env,
     render,
 )
@@ -342,7 +343,11 @@ class KubernetesRuntime(Runtime):
         raise RuntimeFailure(f"SFTP {NOT_YET}.")
 
     def forward_address(self, spec: DeploymentSpec, service: str, host: str, port: int) -> tuple[str, int]:
-        raise RuntimeFailure(f"Port forwarding {NOT_YET}.")
+        """The service's cluster DNS name: reachable from a gateway that runs in the cluster (the Helm chart's)."""
+        for svc in forward_candidates(spec, service, host):
+            if any(p.port == port for p in svc.ports):
+                return f"{svc.identifier}.{namespace(spec)}.svc", port
+        raise RuntimeFailure(f"{host}:{port} is not a port of this deployment")
 
     def copy_storage(self, source: DeploymentSpec, target: DeploymentSpec) -> None:
         raise RuntimeFailure(f"Copying storage {NOT_YET}; clone without copying storage.")

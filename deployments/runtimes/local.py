@@ -44,6 +44,7 @@ from deployments.runtimes.base import (
     RuntimeFailure,
     ServiceSpec,
     TransientFailure,
+    forward_candidates,
     imported_env,
     render,
 )
@@ -571,12 +572,7 @@ priority={100 if service.kind == "addon" else 200}
 
     def forward_address(self, spec: DeploymentSpec, service: str, host: str, port: int) -> tuple[str, int]:
         ports = self._ports(spec)
-        if host in ("localhost", "127.0.0.1", "::1", ""):
-            own = spec.service(service)
-            candidates = [own, *(s for s in spec.services if s is not own)]
-        else:
-            candidates = [s for s in spec.services if s.identifier == host]
-        for svc in candidates:
+        for svc in forward_candidates(spec, service, host):
             for declared in svc.ports:
                 if declared.port == port and declared.name in ports.get(svc.identifier, {}):
                     return "127.0.0.1", ports[svc.identifier][declared.name]
