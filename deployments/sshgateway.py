@@ -251,11 +251,37 @@ class Connection(asyncssh.SSHServer):
     def touch(self) -> None:
         self.last_active = time.monotonic()
 
+    def session_requested(self) -> "Session":
+        return Session(self.gateway)
+
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int):
         target = self.target
         if target is None:
             return False
         return self.gateway.forward(self, target, dest_host, dest_port)
+
+
+class Session(asyncssh.SSHServerProcess):
+    """One session channel: a shell or command (`Gateway.session`), SFTP, or scp. When the runtime's
+    files are on this machine (`sftp_command` is None) SFTP and scp are served here, confined to
+    `files_root`; otherwise the `sftp` subsystem runs the runtime's SFTP server as a command in the
+    service, and scp is a command like any other."""
+
+    def __init__(self, gateway: "Gateway") -> None:
+        self.in_service = gateway.runtime.sftp_command is not None
+        super().__init__(gateway.session, None if self.in_service else gateway.sftp, asyncssh.sftp.MIN_SFTP_VERSION, not self.in_service)
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return (self.in_service and subsystem == "sftp") or super().subsystem_requested(subsystem)
+
+    def session_started(self) -> None:
+        if not (self.in_service and self.channel.get_subsystem() == "sftp"):
+            return super().session_started()
+        # As asyncssh starts a process session, for a subsystem it would otherwise serve itself.
+        stdin = asyncssh.SSHReader(self, self.channel)
+        stdout = asyncssh.SSHWriter(self, self.channel)
+        stderr = asyncssh.SSHWriter(self, self.channel, asyncssh.constants.EXTENDED_DATA_STDERR)
+        self.channel.get_connection().create_task(self._start_process(stdin, stdout, stderr), stdin.logger)
 
 
 class Gateway:
@@ -280,7 +306,7 @@ class Gateway:
         key = await asyncio.to_thread(load_host_key)
         self.server = await asyncssh.create_server(
             lambda: Connection(self), host, port,
-            server_host_keys=[key], encoding=None, process_factory=self.session, sftp_factory=self.sftp, allow_scp=True,
+            server_host_keys=[key], encoding=None,  # sessions: Connection.session_requested
             login_timeout=settings.DIPLOI_SSH_LOGIN_TIMEOUT, keepalive_interval=30, agent_forwarding=False, x11_forwarding=False,
         )  # fmt: skip
         self.watcher = asyncio.get_running_loop().create_task(self.watch_idle())
@@ -352,8 +378,11 @@ class Gateway:
     async def run_session(self, process: asyncssh.SSHServerProcess) -> None:
         conn: Connection = process.get_extra_info("connection").get_owner()
         command = process.command
+        kind = SSHSession.Kind.EXEC if command else SSHSession.Kind.SHELL
+        if process.subsystem == "sftp":  # served by the service itself (Session)
+            kind, command = SSHSession.Kind.SFTP, self.runtime.sftp_command
         try:
-            target, record = await self.begin(conn, SSHSession.Kind.EXEC if command else SSHSession.Kind.SHELL, command or "")
+            target, record = await self.begin(conn, kind, "" if kind == SSHSession.Kind.SFTP else command or "")
         except Refused as e:
             process.stderr.write(f"diploi: {e}\r\n".encode())
             process.exit(1)

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from dataclasses import replace
 
+import asyncssh
 import pytest
 
 from deployments.models import Deployment, SSHSession, State
@@ -342,6 +343,16 @@ def test_ssh_sessions_run_in_the_pod_through_the_exec_api(cast, kube, tmp_path) 
                 await read_until(process, "40 120")
                 await process.wait_closed()
                 found["terminal"] = process.exit_status
+            async with client(g.port, key) as conn:  # SFTP: the service's own sftp-server, as a session's command
+                try:
+                    async with conn.start_sftp_client() as sftp:
+                        async with sftp.open("diploi-sftp-test.txt", "w") as f:
+                            await f.write("put over sftp\n")
+                        async with sftp.open("diploi-sftp-test.txt") as f:
+                            found["sftp"] = await f.read()
+                        found["listed"] = "diploi-sftp-test.txt" in await sftp.listdir(".")
+                except (asyncssh.Error, OSError) as e:  # a real cluster's python image ships no sftp-server
+                    found["sftp"] = f"refused: {e}"
             async with client(g.port, key) as conn:  # a client that goes away in the middle of a command
                 await conn.create_process("sleep 301 & sleep 302")
                 if simulated:
@@ -350,11 +361,20 @@ def test_ssh_sessions_run_in_the_pod_through_the_exec_api(cast, kube, tmp_path) 
             return found
 
         found = asyncio.run(asyncio.wait_for(sessions(), 90))
+        sftp = found.pop("sftp")
+        if simulated:  # KWOK ran this machine's sftp-server in its exec folder
+            exec_dir = os.path.join(os.path.dirname(KUBECONFIG), "exec")
+            assert sftp == "put over sftp\n" and found.pop("listed") is True
+            with open(os.path.join(exec_dir, "diploi-sftp-test.txt")) as f:
+                assert f.read() == "put over sftp\n"
+            os.remove(os.path.join(exec_dir, "diploi-sftp-test.txt"))
+        else:
+            assert sftp.startswith("refused"), sftp
         assert found == {"stdin": "a line\nafter\n", "terminal": 4}
         if simulated:  # what the session started ends with it
             wait_until(lambda: not running("sleep 301") and not running("sleep 302"), what="the session's processes to end")
         recorded = list(SSHSession.objects.filter(deployment=d).order_by("started").values_list("kind", "exit_status"))
-        assert recorded[:3] == [("exec", 3), ("exec", 0), ("shell", 4)] and recorded[3][0] == "exec"
+        assert recorded[:3] == [("exec", 3), ("exec", 0), ("shell", 4)] and [r[0] for r in recorded[3:]] == ["sftp", "exec"]
         wait_until(lambda: SSHSession.objects.filter(deployment=d, ended__isnull=True).count() == 0, what="the last session to end")
 
         runtime.set_enabled(spec, False)  # no pod to run in: said plainly

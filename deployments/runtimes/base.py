@@ -191,6 +191,10 @@ class BuildFailed(RuntimeFailure):
 
 
 class Runtime(ABC):
+    # None: the SSH gateway serves SFTP itself from `files_root`. Otherwise a shell command that
+    # speaks SFTP on stdin/stdout, run in the service like any session's command.
+    sftp_command: str | None = None
+
     @abstractmethod
     def apply(self, spec: DeploymentSpec) -> dict[str, str]:
         """Make reality match the spec; idempotent. Returns the public URL of each public component."""

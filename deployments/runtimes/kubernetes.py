@@ -227,6 +227,12 @@ def build_manifests(spec: DeploymentSpec, service: ServiceSpec) -> list[dict]:
 
 
 class KubernetesRuntime(Runtime):
+    sftp_command = (  # the image's own SFTP server, where distributions put it
+        "for p in /usr/lib/openssh/sftp-server /usr/lib/sftp-server /usr/libexec/sftp-server /usr/libexec/openssh/sftp-server "
+        '/usr/lib/ssh/sftp-server; do [ -x "$p" ] && exec "$p"; done; '
+        'echo "diploi: this image has no sftp-server (add openssh-sftp-server to it)" >&2; exit 127'
+    )
+
     def __init__(self, kube: Kube | None = None) -> None:
         self.kube = kube or Kube(settings.DIPLOI_K8S_KUBECONFIG, settings.DIPLOI_K8S_CONTEXT)
 
@@ -340,7 +346,7 @@ class KubernetesRuntime(Runtime):
         return PodShell(self.kube, namespace(spec), pod, service, command, pty)
 
     def files_root(self, spec: DeploymentSpec, service: str) -> Path:
-        raise RuntimeFailure(f"SFTP {NOT_YET}.")
+        raise RuntimeFailure("The files are in the cluster: SFTP runs in the container (sftp_command).")
 
     def forward_address(self, spec: DeploymentSpec, service: str, host: str, port: int) -> tuple[str, int]:
         """The service's cluster DNS name: reachable from a gateway that runs in the cluster (the Helm chart's)."""
