@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 HOST_KEY = "ssh_host_ed25519_key"
 
 
+SFTP_END_GRACE = 2.0  # seconds an SFTP server gets to exit after the client's end of input
+
+
 def db(func: Callable) -> Callable:
     """Database work off the event loop, in the thread pool, with Django's connection housekeeping."""
     return database_sync_to_async(func, thread_sensitive=False)
@@ -389,7 +392,7 @@ class Gateway:
             return
         status: int | None = None
         try:
-            status = await self.run_shell(conn, target, process, command)
+            status = await self.run_shell(conn, target, process, command, sftp=kind == SSHSession.Kind.SFTP)
         except (Refused, RuntimeFailure) as e:
             process.stderr.write(f"diploi: {e}\r\n".encode())
             status = 1
@@ -397,7 +400,8 @@ class Gateway:
             await self.end(target, record, status)
             process.exit(status if status is not None else 255)
 
-    async def run_shell(self, conn: Connection, target: Target, process: asyncssh.SSHServerProcess, command: str | None) -> int:
+    async def run_shell(self, conn: Connection, target: Target, process: asyncssh.SSHServerProcess, command: str | None,
+                        sftp: bool = False) -> int:  # fmt: skip
         loop = asyncio.get_running_loop()
         spec = await db(spec_of)(target)
         terminal = process.get_terminal_type() is not None
@@ -428,6 +432,10 @@ class Gateway:
                 conn.touch()
                 await loop.run_in_executor(self.pool, shell.write, data)
             await loop.run_in_executor(self.pool, shell.close_stdin)
+            if sftp:  # the client has no more requests; a server whose stdin's end did not reach it is ended
+                await asyncio.sleep(SFTP_END_GRACE)
+                if not output.done():
+                    await loop.run_in_executor(self.pool, shell.kill)
 
         outputs = [pump(shell.read, process.stdout)]
         if not terminal:
