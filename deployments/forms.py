@@ -3,7 +3,6 @@ import re
 from django import forms
 
 from deployments.models import Deployment, EnvVar, Stage
-from deployments.runtimes import copies_storage
 from projects.validators import env_name_error, validate_branch_name
 
 MAX_ENV_VALUE = 32 * 1024
@@ -71,13 +70,6 @@ class DeleteDeploymentForm(forms.Form):
 class CloneForm(NewDeploymentForm):
     copy_storage = forms.BooleanField(required=False, initial=True, label="Copy storage",
                                       help_text="Start from a copy of this deployment's databases and files (and code, for development).")  # fmt: skip
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        if not copies_storage():
-            field = self.fields["copy_storage"]
-            field.initial, field.disabled = False, True
-            field.help_text = "Not available on the Kubernetes runtime yet: the clone starts with empty storage."
 
 
 def parameter_form(parameters: list[dict], current: dict[str, EnvVar], data=None) -> forms.Form:

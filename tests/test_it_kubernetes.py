@@ -42,6 +42,10 @@ def test_every_manifest_validates_strictly_for_kubernetes_1_30_to_1_37(cast, dat
         from deployments.runtimes.kubernetes import build_manifests
 
         objects += build_manifests(spec, spec.service("web"))
+    else:
+        from deployments.runtimes.kubernetes import _copy_pod
+
+        objects.append(_copy_pod(spec, ["web-code", "redis-data"]))  # a clone's copy helper
     for version in [f"1.{minor}.0" for minor in range(30, 38)]:
         for obj in objects:
             kubernetes_validate.validate(obj, version, strict=True)  # raises on any unknown or wrong field
@@ -416,18 +420,6 @@ def test_port_forwards_go_to_the_services_cluster_names(cast, data_dir) -> None:
             runtime.forward_address(spec, "web", host, port)
 
 
-@pytest.mark.django_db
-def test_a_clone_on_kubernetes_says_it_starts_with_empty_storage(cast, data_dir, settings) -> None:
-    settings.DIPLOI_RUNTIME = "kubernetes"
-    sample_spec(cast)
-    client = cast.client(cast.developer)
-    form = client.get("/projects/shop/d/dev/clone/").content.decode()
-    assert "Not available on the Kubernetes runtime yet" in form
-    response = client.post("/projects/shop/d/dev/clone/", {"name": "copy", "stage": "development", "branch": "main", "copy_storage": "on"})
-    assert response.status_code == 302
-    assert Deployment.objects.get(slug="copy").copy_storage_pending is False  # nothing to fail on later
-
-
 @needs_cluster
 @pytest.mark.django_db
 def test_the_charts_service_account_may_do_all_the_runtime_does(cast, kube, tmp_path) -> None:
@@ -473,3 +465,60 @@ def test_the_charts_service_account_may_do_all_the_runtime_does(cast, kube, tmp_
         for d in docs:
             if d["kind"] != "ServiceAccount":
                 kube.delete(d["kind"], d["metadata"]["name"])
+
+
+@needs_cluster
+@pytest.mark.django_db
+def test_a_clone_starts_from_a_copy_of_the_sources_storage(cast, kube) -> None:
+    """Clone with storage: tar streamed from the source's containers into the clone's claims through
+    two exec streams. Under KWOK the commands run on this machine, below DIPLOI_TEST_ROOT."""
+    from deployments import tasks
+    from deployments.runtimes import get_runtime
+    from deployments.runtimes.kubernetes import COPY_POD, namespace
+    from deployments.services import create_deployment
+    from deployments.spec import current_spec
+
+    source, spec = sample_spec(cast)
+    runtime = get_runtime()
+    runtime.apply(spec)
+    wait_until(lambda: green(runtime, spec), timeout=90, what="the source running")
+
+    def run(service: str, command: str, target=spec) -> str:
+        shell = runtime.open_shell(target, service, command, False)
+        output = b"".join(iter(shell.read, b"")).decode()
+        assert shell.close() == 0, output
+        return output
+
+    simulated = run("redis", "echo $DIPLOI_TEST_EXEC") == "kwok\n"
+    run("redis", 'root="${DIPLOI_TEST_ROOT:-}"; mkdir -p "$root/data" "$root/code/web" && echo saved-key > "$root/data/dump.txt"')
+    run("web", 'echo "print(1)" > "${DIPLOI_TEST_ROOT:-}/code/web/edited.py"')
+    copies = os.path.join(os.path.dirname(KUBECONFIG), "exec", "root", "copy")
+    if simulated:  # what the kubelet would mount in the helper pod: folders below the test root here
+        for claim in ("redis-data", "web-code"):
+            shutil.rmtree(os.path.join(copies, claim), ignore_errors=True)
+            os.makedirs(os.path.join(copies, claim))
+
+    clone = create_deployment(cast.project, "Copy", "development", "main", cast.developer, clone_of=source, copy_storage=True)
+    tasks.provision(clone.pk)
+    clone.refresh_from_db()
+    assert clone.state == State.RUNNING and not clone.copy_storage_pending, clone.state_reason
+    target = current_spec(clone)
+    assert kube.get("Pod", COPY_POD, namespace(target)) is None  # the helper is gone; the claims are the workloads'
+    if simulated:
+        assert open(os.path.join(copies, "redis-data", "dump.txt")).read() == "saved-key\n"
+        assert open(os.path.join(copies, "web-code", "web", "edited.py")).read() == "print(1)\n"
+    else:
+        wait_until(lambda: green(runtime, target), timeout=180, what="the clone running")
+        assert run("redis", "cat /data/dump.txt", target) == "saved-key\n"
+        assert run("web", "cat /code/web/edited.py", target) == "print(1)\n"
+    assert run("redis", 'cat "${DIPLOI_TEST_ROOT:-}/data/dump.txt"') == "saved-key\n"  # the source keeps its data
+
+    # A source that is not running cannot be copied: the clone says so and nothing is half-made.
+    runtime.set_enabled(spec, False)
+    wait_until(lambda: not kube.list("Pod", namespace(spec)), timeout=60, what="the source's pods to go")
+    second = create_deployment(cast.project, "Copy 2", "development", "main", cast.developer, clone_of=source, copy_storage=True)
+    tasks.provision(second.pk)
+    second.refresh_from_db()
+    assert second.state == State.FAILED and second.copy_storage_pending
+    assert "of the source is not running; start it to copy its storage" in second.state_reason
+    assert kube.get("Pod", COPY_POD, namespace(current_spec(second))) is None

@@ -24,7 +24,3 @@ def builds_externally() -> bool:
     """CI builds the staging/production images and reports them (POST /api/ci/builds/); Diploi does not build."""
     return settings.DIPLOI_RUNTIME == "kubernetes" and settings.DIPLOI_K8S_BUILD_MODE == "external"
 
-
-def copies_storage() -> bool:
-    """Whether a clone can start from a copy of its source's storage (not yet on Kubernetes)."""
-    return settings.DIPLOI_RUNTIME != "kubernetes"

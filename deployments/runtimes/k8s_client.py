@@ -207,7 +207,7 @@ class Exec:
         self.sock = sock
         protocol = getattr(sock, "subprotocol", None) or {k.lower(): v for k, v in (sock.getheaders() or {}).items()}.get("sec-websocket-protocol")
         self.v5 = protocol == ws_client.V5_CHANNEL_PROTOCOL
-        self.out: queue.Queue[bytes] = queue.Queue()
+        self.out: queue.Queue[bytes] = queue.Queue(maxsize=256)  # bounded: a slow reader slows the stream down
         self.err: queue.Queue[bytes] = queue.Queue()
         self.status: dict | None = None
         self.lock = threading.Lock()  # websocket-client sends are not thread-safe
@@ -266,7 +266,11 @@ class Exec:
             pass
 
     def close(self) -> int:
-        self.reader.join()
+        while self.reader.is_alive():  # what nobody read any more must not hold the reader up
+            try:
+                self.out.get_nowait()
+            except queue.Empty:
+                self.reader.join(0.1)
         self.kill()
         return exit_status(self.status)
 

@@ -51,7 +51,7 @@ SIZES = {  # requests, limits per component
     "XL": ({"cpu": "1", "memory": "2Gi"}, {"cpu": "4", "memory": "4Gi"}),
 }
 IMAGES = {"python": "python:3.12-slim", "node": "node:22-slim", "redis": "valkey/valkey:8", "postgres": "postgres:16"}
-NOT_YET = "is not available on the Kubernetes runtime yet"
+COPY_POD, COPY_ROOT = "diploi-copy", "/copy"
 log = logging.getLogger(__name__)
 
 
@@ -285,7 +285,6 @@ class KubernetesRuntime(Runtime):
 
     def _pod(self, spec: DeploymentSpec, service: str, running: bool = False) -> str | None:
         """The name of one pod of the service (a running one when asked), or None."""
-        spec.service(service)
         pods = self.kube.list("Pod", namespace(spec), f"{DEPLOYMENT_ID}={spec.id},{COMPONENT}={service}")
         if running:
             pods = [p for p in pods if p.get("status", {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
@@ -293,6 +292,7 @@ class KubernetesRuntime(Runtime):
 
     def logs(self, spec: DeploymentSpec, service: str, follow: bool = False, since: int | None = None, tail: int = 200,
              stop: threading.Event | None = None) -> Iterator[str]:  # fmt: skip
+        spec.service(service)
         pod = self._pod(spec, service)
         if pod is None:
             return
@@ -340,6 +340,7 @@ class KubernetesRuntime(Runtime):
     def open_shell(self, spec: DeploymentSpec, service: str, command: str | None, pty: bool) -> Shell:
         """Through the pod exec API: the container's environment and working directory, a terminal
         when asked (resized through the stream), the exit status from the stream's final status."""
+        spec.service(service)
         pod = self._pod(spec, service, running=True)
         if pod is None:
             raise RuntimeFailure(f"{service} has no running pod; is the deployment running?")
@@ -356,14 +357,56 @@ class KubernetesRuntime(Runtime):
         raise RuntimeFailure(f"{host}:{port} is not a port of this deployment")
 
     def copy_storage(self, source: DeploymentSpec, target: DeploymentSpec) -> None:
-        raise RuntimeFailure(f"Copying storage {NOT_YET}; clone without copying storage.")
+        """The target's claims and a helper pod that mounts them; then, for each claim, `tar` streamed
+        from the source's running container into the helper (two exec streams, nothing stored in
+        between). Safe to call again (the copy is made again); the source is only read."""
+        copies = [(service, claim, path) for service in target.services for claim, path in _storage_paths(source, target, service)]
+        if not copies:
+            return
+        ns = namespace(target)
+        for obj in manifests(target):
+            if obj["kind"] in ("Namespace", "PersistentVolumeClaim"):
+                self.kube.apply(obj)
+        self.kube.apply(_copy_pod(target, [claim for _, claim, _ in copies]))
+        try:
+            self._wait_running(ns, COPY_POD)
+            for service, claim, path in copies:
+                pod = self._pod(source, service.identifier, running=True)
+                if pod is None:
+                    raise RuntimeFailure(f"{service.identifier} of the source is not running; start it to copy its storage")
+                self._copy(namespace(source), pod, service.identifier, path, ns, claim)
+        finally:
+            self.kube.delete("Pod", COPY_POD, ns)
+            self.kube.wait_gone("Pod", COPY_POD, ns)  # the claims are free for the workloads
+
+    def _wait_running(self, ns: str, pod: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while (self.kube.get("Pod", pod, ns) or {}).get("status", {}).get("phase") != "Running":
+            if time.monotonic() > deadline:
+                raise RuntimeFailure(f"the pod {pod} did not start within {timeout:.0f} s")
+            time.sleep(0.5)
+
+    def _copy(self, source_ns: str, pod: str, container: str, path: str, ns: str, claim: str) -> None:
+        # DIPLOI_TEST_ROOT is unset in containers; the test control plane's KWOK, which runs exec
+        # commands on its own machine, sets it so that the paths stay inside the tests' folder.
+        reading = self.kube.exec(source_ns, pod, container, ["/bin/sh", "-c", f'tar -c -C "${{DIPLOI_TEST_ROOT:-}}{path}" .'], False)
+        writing = self.kube.exec(ns, COPY_POD, "copy", ["/bin/sh", "-c", f'tar -x -C "${{DIPLOI_TEST_ROOT:-}}{COPY_ROOT}/{claim}"'], False)
+        while data := reading.read():
+            writing.write(data)
+        problem = b"".join(iter(reading.read_stderr, b"")).decode(errors="replace").strip()
+        if reading.close() != 0:
+            writing.kill()
+            raise RuntimeFailure(f"copying {claim}: reading {path} in {container} failed: {problem or 'no message'}")
+        writing.close_stdin()
+        problem = b"".join(iter(writing.read_stderr, b"")).decode(errors="replace").strip()
+        if writing.close() != 0:
+            raise RuntimeFailure(f"copying {claim}: writing it failed: {problem or 'no message'}")
 
 
 class PodShell:
-    """A session in a container through the exec API. Closing an exec stream does not end its
-    process everywhere (the kubelet leaves a command without a terminal running), so the session
-    starts by writing its PID to a file, and `kill` ends that process and its children with a
-    second exec."""
+    """A session in a container through the exec API. Closing an exec stream is not guaranteed to
+    end its process (a command without a terminal may keep running), so the session starts by
+    writing its PID to a file, and `kill` ends that process and its children with a second exec."""
 
     def __init__(self, kube: Kube, ns: str, pod: str, container: str, command: str | None, pty: bool) -> None:
         self.kube, self.target = kube, (ns, pod, container)
@@ -393,6 +436,24 @@ class PodShell:
         status = self.stream.close()
         self._finish(kill=False)
         return status
+
+
+def _storage_paths(source: DeploymentSpec, target: DeploymentSpec, service: ServiceSpec) -> list[tuple[str, str]]:
+    """(claim, path in the container) of what a clone copies for `service`: its volumes, and the code
+    when both are development deployments."""
+    found = [(f"{service.identifier}-{v.name}", v.path) for v in service.volumes]
+    if service.kind == "component" and source.stage == target.stage == "development":
+        found.append((f"{service.identifier}-code", "/code"))
+    return found
+
+
+def _copy_pod(spec: DeploymentSpec, claims: list[str]) -> dict:
+    """A pod that only holds the target's claims open for the copy."""
+    mounts = [{"name": f"c{i}", "mountPath": f"{COPY_ROOT}/{claim}"} for i, claim in enumerate(claims)]
+    volumes = [{"name": f"c{i}", "persistentVolumeClaim": {"claimName": claim}} for i, claim in enumerate(claims)]
+    container = {"name": "copy", "image": settings.DIPLOI_K8S_DEFAULT_IMAGE, "command": ["sleep", "3600"], "volumeMounts": mounts}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": _meta(spec, COPY_POD),
+            "spec": {"containers": [container], "volumes": volumes, "restartPolicy": "Never"}}  # fmt: skip
 
 
 def _usage(metrics: dict) -> tuple[float, int]:
