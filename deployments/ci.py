@@ -11,6 +11,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from deployments import events
@@ -67,9 +68,14 @@ def record_report(project: Project, data: Any) -> CIReport:
 
 
 def waiting_deployments(project: Project, commit: str) -> list[Deployment]:
-    """Staging/production deployments whose build of `commit` has not finished."""
-    waiting = Build.objects.filter(deployment__project=project, commit=commit, status__in=[BuildStatus.QUEUED, BuildStatus.RUNNING])
-    return list(Deployment.objects.filter(pk__in=waiting.values("deployment_id")).order_by("pk"))
+    """Deployments whose latest build is of `commit` and not a release yet: still waiting, or failed
+    on a report CI has since replaced (a re-run that passed) when no component is failing any more."""
+    latest = Build.objects.filter(deployment=OuterRef("pk")).order_by("-created", "-pk")
+    candidates = (Deployment.objects.filter(project=project).annotate(build_commit=Subquery(latest.values("commit")[:1]),
+                  build_status=Subquery(latest.values("status")[:1])).filter(build_commit=commit)
+                  .exclude(build_status=BuildStatus.SUCCEEDED).order_by("pk"))  # fmt: skip
+    failing = CIReport.objects.filter(project=project, commit=commit, status=BuildStatus.FAILED).exists()
+    return [d for d in candidates if d.build_status != BuildStatus.FAILED or not failing]
 
 
 def take_external_build(build: Build, project_id: int, components: list[str]) -> bool | None:

@@ -311,6 +311,12 @@ def test_external_builds_run_the_image_ci_reports(cast, kube, settings, sample_r
     assert d.state == State.RUNNING and d.state_reason.startswith(f"build of {commit[:10]}: CI: web failed: tests failed; still running")
     assert kube.get("Deployment", "web", ns)["spec"]["template"]["spec"]["containers"][0]["image"] == image
 
+    # CI's re-run passes: the deployment picks the new image up by itself.
+    assert report(status="succeeded", image=f"ghcr.io/acme/shop-web:{commit}").json()["deployments"] == ["prod"]
+    d.refresh_from_db()
+    assert (d.state, d.commit, d.release.images) == (State.RUNNING, commit, {"web": f"ghcr.io/acme/shop-web:{commit}"})
+    assert kube.get("Deployment", "web", ns)["spec"]["template"]["spec"]["containers"][0]["image"] == f"ghcr.io/acme/shop-web:{commit}"
+
 
 @needs_cluster
 @pytest.mark.django_db(transaction=True)
