@@ -255,7 +255,7 @@ def test_who_is_refused_and_why(cast, dev, gateway, tmp_path) -> None:
 
 
 def test_a_session_opened_after_access_is_lost_is_refused(cast, dev, gateway, tmp_path) -> None:
-    from asgiref.sync import sync_to_async
+    from channels.db import database_sync_to_async
 
     from projects.models import Membership
 
@@ -265,7 +265,7 @@ def test_a_session_opened_after_access_is_lost_is_refused(cast, dev, gateway, tm
     async def session() -> tuple[str, str]:
         async with client(g.port, key) as conn:
             first = (await conn.run("echo first")).stdout
-            await sync_to_async(Membership.objects.filter(user=cast.developer).delete)()
+            await database_sync_to_async(Membership.objects.filter(user=cast.developer).delete)()  # its connection is closed after
             second = await conn.run("echo second")
             return first, second.stderr
 
