@@ -27,7 +27,7 @@ from django.utils import timezone
 from accounts.models import SSHKey
 from deployments.models import Deployment, SSHSession, State
 from deployments.runtimes import get_runtime
-from deployments.runtimes.base import DeploymentSpec, RuntimeFailure, Shell
+from deployments.runtimes.base import DeploymentSpec, RuntimeFailure, Shell, Tunnel, Unreachable
 from deployments.spec import current_spec
 from projects.models import WRITE_ROLES, Membership
 
@@ -36,6 +36,7 @@ HOST_KEY = "ssh_host_ed25519_key"
 
 
 SFTP_END_GRACE = 2.0  # seconds an SFTP server gets to exit after the client's end of input
+FORWARD_QUEUE = 64  # chunks from the client waiting for a forwarded port before the channel pauses
 
 
 def db(func: Callable) -> Callable:
@@ -334,7 +335,7 @@ class Gateway:
 
     def later(self, coro: Awaitable) -> None:
         """Run `coro` from a callback; close() waits for it."""
-        task = asyncio.get_running_loop().create_task(coro)
+        task = asyncio.ensure_future(coro)
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
 
@@ -366,9 +367,10 @@ class Gateway:
             self.registry.close(target)
             raise
 
-    async def end(self, target: Target, record: int, status: int | None) -> None:
+    async def end(self, target: Target, record: int, status: int | None, keep: bool = True) -> None:
         self.registry.close(target)
-        await db(lambda: SSHSession.objects.filter(pk=record).update(ended=timezone.now(), exit_status=status))()
+        session = SSHSession.objects.filter(pk=record)
+        await db(lambda: session.update(ended=timezone.now(), exit_status=status) if keep else session.delete())()
 
     async def session(self, process: asyncssh.SSHServerProcess) -> None:
         task = asyncio.current_task()
@@ -472,58 +474,71 @@ class Gateway:
     def forward(self, conn: Connection, target: Target, host: str, port: int) -> Awaitable:
         async def open_forward() -> asyncssh.SSHTCPSession:
             spec = await db(spec_of)(target)
-            try:
-                address = self.runtime.forward_address(spec, target.component, host, port)
-            except RuntimeFailure as e:
-                raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, str(e)) from None
+            loop = asyncio.get_running_loop()
             try:
                 started = await self.begin(conn, SSHSession.Kind.FORWARD, f"{host}:{port}")
             except Refused as e:
                 raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, str(e)) from None
             try:
-                reader, writer = await asyncio.open_connection(*address)
-            except OSError as e:
+                tunnel = await loop.run_in_executor(self.pool, self.runtime.open_forward, spec, target.component, host, port)
+            except Unreachable as e:
                 await self.end(*started, None)
-                raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, f"{host}:{port} is not answering: {e}") from None
-            return Forward(self, conn, started, reader, writer)
+                raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(e)) from None
+            except RuntimeFailure as e:  # not a port of the deployment: refused, and no session to record
+                await self.end(*started, None, keep=False)
+                raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, str(e)) from None
+            return Forward(self, conn, started, tunnel)
 
         return open_forward()
 
 
 class Forward(asyncssh.SSHTCPSession):
-    """`ssh -L`: bytes between the SSH channel and the deployment's port."""
+    """`ssh -L`: bytes between the SSH channel and the runtime's tunnel to the deployment's port
+    (blocking reads and writes in the gateway's pool; writes in order through a queue)."""
 
-    def __init__(self, gateway: Gateway, conn: Connection, started: tuple[Target, int], reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:  # fmt: skip
-        self.gateway, self.conn, self.started = gateway, conn, started
-        self.reader, self.writer = reader, writer
+    def __init__(self, gateway: Gateway, conn: Connection, started: tuple[Target, int], tunnel: Tunnel) -> None:
+        self.gateway, self.conn, self.started, self.tunnel = gateway, conn, started, tunnel
         self.chan: asyncssh.SSHTCPChannel | None = None
-        self.task: asyncio.Task | None = None
+        self.outgoing: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.tasks: list[asyncio.Task] = []
         conn.forwards += 1
 
     def connection_made(self, chan: asyncssh.SSHTCPChannel) -> None:
         self.chan = chan
-        self.task = asyncio.get_running_loop().create_task(self.copy_back())
+        loop = asyncio.get_running_loop()
+        self.tasks = [loop.create_task(self.copy_back()), loop.create_task(self.copy_out())]
 
     async def copy_back(self) -> None:
-        while data := await self.reader.read(65536):
+        loop = asyncio.get_running_loop()
+        while data := await loop.run_in_executor(self.gateway.pool, self.tunnel.read):
+            self.conn.touch()
             self.chan.write(data)
         self.chan.write_eof()
 
+    async def copy_out(self) -> None:
+        loop = asyncio.get_running_loop()
+        while (data := await self.outgoing.get()) is not None:
+            await loop.run_in_executor(self.gateway.pool, self.tunnel.write, data)
+            if self.outgoing.qsize() < FORWARD_QUEUE // 2:
+                self.chan.resume_reading()
+        await loop.run_in_executor(self.gateway.pool, self.tunnel.close_write)
+
     def data_received(self, data: bytes, datatype) -> None:
-        self.writer.write(data)
+        self.conn.touch()
+        self.outgoing.put_nowait(data)
+        if self.outgoing.qsize() >= FORWARD_QUEUE:  # the port is slower than the client
+            self.chan.pause_reading()
 
     def eof_received(self) -> bool:
-        if self.writer.can_write_eof():
-            self.writer.write_eof()
+        self.outgoing.put_nowait(None)
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.conn.forwards -= 1
         self.conn.touch()
-        if self.task:
-            self.task.cancel()
-        self.writer.close()
+        for task in self.tasks:
+            task.cancel()
+        self.gateway.later(asyncio.get_running_loop().run_in_executor(self.gateway.pool, self.tunnel.close))
         self.gateway.later(self.gateway.end(*self.started, None))
 
 

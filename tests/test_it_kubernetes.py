@@ -409,21 +409,85 @@ def test_exit_status_from_the_exec_streams_final_status() -> None:
     assert exit_status(None) == 255 and exit_status({"status": "Failure", "message": "container not found"}) == 255
 
 
-@pytest.mark.django_db
-def test_port_forwards_go_to_the_services_cluster_names(cast, data_dir) -> None:
-    """`ssh -L` on Kubernetes: the gateway runs in the cluster (the Helm chart) and connects to the
-    deployment's Service by its DNS name. (Connecting needs cluster DNS: not tried here.)"""
-    from deployments.runtimes.base import RuntimeFailure
-    from deployments.runtimes.kubernetes import KubernetesRuntime
+@needs_cluster
+@pytest.mark.django_db(transaction=True)
+def test_port_forwards_go_through_the_pod_port_forward_api(cast, kube, tmp_path) -> None:
+    """`ssh -L` on Kubernetes. On the test control plane KWOK ends every pod port-forward at the
+    port in $DIPLOI_K8S_STATE/forward-port, where this test serves a page; on a real cluster the
+    sample's web answers."""
+    import http.server
+    import threading
 
-    _, spec = sample_spec(cast)
-    runtime = KubernetesRuntime(kube=object())  # no API call is made
-    assert runtime.forward_address(spec, "web", "localhost", 8000) == ("web.diploi-shop-dev.svc", 8000)
-    assert runtime.forward_address(spec, "web", "localhost", 6379) == ("redis.diploi-shop-dev.svc", 6379)
-    assert runtime.forward_address(spec, "web", "redis", 6379) == ("redis.diploi-shop-dev.svc", 6379)
-    for host, port in (("localhost", 22), ("redis", 8000), ("example.com", 443)):
-        with pytest.raises(RuntimeFailure, match="is not a port of this deployment"):
-            runtime.forward_address(spec, "web", host, port)
+    from deployments.runtimes import get_runtime
+    from deployments.runtimes.kubernetes import namespace
+    from tests.conftest import http_get
+    from tests.test_it_ssh import GatewayThread, client, new_key
+
+    d, spec = sample_spec(cast)
+    runtime = get_runtime()
+    runtime.apply(spec)
+    wait_until(lambda: green(runtime, spec), timeout=90, what="pods Running")
+    shell = runtime.open_shell(spec, "web", "echo $DIPLOI_TEST_EXEC", False)
+    simulated = shell.read() == b"kwok\n"
+    shell.close()
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server name
+            body = f"Visits: through the pod port-forward API to {self.path}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = None
+    if simulated:
+        port = int(open(os.path.join(os.path.dirname(KUBECONFIG), "forward-port")).read())
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Page)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    g = GatewayThread()
+    try:
+        key = new_key(tmp_path, "dev-key", cast.developer)
+
+        async def session(forward_to: tuple[str, int]) -> tuple[str, list[str]]:
+            async with client(g.port, key) as conn:
+                listener = await conn.forward_local_port("127.0.0.1", 0, *forward_to)
+                page = await asyncio.to_thread(http_get, f"http://127.0.0.1:{listener.get_port()}/hello")
+                listener.close()
+                answers = []
+                for host, port in (("localhost", 22), ("example.com", 80), ("redis", 6379)):
+                    try:
+                        reader, writer = await conn.open_connection(host, port)
+                        writer.close()
+                        answers.append(f"{host}:{port} open")
+                    except asyncssh.ChannelOpenError as e:
+                        answers.append(e.reason)
+                return page, answers
+
+        page, answers = asyncio.run(asyncio.wait_for(session(("localhost", 8000)), 60))
+        assert "Visits:" in page and (not simulated or page.endswith("to /hello"))
+        assert answers == ["localhost:22 is not a port of this deployment", "example.com:80 is not a port of this deployment", "redis:6379 open"]
+        forwards = list(SSHSession.objects.filter(deployment=d, kind="forward").values_list("command", flat=True))
+        assert sorted(forwards) == ["localhost:8000", "redis:6379"]  # refusals are not sessions
+
+        runtime.set_enabled(spec, False)
+        wait_until(lambda: not kube.list("Pod", namespace(spec)), timeout=60, what="the pods to go")
+
+        async def refused() -> str:
+            async with client(g.port, key) as conn:
+                try:
+                    await conn.open_connection("localhost", 8000)
+                except asyncssh.ChannelOpenError as e:
+                    return e.reason
+                return "open"
+
+        assert asyncio.run(asyncio.wait_for(refused(), 60)) == "localhost:8000: web has no running pod"
+    finally:
+        g.stop()
+        if server is not None:
+            server.shutdown()
 
 
 @needs_cluster
@@ -439,6 +503,7 @@ def test_the_charts_service_account_may_do_all_the_runtime_does(cast, kube, tmp_
 
     system = "diploi-rbac-test"
     docs = [d for d in yaml.safe_load_all(render(*REQUIRED).stdout) if d and d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
+    kube.wait_gone("Namespace", system)  # an earlier run's may still be terminating
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": system}})
     try:
         for d in docs:
@@ -462,6 +527,7 @@ def test_the_charts_service_account_may_do_all_the_runtime_does(cast, kube, tmp_
         wait_until(lambda: green(runtime, dev), timeout=90, what="pods Running")
         shell = runtime.open_shell(dev, "web", "echo through-exec", False)
         assert shell.read() == b"through-exec\n" and shell.close() == 0
+        runtime.open_forward(dev, "web", "localhost", 8000).close()  # the port-forward API let it in
         _, prod = sample_spec(cast, "production", "prod")
         assert runtime.build(prod, lambda *args: None) == prod.commit  # a ConfigMap and a Job
         runtime.destroy(dev)

@@ -5,7 +5,9 @@ start processes or talk to a cluster themselves. Implementations: local.py (proc
 machine) and kubernetes.py.
 """
 
+import contextlib
 import shlex
+import socket
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -172,12 +174,50 @@ class Shell(Protocol):
         """Wait for the exit status and release the stream."""
 
 
+class Tunnel(Protocol):
+    """`ssh -L`'s byte stream to a port of the deployment. Reads block; b"" is the end."""
+
+    def read(self, size: int = 65536) -> bytes: ...
+    def write(self, data: bytes) -> None: ...
+    def close_write(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class SocketTunnel:
+    """A tunnel that is a plain TCP connection."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def read(self, size: int = 65536) -> bytes:
+        try:
+            return self.sock.recv(size)
+        except OSError:
+            return b""
+
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close_write(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a read blocked in another thread
+        self.sock.close()
+
+
 class RuntimeFailure(Exception):
     """Base of the errors a runtime raises; the message is fit to show to users."""
 
 
 class TransientFailure(RuntimeFailure):
     """Worth retrying: the engine was busy or briefly unreachable."""
+
+
+class Unreachable(RuntimeFailure):
+    """A port of the deployment that did not answer."""
 
 
 class UnknownService(RuntimeFailure):
@@ -230,10 +270,10 @@ class Runtime(ABC):
         service's own files. Nothing outside it may be reached."""
 
     @abstractmethod
-    def forward_address(self, spec: DeploymentSpec, service: str, host: str, port: int) -> tuple[str, int]:
-        """Where `ssh -L …:host:port` from a session on `service` connects. `port` is a port the
-        deployment's stack declares; `host` is localhost (the session's service first) or a service
-        identifier. RuntimeFailure for anything else."""
+    def open_forward(self, spec: DeploymentSpec, service: str, host: str, port: int) -> Tunnel:
+        """A connection for `ssh -L …:host:port` from a session on `service`: `port` must be a port
+        the deployment's stack declares and `host` localhost (the session's service first) or a
+        service identifier — RuntimeFailure for anything else, Unreachable when it does not answer."""
 
     @abstractmethod
     def copy_storage(self, source: DeploymentSpec, target: DeploymentSpec) -> None:

@@ -183,35 +183,38 @@ class Kube:
 
     def exec(self, namespace: str, pod: str, container: str, argv: "list[str]", tty: bool) -> "Exec":
         """`argv` in a running container through the pod exec API (a websocket, channel protocol v5)."""
-        self.calls += 1
         query = [("container", container), ("stdin", "true"), ("stdout", "true"), ("stderr", "false" if tty else "true"),
                  ("tty", "true" if tty else "false"), *(("command", arg) for arg in argv)]  # fmt: skip
-        _, url, headers, _, _ = self.api.param_serialize("GET", path("Pod", namespace, pod, "exec"), query_params=query, auth_settings=["BearerToken"])
+        return Exec(self._websocket(path("Pod", namespace, pod, "exec"), query))
+
+    def portforward(self, namespace: str, pod: str, port: int) -> "PortForward":
+        """A byte stream to `port` of the pod through the pod port-forward API."""
+        return PortForward(self._websocket(path("Pod", namespace, pod, "portforward"), [("ports", str(port))]))
+
+    def _websocket(self, url: str, query: "list[tuple[str, str]]"):
+        self.calls += 1
+        _, url, headers, _, _ = self.api.param_serialize("GET", url, query_params=query, auth_settings=["BearerToken"])
         headers = {k.lower(): v for k, v in headers.items()}
         try:
-            sock = ws_client.create_websocket(self.configuration, ws_client.get_websocket_url(url), headers)
+            return ws_client.create_websocket(self.configuration, ws_client.get_websocket_url(url), headers)
         except WebSocketBadStatusException as e:
             raise self._error(e.status_code, e.resp_body or str(e)) from None
         except (OSError, WebSocketException) as e:
             raise KubeUnavailable(0, str(e)) from None
-        return Exec(sock)
 
 
-class Exec:
-    """One exec stream. Channels: 0 stdin, 1 stdout, 2 stderr, 3 the final status, 4 terminal size,
-    255 close (v5: the end of stdin). A thread reads the socket and sorts frames into queues."""
-
-    STDIN, STDOUT, STDERR, STATUS, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
+class Channels:
+    """A websocket of the API's channel protocol: frames start with their channel's number. A thread
+    reads the socket and hands frames to `_frame`; `out` holds what `read` returns (bounded: a slow
+    reader slows the stream down), b"" once the stream has ended."""
 
     def __init__(self, sock) -> None:
         self.sock = sock
         protocol = getattr(sock, "subprotocol", None) or {k.lower(): v for k, v in (sock.getheaders() or {}).items()}.get("sec-websocket-protocol")
         self.v5 = protocol == ws_client.V5_CHANNEL_PROTOCOL
-        self.out: queue.Queue[bytes] = queue.Queue(maxsize=256)  # bounded: a slow reader slows the stream down
-        self.err: queue.Queue[bytes] = queue.Queue()
-        self.status: dict | None = None
+        self.out: queue.Queue[bytes] = queue.Queue(maxsize=256)
         self.lock = threading.Lock()  # websocket-client sends are not thread-safe
-        self.reader = threading.Thread(target=self._read, daemon=True, name="kube-exec")
+        self.reader = threading.Thread(target=self._read, daemon=True, name=f"kube-{type(self).__name__.lower()}")
         self.reader.start()
 
     def _read(self) -> None:
@@ -220,20 +223,17 @@ class Exec:
                 opcode, frame = self.sock.recv_data()
                 if opcode == 8 or not frame:  # closed by the server
                     break
-                channel, data = frame[0], frame[1:]
-                if not data:  # the server opens each channel with an empty frame
-                    continue
-                if channel == self.STDOUT:
-                    self.out.put(bytes(data))
-                elif channel == self.STDERR:
-                    self.err.put(bytes(data))
-                elif channel == self.STATUS:
-                    self.status = json.loads(data or b"{}")
+                self._frame(frame[0], bytes(frame[1:]))
         except (OSError, WebSocketException, ValueError):
             pass
         finally:
-            self.out.put(b"")
-            self.err.put(b"")
+            self._ended()
+
+    def _frame(self, channel: int, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _ended(self) -> None:
+        self.out.put(b"")
 
     def _send(self, channel: int, data: bytes) -> None:
         try:
@@ -241,6 +241,49 @@ class Exec:
                 self.sock.send_binary(bytes([channel]) + data)
         except (OSError, WebSocketException):
             pass  # the stream has ended; the reader reports it
+
+    def read(self, size: int = 65536) -> bytes:
+        return self.out.get()
+
+    def kill(self) -> None:
+        """Close the stream."""
+        try:
+            self.sock.close(timeout=1)
+        except (OSError, WebSocketException):
+            pass
+
+    def _drain(self) -> None:
+        while self.reader.is_alive():  # what nobody read any more must not hold the reader up
+            try:
+                self.out.get_nowait()
+            except queue.Empty:
+                self.reader.join(0.1)
+
+
+class Exec(Channels):
+    """One exec stream. Channels: 0 stdin, 1 stdout, 2 stderr, 3 the final status, 4 terminal size,
+    255 close (v5: the end of stdin)."""
+
+    STDIN, STDOUT, STDERR, STATUS, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
+
+    def __init__(self, sock) -> None:
+        self.err: queue.Queue[bytes] = queue.Queue()
+        self.status: dict | None = None
+        super().__init__(sock)
+
+    def _frame(self, channel: int, data: bytes) -> None:
+        if not data:  # the server opens each channel with an empty frame
+            return
+        if channel == self.STDOUT:
+            self.out.put(data)
+        elif channel == self.STDERR:
+            self.err.put(data)
+        elif channel == self.STATUS:
+            self.status = json.loads(data or b"{}")
+
+    def _ended(self) -> None:
+        super()._ended()
+        self.err.put(b"")
 
     def write(self, data: bytes) -> None:
         self._send(self.STDIN, data)
@@ -252,27 +295,46 @@ class Exec:
     def resize(self, columns: int, rows: int) -> None:
         self._send(self.RESIZE, json.dumps({"Width": columns, "Height": rows}).encode())
 
-    def read(self, size: int = 65536) -> bytes:
-        return self.out.get()
-
     def read_stderr(self, size: int = 65536) -> bytes:
         return self.err.get()
 
-    def kill(self) -> None:
-        """Close the stream: the container runtime ends the process with its terminal."""
-        try:
-            self.sock.close(timeout=1)
-        except (OSError, WebSocketException):
-            pass
-
     def close(self) -> int:
-        while self.reader.is_alive():  # what nobody read any more must not hold the reader up
-            try:
-                self.out.get_nowait()
-            except queue.Empty:
-                self.reader.join(0.1)
+        self._drain()
         self.kill()
         return exit_status(self.status)
+
+
+class PortForward(Channels):
+    """One forwarded connection: channel 0 carries the bytes both ways, channel 1 the errors; each
+    channel's first frame is its port number (two bytes). Its websocket has no half-close."""
+
+    DATA, ERROR = 0, 1
+
+    def __init__(self, sock) -> None:
+        self.opened: set[int] = set()
+        self.error = ""
+        super().__init__(sock)
+
+    def _frame(self, channel: int, data: bytes) -> None:
+        if channel not in self.opened:
+            self.opened.add(channel)
+            data = data[2:]
+        if channel == self.DATA and data:
+            self.out.put(data)
+        elif channel == self.ERROR and data:
+            self.error += data.decode(errors="replace")
+            log.info("port forward: %s", self.error)
+            self.kill()
+
+    def write(self, data: bytes) -> None:
+        self._send(self.DATA, data)
+
+    def close_write(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.kill()
+        self._drain()
 
 
 def exit_status(status: dict | None) -> int:

@@ -36,11 +36,13 @@ from deployments.runtimes.base import (
     RuntimeFailure,
     ServiceSpec,
     Shell,
+    Tunnel,
+    Unreachable,
     forward_candidates,
     imported_env,
     render,
 )
-from deployments.runtimes.k8s_client import Kube
+from deployments.runtimes.k8s_client import Kube, KubeError
 
 MANAGED = "app.kubernetes.io/managed-by"
 PROJECT, DEPLOYMENT, DEPLOYMENT_ID, COMPONENT = "diploi.io/project", "diploi.io/deployment", "diploi.io/deployment-id", "diploi.io/component"
@@ -349,11 +351,18 @@ class KubernetesRuntime(Runtime):
     def files_root(self, spec: DeploymentSpec, service: str) -> Path:
         raise RuntimeFailure("The files are in the cluster: SFTP runs in the container (sftp_command).")
 
-    def forward_address(self, spec: DeploymentSpec, service: str, host: str, port: int) -> tuple[str, int]:
-        """The service's cluster DNS name: reachable from a gateway that runs in the cluster (the Helm chart's)."""
+    def open_forward(self, spec: DeploymentSpec, service: str, host: str, port: int) -> Tunnel:
+        """Through the pod port-forward API to a running pod of the service that declares the port
+        (works wherever the gateway runs, with the API's access rules)."""
         for svc in forward_candidates(spec, service, host):
             if any(p.port == port for p in svc.ports):
-                return f"{svc.identifier}.{namespace(spec)}.svc", port
+                pod = self._pod(spec, svc.identifier, running=True)
+                if pod is None:
+                    raise Unreachable(f"{host}:{port}: {svc.identifier} has no running pod")
+                try:
+                    return self.kube.portforward(namespace(spec), pod, port)
+                except KubeError as e:
+                    raise Unreachable(f"{host}:{port} is not answering: {e}") from None
         raise RuntimeFailure(f"{host}:{port} is not a port of this deployment")
 
     def copy_storage(self, source: DeploymentSpec, target: DeploymentSpec) -> None:
