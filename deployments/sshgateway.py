@@ -10,6 +10,7 @@ deployment's own ports; each one is recorded on the deployment's Overview.
 """
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -513,7 +514,8 @@ class Forward(asyncssh.SSHTCPSession):
         while data := await loop.run_in_executor(self.gateway.pool, self.tunnel.read):
             self.conn.touch()
             self.chan.write(data)
-        self.chan.write_eof()
+        with contextlib.suppress(asyncssh.Error, OSError):  # the client may have closed first
+            self.chan.write_eof()
 
     async def copy_out(self) -> None:
         loop = asyncio.get_running_loop()
