@@ -433,7 +433,7 @@ def test_port_forwards_go_through_the_pod_port_forward_api(cast, kube, tmp_path)
     from deployments.runtimes import get_runtime
     from deployments.runtimes.kubernetes import namespace
     from tests.conftest import http_get
-    from tests.test_it_ssh import GatewayThread, client, new_key
+    from tests.test_it_ssh import GatewayThread, client, forward_answers, new_key
 
     d, spec = sample_spec(cast)
     runtime = get_runtime()
@@ -468,15 +468,7 @@ def test_port_forwards_go_through_the_pod_port_forward_api(cast, kube, tmp_path)
                 listener = await conn.forward_local_port("127.0.0.1", 0, *forward_to)
                 page = await asyncio.to_thread(http_get, f"http://127.0.0.1:{listener.get_port()}/hello")
                 listener.close()
-                answers = []
-                for host, port in (("localhost", 22), ("example.com", 80), ("redis", 6379)):
-                    try:
-                        reader, writer = await conn.open_connection(host, port)
-                        writer.close()
-                        answers.append(f"{host}:{port} open")
-                    except asyncssh.ChannelOpenError as e:
-                        answers.append(e.reason)
-                return page, answers
+                return page, await forward_answers(conn, [("localhost", 22), ("example.com", 80), ("redis", 6379)])
 
         page, answers = asyncio.run(asyncio.wait_for(session(("localhost", 8000)), 60))
         assert "Visits:" in page and (not simulated or page.endswith("to /hello"))

@@ -150,6 +150,19 @@ def test_an_interactive_terminal_follows_the_window_size(cast, dev, gateway, tmp
     assert SSHSession.objects.get(kind="shell").exit_status == 4
 
 
+async def forward_answers(conn, targets: list[tuple[str, int]]) -> list[str]:
+    """Open a forward to each host:port: "host:port open", or the gateway's reason for refusing it."""
+    answers = []
+    for host, port in targets:
+        try:
+            reader, writer = await conn.open_connection(host, port)
+            writer.close()
+            answers.append(f"{host}:{port} open")
+        except asyncssh.ChannelOpenError as e:
+            answers.append(e.reason)
+    return answers
+
+
 async def read_until(process, text: str) -> str:
     seen = ""
     while text not in seen:
@@ -199,15 +212,7 @@ def test_port_forwarding_reaches_only_the_deployments_own_ports(cast, dev, gatew
             listener = await conn.forward_local_port("127.0.0.1", 0, "localhost", 8000)  # the port the package declares
             page = await asyncio.to_thread(http_get, f"http://127.0.0.1:{listener.get_port()}/")
             listener.close()
-            refused = []
-            for host, port in (("localhost", 22), ("localhost", 5432), ("example.com", 80), ("redis", 6379)):
-                try:
-                    reader, writer = await conn.open_connection(host, port)
-                    writer.close()
-                    refused.append(f"{host}:{port} open")
-                except asyncssh.ChannelOpenError as e:
-                    refused.append(e.reason)
-            return page, refused
+            return page, await forward_answers(conn, [("localhost", 22), ("localhost", 5432), ("example.com", 80), ("redis", 6379)])
 
     page, refused = asyncio.run(asyncio.wait_for(session(), 60))
     assert "Visits:" in page
