@@ -519,11 +519,14 @@ class Forward(asyncssh.SSHTCPSession):
 
     async def copy_out(self) -> None:
         loop = asyncio.get_running_loop()
-        while (data := await self.outgoing.get()) is not None:
-            await loop.run_in_executor(self.gateway.pool, self.tunnel.write, data)
-            if self.outgoing.qsize() < FORWARD_QUEUE // 2:
-                self.chan.resume_reading()
-        await loop.run_in_executor(self.gateway.pool, self.tunnel.close_write)
+        try:
+            while (data := await self.outgoing.get()) is not None:
+                await loop.run_in_executor(self.gateway.pool, self.tunnel.write, data)
+                if self.outgoing.qsize() < FORWARD_QUEUE // 2:
+                    self.chan.resume_reading()
+            await loop.run_in_executor(self.gateway.pool, self.tunnel.close_write)
+        except OSError:  # the port went away: so does the channel
+            self.chan.close()
 
     def data_received(self, data: bytes, datatype) -> None:
         self.conn.touch()

@@ -433,7 +433,7 @@ def test_port_forwards_go_through_the_pod_port_forward_api(cast, kube, tmp_path)
     from deployments.runtimes import get_runtime
     from deployments.runtimes.kubernetes import namespace
     from tests.conftest import http_get
-    from tests.test_it_ssh import GatewayThread, client, forward_answers, new_key
+    from tests.test_it_ssh import GatewayThread, answer_then_end, client, forward_answers, new_key
 
     d, spec = sample_spec(cast)
     runtime = get_runtime()
@@ -468,13 +468,15 @@ def test_port_forwards_go_through_the_pod_port_forward_api(cast, kube, tmp_path)
                 listener = await conn.forward_local_port("127.0.0.1", 0, *forward_to)
                 page = await asyncio.to_thread(http_get, f"http://127.0.0.1:{listener.get_port()}/hello")
                 listener.close()
-                return page, await forward_answers(conn, [("localhost", 22), ("example.com", 80), ("redis", 6379)])
+                answers = await forward_answers(conn, [("localhost", 22), ("example.com", 80), ("redis", 6379)])
+                await answer_then_end(conn, *forward_to, b"GET / HTTP/1.0\r\n\r\n", b"to /" if simulated else b"</span></p>")
+                return page, answers
 
         page, answers = asyncio.run(asyncio.wait_for(session(("localhost", 8000)), 60))
         assert "Visits:" in page and (not simulated or page.endswith("to /hello"))
         assert answers == ["localhost:22 is not a port of this deployment", "example.com:80 is not a port of this deployment", "redis:6379 open"]
         forwards = list(SSHSession.objects.filter(deployment=d, kind="forward").values_list("command", flat=True))
-        assert sorted(forwards) == ["localhost:8000", "redis:6379"]  # refusals are not sessions
+        assert sorted(forwards) == ["localhost:8000", "localhost:8000", "redis:6379"]  # refusals are not sessions
 
         runtime.set_enabled(spec, False)
         wait_until(lambda: not kube.list("Pod", namespace(spec)), timeout=60, what="the pods to go")

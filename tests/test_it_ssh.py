@@ -163,6 +163,27 @@ async def forward_answers(conn, targets: list[tuple[str, int]]) -> list[str]:
     return answers
 
 
+async def answer_then_end(conn, host: str, port: int, request: bytes, last: bytes) -> int:
+    """Send `request` through a forward to a port that answers (ending with `last`) and closes: how
+    many writes after the answer the channel took to close — it must not stay half open. (The end
+    itself may only show at a write: KWOK's port-forward waits for the client's side too.)"""
+    reader, writer = await conn.open_connection(host, port)
+    writer.write(request)
+    answer = b""
+    while not answer.endswith(last):
+        chunk = await reader.read(65536)
+        assert chunk, f"the forward ended before {last!r}: {answer!r}"
+        answer += chunk
+    writes = 0
+    while not writer.channel.is_closing():
+        assert writes < 100, "the channel stayed open after its port went away"
+        writer.write(b"more\r\n")
+        writes += 1
+        await asyncio.sleep(0.05)
+    await writer.channel.wait_closed()
+    return writes
+
+
 async def read_until(process, text: str) -> str:
     seen = ""
     while text not in seen:
@@ -219,6 +240,21 @@ def test_port_forwarding_reaches_only_the_deployments_own_ports(cast, dev, gatew
     assert refused[:3] == ["localhost:22 is not a port of this deployment", "localhost:5432 is not a port of this deployment",
                            "example.com:80 is not a port of this deployment"]  # fmt: skip
     assert refused[3] == "redis:6379 open"  # the add-on of this very deployment
+
+
+def test_a_forward_whose_port_goes_away_ends(cast, dev, gateway, tmp_path) -> None:
+    """Redis closes the connection after QUIT: the client gets the end, and what it still writes
+    makes the channel close instead of leaving it half open."""
+    g = gateway()
+    key = new_key(tmp_path, "dev-key", cast.developer)
+
+    async def session() -> int:
+        async with client(g.port, key) as conn:
+            return await answer_then_end(conn, "redis", 6379, b"QUIT\r\n", b"+OK\r\n")
+
+    assert asyncio.run(asyncio.wait_for(session(), 60)) >= 1
+    wait_until(lambda: SSHSession.objects.filter(kind="forward", deployment=dev, command="redis:6379", ended__isnull=False).exists(),
+               what="the forward's session to end")  # fmt: skip
 
 
 @pytest.mark.skipif(SSH is None, reason="OpenSSH's ssh is not installed (.ci/run installs openssh-client)")

@@ -213,6 +213,7 @@ class Channels:
         protocol = getattr(sock, "subprotocol", None) or {k.lower(): v for k, v in (sock.getheaders() or {}).items()}.get("sec-websocket-protocol")
         self.v5 = protocol == ws_client.V5_CHANNEL_PROTOCOL
         self.out: queue.Queue[bytes] = queue.Queue(maxsize=256)
+        self.ended = False
         self.lock = threading.Lock()  # websocket-client sends are not thread-safe
         self.reader = threading.Thread(target=self._read, daemon=True, name=f"kube-{type(self).__name__.lower()}")
         self.reader.start()
@@ -227,6 +228,7 @@ class Channels:
         except (OSError, WebSocketException, ValueError):
             pass
         finally:
+            self.ended = True
             self._ended()
 
     def _frame(self, channel: int, data: bytes) -> None:
@@ -327,6 +329,8 @@ class PortForward(Channels):
             self.kill()
 
     def write(self, data: bytes) -> None:
+        if self.ended:  # no half-close: once the port's side has ended, so has the connection
+            raise BrokenPipeError(f"the port forward has ended {self.error}".strip())
         self._send(self.DATA, data)
 
     def close_write(self) -> None:
