@@ -149,13 +149,16 @@ class Progress(Protocol):
     def __call__(self, step: str, percent: int, line: str | None = None) -> None: ...
 
 
-def forward_candidates(spec: DeploymentSpec, service: str, host: str) -> list[ServiceSpec]:
-    """Whom `ssh -L …:host:port` from a session on `service` may mean: `localhost` is the session's
-    own service first, then the others; any other host must be a service identifier."""
+def forward_candidates(spec: DeploymentSpec, service: str, host: str, port: int) -> list[tuple[ServiceSpec, PortSpec]]:
+    """Whom `ssh -L …:host:port` from a session on `service` may mean, with the declared port:
+    `localhost` is the session's own service first, then the others; any other host must be a
+    service identifier."""
     if host in ("localhost", "127.0.0.1", "::1", ""):
         own = spec.service(service)
-        return [own, *(s for s in spec.services if s is not own)]
-    return [s for s in spec.services if s.identifier == host]
+        services = [own, *(s for s in spec.services if s is not own)]
+    else:
+        services = [s for s in spec.services if s.identifier == host]
+    return [(s, declared) for s in services for declared in s.ports if declared.port == port]
 
 
 class Shell(Protocol):

@@ -354,16 +354,17 @@ class KubernetesRuntime(Runtime):
     def open_forward(self, spec: DeploymentSpec, service: str, host: str, port: int) -> Tunnel:
         """Through the pod port-forward API to a running pod of the service that declares the port
         (works wherever the gateway runs, with the API's access rules)."""
-        for svc in forward_candidates(spec, service, host):
-            if any(p.port == port for p in svc.ports):
-                pod = self._pod(spec, svc.identifier, running=True)
-                if pod is None:
-                    raise Unreachable(f"{host}:{port}: {svc.identifier} has no running pod")
-                try:
-                    return self.kube.portforward(namespace(spec), pod, port)
-                except KubeError as e:
-                    raise Unreachable(f"{host}:{port} is not answering: {e}") from None
-        raise RuntimeFailure(f"{host}:{port} is not a port of this deployment")
+        candidates = forward_candidates(spec, service, host, port)
+        if not candidates:
+            raise RuntimeFailure(f"{host}:{port} is not a port of this deployment")
+        svc = candidates[0][0]
+        pod = self._pod(spec, svc.identifier, running=True)
+        if pod is None:
+            raise Unreachable(f"{host}:{port}: {svc.identifier} has no running pod")
+        try:
+            return self.kube.portforward(namespace(spec), pod, port)
+        except KubeError as e:
+            raise Unreachable(f"{host}:{port} is not answering: {e}") from None
 
     def copy_storage(self, source: DeploymentSpec, target: DeploymentSpec) -> None:
         """The target's claims and a helper pod that mounts them; then, for each claim, `tar` streamed

@@ -575,15 +575,14 @@ priority={100 if service.kind == "addon" else 200}
     def open_forward(self, spec: DeploymentSpec, service: str, host: str, port: int) -> SocketTunnel:
         """The declared port is the deployment's own allocated port on this machine."""
         ports = self._ports(spec)
-        for svc in forward_candidates(spec, service, host):
-            for declared in svc.ports:
-                if declared.port == port and declared.name in ports.get(svc.identifier, {}):
-                    try:
-                        sock = socket.create_connection(("127.0.0.1", ports[svc.identifier][declared.name]), timeout=10)
-                    except OSError as e:
-                        raise Unreachable(f"{host}:{port} is not answering: {e}") from None
-                    sock.settimeout(None)
-                    return SocketTunnel(sock)
+        for svc, declared in forward_candidates(spec, service, host, port):
+            if declared.name in ports.get(svc.identifier, {}):
+                try:
+                    sock = socket.create_connection(("127.0.0.1", ports[svc.identifier][declared.name]), timeout=10)
+                except OSError as e:
+                    raise Unreachable(f"{host}:{port} is not answering: {e}") from None
+                sock.settimeout(None)
+                return SocketTunnel(sock)
         raise RuntimeFailure(f"{host}:{port} is not a port of this deployment")
 
 
