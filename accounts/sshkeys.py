@@ -73,8 +73,7 @@ def parse_public_key(text: str) -> PublicKey:
         if key_type.startswith("ssh-dss"):
             raise InvalidKey("DSA keys are not accepted; use an ed25519, ECDSA or RSA (2048 bits or more) key.")
         raise InvalidKey(
-            "This does not look like an SSH public key. It should start with "
-            "ssh-ed25519, ecdsa-sha2-nistp256/384/521 or ssh-rsa."
+            "This does not look like an SSH public key. It should start with ssh-ed25519, ecdsa-sha2-nistp256/384/521 or ssh-rsa."
         )
     if len(parts) < 2:
         raise InvalidKey("The key data is missing after the key type.")
@@ -97,9 +96,8 @@ def parse_public_key(text: str) -> PublicKey:
             raise InvalidKey("The key data does not match its type ssh-rsa.")
         if key.key_size < MIN_RSA_BITS:
             raise InvalidKey(f"This RSA key has {key.key_size} bits; at least {MIN_RSA_BITS} are required.")
-    if key_type in _CURVES:
-        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != _CURVES[key_type]:
-            raise InvalidKey(f"The key data does not match its type {key_type}.")
+    if key_type in _CURVES and (not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != _CURVES[key_type]):
+        raise InvalidKey(f"The key data does not match its type {key_type}.")
 
     comment = parts[2].strip() if len(parts) > 2 else ""
     return PublicKey(key_type=key_type, blob=blob, comment=comment)

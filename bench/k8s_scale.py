@@ -26,8 +26,12 @@ DATA = Path(tempfile.mkdtemp(prefix="diploi-k8s-bench-"))
 KUBECONFIG = os.environ.get("DIPLOI_BENCH_KUBECONFIG", "")
 if not KUBECONFIG:
     raise SystemExit(__doc__)
-os.environ.update(DIPLOI_DATA_DIR=str(DATA / "data"), DJANGO_SETTINGS_MODULE="diploi.settings", DIPLOI_RUNTIME="kubernetes",
-                  DIPLOI_K8S_KUBECONFIG=KUBECONFIG)  # fmt: skip
+os.environ.update(
+    DIPLOI_DATA_DIR=str(DATA / "data"),
+    DJANGO_SETTINGS_MODULE="diploi.settings",
+    DIPLOI_RUNTIME="kubernetes",
+    DIPLOI_K8S_KUBECONFIG=KUBECONFIG,
+)
 os.environ.pop("DATABASE_URL", None)
 
 import django  # noqa: E402
@@ -37,9 +41,10 @@ django.setup()
 
 from bench.sample import sample_project  # noqa: E402
 from deployments.models import Deployment, State  # noqa: E402
-from deployments.runtimes.k8s_client import Kube  # noqa: E402
-from deployments.runtimes.kubernetes import MANAGED, KubernetesRuntime, manifests, namespace  # noqa: E402
-from deployments.spec import current_spec  # noqa: E402
+from deployments.provisioning.spec import current_spec  # noqa: E402
+from deployments.runtimes.kubernetes.client import Kube  # noqa: E402
+from deployments.runtimes.kubernetes.manifests import MANAGED, manifests, namespace  # noqa: E402
+from deployments.runtimes.kubernetes.runtime import KubernetesRuntime  # noqa: E402
 
 
 def sample_spec():
@@ -73,9 +78,11 @@ def main() -> None:
         for _ in range(len(batch) * per_deployment):
             kube.request("GET", "/version")
         base = time.perf_counter() - base_t
-        print(f"  {len(batch):>5} more deployments (total {n:>5}): {len(batch) / took * 60:8.0f} deployments/min   "
-              f"({took / len(batch) * 1000:6.1f} ms each; baseline: the same number of plain GETs takes "
-              f"{base / len(batch) * 1000:5.1f} ms per deployment, {took / base:.1f}×)")
+        print(
+            f"  {len(batch):>5} more deployments (total {n:>5}): {len(batch) / took * 60:8.0f} deployments/min   "
+            f"({took / len(batch) * 1000:6.1f} ms each; baseline: the same number of plain GETs takes "
+            f"{base / len(batch) * 1000:5.1f} ms per deployment, {took / base:.1f}×)"
+        )
 
     print("\nobserve() (pods, claims, StatefulSets and Deployments listed across namespaces):")
     for n in [c for c in (10, 100, 1000) if c <= len(specs)]:

@@ -72,8 +72,9 @@ def bench_redis() -> str:
 
 ADMIN_URL = os.environ.get("DATABASE_URL", "")
 os.environ["REDIS_URL"] = bench_redis()
-os.environ.update(DATABASE_URL=bench_database(), DIPLOI_DATA_DIR=str(DATA / "data"), DJANGO_SETTINGS_MODULE="diploi.settings",
-                  DIPLOI_MONITOR_INTERVAL="2")  # fmt: skip
+os.environ.update(
+    DATABASE_URL=bench_database(), DIPLOI_DATA_DIR=str(DATA / "data"), DJANGO_SETTINGS_MODULE="diploi.settings", DIPLOI_MONITOR_INTERVAL="2"
+)
 
 import django  # noqa: E402
 
@@ -86,14 +87,17 @@ from django.test import Client  # noqa: E402
 
 from accounts.models import User  # noqa: E402
 from bench.sample import sample_project  # noqa: E402
-from deployments import events  # noqa: E402
+from deployments.live import events  # noqa: E402
 from deployments.models import Deployment, Sample, Stage, State  # noqa: E402
-from deployments.monitor import OBSERVED, Monitor  # noqa: E402
 from deployments.runtimes import get_runtime  # noqa: E402
+from deployments.status.monitor import OBSERVED, Monitor  # noqa: E402
 from projects.models import Project  # noqa: E402
 
-GREEN = {"colour": "green", "reason": "Running",
-         "tree": {"containers": [["web", "green", "running"], ["redis", "green", "running"]], "services": [["web", "green", "answering"]]}}  # fmt: skip
+GREEN = {
+    "colour": "green",
+    "reason": "Running",
+    "tree": {"containers": [["web", "green", "running"], ["redis", "green", "running"]], "services": [["web", "green", "answering"]]},
+}
 
 
 def pct(samples: list[float], p: float) -> float:
@@ -134,10 +138,19 @@ def rss_mib(proc: subprocess.Popen) -> float:
 def setup(count: int) -> tuple[User, Project, list[int]]:
     user, project = sample_project(DATA)
     Deployment.objects.bulk_create(
-        Deployment(project=project, name=f"d{i:04}", slug=f"d{i:04}", stage=Stage.DEVELOPMENT, branch="main", commit=project.stack_commit,
-                   state=State.PENDING, status=GREEN, endpoints={"web": f"http://d{i:04}.localhost:8000"})
+        Deployment(
+            project=project,
+            name=f"d{i:04}",
+            slug=f"d{i:04}",
+            stage=Stage.DEVELOPMENT,
+            branch="main",
+            commit=project.stack_commit,
+            state=State.PENDING,
+            status=GREEN,
+            endpoints={"web": f"http://d{i:04}.localhost:8000"},
+        )
         for i in range(count)
-    )  # fmt: skip
+    )
     ids = list(Deployment.objects.order_by("slug").values_list("pk", flat=True))
     Sample.objects.bulk_create(Sample(deployment_id=pk, cpu_percent=i % 7, memory_bytes=2**24) for pk in ids for i in range(5))
     return user, project, ids
@@ -198,8 +211,14 @@ class Clients:
 
         async def one(index: int, pk: int) -> None:
             async with limit:
-                ws = await websockets.connect(f"{self.url}/ws/deployments/{pk}/", origin=self.origin, additional_headers={"Cookie": self.cookie},
-                                              open_timeout=60, max_size=2**22, ping_interval=None)  # fmt: skip
+                ws = await websockets.connect(
+                    f"{self.url}/ws/deployments/{pk}/",
+                    origin=self.origin,
+                    additional_headers={"Cookie": self.cookie},
+                    open_timeout=60,
+                    max_size=2**22,
+                    ping_interval=None,
+                )
                 await asyncio.wait_for(ws.recv(), 60)  # the current state
                 self.sockets.append(ws)
                 self.readers.append(asyncio.create_task(self.read(index, ws)))
@@ -228,7 +247,7 @@ async def fanout(clients: Clients, targets: dict[int, list[int]], rounds: int) -
     from asgiref.sync import sync_to_async
 
     latencies, missing = [], 0
-    for r in range(rounds):
+    for _ in range(rounds):
         marker = f"bench-{uuid.uuid4().hex[:12]}"
         clients.seen[marker] = seen = {}
         await sync_to_async(Deployment.objects.filter(pk__in=list(targets)).update)(state_reason=marker)
@@ -264,7 +283,14 @@ def monitor_cost(ids: list[int], counts: list[int]) -> None:
         for _ in range(ticks):
             list(Deployment.objects.filter(state__in=OBSERVED).select_related("project", "release"))
         base = (time.process_time() - t) / ticks
-        print(f"  {n:>4} deployments: {cpu:7.3f} CPU s/tick ({cpu / n * 1000:5.2f} ms each)   baseline (read the rows) {base:7.4f} s   {cpu / base:6.0f}×")
+        each = cpu / n * 1000
+        print(f"  {n:>4} deployments: {cpu:7.3f} CPU s/tick ({each:5.2f} ms each)", end="")
+        print(f"   baseline (read the rows) {base:7.4f} s   {cpu / base:6.0f}×")
+
+
+def ratios(latencies: list[float], base: list[float], missing: int) -> str:
+    p50, p99 = pct(latencies, 50) / pct(base, 50), pct(latencies, 99) / pct(base, 99)
+    return f"({p50:.0f}× / {p99:.0f}× baseline){f'  MISSING {missing}' if missing else ''}"
 
 
 async def websocket_phase(url: str, cookie: str, ids: list[int], n: int, rounds: int) -> Clients:
@@ -275,15 +301,13 @@ async def websocket_phase(url: str, cookie: str, ids: list[int], n: int, rounds:
     await clients.connect([spread[i % len(spread)] for i in range(n)])
     targets = {pk: [i for i in range(n) if spread[i % len(spread)] == pk] for pk in spread}
     latencies, missing = await fanout(clients, targets, rounds)
-    print(f"  {n} clients over {len(spread)} deployments:             {figures(latencies)}   "
-          f"({pct(latencies, 50) / pct(base, 50):.0f}× / {pct(latencies, 99) / pct(base, 99):.0f}× baseline){f'  MISSING {missing}' if missing else ''}")
+    print(f"  {n} clients over {len(spread)} deployments:             {figures(latencies)}   {ratios(latencies, base, missing)}")
     await clients.close()
 
     clients = Clients(url.replace("http", "ws"), cookie, url)
     await clients.connect([ids[0]] * n)
     latencies, missing = await fanout(clients, {ids[0]: list(range(n))}, rounds)
-    print(f"  {n} clients on one deployment:                  {figures(latencies)}   "
-          f"({pct(latencies, 50) / pct(base, 50):.0f}× / {pct(latencies, 99) / pct(base, 99):.0f}× baseline){f'  MISSING {missing}' if missing else ''}")
+    print(f"  {n} clients on one deployment:                  {figures(latencies)}   {ratios(latencies, base, missing)}")
     return clients  # left connected for the memory figures
 
 
@@ -316,18 +340,22 @@ def main() -> None:
                 break
             except OSError:
                 if time.monotonic() > deadline or web.poll() is not None:
-                    raise SystemExit(f"daphne did not start; see {DATA / 'web.log'}")
+                    raise SystemExit(f"daphne did not start; see {DATA / 'web.log'}") from None
                 time.sleep(0.1)
         print(f"machine: {os.cpu_count()} CPUs; PostgreSQL {BENCH_DB}; {args.deployments} deployments; everything on loopback\n")
 
         print(f"1. Overview latency, {args.deployments} deployments in PostgreSQL, {args.requests} requests, 8 at a time:")
         trivial, trivial_rps = http_bench(url, cookie, "/healthz", args.requests)
         print(f"  baseline: /healthz                                {figures(trivial)}  {trivial_rps:7.0f} req/s")
-        for label, path in (("Overview of one deployment", f"/projects/sample/d/{Deployment.objects.get(pk=ids[0]).slug}/"),
-                            (f"project page (first 50 of {args.deployments})", "/projects/sample/")):  # fmt: skip
+        for label, path in (
+            ("Overview of one deployment", f"/projects/sample/d/{Deployment.objects.get(pk=ids[0]).slug}/"),
+            (f"project page (first 50 of {args.deployments})", "/projects/sample/"),
+        ):
             samples, rps = http_bench(url, cookie, path, args.requests)
-            print(f"  {label:<48}{figures(samples)}  {rps:7.0f} req/s   ({pct(samples, 50) / pct(trivial, 50):.1f}× / "
-                  f"{pct(samples, 99) / pct(trivial, 99):.1f}× baseline; {trivial_rps / rps:.1f}× fewer req/s)")
+            print(
+                f"  {label:<48}{figures(samples)}  {rps:7.0f} req/s   ({pct(samples, 50) / pct(trivial, 50):.1f}× / "
+                f"{pct(samples, 99) / pct(trivial, 99):.1f}× baseline; {trivial_rps / rps:.1f}× fewer req/s)"
+            )
 
         print("\n2. Monitor cost (rows marked running; their processes are not started, so the supervisor reports them stopped):")
         monitor_cost(ids, [10, 50, 200])
@@ -339,8 +367,13 @@ def main() -> None:
         observe(ids[:200])
         monitor = start("monitor", [sys.executable, "manage.py", "monitor"])
         loop.run_until_complete(asyncio.sleep(10))
-        bare = subprocess.run([sys.executable, "-c", "import django, os, psutil; django.setup(); print(psutil.Process().memory_info().rss)"],
-                              cwd=BASE_DIR, capture_output=True, text=True, check=True)  # fmt: skip
+        bare = subprocess.run(
+            [sys.executable, "-c", "import django, os, psutil; django.setup(); print(psutil.Process().memory_info().rss)"],
+            cwd=BASE_DIR,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         base = int(bare.stdout) / 2**20
         print(f"  baseline: python with Django set up               {base:7.1f} MiB")
         for name, proc in (("web (daphne)", web), ("worker (celery, 2 pool processes)", worker), ("monitor", monitor)):

@@ -35,11 +35,11 @@ django.setup()
 
 from accounts.models import User  # noqa: E402
 from bench.sample import sample_project  # noqa: E402
-from deployments import tasks  # noqa: E402
+from deployments.actions import do_create_deployment  # noqa: E402
 from deployments.models import Deployment  # noqa: E402
+from deployments.provisioning import tasks  # noqa: E402
+from deployments.provisioning.spec import current_spec  # noqa: E402
 from deployments.runtimes import get_runtime  # noqa: E402
-from deployments.services import create_deployment  # noqa: E402
-from deployments.spec import current_spec  # noqa: E402
 from projects.models import Project  # noqa: E402
 
 
@@ -60,8 +60,13 @@ def baseline_start(repo: Path) -> float:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=repo / "web", env={"PORT": str(port), "REDIS_URL": "redis://127.0.0.1:1/0", "PATH": os.environ["PATH"]},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "app.py"],
+        cwd=repo / "web",
+        env={"PORT": str(port), "REDIS_URL": "redis://127.0.0.1:1/0", "PATH": os.environ["PATH"]},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(f"http://127.0.0.1:{port}/")
         return time.perf_counter() - t
@@ -72,7 +77,7 @@ def baseline_start(repo: Path) -> float:
 
 def create_and_answer(project: Project, user: User, name: str, stage: str) -> tuple[float, Deployment]:
     t = time.perf_counter()
-    d = create_deployment(project, name, stage, "main", user)
+    d = do_create_deployment(project, name, stage, "main", actor=user)
     tasks.provision(d.pk)
     d.refresh_from_db()
     wait_for(d.endpoints["web"])
@@ -121,8 +126,10 @@ def main() -> None:
                 samples.append(time.perf_counter() - t)
             ms = statistics.median(samples) * 1000
             per_one = per_one or ms / n
-            print(f"observe() with {n:>3} deployments: {ms:8.1f} ms/call, {ms / n:6.2f} ms/deployment "
-                  f"({ms / n / per_one:.2f}× the 1-deployment cost), {calls['n'] // args.repeat} supervisor call(s) per observe")
+            print(
+                f"observe() with {n:>3} deployments: {ms:8.1f} ms/call, {ms / n:6.2f} ms/deployment "
+                f"({ms / n / per_one:.2f}× the 1-deployment cost), {calls['n'] // args.repeat} supervisor call(s) per observe"
+            )
     finally:
         for d in Deployment.objects.all():
             tasks.destroy(d.pk)

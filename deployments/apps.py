@@ -5,7 +5,7 @@ from django.db.models.signals import post_delete, post_save
 
 def membership_changed(sender, instance, **kwargs) -> None:
     """Sockets of the project's pages check their user's access again once the change is committed."""
-    from deployments import events
+    from deployments.live import events
     from deployments.models import Deployment
 
     project_id = instance.project_id

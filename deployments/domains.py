@@ -1,6 +1,7 @@
 """Custom domains: validation of the name, the CNAME target, and the DNS check."""
 
 import re
+from datetime import datetime
 
 import dns.exception
 import dns.resolver
@@ -52,20 +53,15 @@ def lookup_cname(name: str) -> str | None:
     return str(answer[0].target).rstrip(".").lower()
 
 
-def verify(domain: Domain) -> Domain:
-    """Check the CNAME record now and record the outcome."""
+def check_cname(domain: Domain) -> tuple[bool, str, datetime]:
+    """Whether the domain's CNAME record points at its deployment now, why, and when it was checked."""
     target = cname_target(domain.deployment)
     try:
         found = lookup_cname(domain.name)
     except dns.exception.DNSException as e:
-        domain.verified, domain.check_result = False, f"DNS lookup failed: {e.__class__.__name__}"
-    else:
-        if found == target:
-            domain.verified, domain.check_result = True, f"CNAME points to {target}"
-        elif found:
-            domain.verified, domain.check_result = False, f"CNAME points to {found}, not {target}"
-        else:
-            domain.verified, domain.check_result = False, f"No CNAME record found for {domain.name}"
-    domain.checked = timezone.now()
-    domain.save(update_fields=["verified", "check_result", "checked"])
-    return domain
+        return False, f"DNS lookup failed: {e.__class__.__name__}", timezone.now()
+    if found == target:
+        return True, f"CNAME points to {target}", timezone.now()
+    if found:
+        return False, f"CNAME points to {found}, not {target}", timezone.now()
+    return False, f"No CNAME record found for {domain.name}", timezone.now()

@@ -4,7 +4,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from deployments.crypto import EncryptedTextField
-from deployments.events import STATE, publish, publish_project
+from deployments.live.events import BUILD, STATE, publish, publish_project
+from deployments.status import store, tree
 from projects.models import Project
 from projects.validators import validate_branch_name, validate_dns_label
 
@@ -23,9 +24,6 @@ class State(models.TextChoices):
     STOPPED = "stopped", "Stopped"
     FAILED = "failed", "Failed"
     DELETING = "deleting", "Deleting"
-
-
-SUMMARY_WORDS = {"green": "Running", "yellow": "Possible issues", "red": "Error"}
 
 
 class Deployment(models.Model):
@@ -65,20 +63,8 @@ class Deployment(models.Model):
     @property
     def summary(self) -> tuple[str, str]:
         """Colour and word for lists: from the state, and the monitor's last status tree when stored."""
-        if self.state == State.DELETING:
-            return "pending", "Deleting…"
-        if self.state == State.FAILED:
-            return "red", "Error"
-        if self.state in (State.PENDING, State.PROVISIONING):
-            return "pending", "Provisioning…"
-        if self.state == State.BUILDING:
-            return "pending", "Building…"
-        if self.state == State.STOPPED or not self.enabled:
-            return "pending", "Stopped"
-        colour = (self.status or {}).get("colour")
-        if colour in SUMMARY_WORDS:
-            return colour, SUMMARY_WORDS[colour]
-        return ("yellow", "Possible issues") if self.state_reason else ("green", "Running")
+        colour, word = tree.summary(self.state, self.enabled, self.state_reason, store.stored_colour(self.status))
+        return colour.value, word
 
     @property
     def builds_releases(self) -> bool:
@@ -158,6 +144,57 @@ class Build(models.Model):
         if len(log) > limit:
             log = "[… earlier output trimmed …]\n" + log[-(limit - 40) :]
         self.log = log
+
+    # The state machine: queued → running → succeeded | failed. A build started again (a retried
+    # task) begins from queued steps; `advance` and the log stay in memory until `save_progress`.
+
+    def start(self, log: str = "") -> None:
+        self.status, self.progress, self.log, self.error = BuildStatus.RUNNING, 0, log, ""
+        self.started, self.finished = timezone.now(), None
+        self.steps = _initial_steps()
+        self.save()
+
+    def advance(self, step: str, percent: int, line: str | None = None) -> None:
+        """`step` is running at `percent`: the running steps before it have succeeded."""
+        now = timezone.now().isoformat()
+        for s in self.steps:
+            if s["name"] == step:
+                if s["status"] == BuildStatus.QUEUED:
+                    s["status"], s["started"] = BuildStatus.RUNNING, now
+                break
+            if s["status"] == BuildStatus.RUNNING:
+                s["status"], s["finished"] = BuildStatus.SUCCEEDED, now
+        self.progress = max(self.progress, min(percent, 100))
+        if line is not None:
+            self.append_log(line + "\n")
+
+    def save_progress(self) -> None:
+        self.save(update_fields=["steps", "progress", "log", "external_url"])
+        publish(self.deployment_id, BUILD)
+
+    def fail(self, step: str, error: str) -> None:
+        now = timezone.now()
+        for s in self.steps:
+            if s["name"] == step:
+                s["status"], s["started"], s["finished"] = BuildStatus.FAILED, s["started"] or now.isoformat(), now.isoformat()
+        self.append_log(f"\n{error}\n")
+        self.status, self.error, self.finished = BuildStatus.FAILED, error[:500], now
+        self.save()
+        publish(self.deployment_id, BUILD)
+
+    def succeed(self, images: dict[str, str] | None = None) -> None:
+        """Every unfinished step has succeeded; the build becomes its deployment's release."""
+        now = timezone.now()
+        for s in self.steps:
+            if s["status"] in (BuildStatus.RUNNING, BuildStatus.QUEUED):
+                s["status"], s["started"], s["finished"] = BuildStatus.SUCCEEDED, s["started"] or now.isoformat(), now.isoformat()
+        self.status, self.progress, self.finished = BuildStatus.SUCCEEDED, 100, now
+        if images is not None:
+            self.images = images
+        with transaction.atomic():
+            self.save()
+            Deployment.objects.filter(pk=self.deployment_id).update(release=self)
+        publish(self.deployment_id, BUILD)
 
 
 class CIReport(models.Model):

@@ -77,6 +77,8 @@ TEMPLATES = [
         "DIRS": [BASE_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
+            # The dashboard's filters live with the web package, not at an app's top level.
+            "libraries": {"diploi": "deployments.web.templatetags.diploi"},
             "context_processors": [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
@@ -86,11 +88,7 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {
-    "default": dj_database_url.parse(
-        envstr("DATABASE_URL", f"sqlite:///{DATA_DIR / 'diploi.sqlite3'}"), conn_max_age=0
-    )
-}
+DATABASES = {"default": dj_database_url.parse(envstr("DATABASE_URL", f"sqlite:///{DATA_DIR / 'diploi.sqlite3'}"), conn_max_age=0)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web server, the worker and the monitor share one SQLite file: WAL lets readers run
     # beside a writer, and IMMEDIATE transactions wait for the write lock instead of failing.
@@ -147,7 +145,6 @@ DEFAULT_FROM_EMAIL = envstr("DIPLOI_EMAIL_FROM", "diploi@localhost")
 # Redis carries Celery's queue and the Channels layer. `manage.py up` starts an embedded server and
 # sets REDIS_URL for its children when it is not set; processes started by hand need it set.
 REDIS_URL = envstr("REDIS_URL")
-
 
 
 def redis_channel_layer(url: str) -> dict:

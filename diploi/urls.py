@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from deployments.views import ci_build_report
+from deployments.ci.api import ci_build_report
 from diploi.views import healthz
 
 urlpatterns = [
@@ -10,7 +10,7 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("account/", include("accounts.urls")),
     path("projects/", include("projects.urls")),
-    path("projects/", include("deployments.urls")),
+    path("projects/", include("deployments.web.urls")),
     path("api/ci/builds/", ci_build_report, name="ci_build_report"),
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),

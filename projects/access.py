@@ -27,5 +27,3 @@ def get_project_for_user(user: User, slug: str, write: bool = False, owner: bool
 
 def projects_for_user(user: User):
     return Project.objects.filter(memberships__user=user).order_by("name")
-
-

@@ -22,6 +22,11 @@ WRITE_ROLES = (Role.OWNER, Role.DEVELOPER)
 CI_TOKEN_PREFIX = "diploi_ci_"
 
 
+def builds_externally() -> bool:
+    """CI builds the staging/production images and reports them (POST /api/ci/builds/); Diploi does not build."""
+    return settings.DIPLOI_RUNTIME == "kubernetes" and settings.DIPLOI_K8S_BUILD_MODE == "external"
+
+
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -54,7 +59,7 @@ class Project(models.Model):
         return self.name
 
     def get_absolute_url(self) -> str:
-        return reverse("projects:detail", args=[self.slug])
+        return reverse("deployments:project", args=[self.slug])
 
     def rotate_ci_token(self) -> str:
         """A new CI token (the old one stops working); returned once, only its hash is stored."""

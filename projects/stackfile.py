@@ -123,9 +123,7 @@ class _PackageLoader:
         return package, None if package else "is not a valid package (see its own errors)"
 
 
-def _services(
-    p: Problems, value: object, section: str, kind: str, seen: dict[str, str], packages: _PackageLoader
-) -> list[Service]:
+def _services(p: Problems, value: object, section: str, kind: str, seen: dict[str, str], packages: _PackageLoader) -> list[Service]:
     if value is None:
         return []
     if not isinstance(value, list):

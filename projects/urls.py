@@ -6,7 +6,6 @@ app_name = "projects"
 urlpatterns = [
     path("", views.project_list, name="list"),
     path("new/", views.project_create, name="create"),
-    path("<slug:slug>/", views.project_detail, name="detail"),
     path("<slug:slug>/refresh/", views.project_refresh, name="refresh"),
     path("<slug:slug>/settings/", views.project_settings, name="settings"),
     path("<slug:slug>/members/", views.member_add, name="member_add"),

@@ -66,9 +66,7 @@ def validate_repository(value: str) -> None:
         return
     if value.startswith("/") and "\n" not in value:
         return
-    raise ValidationError(
-        "Enter a Git URL (https://…, ssh://…, git@host:path) or the absolute path of a repository on this machine."
-    )
+    raise ValidationError("Enter a Git URL (https://…, ssh://…, git@host:path) or the absolute path of a repository on this machine.")
 
 
 def safe_relative_folder(value: str) -> str | None:

@@ -10,12 +10,10 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from deployments.queries import deployments_page
-from deployments.runtimes import builds_externally
 from diploi.http import redirect_to
 from projects.access import get_project_for_user, projects_for_user
 from projects.forms import DeleteProjectForm, MemberForm, ProjectForm, RoleForm, unique_slug
-from projects.models import Membership, Project, Role
+from projects.models import Membership, Project, Role, builds_externally
 from projects.stack import branches, project_mirror, refresh_stack
 
 
@@ -45,18 +43,6 @@ def project_create(request: HttpRequest) -> HttpResponse:
         return redirect_to(request, project)
     template = "projects/create.html#form" if request.htmx else "projects/create.html"
     return TemplateResponse(request, template, {"form": form})
-
-
-@login_required
-@require_GET
-def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
-    project = get_project_for_user(request.user, slug)
-    ctx = {
-        "project": project,
-        "page": deployments_page(project, request.GET.get("page")),
-        "members": project.memberships.select_related("user"),
-    }
-    return TemplateResponse(request, "projects/detail.html", ctx)
 
 
 @login_required

@@ -53,8 +53,10 @@ class Cast:
 @pytest.fixture
 def cast(db, sample_repo: Path) -> Cast:
     """A project with one member of each role, and a user who is not a member."""
-    users = {name: User.objects.create_user(name, email=f"{name}@example.com", password="pw-" + name) for name in
-             ("owner", "developer", "viewer", "outsider")}  # fmt: skip
+    users = {
+        name: User.objects.create_user(name, email=f"{name}@example.com", password="pw-" + name)
+        for name in ("owner", "developer", "viewer", "outsider")
+    }
     project = Project.objects.create(name="Shop", slug="shop", repository=str(sample_repo), default_branch="main")
     for role in (Role.OWNER, Role.DEVELOPER, Role.VIEWER):
         Membership.objects.create(project=project, user=users[role.value], role=role)
@@ -140,8 +142,12 @@ class Platform:
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
             [sys.executable, "manage.py", "up", "--port", str(port), "--data-dir", str(data_dir)],
-            cwd=BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            cwd=BASE_DIR,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -185,14 +191,12 @@ def platform(tmp_path: Path):
     p.kill()
 
 
-
-
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory) -> str:
     """A real Redis: REDIS_URL when it answers (CI starts one), else the embedded server."""
     import redis as redis_client
 
-    from diploi import embedded_redis
+    from deployments.management import embedded_redis
 
     url = os.environ.get("REDIS_URL", "")
     if url:
@@ -203,8 +207,11 @@ def redis_url(tmp_path_factory) -> str:
         except redis_client.ConnectionError:
             pass
     port = free_port()
-    proc = subprocess.Popen(embedded_redis.redis_command(port, tmp_path_factory.mktemp("redis"), persistent=False),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        embedded_redis.redis_command(port, tmp_path_factory.mktemp("redis"), persistent=False),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"redis://127.0.0.1:{port}/0"
     try:
         embedded_redis.wait_until_ready(url, proc)

@@ -14,17 +14,27 @@ def project_urls(cast) -> dict[str, tuple[str, dict, str]]:
         "detail": (f"/projects/{slug}/", None, "viewer"),
         "settings": (f"/projects/{slug}/settings/", None, "viewer"),
         "refresh": (f"/projects/{slug}/refresh/", {}, "developer"),
-        "save settings": (f"/projects/{slug}/settings/", {"name": "Renamed", "repository": cast.project.repository, "default_branch": "main"}, "developer"),
+        "save settings": (
+            f"/projects/{slug}/settings/",
+            {"name": "Renamed", "repository": cast.project.repository, "default_branch": "main"},
+            "developer",
+        ),
         "add member": (f"/projects/{slug}/members/", {"who": "outsider", "role": "viewer"}, "owner"),
         "change role": (f"/projects/{slug}/members/{viewer_membership.pk}/", {"role": "developer"}, "owner"),
         "remove member": (f"/projects/{slug}/members/{viewer_membership.pk}/remove/", {}, "owner"),
         "delete": (f"/projects/{slug}/delete/", {"confirm": "Shop"}, "owner"),
-    }  # fmt: skip
+    }
 
 
 RANK = {"viewer": 0, "developer": 1, "owner": 2}
-NEEDED = {"refresh": "developer", "save settings": "developer", "add member": "owner", "change role": "owner",
-          "remove member": "owner", "delete": "owner"}  # fmt: skip
+NEEDED = {
+    "refresh": "developer",
+    "save settings": "developer",
+    "add member": "owner",
+    "change role": "owner",
+    "remove member": "owner",
+    "delete": "owner",
+}
 TOO_WEAK = [(role, name) for name, needed in NEEDED.items() for role in ("viewer", "developer") if RANK[role] < RANK[needed]]
 
 

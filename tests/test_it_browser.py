@@ -16,8 +16,16 @@ from tests.conftest import Platform, http_get, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
-ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]  # fmt: skip
+ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture
@@ -63,7 +71,9 @@ def test_a_new_user_deploys_the_demo_project(platform: Platform, browser, tmp_pa
     page.wait_for_url("**/projects/")
     private = ed25519.Ed25519PrivateKey.generate()
     key_file = tmp_path / "ada_ed25519"
-    key_file.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+    key_file.write_bytes(
+        private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    )
     key_file.chmod(0o600)
     key = private.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode() + " ada@laptop"
     page.goto("/account/keys/")
@@ -105,7 +115,16 @@ def test_a_new_user_deploys_the_demo_project(platform: Platform, browser, tmp_pa
 
     # And it works, pasted into a terminal (with her key and a throwaway known-hosts file).
     if shutil.which("ssh"):
-        options = ["-i", str(key_file), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={tmp_path / 'known'}"]
+        options = [
+            "-i",
+            str(key_file),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            f"UserKnownHostsFile={tmp_path / 'known'}",
+        ]
         argv = command.split()
         result = subprocess.run([argv[0], *options, *argv[1:], "echo $GREETING from $(pwd)"], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
@@ -138,7 +157,9 @@ def test_a_new_user_deploys_the_demo_project(platform: Platform, browser, tmp_pa
     page.fill("#options-danger input[name=confirm]", "dev-copy")
     page.click("button:has-text('Delete deployment')")
     page.wait_for_url("**/projects/diploi-sample/")
-    wait_until(lambda: page.reload() and "dev-copy" not in page.inner_text("main table"), timeout=60, interval=1, what="the clone to disappear")
+    wait_until(
+        lambda: page.reload() and "dev-copy" not in page.inner_text("main table"), timeout=60, interval=1, what="the clone to disappear"
+    )
     assert "dev" in page.inner_text("main table")
     with pytest.raises(OSError):
         http_get(clone_endpoint, timeout=2)
@@ -210,7 +231,9 @@ def test_the_overview_updates_itself(platform: Platform, browser, tmp_path: Path
     repo = tmp_path / "data" / "repos" / "diploi-sample"
     package = (Path(__file__).parent.parent / "projects" / "packages" / "python.yaml").read_text()
     install = re.search(r"^  install: .*$", package, re.M).group(0)
-    (repo / "web" / "diploi-package.yaml").write_text(package.replace(install, '  install: "for i in 1 2 3 4 5 6; do echo installing $i; sleep 0.5; done"'))
+    (repo / "web" / "diploi-package.yaml").write_text(
+        package.replace(install, '  install: "for i in 1 2 3 4 5 6; do echo installing $i; sleep 0.5; done"')
+    )
     (repo / "diploi.yaml").write_text((repo / "diploi.yaml").read_text().replace("package: python", "package: ./web"))
     git = ["git", "-C", str(repo), "-c", "user.name=Ada", "-c", "user.email=ada@example.com"]
     subprocess.run([*git, "add", "-A"], check=True)

@@ -19,8 +19,14 @@ def report(client, token: str | None, body, content_type: str = "application/jso
 
 
 def good(**changes) -> dict:
-    return {"commit": COMMIT, "component": "web", "status": "succeeded", "image": f"registry.example.com/shop/web:{COMMIT}",
-            "url": "https://ci.example.com/runs/7", **changes}  # fmt: skip
+    return {
+        "commit": COMMIT,
+        "component": "web",
+        "status": "succeeded",
+        "image": f"registry.example.com/shop/web:{COMMIT}",
+        "url": "https://ci.example.com/runs/7",
+        **changes,
+    }
 
 
 def test_only_owners_create_the_token_and_see_it_once(cast) -> None:
@@ -91,12 +97,15 @@ def test_an_oversized_report_is_refused(cast, client) -> None:
     assert response.status_code == 413 and not CIReport.objects.exists()
 
 
-def test_reports_are_kept_per_commit_and_wake_the_deployments_waiting_for_them(cast, client, django_capture_on_commit_callbacks,
-                                                                               monkeypatch) -> None:  # fmt: skip
-    from deployments import tasks
+def test_reports_are_kept_per_commit_and_wake_the_deployments_waiting_for_them(
+    cast, client, django_capture_on_commit_callbacks, monkeypatch
+) -> None:
+    from deployments.provisioning import tasks
 
     token = cast.project.rotate_ci_token()
-    prod = Deployment.objects.create(project=cast.project, name="Prod", slug="prod", stage="production", branch="main", state=State.BUILDING)
+    prod = Deployment.objects.create(
+        project=cast.project, name="Prod", slug="prod", stage="production", branch="main", state=State.BUILDING
+    )
     Deployment.objects.create(project=cast.project, name="Stage", slug="stage", stage="staging", branch="main", state=State.RUNNING)
     Build.objects.create(deployment=prod, commit=COMMIT, status=BuildStatus.RUNNING)
     queued = []
@@ -111,4 +120,6 @@ def test_reports_are_kept_per_commit_and_wake_the_deployments_waiting_for_them(c
     assert other.json()["deployments"] == []  # nobody waits for that commit; the report is kept for later
     assert len(queued) == 2
     assert [(r.commit[0], r.component, r.status, r.image != "") for r in CIReport.objects.order_by("commit")] == [
-        ("a", "web", "succeeded", True), ("b", "web", "failed", False)]  # fmt: skip
+        ("a", "web", "succeeded", True),
+        ("b", "web", "failed", False),
+    ]

@@ -11,8 +11,15 @@ from deployments.models import Build, Deployment, EnvVar, Sample, State
 
 @pytest.fixture
 def dev(cast) -> Deployment:
-    return Deployment.objects.create(project=cast.project, name="Dev", slug="dev", branch="main", state=State.RUNNING,
-                                     commit=cast.project.stack_commit, endpoints={"web": "http://localhost:40001"})  # fmt: skip
+    return Deployment.objects.create(
+        project=cast.project,
+        name="Dev",
+        slug="dev",
+        branch="main",
+        state=State.RUNNING,
+        commit=cast.project.stack_commit,
+        endpoints={"web": "http://localhost:40001"},
+    )
 
 
 def urls(d: Deployment) -> dict[str, tuple[str, dict | None, str]]:
@@ -32,12 +39,26 @@ def urls(d: Deployment) -> dict[str, tuple[str, dict | None, str]]:
         "clone form": (f"{base}/clone/", None, "developer"),
         "clone": (f"{base}/clone/", {"name": "copy", "stage": "development", "branch": "main"}, "developer"),
         "parameters": (f"{base}/parameters/web/", {"LOG_LEVEL": "debug"}, "developer"),
-    }  # fmt: skip
+    }
 
 
 RANK = {"viewer": 0, "developer": 1, "owner": 2}
-NAMES = ["overview", "options", "logs", "download", "new", "create", "enable", "branch", "env", "restart", "delete",
-         "clone form", "clone", "parameters"]  # fmt: skip
+NAMES = [
+    "overview",
+    "options",
+    "logs",
+    "download",
+    "new",
+    "create",
+    "enable",
+    "branch",
+    "env",
+    "restart",
+    "delete",
+    "clone form",
+    "clone",
+    "parameters",
+]
 
 
 def snapshot(d: Deployment) -> tuple:
@@ -54,8 +75,18 @@ def test_outsiders_get_404_and_change_nothing(cast, dev, runtime, name) -> None:
     assert snapshot(dev) == before
 
 
-WRITES = {"new": "developer", "create": "developer", "enable": "developer", "branch": "developer", "env": "developer",
-          "restart": "developer", "delete": "owner", "clone form": "developer", "clone": "developer", "parameters": "developer"}  # fmt: skip
+WRITES = {
+    "new": "developer",
+    "create": "developer",
+    "enable": "developer",
+    "branch": "developer",
+    "env": "developer",
+    "restart": "developer",
+    "delete": "owner",
+    "clone form": "developer",
+    "clone": "developer",
+    "parameters": "developer",
+}
 
 
 @pytest.mark.parametrize("role, name", [(r, n) for n, need in WRITES.items() for r in ("viewer", "developer") if RANK[r] < RANK[need]])
@@ -129,7 +160,9 @@ def test_the_new_deployment_form_explains_problems(cast, runtime) -> None:
     client = cast.client(cast.developer)
     page = client.get("/projects/shop/deployments/new/").content.decode()
     assert '<option value="main" selected>main</option>' in page  # branches come from the repository
-    r = client.post("/projects/shop/deployments/new/", {"name": "!!", "stage": "development", "branch": "main"}, headers={"HX-Request": "true"})
+    r = client.post(
+        "/projects/shop/deployments/new/", {"name": "!!", "stage": "development", "branch": "main"}, headers={"HX-Request": "true"}
+    )
     assert "must contain at least one letter or digit" in r.content.decode()
     r = client.post("/projects/shop/deployments/new/", {"name": "x", "stage": "development", "branch": "bad..name"})
     assert "not a valid branch name" in html.unescape(r.content.decode())
@@ -158,12 +191,16 @@ def test_a_long_project_list_is_paged_and_its_socket_follows_the_page(cast, runt
     Deployment.objects.bulk_create(Deployment(project=cast.project, name=f"d{i:03}", slug=f"d{i:03}", branch="main") for i in range(120))
     client = cast.client(cast.viewer)
     first = client.get("/projects/shop/").content.decode()
-    assert first.count("<td><a href=\"/projects/shop/d/") == 50 and first.count("1–50 of 120") == 1 and "d049" in first and "d050" not in first
+    assert (
+        first.count('<td><a href="/projects/shop/d/') == 50 and first.count("1–50 of 120") == 1 and "d049" in first and "d050" not in first
+    )
     last = client.get("/projects/shop/?page=3").content.decode()
-    assert last.count("<td><a href=\"/projects/shop/d/") == 20 and "101–120 of 120" in last and 'ws-connect="/ws/projects/shop/?page=3"' in last
+    assert (
+        last.count('<td><a href="/projects/shop/d/') == 20 and "101–120 of 120" in last and 'ws-connect="/ws/projects/shop/?page=3"' in last
+    )
     assert "1–50 of 120" in client.get("/projects/shop/?page=nonsense").content.decode()
 
-    from deployments.consumers import project_snapshot
+    from deployments.live.fragments import project_snapshot
 
     fragment = project_snapshot(cast.project.pk, "3").html[False]
     assert "d119" in fragment and "d000" not in fragment
@@ -181,8 +218,12 @@ def test_parameters_are_typed_locked_and_secrets_stay_hidden(cast, dev, runtime)
     data = {"WEB_CONCURRENCY": "4", "LOG_LEVEL": "debug", "DEBUG": "on", "SECRET_KEY": "hunter2", "PYTHON_VERSION": "2"}
     assert client.post("/projects/shop/d/dev/parameters/web/", data).status_code == 302
     stored = {v.key: (v.value, v.secret, v.service) for v in EnvVar.objects.all()}
-    assert stored == {"WEB_CONCURRENCY": ("4", False, "web"), "LOG_LEVEL": ("debug", False, "web"),
-                      "DEBUG": ("true", False, "web"), "SECRET_KEY": ("hunter2", True, "web")}  # fmt: skip
+    assert stored == {
+        "WEB_CONCURRENCY": ("4", False, "web"),
+        "LOG_LEVEL": ("debug", False, "web"),
+        "DEBUG": ("true", False, "web"),
+        "SECRET_KEY": ("hunter2", True, "web"),
+    }
     page = client.get("/projects/shop/d/dev/options/").content.decode()
     assert "hunter2" not in page and 'value="4"' in page
 
@@ -245,10 +286,10 @@ def test_domains_are_idna_unique_and_verified_by_dns(cast, dev, runtime, monkeyp
 
 
 def test_a_real_dns_failure_is_reported_not_raised(cast, dev, runtime) -> None:
-    from deployments.domains import verify
+    from deployments.actions import do_verify_domain
     from deployments.models import Domain
 
-    domain = verify(Domain.objects.create(deployment=dev, name="diploi-test.invalid"))
+    domain = do_verify_domain(Domain.objects.create(deployment=dev, name="diploi-test.invalid"), actor=cast.developer)
     assert not domain.verified and domain.check_result  # NXDOMAIN or no resolver here: either way a message
 
 
@@ -272,16 +313,19 @@ def test_deployment_pages_have_the_same_queries_with_1_or_50_deployments(cast, d
 
 
 def test_logs_show_follow_and_download(cast, runtime) -> None:
-    from deployments import tasks
-    from deployments.services import create_deployment
+    from deployments.actions import do_create_deployment
+    from deployments.provisioning import tasks
     from tests.conftest import http_get, wait_until
 
-    d = create_deployment(cast.project, "Dev", "development", "main", cast.developer)
+    d = do_create_deployment(cast.project, "Dev", "development", "main", actor=cast.developer)
     tasks.provision(d.pk)
     d.refresh_from_db()
     wait_until(lambda: http_get(d.endpoints["web"]), what="the page")
     client = cast.client(cast.viewer)
-    page = wait_until(lambda: (p := client.get("/projects/shop/d/dev/logs/?service=web").content.decode()) and "Listening on port" in p and p, what="log lines")
+    page = wait_until(
+        lambda: (p := client.get("/projects/shop/d/dev/logs/?service=web").content.decode()) and "Listening on port" in p and p,
+        what="log lines",
+    )
     assert "ws-connect" not in page
     followed = client.get("/projects/shop/d/dev/logs/?service=web&follow=1").content.decode()
     assert f'ws-connect="/ws/deployments/{d.pk}/logs/web/"' in followed and "Listening on port" in followed

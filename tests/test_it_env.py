@@ -4,10 +4,10 @@ import json
 
 from django.db import connection
 
-from deployments import tasks
+from deployments.actions import do_create_deployment
 from deployments.models import Deployment, EnvVar
-from deployments.services import create_deployment
-from deployments.spec import build_spec, load_stack
+from deployments.provisioning import tasks
+from deployments.provisioning.spec import build_spec, load_stack
 from tests.conftest import http_get, wait_until
 
 
@@ -44,7 +44,7 @@ def test_the_spec_assembles_env_from_every_source(cast) -> None:
 
 
 def test_a_user_value_reaches_the_running_component(cast, runtime) -> None:
-    d = create_deployment(cast.project, "Dev", "development", "main", cast.developer)
+    d = do_create_deployment(cast.project, "Dev", "development", "main", actor=cast.developer)
     EnvVar.objects.create(deployment=d, key="GREETING", value="Hello <from> env")
     tasks.provision(d.pk)
     d.refresh_from_db()

@@ -21,8 +21,12 @@ def helm_binary() -> str | None:
 
 HELM = helm_binary()
 pytestmark = pytest.mark.skipif(HELM is None, reason="no helm binary: scripts/k8s-testenv build makes one")
-REQUIRED = ["databaseUrl=postgres://diploi:pw@db:5432/diploi", "redisUrl=redis://redis:6379/0", "secretKey=s3cret",
-            "encryptionKeys=Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4Zm9vYmFyYmE="]  # fmt: skip
+REQUIRED = [
+    "databaseUrl=postgres://diploi:pw@db:5432/diploi",
+    "redisUrl=redis://redis:6379/0",
+    "secretKey=s3cret",
+    "encryptionKeys=Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4Zm9vYmFyYmE=",
+]
 
 
 def render(*values: str) -> subprocess.CompletedProcess:
@@ -42,7 +46,16 @@ def test_the_chart_renders_valid_manifests_for_every_process() -> None:
     for d in docs:
         by_kind.setdefault(d["kind"], []).append(d["metadata"]["name"])
     assert sorted(by_kind["Deployment"]) == ["diploi-monitor", "diploi-ssh", "diploi-web", "diploi-worker"]
-    assert {"Secret", "ConfigMap", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Ingress", "PersistentVolumeClaim"} <= set(by_kind)
+    assert {
+        "Secret",
+        "ConfigMap",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Service",
+        "Ingress",
+        "PersistentVolumeClaim",
+    } <= set(by_kind)
     commands = {d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]["command"] for d in docs if d["kind"] == "Deployment"}
     assert commands["diploi-web"][0] == "daphne" and commands["diploi-worker"][:3] == ["celery", "-A", "diploi"]
     assert commands["diploi-monitor"] == ["python", "manage.py", "monitor"] and commands["diploi-ssh"][2] == "sshgateway"
@@ -61,9 +74,11 @@ def test_missing_connection_settings_are_named() -> None:
     assert "kind: Secret" not in with_secret.stdout and "name: diploi-connections" in with_secret.stdout
 
 
-@pytest.mark.skipif(not os.environ.get("DIPLOI_TEST_KUBECONFIG"), reason="no control plane: set DIPLOI_TEST_KUBECONFIG (scripts/k8s-testenv)")
+@pytest.mark.skipif(
+    not os.environ.get("DIPLOI_TEST_KUBECONFIG"), reason="no control plane: set DIPLOI_TEST_KUBECONFIG (scripts/k8s-testenv)"
+)
 def test_the_chart_runs_on_the_test_control_plane() -> None:
-    from deployments.runtimes.k8s_client import KINDS, Kube
+    from deployments.runtimes.kubernetes.client import KINDS, Kube
     from tests.conftest import wait_until
 
     kube = Kube(os.environ["DIPLOI_TEST_KUBECONFIG"])
@@ -77,7 +92,9 @@ def test_the_chart_runs_on_the_test_control_plane() -> None:
 
         def running() -> bool:
             pods = kube.list("Pod", "diploi-system")
-            components = {p["metadata"]["labels"].get("app.kubernetes.io/component") for p in pods if p.get("status", {}).get("phase") == "Running"}
+            components = {
+                p["metadata"]["labels"].get("app.kubernetes.io/component") for p in pods if p.get("status", {}).get("phase") == "Running"
+            }
             return components == {"web", "worker", "monitor", "ssh"}
 
         wait_until(running, timeout=90, what="the platform's four processes Running (simulated)")

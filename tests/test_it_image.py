@@ -20,7 +20,9 @@ def build_context(dest: Path) -> None:
     files = subprocess.run(["git", "ls-files", "-z"], cwd=BASE_DIR, capture_output=True, check=True).stdout.decode().split("\0")
     for name in filter(None, files):
         parts = Path(name).parts
-        if any(fnmatch.fnmatch(name, p.removeprefix("**/")) or fnmatch.fnmatch(parts[0], p) or p.removeprefix("**/") in parts for p in patterns):
+        if any(
+            fnmatch.fnmatch(name, p.removeprefix("**/")) or fnmatch.fnmatch(parts[0], p) or p.removeprefix("**/") in parts for p in patterns
+        ):
             continue
         if (BASE_DIR / name).exists():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
@@ -62,14 +64,22 @@ def test_the_image_builds_and_serves_when_rehearsed(tmp_path: Path) -> None:
     cmd = next(rest for keyword, rest in steps if keyword == "CMD")
     port = free_port()
     argv = [a.replace("8000", str(port)) for a in json.loads(cmd)]
-    server = subprocess.Popen(argv, cwd=app, env={**env, "DIPLOI_SECRET_KEY": "rehearsal"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        argv, cwd=app, env={**env, "DIPLOI_SECRET_KEY": "rehearsal"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         assert wait_until(lambda: http_get(f"http://127.0.0.1:{port}/healthz") == "ok", timeout=60, what="the image's CMD serving /healthz")
         assert ".card" in http_get(f"http://127.0.0.1:{port}/static/css/diploi.css")  # WhiteNoise serves what the build collected
-        for process in (["celery", "-A", "diploi", "inspect", "--help"], ["python", "manage.py", "sshgateway", "--help"],
-                        ["python", "manage.py", "monitor", "--help"], ["python", "manage.py", "check"],
-                        ["python", "-c", "import deployments.runtimes.kubernetes"]):  # fmt: skip
-            result = subprocess.run(process, cwd=app, env={**env, "DIPLOI_SECRET_KEY": "rehearsal"}, capture_output=True, text=True, timeout=120)
+        for process in (
+            ["celery", "-A", "diploi", "inspect", "--help"],
+            ["python", "manage.py", "sshgateway", "--help"],
+            ["python", "manage.py", "monitor", "--help"],
+            ["python", "manage.py", "check"],
+            ["python", "-c", "import deployments.runtimes.kubernetes"],
+        ):
+            result = subprocess.run(
+                process, cwd=app, env={**env, "DIPLOI_SECRET_KEY": "rehearsal"}, capture_output=True, text=True, timeout=120
+            )
             assert result.returncode == 0, (process, result.stderr[-2000:])
     finally:
         server.terminate()

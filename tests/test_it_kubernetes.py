@@ -20,10 +20,18 @@ needs_cluster = pytest.mark.skipif(not KUBECONFIG, reason="no control plane: run
 
 
 def sample_spec(cast, stage: str = "development", slug: str = "dev"):
-    from deployments.spec import current_spec
+    from deployments.provisioning.spec import current_spec
 
-    d = Deployment.objects.create(project=cast.project, name=slug.title(), slug=slug, stage=stage, branch="main", state=State.RUNNING,
-                                  commit=cast.project.stack_commit, release_id=None)  # fmt: skip
+    d = Deployment.objects.create(
+        project=cast.project,
+        name=slug.title(),
+        slug=slug,
+        stage=stage,
+        branch="main",
+        state=State.RUNNING,
+        commit=cast.project.stack_commit,
+        release_id=None,
+    )
     spec = current_spec(d)
     return d, (replace(spec, release=spec.commit) if stage != "development" else spec)
 
@@ -33,20 +41,20 @@ def sample_spec(cast, stage: str = "development", slug: str = "dev"):
 def test_every_manifest_validates_strictly_for_kubernetes_1_30_to_1_37(cast, data_dir, stage) -> None:
     import kubernetes_validate
 
-    from deployments.runtimes.kubernetes import manifests
+    from deployments.runtimes.kubernetes.manifests import manifests
 
     _, spec = sample_spec(cast, stage)
     objects = manifests(replace(spec, hosts=("shop.example.com",)))
     web = ["Secret", "PersistentVolumeClaim", "Service", "StatefulSet"] if stage == "development" else ["Secret", "Service", "Deployment"]
     assert [o["kind"] for o in objects] == ["Namespace", *web, "Secret", "PersistentVolumeClaim", "Service", "StatefulSet", "Ingress"]
     if stage == "production":
-        from deployments.runtimes.kubernetes import build_manifests
+        from deployments.runtimes.kubernetes.manifests import build_manifests
 
         objects += build_manifests(spec, spec.service("web"))
     else:
-        from deployments.runtimes.kubernetes import _copy_pod
+        from deployments.runtimes.kubernetes.manifests import copy_pod
 
-        objects.append(_copy_pod(spec, ["web-code", "redis-data"]))  # a clone's copy helper
+        objects.append(copy_pod(spec, ["web-code", "redis-data"]))  # a clone's copy helper
     for version in [f"1.{minor}.0" for minor in range(30, 38)]:
         for obj in objects:
             kubernetes_validate.validate(obj, version, strict=True)  # raises on any unknown or wrong field
@@ -55,7 +63,7 @@ def test_every_manifest_validates_strictly_for_kubernetes_1_30_to_1_37(cast, dat
 @pytest.fixture
 def kube(settings, data_dir):
     from deployments.runtimes import get_runtime
-    from deployments.runtimes.k8s_client import Kube
+    from deployments.runtimes.kubernetes.client import Kube
 
     settings.DIPLOI_RUNTIME = "kubernetes"
     settings.DIPLOI_K8S_KUBECONFIG = KUBECONFIG
@@ -76,7 +84,7 @@ def kube(settings, data_dir):
 
 
 def green(runtime, spec) -> bool:
-    from deployments.status import derive
+    from deployments.status.tree import derive
 
     tree = derive(runtime.observe([spec])[spec.id], "running", spec.enabled)
     return tree.colour.value == "green" and tree
@@ -86,7 +94,7 @@ def green(runtime, spec) -> bool:
 @pytest.mark.django_db
 def test_the_sample_stack_runs_on_kubernetes(cast, kube) -> None:
     from deployments.runtimes import get_runtime
-    from deployments.runtimes.kubernetes import namespace
+    from deployments.runtimes.kubernetes.manifests import namespace
 
     d, spec = sample_spec(cast)
     runtime = get_runtime()
@@ -113,14 +121,16 @@ def test_the_sample_stack_runs_on_kubernetes(cast, kube) -> None:
     # Applying the same spec again changes nothing.
     versions = {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in kube.list("StatefulSet", ns) + kube.list("Secret", ns)}
     runtime.apply(spec)
-    assert {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in kube.list("StatefulSet", ns) + kube.list("Secret", ns)} == versions
+    assert {
+        o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in kube.list("StatefulSet", ns) + kube.list("Secret", ns)
+    } == versions
 
 
 @needs_cluster
 @pytest.mark.django_db
 def test_env_restart_disable_enable_and_destroy(cast, kube) -> None:
     from deployments.runtimes import get_runtime
-    from deployments.runtimes.kubernetes import namespace
+    from deployments.runtimes.kubernetes.manifests import namespace
 
     _, spec = sample_spec(cast, slug="env")
     runtime = get_runtime()
@@ -132,7 +142,7 @@ def test_env_restart_disable_enable_and_destroy(cast, kube) -> None:
     web = spec.service("web")
     changed = replace(spec, services=tuple(replace(s, env={**s.env, "GREETING": "Changed"}) if s is web else s for s in spec.services))
     runtime.apply(changed)
-    assert "Q2hhbmdlZA==" == kube.get("Secret", "env-web", ns)["data"]["GREETING"]
+    assert kube.get("Secret", "env-web", ns)["data"]["GREETING"] == "Q2hhbmdlZA=="
     after = kube.get("StatefulSet", "web", ns)
     checksum = "diploi.io/env-checksum"
     assert after["spec"]["template"]["metadata"]["annotations"][checksum] != before["spec"]["template"]["metadata"]["annotations"][checksum]
@@ -155,7 +165,7 @@ def test_env_restart_disable_enable_and_destroy(cast, kube) -> None:
 
 
 def derive_colour(runtime, spec) -> str:
-    from deployments.status import derive
+    from deployments.status.tree import derive
 
     return derive(runtime.observe([spec])[spec.id], "running", spec.enabled).colour.value
 
@@ -180,10 +190,10 @@ def test_observe_uses_the_same_calls_for_any_number_of_deployments(cast, kube) -
 
 
 def test_metrics_quantities_become_percent_of_a_core_and_bytes() -> None:
-    from deployments.runtimes.kubernetes import _usage
+    from deployments.runtimes.kubernetes.observe import usage_of
 
     metrics = {"containers": [{"usage": {"cpu": "250000000n", "memory": "2048Ki"}}, {"usage": {"cpu": "500m", "memory": "1Mi"}}]}
-    assert _usage(metrics) == (75.0, 2048 * 1024 + 1024**2)
+    assert usage_of(metrics) == (75.0, 2048 * 1024 + 1024**2)
 
 
 @needs_cluster
@@ -191,19 +201,19 @@ def test_metrics_quantities_become_percent_of_a_core_and_bytes() -> None:
 def test_the_api_server_going_away_mid_apply_is_retried_without_duplicates(cast, kube, monkeypatch) -> None:
     import subprocess
 
-    from deployments import tasks
+    from deployments.actions import do_create_deployment
+    from deployments.provisioning import tasks
+    from deployments.provisioning.spec import current_spec
     from deployments.runtimes import get_runtime
     from deployments.runtimes.base import TransientFailure
-    from deployments.runtimes.kubernetes import namespace
-    from deployments.services import create_deployment
-    from deployments.spec import current_spec
+    from deployments.runtimes.kubernetes.manifests import namespace
     from tests.conftest import BASE_DIR
 
     state = os.environ.get("DIPLOI_K8S_STATE", "/tmp/diploi-k8s")
     if os.path.realpath(KUBECONFIG) != os.path.realpath(f"{state}/kubeconfig"):
         pytest.skip("stops and starts the API server of scripts/k8s-testenv, not another cluster's")
     script = str(BASE_DIR / "scripts" / "k8s-testenv")
-    d = create_deployment(cast.project, "Dev", "development", "main", cast.developer)
+    d = do_create_deployment(cast.project, "Dev", "development", "main", actor=cast.developer)
     runtime = get_runtime()
     real_apply, applied = runtime.kube.apply, []
 
@@ -226,22 +236,27 @@ def test_the_api_server_going_away_mid_apply_is_retried_without_duplicates(cast,
     d.refresh_from_db()
     assert d.state == State.RUNNING and d.endpoints == {"web": "https://dev-shop.localhost"}
     ns = namespace(current_spec(d))
-    for kind, names in (("Secret", ["env-redis", "env-web"]), ("PersistentVolumeClaim", ["redis-data", "web-code"]), ("Service", ["redis", "web"]),
-                        ("StatefulSet", ["redis", "web"]), ("Ingress", ["web"])):  # fmt: skip
+    for kind, names in (
+        ("Secret", ["env-redis", "env-web"]),
+        ("PersistentVolumeClaim", ["redis-data", "web-code"]),
+        ("Service", ["redis", "web"]),
+        ("StatefulSet", ["redis", "web"]),
+        ("Ingress", ["web"]),
+    ):
         assert sorted(o["metadata"]["name"] for o in kube.list(kind, ns)) == names, kind
 
 
 @needs_cluster
 @pytest.mark.django_db
 def test_a_production_deployment_builds_in_jobs_then_runs_its_image(cast, kube, settings) -> None:
-    from deployments import tasks
+    from deployments.actions import do_create_deployment
     from deployments.models import Build
-    from deployments.runtimes.kubernetes import namespace
-    from deployments.services import create_deployment
-    from deployments.spec import current_spec
+    from deployments.provisioning import tasks
+    from deployments.provisioning.spec import current_spec
+    from deployments.runtimes.kubernetes.manifests import namespace
 
     settings.DIPLOI_K8S_REGISTRY = "registry.test:5000/diploi"
-    d = create_deployment(cast.project, "Prod", "production", "main", cast.developer)
+    d = do_create_deployment(cast.project, "Prod", "production", "main", actor=cast.developer)
     tasks.provision(d.pk)  # the Job's pod "runs" under KWOK and completes
     d.refresh_from_db()
     build = Build.objects.get(deployment=d)
@@ -259,20 +274,22 @@ def test_a_production_deployment_builds_in_jobs_then_runs_its_image(cast, kube, 
 
 @needs_cluster
 @pytest.mark.django_db
-def test_external_builds_run_the_image_ci_reports(cast, kube, settings, sample_repo, django_capture_on_commit_callbacks, monkeypatch) -> None:
+def test_external_builds_run_the_image_ci_reports(
+    cast, kube, settings, sample_repo, django_capture_on_commit_callbacks, monkeypatch
+) -> None:
     """DIPLOI_K8S_BUILD_MODE=external: no Job; the deployment waits for CI's report, then runs that image."""
-    from deployments import tasks
+    from deployments.actions import do_create_deployment
     from deployments.models import Build
-    from deployments.runtimes.kubernetes import namespace
-    from deployments.services import create_deployment
-    from deployments.spec import current_spec
+    from deployments.provisioning import tasks
+    from deployments.provisioning.spec import current_spec
+    from deployments.runtimes.kubernetes.manifests import namespace
     from diploi.celery import app
     from projects.sample import commit_all
 
     settings.DIPLOI_K8S_BUILD_MODE = "external"
     monkeypatch.setitem(app.conf, "task_always_eager", True)  # the provisioning a report queues runs here, at once
     token = cast.project.rotate_ci_token()
-    d = create_deployment(cast.project, "Prod", "production", "main", cast.developer)
+    d = do_create_deployment(cast.project, "Prod", "production", "main", actor=cast.developer)
     tasks.provision(d.pk)
     d.refresh_from_db()
     commit, ns = d.commit or cast.project.stack_commit, namespace(current_spec(d))
@@ -282,22 +299,34 @@ def test_external_builds_run_the_image_ci_reports(cast, kube, settings, sample_r
     def report(**fields):
         body = {"commit": commit, "component": "web", **fields}
         with django_capture_on_commit_callbacks(execute=True):
-            return cast.client(cast.outsider).post("/api/ci/builds/", body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}")
+            return cast.client(cast.outsider).post(
+                "/api/ci/builds/", body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}"
+            )
 
     assert report(status="running", url="https://ci.example.com/runs/1").json()["deployments"] == ["prod"]
     build = Build.objects.get(deployment=d)
-    assert (build.status, build.external_url, Deployment.objects.get(pk=d.pk).state) == ("running", "https://ci.example.com/runs/1", State.BUILDING)
+    assert (build.status, build.external_url, Deployment.objects.get(pk=d.pk).state) == (
+        "running",
+        "https://ci.example.com/runs/1",
+        State.BUILDING,
+    )
     image = f"ghcr.io/acme/shop-web:{commit}"
     assert report(status="succeeded", image=image, url="https://ci.example.com/runs/1").status_code == 202
     d.refresh_from_db()
     build.refresh_from_db()
-    assert (d.state, d.release_id, build.status, build.progress, build.images) == (State.RUNNING, build.pk, "succeeded", 100, {"web": image})
+    assert (d.state, d.release_id, build.status, build.progress, build.images) == (
+        State.RUNNING,
+        build.pk,
+        "succeeded",
+        100,
+        {"web": image},
+    )
     assert kube.get("Deployment", "web", ns)["spec"]["template"]["spec"]["containers"][0]["image"] == image
     page = cast.client(cast.viewer).get("/projects/shop/d/prod/").content.decode()
     assert '<a href="https://ci.example.com/runs/1">CI run</a>' in page and f"Built by CI: web <code>{image}</code>" in page
 
     # A report that came first is taken at once: a second deployment of the same commit needs no wait.
-    staging = create_deployment(cast.project, "Staging", "staging", "main", cast.developer)
+    staging = do_create_deployment(cast.project, "Staging", "staging", "main", actor=cast.developer)
     tasks.provision(staging.pk)
     staging.refresh_from_db()
     assert staging.state == State.RUNNING and staging.release.images == {"web": image}
@@ -327,7 +356,7 @@ def test_ssh_sessions_run_in_the_pod_through_the_exec_api(cast, kube, tmp_path) 
     exec API by running the command on this machine (its ClusterExec, env DIPLOI_TEST_EXEC=kwok);
     on a real cluster it runs in the container, with the deployment's env."""
     from deployments.runtimes import get_runtime
-    from deployments.runtimes.kubernetes import namespace
+    from deployments.runtimes.kubernetes.manifests import namespace
     from tests.test_it_ssh import GatewayThread, client, new_key, read_until, ssh
 
     d, spec = sample_spec(cast)
@@ -378,7 +407,9 @@ def test_ssh_sessions_run_in_the_pod_through_the_exec_api(cast, kube, tmp_path) 
             async with client(g.port, key) as conn:  # a client that goes away in the middle of a command
                 await conn.create_process("sleep 301 & sleep 302")
                 if simulated:
-                    await asyncio.to_thread(wait_until, lambda: running("sleep 301") and running("sleep 302"), what="the session's commands")
+                    await asyncio.to_thread(
+                        wait_until, lambda: running("sleep 301") and running("sleep 302"), what="the session's commands"
+                    )
                 conn.abort()
             return found
 
@@ -412,10 +443,14 @@ def running(pattern: str) -> bool:
 
 
 def test_exit_status_from_the_exec_streams_final_status() -> None:
-    from deployments.runtimes.k8s_client import exit_status
+    from deployments.runtimes.kubernetes.client import exit_status
 
-    kubelet = {"status": "Failure", "reason": "NonZeroExitCode", "message": "command terminated with non-zero exit code: error executing "
-               "command [sh -c exit 7], exit code 7", "details": {"causes": [{"reason": "ExitCode", "message": "7"}]}}  # fmt: skip
+    kubelet = {
+        "status": "Failure",
+        "reason": "NonZeroExitCode",
+        "message": "command terminated with non-zero exit code: error executing command [sh -c exit 7], exit code 7",
+        "details": {"causes": [{"reason": "ExitCode", "message": "7"}]},
+    }
     kwok = {"status": "Failure", "reason": "InternalError", "message": "error executing command in container: cmd wait: sh: exit status 5"}
     assert exit_status({"status": "Success"}) == 0 and exit_status(kubelet) == 7 and exit_status(kwok) == 5
     assert exit_status(None) == 255 and exit_status({"status": "Failure", "message": "container not found"}) == 255
@@ -431,7 +466,7 @@ def test_port_forwards_go_through_the_pod_port_forward_api(cast, kube, tmp_path)
     import threading
 
     from deployments.runtimes import get_runtime
-    from deployments.runtimes.kubernetes import namespace
+    from deployments.runtimes.kubernetes.manifests import namespace
     from tests.conftest import http_get
     from tests.test_it_ssh import GatewayThread, answer_then_end, client, forward_answers, new_key
 
@@ -474,7 +509,11 @@ def test_port_forwards_go_through_the_pod_port_forward_api(cast, kube, tmp_path)
 
         page, answers = asyncio.run(asyncio.wait_for(session(("localhost", 8000)), 60))
         assert "Visits:" in page and (not simulated or page.endswith("to /hello"))
-        assert answers == ["localhost:22 is not a port of this deployment", "example.com:80 is not a port of this deployment", "redis:6379 open"]
+        assert answers == [
+            "localhost:22 is not a port of this deployment",
+            "example.com:80 is not a port of this deployment",
+            "redis:6379 open",
+        ]
         forwards = list(SSHSession.objects.filter(deployment=d, kind="forward").values_list("command", flat=True))
         assert sorted(forwards) == ["localhost:8000", "localhost:8000", "redis:6379"]  # refusals are not sessions
 
@@ -503,12 +542,16 @@ def test_the_charts_service_account_may_do_all_the_runtime_does(cast, kube, tmp_
     apply, observe (metrics included), build Jobs, exec and destroy are all allowed."""
     import yaml
 
-    from deployments.runtimes.k8s_client import Kube
-    from deployments.runtimes.kubernetes import KubernetesRuntime
+    from deployments.runtimes.kubernetes.client import Kube
+    from deployments.runtimes.kubernetes.runtime import KubernetesRuntime
     from tests.test_it_helm import REQUIRED, render
 
     system = "diploi-rbac-test"
-    docs = [d for d in yaml.safe_load_all(render(*REQUIRED).stdout) if d and d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
+    docs = [
+        d
+        for d in yaml.safe_load_all(render(*REQUIRED).stdout)
+        if d and d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
+    ]
     kube.wait_gone("Namespace", system)  # an earlier run's may still be terminating
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": system}})
     try:
@@ -519,8 +562,11 @@ def test_the_charts_service_account_may_do_all_the_runtime_does(cast, kube, tmp_
             if d["kind"] == "ClusterRoleBinding":
                 d["roleRef"]["name"], d["subjects"][0]["name"], d["subjects"][0]["namespace"] = "rbac-test", "rbac-test", system
             kube.apply(d)
-        token = kube.request("POST", f"/api/v1/namespaces/{system}/serviceaccounts/rbac-test/token",
-                             body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}})  # fmt: skip
+        token = kube.request(
+            "POST",
+            f"/api/v1/namespaces/{system}/serviceaccounts/rbac-test/token",
+            body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}},
+        )
         admin = yaml.safe_load(open(KUBECONFIG))
         config = {**admin, "users": [{"name": "admin", "user": {"token": token["status"]["token"]}}]}
         (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
@@ -550,11 +596,11 @@ def test_the_charts_service_account_may_do_all_the_runtime_does(cast, kube, tmp_
 def test_a_clone_starts_from_a_copy_of_the_sources_storage(cast, kube) -> None:
     """Clone with storage: tar streamed from the source's containers into the clone's claims through
     two exec streams. Under KWOK the commands run on this machine, below DIPLOI_TEST_ROOT."""
-    from deployments import tasks
+    from deployments.actions import do_create_deployment
+    from deployments.provisioning import tasks
+    from deployments.provisioning.spec import current_spec
     from deployments.runtimes import get_runtime
-    from deployments.runtimes.kubernetes import COPY_POD, namespace
-    from deployments.services import create_deployment
-    from deployments.spec import current_spec
+    from deployments.runtimes.kubernetes.manifests import COPY_POD, namespace
 
     source, spec = sample_spec(cast)
     runtime = get_runtime()
@@ -576,7 +622,7 @@ def test_a_clone_starts_from_a_copy_of_the_sources_storage(cast, kube) -> None:
             shutil.rmtree(os.path.join(copies, claim), ignore_errors=True)
             os.makedirs(os.path.join(copies, claim))
 
-    clone = create_deployment(cast.project, "Copy", "development", "main", cast.developer, clone_of=source, copy_storage=True)
+    clone = do_create_deployment(cast.project, "Copy", "development", "main", actor=cast.developer, clone_of=source, copy_storage=True)
     tasks.provision(clone.pk)
     clone.refresh_from_db()
     assert clone.state == State.RUNNING and not clone.copy_storage_pending, clone.state_reason
@@ -594,7 +640,7 @@ def test_a_clone_starts_from_a_copy_of_the_sources_storage(cast, kube) -> None:
     # A source that is not running cannot be copied: the clone says so and nothing is half-made.
     runtime.set_enabled(spec, False)
     wait_until(lambda: not kube.list("Pod", namespace(spec)), timeout=60, what="the source's pods to go")
-    second = create_deployment(cast.project, "Copy 2", "development", "main", cast.developer, clone_of=source, copy_storage=True)
+    second = do_create_deployment(cast.project, "Copy 2", "development", "main", actor=cast.developer, clone_of=source, copy_storage=True)
     tasks.provision(second.pk)
     second.refresh_from_db()
     assert second.state == State.FAILED and second.copy_storage_pending

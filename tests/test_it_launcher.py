@@ -119,8 +119,11 @@ def test_a_used_port_is_a_clear_error(tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         result = subprocess.run(
             [sys.executable, "manage.py", "up", "--port", str(port), "--data-dir", str(tmp_path / "d")],
-            cwd=BASE_DIR, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            cwd=BASE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.returncode != 0
     assert f"Port {port} on 127.0.0.1 is already in use" in result.stderr
     assert "Traceback" not in result.stderr
@@ -137,8 +140,14 @@ def test_the_sample_project_deploys_from_a_fresh_install(platform: Platform, tmp
     env.update(DIPLOI_DATA_DIR=str(tmp_path / "data"), REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
 
     def cli(*args: str) -> str:
-        r = subprocess.run([sys.executable, "manage.py", "deployments", "--user", "demo", *args],
-                           cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        r = subprocess.run(
+            [sys.executable, "manage.py", "deployments", "--user", "demo", *args],
+            cwd=BASE_DIR,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr
         return r.stdout
 
@@ -147,10 +156,13 @@ def test_the_sample_project_deploys_from_a_fresh_install(platform: Platform, tmp
 
     pages = {}
     for name, stage in (("dev", "development"), ("prod", "production")):
-        status = wait_until(lambda: (s := json.loads(cli("status", f"diploi-sample/{name}", "--json")))["state"] == "running" and s,
-                            timeout=120, what=f"{name} to run")  # fmt: skip
+        status = wait_until(
+            lambda name=name: (s := json.loads(cli("status", f"diploi-sample/{name}", "--json")))["state"] == "running" and s,
+            timeout=120,
+            what=f"{name} to run",
+        )
         assert [h["actor"] for h in status["history"]][0] == "user:demo"
-        pages[name] = wait_until(lambda: http_get(status["endpoints"]["web"]), what=f"the {name} page")
+        pages[name] = wait_until(lambda status=status: http_get(status["endpoints"]["web"]), what=f"the {name} page")
         assert f"Stage: <span id='stage'>{stage}</span>" in pages[name] and "Visits:" in pages[name]
     listing = json.loads(cli("list", "--json"))
     assert sorted(d["slug"] for d in listing) == ["dev", "prod"]

@@ -35,11 +35,11 @@ async def connect(user, deployment_id: int, origin: bytes = b"http://localhost")
 
 def running(cast) -> Deployment:
     """A development deployment of the sample, provisioned and answering."""
-    from deployments import tasks
-    from deployments.services import create_deployment
+    from deployments.actions import do_create_deployment
+    from deployments.provisioning import tasks
     from tests.conftest import http_get, wait_until
 
-    d = create_deployment(cast.project, "Dev", "development", "main", cast.developer)
+    d = do_create_deployment(cast.project, "Dev", "development", "main", actor=cast.developer)
     tasks.provision(d.pk)
     d.refresh_from_db()
     wait_until(lambda: http_get(d.endpoints["web"]), what="the page")
@@ -48,8 +48,9 @@ def running(cast) -> Deployment:
 
 @pytest.fixture
 def dev(cast) -> Deployment:
-    return Deployment.objects.create(project=cast.project, name="Dev", slug="dev", branch="main", state=State.RUNNING,
-                                     commit=cast.project.stack_commit)  # fmt: skip
+    return Deployment.objects.create(
+        project=cast.project, name="Dev", slug="dev", branch="main", state=State.RUNNING, commit=cast.project.stack_commit
+    )
 
 
 @pytest.mark.asyncio
@@ -78,11 +79,21 @@ async def test_a_member_gets_fragments_after_an_event_from_another_process(cast,
     from asgiref.sync import sync_to_async
 
     await sync_to_async(Deployment.objects.filter(pk=dev.pk).update)(state_reason="from afar")
-    script = f"from deployments.events import publish; import sys; sys.exit(0 if publish({dev.pk}, 'status') else 1)"
-    env = {"REDIS_URL": redis_layer, "DJANGO_SETTINGS_MODULE": "diploi.settings", "PATH": "/usr/bin:/bin",
-           "DIPLOI_DATA_DIR": str(runtime.data_dir)}  # fmt: skip
-    result = subprocess.run([sys.executable, "-c", f"import django; django.setup(); {script}"], cwd=BASE_DIR, env=env,
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    script = f"from deployments.live.events import publish; import sys; sys.exit(0 if publish({dev.pk}, 'status') else 1)"
+    env = {
+        "REDIS_URL": redis_layer,
+        "DJANGO_SETTINGS_MODULE": "diploi.settings",
+        "PATH": "/usr/bin:/bin",
+        "DIPLOI_DATA_DIR": str(runtime.data_dir),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {script}"],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     fragment = await communicator.receive_from(timeout=10)
     assert fragment.lstrip().startswith(f'<div id="deployment-{dev.pk}-live">') and "from afar" in fragment
@@ -95,7 +106,7 @@ async def test_a_member_gets_fragments_after_an_event_from_another_process(cast,
 async def test_a_removed_member_stops_receiving(cast, dev, runtime, redis_layer) -> None:
     from asgiref.sync import sync_to_async
 
-    from deployments.events import publish
+    from deployments.live.events import publish
     from projects.models import Membership
 
     communicator, connected = await connect(cast.viewer, dev.pk)
@@ -114,8 +125,8 @@ async def test_many_sockets_share_one_render_per_event(cast, dev, runtime, redis
     """Viewers and developers on one deployment: one snapshot per event, each gets its role's fragment."""
     from asgiref.sync import sync_to_async
 
-    from deployments import consumers
-    from deployments.events import publish
+    from deployments.live import consumers
+    from deployments.live.events import publish
 
     calls = []
     real = consumers.deployment_snapshot
@@ -124,8 +135,9 @@ async def test_many_sockets_share_one_render_per_event(cast, dev, runtime, redis
     firsts = [await s.receive_from(timeout=10) for s in sockets]
     assert len(calls) == 10  # one per connect: each socket starts from the current state
     assert all("Nothing running yet" in f for f in firsts)
-    await sync_to_async(consumers.Deployment.objects.filter(pk=dev.pk).update)(status={"colour": "red", "reason": "web: exited",
-        "tree": {"containers": [["web", "red", "exited"]]}})  # fmt: skip
+    await sync_to_async(Deployment.objects.filter(pk=dev.pk).update)(
+        status={"colour": "red", "reason": "web: exited", "tree": {"containers": [["web", "red", "exited"]]}}
+    )
     await sync_to_async(publish)(dev.pk, "status")
     updates = [await s.receive_from(timeout=10) for s in sockets]
     assert len(calls) == 11  # the event rendered once for all ten sockets
@@ -141,7 +153,7 @@ async def test_many_sockets_share_one_render_per_event(cast, dev, runtime, redis
 async def test_the_monitor_stores_status_and_pushes_it_live(cast, runtime, redis_layer) -> None:
     from asgiref.sync import sync_to_async
 
-    from deployments.monitor import Monitor
+    from deployments.status.monitor import Monitor
     from tests.conftest import wait_until
 
     d = await sync_to_async(running)(cast)
@@ -157,11 +169,11 @@ async def test_the_monitor_stores_status_and_pushes_it_live(cast, runtime, redis
         return status.get("colour") == "green" and status["reason"] == "Running" and status
 
     status = await sync_to_async(wait_until)(green, what="the monitor to store green")
-    assert [c[0] for c in status["tree"]["containers"]] == ["web", "redis"]
-    assert all(c[1] == "green" for c in status["tree"]["containers"])
+    assert [c["name"] for c in status["tree"]["containers"]] == ["web", "redis"]
+    assert all(c["colour"] == "green" for c in status["tree"]["containers"])
     fragment = await communicator.receive_from(timeout=10)
     assert f'id="deployment-{d.pk}-cpu"' in fragment
-    assert all(len(c) == 5 and c[4] for c in status["tree"]["containers"])  # start times are kept with the tree
+    assert all(c["started_at"] for c in status["tree"]["containers"])  # start times are kept with the tree
     while "<strong>Running</strong>" not in fragment:  # earlier ticks' fragments may still be queued
         fragment = await communicator.receive_from(timeout=10)
     assert " · up " in fragment
@@ -174,14 +186,16 @@ def test_the_monitor_stops_cleanly_on_sigterm(tmp_path) -> None:
     import signal
     import time
 
-    env = {**os.environ, "DIPLOI_DATA_DIR": str(tmp_path)}
+    env = {**os.environ, "DIPLOI_DATA_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     env.pop("DATABASE_URL", None)
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=BASE_DIR, env=env, check=True, capture_output=True)
-    proc = subprocess.Popen([sys.executable, "manage.py", "monitor", "--interval", "1"], cwd=BASE_DIR, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    time.sleep(3)
+    command = [sys.executable, "manage.py", "monitor", "--interval", "1"]
+    proc = subprocess.Popen(command, cwd=BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = proc.stdout.readline()  # its handlers are in place once it says what it does (a busy machine starts slowly)
+    time.sleep(1.5)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=15)
+    out = first + out
     assert proc.returncode == 0, out
     assert "monitor: observing every 1 s" in out and "monitor: stopped" in out
 
@@ -189,11 +203,12 @@ def test_the_monitor_stops_cleanly_on_sigterm(tmp_path) -> None:
 def test_with_redis_gone_pages_render_and_producers_carry_on(cast, runtime, settings) -> None:
     from channels.layers import channel_layers
 
-    from deployments.events import publish
+    from deployments.live.events import publish
     from tests.conftest import free_port
 
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                                           "CONFIG": {"hosts": [f"redis://127.0.0.1:{free_port()}/0"]}}}  # fmt: skip
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [f"redis://127.0.0.1:{free_port()}/0"]}}
+    }
     channel_layers.backends.clear()
     try:
         d = Deployment.objects.create(project=cast.project, name="Dev", slug="dev", branch="main", state=State.PENDING)
@@ -209,16 +224,16 @@ def test_a_crash_is_announced_at_once(cast, data_dir, redis_url, monkeypatch) ->
     import psutil
     import redis
 
-    from deployments import tasks
+    from deployments.actions import do_create_deployment
+    from deployments.provisioning import tasks
     from deployments.runtimes import get_runtime
-    from deployments.runtimes.local_events import CHANNEL
-    from deployments.services import create_deployment
+    from deployments.runtimes.local.events import CHANNEL
     from tests.conftest import http_get, wait_until
 
     monkeypatch.setenv("REDIS_URL", redis_url)  # supervisord and its listener inherit it
     runtime = get_runtime()
     try:
-        d = create_deployment(cast.project, "Dev", "development", "main", cast.developer)
+        d = do_create_deployment(cast.project, "Dev", "development", "main", actor=cast.developer)
         tasks.provision(d.pk)
         d.refresh_from_db()
         wait_until(lambda: http_get(d.endpoints["web"]), what="the page")
@@ -228,9 +243,15 @@ def test_a_crash_is_announced_at_once(cast, data_dir, redis_url, monkeypatch) ->
         wrapper = psutil.Process(runtime.supervisor.process_info()[f"{name}:{name}"]["pid"])
         next(p for p in wrapper.children(recursive=True) if p.name().startswith("python")).kill()
         seen = []
-        wait_until(lambda: (m := pubsub.get_message(timeout=1)) and seen.append(m["data"].decode()) is None
-                   and any(s.startswith(f"{name} PROCESS_STATE_") and ("EXITED" in s or "BACKOFF" in s) for s in seen),
-                   timeout=20, what="the crash announcement")  # fmt: skip
+        wait_until(
+            lambda: (
+                (m := pubsub.get_message(timeout=1))
+                and seen.append(m["data"].decode()) is None
+                and any(s.startswith(f"{name} PROCESS_STATE_") and ("EXITED" in s or "BACKOFF" in s) for s in seen)
+            ),
+            timeout=20,
+            what="the crash announcement",
+        )
         pubsub.close()
     finally:
         runtime.supervisor.shutdown()
@@ -240,7 +261,7 @@ def test_a_crash_is_announced_at_once(cast, data_dir, redis_url, monkeypatch) ->
 async def test_the_project_page_list_is_live_for_members_only(cast, runtime, redis_layer) -> None:
     from asgiref.sync import sync_to_async
 
-    from deployments.events import publish_project
+    from deployments.live.events import publish_project
 
     async def project_socket(user):
         headers = [(b"origin", b"http://localhost"), (b"host", b"localhost")]
@@ -262,12 +283,14 @@ async def test_the_project_page_list_is_live_for_members_only(cast, runtime, red
 
 
 def test_one_broken_deployment_does_not_stop_the_monitor(cast, runtime, monkeypatch) -> None:
-    from deployments.monitor import Monitor
+    from deployments.status.monitor import Monitor
 
-    good = Deployment.objects.create(project=cast.project, name="Good", slug="good", branch="main", state=State.RUNNING,
-                                     commit=cast.project.stack_commit)  # fmt: skip
-    bad = Deployment.objects.create(project=cast.project, name="Bad", slug="bad", branch="main", state=State.RUNNING,
-                                    commit=cast.project.stack_commit)  # fmt: skip
+    good = Deployment.objects.create(
+        project=cast.project, name="Good", slug="good", branch="main", state=State.RUNNING, commit=cast.project.stack_commit
+    )
+    bad = Deployment.objects.create(
+        project=cast.project, name="Bad", slug="bad", branch="main", state=State.RUNNING, commit=cast.project.stack_commit
+    )
     monitor = Monitor()
     real = monitor.spec
     monkeypatch.setattr(monitor, "spec", lambda d: (_ for _ in ()).throw(RuntimeError("broken")) if d.pk == bad.pk else real(d))
@@ -277,11 +300,17 @@ def test_one_broken_deployment_does_not_stop_the_monitor(cast, runtime, monkeypa
 
 
 def test_the_live_fragment_follows_every_change_it_shows(cast, runtime) -> None:
-    from deployments.consumers import render_live
+    from deployments.live.fragments import render_live
     from deployments.models import Build, Domain, Sample
 
-    d = Deployment.objects.create(project=cast.project, name="Dev", slug="dev", branch="main", state=State.RUNNING,
-                                  status={"colour": "green", "reason": "Running", "tree": {"containers": [["web", "green", "running"]]}})  # fmt: skip
+    d = Deployment.objects.create(
+        project=cast.project,
+        name="Dev",
+        slug="dev",
+        branch="main",
+        state=State.RUNNING,
+        status={"colour": "green", "reason": "Running", "tree": {"containers": [["web", "green", "running"]]}},
+    )
 
     def fragment() -> str:
         from deployments.access import get_deployment_by_id_for_user
@@ -354,16 +383,20 @@ def test_a_monitor_tick_costs_the_same_queries_for_any_number_and_tells_only_wha
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from deployments import events
-    from deployments.monitor import Monitor
+    from deployments.live import events
+    from deployments.status.monitor import Monitor
 
     published = []
     monkeypatch.setattr(events, "publish_many", lambda ids, projects, kind=events.STATUS: published.append((sorted(ids), projects)))
 
     def add(count: int) -> list[int]:
         start = Deployment.objects.count()
-        return [Deployment.objects.create(project=cast.project, name=f"D{i}", slug=f"d{i}", branch="main", state=State.RUNNING,
-                                          commit=cast.project.stack_commit).pk for i in range(start, start + count)]  # fmt: skip
+        return [
+            Deployment.objects.create(
+                project=cast.project, name=f"D{i}", slug=f"d{i}", branch="main", state=State.RUNNING, commit=cast.project.stack_commit
+            ).pk
+            for i in range(start, start + count)
+        ]
 
     def steady_tick() -> int:
         with CaptureQueriesContext(connection) as queries:

@@ -9,12 +9,12 @@ import psutil
 import pytest
 from django.core.exceptions import ValidationError
 
-from deployments import tasks
+from deployments.actions import do_create_deployment
 from deployments.models import Build, BuildStatus, Deployment, State, StateTransition
+from deployments.provisioning import tasks
+from deployments.provisioning.spec import current_spec
 from deployments.runtimes.base import Colour
-from deployments.runtimes.local import processes_of
-from deployments.services import create_deployment
-from deployments.spec import current_spec
+from deployments.runtimes.local.observe import processes_of
 from projects.sample import commit_all
 from tests.conftest import http_get, wait_until
 
@@ -24,7 +24,7 @@ def visits(url: str) -> int:
 
 
 def deploy(cast, name: str, stage: str = "development") -> Deployment:
-    d = create_deployment(cast.project, name, stage, "main", cast.developer)
+    d = do_create_deployment(cast.project, name, stage, "main", actor=cast.developer)
     tasks.provision(d.pk)
     d.refresh_from_db()
     assert d.state == State.RUNNING, d.state_reason
@@ -163,7 +163,7 @@ def test_destroy_leaves_nothing_and_can_run_twice(cast, runtime) -> None:
 def test_a_destroy_interrupted_half_way_completes_on_retry(cast, runtime, monkeypatch) -> None:
     d = deploy(cast, "Dev")
     home = runtime.home(current_spec(d))
-    import deployments.runtimes.local as local
+    import deployments.runtimes.local.runtime as local
 
     real_rmtree = local.shutil.rmtree
 
@@ -202,16 +202,16 @@ def test_deleting_needs_no_shut_down_first_and_provision_ignores_it(cast, runtim
 )
 def test_bad_input_is_refused_before_anything_exists(cast, runtime, name, branch, field, message) -> None:
     with pytest.raises(ValidationError) as e:
-        create_deployment(cast.project, name, "development", branch, cast.developer)
+        do_create_deployment(cast.project, name, "development", branch, actor=cast.developer)
     assert any(message in m for m in e.value.message_dict[field])
     assert not Deployment.objects.exists()
     assert not (runtime.data_dir / "deployments").exists() or not any((runtime.data_dir / "deployments").iterdir())
 
 
 def test_a_duplicate_name_is_refused(cast, runtime) -> None:
-    create_deployment(cast.project, "Dev", "development", "main", cast.developer)
+    do_create_deployment(cast.project, "Dev", "development", "main", actor=cast.developer)
     with pytest.raises(ValidationError) as e:
-        create_deployment(cast.project, "dev", "development", "main", cast.developer)
+        do_create_deployment(cast.project, "dev", "development", "main", actor=cast.developer)
     assert "already has a deployment called “dev”" in e.value.message_dict["name"][0]
     assert Deployment.objects.count() == 1
 
@@ -221,7 +221,7 @@ def test_a_stack_file_naming_an_unknown_package_is_refused(cast, runtime, sample
     stack.write_text(stack.read_text().replace("package: redis", "package: mongo"))
     commit_all(sample_repo, "Unknown package")
     with pytest.raises(ValidationError) as e:
-        create_deployment(cast.project, "Dev", "development", "main", cast.developer)
+        do_create_deployment(cast.project, "Dev", "development", "main", actor=cast.developer)
     assert "unknown package “mongo”" in e.value.message_dict["branch"][0]
     assert not Deployment.objects.exists()
 
@@ -247,9 +247,9 @@ def test_a_port_taken_by_another_program_is_a_clear_error(cast, runtime) -> None
 def test_a_postgresql_that_cannot_reach_its_data_is_a_clear_red_status(cast, runtime, sample_repo: Path) -> None:
     import os
 
-    import deployments.runtimes.local as local
+    from deployments.runtimes.local import programs
 
-    if os.geteuid() != 0 or local.postgres_bin_dir() is None:
+    if os.geteuid() != 0 or programs.postgres_bin_dir() is None:
         pytest.skip("only as root, with PostgreSQL installed")
     stack = sample_repo / "diploi.yaml"
     stack.write_text(stack.read_text().replace("addons:\n", "addons:\n  - name: DB\n    identifier: db\n    package: postgres\n"))
@@ -264,12 +264,12 @@ def test_a_postgresql_that_cannot_reach_its_data_is_a_clear_red_status(cast, run
 
 
 def test_a_missing_postgresql_is_a_clear_red_status(cast, runtime, monkeypatch, sample_repo: Path) -> None:
-    import deployments.runtimes.local as local
+    from deployments.runtimes.local import programs
 
     stack = sample_repo / "diploi.yaml"
     stack.write_text(stack.read_text().replace("addons:\n", "addons:\n  - name: DB\n    identifier: db\n    package: postgres\n"))
     commit_all(sample_repo, "Add a database")
-    monkeypatch.setattr(local, "postgres_bin_dir", lambda: None)
+    monkeypatch.setattr(programs, "postgres_bin_dir", lambda: None)
     d = deploy(cast, "Dev")
     db = next(c for c in runtime.observe([current_spec(d)])[d.pk].containers if c.name == "db")
     assert db.colour == Colour.RED
@@ -324,7 +324,7 @@ def test_logs_tail_and_follow(cast, runtime) -> None:
 
 
 def test_provisioning_interrupted_half_way_completes_on_the_next_run(cast, runtime, monkeypatch) -> None:
-    d = create_deployment(cast.project, "Dev", "development", "main", cast.developer)
+    d = do_create_deployment(cast.project, "Dev", "development", "main", actor=cast.developer)
     real_update = runtime.supervisor.update
     monkeypatch.setattr(runtime.supervisor, "update", lambda: (_ for _ in ()).throw(SystemExit("worker killed")))
     with pytest.raises(SystemExit):
@@ -353,14 +353,26 @@ def test_cli_status_shows_the_colour_and_the_reason(cast, runtime) -> None:
 
     s = wait_until(lambda: (s := status())["colour"] == "green" and s, what="green")
     assert s["reason"] == "Running"
-    assert {(i["branch"], i["name"]) for i in s["items"]} == {("storage", "redis/data"), ("containers", "web"), ("containers", "redis"), ("services", "web"), ("services", "redis")}
+    assert {(i["branch"], i["name"]) for i in s["items"]} == {
+        ("storage", "redis/data"),
+        ("containers", "web"),
+        ("containers", "redis"),
+        ("services", "web"),
+        ("services", "redis"),
+    }
 
 
-@pytest.mark.skipif(__import__("deployments.runtimes.local", fromlist=["x"]).postgres_bin_dir() is None, reason="PostgreSQL is not installed on this machine")
+@pytest.mark.skipif(
+    __import__("deployments.runtimes.local.programs", fromlist=["x"]).postgres_bin_dir() is None,
+    reason="PostgreSQL is not installed on this machine",
+)
 def test_the_postgresql_add_on_runs_and_keeps_its_data(cast, runtime, sample_repo: Path) -> None:
     stack = sample_repo / "diploi.yaml"
-    stack.write_text(stack.read_text().replace("addons:\n", "addons:\n  - name: DB\n    identifier: db\n    package: postgres\n")
-                     .replace("    - redis.REDIS_URL\n", "    - redis.REDIS_URL\n    - db.DATABASE_URL\n"))  # fmt: skip
+    stack.write_text(
+        stack.read_text()
+        .replace("addons:\n", "addons:\n  - name: DB\n    identifier: db\n    package: postgres\n")
+        .replace("    - redis.REDIS_URL\n", "    - redis.REDIS_URL\n    - db.DATABASE_URL\n")
+    )
     commit_all(sample_repo, "Add a database")
     # As root, PostgreSQL runs as the postgres user, which must be able to enter the data directory;
     # pytest makes its temporary directories private (0700).
@@ -380,8 +392,10 @@ def test_the_postgresql_add_on_runs_and_keeps_its_data(cast, runtime, sample_rep
 
     wait_until(lambda: query("SELECT 1") == "1", timeout=60, what="PostgreSQL to accept connections")
     query("CREATE TABLE notes (body text); INSERT INTO notes VALUES ('kept')")
-    wait_until(lambda: next(c for c in runtime.observe([spec])[d.pk].containers if c.name == "db").colour == Colour.GREEN,
-               what="the db container to be green")  # fmt: skip
+    wait_until(
+        lambda: next(c for c in runtime.observe([spec])[d.pk].containers if c.name == "db").colour == Colour.GREEN,
+        what="the db container to be green",
+    )
     tasks.restart(d.pk, "db")
     assert wait_until(lambda: query("SELECT body FROM notes"), timeout=60, what="the data after a restart") == "kept"
 
@@ -398,7 +412,7 @@ def test_a_clone_gets_a_copy_of_storage_and_env_and_the_source_keeps_running(cas
     app.write_text(app.read_text().replace("Visits:", "Edited:"))
     wait_until(lambda: "Edited:" in http_get(url), what="the edit")
 
-    clone = create_deployment(cast.project, "Copy", "development", "main", cast.developer, clone_of=source, copy_storage=True)
+    clone = do_create_deployment(cast.project, "Copy", "development", "main", actor=cast.developer, clone_of=source, copy_storage=True)
     tasks.provision(clone.pk)
     clone.refresh_from_db()
     assert clone.state == State.RUNNING and not clone.copy_storage_pending
@@ -408,7 +422,7 @@ def test_a_clone_gets_a_copy_of_storage_and_env_and_the_source_keeps_running(cas
     assert clone_count > count  # the Redis data came along too
     assert clone.endpoints["web"] != url and visits(url) > count  # the source keeps running on its own
 
-    fresh = create_deployment(cast.project, "Fresh", "development", "main", cast.developer, clone_of=source, copy_storage=False)
+    fresh = do_create_deployment(cast.project, "Fresh", "development", "main", actor=cast.developer, clone_of=source, copy_storage=False)
     tasks.provision(fresh.pk)
     fresh.refresh_from_db()
     assert wait_until(lambda: visits(fresh.endpoints["web"]), what="the fresh clone's page") == 1

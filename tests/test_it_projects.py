@@ -127,6 +127,7 @@ def test_changing_the_branch_rereads_the_stack(cast) -> None:
 
 
 def test_an_htmx_form_that_succeeds_navigates_the_page(cast, sample_repo: Path) -> None:
-    r = cast.client(cast.owner).post("/projects/new/", {"name": "Via htmx", "repository": str(sample_repo), "default_branch": "main"},
-                                     headers={"HX-Request": "true"})  # fmt: skip
+    r = cast.client(cast.owner).post(
+        "/projects/new/", {"name": "Via htmx", "repository": str(sample_repo), "default_branch": "main"}, headers={"HX-Request": "true"}
+    )
     assert r.status_code == 200 and r["HX-Redirect"] == "/projects/via-htmx/"

@@ -46,7 +46,9 @@ def test_a_bad_setting_stops_the_process_with_its_name(tmp_path) -> None:
         [sys.executable, "manage.py", "check"],
         cwd=Path(__file__).resolve().parent.parent,
         env={"PATH": "/usr/bin:/bin", "DIPLOI_DATA_DIR": str(tmp_path), "DIPLOI_DEBUG": "perhaps"},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "DIPLOI_DEBUG='perhaps' is not a boolean" in result.stderr

@@ -24,7 +24,7 @@ class GatewayThread:
     """The gateway on a free loopback port, in its own thread and event loop (as its own process would be)."""
 
     def __init__(self, limits=None) -> None:
-        from deployments.sshgateway import Gateway
+        from deployments.ssh.server import Gateway
 
         self.loop = asyncio.new_event_loop()
         self.gateway = Gateway(limits)
@@ -61,10 +61,10 @@ def gateway(runtime):
 @pytest.fixture
 def dev(cast, runtime) -> Deployment:
     """A running development deployment of the sample with an env var of its own."""
-    from deployments import tasks
-    from deployments.services import create_deployment
+    from deployments.actions import do_create_deployment
+    from deployments.provisioning import tasks
 
-    d = create_deployment(cast.project, "Dev", "development", "main", cast.developer)
+    d = do_create_deployment(cast.project, "Dev", "development", "main", actor=cast.developer)
     EnvVar.objects.create(deployment=d, service="", key="SOME_ENV", value="it works")
     tasks.provision(d.pk)
     d.refresh_from_db()
@@ -87,8 +87,25 @@ def new_key(tmp_path: Path, name: str, user=None) -> Path:
 def ssh(port: int, key: Path, user: str, *command: str, quiet: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:
     """The OpenSSH client, as a person would run the dashboard's command (plus a throwaway known-hosts).
     `quiet` hides the client's own notices, and with them the gateway's banner."""
-    argv = [SSH, "-p", str(port), "-i", str(key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "IdentitiesOnly=yes", "-o", f"LogLevel={'ERROR' if quiet else 'INFO'}", f"{user}@127.0.0.1", *command]  # fmt: skip
+    argv = [
+        SSH,
+        "-p",
+        str(port),
+        "-i",
+        str(key),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        f"LogLevel={'ERROR' if quiet else 'INFO'}",
+        f"{user}@127.0.0.1",
+        *command,
+    ]
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -97,14 +114,14 @@ def client(port: int, key: Path, user: str = "dev", **kwargs):
 
 
 def code_folder(runtime, d: Deployment) -> Path:
-    from deployments.spec import current_spec
+    from deployments.provisioning.spec import current_spec
 
     return Path(runtime.files_root(current_spec(d), "web"))
 
 
 @pytest.mark.skipif(SSH is None, reason="OpenSSH's ssh is not installed (.ci/run installs openssh-client)")
 def test_a_developer_runs_commands_with_the_deployment_env_and_exit_status(cast, dev, runtime, gateway, tmp_path) -> None:
-    from deployments.sshgateway import host_key_fingerprint
+    from deployments.ssh.hostkey import host_key_fingerprint
 
     g = gateway()
     key = new_key(tmp_path, "dev-key", cast.developer)
@@ -121,7 +138,10 @@ def test_a_developer_runs_commands_with_the_deployment_env_and_exit_status(cast,
     assert asyncio.run(host_key()) == host_key_fingerprint()
     sessions = list(SSHSession.objects.filter(deployment=dev).order_by("started"))
     assert [(s.kind, s.exit_status, s.user, s.component) for s in sessions] == [
-        ("exec", 0, cast.developer, "web"), ("exec", 3, cast.developer, "web"), ("exec", 0, cast.developer, "web")]  # fmt: skip
+        ("exec", 0, cast.developer, "web"),
+        ("exec", 3, cast.developer, "web"),
+        ("exec", 0, cast.developer, "web"),
+    ]
     assert all(s.ended and s.source.startswith("127.0.0.1:") for s in sessions)
     assert SSHKey.objects.get(user=cast.developer).last_used is not None
 
@@ -237,8 +257,11 @@ def test_port_forwarding_reaches_only_the_deployments_own_ports(cast, dev, gatew
 
     page, refused = asyncio.run(asyncio.wait_for(session(), 60))
     assert "Visits:" in page
-    assert refused[:3] == ["localhost:22 is not a port of this deployment", "localhost:5432 is not a port of this deployment",
-                           "example.com:80 is not a port of this deployment"]  # fmt: skip
+    assert refused[:3] == [
+        "localhost:22 is not a port of this deployment",
+        "localhost:5432 is not a port of this deployment",
+        "example.com:80 is not a port of this deployment",
+    ]
     assert refused[3] == "redis:6379 open"  # the add-on of this very deployment
 
 
@@ -253,8 +276,10 @@ def test_a_forward_whose_port_goes_away_ends(cast, dev, gateway, tmp_path) -> No
             return await answer_then_end(conn, "redis", 6379, b"QUIT\r\n", b"+OK\r\n")
 
     assert asyncio.run(asyncio.wait_for(session(), 60)) >= 1
-    wait_until(lambda: SSHSession.objects.filter(kind="forward", deployment=dev, command="redis:6379", ended__isnull=False).exists(),
-               what="the forward's session to end")  # fmt: skip
+    wait_until(
+        lambda: SSHSession.objects.filter(kind="forward", deployment=dev, command="redis:6379", ended__isnull=False).exists(),
+        what="the forward's session to end",
+    )
 
 
 @pytest.mark.skipif(SSH is None, reason="OpenSSH's ssh is not installed (.ci/run installs openssh-client)")
@@ -287,8 +312,16 @@ def test_who_is_refused_and_why(cast, dev, gateway, tmp_path) -> None:
     assert not SSHSession.objects.exclude(user=cast.owner).exists()  # refusals open nothing
 
     async def password_only() -> None:
-        async with asyncssh.connect("127.0.0.1", g.port, username="dev", password="pw-developer", known_hosts=None, client_keys=None,
-                                    agent_path=None, preferred_auth="password,keyboard-interactive"):  # fmt: skip
+        async with asyncssh.connect(
+            "127.0.0.1",
+            g.port,
+            username="dev",
+            password="pw-developer",
+            known_hosts=None,
+            client_keys=None,
+            agent_path=None,
+            preferred_auth="password,keyboard-interactive",
+        ):
             pass
 
     with pytest.raises(asyncssh.PermissionDenied):
@@ -335,7 +368,7 @@ def test_fifty_sessions_at_once_while_one_client_stalls(cast, dev, gateway, tmp_
 
 
 def test_limits_sessions_failures_and_idle_connections(cast, dev, gateway, tmp_path) -> None:
-    from deployments.sshgateway import Limits
+    from deployments.ssh.limits import Limits
 
     g = gateway(Limits(per_user=2, per_deployment=10, idle_timeout=2, failures_per_minute=3))
     key = new_key(tmp_path, "dev-key", cast.developer)
@@ -368,19 +401,27 @@ def test_limits_sessions_failures_and_idle_connections(cast, dev, gateway, tmp_p
                 banner.append(msg)
 
         try:
-            async with asyncssh.connect("127.0.0.1", g.port, username="dev", client_keys=[str(path)], known_hosts=None, agent_path=None,
-                                        client_factory=Client) as conn:  # fmt: skip
+            async with asyncssh.connect(
+                "127.0.0.1", g.port, username="dev", client_keys=[str(path)], known_hosts=None, agent_path=None, client_factory=Client
+            ) as conn:
                 await conn.run("true")
                 return "in"
         except asyncssh.PermissionDenied:
             return "".join(banner)
 
-    assert [asyncio.run(attempt(stranger)) for _ in range(3)] == ["diploi: This key is not registered with Diploi: add it on your SSH keys page.\r\n"] * 3
+    assert [asyncio.run(attempt(stranger)) for _ in range(3)] == [
+        "diploi: This key is not registered with Diploi: add it on your SSH keys page.\r\n"
+    ] * 3
     assert "Too many failed logins" in asyncio.run(attempt(key))  # even the right key waits now
 
 
 def test_the_gateway_command_keeps_its_host_key(data_dir) -> None:
-    from deployments.sshgateway import host_key_fingerprint, load_host_key
+    import asyncssh
+
+    from deployments.ssh.hostkey import ensure_host_key, host_key_fingerprint
+
+    def load_host_key() -> asyncssh.SSHKey:
+        return asyncssh.read_private_key(str(ensure_host_key()))
 
     assert host_key_fingerprint() is None
     first = load_host_key().get_fingerprint("sha256")

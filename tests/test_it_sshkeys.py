@@ -18,9 +18,7 @@ def public_line(private_key, comment: str = "me@laptop") -> str:
 
 
 def private_pem(private_key) -> str:
-    return private_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    ).decode()
+    return private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()).decode()
 
 
 ED25519 = ed25519.Ed25519PrivateKey.generate()
@@ -63,8 +61,12 @@ def _swap_type(line: str) -> str:
         ("hello world", "does not look like an SSH public key"),
         (private_pem(ED25519), "This is a private key"),
         (private_pem(RSA_2048), "This is a private key"),
-        (RSA_2048.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                serialization.NoEncryption()).decode(), "This is a private key"),  # fmt: skip
+        (
+            RSA_2048.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+            ).decode(),
+            "This is a private key",
+        ),
         ("PuTTY-User-Key-File-3: ssh-ed25519\nEncryption: none", "This is a private key"),
         ("ssh-ed25519", "key data is missing"),
         ("ssh-ed25519 !!!notbase64!!!", "not valid base64"),
@@ -75,7 +77,7 @@ def _swap_type(line: str) -> str:
         ("ssh-ed25519 " + base64.b64encode(b"\x00\x00\x00\x07ssh-rsa").decode(), "incomplete or corrupt"),
         ("ssh-dss " + base64.b64encode(b"\x00\x00\x00\x07ssh-dss").decode(), "DSA keys are not accepted"),
         (public_line(ED25519) + "\n" + public_line(RSA_2048), "single key"),
-        ("command=\"ls\" " + public_line(ED25519), "does not look like an SSH public key"),
+        ('command="ls" ' + public_line(ED25519), "does not look like an SSH public key"),
         ("ssh-ed25519 " + "A" * 20000, "too long"),
     ],
 )

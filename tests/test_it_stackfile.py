@@ -69,8 +69,6 @@ env:
 """
 
 
-
-
 def test_it_parses_a_good_stack() -> None:
     stack, errors = parse_stack(GOOD, REPO)
     assert errors == []
@@ -113,7 +111,11 @@ MALFORMED = [
     (replace("package: python", "package: rails"), "components[0].package", "unknown package “rails”"),
     (replace("package: python", "package: redis"), "components[0].package", "is an add-on package and cannot be used as a component"),
     (replace("package: postgres", "package: node"), "addons[0].package", "is a component package and cannot be used as an add-on"),
-    (replace("package: ./pkgs/custom", "package: ./pkgs/missing"), "components[1].package", "the repository has no pkgs/missing/diploi-package.yaml"),
+    (
+        replace("package: ./pkgs/custom", "package: ./pkgs/missing"),
+        "components[1].package",
+        "the repository has no pkgs/missing/diploi-package.yaml",
+    ),
     (replace("package: ./pkgs/custom", "package: ./pkgs/broken"), "commands.start", "unknown placeholder {nope}"),
     (replace("package: ./pkgs/custom", "package: ./../etc"), "components[1].package", "must name a folder inside the repository"),
     (replace("folder: /web", "folder: ../../etc"), "components[0].folder", "points outside the repository"),

@@ -3,7 +3,7 @@
 import pytest
 
 from deployments.runtimes.base import Colour, ItemState, Observation
-from deployments.status import BuildInfo, derive
+from deployments.status.tree import BuildInfo, derive
 
 G, Y, R, P = Colour.GREEN, Colour.YELLOW, Colour.RED, Colour.PENDING
 
@@ -25,8 +25,15 @@ def obs(containers=(("web", G), ("redis", G)), services=(("web", G), ("redis", G
         (obs(services=(("web", Y), ("redis", G))), "running", True, "", (), Y, "web: web answers yellow"),
         (obs(services=(("web", R), ("redis", G))), "running", True, "", (), Y, "web: web answers red"),
         (obs(storage=(("redis/data", R),)), "running", True, "", (), R, "storage redis/data: m"),
-        (obs(), "running", True, "", (BuildInfo("b" * 40, "failed", 30, "install failed: pip"), BuildInfo("a" * 40, "succeeded", 100, is_release=True)),
-         Y, "The latest build failed (install failed: pip); the previous release is still running"),
+        (
+            obs(),
+            "running",
+            True,
+            "",
+            (BuildInfo("b" * 40, "failed", 30, "install failed: pip"), BuildInfo("a" * 40, "succeeded", 100, is_release=True)),
+            Y,
+            "The latest build failed (install failed: pip); the previous release is still running",
+        ),
         (obs(), "running", True, "could not fetch; still running abc", (), Y, "could not fetch; still running abc"),
         (obs(), "failed", True, "stack file broken", (), R, "stack file broken"),
         (obs(), "building", True, "", (BuildInfo("c" * 40, "running", 45),), P, "Building cccccccccc (45%)"),
@@ -34,7 +41,7 @@ def obs(containers=(("web", G), ("redis", G)), services=(("web", G), ("redis", G
         (obs(containers=(("web", P), ("redis", P))), "stopped", False, "", (), P, "Stopped"),
         (obs(containers=(("web", R),)), "deleting", True, "", (), P, "Deleting…"),
     ],
-)  # fmt: skip
+)
 def test_it_derives_the_colour_and_the_reason(observation, state, enabled, reason, builds, colour, why) -> None:
     tree = derive(observation, state, enabled, reason, builds)
     assert (tree.colour, tree.reason) == (colour, why)
@@ -52,7 +59,7 @@ def test_builds_become_items_of_the_tree() -> None:
 def test_uptime_reads_like_a_person_would_say_it() -> None:
     import time
 
-    from deployments.templatetags.diploi import uptime
+    from deployments.web.templatetags.diploi import uptime
 
     now = time.time()
     assert uptime(now - 7500) == "2 h 5 min"

@@ -10,17 +10,11 @@ from deployments.runtimes.base import Runtime
 def get_runtime() -> Runtime:
     """The configured runtime (one instance per process: it keeps CPU samples between calls)."""
     if settings.DIPLOI_RUNTIME == "local":
-        from deployments.runtimes.local import LocalRuntime
+        from deployments.runtimes.local.runtime import LocalRuntime
 
         return LocalRuntime()
     if settings.DIPLOI_RUNTIME == "kubernetes":
-        from deployments.runtimes.kubernetes import KubernetesRuntime
+        from deployments.runtimes.kubernetes.runtime import KubernetesRuntime
 
         return KubernetesRuntime()
     raise ImproperlyConfigured(f"DIPLOI_RUNTIME={settings.DIPLOI_RUNTIME!r} is not a runtime")
-
-
-def builds_externally() -> bool:
-    """CI builds the staging/production images and reports them (POST /api/ci/builds/); Diploi does not build."""
-    return settings.DIPLOI_RUNTIME == "kubernetes" and settings.DIPLOI_K8S_BUILD_MODE == "external"
-

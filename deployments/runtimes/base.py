@@ -1,12 +1,11 @@
 """The runtime seam: the one interface through which Diploi touches processes, containers or clusters.
 
 Views, tasks and the monitor build a DeploymentSpec from the database and call a Runtime; they never
-start processes or talk to a cluster themselves. Implementations: local.py (processes on this
-machine) and kubernetes.py.
+start processes or talk to a cluster themselves. Implementations: local/ (processes on this machine)
+and kubernetes/. This package imports no Django app: it knows only the plain types below.
 """
 
 import contextlib
-import shlex
 import socket
 import threading
 from abc import ABC, abstractmethod
@@ -16,7 +15,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
-from projects.package import PLACEHOLDER
+from deployments.runtimes.placeholders import render
 
 
 class Colour(str, Enum):
@@ -24,16 +23,6 @@ class Colour(str, Enum):
     YELLOW = "yellow"
     RED = "red"
     PENDING = "pending"
-
-
-def render(template: str, ctx: dict[str, str], quote: bool = False) -> str:
-    """Fill a package's {placeholders} with a runtime's values; in commands they are shell-quoted."""
-
-    def value(name: str) -> str:
-        v = ctx.get(name, "")
-        return shlex.quote(v) if quote else v
-
-    return PLACEHOLDER.sub(lambda m: value(m.group(1)), template)
 
 
 @dataclass(frozen=True)
@@ -258,8 +247,15 @@ class Runtime(ABC):
         """One batched look at many deployments."""
 
     @abstractmethod
-    def logs(self, spec: DeploymentSpec, service: str, follow: bool = False, since: int | None = None, tail: int = 200,
-             stop: threading.Event | None = None) -> Iterator[str]:  # fmt: skip
+    def logs(
+        self,
+        spec: DeploymentSpec,
+        service: str,
+        follow: bool = False,
+        since: int | None = None,
+        tail: int = 200,
+        stop: threading.Event | None = None,
+    ) -> Iterator[str]:
         """Output lines of a service: the last `tail`, or all from byte offset `since`; with
         `follow`, then new lines as they come until `stop` is set (checked at least every second)."""
 
@@ -286,4 +282,3 @@ class Runtime(ABC):
     @abstractmethod
     def destroy(self, spec: DeploymentSpec) -> None:
         """Remove everything of the deployment, storage included; safe to call again."""
-

@@ -6,19 +6,19 @@ from django.core.management.base import BaseCommand, CommandError
 from django.http import Http404
 
 from accounts.models import User
-from deployments import tasks
+from deployments import actions
 from deployments.access import get_deployment_for_user
-from deployments.live import status_tree
-from deployments.models import Deployment, State
+from deployments.models import Deployment
+from deployments.provisioning.spec import current_spec
 from deployments.runtimes import get_runtime
 from deployments.runtimes.base import RuntimeFailure
-from deployments.services import create_deployment
-from deployments.spec import current_spec
+from deployments.status import store
+from deployments.status.observe import status_tree
 from projects.access import get_project_for_user, projects_for_user
 
 
 class Command(BaseCommand):
-    help = "Script deployments: list, create, status, logs, restart, destroy (same access rules as the dashboard)."
+    help = "Script deployments: list, create, status, logs, restart, rebuild, destroy (same access rules as the dashboard)."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("--user", required=True, help="act as this user (username)")
@@ -33,7 +33,7 @@ class Command(BaseCommand):
         create.add_argument("--branch", help="defaults to the project's default branch")
         create.add_argument("--disabled", action="store_true")
         create.add_argument("--wait", action="store_true", help="provision now, in this process, and wait")
-        for name in ("status", "logs", "restart", "destroy"):
+        for name in ("status", "logs", "restart", "rebuild", "destroy"):
             p = sub.add_parser(name)
             p.add_argument("target", help="<project>/<deployment>")
             if name == "status":
@@ -43,7 +43,7 @@ class Command(BaseCommand):
             if name == "logs":
                 p.add_argument("--follow", "-f", action="store_true")
                 p.add_argument("--lines", "-n", type=int, default=100)
-            if name in ("restart", "destroy"):
+            if name in ("restart", "rebuild", "destroy"):
                 p.add_argument("--wait", action="store_true", help="do it now, in this process")
 
     def handle(self, *args, user: str, action: str, **options) -> None:
@@ -58,7 +58,8 @@ class Command(BaseCommand):
         except PermissionDenied as e:
             raise CommandError(f"permission denied: {e}") from None
         except ValidationError as e:
-            raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in e.message_dict.items())) from None
+            messages = [f"{k}: {' '.join(v)}" for k, v in e.message_dict.items()] if hasattr(e, "error_dict") else e.messages
+            raise CommandError("; ".join(messages)) from None
         except RuntimeFailure as e:
             raise CommandError(str(e)) from None
 
@@ -70,19 +71,21 @@ class Command(BaseCommand):
 
     def do_list(self, project: str | None, json: bool = False, **_) -> None:
         projects = [get_project_for_user(self.user, project)] if project else list(projects_for_user(self.user))
-        rows = [_summary(d) for d in Deployment.objects.filter(project__in=projects).select_related("project").order_by("project__slug", "slug")]
+        rows = [
+            _summary(d) for d in Deployment.objects.filter(project__in=projects).select_related("project").order_by("project__slug", "slug")
+        ]
         if json:
             self.stdout.write(_json(rows))
             return
         for r in rows:
-            self.stdout.write(f"{r['project']}/{r['slug']:<24} {r['stage']:<12} {r['branch']:<20} {r['state']:<13} {r['endpoints'].get('web', '')}")
+            self.stdout.write(
+                f"{r['project']}/{r['slug']:<24} {r['stage']:<12} {r['branch']:<20} {r['state']:<13} {r['endpoints'].get('web', '')}"
+            )
 
     def do_create(self, project: str, name: str, stage: str, branch: str | None, disabled: bool, wait: bool, **_) -> None:
         p = get_project_for_user(self.user, project, write=True)
-        d = create_deployment(p, name, stage, branch or p.default_branch, self.user, enabled=not disabled)
-        if wait:
-            tasks.provision(d.pk, actor="cli")
-            d.refresh_from_db()
+        d = actions.do_create_deployment(p, name, stage, branch or p.default_branch, actor=self.user, enabled=not disabled, now=wait)
+        d.refresh_from_db()
         self.stdout.write(f"{p.slug}/{d.slug}: {d.state}{' — ' + d.state_reason if d.state_reason else ''}")
 
     def do_status(self, target: str, json: bool = False, **_) -> None:
@@ -91,9 +94,7 @@ class Command(BaseCommand):
         status = _summary(d)
         status["colour"], status["reason"] = tree.colour.value, tree.reason
         status["items"] = [
-            {"branch": branch, "name": i.name, "colour": i.colour.value, "message": i.message, "restarts": i.restarts, "cpu": i.cpu_percent}
-            for branch in tree.branches
-            for i in getattr(tree, branch)
+            {"branch": branch, **store.item_to_json(i), "cpu": i.cpu_percent} for branch in tree.branches for i in getattr(tree, branch)
         ]
         status["history"] = [
             {"from": t.from_state, "to": t.to_state, "actor": t.actor, "reason": t.reason, "at": t.at.isoformat()}
@@ -118,21 +119,24 @@ class Command(BaseCommand):
             pass
 
     def do_restart(self, target: str, service: str, wait: bool, **_) -> None:
-        d = self._target(target, write=True)
-        current_spec(d).service(service)  # a clear error for an unknown service
-        (tasks.restart if wait else tasks.restart.delay)(d.pk, service, actor=f"user:{self.user.username}")
+        actions.do_restart(self._target(target, write=True), service, actor=self.user, now=wait)
         self.stdout.write(f"{service} {'restarted' if wait else 'restart queued'}")
+
+    def do_rebuild(self, target: str, wait: bool, **_) -> None:
+        d = self._target(target, write=True)
+        actions.do_rebuild(d, actor=self.user, now=wait)
+        d.refresh_from_db()
+        self.stdout.write(f"{d.project.slug}/{d.slug}: {'rebuilt, ' + d.state if wait else 'build queued'}")
 
     def do_destroy(self, target: str, wait: bool, **_) -> None:
         d = self._target(target, owner=True)
-        d.transition(State.DELETING, f"user:{self.user.username}", "deletion requested")
-        (tasks.destroy if wait else tasks.destroy.delay)(d.pk, actor=f"user:{self.user.username}")
+        actions.do_delete(d, actor=self.user, now=wait)
         self.stdout.write(f"{d.project.slug}/{d.slug} {'destroyed' if wait else 'is being deleted'}")
 
 
 def _summary(d: Deployment) -> dict:
-    return {"project": d.project.slug, "slug": d.slug, "name": d.name, "stage": d.stage, "branch": d.branch,
-            "commit": d.commit, "enabled": d.enabled, "state": d.state, "reason": d.state_reason, "endpoints": d.endpoints}  # fmt: skip
+    fields = ("slug", "name", "stage", "branch", "commit", "enabled", "state")
+    return {"project": d.project.slug, **{f: getattr(d, f) for f in fields}, "reason": d.state_reason, "endpoints": d.endpoints}
 
 
 def _json(data: object) -> str:

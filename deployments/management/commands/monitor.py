@@ -5,8 +5,8 @@ import redis
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from deployments.monitor import Monitor
-from deployments.runtimes.local_events import CHANNEL
+from deployments.runtimes.local.events import CHANNEL
+from deployments.status.monitor import Monitor
 
 
 class RuntimeChanges:

@@ -4,7 +4,8 @@ import signal
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from deployments.sshgateway import Gateway, host_key_fingerprint
+from deployments.ssh.hostkey import host_key_fingerprint
+from deployments.ssh.server import Gateway
 
 
 class Command(BaseCommand):

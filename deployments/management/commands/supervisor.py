@@ -3,7 +3,7 @@ import os
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from deployments.runtimes.supervisor import Supervisor
+from deployments.runtimes.local.supervisor import Supervisor
 
 
 class Command(BaseCommand):

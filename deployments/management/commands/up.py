@@ -3,7 +3,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from diploi.launcher import Launcher, LaunchError
+from deployments.management.launcher import Launcher, LaunchError
 
 
 class Command(BaseCommand):
@@ -19,7 +19,9 @@ class Command(BaseCommand):
             raise CommandError(f"--port {port} is not a TCP port number")
         data_dir = data_dir.resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
-        launcher = Launcher(host, port, data_dir, grace=settings.DIPLOI_SHUTDOWN_GRACE, extra=[("monitor", ["monitor"]), ("ssh", ["sshgateway"])])
+        launcher = Launcher(
+            host, port, data_dir, grace=settings.DIPLOI_SHUTDOWN_GRACE, extra=[("monitor", ["monitor"]), ("ssh", ["sshgateway"])]
+        )
         try:
             code = launcher.run()
         except LaunchError as e:

@@ -1,0 +1,208 @@
+"""Every write to a deployment: views, the CLI, the CI API and the SSH gateway call these, nothing else.
+
+Each action is `do_<verb>(deployment, ..., *, actor)`: it validates (ValidationError keyed by field,
+or RuntimeFailure for an unknown service), writes in one transaction and enqueues the work once the
+transaction commits. `actor` is the user who acts, or a word for the platform itself ("ci").
+With `now=True` (the CLI's --wait) the work runs in this process instead of a worker.
+"""
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils.text import slugify
+
+from accounts.models import User
+from deployments import domains
+from deployments.ci import reports
+from deployments.models import CIReport, Deployment, Domain, EnvVar, Stage, State
+from deployments.provisioning import tasks
+from deployments.provisioning.spec import StackInvalid, current_spec, fetch_branch, load_stack
+from projects.git import GitError
+from projects.models import Project
+from projects.validators import dns_label_error, validate_branch_name
+
+Actor = User | str
+
+
+def actor_label(actor: Actor) -> str:
+    """How an actor is recorded on state transitions: user:<name>, or the platform's own word."""
+    return f"user:{actor.username}" if isinstance(actor, User) else actor
+
+
+def _enqueue(task: Any, *args: Any, actor: Actor, now: bool = False, **kwargs: Any) -> None:
+    run: Callable[..., Any] = task if now else task.delay
+    transaction.on_commit(partial(run, *args, actor=actor_label(actor), **kwargs))
+
+
+# --- creating ------------------------------------------------------------------------------------
+
+
+def do_create_deployment(
+    project: Project,
+    name: str,
+    stage: str,
+    branch: str,
+    *,
+    actor: Actor,
+    enabled: bool = True,
+    clone_of: Deployment | None = None,
+    copy_storage: bool = False,
+    now: bool = False,
+) -> Deployment:
+    """Validate, save and enqueue provisioning; every check happens before anything is saved.
+
+    A clone inherits its source's env vars and add-on passwords (so that copied databases still
+    open); with `copy_storage` it starts from a copy of the source's storage."""
+    slug = slugify(name).replace("_", "-")
+    errors: dict[str, list[str]] = {}
+    taken = f"This project already has a deployment called “{slug}”."
+    if not slug:
+        errors["name"] = ["The name must contain at least one letter or digit."]
+    elif err := dns_label_error(slug):
+        errors["name"] = [f"The name gives the address “{slug}”, which {err}."]
+    elif Deployment.objects.filter(project=project, slug=slug).exists():
+        errors["name"] = [taken]
+    if stage not in Stage.values:
+        errors["stage"] = [f"Choose one of: {', '.join(Stage.values)}."]
+    try:
+        validate_branch_name(branch)
+    except ValidationError as e:
+        errors["branch"] = e.messages
+    if errors:
+        raise ValidationError(errors)
+
+    deployment = Deployment(
+        project=project,
+        name=name,
+        slug=slug,
+        stage=stage,
+        branch=branch,
+        enabled=enabled,
+        created_by=actor if isinstance(actor, User) else None,
+        clone_of=clone_of,
+        copy_storage_pending=bool(clone_of and copy_storage),
+    )
+    if clone_of:
+        deployment.credentials = clone_of.credentials
+    try:
+        load_stack(deployment, fetch_branch(deployment))
+    except GitError as e:
+        raise ValidationError({"branch": [str(e)]}) from None
+    except StackInvalid as e:
+        raise ValidationError({"branch": [f"The stack file on {branch} has problems: {e}"]}) from None
+
+    try:
+        with transaction.atomic():
+            deployment.save()
+            if clone_of:
+                EnvVar.objects.bulk_create(
+                    EnvVar(deployment=deployment, service=v.service, key=v.key, value=v.value, secret=v.secret)
+                    for v in EnvVar.objects.filter(deployment=clone_of)
+                )
+            _enqueue(tasks.provision, deployment.pk, actor=actor, now=now)
+    except IntegrityError:
+        raise ValidationError({"name": [taken]}) from None
+    return deployment
+
+
+def do_clone(
+    source: Deployment, name: str, stage: str, branch: str, *, actor: Actor, enabled: bool = True, copy_storage: bool = False
+) -> Deployment:
+    return do_create_deployment(
+        source.project, name, stage, branch, actor=actor, enabled=enabled, clone_of=source, copy_storage=copy_storage
+    )
+
+
+# --- operating -----------------------------------------------------------------------------------
+
+
+def do_set_enabled(deployment: Deployment, enabled: bool, *, actor: Actor) -> None:
+    """Start or stop every service; stopping keeps storage."""
+    with transaction.atomic():
+        Deployment.objects.filter(pk=deployment.pk).update(enabled=enabled)
+        deployment.enabled = enabled
+        _enqueue(tasks.set_enabled, deployment.pk, actor=actor)
+
+
+def do_follow_branch(deployment: Deployment, branch: str, *, actor: Actor) -> None:
+    validate_branch_name(branch)
+    with transaction.atomic():
+        Deployment.objects.filter(pk=deployment.pk).update(branch=branch)
+        deployment.branch = branch
+        _enqueue(tasks.provision, deployment.pk, actor=actor)
+
+
+def do_save_env(deployment: Deployment, service: str, values: dict[str, tuple[str, bool]], *, actor: Actor) -> None:
+    """Store {key: (value, secret)} for `service` ("" = every component) and provision again, which
+    restarts the services whose environment changed."""
+    with transaction.atomic():
+        for key, (value, secret) in values.items():
+            EnvVar.objects.update_or_create(deployment=deployment, service=service, key=key, defaults={"value": value, "secret": secret})
+        _enqueue(tasks.provision, deployment.pk, actor=actor)
+
+
+def do_delete_env(deployment: Deployment, var: EnvVar, *, actor: Actor) -> None:
+    with transaction.atomic():
+        EnvVar.objects.filter(pk=var.pk, deployment=deployment).delete()
+        _enqueue(tasks.provision, deployment.pk, actor=actor)
+
+
+def do_restart(deployment: Deployment, service: str, *, actor: Actor, now: bool = False) -> None:
+    """RuntimeFailure (UnknownService) when the deployment's stack has no such service."""
+    current_spec(deployment).service(service)
+    _enqueue(tasks.restart, deployment.pk, service, actor=actor, now=now)
+
+
+def do_rebuild(deployment: Deployment, *, actor: Actor, now: bool = False) -> None:
+    """Build the branch's tip again, even when a release of it exists, and run it."""
+    if not deployment.builds_releases:
+        raise ValidationError("Development deployments run their code as it is; there is nothing to build.")
+    _enqueue(tasks.build, deployment.pk, actor=actor, now=now)
+
+
+def do_delete(deployment: Deployment, *, actor: Actor, now: bool = False) -> None:
+    """The deployment goes to `deleting` at once; a task removes everything, storage included."""
+    with transaction.atomic():
+        deployment.transition(State.DELETING, actor_label(actor), "deletion requested")
+        _enqueue(tasks.destroy, deployment.pk, actor=actor, now=now)
+
+
+# --- custom domains ------------------------------------------------------------------------------
+
+
+def do_add_domain(deployment: Deployment, name: str, *, actor: Actor) -> Domain:
+    """ValidationError with the reason when the name is not a usable host name or is taken."""
+    ascii_name = domains.normalise_domain(name)
+    try:
+        with transaction.atomic():
+            return Domain.objects.create(deployment=deployment, name=ascii_name)
+    except IntegrityError:
+        raise ValidationError(f"{name} is already in use by a deployment.") from None
+
+
+def do_verify_domain(domain: Domain, *, actor: Actor) -> Domain:
+    """Check the CNAME record now and record the outcome."""
+    domain.verified, domain.check_result, domain.checked = domains.check_cname(domain)
+    domain.save(update_fields=["verified", "check_result", "checked"])
+    return domain
+
+
+def do_remove_domain(domain: Domain, *, actor: Actor) -> None:
+    domain.delete()
+
+
+# --- CI reports (external build mode) -----------------------------------------------------------
+
+
+def do_record_ci_report(project: Project, data: object, *, actor: Actor = "ci") -> tuple[CIReport, list[Deployment]]:
+    """Store one report from CI (ValidationError naming the fields) and provision again the
+    deployments waiting at its commit."""
+    with transaction.atomic():
+        report = reports.record_report(project, data)
+        waiting = reports.waiting_deployments(project, report.commit)
+        for d in waiting:
+            _enqueue(tasks.provision, d.pk, actor=actor)
+    return report, waiting

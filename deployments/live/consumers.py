@@ -1,0 +1,174 @@
+"""Websockets: live fragments of the Overview and the project list, and the log stream.
+
+Every socket of a process that waits on the same event shares one render (`Renders`): the
+fragment is rendered once per role, with the project's member list beside it, so each socket
+only looks its user up in that list — a thousand viewers cost one render, not a thousand.
+Access is checked on connect and on every event; a member removed meanwhile is disconnected.
+"""
+
+import asyncio
+import logging
+import threading
+from collections.abc import Hashable
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.utils.html import escape
+
+from deployments.access import get_deployment_by_id_for_user
+from deployments.live import events
+from deployments.live.fragments import LOG_LINES, Snapshot, deployment_snapshot, off_thread, project_snapshot, renders
+from deployments.provisioning.spec import current_spec
+from deployments.runtimes import get_runtime
+from deployments.runtimes.base import RuntimeFailure
+from projects.access import get_project_for_user
+
+log = logging.getLogger(__name__)
+NOT_FOUND, GONE = 4404, 4403  # close codes: never had access / lost it (or the object is gone)
+
+
+class LiveConsumer(AsyncWebsocketConsumer):
+    """Joins one group, sends its fragment on connect (a reconnect never shows a stale colour) and
+    again on every event of the group, when it changed for this socket."""
+
+    group = ""
+    last = ""
+
+    def authorise(self) -> int:
+        """The id of what the socket watches; Http404/PermissionDenied when the user may not."""
+        raise NotImplementedError
+
+    def group_name(self, ident: int) -> str:
+        raise NotImplementedError
+
+    def snapshot(self) -> Snapshot | None:
+        raise NotImplementedError
+
+    async def connect(self) -> None:
+        try:
+            self.ident = await database_sync_to_async(self.authorise)()
+        except (Http404, PermissionDenied):
+            await self.close(code=NOT_FOUND)  # anonymous users and outsiders alike: nothing to see here
+            return
+        self.group = self.group_name(self.ident)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self.push(await off_thread(self.snapshot)())
+
+    async def disconnect(self, code: int) -> None:
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def live_event(self, event: dict) -> None:
+        await self.push(await renders.get((self.group, self.variant(), event.get("seq")), self.snapshot))
+
+    def variant(self) -> Hashable:
+        """What else than the group the fragment depends on (sockets that share it share a render)."""
+        return None
+
+    async def push(self, snapshot: Snapshot | None) -> None:
+        fragment = snapshot.fragment_for(self.scope["user"]) if snapshot else None
+        if fragment is None:
+            await self.close(code=GONE)
+        elif fragment != self.last:
+            self.last = fragment
+            await self.send(text_data=fragment)
+
+
+class DeploymentConsumer(LiveConsumer):
+    """`/ws/deployments/<id>/`: the Overview's live part (colour, status tree, CPU, build progress)."""
+
+    def authorise(self) -> int:
+        return get_deployment_by_id_for_user(self.scope.get("user"), int(self.scope["url_route"]["kwargs"]["pk"])).pk
+
+    def group_name(self, ident: int) -> str:
+        return events.group(ident)
+
+    def snapshot(self) -> Snapshot | None:
+        return deployment_snapshot(self.ident)
+
+
+class ProjectConsumer(LiveConsumer):
+    """`/ws/projects/<slug>/`: the project page's list of deployments (dots, CPU figures, states)."""
+
+    def authorise(self) -> int:
+        return get_project_for_user(self.scope.get("user"), self.scope["url_route"]["kwargs"]["slug"]).pk
+
+    def group_name(self, ident: int) -> str:
+        return events.project_group(ident)
+
+    def variant(self) -> Hashable:
+        return parse_qs(self.scope.get("query_string", b"").decode()).get("page", ["1"])[0]
+
+    def snapshot(self) -> Snapshot | None:
+        return project_snapshot(self.ident, self.variant())
+
+
+class LogConsumer(AsyncWebsocketConsumer):
+    """`/ws/deployments/<id>/logs/<service>/`: the last lines, then every new line as it is written.
+
+    The first message replaces the log element; later ones append to it (the page keeps the last
+    LOG_LINES lines). Lines are read in a thread that stops when the socket closes."""
+
+    group = ""
+
+    async def connect(self) -> None:
+        kwargs = self.scope["url_route"]["kwargs"]
+        try:
+            self.deployment_id, self.spec = await database_sync_to_async(self.authorise)(int(kwargs["pk"]), kwargs["service"])
+        except (Http404, PermissionDenied, RuntimeFailure):
+            await self.close(code=NOT_FOUND)
+            return
+        self.service = kwargs["service"]
+        self.group = events.group(self.deployment_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        self.stop = threading.Event()
+        self.lines: asyncio.Queue[str] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=self.read, args=(loop,), daemon=True, name=f"logs-{self.deployment_id}-{self.service}").start()
+        self.sender = asyncio.create_task(self.send_lines())
+
+    def authorise(self, pk: int, service: str):
+        d = get_deployment_by_id_for_user(self.scope.get("user"), pk)
+        spec = current_spec(d)
+        spec.service(service)  # RuntimeFailure when the stack has no such component
+        return d.pk, spec
+
+    def read(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            for line in get_runtime().logs(self.spec, self.service, follow=True, tail=LOG_LINES, stop=self.stop):
+                if loop.is_closed():
+                    return
+                loop.call_soon_threadsafe(self.lines.put_nowait, line)
+        except Exception:  # noqa: BLE001 - a vanished log ends the stream, not the server
+            log.exception("log stream of %s/%s ended", self.deployment_id, self.service)
+
+    async def send_lines(self) -> None:
+        first = True
+        while True:
+            batch = [await self.lines.get()]
+            await asyncio.sleep(0.05)  # gather what arrived together into one message
+            while not self.lines.empty():
+                batch.append(self.lines.get_nowait())
+            swap = "true" if first else "beforeend"
+            body = "".join(f"<span>{escape(line)}\n</span>" for line in batch[-LOG_LINES:])
+            await self.send(text_data=f'<pre class="log" id="deployment-{self.deployment_id}-log" hx-swap-oob="{swap}">{body}</pre>')
+            first = False
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "stop"):
+            self.stop.set()
+            self.sender.cancel()
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def live_event(self, event: dict) -> None:
+        if event.get("kind") == events.MEMBERS:
+            try:
+                await database_sync_to_async(get_deployment_by_id_for_user)(self.scope["user"], self.deployment_id)
+            except (Http404, PermissionDenied):
+                await self.close(code=GONE)

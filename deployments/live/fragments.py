@@ -1,0 +1,182 @@
+"""What the dashboard's pages and websockets render: context builders, and the render caches that
+let every socket waiting on the same event share one render (the same partial templates as the
+page, once per role, with the project's member list beside it)."""
+
+import asyncio
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db.models.functions import Length
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from accounts.models import User
+from deployments.models import Deployment, Sample
+from deployments.provisioning.spec import deployment_stack
+from deployments.queries import deployments_page
+from deployments.ssh.hostkey import host_key_fingerprint
+from deployments.ssh.naming import ssh_username
+from deployments.status import store
+from deployments.status.observe import status_tree
+from deployments.status.samples import record_sample
+from projects.models import WRITE_ROLES, Membership, Project, Role
+
+LOG_LINES = 200
+CHART_WINDOW = timedelta(minutes=15)
+
+
+def sparkline(values: list[float], width: int = 240, height: int = 40) -> str:
+    """SVG polyline points for `values`, scaled to the box (0 at the bottom)."""
+    if len(values) < 2:
+        return ""
+    top = max(max(values), 1.0)
+    step = width / (len(values) - 1)
+    return " ".join(f"{i * step:.1f},{height - (v / top) * height:.1f}" for i, v in enumerate(values))
+
+
+def components(d: Deployment) -> list[str]:
+    """The component identifiers of the deployment's own stack."""
+    stack = deployment_stack(d)
+    return [s.identifier for s in stack.components] if stack else []
+
+
+def parameters(d: Deployment) -> dict[str, list[dict]]:
+    """Each service's package parameters, from the deployment's own stack."""
+    stack = deployment_stack(d)
+    return {s.identifier: [asdict(p) for p in s.package.parameters] for s in (stack.services if stack else []) if s.package.parameters}
+
+
+def ssh_commands(d: Deployment, user: User) -> list[tuple[str, str]]:
+    """The exact command per component; qualified with the project when the user reaches another
+    deployment of the same name."""
+    names = components(d)
+    qualify = Deployment.objects.filter(slug=d.slug, project__memberships__user=user).exclude(pk=d.pk).exists()
+    host, port = settings.DIPLOI_PUBLIC_HOST, settings.DIPLOI_SSH_PORT
+    return [(c, f"ssh -p {port} {ssh_username(c, d, names[0], qualify)}@{host}") for c in names]
+
+
+def overview_context(d: Deployment, user: User | None = None, observe: bool = True) -> dict:
+    """Everything the Overview shows; the page and the websocket render the same partials from it.
+
+    The page observes the runtime itself; the websocket (`observe=False`) renders what the monitor
+    stored, so a thousand viewers cost no runtime calls."""
+    since = timezone.now() - CHART_WINDOW
+    samples = list(Sample.objects.filter(deployment=d, at__gte=since).values_list("cpu_percent", "memory_bytes"))
+    if observe:
+        tree = status_tree(d)
+        sample = record_sample(d, tree)
+        cpu, memory = sample.cpu_percent, sample.memory_bytes
+    else:
+        tree = store.from_json(d.status)
+        cpu, memory = samples[-1] if samples else (0, 0)
+    return {
+        "d": d,
+        "project": d.project,
+        "tab": "overview",
+        "tree": tree,
+        "cpu": cpu,
+        "memory": memory,
+        "cpu_points": sparkline([s[0] for s in samples]),
+        "build": d.builds.first(),
+        "ssh": ssh_commands(d, user) if user is not None else [],
+        "ssh_host_key": host_key_fingerprint(),
+        "ssh_sessions": list(d.ssh_sessions.select_related("user")[:10]),
+        "has_keys": user is not None and user.ssh_keys.exists(),
+        "transitions": list(d.transitions.order_by("-at", "-pk")[:8]),
+        "domains": list(d.domains.all()),
+    }
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    members: dict[int, str]  # user id → role
+    html: dict[bool, str]  # can write → fragment
+
+    def fragment_for(self, user) -> str | None:
+        role = self.members.get(user.pk)
+        return None if role is None else self.html[role in WRITE_ROLES]
+
+
+class Renders:
+    """Snapshots per (group, event), shared by every socket of this process waiting for them."""
+
+    def __init__(self, size: int = 512) -> None:
+        self._futures: OrderedDict[Hashable, asyncio.Future] = OrderedDict()
+        self.size = size
+
+    async def get(self, key: Hashable, produce: Callable[[], Snapshot | None]) -> Snapshot | None:
+        future = self._futures.get(key)
+        if future is None or future.get_loop() is not asyncio.get_running_loop():
+            future = self._futures[key] = asyncio.ensure_future(off_thread(produce)())
+            while len(self._futures) > self.size:
+                self._futures.popitem(last=False)
+        return await asyncio.shield(future)
+
+
+def off_thread(produce: Callable[[], Snapshot | None]):
+    """Renders run in the thread pool, beside (not queued behind) the page views' one sync thread."""
+    return database_sync_to_async(produce, thread_sensitive=False)
+
+
+renders = Renders()
+_rendered: dict[tuple, str] = {}
+
+
+def render_live(d: Deployment) -> str:
+    """The live part of the Overview for `d.project.role`; the same state renders once per process."""
+    latest = d.samples.order_by("-at").values_list("pk", flat=True).first()
+    build = d.builds.annotate(log_size=Length("log")).values_list("pk", "status", "progress", "log_size").first()
+    domains = tuple(d.domains.values_list("name", "verified"))
+    key = (
+        d.pk,
+        d.state,
+        d.state_reason,
+        d.enabled,
+        d.commit,
+        d.release_id,
+        json.dumps(d.status, sort_keys=True),
+        json.dumps(d.endpoints, sort_keys=True),
+        latest,
+        build,
+        domains,
+        d.project.can_write,
+    )
+    if key not in _rendered:
+        if len(_rendered) > 1000:
+            _rendered.clear()
+        _rendered[key] = render_to_string("deployments/detail.html#live", overview_context(d, observe=False))
+    return _rendered[key]
+
+
+def members_of(project_id: int) -> dict[int, str]:
+    return dict(Membership.objects.filter(project_id=project_id).values_list("user_id", "role"))
+
+
+def per_role(project: Project, render: Callable[[], str]) -> dict[bool, str]:
+    html = {}
+    for can_write, role in ((False, Role.VIEWER), (True, Role.DEVELOPER)):
+        project.role = role
+        html[can_write] = render()
+    return html
+
+
+def deployment_snapshot(deployment_id: int) -> Snapshot | None:
+    d = Deployment.objects.select_related("project", "release").filter(pk=deployment_id).first()
+    if d is None:
+        return None
+    return Snapshot(members_of(d.project_id), per_role(d.project, lambda: render_live(d)))
+
+
+def project_snapshot(project_id: int, page_number: str | None = None) -> Snapshot | None:
+    project = Project.objects.filter(pk=project_id).first()
+    if project is None:
+        return None
+    page = deployments_page(project, page_number)
+    page.object_list = list(page.object_list)
+    ctx = {"project": project, "page": page}
+    return Snapshot(members_of(project_id), per_role(project, lambda: render_to_string("projects/detail.html#deployments", ctx)))

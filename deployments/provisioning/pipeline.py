@@ -1,0 +1,112 @@
+"""Provisioning as plain functions: bring a deployment to its branch's tip (build when needed, then
+apply), and settle what a failure leaves. Celery's tasks (tasks.py) are thin wrappers around these;
+every function takes a deployment re-read from the database and is safe to run twice."""
+
+import time
+
+from deployments.models import Build, BuildStatus, Deployment, State
+from deployments.provisioning.external import take_external_build
+from deployments.provisioning.spec import StackInvalid, build_spec, current_spec, fetch_branch, load_stack, minimal_spec
+from deployments.runtimes import get_runtime
+from deployments.runtimes.base import BuildFailed, DeploymentSpec, RuntimeFailure, TransientFailure
+from projects.git import GitError
+from projects.models import builds_externally
+
+SAVE_EVERY = 0.5  # seconds between two saves of a running build's progress
+
+
+def get(deployment_id: int) -> Deployment | None:
+    return Deployment.objects.select_related("project", "release", "clone_of__project").filter(pk=deployment_id).first()
+
+
+def provision(deployment: Deployment, actor: str, force_build: bool = False) -> None:
+    """Bring the deployment to its branch's latest commit: build when needed, then apply."""
+    deployment.transition(State.PROVISIONING, actor, f"updating to the tip of {deployment.branch}")
+    try:
+        commit = fetch_branch(deployment)
+        stack = load_stack(deployment, commit)
+    except (GitError, StackInvalid) as e:
+        settle_after_failure(deployment, actor, str(e))
+        return
+
+    release = deployment.release
+    if deployment.builds_releases and (force_build or release is None or release.commit != commit):
+        build = Build.objects.filter(deployment=deployment, commit=commit, status__in=[BuildStatus.QUEUED, BuildStatus.RUNNING]).first()
+        build = build or Build.objects.create(deployment=deployment, commit=commit)
+        if builds_externally():
+            built = take_external_build(build, deployment.project_id, [s.identifier for s in stack.services if s.kind == "component"])
+            if built is None:
+                deployment.transition(State.BUILDING, actor, f"waiting for CI to report the images of {commit[:10]}")
+                return  # each report from CI provisions again
+        else:
+            deployment.transition(State.BUILDING, actor, f"building {commit[:10]}")
+            built = run_build(build, build_spec(deployment, stack, commit, release))
+        if not built:
+            settle_after_failure(deployment, actor, f"build of {commit[:10]}: {build.error}")
+            return
+        release = build
+
+    spec = build_spec(deployment, stack, commit, release if deployment.builds_releases else None)
+    try:
+        if deployment.copy_storage_pending:
+            if deployment.clone_of_id:
+                get_runtime().copy_storage(minimal_spec(deployment.clone_of), spec)
+            Deployment.objects.filter(pk=deployment.pk).update(copy_storage_pending=False)
+        endpoints = get_runtime().apply(spec)
+    except TransientFailure:
+        raise
+    except RuntimeFailure as e:
+        settle_after_failure(deployment, actor, str(e))
+        return
+    running_release = release if deployment.builds_releases else None
+    Deployment.objects.filter(pk=deployment.pk).update(commit=commit, release=running_release, endpoints=endpoints)
+    deployment.transition(State.RUNNING if deployment.enabled else State.STOPPED, actor, "")
+
+
+def settle_after_failure(deployment: Deployment, actor: str, reason: str) -> None:
+    """A deployment that was already running keeps running what it had (yellow); otherwise it failed."""
+    deployment.refresh_from_db(fields=["commit", "release", "enabled"])
+    if deployment.commit and (deployment.release_id or not deployment.builds_releases):
+        still = State.RUNNING if deployment.enabled else State.STOPPED
+        deployment.transition(still, actor, f"{reason}; still running {deployment.commit[:10]}")
+    else:
+        deployment.transition(State.FAILED, actor, reason)
+
+
+def run_build(build: Build, spec: DeploymentSpec) -> bool:
+    """Run the runtime's build, recording steps, progress and a bounded log on the Build row."""
+    build.start()
+    last_save = 0.0
+
+    def progress(step: str, percent: int, line: str | None = None) -> None:
+        nonlocal last_save
+        build.advance(step, percent, line)
+        if time.monotonic() - last_save > SAVE_EVERY or percent >= 100:
+            build.save_progress()
+            last_save = time.monotonic()
+
+    try:
+        get_runtime().build(spec, progress)
+    except BuildFailed as e:
+        build.fail(e.step, str(e))
+        return False
+    build.succeed()
+    return True
+
+
+def set_enabled(deployment: Deployment, actor: str) -> None:
+    """Make the processes follow the deployment's `enabled` flag (stored by the action)."""
+    get_runtime().set_enabled(current_spec(deployment), deployment.enabled)
+    if deployment.state in (State.RUNNING, State.STOPPED):
+        deployment.transition(State.RUNNING if deployment.enabled else State.STOPPED, actor)
+
+
+def restart(deployment: Deployment, service: str) -> None:
+    get_runtime().restart(current_spec(deployment), service)
+
+
+def destroy(deployment: Deployment, actor: str) -> None:
+    """Remove everything of the deployment, then its record. Re-running after a crash finishes the job."""
+    deployment.transition(State.DELETING, actor, "deleting the deployment and its storage")
+    get_runtime().destroy(minimal_spec(deployment))
+    Deployment.objects.filter(pk=deployment.pk).delete()

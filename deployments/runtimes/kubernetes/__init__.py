@@ -1,0 +1,1 @@
+"""The Kubernetes runtime: one namespace per deployment, all calls through client.py."""

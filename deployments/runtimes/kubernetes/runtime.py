@@ -1,0 +1,258 @@
+"""The Kubernetes runtime: the same stack files, as objects in one namespace per deployment.
+
+`manifests.manifests(spec)` is what `apply` sends with server-side apply; `observe` lists pods,
+claims and workloads across all namespaces in a fixed number of calls (observe.py turns them into
+status items); logs, shells and port-forwards go through the pod API (client.py).
+"""
+
+import logging
+import secrets
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+from django.conf import settings
+
+from deployments.runtimes.base import (
+    BuildFailed,
+    DeploymentSpec,
+    Observation,
+    Progress,
+    Runtime,
+    RuntimeFailure,
+    Shell,
+    Tunnel,
+    Unreachable,
+    forward_candidates,
+)
+from deployments.runtimes.kubernetes.client import Kube, KubeError
+from deployments.runtimes.kubernetes.manifests import (
+    COMPONENT,
+    COPY_POD,
+    COPY_ROOT,
+    DEPLOYMENT_ID,
+    MANAGED,
+    build_manifests,
+    build_name,
+    copy_pod,
+    default_host,
+    manifests,
+    namespace,
+    storage_paths,
+    workload_kind,
+)
+from deployments.runtimes.kubernetes.observe import observation, usage_of
+
+log = logging.getLogger(__name__)
+
+
+class KubernetesRuntime(Runtime):
+    sftp_command = (  # the image's own SFTP server, where distributions put it
+        "for p in /usr/lib/openssh/sftp-server /usr/lib/sftp-server /usr/libexec/sftp-server /usr/libexec/openssh/sftp-server "
+        '/usr/lib/ssh/sftp-server; do [ -x "$p" ] && exec "$p"; done; '
+        'echo "diploi: this image has no sftp-server (add openssh-sftp-server to it)" >&2; exit 127'
+    )
+
+    def __init__(self, kube: Kube | None = None) -> None:
+        self.kube = kube or Kube(settings.DIPLOI_K8S_KUBECONFIG, settings.DIPLOI_K8S_CONTEXT)
+
+    def apply(self, spec: DeploymentSpec) -> dict[str, str]:
+        for obj in manifests(spec):
+            self.kube.apply(obj)
+        public = next((s for s in spec.services if s.kind == "component" and any(p.public for p in s.ports)), None)
+        return {public.identifier: f"https://{default_host(spec)}"} if public else {}
+
+    def set_enabled(self, spec: DeploymentSpec, enabled: bool) -> None:
+        """Replicas to zero (or back); claims stay."""
+        self.apply(replace(spec, enabled=enabled))
+
+    def restart(self, spec: DeploymentSpec, service: str) -> None:
+        stamp = {"spec": {"template": {"metadata": {"annotations": {"diploi.io/restarted-at": str(time.time())}}}}}
+        self.kube.patch(workload_kind(spec, spec.service(service)), service, namespace(spec), stamp)
+
+    def observe(self, specs: list[DeploymentSpec]) -> dict[int, Observation]:
+        wanted = {s.id: s for s in specs}
+        found: dict[str, dict[str, list[dict]]] = {}
+        for kind in ("Pod", "PersistentVolumeClaim", "StatefulSet", "Deployment"):
+            found[kind] = defaultdict(list)
+            for obj in self.kube.list(kind, selector=f"{MANAGED}=diploi"):
+                found[kind][obj["metadata"]["labels"].get(DEPLOYMENT_ID, "")].append(obj)
+        metrics = self.kube.pod_metrics(f"{MANAGED}=diploi")
+        usage = None if metrics is None else {(m["metadata"]["namespace"], m["metadata"]["name"]): usage_of(m) for m in metrics}
+        return {pk: observation(spec, {k: v.get(str(pk), []) for k, v in found.items()}, usage) for pk, spec in wanted.items()}
+
+    def _pod(self, spec: DeploymentSpec, service: str, running: bool = False) -> str | None:
+        """The name of one pod of the service (a running one when asked), or None."""
+        pods = self.kube.list("Pod", namespace(spec), f"{DEPLOYMENT_ID}={spec.id},{COMPONENT}={service}")
+        if running:
+            pods = [p for p in pods if p.get("status", {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
+        return pods[0]["metadata"]["name"] if pods else None
+
+    def logs(
+        self,
+        spec: DeploymentSpec,
+        service: str,
+        follow: bool = False,
+        since: int | None = None,
+        tail: int = 200,
+        stop: threading.Event | None = None,
+    ) -> Iterator[str]:
+        spec.service(service)
+        pod = self._pod(spec, service)
+        if pod is None:
+            return
+        for line in self.kube.logs(namespace(spec), pod, service, follow=follow, tail=None if since == 0 else tail):
+            if stop is not None and stop.is_set():
+                return
+            yield line
+
+    def destroy(self, spec: DeploymentSpec) -> None:
+        """Delete the namespace (everything in it, claims included) and wait until it is gone."""
+        self.kube.delete("Namespace", namespace(spec))
+        self.kube.wait_gone("Namespace", namespace(spec), timeout=settings.DIPLOI_K8S_DELETE_TIMEOUT)
+
+    def build(self, spec: DeploymentSpec, progress: Progress) -> str:
+        """One Job per component: the builder image builds the commit with a generated Dockerfile
+        (the package's image, the code, its install and build commands) and pushes the image the
+        workloads run. Progress follows the Jobs; a failed Job fails the build with its reason."""
+        components = [s for s in spec.services if s.kind == "component"]
+        self.kube.apply(manifests(spec)[0])  # the namespace
+        progress("clone", 0, f"Building {spec.commit[:10]} of {spec.branch} in the cluster")
+        for service in components:
+            for obj in build_manifests(spec, service):
+                self.kube.apply(obj)
+        progress("install", 25, f"{len(components)} build job(s) started")
+        deadline = time.monotonic() + settings.DIPLOI_K8S_BUILD_TIMEOUT
+        done: set[str] = set()
+        while len(done) < len(components):
+            for service in components:
+                if service.identifier in done:
+                    continue
+                job = self.kube.get("Job", build_name(spec, service), namespace(spec)) or {}
+                conditions = {c["type"]: c for c in job.get("status", {}).get("conditions", []) if c.get("status") == "True"}
+                if "Failed" in conditions:
+                    raise BuildFailed(
+                        "build", f"{service.identifier}: {conditions['Failed'].get('message') or conditions['Failed'].get('reason')}"
+                    )
+                if "Complete" in conditions:
+                    done.add(service.identifier)
+                    progress("build", 25 + 65 * len(done) // len(components), f"{service.identifier}: image pushed")
+            if len(done) < len(components):
+                if time.monotonic() > deadline:
+                    raise BuildFailed("build", f"not finished after {settings.DIPLOI_K8S_BUILD_TIMEOUT} s")
+                time.sleep(1)
+        progress("release", 100, f"Release {spec.commit[:10]} ready")
+        return spec.commit
+
+    def open_shell(self, spec: DeploymentSpec, service: str, command: str | None, pty: bool) -> Shell:
+        """Through the pod exec API: the container's environment and working directory, a terminal
+        when asked (resized through the stream), the exit status from the stream's final status."""
+        spec.service(service)
+        pod = self._pod(spec, service, running=True)
+        if pod is None:
+            raise RuntimeFailure(f"{service} has no running pod; is the deployment running?")
+        return PodShell(self.kube, namespace(spec), pod, service, command, pty)
+
+    def files_root(self, spec: DeploymentSpec, service: str) -> Path:
+        raise RuntimeFailure("The files are in the cluster: SFTP runs in the container (sftp_command).")
+
+    def open_forward(self, spec: DeploymentSpec, service: str, host: str, port: int) -> Tunnel:
+        """Through the pod port-forward API to a running pod of the service that declares the port
+        (works wherever the gateway runs, with the API's access rules)."""
+        candidates = forward_candidates(spec, service, host, port)
+        if not candidates:
+            raise RuntimeFailure(f"{host}:{port} is not a port of this deployment")
+        svc = candidates[0][0]
+        pod = self._pod(spec, svc.identifier, running=True)
+        if pod is None:
+            raise Unreachable(f"{host}:{port}: {svc.identifier} has no running pod")
+        try:
+            return self.kube.portforward(namespace(spec), pod, port)
+        except KubeError as e:
+            raise Unreachable(f"{host}:{port} is not answering: {e}") from None
+
+    def copy_storage(self, source: DeploymentSpec, target: DeploymentSpec) -> None:
+        """The target's claims and a helper pod that mounts them; then, for each claim, `tar` streamed
+        from the source's running container into the helper (two exec streams, nothing stored in
+        between). Safe to call again (the copy is made again); the source is only read."""
+        copies = [(service, claim, path) for service in target.services for claim, path in storage_paths(source, target, service)]
+        if not copies:
+            return
+        ns = namespace(target)
+        for obj in manifests(target):
+            if obj["kind"] in ("Namespace", "PersistentVolumeClaim"):
+                self.kube.apply(obj)
+        self.kube.apply(copy_pod(target, [claim for _, claim, _ in copies]))
+        try:
+            self._wait_running(ns, COPY_POD)
+            for service, claim, path in copies:
+                pod = self._pod(source, service.identifier, running=True)
+                if pod is None:
+                    raise RuntimeFailure(f"{service.identifier} of the source is not running; start it to copy its storage")
+                self._copy(namespace(source), pod, service.identifier, path, ns, claim)
+        finally:
+            self.kube.delete("Pod", COPY_POD, ns)
+            self.kube.wait_gone("Pod", COPY_POD, ns)  # the claims are free for the workloads
+
+    def _wait_running(self, ns: str, pod: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while (self.kube.get("Pod", pod, ns) or {}).get("status", {}).get("phase") != "Running":
+            if time.monotonic() > deadline:
+                raise RuntimeFailure(f"the pod {pod} did not start within {timeout:.0f} s")
+            time.sleep(0.5)
+
+    def _copy(self, source_ns: str, pod: str, container: str, path: str, ns: str, claim: str) -> None:
+        # DIPLOI_TEST_ROOT is unset in containers; the test control plane's KWOK, which runs exec
+        # commands on its own machine, sets it so that the paths stay inside the tests' folder.
+        reading = self.kube.exec(source_ns, pod, container, ["/bin/sh", "-c", f'tar -c -C "${{DIPLOI_TEST_ROOT:-}}{path}" .'], False)
+        writing = self.kube.exec(ns, COPY_POD, "copy", ["/bin/sh", "-c", f'tar -x -C "${{DIPLOI_TEST_ROOT:-}}{COPY_ROOT}/{claim}"'], False)
+        while data := reading.read():
+            writing.write(data)
+        problem = b"".join(iter(reading.read_stderr, b"")).decode(errors="replace").strip()
+        if reading.close() != 0:
+            writing.kill()
+            raise RuntimeFailure(f"copying {claim}: reading {path} in {container} failed: {problem or 'no message'}")
+        writing.close_stdin()
+        problem = b"".join(iter(writing.read_stderr, b"")).decode(errors="replace").strip()
+        if writing.close() != 0:
+            raise RuntimeFailure(f"copying {claim}: writing it failed: {problem or 'no message'}")
+
+
+class PodShell:
+    """A session in a container through the exec API. Closing an exec stream is not guaranteed to
+    end its process (a command without a terminal may keep running), so the session starts by
+    writing its PID to a file, and `kill` ends that process and its children with a second exec."""
+
+    def __init__(self, kube: Kube, ns: str, pod: str, container: str, command: str | None, pty: bool) -> None:
+        self.kube, self.target = kube, (ns, pod, container)
+        self.pidfile = f"/tmp/.diploi-session-{secrets.token_hex(8)}"
+        argv = ["/bin/sh", "-c", command] if command else ["/bin/sh", "-i" if pty else "-s"]
+        wrapper = f'echo $$ > {self.pidfile} 2> /dev/null; exec "$@"'
+        self.stream = kube.exec(ns, pod, container, ["/bin/sh", "-c", wrapper, "diploi-session", *argv], pty)
+        self.write, self.close_stdin, self.resize = self.stream.write, self.stream.close_stdin, self.stream.resize
+        self.read, self.read_stderr = self.stream.read, self.stream.read_stderr
+
+    def _finish(self, kill: bool) -> None:
+        """Forget the PID file; with `kill`, first end the session's process and its children."""
+        script = f"rm -f {self.pidfile}"
+        if kill:
+            script = (
+                f'p=$(cat {self.pidfile}) && for s in /proc/[0-9]*/stat; do read -r c _ _ pp _ < "$s" && [ "$pp" = "$p" ] '
+                f'&& kill -TERM "$c"; done 2> /dev/null; kill -TERM "$p" 2> /dev/null; {script}'
+            )
+        try:
+            self.kube.exec(*self.target, ["/bin/sh", "-c", script], False).close()
+        except RuntimeFailure:
+            log.warning("could not end the session %s in %s", self.pidfile, "/".join(self.target))
+
+    def kill(self) -> None:
+        self.stream.kill()
+        self._finish(kill=True)
+
+    def close(self) -> int:
+        status = self.stream.close()
+        self._finish(kill=False)
+        return status

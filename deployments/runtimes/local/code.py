@@ -1,0 +1,137 @@
+"""A deployment's code on this machine: the development checkout and the releases built from commits."""
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from deployments.runtimes.base import BuildFailed, DeploymentSpec, Progress, RuntimeFailure, ServiceSpec
+
+KEEP_RELEASES = 3
+GIT_TIMEOUT = 600
+
+
+class GitFailed(RuntimeFailure):
+    pass
+
+
+def git(*args: str, cwd: Path | None = None) -> bytes:
+    """git without a prompt, without the platform's own git settings, with only transports that
+    cannot run commands (ext:: and fd:: are refused)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(
+        GIT_TERMINAL_PROMPT="0",
+        GIT_ALLOW_PROTOCOL="file:git:http:https:ssh",
+        GIT_SSH_COMMAND="ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
+        GIT_CONFIG_NOSYSTEM="1",
+    )
+    try:
+        result = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, timeout=GIT_TIMEOUT, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise GitFailed(f"git {args[0]} timed out after {GIT_TIMEOUT} s") from None
+    if result.returncode != 0:
+        lines = [ln for ln in result.stderr.decode(errors="replace").splitlines() if ln.strip()]
+        raise GitFailed(lines[-1] if lines else f"git {args[0]} failed with exit code {result.returncode}")
+    return result.stdout
+
+
+def checkout(spec: DeploymentSpec, code: Path) -> None:
+    """The development checkout: cloned once, then the developer's (it survives every apply)."""
+    if (code / ".git").exists():
+        switch_branch(code, spec.branch)
+        return
+    tmp = code.with_name("code.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        git("clone", "--quiet", "--branch", spec.branch, "--", spec.repository, str(tmp))
+        if spec.commit:
+            git("checkout", "--quiet", spec.commit, cwd=tmp)
+            git("checkout", "--quiet", "-B", spec.branch, cwd=tmp)
+    except GitFailed as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeFailure(f"could not check out {spec.branch}: {e}") from None
+    tmp.rename(code)
+
+
+def switch_branch(code: Path, branch: str) -> None:
+    """Follow a new branch; refuse rather than lose uncommitted edits."""
+    current = git("rev-parse", "--abbrev-ref", "HEAD", cwd=code).decode().strip()
+    if current == branch:
+        return
+    if git("status", "--porcelain", cwd=code).strip():
+        raise RuntimeFailure(
+            f"the code has uncommitted changes on {current}; commit or discard them (over SSH) before switching to {branch}"
+        )
+    try:
+        git("fetch", "--quiet", "origin", f"+refs/heads/{branch}:refs/remotes/origin/{branch}", cwd=code)
+        git("checkout", "--quiet", "-B", branch, f"origin/{branch}", cwd=code)
+    except GitFailed as e:
+        raise RuntimeFailure(f"could not check out {branch}: {e}") from None
+
+
+# (step, service, command, env) for each command a build runs in the release's folder of a service
+BuildCommand = Callable[[str, ServiceSpec], tuple[str, dict[str, str]] | None]
+
+
+def build_release(spec: DeploymentSpec, releases: Path, commands: BuildCommand, progress: Progress) -> str:
+    """Check spec.commit out into a new release, run the components' install and build commands in
+    it, and keep it under releases/<commit> (the previous ones too, up to KEEP_RELEASES)."""
+    releases.mkdir(parents=True, exist_ok=True)
+    tmp = releases / f".{spec.commit}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        progress("clone", 0, f"Checking out {spec.commit[:10]} of {spec.branch}")
+        try:
+            git("clone", "--quiet", "--no-checkout", "--", spec.repository, str(tmp))
+            git("checkout", "--quiet", "--detach", spec.commit, cwd=tmp)
+        except GitFailed as e:
+            raise BuildFailed("clone", str(e)) from None
+        shutil.rmtree(tmp / ".git")
+        progress("clone", 25, "Checked out")
+
+        for step, start, end in (("install", 25, 50), ("build", 50, 90)):
+            components = [(s, c) for s in spec.services if s.kind == "component" and (c := commands(step, s))]
+            progress(step, start, None if components else f"Nothing to {step}")
+            for i, (service, (command, env)) in enumerate(components):
+                percent = start + (end - start) * i // len(components)
+                _run_step(step, service, command, tmp / service.folder, env, progress, percent)
+            progress(step, end)
+
+        progress("release", 90, "Storing the release")
+        final = releases / spec.commit
+        if final.exists():
+            old = releases / f".{spec.commit}.old"
+            final.rename(old)
+            shutil.rmtree(old, ignore_errors=True)
+        tmp.rename(final)
+        _prune(releases, keep={spec.commit, spec.release})
+        progress("release", 100, f"Release {spec.commit[:10]} ready")
+        return spec.commit
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_step(step: str, service: ServiceSpec, command: str, cwd: Path, env: dict[str, str], progress: Progress, percent: int) -> None:
+    progress(step, percent, f"$ {command}   ({service.identifier})")
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", command],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    assert proc.stdout
+    for raw in proc.stdout:
+        progress(step, percent, raw.decode(errors="replace").rstrip("\n"))
+    if proc.wait() != 0:
+        raise BuildFailed(step, f"`{command}` in {service.identifier} exited with code {proc.returncode}")
+
+
+def _prune(releases: Path, keep: set[str]) -> None:
+    kept = sorted((p for p in releases.iterdir() if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime)
+    for old in kept[:-KEEP_RELEASES]:
+        if old.name not in keep:
+            shutil.rmtree(old, ignore_errors=True)

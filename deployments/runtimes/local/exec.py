@@ -1,0 +1,90 @@
+"""What supervisord runs for each local service: prepare, run the service's command, clean up after it.
+
+Reads the service's run file (JSON, mode 0600, written by local.py) so that env values never pass
+through supervisord's config syntax. For releases it first makes a fresh scratch copy, so every
+start begins from the immutable release. The command runs in a process group of its own; when it
+exits, whatever it left behind in that group is killed, so that no stray process keeps the
+service's port when supervisord starts it again.
+"""
+
+import ctypes
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+PR_SET_PDEATHSIG = 1
+STOP_GRACE = 7  # seconds; supervisord's stopwaitsecs is 10
+
+
+def _preexec(user: str | None):
+    """In the service's process: die with the wrapper; drop to `user` when one is named (the
+    wrapper itself stays root so it can read its run file and clean up)."""
+    entry = pwd.getpwnam(user) if user else None
+
+    def setup() -> None:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if entry:
+            os.setgroups([])
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+
+    return setup
+
+
+def main(run_file: str) -> int:
+    with open(run_file) as f:
+        run = json.load(f)
+    env = run["env"]
+    preexec = _preexec(run.get("user"))
+    if run.get("fresh_from"):
+        shutil.rmtree(run["scratch"], ignore_errors=True)
+        shutil.copytree(run["fresh_from"], run["scratch"], symlinks=True)
+    os.makedirs(run["cwd"], exist_ok=True)
+    for command in run.get("before", []):
+        result = subprocess.run(["/bin/sh", "-c", command], cwd=run["cwd"], env=env, preexec_fn=preexec)
+        if result.returncode != 0:
+            print(f"diploi: preparation step failed with exit code {result.returncode}: {command}", flush=True)
+            return result.returncode
+
+    # Signal handlers go in before the child exists: a stop that arrives while it is being spawned
+    # must still reach it (`sh -c` forks the real server, which the death signal does not cover).
+    stop_requested: list[float] = []
+
+    def on_stop(signum: int, frame: object) -> None:
+        if not stop_requested:
+            stop_requested.append(time.monotonic())
+        if child is not None:
+            _signal_group(child.pid, signum)
+
+    child: subprocess.Popen | None = None
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, on_stop)
+    child = subprocess.Popen(["/bin/sh", "-c", run["command"]], cwd=run["cwd"], env=env, start_new_session=True, preexec_fn=preexec)
+    if stop_requested:
+        _signal_group(child.pid, signal.SIGTERM)
+    while True:
+        try:
+            code = child.wait(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            # Escalate before supervisord's own SIGKILL (stopwaitsecs) would orphan the service.
+            if stop_requested and time.monotonic() - stop_requested[0] > STOP_GRACE:
+                _signal_group(child.pid, signal.SIGKILL)
+    _signal_group(child.pid, signal.SIGKILL)  # whatever the service left behind
+    return code if code >= 0 else 128 - code
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

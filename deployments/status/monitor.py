@@ -1,0 +1,85 @@
+"""The monitor: one batched look at every active deployment per tick.
+
+Each tick stores a deployment's status tree when it changed, keeps a CPU/memory sample when one is
+due, and tells the viewers of what moved, all in a few queries and one publish per tick. A failure
+on one deployment is logged and the others carry on; an unreachable runtime skips the tick.
+"""
+
+import logging
+
+from django.db.models import OuterRef, Prefetch, Subquery
+from django.utils import timezone
+
+from deployments.live import events
+from deployments.models import Build, Deployment, EnvVar, Sample, State
+from deployments.provisioning.spec import current_spec
+from deployments.runtimes import get_runtime
+from deployments.runtimes.base import DeploymentSpec, TransientFailure
+from deployments.status import store
+from deployments.status.observe import RECENT_BUILDS, status_tree
+from deployments.status.samples import forget_old, sample_due, sample_of
+
+log = logging.getLogger(__name__)
+OBSERVED = (State.RUNNING, State.STOPPED)
+
+
+class Monitor:
+    def __init__(self) -> None:
+        self.runtime = get_runtime()
+        # Building a spec reads the stack file from git: do it again only when what it depends on changed.
+        self._specs: dict[int, tuple[tuple, DeploymentSpec]] = {}
+
+    def spec(self, d: Deployment) -> DeploymentSpec:
+        key = (d.commit, d.release_id, d.enabled, d.branch, d.env_updated)
+        cached = self._specs.get(d.pk)
+        if cached is None or cached[0] != key:
+            cached = self._specs[d.pk] = (key, current_spec(d))
+        return cached[1]
+
+    def tick(self) -> int:
+        """Observe every active deployment once; returns how many were observed."""
+        latest_sample = Sample.objects.filter(deployment=OuterRef("pk")).order_by("-at").values("at")[:1]
+        env_updated = EnvVar.objects.filter(deployment=OuterRef("pk")).order_by("-updated").values("updated")[:1]
+        deployments = list(
+            Deployment.objects.filter(state__in=OBSERVED)
+            .select_related("project", "release")
+            .annotate(env_updated=Subquery(env_updated), last_sample=Subquery(latest_sample))
+            .prefetch_related(
+                Prefetch("builds", queryset=Build.objects.order_by("-created", "-pk")[:RECENT_BUILDS], to_attr="recent_builds")
+            )
+        )
+        specs = {}
+        for d in deployments:
+            try:
+                specs[d.pk] = self.spec(d)
+            except Exception:  # noqa: BLE001 - one broken deployment must not stop the others
+                log.exception("monitor: cannot describe deployment %s", d.pk)
+        try:
+            observations = self.runtime.observe([s for s in specs.values() if s.services])
+        except TransientFailure as e:
+            log.warning("monitor: runtime not answering, tick skipped: %s", e)
+            return 0
+        now = timezone.now()
+        samples: list[Sample] = []
+        changed: list[Deployment] = []
+        for d in deployments:
+            if d.pk not in observations:
+                continue
+            try:
+                tree = status_tree(d, observations[d.pk])
+                status = store.to_json(tree)
+                moved, due = status != d.status, sample_due(d.last_sample, now)
+                if moved:
+                    Deployment.objects.filter(pk=d.pk).update(status=status)
+                if due:
+                    samples.append(sample_of(d, tree, now))
+                if moved or due:  # the colour, the tree or the CPU figure changed
+                    changed.append(d)
+            except Exception:  # noqa: BLE001
+                log.exception("monitor: cannot update deployment %s", d.pk)
+        if samples:
+            Sample.objects.bulk_create(samples)
+            forget_old([s.deployment_id for s in samples], now)
+        events.publish_many([d.pk for d in changed], sorted({d.project_id for d in changed}))
+        self._specs = {pk: v for pk, v in self._specs.items() if pk in specs}
+        return len(observations)

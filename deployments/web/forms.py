@@ -1,0 +1,114 @@
+import re
+
+from django import forms
+
+from deployments.models import Deployment, EnvVar, Stage
+from projects.validators import env_name_error, validate_branch_name
+
+MAX_ENV_VALUE = 32 * 1024
+
+
+class NewDeploymentForm(forms.Form):
+    name = forms.CharField(max_length=63, help_text="Also its address: lowercase letters, digits and '-'.")
+    stage = forms.ChoiceField(choices=Stage.choices, initial=Stage.DEVELOPMENT)
+    branch = forms.CharField(max_length=255)
+    enabled = forms.BooleanField(required=False, initial=True, label="Start it right away")
+
+    def __init__(self, *args, branches: list[str], default_branch: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["branch"].initial = default_branch
+        if branches:
+            self.fields["branch"].widget = forms.Select(choices=[(b, b) for b in branches])
+
+    def clean_branch(self) -> str:
+        validate_branch_name(self.cleaned_data["branch"])
+        return self.cleaned_data["branch"]
+
+
+class BranchForm(forms.Form):
+    branch = forms.CharField(max_length=255, validators=[validate_branch_name])
+
+
+class EnvVarForm(forms.Form):
+    service = forms.ChoiceField(label="Applies to", required=False)
+    key = forms.CharField(max_length=255, label="Name")
+    value = forms.CharField(required=False, widget=forms.TextInput(attrs={"autocomplete": "off"}), max_length=MAX_ENV_VALUE)
+    secret = forms.BooleanField(required=False, help_text="Secret values are never shown again.")
+
+    def __init__(self, *args, components: list[str], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["service"].choices = [("", "All components"), *((c, c) for c in components)]
+
+    def clean_key(self) -> str:
+        key = self.cleaned_data["key"].strip()
+        if err := env_name_error(key):
+            raise forms.ValidationError(f"“{key}” {err}.")
+        if re.match(r"^DIPLOI_", key):
+            raise forms.ValidationError("Names starting with DIPLOI_ are set by Diploi.")
+        return key
+
+    def clean_value(self) -> str:
+        value = self.cleaned_data["value"]
+        if "\x00" in value:
+            raise forms.ValidationError("Values cannot contain NUL characters.")
+        return value
+
+
+class DeleteDeploymentForm(forms.Form):
+    confirm = forms.CharField(label="Type the deployment's name to confirm")
+
+    def __init__(self, *args, deployment: Deployment, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.deployment = deployment
+
+    def clean_confirm(self) -> str:
+        if self.cleaned_data["confirm"].strip() != self.deployment.name:
+            raise forms.ValidationError(f"Type “{self.deployment.name}” exactly to delete this deployment.")
+        return self.cleaned_data["confirm"]
+
+
+class CloneForm(NewDeploymentForm):
+    copy_storage = forms.BooleanField(
+        required=False,
+        initial=True,
+        label="Copy storage",
+        help_text="Start from a copy of this deployment's databases and files (and code, for development).",
+    )
+
+
+def parameter_form(parameters: list[dict], current: dict[str, EnvVar], data=None) -> forms.Form:
+    """A form for one component's package parameters, typed as the package declares them.
+    Read-only parameters are shown but locked; secrets are never rendered back."""
+    fields: dict[str, forms.Field] = {}
+    for p in parameters:
+        value = current[p["key"]].value if p["key"] in current else p["default"]
+        common = {"label": p["label"], "required": False, "disabled": p["readonly"], "help_text": p["group"]}
+        if p["type"] == "integer":
+            field = forms.IntegerField(initial=value or None, **common)
+        elif p["type"] == "boolean":
+            field = forms.BooleanField(initial=str(value).lower() == "true", **common)
+        elif p["type"] == "secret":
+            common["help_text"] = "Set" if p["key"] in current else "Not set"
+            widget = forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"})
+            field = forms.CharField(widget=widget, max_length=MAX_ENV_VALUE, **common)
+        else:
+            field = forms.CharField(initial=value, max_length=MAX_ENV_VALUE, **common)
+        fields[p["key"]] = field
+    return type("ParameterForm", (forms.Form,), fields)(data)
+
+
+def parameter_values(parameters: list[dict], form: forms.Form) -> dict[str, tuple[str, bool]]:
+    """What to store: {key: (value, secret)}; an empty secret keeps the stored one."""
+    values = {}
+    for p in parameters:
+        if p["readonly"]:
+            continue
+        v = form.cleaned_data.get(p["key"])
+        if p["type"] == "secret":
+            if v:
+                values[p["key"]] = (v, True)
+        elif p["type"] == "boolean":
+            values[p["key"]] = ("true" if v else "false", False)
+        else:
+            values[p["key"]] = ("" if v is None else str(v), False)
+    return values

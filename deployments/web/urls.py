@@ -1,0 +1,24 @@
+from django.urls import path
+
+from deployments.web import views
+
+app_name = "deployments"
+urlpatterns = [
+    path("<slug:project_slug>/", views.project_detail, name="project"),
+    path("<slug:project_slug>/deployments/new/", views.deployment_new, name="new"),
+    path("<slug:project_slug>/d/<slug:slug>/", views.deployment_detail, name="detail"),
+    path("<slug:project_slug>/d/<slug:slug>/options/", views.deployment_options, name="options"),
+    path("<slug:project_slug>/d/<slug:slug>/enabled/", views.deployment_enabled, name="enabled"),
+    path("<slug:project_slug>/d/<slug:slug>/branch/", views.deployment_branch, name="branch"),
+    path("<slug:project_slug>/d/<slug:slug>/env/", views.env_save, name="env_save"),
+    path("<slug:project_slug>/d/<slug:slug>/parameters/<slug:service>/", views.parameters_save, name="parameters"),
+    path("<slug:project_slug>/d/<slug:slug>/env/<int:pk>/delete/", views.env_delete, name="env_delete"),
+    path("<slug:project_slug>/d/<slug:slug>/restart/<slug:service>/", views.deployment_restart, name="restart"),
+    path("<slug:project_slug>/d/<slug:slug>/domains/", views.domain_add, name="domain_add"),
+    path("<slug:project_slug>/d/<slug:slug>/domains/<int:pk>/verify/", views.domain_verify, name="domain_verify"),
+    path("<slug:project_slug>/d/<slug:slug>/domains/<int:pk>/remove/", views.domain_remove, name="domain_remove"),
+    path("<slug:project_slug>/d/<slug:slug>/clone/", views.deployment_clone, name="clone"),
+    path("<slug:project_slug>/d/<slug:slug>/delete/", views.deployment_delete, name="delete"),
+    path("<slug:project_slug>/d/<slug:slug>/logs/", views.deployment_logs, name="logs"),
+    path("<slug:project_slug>/d/<slug:slug>/logs/<slug:service>.log", views.deployment_logs_download, name="logs_download"),
+]
