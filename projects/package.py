@@ -17,6 +17,7 @@ BUILTIN_DIR = Path(__file__).parent / "packages"
 KINDS = ("component", "addon")
 COMMANDS = ("install", "build", "start", "development")
 PARAMETER_TYPES = ("string", "integer", "boolean", "secret")
+# The same pattern as deployments/runtimes/placeholders.py, which fills them in (a test keeps them equal).
 PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.]+)\}")
 _SIZE = re.compile(r"^[0-9]+(Mi|Gi|Ti)$")
 

@@ -234,3 +234,24 @@ def redis_layer(settings, redis_url: str) -> str:
     channel_layers.backends.clear()
     yield redis_url
     channel_layers.backends.clear()
+
+
+# `uv run pytest -m "not slow"` is the fast loop: these start real processes, servers, a browser or
+# need the Kubernetes control plane. Everything else runs in a few seconds.
+SLOW_MODULES = {
+    "test_it_browser",
+    "test_it_helm",
+    "test_it_image",
+    "test_it_kubernetes",
+    "test_it_launcher",
+    "test_it_live",
+    "test_it_local_runtime",
+    "test_it_ssh",
+}
+SLOW_FIXTURES = {"platform", "browser", "kube", "gateway", "redis_layer"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

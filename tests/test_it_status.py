@@ -66,3 +66,55 @@ def test_uptime_reads_like_a_person_would_say_it() -> None:
     assert uptime(now - 42) == "42 s"
     assert uptime(now - 3 * 86400 - 60) == "3 d 1 min"
     assert uptime(None) == ""
+
+
+def test_the_stored_tree_reads_back_as_it_was_written() -> None:
+    from deployments.status import store
+
+    tree = derive(obs(), "running", True, "", (BuildInfo("a" * 40, "succeeded", 100, is_release=True),))
+    tree = tree.__class__(**{**tree.__dict__, "containers": (ItemState("web", G, "running", restarts=2, started_at=1764000000.5),)})
+    stored = store.to_json(tree)
+    assert stored["tree"]["containers"] == [{"name": "web", "colour": "green", "message": "running", "restarts": 2, "started_at": 1764000000.5}]
+    back = store.from_json(stored)
+    assert back == tree
+    assert store.to_json(back) == stored
+
+
+def test_trees_stored_in_the_earlier_positional_format_still_read() -> None:
+    from deployments.status import store
+
+    old = {"colour": "yellow", "reason": "web: starting", "tree": {"containers": [["web", "pending", "starting"]], "storage": [["d", "green", "ok", 1, 5.0]]}}
+    tree = store.from_json(old)
+    assert (tree.colour, tree.reason) == (Y, "web: starting")
+    assert tree.containers == (ItemState("web", P, "starting"),)
+    assert tree.storage == (ItemState("d", G, "ok", restarts=1, started_at=5.0),)
+    assert store.from_json(None) == store.from_json({}) and store.from_json(None).reason == "Waiting for the monitor"
+
+
+@pytest.mark.parametrize(
+    "state, enabled, reason, stored, expected",
+    [
+        ("deleting", True, "", G, (P, "Deleting…")),
+        ("failed", True, "stack file broken", G, (R, "Error")),
+        ("pending", True, "", None, (P, "Provisioning…")),
+        ("provisioning", True, "", G, (P, "Provisioning…")),
+        ("building", True, "", G, (P, "Building…")),
+        ("stopped", False, "", G, (P, "Stopped")),
+        ("running", False, "", G, (P, "Stopped")),
+        ("running", True, "", G, (G, "Running")),
+        ("running", True, "", Y, (Y, "Possible issues")),
+        ("running", True, "", R, (R, "Error")),
+        ("running", True, "", None, (G, "Running")),
+        ("running", True, "fetch failed; still running abc", None, (Y, "Possible issues")),
+        ("running", True, "", P, (G, "Running")),
+    ],
+)
+def test_lists_and_the_overview_follow_one_colour_ladder(state, enabled, reason, stored, expected) -> None:
+    from deployments.status.tree import WORDS, summary
+
+    assert summary(state, enabled, reason, stored) == expected
+    # the Overview's colour for the same state agrees with the list's, whatever the observation says
+    tree = derive(obs(containers=(("web", R),)), state, enabled, reason)
+    if expected[0] == P or state == "failed":
+        assert tree.colour == expected[0]
+    assert set(WORDS) == {G, Y, R}
