@@ -93,7 +93,10 @@ def test_nothing_below_the_actions_imports_what_sits_on_top() -> None:
 
 def test_websockets_do_not_import_views_and_the_web_does_not_import_the_ssh_server() -> None:
     assert edges("deployments.live", "deployments.web") == []
-    assert edges(("deployments.web", "deployments.live"), "deployments.ssh", allowed=("deployments.ssh.naming", "deployments.ssh.hostkey")) == []
+    assert (
+        edges(("deployments.web", "deployments.live"), "deployments.ssh", allowed=("deployments.ssh.naming", "deployments.ssh.hostkey"))
+        == []
+    )
     assert edges(("deployments.ssh.naming", "deployments.ssh.hostkey"), "asyncssh") == []
 
 

@@ -333,3 +333,41 @@ def test_logs_show_follow_and_download(cast, runtime) -> None:
     body = b"".join(r.streaming_content).decode()
     assert r["Content-Disposition"] == 'attachment; filename="shop-dev-web.log"' and "Listening on port" in body
     assert client.get("/projects/shop/d/dev/logs/nope.log").status_code == 404
+
+
+def test_pages_show_the_deployments_own_stack_not_the_default_branchs(cast, runtime, sample_repo) -> None:
+    """A deployment following another branch is shown that branch's components and parameters, as
+    the SSH gateway resolves them."""
+    from accounts.models import SSHKey
+    from projects.git import run_git
+    from projects.sample import commit_all
+
+    run_git("checkout", "--quiet", "-b", "two-services", cwd=sample_repo)
+    stack = sample_repo / "diploi.yaml"
+    stack.write_text(
+        stack.read_text().replace("addons:\n", "  - name: API\n    identifier: api\n    folder: /web\n    package: python\naddons:\n")
+    )
+    commit = commit_all(sample_repo, "An API next to the web component")
+    run_git("checkout", "--quiet", "main", cwd=sample_repo)
+    from deployments.provisioning.spec import fetch_branch
+
+    d = Deployment.objects.create(project=cast.project, name="Feature", slug="feature", branch="two-services", state=State.RUNNING)
+    assert fetch_branch(d) == commit
+    Deployment.objects.filter(pk=d.pk).update(commit=commit)
+    main = Deployment.objects.create(
+        project=cast.project, name="Dev", slug="dev", branch="main", state=State.RUNNING, commit=cast.project.stack_commit
+    )
+    SSHKey.objects.create(user=cast.developer, title="k", key_type="ssh-ed25519", public_key="ssh-ed25519 AAAA", fingerprint="SHA256:x")
+    client = cast.client(cast.developer)
+
+    assert [c["identifier"] for c in cast.project.stack["components"]] == ["web"]  # the default branch has one
+    page = client.get("/projects/shop/d/feature/").content.decode()
+    assert "ssh -p 2222 feature@localhost" in page and "ssh -p 2222 api-feature@localhost" in page
+    options = client.get("/projects/shop/d/feature/options/").content.decode()
+    assert '<option value="api">api</option>' in options and "/projects/shop/d/feature/parameters/api/" in options
+    assert client.post("/projects/shop/d/feature/parameters/api/", {"LOG_LEVEL": "debug"}).status_code == 302
+    assert EnvVar.objects.get(deployment=d, service="api", key="LOG_LEVEL").value == "debug"
+
+    assert "api-dev@" not in client.get("/projects/shop/d/dev/").content.decode()
+    assert client.post("/projects/shop/d/dev/parameters/api/", {"LOG_LEVEL": "debug"}).status_code == 404
+    assert main.env_vars.count() == 0

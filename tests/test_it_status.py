@@ -74,7 +74,9 @@ def test_the_stored_tree_reads_back_as_it_was_written() -> None:
     tree = derive(obs(), "running", True, "", (BuildInfo("a" * 40, "succeeded", 100, is_release=True),))
     tree = tree.__class__(**{**tree.__dict__, "containers": (ItemState("web", G, "running", restarts=2, started_at=1764000000.5),)})
     stored = store.to_json(tree)
-    assert stored["tree"]["containers"] == [{"name": "web", "colour": "green", "message": "running", "restarts": 2, "started_at": 1764000000.5}]
+    assert stored["tree"]["containers"] == [
+        {"name": "web", "colour": "green", "message": "running", "restarts": 2, "started_at": 1764000000.5}
+    ]
     back = store.from_json(stored)
     assert back == tree
     assert store.to_json(back) == stored
@@ -83,7 +85,11 @@ def test_the_stored_tree_reads_back_as_it_was_written() -> None:
 def test_trees_stored_in_the_earlier_positional_format_still_read() -> None:
     from deployments.status import store
 
-    old = {"colour": "yellow", "reason": "web: starting", "tree": {"containers": [["web", "pending", "starting"]], "storage": [["d", "green", "ok", 1, 5.0]]}}
+    old = {
+        "colour": "yellow",
+        "reason": "web: starting",
+        "tree": {"containers": [["web", "pending", "starting"]], "storage": [["d", "green", "ok", 1, 5.0]]},
+    }
     tree = store.from_json(old)
     assert (tree.colour, tree.reason) == (Y, "web: starting")
     assert tree.containers == (ItemState("web", P, "starting"),)

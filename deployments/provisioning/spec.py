@@ -2,6 +2,7 @@
 
 import json
 import secrets
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -104,15 +105,9 @@ def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build
                 health=dict(pkg.health),
             )
         )
-    return DeploymentSpec(
-        id=deployment.pk,
-        slug=deployment.slug,
-        project_slug=deployment.project.slug,
-        stage=deployment.stage,
-        repository=deployment.project.repository,
-        branch=deployment.branch,
+    return replace(
+        minimal_spec(deployment),
         commit=commit,
-        enabled=deployment.enabled,
         services=tuple(services),
         hosts=tuple(deployment.domains.values_list("name", flat=True)),
         release=release.commit if release else "",

@@ -1,6 +1,6 @@
 """What supervisord runs for each local service: prepare, run the service's command, clean up after it.
 
-Reads the service's run file (JSON, mode 0600, written by local.py) so that env values never pass
+Reads the service's run file (JSON, mode 0600, written by programs.py) so that env values never pass
 through supervisord's config syntax. For releases it first makes a fresh scratch copy, so every
 start begins from the immutable release. The command runs in a process group of its own; when it
 exits, whatever it left behind in that group is killed, so that no stray process keeps the
