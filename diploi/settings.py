@@ -83,6 +83,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "deployments.tenancy.single_user_banner",
             ],
         },
     },
@@ -115,6 +116,11 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "account_login"
 LOGIN_REDIRECT_URL = "projects:list"
 ACCOUNT_LOGOUT_REDIRECT_URL = "account_login"
+# Sign-up is open only when deployments are confined (or the operator says so): deployments/tenancy.py.
+ACCOUNT_ADAPTER = "deployments.tenancy.AccountAdapter"
+DIPLOI_ALLOW_UNCONFINED = envbool("DIPLOI_ALLOW_UNCONFINED", False)
+# Asked by the project pages (which do not import deployments) before a member is added.
+DIPLOI_MEMBERS_REFUSED = "deployments.tenancy.refuse_new_members"
 ACCOUNT_LOGIN_METHODS = {"username", "email"}
 ACCOUNT_SIGNUP_FIELDS = ["email*", "username*", "password1*", "password2*"]
 ACCOUNT_EMAIL_VERIFICATION = envchoice("DIPLOI_EMAIL_VERIFICATION", "optional", ("none", "optional", "mandatory"))

@@ -1,5 +1,6 @@
 import shutil
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
@@ -8,6 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils.module_loading import import_string
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from diploi.http import redirect_to
@@ -95,7 +97,10 @@ def project_settings(request: HttpRequest, slug: str) -> HttpResponse:
 def member_add(request: HttpRequest, slug: str) -> HttpResponse:
     project = get_project_for_user(request.user, slug, owner=True)
     form = MemberForm(request.POST, project=project)
-    if form.is_valid():
+    if refused := import_string(settings.DIPLOI_MEMBERS_REFUSED)():
+        form.is_valid()
+        form.add_error(None, f"Members cannot be added: {refused}")
+    elif form.is_valid():
         user = form.cleaned_data["who"]
         Membership.objects.create(project=project, user=user, role=form.cleaned_data["role"])
         messages.success(request, f"{user.username} added as {Role(form.cleaned_data['role']).label.lower()}.")

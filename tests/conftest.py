@@ -31,6 +31,13 @@ def data_dir(settings, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def teams(settings) -> None:
+    """Team mode although deployments are not confined: what an operator gets with
+    DIPLOI_ALLOW_UNCONFINED=1 (tests of sign-up and members, not of the refusal)."""
+    settings.DIPLOI_ALLOW_UNCONFINED = True
+
+
+@pytest.fixture
 def sample_repo(tmp_path: Path) -> Path:
     return create_sample_repository(tmp_path / "sample-repo")
 
@@ -131,8 +138,11 @@ def port_free(port: int) -> bool:
 
 
 class Platform:
-    def __init__(self, data_dir: Path, port: int) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "DIPLOI_DATA_DIR")}
+    def __init__(self, data_dir: Path, port: int, teams: bool = False) -> None:
+        drop = ("REDIS_URL", "DATABASE_URL", "DIPLOI_DATA_DIR", "DIPLOI_ALLOW_UNCONFINED")
+        env = {k: v for k, v in os.environ.items() if k not in drop}
+        if teams:  # the operator allows sign-up and members although deployments are not confined
+            env["DIPLOI_ALLOW_UNCONFINED"] = "1"
         env["DIPLOI_SHUTDOWN_GRACE"] = str(GRACE)
         env["DIPLOI_MONITOR_INTERVAL"] = "1"
         # The README's screenshot shows the default SSH port when it is free.

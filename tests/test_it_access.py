@@ -93,7 +93,7 @@ def test_it_lists_only_the_users_projects(cast) -> None:
     assert "Shop" not in cast.client(cast.outsider).get("/projects/").content.decode()
 
 
-def test_it_needs_a_csrf_token_even_for_htmx(cast) -> None:
+def test_it_needs_a_csrf_token_even_for_htmx(cast, teams) -> None:
     client = cast.client(cast.owner, enforce_csrf_checks=True)
     url = f"/projects/{cast.project.slug}/members/"
     data = {"who": "outsider", "role": "viewer"}

@@ -6,7 +6,7 @@ from django.test import Client
 from accounts.models import User
 
 
-def test_it_signs_up_logs_out_and_in(db) -> None:
+def test_it_signs_up_logs_out_and_in(db, teams) -> None:
     client = Client()
     r = client.post(
         "/accounts/signup/",
@@ -29,7 +29,7 @@ def test_it_refuses_a_wrong_password(db) -> None:
     assert r.status_code == 200 and "not correct" in r.content.decode()
 
 
-def test_it_rejects_a_duplicate_username(db) -> None:
+def test_it_rejects_a_duplicate_username(db, teams) -> None:
     User.objects.create_user("ada", "ada@example.com", "correct-horse-9")
     r = Client().post(
         "/accounts/signup/",

@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from tests.conftest import Platform, http_get, wait_until
+from tests.conftest import Platform, free_port, http_get, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
@@ -36,6 +36,14 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield b
         b.close()
+
+
+@pytest.fixture
+def platform(tmp_path: Path):
+    """Team mode (DIPLOI_ALLOW_UNCONFINED=1): a new user signs up on this unconfined machine."""
+    p = Platform(tmp_path / "data", free_port(), teams=True)
+    yield p
+    p.kill()
 
 
 def log_in_as_demo(browser, base: str, password: str):

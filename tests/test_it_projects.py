@@ -58,7 +58,7 @@ def test_an_unreadable_repository_is_a_message_not_a_500(cast, tmp_path: Path) -
     assert "Could not read the repository" in page.content.decode()
 
 
-def test_an_owner_manages_members(cast) -> None:
+def test_an_owner_manages_members(cast, teams) -> None:
     client = cast.client(cast.owner)
     url = f"/projects/{cast.project.slug}/members/"
     assert client.post(url, {"who": "OUTSIDER@example.com", "role": "viewer"}).status_code == 302

@@ -222,10 +222,34 @@ class BuildFailed(RuntimeFailure):
         self.step = step
 
 
+CONFINEMENT_PARTS = ("files", "processes", "network", "resources")
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """What a runtime keeps a deployment's code from reaching on this machine: for each part of
+    CONFINEMENT_PARTS it does not enforce, why not."""
+
+    missing: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    def describe(self) -> str:
+        if self.complete:
+            return f"deployments are confined: {', '.join(CONFINEMENT_PARTS)}"
+        return "deployments are NOT confined: " + "; ".join(f"{part}: {why}" for part, why in self.missing)
+
+
 class Runtime(ABC):
     # None: the SSH gateway serves SFTP itself from `files_root`. Otherwise a shell command that
     # speaks SFTP on stdin/stdout, run in the service like any session's command.
     sftp_command: str | None = None
+
+    @abstractmethod
+    def confinement(self) -> Confinement:
+        """What this runtime enforces between deployments and the platform on this machine."""
 
     @abstractmethod
     def apply(self, spec: DeploymentSpec) -> dict[str, str]:

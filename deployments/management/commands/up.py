@@ -3,7 +3,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from deployments.management.launcher import Launcher, LaunchError
+from deployments.management.launcher import Launcher, LaunchError, say
+from deployments.tenancy import mode
 
 
 class Command(BaseCommand):
@@ -22,6 +23,7 @@ class Command(BaseCommand):
         launcher = Launcher(
             host, port, data_dir, grace=settings.DIPLOI_SHUTDOWN_GRACE, extra=[("monitor", ["monitor"]), ("ssh", ["sshgateway"])]
         )
+        say("up", mode().describe())
         try:
             code = launcher.run()
         except LaunchError as e:

@@ -18,6 +18,7 @@ from django.conf import settings
 
 from deployments.runtimes.base import (
     BuildFailed,
+    Confinement,
     DeploymentSpec,
     Observation,
     Progress,
@@ -58,6 +59,15 @@ class KubernetesRuntime(Runtime):
 
     def __init__(self, kube: Kube | None = None) -> None:
         self.kube = kube or Kube(settings.DIPLOI_K8S_KUBECONFIG, settings.DIPLOI_K8S_CONTEXT)
+
+    def confinement(self) -> Confinement:
+        return Confinement(
+            missing=(
+                ("files", "namespace names can collide across projects, so one deployment can mount another's claims"),
+                ("network", "there is no NetworkPolicy: pods can reach the platform and other deployments"),
+                ("resources", "there is no ResourceQuota or LimitRange per namespace"),
+            )
+        )
 
     def apply(self, spec: DeploymentSpec) -> dict[str, str]:
         for obj in manifests(spec):

@@ -16,6 +16,7 @@ import psutil
 from django.conf import settings
 
 from deployments.runtimes.base import (
+    Confinement,
     DeploymentSpec,
     Observation,
     Progress,
@@ -44,6 +45,17 @@ class LocalRuntime(Runtime):
 
     def home(self, spec: DeploymentSpec) -> Path:
         return self.layout.home(spec)
+
+    def confinement(self) -> Confinement:
+        # Services, builds and SSH sessions run as the platform's own user, in its filesystem.
+        return Confinement(
+            missing=(
+                ("files", "a deployment's processes can read the platform's data directory (keys, database, other deployments)"),
+                ("processes", "they can see and signal the platform's processes and other deployments'"),
+                ("network", "they can connect to the platform's Redis, database and web server"),
+                ("resources", "there are no memory, CPU or process limits per deployment"),
+            )
+        )
 
     # --- apply --------------------------------------------------------------------------------
 

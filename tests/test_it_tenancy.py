@@ -1,0 +1,89 @@
+"""Single-user mode: while the runtime cannot confine deployments, the platform serves one user —
+sign-up and new members are refused with the reason, every page says so — unless the operator sets
+DIPLOI_ALLOW_UNCONFINED=1."""
+
+import html
+
+import pytest
+from django.test import Client
+
+from accounts.models import User
+from projects.models import Membership
+
+SIGNUP = {"email": "eve@example.com", "username": "eve", "password1": "correct-horse-9", "password2": "correct-horse-9"}
+
+
+def test_each_runtime_says_what_it_does_not_confine(settings) -> None:
+    from deployments.runtimes import get_runtime
+    from deployments.runtimes.base import CONFINEMENT_PARTS
+
+    local = get_runtime().confinement()
+    assert not local.complete and [part for part, _ in local.missing] == list(CONFINEMENT_PARTS)
+    assert local.describe().startswith("deployments are NOT confined: files: ")
+    settings.DIPLOI_RUNTIME = "kubernetes"
+    get_runtime.cache_clear()
+    try:
+        from deployments.runtimes.kubernetes.runtime import KubernetesRuntime
+
+        cluster = KubernetesRuntime.confinement(None)
+        assert {part for part, _ in cluster.missing} == {"files", "network", "resources"}
+    finally:
+        get_runtime.cache_clear()
+
+
+@pytest.mark.django_db
+def test_sign_up_is_refused_with_the_reason() -> None:
+    client = Client()
+    page = html.unescape(client.get("/accounts/signup/").content.decode())
+    assert "Sign-up is closed" in page and "single-user mode" in page and "files:" in page
+    client.post("/accounts/signup/", SIGNUP)
+    assert not User.objects.filter(username="eve").exists()
+    assert "single-user mode" in html.unescape(client.get("/accounts/login/").content.decode())  # the banner
+
+
+def test_members_are_refused_and_every_page_says_why(cast) -> None:
+    client = cast.client(cast.owner)
+    r = client.post(f"/projects/{cast.project.slug}/members/", {"who": "outsider", "role": "viewer"})
+    body = html.unescape(r.content.decode())
+    assert r.status_code == 200 and "Members cannot be added: This Diploi runs in single-user mode" in body
+    assert not Membership.objects.filter(user=cast.outsider).exists()
+    # …without telling whether the address has an account
+    other = html.unescape(
+        client.post(f"/projects/{cast.project.slug}/members/", {"who": "nobody@example.com", "role": "viewer"}).content.decode()
+    )
+    assert "Members cannot be added" in other
+    for url in ("/projects/", f"/projects/{cast.project.slug}/", f"/projects/{cast.project.slug}/settings/"):
+        assert 'class="banner" role="status">This Diploi runs in single-user mode' in html.unescape(client.get(url).content.decode())
+
+
+def test_the_operator_can_allow_teams_and_the_pages_still_warn(cast, teams) -> None:
+    client = Client()
+    assert client.post("/accounts/signup/", SIGNUP).status_code == 302
+    assert User.objects.filter(username="eve").exists()
+    owner = cast.client(cast.owner)
+    assert owner.post(f"/projects/{cast.project.slug}/members/", {"who": "outsider", "role": "viewer"}).status_code == 302
+    assert Membership.objects.filter(user=cast.outsider).exists()
+    page = html.unescape(owner.get("/projects/").content.decode())
+    assert "The operator allowed teams on this Diploi although deployments are NOT confined" in page
+
+
+def test_up_says_whether_deployments_are_confined(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import BASE_DIR
+
+    env = {**os.environ, "DIPLOI_DATA_DIR": str(tmp_path)}
+    env.pop("DIPLOI_ALLOW_UNCONFINED", None)
+    # a port that is taken stops `up` right after its first lines
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "manage.py", "up", "--port", str(port)], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60
+        )
+    assert "deployments are NOT confined: files: " in r.stdout and "single-user mode (sign-up and new members refused)" in r.stdout
