@@ -135,9 +135,17 @@ def test_the_sample_project_deploys_from_a_fresh_install(platform: Platform, tmp
 
     platform.wait_for(r"Diploi is running at")
     platform.wait_for(r"celery@\S+ ready")
-    redis_port = platform.wait_for(r"embedded Redis on port (\d+)").group(1)
+    redis_port = platform.wait_for(r"embedded Redis on port (\d+), with a password").group(1)
+    import pytest
+    import redis
+
+    with pytest.raises(redis.AuthenticationError):  # the platform's queue answers only with its password
+        redis.Redis.from_url(f"redis://127.0.0.1:{redis_port}/0").ping()
+    url = (tmp_path / "data" / "redis" / "url").read_text().strip()
+    assert oct((tmp_path / "data" / "redis" / "url").stat().st_mode & 0o777) == "0o600"
+    assert f":{redis_port}/0" in url and redis.Redis.from_url(url).ping()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL",)}
-    env.update(DIPLOI_DATA_DIR=str(tmp_path / "data"), REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
+    env.update(DIPLOI_DATA_DIR=str(tmp_path / "data"), REDIS_URL=url)
 
     def cli(*args: str) -> str:
         r = subprocess.run(

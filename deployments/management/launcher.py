@@ -160,12 +160,16 @@ class Launcher:
         env.setdefault("DIPLOI_SITE_URL", url.rstrip("/"))
         try:
             if not env.get("REDIS_URL"):
-                redis_port = free_port()
-                redis = Child("redis", embedded_redis.redis_command(redis_port, self.data_dir / "redis"))
+                redis_port, password = free_port(), embedded_redis.new_password()
+                redis_dir = self.data_dir / "redis"
+                redis = Child("redis", embedded_redis.redis_command(redis_port, redis_dir, password=password))
                 self._start(redis, env)
-                env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+                env["REDIS_URL"] = embedded_redis.url_with_password(redis_port, password)
                 embedded_redis.wait_until_ready(env["REDIS_URL"], redis.proc)
-                say("up", f"embedded Redis on port {redis_port}")
+                url_file = redis_dir / "url"
+                url_file.write_text(env["REDIS_URL"] + "\n")
+                url_file.chmod(0o600)
+                say("up", f"embedded Redis on port {redis_port}, with a password; REDIS_URL=$(cat {url_file})")
             for step in (["migrate", "--noinput"], ["bootstrap"]):
                 result = subprocess.run(self.manage(*step), env=env, cwd=self.base_dir, capture_output=True, text=True)
                 for line in (result.stdout + result.stderr).splitlines():
