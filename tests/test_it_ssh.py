@@ -290,9 +290,9 @@ def test_who_is_refused_and_why(cast, dev, gateway, tmp_path) -> None:
     developer = new_key(tmp_path, "developer", cast.developer)
     cases = {
         "viewer": (new_key(tmp_path, "viewer", cast.viewer), "dev", "Viewers of Shop cannot open SSH sessions"),
-        "outsider": (new_key(tmp_path, "outsider", cast.outsider), "dev", "No deployment or component named “dev” that you can reach"),
-        "unregistered": (new_key(tmp_path, "stranger"), "dev", "This key is not registered with Diploi"),
-        "wrong username": (developer, "nope-dev", "No deployment or component named “nope-dev”"),
+        "outsider": (new_key(tmp_path, "outsider", cast.outsider), "dev", 'No deployment or component named "dev" that you can reach'),
+        "unregistered": (new_key(tmp_path, "stranger"), "dev", "No key you offered is registered with Diploi"),
+        "wrong username": (developer, "nope-dev", 'No deployment or component named "nope-dev"'),
     }
     for case, (key, user, reason) in cases.items():
         result = ssh(g.port, key, user, "echo in")
@@ -302,7 +302,7 @@ def test_who_is_refused_and_why(cast, dev, gateway, tmp_path) -> None:
     removed = new_key(tmp_path, "removed", cast.owner)
     assert ssh(g.port, removed, "dev", "true").returncode == 0
     SSHKey.objects.filter(user=cast.owner).delete()
-    assert "This key is not registered" in ssh(g.port, removed, "dev", "true").stderr  # at once
+    assert "No key you offered is registered" in ssh(g.port, removed, "dev", "true").stderr  # at once
 
     Membership.objects.filter(user=cast.developer).update(role=Role.VIEWER)
     assert "Viewers of Shop" in ssh(g.port, developer, "dev", "true").stderr
@@ -326,6 +326,37 @@ def test_who_is_refused_and_why(cast, dev, gateway, tmp_path) -> None:
 
     with pytest.raises(asyncssh.PermissionDenied):
         asyncio.run(password_only())
+
+
+@pytest.mark.skipif(SSH is None, reason="OpenSSH's ssh is not installed (.ci/run installs openssh-client)")
+def test_before_a_signature_the_gateway_names_nothing(cast, dev, gateway, tmp_path) -> None:
+    """Public keys are public: someone holding only a member's public key learns no project or
+    deployment name (OpenSSH offers a key it has no private half of, and shows what comes back)."""
+    from projects.models import Membership, Project, Role
+
+    other = Project.objects.create(name="Secret Bank", slug="secret-bank", repository=cast.project.repository, default_branch="main")
+    Membership.objects.create(project=other, user=cast.developer, role=Role.DEVELOPER)
+    Deployment.objects.create(project=other, name="Dev", slug="dev", branch="main", state=State.RUNNING, commit=dev.commit)
+    g = gateway()
+    probes = {}
+    for who, user in (("viewer", cast.viewer), ("developer", cast.developer)):
+        new_key(tmp_path, who, user)
+        public = tmp_path / f"{who}-public-only.pub"  # no private half beside it
+        public.write_text(SSHKey.objects.get(user=user, title=who).public_key + "\n")
+        probes[who] = public
+    for who, username in (("viewer", "dev"), ("developer", "dev"), ("developer", "web-dev.secret-bank")):
+        key = probes[who]
+        r = subprocess.run(
+            [SSH, "-v", "-p", str(g.port), "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"]
+            + ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", f"{username}@127.0.0.1", "true"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 255 and "Server accepts key" in r.stderr, r.stderr[-2000:]
+        for secret in ("Shop", "Secret Bank", "Viewers", "ambiguous", "dev.shop", "reach"):
+            assert secret not in r.stderr, (who, username, secret)
+    assert not SSHSession.objects.exists()
 
 
 def test_a_session_opened_after_access_is_lost_is_refused(cast, dev, gateway, tmp_path) -> None:
@@ -410,7 +441,7 @@ def test_limits_sessions_failures_and_idle_connections(cast, dev, gateway, tmp_p
             return "".join(banner)
 
     assert [asyncio.run(attempt(stranger)) for _ in range(3)] == [
-        "diploi: This key is not registered with Diploi: add it on your SSH keys page.\r\n"
+        "diploi: No key you offered is registered with Diploi: add yours on your SSH keys page.\r\n"
     ] * 3
     assert "Too many failed logins" in asyncio.run(attempt(key))  # even the right key waits now
 

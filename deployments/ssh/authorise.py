@@ -11,7 +11,11 @@ from projects.models import WRITE_ROLES, Membership
 
 
 class Refused(Exception):
-    """A login or session is refused; the message is shown to the user."""
+    """A login or session is refused; the message is shown to the user (after the key's signature)."""
+
+
+class Unregistered(Refused):
+    """No active user registered this key."""
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,7 @@ def resolve(username: str, fingerprint: str) -> Target:
     """The deployment and component `username` names, for the owner of the key; Refused says why."""
     key = SSHKey.objects.select_related("user").filter(fingerprint=fingerprint).first()
     if key is None or not key.user.is_active:
-        raise Refused("This key is not registered with Diploi: add it on your SSH keys page.")
+        raise Unregistered("This key is not registered with Diploi: add it on your SSH keys page.")
     name, project_slug = split_username(username)
     memberships = {m.project_id: m.role for m in Membership.objects.filter(user=key.user)}
     candidates = Deployment.objects.filter(project_id__in=memberships).select_related("project", "release")

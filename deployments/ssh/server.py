@@ -3,8 +3,9 @@
 The username names the target, `<component>-<deployment>` (or `<deployment>` for the stack's first
 component; `.<project>` may follow when a user reaches two deployments of the same name). A key is
 accepted when it is registered by an owner or developer of that project, looked up on every login,
-so a removed key or membership stops working at once. Refusals say why in an authentication banner
-(OpenSSH prints it on stderr); who may go where is in authorise.py. Sessions are `runtime.open_shell` (shell with a PTY, or a command
+so a removed key or membership stops working at once. Before the client has proved it holds the key,
+answers are generic; after, a refusal says why as the reason of the disconnect (OpenSSH prints it on
+stderr). Who may go where is in authorise.py. Sessions are `runtime.open_shell` (shell with a PTY, or a command
 with its exit status), SFTP and scp confined to `runtime.files_root`, and `ssh -L` to the
 deployment's own ports; each one is recorded on the deployment's Overview.
 """
@@ -25,7 +26,7 @@ from accounts.models import SSHKey
 from deployments.models import SSHSession
 from deployments.runtimes import get_runtime
 from deployments.runtimes.base import RuntimeFailure, Shell, Unreachable
-from deployments.ssh.authorise import Refused, Target, resolve, spec_of, still_allowed
+from deployments.ssh.authorise import Refused, Target, Unregistered, resolve, spec_of, still_allowed
 from deployments.ssh.forward import Forward
 from deployments.ssh.hostkey import ensure_host_key
 from deployments.ssh.limits import Limits, Registry
@@ -33,6 +34,9 @@ from deployments.ssh.sftp import ConfinedSFTP
 
 log = logging.getLogger(__name__)
 SFTP_END_GRACE = 2.0  # seconds an SFTP server gets to exit after the client's end of input
+# Answers before a signature are the same for everyone: they name no user, project or deployment.
+BLOCKED = "Too many failed logins from your address; try again in a minute."
+UNREGISTERED = "No key you offered is registered with Diploi: add yours on your SSH keys page."
 
 
 def db(func: Callable) -> Callable:
@@ -51,6 +55,8 @@ class Connection(asyncssh.SSHServer):
         self.told = False
         self.last_active = time.monotonic()
         self.forwards = 0
+        self.outcome: Target | Refused = Refused("This login was refused.")
+        self.probes = 0
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
@@ -60,10 +66,12 @@ class Connection(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gateway.connections.discard(self)
+        for _ in range(self.probes):  # keys probed (or signed) without getting in
+            self.gateway.registry.failed(self.host)
 
     def begin_auth(self, username: str) -> bool:
         if self.gateway.registry.blocked(self.host):
-            self.refuse("Too many failed logins from your address; try again in a minute.")
+            self.refuse(BLOCKED)
         return True
 
     @property
@@ -85,15 +93,31 @@ class Connection(asyncssh.SSHServer):
         return True
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        """Before the client has signed anything, say only whether the key is one Diploi knows; every
+        probed key that does not get in counts against the address's limit. Where the key may go is
+        worked out here but told only to whoever holds it, once its signature is checked."""
         if self.gateway.registry.blocked(self.host):
             return False
+        fingerprint = key.get_fingerprint("sha256")
         try:
-            self.target = await db(resolve)(username, key.get_fingerprint("sha256"))
-            return True
-        except Refused as e:
+            self.outcome = await db(resolve)(username, fingerprint)
+        except Unregistered:
             self.gateway.registry.failed(self.host)
-            self.refuse(str(e))
+            self.refuse(UNREGISTERED)
             return False
+        except Refused as e:
+            self.outcome = e
+        self.probes += 1  # a failure unless the client signs with it and gets in
+        return True
+
+    def auth_completed(self) -> None:
+        """The client signed with the key last validated: its outcome holds."""
+        if isinstance(self.outcome, Target):
+            self.target, self.probes = self.outcome, 0
+        elif self.conn is not None:
+            # OpenSSH prints a disconnect's reason with non-ASCII escaped: keep the quotes readable.
+            reason = str(self.outcome).replace("“", '"').replace("”", '"')
+            self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, f"diploi: {reason}")
 
     def touch(self) -> None:
         self.last_active = time.monotonic()
@@ -201,7 +225,8 @@ class Gateway:
     async def begin(self, conn: Connection, kind: str, command: str = "") -> tuple[Target, int]:
         """Checks and records a session; returns its target and record id."""
         target = conn.target
-        assert target is not None  # sessions exist only after authentication
+        if target is None:  # signed in, but refused (the connection is being closed)
+            raise Refused("This login was refused.")
 
         def record() -> int:
             still_allowed(target)
