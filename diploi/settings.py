@@ -190,6 +190,10 @@ DIPLOI_K8S_BUILD_TIMEOUT = envint("DIPLOI_K8S_BUILD_TIMEOUT", 1800, minimum=10)
 # job: a builder Job per component pushes to DIPLOI_K8S_REGISTRY; external: CI builds and reports
 # each component's image to POST /api/ci/builds/ with the project's CI token.
 DIPLOI_K8S_BUILD_MODE = envchoice("DIPLOI_K8S_BUILD_MODE", "job", ("job", "external"))
+# Projects may use repositories on this machine only from these folders (and the demo's own), and
+# servers on loopback or private networks only when allowed: otherwise a project reads what it should not.
+DIPLOI_LOCAL_REPOSITORIES = envlist("DIPLOI_LOCAL_REPOSITORIES", [])
+DIPLOI_ALLOW_PRIVATE_REPOSITORIES = envbool("DIPLOI_ALLOW_PRIVATE_REPOSITORIES", False)
 DIPLOI_GIT_TIMEOUT = envint("DIPLOI_GIT_TIMEOUT", 60, minimum=1)
 DIPLOI_SSH_PORT = envint("DIPLOI_SSH_PORT", 2222, minimum=1, maximum=65535)
 DIPLOI_SSH_BIND = envstr("DIPLOI_SSH_BIND", "127.0.0.1")

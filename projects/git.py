@@ -23,13 +23,21 @@ class BranchNotFound(GitError):
     pass
 
 
+NO_CREDENTIALS_SSH = (
+    "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o IdentitiesOnly=yes -o IdentityFile=none -o IdentityAgent=none"
+)
+
+
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     env.update(
         GIT_TERMINAL_PROMPT="0",
         GIT_ALLOW_PROTOCOL="file:git:http:https:ssh",
-        GIT_SSH_COMMAND="ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
+        # Never the platform user's own keys, agent, ssh config, git config or credential helpers:
+        # a repository address comes from a user.
+        GIT_SSH_COMMAND=NO_CREDENTIALS_SSH,
         GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL="/dev/null",
     )
     return env
 

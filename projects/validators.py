@@ -1,15 +1,19 @@
 """Validation of names that users type and that later reach Git, DNS or a process environment."""
 
+import ipaddress
 import re
-from pathlib import PurePosixPath
+import socket
+from pathlib import Path, PurePosixPath
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
-_SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+$")
-_URL = re.compile(r"^(https?|ssh|git|file)://[^\s]+$")
+_SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@(?P<host>[A-Za-z0-9.-]+):[^\s]+$")
+_TRANSPORT = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*::")  # git's <transport>::<address> (ext::, fd::)
+_URL = re.compile(r"^(https?|ssh|git)://(?:[^@/\s]+@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/\s]+)(?::\d+)?(?:/[^\s]*)?$")
 
 
 def dns_label_error(value: str) -> str | None:
@@ -58,15 +62,51 @@ def validate_repository(value: str) -> None:
     """A URL git can fetch over https/ssh/git/file, an scp-like address, or an absolute local path.
 
     Git's other transports (ext::, fd::) can run commands, and a leading '-' would be read as an
-    option, so neither is accepted.
+    option, so neither is accepted. A local path (or file://) must be under a folder the operator
+    allows, and a server on this machine or a private network only when the operator allows it:
+    otherwise a project could read the platform's own files or reach its internal services.
     """
-    if value.startswith("-") or "::" in value:
+    if value.startswith("-") or _TRANSPORT.match(value) or "\n" in value:
         raise ValidationError("This repository address is not allowed.")
-    if _URL.match(value) or _SCP_LIKE.match(value):
+    if value.startswith(("/", "file://")):
+        _check_local(value.removeprefix("file://"))
         return
-    if value.startswith("/") and "\n" not in value:
+    match = _URL.match(value) or _SCP_LIKE.match(value)
+    if not match:
+        raise ValidationError("Enter a Git URL (https://…, ssh://…, git@host:path) or the absolute path of a repository on this machine.")
+    _check_host(match.group("host"))
+
+
+def local_repository_roots() -> list[Path]:
+    """Folders whose repositories projects may use: the operator's list and the demo's own."""
+    return [Path(p).resolve() for p in settings.DIPLOI_LOCAL_REPOSITORIES] + [(settings.DATA_DIR / "repos").resolve()]
+
+
+def _check_local(path: str) -> None:
+    resolved = Path(path).resolve()
+    if not any(resolved == root or root in resolved.parents for root in local_repository_roots()):
+        raise ValidationError(
+            "Repositories on this machine can be used only from the folders the operator allows "
+            "(DIPLOI_LOCAL_REPOSITORIES); use a Git URL instead."
+        )
+
+
+def _check_host(host: str) -> None:
+    if settings.DIPLOI_ALLOW_PRIVATE_REPOSITORIES:
         return
-    raise ValidationError("Enter a Git URL (https://…, ssh://…, git@host:path) or the absolute path of a repository on this machine.")
+    host = host.strip("[]")
+    try:
+        addresses = {ipaddress.ip_address(host)}
+    except ValueError:
+        try:
+            addresses = {ipaddress.ip_address(info[4][0].split("%")[0]) for info in socket.getaddrinfo(host, None)}
+        except (socket.gaierror, UnicodeError):
+            return  # a name that does not resolve now: git says so when it fetches
+    if host.lower() == "localhost" or any(not a.is_global for a in addresses):
+        raise ValidationError(
+            f"{host} is on this machine or a private network; repositories there are refused "
+            f"unless the operator allows them (DIPLOI_ALLOW_PRIVATE_REPOSITORIES)."
+        )
 
 
 def safe_relative_folder(value: str) -> str | None:

@@ -38,6 +38,13 @@ def teams(settings) -> None:
 
 
 @pytest.fixture
+def local_repositories(settings, tmp_path: Path) -> None:
+    """Projects may use repositories in the test's temporary folder, as an operator allows with
+    DIPLOI_LOCAL_REPOSITORIES."""
+    settings.DIPLOI_LOCAL_REPOSITORIES = [str(tmp_path)]
+
+
+@pytest.fixture
 def sample_repo(tmp_path: Path) -> Path:
     return create_sample_repository(tmp_path / "sample-repo")
 

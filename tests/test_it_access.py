@@ -80,7 +80,7 @@ def test_it_shows_pages_to_every_member(cast, role: str, name: str) -> None:
     assert call(cast.client(getattr(cast, role)), url, data).status_code == 200
 
 
-def test_a_developer_may_change_settings(cast) -> None:
+def test_a_developer_may_change_settings(cast, local_repositories) -> None:
     url, data, _ = project_urls(cast)["save settings"]
     assert call(cast.client(cast.developer), url, data).status_code == 302
     assert Project.objects.get(pk=cast.project.pk).name == "Renamed"

@@ -7,6 +7,9 @@ from deployments.models import Deployment
 from projects.models import Membership, Project, Role
 
 
+pytestmark = pytest.mark.usefixtures("local_repositories")
+
+
 def test_it_creates_a_project_and_reads_its_stack(cast, sample_repo: Path) -> None:
     client = cast.client(cast.outsider)
     r = client.post("/projects/new/", {"name": "My Shop!", "repository": str(sample_repo), "default_branch": "main"})

@@ -10,6 +10,9 @@ from deployments.runtimes.base import BuildFailed, DeploymentSpec, Progress, Run
 
 KEEP_RELEASES = 3
 GIT_TIMEOUT = 600
+NO_CREDENTIALS_SSH = (
+    "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o IdentitiesOnly=yes -o IdentityFile=none -o IdentityAgent=none"
+)
 
 
 class GitFailed(RuntimeFailure):
@@ -23,8 +26,11 @@ def git(*args: str, cwd: Path | None = None) -> bytes:
     env.update(
         GIT_TERMINAL_PROMPT="0",
         GIT_ALLOW_PROTOCOL="file:git:http:https:ssh",
-        GIT_SSH_COMMAND="ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
+        # Never the platform user's own keys, agent, ssh config, git config or credential helpers:
+        # a repository address comes from a user.
+        GIT_SSH_COMMAND=NO_CREDENTIALS_SSH,
         GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL="/dev/null",
     )
     try:
         result = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, timeout=GIT_TIMEOUT, stdin=subprocess.DEVNULL)
