@@ -119,6 +119,12 @@ ACCOUNT_LOGOUT_REDIRECT_URL = "account_login"
 # Sign-up is open only when deployments are confined (or the operator says so): deployments/tenancy.py.
 ACCOUNT_ADAPTER = "deployments.tenancy.AccountAdapter"
 DIPLOI_ALLOW_UNCONFINED = envbool("DIPLOI_ALLOW_UNCONFINED", False)
+# The local runtime sandboxes deployments (bubblewrap) whenever the machine can; "off" only to compare.
+DIPLOI_CONFINE = envchoice("DIPLOI_CONFINE", "auto", ("auto", "off"))
+# Confined deployments connect over TCP only to their own services and to these ports of the world.
+DIPLOI_OUTBOUND_PORTS = [int(p) for p in envlist("DIPLOI_OUTBOUND_PORTS", ["22", "53", "80", "443", "9418"])]
+# As root, deployment N runs as uid/gid DIPLOI_UID_BASE + N (kept for its life, gone with it).
+DIPLOI_UID_BASE = envint("DIPLOI_UID_BASE", 1_000_000, minimum=1000)
 # Asked by the project pages (which do not import deployments) before a member is added.
 DIPLOI_MEMBERS_REFUSED = "deployments.tenancy.refuse_new_members"
 ACCOUNT_LOGIN_METHODS = {"username", "email"}

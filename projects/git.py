@@ -38,6 +38,10 @@ def _env() -> dict[str, str]:
         GIT_SSH_COMMAND=NO_CREDENTIALS_SSH,
         GIT_CONFIG_NOSYSTEM="1",
         GIT_CONFIG_GLOBAL="/dev/null",
+        # checkouts of confined deployments belong to their own uids; the platform still reads them
+        GIT_CONFIG_COUNT="1",
+        GIT_CONFIG_KEY_0="safe.directory",
+        GIT_CONFIG_VALUE_0="*",
     )
     return env
 

@@ -256,6 +256,7 @@ def redis_layer(settings, redis_url: str) -> str:
 # `uv run pytest -m "not slow"` is the fast loop: these start real processes, servers, a browser or
 # need the Kubernetes control plane. Everything else runs in a few seconds.
 SLOW_MODULES = {
+    "test_it_confinement",
     "test_it_browser",
     "test_it_helm",
     "test_it_image",

@@ -244,13 +244,16 @@ def test_a_port_taken_by_another_program_is_a_clear_error(cast, runtime) -> None
         assert all(i["statename"] == "STOPPED" for k, i in runtime.supervisor.process_info().items() if k.startswith(f"d{d.pk}-"))
 
 
-def test_a_postgresql_that_cannot_reach_its_data_is_a_clear_red_status(cast, runtime, sample_repo: Path) -> None:
+def test_a_postgresql_that_cannot_reach_its_data_is_a_clear_red_status(cast, runtime, sample_repo: Path, settings) -> None:
+    """Unconfined, PostgreSQL runs as the `postgres` user, who may not reach the data directory.
+    (Confined, it runs as the deployment's own uid in a sandbox where its folder is reachable.)"""
     import os
 
     from deployments.runtimes.local import programs
 
     if os.geteuid() != 0 or programs.postgres_bin_dir() is None:
         pytest.skip("only as root, with PostgreSQL installed")
+    settings.DIPLOI_CONFINE = "off"
     stack = sample_repo / "diploi.yaml"
     stack.write_text(stack.read_text().replace("addons:\n", "addons:\n  - name: DB\n    identifier: db\n    package: postgres\n"))
     commit_all(sample_repo, "Add a database")

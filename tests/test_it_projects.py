@@ -6,7 +6,6 @@ import pytest
 from deployments.models import Deployment
 from projects.models import Membership, Project, Role
 
-
 pytestmark = pytest.mark.usefixtures("local_repositories")
 
 

@@ -227,7 +227,9 @@ def test_sftp_edits_the_running_code_and_cannot_leave_it(cast, dev, runtime, gat
                 source = await f.read()
             async with sftp.open("web/app.py", "w") as f:
                 await f.write(source.replace("Visits:", "Visitors:"))
-            for path in ("../../../../etc/passwd", "/etc/passwd", "web/outside/passwd", "web/../../../ports.json"):
+            found["cwd"] = await sftp.realpath(".")
+            platform = (str(runtime.data_dir / "diploi.sqlite3"), str(runtime.data_dir / "ssh_host_ed25519_key"), "web/outside/shadow")
+            for path in ("../../../../etc/passwd", "/etc/passwd", "web/outside/passwd", "web/../../../ports.json", *platform):
                 try:
                     await sftp.stat(path)
                     found[path] = "reachable"
@@ -236,10 +238,19 @@ def test_sftp_edits_the_running_code_and_cannot_leave_it(cast, dev, runtime, gat
         return found
 
     found = asyncio.run(asyncio.wait_for(session(), 60))
-    assert "web" in found["listing"] and "diploi.yaml" in found["listing"] and "etc" not in found["listing"]
-    assert found["web/outside/passwd"] == "SFTPPermissionDenied"
-    for path in ("../../../../etc/passwd", "/etc/passwd", "web/../../../ports.json"):
-        assert found[path] in ("SFTPNoSuchFile", "SFTPPermissionDenied"), (path, found[path])
+    if runtime.sftp_command:
+        # Confined: SFTP runs in the deployment's sandbox, starting at its files; nothing of the
+        # platform or the machine is there to reach, whatever the path or symlink.
+        assert found["cwd"] == str(root)
+        for path in ("web/../../../ports.json", str(runtime.data_dir / "diploi.sqlite3"), str(runtime.data_dir / "ssh_host_ed25519_key")):
+            assert found[path] in ("SFTPNoSuchFile", "SFTPPermissionDenied"), (path, found[path])
+        assert found["web/outside/shadow"] in ("SFTPNoSuchFile", "SFTPPermissionDenied")  # the sandbox's own /etc
+    else:
+        # Unconfined: the gateway serves the files itself, chrooted to them.
+        assert "web" in found["listing"] and "diploi.yaml" in found["listing"] and "etc" not in found["listing"]
+        assert found["web/outside/passwd"] == "SFTPPermissionDenied"
+        for path in ("../../../../etc/passwd", "/etc/passwd", "web/../../../ports.json"):
+            assert found[path] in ("SFTPNoSuchFile", "SFTPPermissionDenied"), (path, found[path])
     wait_until(lambda: "Visitors:" in http_get(dev.endpoints["web"]), timeout=30, what="the dev server to reload the edit")
     assert SSHSession.objects.filter(kind="sftp", deployment=dev).exists()
 

@@ -17,9 +17,14 @@ def test_each_runtime_says_what_it_does_not_confine(settings) -> None:
     from deployments.runtimes import get_runtime
     from deployments.runtimes.base import CONFINEMENT_PARTS
 
+    from deployments.runtimes.local import sandbox
+
     local = get_runtime().confinement()
-    assert not local.complete and [part for part, _ in local.missing] == list(CONFINEMENT_PARTS)
-    assert local.describe().startswith("deployments are NOT confined: files: ")
+    expected = ["network", "resources"] if not sandbox.available() else list(CONFINEMENT_PARTS)
+    assert not local.complete and [part for part, _ in local.missing] == expected
+    assert local.describe().startswith(f"deployments are NOT confined: {expected[0]}: ")
+    settings.DIPLOI_CONFINE = "off"
+    assert [part for part, _ in get_runtime().confinement().missing] == list(CONFINEMENT_PARTS)
     settings.DIPLOI_RUNTIME = "kubernetes"
     get_runtime.cache_clear()
     try:
@@ -35,7 +40,7 @@ def test_each_runtime_says_what_it_does_not_confine(settings) -> None:
 def test_sign_up_is_refused_with_the_reason() -> None:
     client = Client()
     page = html.unescape(client.get("/accounts/signup/").content.decode())
-    assert "Sign-up is closed" in page and "single-user mode" in page and "files:" in page
+    assert "Sign-up is closed" in page and "single-user mode" in page and "network:" in page
     client.post("/accounts/signup/", SIGNUP)
     assert not User.objects.filter(username="eve").exists()
     assert "single-user mode" in html.unescape(client.get("/accounts/login/").content.decode())  # the banner
@@ -86,4 +91,5 @@ def test_up_says_whether_deployments_are_confined(tmp_path) -> None:
         r = subprocess.run(
             [sys.executable, "manage.py", "up", "--port", str(port)], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60
         )
-    assert "deployments are NOT confined: files: " in r.stdout and "single-user mode (sign-up and new members refused)" in r.stdout
+    assert "deployments are NOT confined: " in r.stdout and "network: " in r.stdout
+    assert "single-user mode (sign-up and new members refused)" in r.stdout

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from deployments.runtimes.base import BuildFailed, DeploymentSpec, Progress, RuntimeFailure, ServiceSpec
@@ -31,6 +32,10 @@ def git(*args: str, cwd: Path | None = None) -> bytes:
         GIT_SSH_COMMAND=NO_CREDENTIALS_SSH,
         GIT_CONFIG_NOSYSTEM="1",
         GIT_CONFIG_GLOBAL="/dev/null",
+        # a confined deployment's checkout belongs to its own uid; the platform still reads it
+        GIT_CONFIG_COUNT="1",
+        GIT_CONFIG_KEY_0="safe.directory",
+        GIT_CONFIG_VALUE_0="*",
     )
     try:
         result = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, timeout=GIT_TIMEOUT, stdin=subprocess.DEVNULL)
@@ -42,11 +47,11 @@ def git(*args: str, cwd: Path | None = None) -> bytes:
     return result.stdout
 
 
-def checkout(spec: DeploymentSpec, code: Path) -> None:
-    """The development checkout: cloned once, then the developer's (it survives every apply)."""
+def checkout(spec: DeploymentSpec, code: Path) -> bool:
+    """The development checkout: cloned once, then the developer's (it survives every apply).
+    True when the platform wrote files into it (a clone, another branch)."""
     if (code / ".git").exists():
-        switch_branch(code, spec.branch)
-        return
+        return switch_branch(code, spec.branch)
     tmp = code.with_name("code.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -58,13 +63,14 @@ def checkout(spec: DeploymentSpec, code: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RuntimeFailure(f"could not check out {spec.branch}: {e}") from None
     tmp.rename(code)
+    return True
 
 
-def switch_branch(code: Path, branch: str) -> None:
-    """Follow a new branch; refuse rather than lose uncommitted edits."""
+def switch_branch(code: Path, branch: str) -> bool:
+    """Follow a new branch; refuse rather than lose uncommitted edits. True when it switched."""
     current = git("rev-parse", "--abbrev-ref", "HEAD", cwd=code).decode().strip()
     if current == branch:
-        return
+        return False
     if git("status", "--porcelain", cwd=code).strip():
         raise RuntimeFailure(
             f"the code has uncommitted changes on {current}; commit or discard them (over SSH) before switching to {branch}"
@@ -74,13 +80,24 @@ def switch_branch(code: Path, branch: str) -> None:
         git("checkout", "--quiet", "-B", branch, f"origin/{branch}", cwd=code)
     except GitFailed as e:
         raise RuntimeFailure(f"could not check out {branch}: {e}") from None
+    return True
 
 
-# (step, service, command, env) for each command a build runs in the release's folder of a service
-BuildCommand = Callable[[str, ServiceSpec], tuple[str, dict[str, str]] | None]
+@dataclass(frozen=True)
+class Launch:
+    """How to run one build command: shown as `command`, started as `argv` (in the sandbox when the
+    deployment is confined) with `env`."""
+
+    command: str
+    argv: list[str]
+    env: dict[str, str]
 
 
-def build_release(spec: DeploymentSpec, releases: Path, commands: BuildCommand, progress: Progress) -> str:
+# The Launch of a step's command for a service, in the release being built (None: nothing to run).
+Launcher = Callable[[str, ServiceSpec, Path], Launch | None]
+
+
+def build_release(spec: DeploymentSpec, releases: Path, launcher: Launcher, progress: Progress) -> str:
     """Check spec.commit out into a new release, run the components' install and build commands in
     it, and keep it under releases/<commit> (the previous ones too, up to KEEP_RELEASES)."""
     releases.mkdir(parents=True, exist_ok=True)
@@ -97,11 +114,11 @@ def build_release(spec: DeploymentSpec, releases: Path, commands: BuildCommand, 
         progress("clone", 25, "Checked out")
 
         for step, start, end in (("install", 25, 50), ("build", 50, 90)):
-            components = [(s, c) for s in spec.services if s.kind == "component" and (c := commands(step, s))]
+            components = [(s, launch) for s in spec.services if s.kind == "component" and (launch := launcher(step, s, tmp))]
             progress(step, start, None if components else f"Nothing to {step}")
-            for i, (service, (command, env)) in enumerate(components):
+            for i, (service, launch) in enumerate(components):
                 percent = start + (end - start) * i // len(components)
-                _run_step(step, service, command, tmp / service.folder, env, progress, percent)
+                _run_step(step, service, launch, tmp / service.folder, progress, percent)
             progress(step, end)
 
         progress("release", 90, "Storing the release")
@@ -118,12 +135,12 @@ def build_release(spec: DeploymentSpec, releases: Path, commands: BuildCommand, 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run_step(step: str, service: ServiceSpec, command: str, cwd: Path, env: dict[str, str], progress: Progress, percent: int) -> None:
-    progress(step, percent, f"$ {command}   ({service.identifier})")
+def _run_step(step: str, service: ServiceSpec, launch: Launch, cwd: Path, progress: Progress, percent: int) -> None:
+    progress(step, percent, f"$ {launch.command}   ({service.identifier})")
     proc = subprocess.Popen(
-        ["/bin/sh", "-c", command],
+        launch.argv,
         cwd=cwd,
-        env=env,
+        env=launch.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -133,7 +150,7 @@ def _run_step(step: str, service: ServiceSpec, command: str, cwd: Path, env: dic
     for raw in proc.stdout:
         progress(step, percent, raw.decode(errors="replace").rstrip("\n"))
     if proc.wait() != 0:
-        raise BuildFailed(step, f"`{command}` in {service.identifier} exited with code {proc.returncode}")
+        raise BuildFailed(step, f"`{launch.command}` in {service.identifier} exited with code {proc.returncode}")
 
 
 def _prune(releases: Path, keep: set[str]) -> None:

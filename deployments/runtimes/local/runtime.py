@@ -22,18 +22,21 @@ from deployments.runtimes.base import (
     Progress,
     Runtime,
     RuntimeFailure,
+    ServiceSpec,
     SocketTunnel,
     TransientFailure,
     Unreachable,
     forward_candidates,
 )
-from deployments.runtimes.local import code, programs
+from deployments.runtimes.local import code, programs, sandbox
 from deployments.runtimes.local.layout import Layout, write_atomic
 from deployments.runtimes.local.observe import Usage, container_state, processes_of, service_states, volume_state
+from deployments.runtimes.local.sandbox import Jail
 from deployments.runtimes.local.shell import LocalShell, read_log
 from deployments.runtimes.local.supervisor import Supervisor
 
 ACTIVE = ("RUNNING", "STARTING", "BACKOFF")
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 
 
 class LocalRuntime(Runtime):
@@ -46,16 +49,47 @@ class LocalRuntime(Runtime):
     def home(self, spec: DeploymentSpec) -> Path:
         return self.layout.home(spec)
 
+    @property
+    def unsandboxed(self) -> str:
+        """Why deployments run unconfined here ("" when they are sandboxed)."""
+        if settings.DIPLOI_CONFINE == "off":
+            return "confinement is switched off (DIPLOI_CONFINE=off)"
+        return sandbox.available()
+
+    def jail(self, spec: DeploymentSpec) -> Jail | None:
+        if self.unsandboxed:
+            return None
+        connect = None
+        if not sandbox.network_limits():
+            own = {port for service in programs.allocate_ports(self.layout, spec).values() for port in service.values()}
+            connect = tuple(sorted(own | set(settings.DIPLOI_OUTBOUND_PORTS)))
+        uid = sandbox.uid_of(spec.id, settings.DIPLOI_UID_BASE)
+        if uid is None:
+            return Jail(connect=connect)
+        return Jail(uid=uid, identity=sandbox.identity_files(self.home(spec) / "etc", uid, f"d{spec.id}"), connect=connect)
+
+    @property
+    def sftp_command(self) -> str | None:  # type: ignore[override]
+        """Confined, SFTP runs inside the session's sandbox like any command; otherwise the gateway
+        serves the files itself."""
+        return None if self.unsandboxed else SFTP_SERVER
+
     def confinement(self) -> Confinement:
-        # Services, builds and SSH sessions run as the platform's own user, in its filesystem.
-        return Confinement(
-            missing=(
-                ("files", "a deployment's processes can read the platform's data directory (keys, database, other deployments)"),
-                ("processes", "they can see and signal the platform's processes and other deployments'"),
-                ("network", "they can connect to the platform's Redis, database and web server"),
-                ("resources", "there are no memory, CPU or process limits per deployment"),
+        unlimited = self.unsandboxed or sandbox.network_limits()
+        if unlimited:
+            network = f"they can connect to the platform's Redis, database and web server ({unlimited})"
+        else:
+            network = (
+                "TCP goes only to their own services and to DIPLOI_OUTBOUND_PORTS, but on those ports any host "
+                "answers (cloud metadata at 169.254.169.254 too), and UDP is not limited"
             )
-        )
+        missing = [("network", network), ("resources", "there are no memory, CPU or process limits per deployment")]
+        if why := self.unsandboxed:
+            missing[:0] = [
+                ("files", f"a deployment's processes can read the platform's data directory and other deployments ({why})"),
+                ("processes", f"they can see and signal the platform's processes ({why})"),
+            ]
+        return Confinement(missing=tuple(missing))
 
     # --- apply --------------------------------------------------------------------------------
 
@@ -65,8 +99,11 @@ class LocalRuntime(Runtime):
         for sub in ("logs", "run"):
             (home / sub).mkdir(parents=True, exist_ok=True)
         ports = programs.allocate_ports(self.layout, spec)
+        jail = self.jail(spec)
         if spec.stage == "development":
-            code.checkout(spec, self.layout.code(spec))
+            written = code.checkout(spec, self.layout.code(spec))
+            if jail:
+                sandbox.give([self.layout.code(spec)], jail.uid, force=written)
         elif not spec.release or not (self.layout.releases(spec) / spec.release).is_dir():
             raise RuntimeFailure("there is no release to run yet; build one first")
 
@@ -76,10 +113,10 @@ class LocalRuntime(Runtime):
         problems: dict[str, str] = {}
         entries: list[str] = []
         for service in spec.services:
-            if problem := programs.requirement_problem(self.layout, spec, service):
+            if problem := programs.requirement_problem(self.layout, spec, service, jail):
                 problems[service.identifier] = problem
             else:
-                entries.append(programs.program_entry(self.layout, spec, service, ports))
+                entries.append(programs.program_entry(self.layout, spec, service, ports, jail))
         write_atomic(home / "problems.json", json.dumps(problems))
         write_atomic(home / "supervisor.conf", "\n".join(entries))
         self.supervisor.update()
@@ -106,13 +143,20 @@ class LocalRuntime(Runtime):
     def build(self, spec: DeploymentSpec, progress: Progress) -> str:
         self.layout.releases(spec).mkdir(parents=True, exist_ok=True)
         ports = programs.allocate_ports(self.layout, spec)
+        jail = self.jail(spec)
 
-        def commands(step: str, service) -> tuple[str, dict[str, str]] | None:
+        def launch(step: str, service: ServiceSpec, release: Path) -> code.Launch | None:
             if not service.commands.get(step):
                 return None
-            return programs.command(self.layout, spec, service, ports, step), programs.environment(self.layout, spec, service, ports)
+            command = programs.command(self.layout, spec, service, ports, step)
+            argv = ["/bin/sh", "-c", command]
+            if jail:
+                sandbox.give([release], jail.uid)
+                argv = jail.sandbox(release, release / service.folder).argv(argv)
+            env = programs.environment(self.layout, spec, service, ports, jail)
+            return code.Launch(command, argv, env)
 
-        return code.build_release(spec, self.layout.releases(spec), commands, progress)
+        return code.build_release(spec, self.layout.releases(spec), launch, progress)
 
     # --- operate ------------------------------------------------------------------------------
 
@@ -135,6 +179,8 @@ class LocalRuntime(Runtime):
             tmp = dst.with_name(f".{part}.copy")
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(src, tmp, symlinks=True)
+            if jail := self.jail(target):
+                sandbox.give([tmp], jail.uid)
             tmp.rename(dst)
 
     def destroy(self, spec: DeploymentSpec) -> None:
@@ -201,11 +247,16 @@ class LocalRuntime(Runtime):
 
     def open_shell(self, spec: DeploymentSpec, service: str, command: str | None, pty: bool) -> LocalShell:
         svc = spec.service(service)
-        cwd = self.layout.working_dir(spec, svc)
+        # SFTP starts at the service's files, as the gateway's own SFTP server does; sessions in its folder
+        cwd = self.layout.files_root(spec, svc) if command == SFTP_SERVER else self.layout.working_dir(spec, svc)
         if not cwd.is_dir():
             raise RuntimeFailure(f"{service} has no working directory yet; is the deployment running?")
         argv = ["/bin/sh", "-c", command] if command else ["/bin/sh", "-i" if pty else "-s"]
-        env = programs.environment(self.layout, spec, svc, programs.allocate_ports(self.layout, spec))
+        jail = self.jail(spec)
+        env = programs.environment(self.layout, spec, svc, programs.allocate_ports(self.layout, spec), jail)
+        if jail:
+            own = tuple(programs.allocate_ports(self.layout, spec).get(service, {}).values())
+            argv = jail.sandbox(self.layout.files_root(spec, svc), cwd, terminal=pty, bind=own).argv(argv)
         return LocalShell(argv, cwd, env, pty)
 
     def files_root(self, spec: DeploymentSpec, service: str) -> Path:

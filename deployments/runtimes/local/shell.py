@@ -18,14 +18,15 @@ class LocalShell:
 
     def __init__(self, argv: list[str], cwd: Path, env: dict[str, str], use_pty: bool) -> None:
         env = {**env, "TERM": env.get("TERM", "xterm-256color")}
+        start = {"cwd": cwd, "env": env, "start_new_session": True}
         if use_pty:
             self._master, slave = pty.openpty()
-            self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+            self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, **start)
             os.close(slave)
         else:
             self._master = None
             pipe = subprocess.PIPE
-            self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=pipe, stdout=pipe, stderr=pipe, start_new_session=True)
+            self.proc = subprocess.Popen(argv, stdin=pipe, stdout=pipe, stderr=pipe, **start)
 
     def write(self, data: bytes) -> None:
         if self._master is not None:

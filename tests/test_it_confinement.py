@@ -1,0 +1,178 @@
+"""A hostile deployment (tests/hostile/) tries to reach the platform and another deployment from its
+service, its build step and an SSH session: confined, every attempt is refused while the deployment
+still serves; with confinement switched off, every attempt succeeds (so the test cannot pass for
+nothing). TCP is probed towards the platform's ports and another deployment's add-on; cloud
+metadata, UDP and resource limits are not enforced yet and are not probed here."""
+
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from deployments.actions import do_create_deployment
+from deployments.models import Build, Deployment, EnvVar, State
+from deployments.provisioning import tasks
+from deployments.provisioning.spec import current_spec
+from deployments.runtimes.local import sandbox
+from projects.git import run_git
+from projects.models import Project
+from projects.sample import commit_all
+from tests.conftest import http_get, wait_until
+
+HOSTILE = Path(__file__).parent / "hostile"
+PROBES = (
+    "secret_key",
+    "encryption_key",
+    "database",
+    "list_deployments",
+    "other_deployment",
+    "other_run_file",
+    "other_storage",
+    "platform_environ",
+    "platform_signal",
+    "write_outside",
+    "host_shadow",
+    "supervisor_socket",
+    "platform_redis",
+    "platform_web",
+    "other_addon",
+)
+
+pytestmark = pytest.mark.skipif(sandbox.available() != "", reason=f"no sandbox on this machine: {sandbox.available()}")
+
+
+@pytest.fixture
+def hostile(cast, tmp_path, data_dir) -> Project:
+    repo = tmp_path / "hostile-repo"
+    shutil.copytree(HOSTILE, repo)
+    run_git("init", "--quiet", "--initial-branch", "main", cwd=repo)
+    commit_all(repo, "A hostile project")
+    # What a real platform keeps in its data directory, where the probes look for it.
+    from cryptography.fernet import Fernet
+
+    files = {"secret_key": "platform secret key\n", "encryption_key": Fernet.generate_key().decode(), "diploi.sqlite3": "database\n"}
+    for name, text in files.items():
+        if not (data_dir / name).exists():
+            (data_dir / name).write_text(text)
+        (data_dir / name).chmod(0o600)
+    cast.project.repository = str(repo)
+    cast.project.save()
+    return cast.project
+
+
+def deploy(cast, name: str, stage: str = "development") -> Deployment:
+    d = do_create_deployment(cast.project, name, stage, "main", actor=cast.developer)
+    return d
+
+
+@pytest.fixture
+def platform_ports():
+    """Two ports this machine's platform listens on (its Redis, its web server), as the test's own."""
+    servers = []
+    for _ in range(2):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        servers.append(s)
+    yield [s.getsockname()[1] for s in servers]
+    for s in servers:
+        s.close()
+
+
+def targets(runtime, data_dir: Path, other: Deployment, platform_ports: list[int]) -> dict[str, str]:
+    other_ports = json.loads((runtime.home(current_spec(other)) / "ports.json").read_text())
+    return {
+        "P_DATA": str(data_dir),
+        "P_DB": str(data_dir / "diploi.sqlite3"),
+        "P_OTHER": str(runtime.home(current_spec(other))),
+        "P_PID": str(os.getpid()),  # this test process stands for the platform's web server
+        "P_REDIS_PORT": str(platform_ports[0]),
+        "P_WEB_PORT": str(platform_ports[1]),
+        "P_OTHER_REDIS_PORT": str(other_ports["redis"]["redis"]),
+    }
+
+
+def results(text: str, where: str) -> dict[str, str]:
+    found = {}
+    for line in text.splitlines():
+        if line.startswith(f"{where} ") and ": " in line:
+            name, outcome = line[len(where) + 1 :].split(": ", 1)
+            found[name] = outcome
+    return found
+
+
+def run_probes(cast, runtime, data_dir: Path, platform_ports: list[int]) -> dict[str, dict[str, str]]:
+    """The probes of the service, a build step and an SSH session of a hostile deployment."""
+    other = deploy(cast, "Other")
+    tasks.provision(other.pk)
+    other.refresh_from_db()
+    assert other.state == State.RUNNING, other.state_reason
+
+    dev = deploy(cast, "Dev")
+    prod = deploy(cast, "Prod", "production")
+    for d in (dev, prod):
+        for key, value in targets(runtime, data_dir, other, platform_ports).items():
+            EnvVar.objects.create(deployment=d, key=key, value=value)
+        tasks.provision(d.pk)
+        d.refresh_from_db()
+        assert d.state == State.RUNNING, d.state_reason
+
+    found = {}
+    code = runtime.home(current_spec(dev)) / "code" / "web"
+    probe_out = code / "probe-service.out"
+    text = wait_until(lambda: "service done" in _read(probe_out) and _read(probe_out), what="the service's probes")
+    found["service"] = results(text, "service")
+    found["build"] = results(Build.objects.get(deployment=prod).log, "build")
+    shell = runtime.open_shell(current_spec(dev), "web", "sh probe.sh session", pty=False)
+    out = b""
+    while chunk := shell.read():
+        out += chunk
+    assert shell.close() == 0
+    found["session"] = results(out.decode(), "session")
+    # the deployment itself still works: its page, its add-on, its session
+    assert "still serving" in wait_until(lambda: http_get(dev.endpoints["web"] + "/index.html"), what="the hostile page")
+
+    def green() -> dict | None:
+        states = {s.name: s.colour.value for s in runtime.observe([current_spec(dev)])[dev.pk].services}
+        return states if set(states.values()) == {"green"} else None
+
+    assert set(wait_until(green, what="its services green")) == {"web", "redis"}
+    return found
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def test_a_confined_deployment_reaches_nothing_of_the_platform_or_of_another_deployment(
+    cast, hostile, runtime, data_dir, platform_ports
+) -> None:
+    assert not runtime.unsandboxed
+    found = run_probes(cast, runtime, data_dir, platform_ports)
+    for where in ("service", "build", "session"):
+        assert set(found[where]) == {*PROBES, "own_addon"}, (where, found[where])
+        own = found[where].pop("own_addon")
+        if where != "build":  # (a first build runs before its add-ons start)
+            assert own == "reached", where  # its own services stay reachable
+        reached = [name for name, outcome in found[where].items() if outcome != "refused"]
+        assert reached == [], (where, reached)
+    assert not list(data_dir.glob("pwned-*"))
+    if os.geteuid() == 0:  # each deployment under a uid of its own, which owns its folders
+        d = Deployment.objects.get(slug="dev")
+        uid = sandbox.uid_of(d.pk, 1_000_000)
+        assert (runtime.home(current_spec(d)) / "code").stat().st_uid == uid
+
+
+def test_unconfined_the_same_probes_reach_everything(cast, hostile, runtime, data_dir, settings, platform_ports) -> None:
+    """The probes are real: without confinement each of them gets through."""
+    settings.DIPLOI_CONFINE = "off"
+    found = run_probes(cast, runtime, data_dir, platform_ports)
+    found["build"].pop("own_addon")  # (a first build runs before its add-ons start)
+    for where in ("service", "build", "session"):
+        refused = [name for name, outcome in found[where].items() if outcome != "reached"]
+        if os.geteuid() != 0:  # as a regular user /etc/shadow stays out of reach anyway
+            refused = [n for n in refused if n != "host_shadow"]
+        assert refused == [], (where, refused)
