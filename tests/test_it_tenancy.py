@@ -16,7 +16,6 @@ SIGNUP = {"email": "eve@example.com", "username": "eve", "password1": "correct-h
 def test_each_runtime_says_what_it_does_not_confine(settings) -> None:
     from deployments.runtimes import get_runtime
     from deployments.runtimes.base import CONFINEMENT_PARTS
-
     from deployments.runtimes.local import sandbox
 
     local = get_runtime().confinement()
