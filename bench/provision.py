@@ -5,7 +5,8 @@
 Runs in a temporary data directory with its own SQLite database and process supervisor, and
 prints figures with baselines measured in the same run:
 - create → endpoint answering, for a development and a production deployment of the sample
-  project, next to the sample app started by hand (python3 app.py, no Diploi) as the baseline;
+  project, next to the sample app started by hand (python3 app.py, no Diploi) as the baseline, and
+  confined (the sandbox) next to unconfined (DIPLOI_CONFINE=off);
 - observe() for 1, 10 and 50 running development deployments: ms per call, ms per deployment,
   and the number of supervisor calls per observe (batched: one, whatever the count).
 """
@@ -32,6 +33,7 @@ import django  # noqa: E402
 
 django.setup()
 
+from django.conf import settings  # noqa: E402
 
 from accounts.models import User  # noqa: E402
 from bench.sample import sample_project  # noqa: E402
@@ -99,6 +101,17 @@ def main() -> None:
         for stage in ("development", "production"):
             took, _ = create_and_answer(project, user, f"first-{stage}", stage)
             print(f"create → endpoint answering, {stage:<12}              {took * 1000:8.0f} ms   ({took / base:.1f}× baseline)")
+        # The same with the sandbox switched off: what confinement costs (run as root, it also
+        # switches uid and limits TCP).
+        for stage in ("development", "production"):
+            confined = statistics.median(create_and_answer(project, user, f"on-{stage}-{i}", stage)[0] for i in range(3))
+            settings.DIPLOI_CONFINE = "off"
+            unconfined = statistics.median(create_and_answer(project, user, f"off-{stage}-{i}", stage)[0] for i in range(3))
+            settings.DIPLOI_CONFINE = "auto"
+            print(
+                f"create → endpoint answering, {stage:<12} confined {confined * 1000:6.0f} ms, "
+                f"unconfined {unconfined * 1000:6.0f} ms   ({confined / unconfined:.2f}× unconfined)"
+            )
 
         deployments = list(Deployment.objects.filter(stage="development"))
         t = time.perf_counter()

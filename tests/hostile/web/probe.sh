@@ -23,6 +23,16 @@ tcp() { python3 -c 'import socket, sys; socket.create_connection((sys.argv[1], i
 check platform_redis tcp 127.0.0.1 "$P_REDIS_PORT"
 check platform_web tcp 127.0.0.1 "$P_WEB_PORT"
 check other_addon tcp 127.0.0.1 "$P_OTHER_REDIS_PORT"
-# its own add-on, through the address it was given: this one must always answer
-check own_addon tcp 127.0.0.1 "$(echo "$REDIS_URL" | sed 's/.*:\([0-9]*\)\/.*/\1/')"
+# its own add-on, through the address it was given: this one must answer (once it has started; a
+# first build runs before the add-ons do)
+own_port=$(echo "$REDIS_URL" | sed 's/.*:\([0-9]*\)\/.*/\1/')
+[ "$where" = build ] || check own_addon python3 -c '
+import socket, sys, time
+for _ in range(40):
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=3).close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.5)
+sys.exit(1)' "$own_port"
 echo "$where done"
