@@ -1,4 +1,5 @@
 import hashlib
+import re
 import secrets
 
 from django.conf import settings
@@ -60,6 +61,11 @@ class Project(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("deployments:project", args=[self.slug])
+
+    @property
+    def repository_shown(self) -> str:
+        """The repository address without the credentials it may carry (https://user:token@…)."""
+        return re.sub(r"^([a-z+]+://)[^@/]+@", r"\1…@", self.repository)
 
     def rotate_ci_token(self) -> str:
         """A new CI token (the old one stops working); returned once, only its hash is stored."""

@@ -90,3 +90,15 @@ def test_git_runs_without_the_platforms_credentials(tmp_path, monkeypatch) -> No
         text=True,
     )
     assert "leaked" not in out.stdout and str(home) not in out.stdout
+
+
+def test_credentials_in_a_repository_address_are_not_shown_to_members(cast) -> None:
+    from projects.models import Project
+
+    Project.objects.filter(pk=cast.project.pk).update(repository="https://bob:s3cret-token@git.example.com/shop.git")
+    for user in (cast.viewer, cast.developer):
+        client = cast.client(user)
+        for url in ("/projects/", "/projects/shop/", "/projects/shop/d/nope/"):
+            page = client.get(url).content.decode()
+            assert "s3cret-token" not in page, (user, url)
+        assert "https://…@git.example.com/shop.git" in client.get("/projects/").content.decode()

@@ -25,3 +25,13 @@ def deployment_suffixes(name: str) -> list[str]:
 def component_of(name: str, deployment_slug: str) -> str:
     """The component part of `name` that ends in `deployment_slug` ("" for the default component)."""
     return name[: -len(deployment_slug)].removesuffix("-")
+
+
+def recorded_command(command: str) -> str:
+    """What a session's record keeps of its command: the program alone. Its arguments may hold
+    secrets, and every member of the project (viewers too) sees the record."""
+    words = command.split()
+    if not words:
+        return ""
+    program = words[0].rsplit("/", 1)[-1][:60]
+    return program + (" …" if len(words) > 1 else "")

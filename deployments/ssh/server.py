@@ -30,6 +30,7 @@ from deployments.ssh.authorise import Refused, Target, Unregistered, resolve, sp
 from deployments.ssh.forward import Forward
 from deployments.ssh.hostkey import ensure_host_key
 from deployments.ssh.limits import Limits, Registry
+from deployments.ssh.naming import recorded_command
 from deployments.ssh.sftp import ConfinedSFTP
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ class Gateway:
                 key_fingerprint=target.fingerprint,
                 component=target.component,
                 kind=kind,
-                command=command[:200],
+                command=recorded_command(command),
                 source=conn.address,
             ).pk
 
