@@ -123,6 +123,13 @@ DIPLOI_ALLOW_UNCONFINED = envbool("DIPLOI_ALLOW_UNCONFINED", False)
 DIPLOI_CONFINE = envchoice("DIPLOI_CONFINE", "auto", ("auto", "off"))
 # Confined deployments connect over TCP only to their own services and to these ports of the world.
 DIPLOI_OUTBOUND_PORTS = [int(p) for p in envlist("DIPLOI_OUTBOUND_PORTS", ["22", "53", "80", "443", "9418"])]
+# What one deployment may use on the local runtime (all its services, builds and sessions together;
+# enforced with a cgroup per deployment when Diploi runs as root).
+DIPLOI_LOCAL_MEMORY_MIB = envint("DIPLOI_LOCAL_MEMORY_MIB", 2048, minimum=64)
+DIPLOI_LOCAL_CPU_PERCENT = envint("DIPLOI_LOCAL_CPU_PERCENT", 100, minimum=10)
+DIPLOI_LOCAL_PROCESSES = envint("DIPLOI_LOCAL_PROCESSES", 512, minimum=16)
+# Seconds one build step (install, build) may take before it fails.
+DIPLOI_BUILD_STEP_TIMEOUT = envint("DIPLOI_BUILD_STEP_TIMEOUT", 1800, minimum=1)
 # As root, deployment N runs as uid/gid DIPLOI_UID_BASE + N (kept for its life, gone with it).
 DIPLOI_UID_BASE = envint("DIPLOI_UID_BASE", 1_000_000, minimum=1000)
 # Asked by the project pages (which do not import deployments) before a member is added.

@@ -174,3 +174,55 @@ def test_unconfined_the_same_probes_reach_everything(cast, hostile, runtime, dat
         if os.geteuid() != 0:  # as a regular user /etc/shadow stays out of reach anyway
             refused = [n for n in refused if n != "host_shadow"]
         assert refused == [], (where, refused)
+
+
+@pytest.mark.skipif(sandbox.cgroups_available() != "", reason="no cgroups here (Diploi not root, or none writable)")
+def test_a_deployment_cannot_take_more_than_its_share(cast, hostile, runtime, settings) -> None:
+    """A fork bomb and a memory hog in one deployment stop at its limits; another keeps serving."""
+    settings.DIPLOI_LOCAL_PROCESSES = 40
+    settings.DIPLOI_LOCAL_MEMORY_MIB = 128
+    other = deploy(cast, "Other")
+    tasks.provision(other.pk)
+    hog = deploy(cast, "Hog")
+    tasks.provision(hog.pk)
+    other.refresh_from_db()
+    hog.refresh_from_db()
+    assert other.state == hog.state == State.RUNNING
+
+    def session(command: str) -> tuple[int, str]:
+        shell = runtime.open_shell(current_spec(hog), "web", command, pty=False)
+        out = b""
+        while chunk := shell.read():
+            out += chunk
+        return shell.close(), out.decode()
+
+    fork_bomb = """python3 -c '
+import os, time
+n = 0
+try:
+    while n < 1000:
+        if os.fork() == 0:
+            time.sleep(30)
+            os._exit(0)
+        n += 1
+except OSError as e:
+    print("stopped after", n, e.strerror)
+'"""
+    code, out = session(fork_bomb)
+    assert "stopped after" in out, out
+    assert int(out.split("stopped after")[1].split()[0]) < 40
+    code, out = session("python3 -c 'x = bytearray(400 * 1024 * 1024); print(\"allocated\")'")
+    assert code != 0 and "allocated" not in out
+    for d in (other, hog):  # the other deployment, and the hog's own service too
+        assert "still serving" in wait_until(lambda d=d: http_get(d.endpoints["web"] + "/index.html"), what=f"{d.name}'s page")
+
+
+def test_a_build_step_has_a_time_limit(cast, hostile, runtime, settings) -> None:
+    settings.DIPLOI_BUILD_STEP_TIMEOUT = 2
+    d = deploy(cast, "Prod", "production")
+    EnvVar.objects.create(deployment=d, key="P_SLOW_BUILD", value="60")
+    tasks.provision(d.pk)
+    d.refresh_from_db()
+    build = Build.objects.get(deployment=d)
+    assert d.state == State.FAILED and build.status == "failed"
+    assert "did not finish within 2 s (DIPLOI_BUILD_STEP_TIMEOUT)" in build.error

@@ -1,8 +1,11 @@
 """A deployment's code on this machine: the development checkout and the releases built from commits."""
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +94,8 @@ class Launch:
     command: str
     argv: list[str]
     env: dict[str, str]
+    preexec: Callable[[], None] | None = None  # into the deployment's cgroups
+    timeout: float | None = None
 
 
 # The Launch of a step's command for a service, in the release being built (None: nothing to run).
@@ -145,12 +150,32 @@ def _run_step(step: str, service: ServiceSpec, launch: Launch, cwd: Path, progre
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=launch.preexec,
     )
-    assert proc.stdout
-    for raw in proc.stdout:
-        progress(step, percent, raw.decode(errors="replace").rstrip("\n"))
-    if proc.wait() != 0:
-        raise BuildFailed(step, f"`{launch.command}` in {service.identifier} exited with code {proc.returncode}")
+    timed_out = threading.Event()
+
+    def stop() -> None:
+        timed_out.set()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    timer = threading.Timer(launch.timeout, stop) if launch.timeout else None
+    if timer:
+        timer.start()
+    try:
+        assert proc.stdout
+        for raw in proc.stdout:
+            progress(step, percent, raw.decode(errors="replace").rstrip("\n"))
+        code = proc.wait()
+    finally:
+        if timer:
+            timer.cancel()
+    if timed_out.is_set():
+        raise BuildFailed(
+            step, f"`{launch.command}` in {service.identifier} did not finish within {launch.timeout:.0f} s (DIPLOI_BUILD_STEP_TIMEOUT)"
+        )
+    if code != 0:
+        raise BuildFailed(step, f"`{launch.command}` in {service.identifier} exited with code {code}")
 
 
 def _prune(releases: Path, keep: set[str]) -> None:

@@ -22,7 +22,7 @@ PR_SET_PDEATHSIG = 1
 STOP_GRACE = 7  # seconds; supervisord's stopwaitsecs is 10
 
 
-def _preexec(user: str | None):
+def _preexec(user: str | None, cgroups: list[str]):
     """In the service's process: die with the wrapper; drop to `user` when one is named (the wrapper
     itself stays root so it can read its run file and clean up). A sandboxed service drops to its
     deployment's uid inside the sandbox instead."""
@@ -31,6 +31,9 @@ def _preexec(user: str | None):
 
     def setup() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        for path in cgroups:  # the deployment's limits, for this process and all it starts
+            with open(os.path.join(path, "cgroup.procs"), "w") as f:
+                f.write("0")
         if uid is not None:
             os.setgroups([])
             os.setgid(gid)
@@ -50,7 +53,7 @@ def main(run_file: str) -> int:
     with open(run_file) as f:
         run = json.load(f)
     env = run["env"]
-    preexec = _preexec(run.get("user"))
+    preexec = _preexec(run.get("user"), run.get("cgroups", []))
     sandbox = run.get("sandbox", [])  # bubblewrap's arguments up to the command, when confined
     if run.get("fresh_from"):
         shutil.rmtree(run["scratch"], ignore_errors=True)

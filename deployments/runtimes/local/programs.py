@@ -128,6 +128,7 @@ def run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: 
         own = tuple(ports.get(service.identifier, {}).values())
         run["sandbox"] = jail.sandbox(layout.files_root(spec, service), cwd, bind=own).prefix()
         run["owner"] = jail.uid  # of the fresh copy of a release
+        run["cgroups"] = list(jail.cgroups)
     elif user := unprivileged_user(service):
         run["user"] = user
     if service.kind == "component" and spec.stage != "development":

@@ -63,10 +63,19 @@ class LocalRuntime(Runtime):
         if not sandbox.network_limits():
             own = {port for service in programs.allocate_ports(self.layout, spec).values() for port in service.values()}
             connect = tuple(sorted(own | set(settings.DIPLOI_OUTBOUND_PORTS)))
+        cgroups: tuple[str, ...] = ()
+        if not sandbox.cgroups_available():
+            limits = sandbox.Limits(
+                memory_bytes=settings.DIPLOI_LOCAL_MEMORY_MIB * 1024 * 1024,
+                cpu_percent=settings.DIPLOI_LOCAL_CPU_PERCENT,
+                processes=settings.DIPLOI_LOCAL_PROCESSES,
+            )
+            cgroups = tuple(str(p) for p in sandbox.prepare_cgroup(spec.id, limits))
         uid = sandbox.uid_of(spec.id, settings.DIPLOI_UID_BASE)
         if uid is None:
-            return Jail(connect=connect)
-        return Jail(uid=uid, identity=sandbox.identity_files(self.home(spec) / "etc", uid, f"d{spec.id}"), connect=connect)
+            return Jail(connect=connect, cgroups=cgroups)
+        identity = sandbox.identity_files(self.home(spec) / "etc", uid, f"d{spec.id}")
+        return Jail(uid=uid, identity=identity, connect=connect, cgroups=cgroups)
 
     @property
     def sftp_command(self) -> str | None:  # type: ignore[override]
@@ -83,7 +92,9 @@ class LocalRuntime(Runtime):
                 "TCP goes only to their own services and to DIPLOI_OUTBOUND_PORTS, but on those ports any host "
                 "answers (cloud metadata at 169.254.169.254 too), and UDP is not limited"
             )
-        missing = [("network", network), ("resources", "there are no memory, CPU or process limits per deployment")]
+        missing = [("network", network)]
+        if why := self.unsandboxed or sandbox.cgroups_available():
+            missing.append(("resources", f"there are no memory, CPU or process limits per deployment ({why})"))
         if why := self.unsandboxed:
             missing[:0] = [
                 ("files", f"a deployment's processes can read the platform's data directory and other deployments ({why})"),
@@ -154,7 +165,7 @@ class LocalRuntime(Runtime):
                 sandbox.give([release], jail.uid)
                 argv = jail.sandbox(release, release / service.folder).argv(argv)
             env = programs.environment(self.layout, spec, service, ports, jail)
-            return code.Launch(command, argv, env)
+            return code.Launch(command, argv, env, jail.preexec() if jail else None, settings.DIPLOI_BUILD_STEP_TIMEOUT)
 
         return code.build_release(spec, self.layout.releases(spec), launch, progress)
 
@@ -198,6 +209,8 @@ class LocalRuntime(Runtime):
         if home.exists():  # something was still writing into it
             _kill_processes_of(home)
             shutil.rmtree(home)
+        if not sandbox.cgroups_available():
+            sandbox.remove_cgroup(spec.id)
 
     # --- observe ------------------------------------------------------------------------------
 
@@ -257,7 +270,7 @@ class LocalRuntime(Runtime):
         if jail:
             own = tuple(programs.allocate_ports(self.layout, spec).get(service, {}).values())
             argv = jail.sandbox(self.layout.files_root(spec, svc), cwd, terminal=pty, bind=own).argv(argv)
-        return LocalShell(argv, cwd, env, pty)
+        return LocalShell(argv, cwd, env, pty, jail.preexec() if jail else None)
 
     def files_root(self, spec: DeploymentSpec, service: str) -> Path:
         root = self.layout.files_root(spec, spec.service(service))

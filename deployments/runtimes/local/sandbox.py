@@ -121,6 +121,11 @@ class Jail:
     uid: int | None = None
     identity: Path | None = None
     connect: tuple[int, ...] | None = None
+    cgroups: tuple[str, ...] = ()  # where its processes go, with the deployment's limits
+
+    def preexec(self):
+        """For the process that starts the sandbox: into the deployment's cgroups (None: none)."""
+        return enter(list(self.cgroups)) if self.cgroups else None
 
     def sandbox(self, writable: Path, cwd: Path, terminal: bool = False, bind: tuple[int, ...] = ()) -> Sandbox:
         return Sandbox(
@@ -205,3 +210,93 @@ def give(paths: list[Path], uid: int | None, force: bool = False) -> None:
             for name in dirs + files:
                 os.lchown(os.path.join(root, name), uid, uid)
         os.lchown(path, uid, uid)
+
+
+# --- resources: one cgroup per deployment (memory, CPU, process count) -----------------------------
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CONTROLLERS = ("memory", "cpu", "pids")
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_bytes: int
+    cpu_percent: int  # 100: one core
+    processes: int
+
+
+def _cgroup_v2() -> bool:
+    return (CGROUP_ROOT / "cgroup.controllers").exists()
+
+
+@cache
+def cgroups_available() -> str:
+    """Why deployments cannot get a cgroup each here ("" when they can)."""
+    if os.geteuid() != 0:
+        return "cgroups need Diploi to run as root"
+    try:
+        if _cgroup_v2():
+            present = (CGROUP_ROOT / "cgroup.controllers").read_text().split()
+            if missing := [c for c in CONTROLLERS if c not in present]:
+                return f"the cgroup v2 hierarchy has no {', '.join(missing)} controller"
+            base = CGROUP_ROOT / "diploi"
+            base.mkdir(exist_ok=True)
+            (CGROUP_ROOT / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in CONTROLLERS))
+            (base / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in CONTROLLERS))
+        else:
+            for controller in CONTROLLERS:
+                (CGROUP_ROOT / controller / "diploi").mkdir(exist_ok=True)
+    except OSError as e:
+        return f"cgroups cannot be created here ({e.strerror or e})"
+    return ""
+
+
+def cgroup_dirs(deployment_id: int) -> list[Path]:
+    if _cgroup_v2():
+        return [CGROUP_ROOT / "diploi" / f"d{deployment_id}"]
+    return [CGROUP_ROOT / controller / "diploi" / f"d{deployment_id}" for controller in CONTROLLERS]
+
+
+def prepare_cgroup(deployment_id: int, limits: Limits) -> list[Path]:
+    """The deployment's cgroup(s), created with its limits (written again each time: they may change)."""
+    dirs = cgroup_dirs(deployment_id)
+    for path in dirs:
+        path.mkdir(exist_ok=True)
+    quota = limits.cpu_percent * 1000  # µs per 100 ms period
+    if _cgroup_v2():
+        (dirs[0] / "memory.max").write_text(str(limits.memory_bytes))
+        (dirs[0] / "cpu.max").write_text(f"{quota} 100000")
+        (dirs[0] / "pids.max").write_text(str(limits.processes))
+    else:
+        memory, cpu, pids = dirs
+        (memory / "memory.limit_in_bytes").write_text(str(limits.memory_bytes))
+        (cpu / "cpu.cfs_period_us").write_text("100000")
+        (cpu / "cpu.cfs_quota_us").write_text(str(quota))
+        (pids / "pids.max").write_text(str(limits.processes))
+    return dirs
+
+
+def enter(dirs: list[str]):
+    """A preexec_fn that moves the new process (and so all it starts) into the cgroups."""
+
+    def move() -> None:
+        for path in dirs:
+            with open(os.path.join(path, "cgroup.procs"), "w") as f:
+                f.write("0")
+
+    return move
+
+
+def remove_cgroup(deployment_id: int) -> None:
+    for path in cgroup_dirs(deployment_id):
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            # processes still inside: kill them (the deployment is being destroyed), then remove
+            for pid in (path / "cgroup.procs").read_text().split():
+                try:
+                    os.kill(int(pid), 9)
+                except ProcessLookupError:
+                    pass

@@ -9,16 +9,16 @@ import struct
 import subprocess
 import termios
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
 class LocalShell:
     """A process in a service's directory and environment, with or without a terminal."""
 
-    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str], use_pty: bool) -> None:
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str], use_pty: bool, preexec: Callable[[], None] | None = None) -> None:
         env = {**env, "TERM": env.get("TERM", "xterm-256color")}
-        start = {"cwd": cwd, "env": env, "start_new_session": True}
+        start = {"cwd": cwd, "env": env, "start_new_session": True, "preexec_fn": preexec}
         if use_pty:
             self._master, slave = pty.openpty()
             self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, **start)

@@ -3,6 +3,7 @@
 # (another deployment's folder), P_PID (a process of the platform), P_REDIS_PORT and P_WEB_PORT (ports
 # the platform listens on) and P_OTHER_REDIS_PORT (another deployment's add-on).
 where=$1
+if [ "$where" = build ] && [ -n "$P_SLOW_BUILD" ]; then sleep "$P_SLOW_BUILD"; fi
 check() {
   name=$1; shift
   if "$@" >/dev/null 2>&1; then echo "$where $name: reached"; else echo "$where $name: refused"; fi
