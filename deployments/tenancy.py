@@ -3,7 +3,6 @@ each other serves one user only — open sign-up and adding members are refused,
 why — unless the operator explicitly allows it (DIPLOI_ALLOW_UNCONFINED=1)."""
 
 from dataclasses import dataclass
-from functools import cache
 
 from allauth.account.adapter import DefaultAccountAdapter
 from django.conf import settings
@@ -40,13 +39,8 @@ class Mode:
         return f"{self.confinement.describe()}; single-user mode (sign-up and new members refused)"
 
 
-@cache
-def _confinement() -> Confinement:
-    return get_runtime().confinement()
-
-
 def mode() -> Mode:
-    confinement = _confinement()
+    confinement = get_runtime().confinement()  # cheap: what it probes of the machine is probed once
     allowed = settings.DIPLOI_ALLOW_UNCONFINED
     return Mode(teams=confinement.complete or allowed, confinement=confinement, overridden=allowed and not confinement.complete)
 

@@ -1,13 +1,15 @@
 """A hostile deployment (tests/hostile/) tries to reach the platform and another deployment from its
 service, its build step and an SSH session: confined, every attempt is refused while the deployment
 still serves; with confinement switched off, every attempt succeeds (so the test cannot pass for
-nothing). TCP is probed towards the platform's ports and another deployment's add-on; cloud
-metadata, UDP and resource limits are not enforced yet and are not probed here."""
+nothing). The network probes reach for the platform's ports, another deployment's add-on, a cloud's
+metadata address and a UDP service; resource limits have tests of their own below."""
 
 import json
 import os
 import shutil
 import socket
+import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,8 @@ PROBES = (
     "platform_redis",
     "platform_web",
     "other_addon",
+    "cloud_metadata",
+    "udp",
 )
 
 pytestmark = pytest.mark.skipif(sandbox.available() != "", reason=f"no sandbox on this machine: {sandbox.available()}")
@@ -70,16 +74,42 @@ def deploy(cast, name: str, stage: str = "development") -> Deployment:
 
 @pytest.fixture
 def platform_ports():
-    """Two ports this machine's platform listens on (its Redis, its web server), as the test's own."""
+    """Ports of this machine a deployment must not reach: two the platform listens on (its Redis,
+    its web server), a UDP service that answers, and a stand-in for a cloud's metadata service at
+    169.254.169.254:80 (an address added to the loopback interface for the test)."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 (the metadata address)")
     servers = []
     for _ in range(2):
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
         s.listen(64)
         servers.append(s)
-    yield [s.getsockname()[1] for s in servers]
-    for s in servers:
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def answer() -> None:
+        udp.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                _, peer = udp.recvfrom(16)
+                udp.sendto(b"pong", peer)
+            except OSError:
+                continue
+
+    threading.Thread(target=answer, daemon=True).start()
+    added = subprocess.run(["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"], capture_output=True).returncode == 0
+    metadata = socket.socket()
+    metadata.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    metadata.bind(("169.254.169.254", 80))
+    metadata.listen(64)
+    yield [s.getsockname()[1] for s in servers] + [udp.getsockname()[1]]
+    stop.set()
+    for s in (*servers, udp, metadata):
         s.close()
+    if added:
+        subprocess.run(["ip", "addr", "del", "169.254.169.254/32", "dev", "lo"], capture_output=True)
 
 
 def targets(runtime, data_dir: Path, other: Deployment, platform_ports: list[int]) -> dict[str, str]:
@@ -92,6 +122,7 @@ def targets(runtime, data_dir: Path, other: Deployment, platform_ports: list[int
         "P_REDIS_PORT": str(platform_ports[0]),
         "P_WEB_PORT": str(platform_ports[1]),
         "P_OTHER_REDIS_PORT": str(other_ports["redis"]["redis"]),
+        "P_UDP_PORT": str(platform_ports[2]),
     }
 
 

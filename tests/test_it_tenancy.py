@@ -22,9 +22,10 @@ def test_each_runtime_says_what_it_does_not_confine(settings) -> None:
     if sandbox.available():
         expected = list(CONFINEMENT_PARTS)
     else:
-        expected = ["network"] + (["resources"] if sandbox.cgroups_available() else [])
-    assert not local.complete and [part for part, _ in local.missing] == expected
-    assert local.describe().startswith(f"deployments are NOT confined: {expected[0]}: ")
+        network = sandbox.network_limits() or sandbox.firewall(settings.DIPLOI_UID_BASE)
+        expected = (["network"] if network else []) + (["resources"] if sandbox.cgroups_available() else [])
+    assert [part for part, _ in local.missing] == expected
+    assert local.describe().startswith(f"deployments are NOT confined: {expected[0]}: " if expected else "deployments are confined: ")
     settings.DIPLOI_CONFINE = "off"
     assert [part for part, _ in get_runtime().confinement().missing] == list(CONFINEMENT_PARTS)
     settings.DIPLOI_RUNTIME = "kubernetes"
@@ -38,17 +39,23 @@ def test_each_runtime_says_what_it_does_not_confine(settings) -> None:
         get_runtime.cache_clear()
 
 
+@pytest.fixture
+def unconfined(settings) -> None:
+    """A machine that cannot confine deployments (here: the sandbox switched off)."""
+    settings.DIPLOI_CONFINE = "off"
+
+
 @pytest.mark.django_db
-def test_sign_up_is_refused_with_the_reason() -> None:
+def test_sign_up_is_refused_with_the_reason(unconfined) -> None:
     client = Client()
     page = html.unescape(client.get("/accounts/signup/").content.decode())
-    assert "Sign-up is closed" in page and "single-user mode" in page and "network:" in page
+    assert "Sign-up is closed" in page and "single-user mode" in page and "files:" in page
     client.post("/accounts/signup/", SIGNUP)
     assert not User.objects.filter(username="eve").exists()
     assert "single-user mode" in html.unescape(client.get("/accounts/login/").content.decode())  # the banner
 
 
-def test_members_are_refused_and_every_page_says_why(cast) -> None:
+def test_members_are_refused_and_every_page_says_why(cast, unconfined) -> None:
     client = cast.client(cast.owner)
     r = client.post(f"/projects/{cast.project.slug}/members/", {"who": "outsider", "role": "viewer"})
     body = html.unescape(r.content.decode())
@@ -63,7 +70,7 @@ def test_members_are_refused_and_every_page_says_why(cast) -> None:
         assert 'class="banner" role="status">This Diploi runs in single-user mode' in html.unescape(client.get(url).content.decode())
 
 
-def test_the_operator_can_allow_teams_and_the_pages_still_warn(cast, teams) -> None:
+def test_the_operator_can_allow_teams_and_the_pages_still_warn(cast, teams, unconfined) -> None:
     client = Client()
     assert client.post("/accounts/signup/", SIGNUP).status_code == 302
     assert User.objects.filter(username="eve").exists()
@@ -81,7 +88,7 @@ def test_up_says_whether_deployments_are_confined(tmp_path) -> None:
 
     from tests.conftest import BASE_DIR
 
-    env = {**os.environ, "DIPLOI_DATA_DIR": str(tmp_path)}
+    env = {**os.environ, "DIPLOI_DATA_DIR": str(tmp_path), "DIPLOI_CONFINE": "off"}
     env.pop("DIPLOI_ALLOW_UNCONFINED", None)
     # a port that is taken stops `up` right after its first lines
     import socket
@@ -93,5 +100,16 @@ def test_up_says_whether_deployments_are_confined(tmp_path) -> None:
         r = subprocess.run(
             [sys.executable, "manage.py", "up", "--port", str(port)], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60
         )
-    assert "deployments are NOT confined: " in r.stdout and "network: " in r.stdout
+    assert "deployments are NOT confined: files: " in r.stdout
     assert "single-user mode (sign-up and new members refused)" in r.stdout
+
+
+def test_a_machine_that_confines_everything_serves_teams(cast, settings) -> None:
+    from deployments.tenancy import mode
+
+    confinement = mode().confinement
+    if not confinement.complete:
+        pytest.skip(f"this machine does not confine everything: {confinement.describe()}")
+    assert mode().teams and not mode().overridden and mode().notice == ""
+    assert Client().post("/accounts/signup/", SIGNUP).status_code == 302
+    assert 'class="banner"' not in cast.client(cast.owner).get("/projects/").content.decode()

@@ -74,6 +74,7 @@ class LocalRuntime(Runtime):
         uid = sandbox.uid_of(spec.id, settings.DIPLOI_UID_BASE)
         if uid is None:
             return Jail(connect=connect, cgroups=cgroups)
+        sandbox.firewall(settings.DIPLOI_UID_BASE)  # in place before any of its processes starts
         identity = sandbox.identity_files(self.home(spec) / "etc", uid, f"d{spec.id}")
         return Jail(uid=uid, identity=identity, connect=connect, cgroups=cgroups)
 
@@ -85,14 +86,15 @@ class LocalRuntime(Runtime):
 
     def confinement(self) -> Confinement:
         unlimited = self.unsandboxed or sandbox.network_limits()
+        network = ""
         if unlimited:
             network = f"they can connect to the platform's Redis, database and web server ({unlimited})"
-        else:
+        elif firewall := sandbox.firewall(settings.DIPLOI_UID_BASE):
             network = (
                 "TCP goes only to their own services and to DIPLOI_OUTBOUND_PORTS, but on those ports any host "
-                "answers (cloud metadata at 169.254.169.254 too), and UDP is not limited"
+                f"answers (cloud metadata at 169.254.169.254 too), and UDP is not limited ({firewall})"
             )
-        missing = [("network", network)]
+        missing = [("network", network)] if network else []
         if why := self.unsandboxed or sandbox.cgroups_available():
             missing.append(("resources", f"there are no memory, CPU or process limits per deployment ({why})"))
         if why := self.unsandboxed:

@@ -300,3 +300,38 @@ def remove_cgroup(deployment_id: int) -> None:
                     os.kill(int(pid), 9)
                 except ProcessLookupError:
                     pass
+
+
+# --- network: what Landlock's port rules cannot say -------------------------------------------------
+
+UID_RANGE = 1_000_000  # deployment ids a uid range covers
+FIREWALL = (
+    # (command, rule): cloud metadata and other link-local addresses; UDP but DNS
+    ("iptables", ["-d", "169.254.0.0/16", "-j", "REJECT"]),
+    ("iptables", ["-p", "udp", "!", "--dport", "53", "-j", "REJECT"]),
+    ("ip6tables", ["-d", "fe80::/10", "-j", "REJECT"]),
+    ("ip6tables", ["-d", "fd00:ec2::254/128", "-j", "REJECT"]),
+    ("ip6tables", ["-p", "udp", "!", "--dport", "53", "-j", "REJECT"]),
+)
+
+
+@cache
+def firewall(uid_base: int) -> str:
+    """Reject, for every deployment's uid, what Landlock cannot: link-local addresses (cloud
+    metadata) and UDP other than DNS. Rules are added once and kept (checked first: idempotent).
+    Returns why this cannot be done here ("" when it is in place)."""
+    if os.geteuid() != 0:
+        return "address rules need Diploi to run as root"
+    owner = ["-m", "owner", "--uid-owner", f"{uid_base}-{uid_base + UID_RANGE - 1}"]
+    for command, rule in FIREWALL:
+        if shutil.which(command) is None:
+            return f"{command} is not installed (apt-get install iptables)"
+        spec = ["OUTPUT", *owner, *rule]
+        try:
+            if subprocess.run([command, "-w", "-C", *spec], capture_output=True, timeout=20).returncode != 0:
+                added = subprocess.run([command, "-w", "-I", *spec], capture_output=True, text=True, timeout=20)
+                if added.returncode != 0:
+                    return f"{command} refused a rule: {added.stderr.strip()[-200:]}"
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"{command} does not run here ({e})"
+    return ""

@@ -1,7 +1,8 @@
 # Each line says whether one way out of this deployment reached its target. The targets come from
 # the test, as env vars: P_DATA (the platform's data directory), P_DB (its database file), P_OTHER
 # (another deployment's folder), P_PID (a process of the platform), P_REDIS_PORT and P_WEB_PORT (ports
-# the platform listens on) and P_OTHER_REDIS_PORT (another deployment's add-on).
+# the platform listens on), P_OTHER_REDIS_PORT (another deployment's add-on) and P_UDP_PORT (a UDP
+# service of the machine); 169.254.169.254:80 stands for a cloud's metadata service.
 where=$1
 if [ "$where" = build ] && [ -n "$P_SLOW_BUILD" ]; then sleep "$P_SLOW_BUILD"; fi
 check() {
@@ -24,6 +25,13 @@ tcp() { python3 -c 'import socket, sys; socket.create_connection((sys.argv[1], i
 check platform_redis tcp 127.0.0.1 "$P_REDIS_PORT"
 check platform_web tcp 127.0.0.1 "$P_WEB_PORT"
 check other_addon tcp 127.0.0.1 "$P_OTHER_REDIS_PORT"
+check cloud_metadata tcp 169.254.169.254 80
+check udp python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(b"ping", ("127.0.0.1", int(sys.argv[1])))
+sys.exit(0 if s.recv(16) == b"pong" else 1)' "$P_UDP_PORT"
 # its own add-on, through the address it was given: this one must answer (once it has started; a
 # first build runs before the add-ons do)
 own_port=$(echo "$REDIS_URL" | sed 's/.*:\([0-9]*\)\/.*/\1/')
