@@ -179,3 +179,13 @@ def test_the_sample_project_deploys_from_a_fresh_install(platform: Platform, tmp
     assert sum(p.name().startswith("python") and "app.py" in " ".join(p.cmdline()) for p in procs) == 2
     assert platform.stop() == 0
     assert_all_gone(procs)
+
+
+def test_the_data_directory_is_the_platforms_alone(platform: Platform, tmp_path: Path) -> None:
+    platform.wait_for(r"Diploi is running at")
+    data = tmp_path / "data"
+    assert oct(data.stat().st_mode & 0o777) == "0o700"
+    for name in ("secret_key", "diploi.sqlite3", "ssh_host_ed25519_key"):
+        wait_until((data / name).exists, what=name)
+    for path in data.iterdir():  # whatever else is there too (the demo repository, Redis, deployments…)
+        assert path.stat().st_mode & 0o077 == 0, (path.name, oct(path.stat().st_mode))

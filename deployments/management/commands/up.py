@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 from django.conf import settings
@@ -18,8 +19,12 @@ class Command(BaseCommand):
     def handle(self, *args, port: int, host: str, data_dir: Path, **options) -> None:
         if not 1 <= port <= 65535:
             raise CommandError(f"--port {port} is not a TCP port number")
+        # Everything the platform and its processes create is theirs alone; deployments reach their
+        # own folders through their sandboxes.
+        os.umask(0o077)
         data_dir = data_dir.resolve()
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        data_dir.chmod(0o700)
         launcher = Launcher(
             host, port, data_dir, grace=settings.DIPLOI_SHUTDOWN_GRACE, extra=[("monitor", ["monitor"]), ("ssh", ["sshgateway"])]
         )
