@@ -15,7 +15,7 @@ its own (DIPLOI_UID_BASE + its id), which owns its folders, without capabilities
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -60,7 +60,6 @@ class Sandbox:
     identity: Path | None = None  # a folder with the passwd and group files that name that uid
     readable: tuple[Path, ...] = ()
     terminal: bool = False  # an interactive SSH session keeps its own terminal's session
-    env: dict[str, str] = field(default_factory=dict)
     # TCP ports it may connect to and listen on (Landlock); None: the network is not restricted
     connect: tuple[int, ...] | None = None
     bind: tuple[int, ...] = ()
@@ -99,8 +98,6 @@ class Sandbox:
         if self.connect is not None:
             args += ["--perms", "0755", "--dir", "/run/diploi", "--ro-bind", str(LANDLOCK), LANDLOCK_INSIDE]
         args += ["--chdir", str(self.cwd)]
-        for key, value in self.env.items():
-            args += ["--setenv", key, value]
         if self.connect is not None:
             ports = ["--connect", ",".join(map(str, sorted(self.connect))), "--bind", ",".join(map(str, sorted(self.bind)))]
             command = [PYTHON, LANDLOCK_INSIDE, *ports, "--", *command]
