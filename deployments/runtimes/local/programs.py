@@ -125,8 +125,7 @@ def run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: 
         "before": [command(layout, spec, service, ports, before)] if before else [],
     }
     if jail:
-        own = tuple(ports.get(service.identifier, {}).values())
-        run["sandbox"] = jail.sandbox(layout.files_root(spec, service), cwd, bind=own).prefix()
+        run["sandbox"] = jail.sandbox(layout.files_root(spec, service), cwd, service=service.identifier).prefix()
         run["owner"] = jail.uid  # of the fresh copy of a release
         run["cgroups"] = list(jail.cgroups)
     elif user := unprivileged_user(service):

@@ -56,13 +56,11 @@ class LocalRuntime(Runtime):
             return "confinement is switched off (DIPLOI_CONFINE=off)"
         return sandbox.available()
 
-    def jail(self, spec: DeploymentSpec) -> Jail | None:
+    def jail(self, spec: DeploymentSpec, ports: programs.Ports) -> Jail | None:
+        """The deployment's confinement (None when unconfined), its cgroups and firewall in place."""
         if self.unsandboxed:
             return None
-        connect = None
-        if not sandbox.network_limits():
-            own = {port for service in programs.allocate_ports(self.layout, spec).values() for port in service.values()}
-            connect = tuple(sorted(own | set(settings.DIPLOI_OUTBOUND_PORTS)))
+        network = {} if sandbox.network_limits() else {"ports": ports, "outbound": tuple(settings.DIPLOI_OUTBOUND_PORTS)}
         cgroups: tuple[str, ...] = ()
         if not sandbox.cgroups_available():
             limits = sandbox.Limits(
@@ -71,12 +69,16 @@ class LocalRuntime(Runtime):
                 processes=settings.DIPLOI_LOCAL_PROCESSES,
             )
             cgroups = tuple(str(p) for p in sandbox.prepare_cgroup(spec.id, limits))
-        uid = sandbox.uid_of(spec.id, settings.DIPLOI_UID_BASE)
+        uid = self._uid(spec)
         if uid is None:
-            return Jail(connect=connect, cgroups=cgroups)
+            return Jail(cgroups=cgroups, **network)
         sandbox.firewall(settings.DIPLOI_UID_BASE)  # in place before any of its processes starts
         identity = sandbox.identity_files(self.home(spec) / "etc", uid, f"d{spec.id}")
-        return Jail(uid=uid, identity=identity, connect=connect, cgroups=cgroups)
+        return Jail(uid=uid, identity=identity, cgroups=cgroups, **network)
+
+    def _uid(self, spec: DeploymentSpec) -> int | None:
+        """The deployment's own uid (confined, as root), which owns its folders."""
+        return None if self.unsandboxed else sandbox.uid_of(spec.id, settings.DIPLOI_UID_BASE)
 
     @property
     def sftp_command(self) -> str | None:  # type: ignore[override]
@@ -112,7 +114,7 @@ class LocalRuntime(Runtime):
         for sub in ("logs", "run"):
             (home / sub).mkdir(parents=True, exist_ok=True)
         ports = programs.allocate_ports(self.layout, spec)
-        jail = self.jail(spec)
+        jail = self.jail(spec, ports)
         if spec.stage == "development":
             written = code.checkout(spec, self.layout.code(spec))
             if jail:
@@ -156,7 +158,7 @@ class LocalRuntime(Runtime):
     def build(self, spec: DeploymentSpec, progress: Progress) -> str:
         self.layout.releases(spec).mkdir(parents=True, exist_ok=True)
         ports = programs.allocate_ports(self.layout, spec)
-        jail = self.jail(spec)
+        jail = self.jail(spec, ports)
 
         def launch(step: str, service: ServiceSpec, release: Path) -> code.Launch | None:
             if not service.commands.get(step):
@@ -192,8 +194,7 @@ class LocalRuntime(Runtime):
             tmp = dst.with_name(f".{part}.copy")
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(src, tmp, symlinks=True)
-            if jail := self.jail(target):
-                sandbox.give([tmp], jail.uid)
+            sandbox.give([tmp], self._uid(target))
             tmp.rename(dst)
 
     def destroy(self, spec: DeploymentSpec) -> None:
@@ -267,11 +268,11 @@ class LocalRuntime(Runtime):
         if not cwd.is_dir():
             raise RuntimeFailure(f"{service} has no working directory yet; is the deployment running?")
         argv = ["/bin/sh", "-c", command] if command else ["/bin/sh", "-i" if pty else "-s"]
-        jail = self.jail(spec)
-        env = programs.environment(self.layout, spec, svc, programs.allocate_ports(self.layout, spec), jail)
+        ports = programs.allocate_ports(self.layout, spec)
+        jail = self.jail(spec, ports)
+        env = programs.environment(self.layout, spec, svc, ports, jail)
         if jail:
-            own = tuple(programs.allocate_ports(self.layout, spec).get(service, {}).values())
-            argv = jail.sandbox(self.layout.files_root(spec, svc), cwd, terminal=pty, bind=own).argv(argv)
+            argv = jail.sandbox(self.layout.files_root(spec, svc), cwd, service=service, terminal=pty).argv(argv)
         return LocalShell(argv, cwd, env, pty, jail.preexec() if jail else None)
 
     def files_root(self, spec: DeploymentSpec, service: str) -> Path:

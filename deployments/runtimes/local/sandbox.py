@@ -112,27 +112,28 @@ class Sandbox:
 
 @dataclass(frozen=True)
 class Jail:
-    """A deployment's confinement: its processes run sandboxed, as `uid` when the platform is root,
-    with TCP limited to `connect` (None: not limited)."""
+    """A deployment's confinement: its processes run sandboxed, as `uid` when the platform is root.
+    With `ports` (its services' allocated ports), TCP is limited to those and `outbound`, and each
+    service listens only on its own; without, the network is not limited."""
 
     uid: int | None = None
     identity: Path | None = None
-    connect: tuple[int, ...] | None = None
+    ports: dict[str, dict[str, int]] | None = None
+    outbound: tuple[int, ...] = ()
     cgroups: tuple[str, ...] = ()  # where its processes go, with the deployment's limits
 
     def preexec(self):
         """For the process that starts the sandbox: into the deployment's cgroups (None: none)."""
         return enter(list(self.cgroups)) if self.cgroups else None
 
-    def sandbox(self, writable: Path, cwd: Path, terminal: bool = False, bind: tuple[int, ...] = ()) -> Sandbox:
+    def sandbox(self, writable: Path, cwd: Path, service: str | None = None, terminal: bool = False) -> Sandbox:
+        """The sandbox of a process of `service` (None: a build step, which listens on nothing)."""
+        connect = bind = None
+        if self.ports is not None:
+            connect = tuple(sorted({p for own in self.ports.values() for p in own.values()} | set(self.outbound)))
+            bind = tuple(self.ports.get(service, {}).values()) if service else ()
         return Sandbox(
-            writable=(writable,),
-            cwd=cwd,
-            uid=self.uid,
-            identity=self.identity,
-            terminal=terminal,
-            connect=self.connect,
-            bind=bind if self.connect is not None else (),
+            writable=(writable,), cwd=cwd, uid=self.uid, identity=self.identity, terminal=terminal, connect=connect, bind=bind or ()
         )
 
 
