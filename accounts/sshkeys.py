@@ -5,8 +5,12 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+from django.utils.crypto import salted_hmac
 
 MIN_RSA_BITS = 2048
 MAX_KEY_LENGTH = 16 * 1024
@@ -101,3 +105,102 @@ def parse_public_key(text: str) -> PublicKey:
 
     comment = parts[2].strip() if len(parts) > 2 else ""
     return PublicKey(key_type=key_type, blob=blob, comment=comment)
+
+
+# Proof of possession: the person adding a key signs a challenge with it (`ssh-keygen -Y sign`), so nobody
+# can register someone else's public key (public keys are public) and have that person's logins land in
+# their deployments. The signature format is OpenSSH's PROTOCOL.sshsig.
+
+SIGNATURE_NAMESPACE = "diploi-ssh-key"
+_ARMOR = re.compile(r"-----BEGIN SSH SIGNATURE-----(.*?)-----END SSH SIGNATURE-----", re.DOTALL)
+_SIG_HASHES = {"sha256": hashes.SHA256, "sha512": hashes.SHA512}
+_ECDSA_HASHES = {"ecdsa-sha2-nistp256": hashes.SHA256, "ecdsa-sha2-nistp384": hashes.SHA384, "ecdsa-sha2-nistp521": hashes.SHA512}
+_RSA_HASHES = {"rsa-sha2-256": hashes.SHA256, "rsa-sha2-512": hashes.SHA512}  # ssh-rsa (SHA-1) is not accepted
+
+
+class BadSignature(ValueError):
+    pass
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.at = data, 0
+
+    def raw(self, n: int) -> bytes:
+        if self.at + n > len(self.data):
+            raise BadSignature("The signature is truncated; paste every line of it.")
+        chunk = self.data[self.at : self.at + n]
+        self.at += n
+        return chunk
+
+    def uint32(self) -> int:
+        return int.from_bytes(self.raw(4), "big")
+
+    def string(self) -> bytes:
+        return self.raw(self.uint32())
+
+    def mpint(self) -> int:
+        return int.from_bytes(self.string(), "big", signed=True)
+
+
+def _string(value: bytes) -> bytes:
+    return len(value).to_bytes(4, "big") + value
+
+
+def challenge_for(user_pk: int, fingerprint: str) -> str:
+    """What the user signs: bound to this Diploi (its secret key), the user and the key."""
+    return "diploi-key-proof-" + salted_hmac("accounts.sshkey-proof", f"{user_pk}:{fingerprint}").hexdigest()[:32]
+
+
+def sign_command(key: PublicKey, challenge: str) -> str:
+    """The command that prints the signature (with the key's usual file name; an agent-held key works too)."""
+    name = {"ssh-ed25519": "id_ed25519", "ssh-rsa": "id_rsa"}.get(key.key_type, "id_ecdsa")
+    return f"printf %s {challenge} | ssh-keygen -Y sign -n {SIGNATURE_NAMESPACE} -f ~/.ssh/{name}"
+
+
+def verify_signature(key: PublicKey, armored: str, message: str) -> None:
+    """Raise BadSignature (with a message fit to show) unless `armored` is `key`'s SSHSIG over `message`."""
+    found = _ARMOR.search(armored or "")
+    if not found:
+        raise BadSignature("Paste the whole signature, from -----BEGIN SSH SIGNATURE----- to -----END SSH SIGNATURE-----.")
+    try:
+        blob = base64.b64decode("".join(found.group(1).split()), validate=True)
+    except ValueError:
+        raise BadSignature("The signature is not valid base64; paste it exactly as ssh-keygen printed it.") from None
+    r = _Reader(blob)
+    if r.raw(6) != b"SSHSIG" or r.uint32() != 1:
+        raise BadSignature("This is not an SSH signature made by ssh-keygen -Y sign.")
+    signer, namespace, _reserved, hash_name = r.string(), r.string(), r.string(), r.string().decode(errors="replace")
+    signature = _Reader(r.string())
+    if signer != key.blob:
+        raise BadSignature("The signature was made with a different key than the one above.")
+    if namespace != SIGNATURE_NAMESPACE.encode():
+        raise BadSignature(f"The signature is for another purpose; sign with -n {SIGNATURE_NAMESPACE}.")
+    if hash_name not in _SIG_HASHES:
+        raise BadSignature(f"The signature uses the hash {hash_name!r}; sign with ssh-keygen's default (sha512).")
+    algorithm, sig = signature.string().decode(errors="replace"), signature.string()
+    public = load_ssh_public_key(key.openssh.encode())
+    # The user may have signed with `echo` (a trailing newline) rather than `printf %s`: both prove possession.
+    for text in (message, message + "\n"):
+        h = hashes.Hash(_SIG_HASHES[hash_name]())
+        h.update(text.encode())
+        signed = b"SSHSIG" + _string(namespace) + _string(b"") + _string(hash_name.encode()) + _string(h.finalize())
+        if _verifies(public, algorithm, sig, signed):
+            return
+    raise BadSignature("The signature does not match; sign exactly the challenge shown, with this key.")
+
+
+def _verifies(public: object, algorithm: str, sig: bytes, signed: bytes) -> bool:
+    try:
+        if isinstance(public, ed25519.Ed25519PublicKey) and algorithm == "ssh-ed25519":
+            public.verify(sig, signed)
+        elif isinstance(public, ec.EllipticCurvePublicKey) and algorithm in _ECDSA_HASHES:
+            rs = _Reader(sig)
+            public.verify(encode_dss_signature(rs.mpint(), rs.mpint()), signed, ec.ECDSA(_ECDSA_HASHES[algorithm]()))
+        elif isinstance(public, rsa.RSAPublicKey) and algorithm in _RSA_HASHES:
+            public.verify(sig, signed, padding.PKCS1v15(), _RSA_HASHES[algorithm]())
+        else:
+            return False
+    except InvalidSignature:
+        return False
+    return True

@@ -29,10 +29,10 @@ def settings(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def ssh_keys(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
-        return _keys_page(request, SSHKeyForm())
+        return _keys_page(request, SSHKeyForm(user=request.user))
 
-    form = SSHKeyForm(request.POST)
-    if form.is_valid():
+    form = SSHKeyForm(request.POST, user=request.user)
+    if form.is_valid() and form.proven:
         try:
             with transaction.atomic():
                 SSHKey.objects.create(
@@ -48,7 +48,7 @@ def ssh_keys(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, f"SSH key “{form.cleaned_data['title']}” added.")
             if request.htmx:
-                return _keys_page(request, SSHKeyForm())
+                return _keys_page(request, SSHKeyForm(user=request.user))
             return redirect_to(request, "accounts:ssh_keys")
     return _keys_page(request, form)
 
@@ -60,5 +60,5 @@ def ssh_key_delete(request: HttpRequest, pk: int) -> HttpResponse:
     key.delete()
     messages.success(request, f"SSH key “{key.title}” deleted.")
     if request.htmx:
-        return _keys_page(request, SSHKeyForm())
+        return _keys_page(request, SSHKeyForm(user=request.user))
     return redirect_to(request, "accounts:ssh_keys")

@@ -4,12 +4,14 @@ from django.views.generic import RedirectView
 
 from deployments.ci.api import ci_build_report
 from diploi.views import healthz
+from projects.urls import invitation_urlpatterns
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="projects:list", permanent=False)),
     path("accounts/", include("allauth.urls")),
     path("account/", include("accounts.urls")),
     path("projects/", include("projects.urls")),
+    path("invitations/", include(invitation_urlpatterns)),
     path("projects/", include("deployments.web.urls")),
     path("api/ci/builds/", ci_build_report, name="ci_build_report"),
     path("admin/", admin.site.urls),

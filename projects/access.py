@@ -1,8 +1,10 @@
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
+from django.shortcuts import get_object_or_404
 
 from accounts.models import User
-from projects.models import Membership, Project
+from projects.invitations import addressed_to
+from projects.models import Invitation, Membership, Project
 
 
 def get_project_for_user(user: User, slug: str, write: bool = False, owner: bool = False) -> Project:
@@ -27,3 +29,8 @@ def get_project_for_user(user: User, slug: str, write: bool = False, owner: bool
 
 def projects_for_user(user: User):
     return Project.objects.filter(memberships__user=user).order_by("name")
+
+
+def get_invitation_for_user(user: User, pk: int) -> Invitation:
+    """A pending invitation addressed to the user (username or verified address); anyone else gets 404."""
+    return get_object_or_404(addressed_to(user), pk=pk)

@@ -1,8 +1,10 @@
+import re
+
 from django import forms
+from django.core import validators
 from django.db.models import Q
 from django.utils.text import slugify
 
-from accounts.models import User
 from projects.models import Membership, Project, Role
 
 
@@ -27,24 +29,34 @@ class ProjectForm(forms.ModelForm):
         return name
 
 
-class MemberForm(forms.Form):
-    who = forms.CharField(label="Username or email", max_length=254)
+class InviteForm(forms.Form):
+    """Whom to invite. Whether the username or address has an account here is not looked up: the answer
+    would tell an owner who is registered."""
+
+    who = forms.CharField(
+        label="Username or e-mail address",
+        max_length=254,
+        help_text="They join when they accept: from the link you send them, or on their Projects page.",
+    )
     role = forms.ChoiceField(choices=Role.choices, initial=Role.DEVELOPER)
 
     def __init__(self, *args, project: Project, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.project = project
 
-    def clean_who(self) -> User:
-        who = self.cleaned_data["who"].strip()
-        users = list(User.objects.filter(Q(username__iexact=who) | Q(email__iexact=who), is_active=True)[:2])
-        if not users:
-            raise forms.ValidationError(f"There is no user “{who}”.")
-        if len(users) > 1:
-            raise forms.ValidationError(f"“{who}” matches more than one user; use the username.")
-        if Membership.objects.filter(project=self.project, user=users[0]).exists():
-            raise forms.ValidationError(f"{users[0].username} is already a member.")
-        return users[0]
+    def clean_who(self) -> str:
+        who = self.cleaned_data["who"].strip().lower()
+        if "@" in who:
+            try:
+                validators.validate_email(who)
+            except forms.ValidationError:
+                raise forms.ValidationError(f"“{who}” is not a valid e-mail address.") from None
+        elif not re.fullmatch(r"[\w.+-]+", who):
+            raise forms.ValidationError("A username has letters, digits and . + - _ only.")
+        members = Membership.objects.filter(project=self.project)
+        if members.filter(Q(user__username__iexact=who) | Q(user__email__iexact=who)).exists():
+            raise forms.ValidationError(f"{who} is already a member.")
+        return who
 
 
 class RoleForm(forms.Form):

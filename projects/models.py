@@ -108,3 +108,53 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} is {self.role} of {self.project}"
+
+
+INVITATION_DAYS = 7
+
+
+class Invitation(models.Model):
+    """A place in a project offered to someone, who joins by accepting it.
+
+    Addressed to a username or an e-mail address: the invitee sees it on their Projects page when the
+    username is theirs or the address is one they have verified; the link shown once to the owner works
+    for whoever holds it. Creating one says nothing about whether the address has an account.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="invitations")
+    invitee = models.CharField(max_length=254, help_text="The username or e-mail address it is addressed to, lower-cased.")
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.DEVELOPER)
+    token_hash = models.CharField(max_length=64, unique=True)
+    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created = models.DateTimeField(auto_now_add=True)
+    expires = models.DateTimeField()
+
+    class Meta:
+        ordering = ["created"]
+        constraints = [models.UniqueConstraint(fields=["project", "invitee"], name="one_invitation_per_invitee")]
+
+    def __str__(self) -> str:
+        return f"{self.invitee} invited to {self.project} as {self.role}"
+
+    @classmethod
+    def issue(cls, project: Project, invitee: str, role: str, by) -> tuple["Invitation", str]:
+        """A new invitation (replacing an earlier one to the same invitee) and its token, returned once."""
+        token = secrets.token_urlsafe(24)
+        cls.objects.filter(project=project, invitee=invitee).delete()
+        invitation = cls.objects.create(
+            project=project,
+            invitee=invitee,
+            role=role,
+            token_hash=_token_hash(token),
+            invited_by=by,
+            expires=timezone.now() + timezone.timedelta(days=INVITATION_DAYS),
+        )
+        return invitation, token
+
+    @classmethod
+    def pending(cls) -> models.QuerySet["Invitation"]:
+        return cls.objects.filter(expires__gt=timezone.now())
+
+    @classmethod
+    def for_token(cls, token: str) -> "Invitation | None":
+        return cls.pending().select_related("project", "invited_by").filter(token_hash=_token_hash(token)).first()

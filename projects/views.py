@@ -1,21 +1,25 @@
 import shutil
+import smtplib
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Count, ProtectedError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.module_loading import import_string
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from diploi.http import redirect_to
-from projects.access import get_project_for_user, projects_for_user
-from projects.forms import DeleteProjectForm, MemberForm, ProjectForm, RoleForm, unique_slug
-from projects.models import Membership, Project, Role, builds_externally
+from projects.access import get_invitation_for_user, get_project_for_user, projects_for_user
+from projects.forms import DeleteProjectForm, InviteForm, ProjectForm, RoleForm, unique_slug
+from projects.invitations import accept, addressed_to
+from projects.models import Invitation, Membership, Project, Role, builds_externally
 from projects.stack import branches, project_mirror, refresh_stack
 
 
@@ -26,7 +30,8 @@ def project_list(request: HttpRequest) -> HttpResponse:
     roles = dict(Membership.objects.filter(user=request.user).values_list("project_id", "role"))
     for project in projects:
         project.role = roles.get(project.pk, "")
-    return TemplateResponse(request, "projects/list.html", {"projects": projects})
+    ctx = {"projects": projects, "invitations": addressed_to(request.user)}
+    return TemplateResponse(request, "projects/list.html", ctx)
 
 
 @login_required
@@ -61,7 +66,9 @@ def _settings_page(request: HttpRequest, project: Project, **forms) -> HttpRespo
     ctx = {
         "project": project,
         "form": forms.get("form") or ProjectForm(instance=project),
-        "member_form": forms.get("member_form") or MemberForm(project=project),
+        "member_form": forms.get("member_form") or InviteForm(project=project),
+        "invitations": project.invitations.filter(expires__gt=timezone.now()).select_related("invited_by"),
+        "new_invitation": forms.get("new_invitation"),
         "delete_form": forms.get("delete_form") or DeleteProjectForm(project=project),
         "members": project.memberships.select_related("user"),
         "roles": Role.choices,
@@ -92,22 +99,84 @@ def project_settings(request: HttpRequest, slug: str) -> HttpResponse:
     return _settings_page(request, project, form=form, partial="general")
 
 
+def _refusal() -> str:
+    """Why nobody may join projects now ("" in team mode)."""
+    return import_string(settings.DIPLOI_MEMBERS_REFUSED)()
+
+
 @login_required
 @require_POST
 def member_add(request: HttpRequest, slug: str) -> HttpResponse:
+    """Invite someone; they become a member when they accept. The link is shown once (only its hash is kept)."""
     project = get_project_for_user(request.user, slug, owner=True)
-    form = MemberForm(request.POST, project=project)
-    if refused := import_string(settings.DIPLOI_MEMBERS_REFUSED)():
+    form = InviteForm(request.POST, project=project)
+    if refused := _refusal():
         form.is_valid()
         form.add_error(None, f"Members cannot be added: {refused}")
     elif form.is_valid():
-        user = form.cleaned_data["who"]
-        Membership.objects.create(project=project, user=user, role=form.cleaned_data["role"])
-        messages.success(request, f"{user.username} added as {Role(form.cleaned_data['role']).label.lower()}.")
-        if not request.htmx:
-            return redirect_to(request, "projects:settings", project.slug)
-        form = None
+        invitation, token = Invitation.issue(project, form.cleaned_data["who"], form.cleaned_data["role"], request.user)
+        link = request.build_absolute_uri(reverse("invitations:open", args=[token]))
+        sent = send_invitation(invitation, link) if "@" in invitation.invitee else ""
+        new = {"invitee": invitation.invitee, "link": link, "sent": sent}
+        return _settings_page(request, project, new_invitation=new, partial="members")
     return _settings_page(request, project, member_form=form, partial="members")
+
+
+def send_invitation(invitation: Invitation, link: str) -> str:
+    """E-mail the link to an invited address; what to tell the owner about it."""
+    by = invitation.invited_by.username if invitation.invited_by else "An owner"
+    body = (
+        f"{by} invites you to the project “{invitation.project.name}” on Diploi as {invitation.get_role_display().lower()}.\n\n"
+        f"Open this link to accept (log in or sign up first); it works until {invitation.expires:%Y-%m-%d %H:%M} UTC:\n{link}\n"
+    )
+    try:
+        send_mail(f"Invitation to {invitation.project.name} on Diploi", body, None, [invitation.invitee])
+    except (OSError, smtplib.SMTPException) as e:
+        return f"The e-mail could not be sent ({e.__class__.__name__}); send the link yourself."
+    return f"An e-mail with the link was sent to {invitation.invitee}."
+
+
+@login_required
+@require_POST
+def invitation_cancel(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
+    project = get_project_for_user(request.user, slug, owner=True)
+    invitation = get_object_or_404(Invitation, pk=pk, project=project)
+    invitation.delete()
+    messages.success(request, f"The invitation to {invitation.invitee} was cancelled; its link no longer works.")
+    return _members_changed(request, project)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def invitation_open(request: HttpRequest, token: str) -> HttpResponse:
+    """The link an owner sends: whoever holds it (logged in) may accept or decline."""
+    invitation = Invitation.for_token(token)
+    if invitation is None:
+        return TemplateResponse(request, "projects/invitation.html", {"invitation": None}, status=404)
+    if request.method == "GET":
+        return TemplateResponse(request, "projects/invitation.html", {"invitation": invitation, "refusal": _refusal()})
+    return _answer(request, invitation)
+
+
+@login_required
+@require_POST
+def invitation_answer(request: HttpRequest, pk: int) -> HttpResponse:
+    """Accept or decline, from the Projects page, an invitation addressed to one's username or verified address."""
+    return _answer(request, get_invitation_for_user(request.user, pk))
+
+
+def _answer(request: HttpRequest, invitation: Invitation) -> HttpResponse:
+    name = invitation.project.name
+    if request.POST.get("answer") == "decline":
+        invitation.delete()
+        messages.success(request, f"You declined the invitation to “{name}”.")
+        return redirect_to(request, "projects:list")
+    if refused := _refusal():
+        messages.error(request, f"You cannot join “{name}” now: {refused}")
+        return redirect_to(request, "projects:list")
+    membership = accept(invitation, request.user)
+    messages.success(request, f"You joined “{name}” as {membership.get_role_display().lower()}.")
+    return redirect_to(request, membership.project)
 
 
 def _members_changed(request: HttpRequest, project: Project) -> HttpResponse:

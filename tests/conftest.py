@@ -38,6 +38,12 @@ def teams(settings) -> None:
 
 
 @pytest.fixture
+def unconfined(settings) -> None:
+    """A machine that cannot confine deployments (here: the sandbox switched off)."""
+    settings.DIPLOI_CONFINE = "off"
+
+
+@pytest.fixture
 def local_repositories(settings, tmp_path: Path) -> None:
     """Projects may use repositories in the test's temporary folder, as an operator allows with
     DIPLOI_LOCAL_REPOSITORIES."""

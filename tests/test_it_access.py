@@ -3,13 +3,14 @@
 import pytest
 
 from deployments.models import Deployment
-from projects.models import Membership, Project, Role
+from projects.models import Invitation, Membership, Project, Role
 
 
 def project_urls(cast) -> dict[str, tuple[str, dict, str]]:
     """name -> (url, POST data or None for GET, the weakest role that may use it)."""
     slug = cast.project.slug
     viewer_membership = Membership.objects.get(user=cast.viewer, project=cast.project)
+    invitation = Invitation.objects.filter(project=cast.project).first() or Invitation.issue(cast.project, "ada", "viewer", None)[0]
     return {
         "detail": (f"/projects/{slug}/", None, "viewer"),
         "settings": (f"/projects/{slug}/settings/", None, "viewer"),
@@ -22,6 +23,7 @@ def project_urls(cast) -> dict[str, tuple[str, dict, str]]:
         "add member": (f"/projects/{slug}/members/", {"who": "outsider", "role": "viewer"}, "owner"),
         "change role": (f"/projects/{slug}/members/{viewer_membership.pk}/", {"role": "developer"}, "owner"),
         "remove member": (f"/projects/{slug}/members/{viewer_membership.pk}/remove/", {}, "owner"),
+        "cancel invitation": (f"/projects/{slug}/invitations/{invitation.pk}/cancel/", {}, "owner"),
         "delete": (f"/projects/{slug}/delete/", {"confirm": "Shop"}, "owner"),
     }
 
@@ -33,6 +35,7 @@ NEEDED = {
     "add member": "owner",
     "change role": "owner",
     "remove member": "owner",
+    "cancel invitation": "owner",
     "delete": "owner",
 }
 TOO_WEAK = [(role, name) for name, needed in NEEDED.items() for role in ("viewer", "developer") if RANK[role] < RANK[needed]]
@@ -44,10 +47,11 @@ def call(client, url: str, data: dict | None):
 
 def snapshot(cast) -> tuple:
     project = Project.objects.filter(pk=cast.project.pk).values_list("name", "stack_checked").first()
-    return project, sorted(Membership.objects.values_list("user__username", "role"))
+    members = sorted(Membership.objects.values_list("user__username", "role"))
+    return project, members, sorted(Invitation.objects.values_list("invitee", "role"))
 
 
-@pytest.mark.parametrize("name", ["detail", "settings", "refresh", "save settings", "add member", "change role", "remove member", "delete"])
+@pytest.mark.parametrize("name", ["detail", "settings", "refresh", "save settings", "add member", "change role", "remove member", "cancel invitation", "delete"])
 def test_it_answers_404_to_outsiders_and_changes_nothing(cast, name: str) -> None:
     url, data, _ = project_urls(cast)[name]
     before = snapshot(cast)
@@ -55,7 +59,7 @@ def test_it_answers_404_to_outsiders_and_changes_nothing(cast, name: str) -> Non
     assert snapshot(cast) == before
 
 
-@pytest.mark.parametrize("name", ["detail", "settings", "refresh", "save settings", "add member", "change role", "remove member", "delete"])
+@pytest.mark.parametrize("name", ["detail", "settings", "refresh", "save settings", "add member", "change role", "remove member", "cancel invitation", "delete"])
 def test_it_redirects_anonymous_users_to_login(cast, name: str) -> None:
     url, data, _ = project_urls(cast)[name]
     before = snapshot(cast)
@@ -98,13 +102,13 @@ def test_it_needs_a_csrf_token_even_for_htmx(cast, teams) -> None:
     url = f"/projects/{cast.project.slug}/members/"
     data = {"who": "outsider", "role": "viewer"}
     assert client.post(url, data, headers={"HX-Request": "true"}).status_code == 403
-    assert not Membership.objects.filter(user=cast.outsider).exists()
+    assert not Invitation.objects.filter(invitee="outsider").exists()
 
     client.get(f"/projects/{cast.project.slug}/settings/")  # sets the CSRF cookie
     token = client.cookies["csrftoken"].value
     r = client.post(url, data, headers={"HX-Request": "true", "X-CSRFToken": token})
     assert r.status_code == 200
-    assert Membership.objects.get(user=cast.outsider).role == Role.VIEWER
+    assert Invitation.objects.get(invitee="outsider").role == Role.VIEWER
 
 
 def test_the_page_carries_the_csrf_token_for_htmx(cast) -> None:

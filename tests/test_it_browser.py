@@ -86,15 +86,26 @@ def test_a_new_user_deploys_the_demo_project(platform: Platform, browser, tmp_pa
     key = private.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode() + " ada@laptop"
     page.goto("/account/keys/")
     page.fill("textarea[name=public_key]", key)
-    page.click("text=Add key")
+    page.click("button:has-text('Continue')")
+    # She runs the signing command the page shows, in her own shell, with her key file, and pastes its output.
+    command = page.text_content("#sign-command").replace("~/.ssh/id_ed25519", str(key_file))
+    signature = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=True).stdout
+    page.fill("textarea[name=signature]", signature)
+    page.click("button:has-text('Add key')")
     page.wait_for_selector("text=SHA256:")
 
-    # The demo project's owner makes her an owner too.
+    # The demo project's owner invites her as an owner too, and she accepts on her Projects page.
     demo = log_in_as_demo(browser, base, demo_password)
     demo.goto("/projects/diploi-sample/settings/")
     demo.fill("input[name=who]", "ada")
     demo.select_option("#id_role", "owner")
-    demo.click("text=Add member")
+    demo.click("button:has-text('Invite')")
+    demo.wait_for_selector("#invitation-link")
+    page.goto("/projects/")
+    page.wait_for_selector("text=invites you to")
+    page.click("button:has-text('Accept')")
+    page.wait_for_url("**/projects/diploi-sample/")
+    demo.reload()
     demo.wait_for_selector("text=ada@example.com")
 
     # She opens the demo project and creates a development deployment.

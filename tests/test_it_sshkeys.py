@@ -1,4 +1,5 @@
 import base64
+import re
 import subprocess
 from pathlib import Path
 
@@ -7,7 +8,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from accounts.models import SSHKey
-from accounts.sshkeys import InvalidKey, parse_public_key
+from accounts.sshkeys import SIGNATURE_NAMESPACE, InvalidKey, challenge_for, parse_public_key
 
 OpenSSH = serialization.Encoding.OpenSSH
 
@@ -95,15 +96,49 @@ def test_it_computes_the_fingerprint_ssh_keygen_prints(key, tmp_path: Path) -> N
     assert parse_public_key(public_line(key)).fingerprint == out.split()[1]
 
 
-def test_it_adds_lists_and_deletes_keys(cast) -> None:
-    client = cast.client(cast.developer)
-    line = public_line(ED25519)
-    r = client.post("/account/keys/", {"title": "", "public_key": line})
-    assert r.status_code == 302
-    key = SSHKey.objects.get(user=cast.developer)
-    assert key.title == "me@laptop"  # the comment is the default title
-    assert key.public_key == public_line(ED25519, comment="")
+def ssh_keygen_sign(private_key, message: str, tmp_path: Path, namespace: str = SIGNATURE_NAMESPACE) -> str:
+    """What the user does on their own machine: the real ssh-keygen signs the challenge with their key."""
+    path = tmp_path / f"id_{id(private_key)}"
+    path.write_text(private_pem(private_key))
+    path.chmod(0o600)
+    done = subprocess.run(
+        ["ssh-keygen", "-Y", "sign", "-n", namespace, "-f", str(path)], input=message, capture_output=True, text=True, check=True
+    )
+    return done.stdout
 
+
+def add_key(client, private_key, tmp_path: Path, title: str = "") -> tuple:
+    """Both steps as the page does them: paste the key, run the command shown, paste its output."""
+    line = public_line(private_key)
+    first = client.post("/account/keys/", {"title": title, "public_key": line})
+    command = re.search(r'<code id="sign-command"[^>]*>(.*?)</code>', first.content.decode()).group(1)
+    challenge = re.match(r"printf %s (\S+) \| ssh-keygen -Y sign -n diploi-ssh-key -f ~/.ssh/id_\w+$", command).group(1)
+    signature = ssh_keygen_sign(private_key, challenge, tmp_path)
+    return first, client.post("/account/keys/", {"title": title, "public_key": line, "step": "sign", "signature": signature})
+
+
+@pytest.mark.parametrize(
+    "key",
+    [ED25519, RSA_2048, *(ec.generate_private_key(curve()) for curve in (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1))],
+    ids=["ed25519", "rsa", "nistp256", "nistp384", "nistp521"],
+)
+def test_it_adds_a_key_once_its_holder_signs_the_challenge(cast, key, tmp_path: Path) -> None:
+    client = cast.client(cast.developer)
+    first = client.post("/account/keys/", {"title": "", "public_key": public_line(key)}).content.decode()
+    assert not SSHKey.objects.exists()  # the first step only shows the challenge, without an error
+    assert 'name="signature"' in first and 'id="sign-command"' in first and 'role="alert"' not in first
+    _, second = add_key(client, key, tmp_path)
+    assert second.status_code == 302
+    saved = SSHKey.objects.get(user=cast.developer)
+    assert saved.title == "me@laptop"  # the comment is the default title
+    assert saved.public_key == public_line(key, comment="")
+
+
+def test_it_lists_and_deletes_keys(cast, tmp_path: Path) -> None:
+    client = cast.client(cast.developer)
+    add_key(client, ED25519, tmp_path)
+    key = SSHKey.objects.get(user=cast.developer)
+    assert key.public_key == public_line(ED25519, comment="")
     page = client.get("/account/keys/").content.decode()
     assert key.fingerprint in page and "me@laptop" in page
 
@@ -112,14 +147,54 @@ def test_it_adds_lists_and_deletes_keys(cast) -> None:
     assert not SSHKey.objects.exists()
 
 
-def test_it_rejects_a_key_registered_by_anyone(cast) -> None:
-    line = public_line(RSA_2048)
-    cast.client(cast.owner).post("/account/keys/", {"title": "laptop", "public_key": line})
-    r = cast.client(cast.viewer).post("/account/keys/", {"title": "mine", "public_key": line})
-    assert r.status_code == 200
-    assert "This key is already registered." in r.content.decode()
-    assert SSHKey.objects.count() == 1
+def _post_signed(client, private_key, signature: str):
+    return client.post("/account/keys/", {"title": "", "public_key": public_line(private_key), "step": "sign", "signature": signature})
+
+
+def _challenge(cast, user, private_key) -> str:
+    return challenge_for(user.pk, parse_public_key(public_line(private_key)).fingerprint)
+
+
+def test_it_refuses_a_signature_that_proves_nothing(cast, tmp_path: Path) -> None:
+    client = cast.client(cast.developer)
+    mine = _challenge(cast, cast.developer, ED25519)
+    someone_elses = _challenge(cast, cast.owner, ED25519)
+    good = ssh_keygen_sign(ED25519, mine, tmp_path)
+    cases = [
+        ("", "Run the command above and paste what it prints"),
+        ("hello", "Paste the whole signature"),
+        (good.replace(good.splitlines()[2], good.splitlines()[2][:-8]), "truncated"),
+        (good.replace(good.splitlines()[1], "!!!" + good.splitlines()[1][3:]), "not valid base64"),
+        (ssh_keygen_sign(RSA_2048, mine, tmp_path), "made with a different key"),
+        (ssh_keygen_sign(ED25519, mine, tmp_path, namespace="file"), "sign with -n diploi-ssh-key"),
+        (ssh_keygen_sign(ED25519, someone_elses, tmp_path), "does not match"),  # a challenge is per user and key
+        (ssh_keygen_sign(ED25519, mine + "x", tmp_path), "does not match"),
+    ]
+    for signature, message in cases:
+        body = _post_signed(client, ED25519, signature).content.decode()
+        assert message in body, (message, body)
+    assert not SSHKey.objects.exists()
+    # `echo` instead of `printf %s` (a trailing newline) still proves possession.
+    assert _post_signed(client, ED25519, ssh_keygen_sign(ED25519, mine + "\n", tmp_path)).status_code == 302
+    assert SSHKey.objects.get().user == cast.developer
+
+
+def test_someone_elses_public_key_cannot_be_registered_or_probed(cast, tmp_path: Path) -> None:
+    add_key(cast.client(cast.owner), RSA_2048, tmp_path, title="laptop")
+    attacker = cast.client(cast.viewer)
+    # Holding only the public key, the first step looks exactly like it does for a key nobody has.
+    registered = attacker.post("/account/keys/", {"public_key": public_line(RSA_2048)}).content.decode()
+    fresh = attacker.post("/account/keys/", {"public_key": public_line(ED25519)}).content.decode()
+    assert "already registered" not in registered
+    assert registered.count('role="alert"') == fresh.count('role="alert"') == 0
+    # …and no signature it can make gets the key.
+    body = _post_signed(attacker, RSA_2048, ssh_keygen_sign(ED25519, _challenge(cast, cast.viewer, RSA_2048), tmp_path)).content.decode()
+    assert "made with a different key" in body and "already registered" not in body
     assert SSHKey.objects.get().user == cast.owner
+    # The key's holder learns that it is registered — after proving it is theirs.
+    _, again = add_key(cast.client(cast.developer), RSA_2048, tmp_path)
+    assert "This key is already registered." in again.content.decode()
+    assert SSHKey.objects.count() == 1
 
 
 def test_it_never_stores_or_echoes_a_private_key(cast) -> None:
@@ -142,8 +217,8 @@ def test_it_renders_the_htmx_partial_with_errors(cast) -> None:
     assert "nonsense</textarea>" in body  # what was typed stays, to be corrected
 
 
-def test_it_answers_404_for_someone_elses_key(cast) -> None:
-    cast.client(cast.owner).post("/account/keys/", {"title": "k", "public_key": public_line(ED25519)})
+def test_it_answers_404_for_someone_elses_key(cast, tmp_path: Path) -> None:
+    add_key(cast.client(cast.owner), ED25519, tmp_path, title="k")
     key = SSHKey.objects.get()
     r = cast.client(cast.outsider).post(f"/account/keys/{key.pk}/delete/")
     assert r.status_code == 404

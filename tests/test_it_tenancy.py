@@ -8,7 +8,7 @@ import pytest
 from django.test import Client
 
 from accounts.models import User
-from projects.models import Membership
+from projects.models import Invitation, Membership
 
 SIGNUP = {"email": "eve@example.com", "username": "eve", "password1": "correct-horse-9", "password2": "correct-horse-9"}
 
@@ -39,12 +39,6 @@ def test_each_runtime_says_what_it_does_not_confine(settings) -> None:
         get_runtime.cache_clear()
 
 
-@pytest.fixture
-def unconfined(settings) -> None:
-    """A machine that cannot confine deployments (here: the sandbox switched off)."""
-    settings.DIPLOI_CONFINE = "off"
-
-
 @pytest.mark.django_db
 def test_sign_up_is_refused_with_the_reason(unconfined) -> None:
     client = Client()
@@ -60,7 +54,7 @@ def test_members_are_refused_and_every_page_says_why(cast, unconfined) -> None:
     r = client.post(f"/projects/{cast.project.slug}/members/", {"who": "outsider", "role": "viewer"})
     body = html.unescape(r.content.decode())
     assert r.status_code == 200 and "Members cannot be added: This Diploi runs in single-user mode" in body
-    assert not Membership.objects.filter(user=cast.outsider).exists()
+    assert not Invitation.objects.exists() and not Membership.objects.filter(user=cast.outsider).exists()
     # …without telling whether the address has an account
     other = html.unescape(
         client.post(f"/projects/{cast.project.slug}/members/", {"who": "nobody@example.com", "role": "viewer"}).content.decode()
@@ -75,7 +69,9 @@ def test_the_operator_can_allow_teams_and_the_pages_still_warn(cast, teams, unco
     assert client.post("/accounts/signup/", SIGNUP).status_code == 302
     assert User.objects.filter(username="eve").exists()
     owner = cast.client(cast.owner)
-    assert owner.post(f"/projects/{cast.project.slug}/members/", {"who": "outsider", "role": "viewer"}).status_code == 302
+    assert owner.post(f"/projects/{cast.project.slug}/members/", {"who": "outsider", "role": "viewer"}).status_code == 200
+    invitation = Invitation.objects.get(invitee="outsider")
+    assert cast.client(cast.outsider).post(f"/invitations/mine/{invitation.pk}/", {"answer": "accept"}).status_code == 302
     assert Membership.objects.filter(user=cast.outsider).exists()
     page = html.unescape(owner.get("/projects/").content.decode())
     assert "The operator allowed teams on this Diploi although deployments are NOT confined" in page
