@@ -28,6 +28,7 @@ def project_urls(cast) -> dict[str, tuple[str, dict, str]]:
     }
 
 
+EVERY_URL = ["detail", "settings", "refresh", "save settings", "add member", "change role", "remove member", "cancel invitation", "delete"]
 RANK = {"viewer": 0, "developer": 1, "owner": 2}
 NEEDED = {
     "refresh": "developer",
@@ -51,7 +52,7 @@ def snapshot(cast) -> tuple:
     return project, members, sorted(Invitation.objects.values_list("invitee", "role"))
 
 
-@pytest.mark.parametrize("name", ["detail", "settings", "refresh", "save settings", "add member", "change role", "remove member", "cancel invitation", "delete"])
+@pytest.mark.parametrize("name", EVERY_URL)
 def test_it_answers_404_to_outsiders_and_changes_nothing(cast, name: str) -> None:
     url, data, _ = project_urls(cast)[name]
     before = snapshot(cast)
@@ -59,7 +60,7 @@ def test_it_answers_404_to_outsiders_and_changes_nothing(cast, name: str) -> Non
     assert snapshot(cast) == before
 
 
-@pytest.mark.parametrize("name", ["detail", "settings", "refresh", "save settings", "add member", "change role", "remove member", "cancel invitation", "delete"])
+@pytest.mark.parametrize("name", EVERY_URL)
 def test_it_redirects_anonymous_users_to_login(cast, name: str) -> None:
     url, data, _ = project_urls(cast)[name]
     before = snapshot(cast)
