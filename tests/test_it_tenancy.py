@@ -3,6 +3,7 @@ sign-up and new members are refused with the reason, every page says so — unle
 DIPLOI_ALLOW_UNCONFINED=1."""
 
 import html
+import os
 
 import pytest
 from django.test import Client
@@ -109,3 +110,19 @@ def test_a_machine_that_confines_everything_serves_teams(cast, settings) -> None
     assert mode().teams and not mode().overridden and mode().notice == ""
     assert Client().post("/accounts/signup/", SIGNUP).status_code == 302
     assert 'class="banner"' not in cast.client(cast.owner).get("/projects/").content.decode()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="the unprivileged path (CI runs it as a regular user too)")
+def test_a_platform_not_run_as_root_names_its_gaps_and_serves_one_user(cast, settings) -> None:
+    """As a regular user, files and processes are confined (bubblewrap) and TCP is limited (Landlock), but
+    addresses, UDP and resources need root: the platform says so and stays single-user."""
+    from deployments.tenancy import mode
+
+    settings.DIPLOI_ALLOW_UNCONFINED = False
+    current = mode()
+    assert [name for name, _ in current.confinement.missing] == ["network", "resources"]
+    assert "address rules need Diploi to run as root" in current.confinement.describe()
+    assert "cgroups need Diploi to run as root" in current.confinement.describe()
+    assert not current.teams
+    assert Client().post("/accounts/signup/", SIGNUP).status_code != 302
+    assert not User.objects.filter(username="eve").exists()

@@ -89,15 +89,17 @@ class Sandbox:
         for option, paths in (("--ro-bind", (*runtime_folders(), *self.readable)), ("--bind", self.writable)):
             for path in paths:
                 # The folders above it, traversable (bubblewrap would copy the host's modes, and the
-                # platform's data directory is private): empty, but for what is bound into them.
+                # platform's data directory is private): empty, but for what is bound into them, and
+                # read-only (under the private /tmp a regular user's sandbox owns them).
                 for parent in reversed(path.parents):
                     if parent not in made:
-                        args += ["--perms", "0755", "--dir", str(parent)]
+                        args += ["--perms", "0555", "--dir", str(parent)]
                         made.add(parent)
                 args += [option, str(path), str(path)]
         if self.connect is not None:
             args += ["--perms", "0755", "--dir", "/run/diploi", "--ro-bind", str(LANDLOCK), LANDLOCK_INSIDE]
-        args += ["--chdir", str(self.cwd)]
+        # The sandbox's own root (where /etc and the folders above are made) is read-only too.
+        args += ["--remount-ro", "/", "--chdir", str(self.cwd)]
         if self.connect is not None:
             ports = ["--connect", ",".join(map(str, sorted(self.connect))), "--bind", ",".join(map(str, sorted(self.bind)))]
             command = [PYTHON, LANDLOCK_INSIDE, *ports, "--", *command]
