@@ -128,6 +128,8 @@ DIPLOI_OUTBOUND_PORTS = [int(p) for p in envlist("DIPLOI_OUTBOUND_PORTS", ["22",
 DIPLOI_LOCAL_MEMORY_MIB = envint("DIPLOI_LOCAL_MEMORY_MIB", 2048, minimum=64)
 DIPLOI_LOCAL_CPU_PERCENT = envint("DIPLOI_LOCAL_CPU_PERCENT", 100, minimum=10)
 DIPLOI_LOCAL_PROCESSES = envint("DIPLOI_LOCAL_PROCESSES", 512, minimum=16)
+# Disk per deployment (code, releases, storage): no file may be larger, and the dashboard turns red past it.
+DIPLOI_LOCAL_DISK_MIB = envint("DIPLOI_LOCAL_DISK_MIB", 10240, minimum=64)
 # Seconds one build step (install, build) may take before it fails.
 DIPLOI_BUILD_STEP_TIMEOUT = envint("DIPLOI_BUILD_STEP_TIMEOUT", 1800, minimum=1)
 # As root, deployment N runs as uid/gid DIPLOI_UID_BASE + N (kept for its life, gone with it).

@@ -256,6 +256,32 @@ except OSError as e:
         assert "still serving" in wait_until(lambda d=d: http_get(d.endpoints["web"] + "/index.html"), what=f"{d.name}'s page")
 
 
+def test_a_deployment_is_told_when_it_uses_more_disk_than_its_allowance(cast, hostile, runtime, settings) -> None:
+    """No file may be larger than the allowance (RLIMIT_FSIZE); many files past it turn its status red."""
+    settings.DIPLOI_LOCAL_DISK_MIB = 64
+    d = deploy(cast, "Dev")
+    tasks.provision(d.pk)
+    d.refresh_from_db()
+    spec = current_spec(d)
+
+    def session(command: str) -> tuple[int, str]:
+        shell = runtime.open_shell(spec, "web", command, pty=False)
+        out = b""
+        while chunk := shell.read():
+            out += chunk
+        return shell.close(), out.decode()
+
+    code, out = session("head -c 80M /dev/zero > big; echo exit=$?; ls -l big")
+    assert "exit=0" not in out and " 67108864 " in out, out  # stopped at 64 MiB
+    assert session("rm big; for i in 1 2 3; do head -c 30M /dev/zero > part$i; done; echo written")[1].strip() == "written"
+    runtime._disk.clear()  # measured once a minute; not now
+    disk = next(i for i in runtime.observe([spec])[d.pk].storage if i.name == "disk")
+    assert disk.colour.value == "red" and "over its allowance (DIPLOI_LOCAL_DISK_MIB)" in disk.message, disk
+    from deployments.status.tree import derive
+
+    assert "storage disk:" in derive(runtime.observe([spec])[d.pk], State.RUNNING, True).reason
+
+
 def test_a_build_step_has_a_time_limit(cast, hostile, runtime, settings) -> None:
     settings.DIPLOI_BUILD_STEP_TIMEOUT = 2
     d = deploy(cast, "Prod", "production")

@@ -122,7 +122,8 @@ def test_observe_reports_every_branch_of_the_status_tree(cast, runtime) -> None:
 
     o = wait_until(all_green, what="everything green")
     assert [i.name for i in o.containers] == ["web", "redis"]
-    assert [i.name for i in o.storage] == ["redis/data"]
+    assert [i.name for i in o.storage] == ["redis/data", "disk"]
+    assert o.storage[1].message.endswith(" of 10 GiB used")  # DIPLOI_LOCAL_DISK_MIB's default
     assert o.services[0].message == "HTTP 200 on /"
     assert o.containers[0].memory_bytes > 1_000_000
     assert o.containers[0].cpu_percent is not None

@@ -106,6 +106,27 @@ def volume_state(name: str, path: Path) -> ItemState:
     return ItemState(name, Colour.GREEN, f"present, {_size(used)} used")
 
 
+DISK_WALK_LIMIT = 100_000  # entries looked at per deployment; past it the figure is a lower bound
+
+
+def disk_state(home: Path, limit: int) -> ItemState:
+    """The deployment's disk use (what its files take on disk, all its folders) against its allowance."""
+    used, count = 0, 0
+    for root, dirs, files in os.walk(home):
+        for name in (*dirs, *files):
+            count += 1
+            try:
+                used += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except OSError:
+                pass
+        if count > DISK_WALK_LIMIT:
+            break
+    figure = f"{'more than ' if count > DISK_WALK_LIMIT else ''}{_size(used)} of {_size(limit)}"
+    if used > limit:
+        return ItemState("disk", Colour.RED, f"{figure} used: over its allowance (DIPLOI_LOCAL_DISK_MIB); free space in it")
+    return ItemState("disk", Colour.GREEN, f"{figure} used")
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024:

@@ -8,6 +8,7 @@ import json
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from django.conf import settings
 from deployments.runtimes.base import (
     Confinement,
     DeploymentSpec,
+    ItemState,
     Observation,
     Progress,
     Runtime,
@@ -30,10 +32,12 @@ from deployments.runtimes.base import (
 )
 from deployments.runtimes.local import code, programs, sandbox
 from deployments.runtimes.local.layout import Layout, write_atomic
-from deployments.runtimes.local.observe import Usage, container_state, processes_of, service_states, volume_state
+from deployments.runtimes.local.observe import Usage, container_state, disk_state, processes_of, service_states, volume_state
 from deployments.runtimes.local.sandbox import Jail
 from deployments.runtimes.local.shell import LocalShell, read_log
 from deployments.runtimes.local.supervisor import Supervisor
+
+DISK_MEASURE_SECONDS = 60
 
 ACTIVE = ("RUNNING", "STARTING", "BACKOFF")
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
@@ -45,6 +49,7 @@ class LocalRuntime(Runtime):
         self.layout = Layout(self.data_dir)
         self.supervisor = Supervisor(self.data_dir)
         self.usage = Usage()
+        self._disk: dict[int, tuple[float, ItemState]] = {}
 
     def home(self, spec: DeploymentSpec) -> Path:
         return self.layout.home(spec)
@@ -70,11 +75,12 @@ class LocalRuntime(Runtime):
             )
             cgroups = tuple(str(p) for p in sandbox.prepare_cgroup(spec.id, limits))
         uid = self._uid(spec)
+        disk = settings.DIPLOI_LOCAL_DISK_MIB * 1024 * 1024
         if uid is None:
-            return Jail(cgroups=cgroups, **network)
+            return Jail(cgroups=cgroups, file_bytes=disk, **network)
         sandbox.firewall(settings.DIPLOI_UID_BASE)  # in place before any of its processes starts
         identity = sandbox.identity_files(self.home(spec) / "etc", uid, f"d{spec.id}")
-        return Jail(uid=uid, identity=identity, cgroups=cgroups, **network)
+        return Jail(uid=uid, identity=identity, cgroups=cgroups, file_bytes=disk, **network)
 
     def _uid(self, spec: DeploymentSpec) -> int | None:
         """The deployment's own uid (confined, as root), which owns its folders."""
@@ -241,11 +247,20 @@ class LocalRuntime(Runtime):
                 port = service.ports and ports.get(service.identifier, {}).get(service.ports[0].name)
                 if proc and proc["statename"] == "RUNNING" and port:
                     checks.append((spec.id, service, f"127.0.0.1:{port}"))
+            storage.append(self._disk_state(spec))
             partial[spec.id] = (tuple(storage), tuple(containers))
         services = service_states(specs, checks)
         return {
             spec.id: Observation(storage=partial[spec.id][0], containers=partial[spec.id][1], services=services[spec.id]) for spec in specs
         }
+
+    def _disk_state(self, spec: DeploymentSpec) -> ItemState:
+        """Measured at most once a minute per deployment (it walks every file)."""
+        at, state = self._disk.get(spec.id, (0.0, None))
+        if state is None or time.monotonic() - at > DISK_MEASURE_SECONDS:
+            state = disk_state(self.home(spec), settings.DIPLOI_LOCAL_DISK_MIB * 1024 * 1024)
+            self._disk[spec.id] = (time.monotonic(), state)
+        return state
 
     # --- logs and shells ----------------------------------------------------------------------
 

@@ -63,6 +63,7 @@ class Sandbox:
     # TCP ports it may connect to and listen on (Landlock); None: the network is not restricted
     connect: tuple[int, ...] | None = None
     bind: tuple[int, ...] = ()
+    file_bytes: int | None = None
 
     def prefix(self) -> list[str]:
         """bubblewrap's arguments up to the command (ending in "--")."""
@@ -103,6 +104,8 @@ class Sandbox:
         if self.connect is not None:
             ports = ["--connect", ",".join(map(str, sorted(self.connect))), "--bind", ",".join(map(str, sorted(self.bind)))]
             command = [PYTHON, LANDLOCK_INSIDE, *ports, "--", *command]
+        if self.file_bytes is not None:  # no file larger than the deployment's whole disk allowance
+            command = ["prlimit", f"--fsize={self.file_bytes}", "--", *command]
         if self.uid is not None:
             # bubblewrap itself runs as root (it must reach the folders in the platform's private data
             # directory); the command runs as the deployment's uid, with no capabilities and no way
@@ -123,6 +126,7 @@ class Jail:
     ports: dict[str, dict[str, int]] | None = None
     outbound: tuple[int, ...] = ()
     cgroups: tuple[str, ...] = ()  # where its processes go, with the deployment's limits
+    file_bytes: int | None = None  # the largest file a process may write (RLIMIT_FSIZE)
 
     def preexec(self):
         """For the process that starts the sandbox: into the deployment's cgroups (None: none)."""
@@ -135,7 +139,14 @@ class Jail:
             connect = tuple(sorted({p for own in self.ports.values() for p in own.values()} | set(self.outbound)))
             bind = tuple(self.ports.get(service, {}).values()) if service else ()
         return Sandbox(
-            writable=(writable,), cwd=cwd, uid=self.uid, identity=self.identity, terminal=terminal, connect=connect, bind=bind or ()
+            writable=(writable,),
+            cwd=cwd,
+            uid=self.uid,
+            identity=self.identity,
+            terminal=terminal,
+            connect=connect,
+            bind=bind or (),
+            file_bytes=self.file_bytes,
         )
 
 
