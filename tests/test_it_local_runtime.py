@@ -359,6 +359,7 @@ def test_cli_status_shows_the_colour_and_the_reason(cast, runtime) -> None:
     assert s["reason"] == "Running"
     assert {(i["branch"], i["name"]) for i in s["items"]} == {
         ("storage", "redis/data"),
+        ("storage", "disk"),
         ("containers", "web"),
         ("containers", "redis"),
         ("services", "web"),
