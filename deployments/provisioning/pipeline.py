@@ -101,6 +101,10 @@ def set_enabled(deployment: Deployment, actor: str) -> None:
         deployment.transition(State.RUNNING if deployment.enabled else State.STOPPED, actor)
 
 
+def route(deployment: Deployment) -> None:
+    get_runtime().route(current_spec(deployment))
+
+
 def restart(deployment: Deployment, service: str) -> None:
     get_runtime().restart(current_spec(deployment), service)
 

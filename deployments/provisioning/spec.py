@@ -109,7 +109,7 @@ def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build
         minimal_spec(deployment),
         commit=commit,
         services=tuple(services),
-        hosts=tuple(deployment.domains.values_list("name", flat=True)),
+        hosts=tuple(deployment.domains.filter(verified=True).values_list("name", flat=True)),  # only what DNS showed is theirs
         release=release.commit if release else "",
         images=tuple(sorted(release.images.items())) if release else (),
     )

@@ -264,6 +264,11 @@ class Runtime(ABC):
         """Stop or start every service without losing storage."""
 
     @abstractmethod
+    def route(self, spec: DeploymentSpec) -> None:
+        """Make the deployment's host names (its own, and its verified custom domains in `spec.hosts`)
+        reach it."""
+
+    @abstractmethod
     def restart(self, spec: DeploymentSpec, service: str) -> None: ...
 
     @abstractmethod

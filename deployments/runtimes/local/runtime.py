@@ -181,6 +181,9 @@ class LocalRuntime(Runtime):
 
     # --- operate ------------------------------------------------------------------------------
 
+    def route(self, spec: DeploymentSpec) -> None:
+        """Local deployments are reached by port; there are no host names to route yet."""
+
     def set_enabled(self, spec: DeploymentSpec, enabled: bool) -> None:
         if spec.services:
             self.apply(replace(spec, enabled=enabled))
