@@ -16,6 +16,8 @@ from deployments.models import Deployment, SSHSession, State
 from tests.conftest import wait_until
 
 KUBECONFIG = os.environ.get("DIPLOI_TEST_KUBECONFIG", "")
+# What the test control plane's simulated builders report as the digest of the image they pushed.
+TEST_DIGEST = "sha256:" + re.search(r"^TEST_DIGEST=([0-9a-f]{64})$", open("scripts/k8s-testenv").read(), re.M).group(1)
 needs_cluster = pytest.mark.skipif(not KUBECONFIG, reason="no control plane: run scripts/k8s-testenv start and set DIPLOI_TEST_KUBECONFIG")
 
 
@@ -263,15 +265,17 @@ def test_a_production_deployment_builds_in_jobs_then_runs_its_image(cast, kube, 
     d.refresh_from_db()
     build = Build.objects.get(deployment=d)
     assert (build.status, build.progress, d.state) == ("succeeded", 100, State.RUNNING), (build.error, d.state_reason)
-    assert "web: image pushed" in build.log
+    pinned = f"registry.test:5000/diploi/shop/web@{TEST_DIGEST}"
+    assert f"web: pushed {pinned}" in build.log and build.images == {"web": pinned}
     ns = namespace(current_spec(d))
     job = kube.get("Job", f"build-{d.commit[:12]}-web", ns)
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert f"--destination=registry.test:5000/diploi/shop/web:{d.commit}" in args and any(a.startswith("--context=git://") for a in args)
+    assert "--digest-file=/dev/termination-log" in args
     dockerfile = kube.get("ConfigMap", f"build-{d.commit[:12]}-web", ns)["data"]["Dockerfile"]
     assert dockerfile.startswith("FROM python:3.12-slim") and "RUN if [ -f requirements.txt ]" in dockerfile
     web = kube.get("Deployment", "web", ns)
-    assert web["spec"]["template"]["spec"]["containers"][0]["image"] == f"registry.test:5000/diploi/shop/web:{d.commit}"
+    assert web["spec"]["template"]["spec"]["containers"][0]["image"] == pinned  # the digest, not the tag
 
 
 @needs_cluster
@@ -583,7 +587,9 @@ def test_the_charts_service_account_may_do_all_the_runtime_does(cast, kube, tmp_
         assert shell.read() == b"through-exec\n" and shell.close() == 0
         runtime.open_forward(dev, "web", "localhost", 8000).close()  # the port-forward API let it in
         _, prod = sample_spec(cast, "production", "prod")
-        assert runtime.build(prod, lambda *args: None) == prod.commit  # a ConfigMap and a Job
+        assert runtime.build(prod, lambda *args: None) == {
+            "web": f"registry.localhost:5000/shop/web@{TEST_DIGEST}"
+        }  # a ConfigMap and a Job
         runtime.destroy(dev)
         runtime.destroy(prod)
     finally:
@@ -714,7 +720,7 @@ def test_every_namespace_is_fenced_and_no_pod_runs_as_root_or_holds_a_token(cast
     _, spec = sample_spec(cast)
     runtime.apply(spec)
     _, prod = sample_spec(cast, "production", slug="prod")
-    assert runtime.build(prod, lambda *args: None) == prod.commit  # a build Job's pod too
+    assert set(runtime.build(prod, lambda *args: None)) == {"web"}  # a build Job's pod too
     for s in (spec, prod):
         ns = namespace(s)
         policies = {p["metadata"]["name"]: p["spec"] for p in kube.list("NetworkPolicy", ns)}

@@ -86,11 +86,11 @@ def run_build(build: Build, spec: DeploymentSpec) -> bool:
             last_save = time.monotonic()
 
     try:
-        get_runtime().build(spec, progress)
+        images = get_runtime().build(spec, progress)
     except BuildFailed as e:
         build.fail(e.step, str(e))
         return False
-    build.succeed()
+    build.succeed(images=images or None)
     return True
 
 

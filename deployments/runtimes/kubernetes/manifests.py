@@ -11,7 +11,7 @@ component labels, so observation lists them across all namespaces in a fixed num
 
 import hashlib
 import json
-from dataclasses import replace
+import re
 
 from django.conf import settings
 
@@ -99,12 +99,19 @@ def environment(spec: DeploymentSpec, service: ServiceSpec) -> dict[str, str]:
     return env
 
 
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def pushed_image(spec: DeploymentSpec, service: ServiceSpec) -> str:
+    """Where the builder pushes a component's image (`<registry>/<project>/<component>`: project slugs
+    are unique, so no two projects share one), without tag or digest."""
+    return f"{settings.DIPLOI_K8S_REGISTRY}/{spec.project_slug}/{service.identifier}"
+
+
 def _image(spec: DeploymentSpec, service: ServiceSpec) -> str:
+    """A built component runs its release's image, pinned by digest (what the build or CI recorded)."""
     if service.kind == "component" and spec.stage != "development":
-        return (
-            spec.image(service.identifier)
-            or f"{settings.DIPLOI_K8S_REGISTRY}/{spec.project_slug}/{service.identifier}:{spec.release or spec.commit}"
-        )
+        return spec.image(service.identifier) or f"{pushed_image(spec, service)}:{spec.release or spec.commit}"
     return IMAGES.get(service.package, settings.DIPLOI_K8S_DEFAULT_IMAGE)
 
 
@@ -362,14 +369,14 @@ def build_manifests(spec: DeploymentSpec, service: ServiceSpec) -> list[dict]:
         ]
     )
     repository = spec.repository.split("://", 1)[-1]
-    image = _image(replace(spec, release=spec.commit), service)
     container = {
         "name": "build",
         "image": settings.DIPLOI_K8S_BUILDER_IMAGE,
         "args": [
             f"--context=git://{repository}#refs/heads/{spec.branch}#{spec.commit}",
             "--dockerfile=/build/Dockerfile",
-            f"--destination={image}",
+            f"--destination={pushed_image(spec, service)}:{spec.commit}",
+            "--digest-file=/dev/termination-log",  # the runtime pins the workloads to it
         ],
         "volumeMounts": [{"name": "dockerfile", "mountPath": "/build"}],
         # The one container that runs as root: the builder unpacks the base image's files with their

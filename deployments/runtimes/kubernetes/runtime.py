@@ -35,6 +35,7 @@ from deployments.runtimes.kubernetes.manifests import (
     COPY_POD,
     COPY_ROOT,
     DEPLOYMENT_ID,
+    DIGEST,
     MANAGED,
     build_manifests,
     build_name,
@@ -43,6 +44,7 @@ from deployments.runtimes.kubernetes.manifests import (
     default_host,
     manifests,
     namespace,
+    pushed_image,
     storage_paths,
     workload_kind,
 )
@@ -150,10 +152,11 @@ class KubernetesRuntime(Runtime):
         self.kube.delete("Namespace", namespace(spec))
         self.kube.wait_gone("Namespace", namespace(spec), timeout=settings.DIPLOI_K8S_DELETE_TIMEOUT)
 
-    def build(self, spec: DeploymentSpec, progress: Progress) -> str:
+    def build(self, spec: DeploymentSpec, progress: Progress) -> dict[str, str]:
         """One Job per component: the builder image builds the commit with a generated Dockerfile
-        (the package's image, the code, its install and build commands) and pushes the image the
-        workloads run. Progress follows the Jobs; a failed Job fails the build with its reason."""
+        (the package's image, the code, its install and build commands), pushes it and leaves its
+        digest as the pod's termination message; the workloads run that digest, not the tag. Progress
+        follows the Jobs; a failed Job fails the build with its reason."""
         components = [s for s in spec.services if s.kind == "component"]
         progress("clone", 0, f"Building {spec.commit[:10]} of {spec.branch} in the cluster")
         boundary = [o for o in manifests(spec) if o["kind"] in ("Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange")]
@@ -161,6 +164,7 @@ class KubernetesRuntime(Runtime):
         progress("install", 25, f"{len(components)} build job(s) started")
         deadline = time.monotonic() + settings.DIPLOI_K8S_BUILD_TIMEOUT
         done: set[str] = set()
+        images: dict[str, str] = {}
         while len(done) < len(components):
             for service in components:
                 if service.identifier in done:
@@ -172,14 +176,24 @@ class KubernetesRuntime(Runtime):
                         "build", f"{service.identifier}: {conditions['Failed'].get('message') or conditions['Failed'].get('reason')}"
                     )
                 if "Complete" in conditions:
+                    images[service.identifier] = f"{pushed_image(spec, service)}@{self._digest(spec, build_name(spec, service))}"
                     done.add(service.identifier)
-                    progress("build", 25 + 65 * len(done) // len(components), f"{service.identifier}: image pushed")
+                    progress("build", 25 + 65 * len(done) // len(components), f"{service.identifier}: pushed {images[service.identifier]}")
             if len(done) < len(components):
                 if time.monotonic() > deadline:
                     raise BuildFailed("build", f"not finished after {settings.DIPLOI_K8S_BUILD_TIMEOUT} s")
                 time.sleep(1)
         progress("release", 100, f"Release {spec.commit[:10]} ready")
-        return spec.commit
+        return images
+
+    def _digest(self, spec: DeploymentSpec, job: str) -> str:
+        """What the builder of `job` wrote to its termination log: the pushed image's digest."""
+        for pod in self.kube.list("Pod", namespace(spec), f"job-name={job}"):
+            for status in pod.get("status", {}).get("containerStatuses", []):
+                message = status.get("state", {}).get("terminated", {}).get("message", "").strip()
+                if DIGEST.fullmatch(message):
+                    return message
+        raise BuildFailed("build", f"{job}: the builder reported no image digest (its termination message)")
 
     def open_shell(self, spec: DeploymentSpec, service: str, command: str | None, pty: bool) -> Shell:
         """Through the pod exec API: the container's environment and working directory, a terminal
