@@ -202,6 +202,10 @@ DIPLOI_K8S_CODE_SIZE = envstr("DIPLOI_K8S_CODE_SIZE", "1Gi")
 DIPLOI_K8S_DELETE_TIMEOUT = envint("DIPLOI_K8S_DELETE_TIMEOUT", 300, minimum=1)
 DIPLOI_K8S_BUILDER_IMAGE = envstr("DIPLOI_K8S_BUILDER_IMAGE", "gcr.io/kaniko-project/executor:v1.23.2")
 DIPLOI_K8S_BUILD_TIMEOUT = envint("DIPLOI_K8S_BUILD_TIMEOUT", 1800, minimum=10)
+# "user:password" (or token) for DIPLOI_K8S_REGISTRY: pulling goes to every deployment namespace as an
+# image pull secret, pushing only into build Jobs. Empty: anonymous.
+DIPLOI_K8S_REGISTRY_PULL_AUTH = envstr("DIPLOI_K8S_REGISTRY_PULL_AUTH")
+DIPLOI_K8S_REGISTRY_PUSH_AUTH = envstr("DIPLOI_K8S_REGISTRY_PUSH_AUTH")
 # Each deployment namespace's NetworkPolicy: who may reach its public ports, where DNS is, and the
 # addresses its pods may not reach (the cluster's own networks, the platform, cloud metadata).
 # Where custom domains are checked (CNAME, TXT): the machine's resolver, or these ("address[:port]").

@@ -3,6 +3,7 @@ scheduler, etcd, KWOK nodes) — or any cluster DIPLOI_TEST_KUBECONFIG points at
 need no cluster."""
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -40,21 +41,34 @@ def sample_spec(cast, stage: str = "development", slug: str = "dev"):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("stage", ["development", "production"])
-def test_every_manifest_validates_strictly_for_kubernetes_1_30_to_1_37(cast, data_dir, stage) -> None:
+@pytest.mark.parametrize("registry_auth", [False, True])
+def test_every_manifest_validates_strictly_for_kubernetes_1_30_to_1_37(cast, data_dir, settings, stage, registry_auth) -> None:
     import kubernetes_validate
 
     from deployments.runtimes.kubernetes.manifests import manifests
 
+    if registry_auth:
+        settings.DIPLOI_K8S_REGISTRY_PULL_AUTH, settings.DIPLOI_K8S_REGISTRY_PUSH_AUTH = "puller:p", "pusher:s"
     _, spec = sample_spec(cast, stage)
     objects = manifests(replace(spec, hosts=("shop.example.com",)))
     web = ["Secret", "PersistentVolumeClaim", "Service", "StatefulSet"] if stage == "development" else ["Secret", "Service", "Deployment"]
     boundary = ["NetworkPolicy", "NetworkPolicy", "ResourceQuota", "LimitRange"]
+    if registry_auth and stage == "production":
+        boundary.append("Secret")  # registry-pull
     redis = ["Secret", "PersistentVolumeClaim", "Service", "StatefulSet"]
     assert [o["kind"] for o in objects] == ["Namespace", *boundary, *web, *redis, "Ingress"]
     if stage == "production":
         from deployments.runtimes.kubernetes.manifests import build_manifests
 
-        objects += build_manifests(spec, spec.service("web"))
+        built = build_manifests(spec, spec.service("web"))
+        workloads = [o["spec"]["template"]["spec"] for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+        job = built[-1]["spec"]["template"]["spec"]
+        if registry_auth:  # pulling for the built image only; pushing only in the build Job
+            assert [w.get("imagePullSecrets") for w in workloads] == [[{"name": "registry-pull"}], None]
+            assert [m["mountPath"] for m in job["containers"][0]["volumeMounts"]] == ["/build", "/kaniko/.docker"]
+            assert [o["metadata"]["name"] for o in built if o["kind"] == "Secret"] == ["registry-push"]
+        assert not any("registry-push" in json.dumps(w) for w in workloads)
+        objects += built
     else:
         from deployments.runtimes.kubernetes.manifests import copy_pod
 
@@ -814,3 +828,28 @@ def test_only_domains_dns_shows_are_theirs_reach_the_ingress(cast, kube, dns_ser
     assert do_verify_domain(domain, actor=cast.developer).verified
     tasks.route(d.pk)  # what the verification queued
     assert hosts() == (["dev.shop.localhost", "shop.example.com"], ["dev.shop.localhost", "shop.example.com"])
+
+    # A host another Ingress of the cluster serves (anyone's) is refused, and the deployment says so.
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "someone-else"}})
+    rule = {
+        "host": "taken.example.com",
+        "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "x", "port": {"number": 80}}}}]},
+    }
+    kube.apply(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": "theirs", "namespace": "someone-else"},
+            "spec": {"rules": [rule]},
+        }
+    )
+    try:
+        taken = do_add_domain(d, "taken.example.com", actor=cast.developer)
+        dns_server[("taken.example.com", "CNAME")] = ["dev.shop.localhost."]
+        assert do_verify_domain(taken, actor=cast.developer).verified
+        tasks.route(d.pk)
+        d.refresh_from_db()
+        assert d.state == State.RUNNING and "taken.example.com is already served by another Ingress in the cluster" in d.state_reason
+        assert "taken.example.com" not in hosts()[0]  # nothing was changed
+    finally:
+        kube.delete("Namespace", "someone-else")

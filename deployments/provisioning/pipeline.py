@@ -101,8 +101,14 @@ def set_enabled(deployment: Deployment, actor: str) -> None:
         deployment.transition(State.RUNNING if deployment.enabled else State.STOPPED, actor)
 
 
-def route(deployment: Deployment) -> None:
-    get_runtime().route(current_spec(deployment))
+def route(deployment: Deployment, actor: str) -> None:
+    """Its host names to it again (a custom domain verified or removed); a refusal is shown on the deployment."""
+    try:
+        get_runtime().route(current_spec(deployment))
+    except TransientFailure:
+        raise
+    except RuntimeFailure as e:
+        settle_after_failure(deployment, actor, str(e))
 
 
 def restart(deployment: Deployment, service: str) -> None:

@@ -9,6 +9,7 @@ TLS by cert-manager's cluster issuer). Every object carries the managed-by, proj
 component labels, so observation lists them across all namespaces in a fixed number of calls.
 """
 
+import base64
 import hashlib
 import json
 import re
@@ -108,6 +109,22 @@ def pushed_image(spec: DeploymentSpec, service: ServiceSpec) -> str:
     return f"{settings.DIPLOI_K8S_REGISTRY}/{spec.project_slug}/{service.identifier}"
 
 
+PULL_SECRET, PUSH_SECRET = "registry-pull", "registry-push"
+
+
+def registry_secret(spec: DeploymentSpec, name: str, auth: str) -> dict:
+    """A docker config for DIPLOI_K8S_REGISTRY's host with `auth` ("user:password")."""
+    host = settings.DIPLOI_K8S_REGISTRY.split("/", 1)[0]
+    config = {"auths": {host: {"auth": base64.b64encode(auth.encode()).decode()}}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(spec, name),
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": json.dumps(config)},
+    }
+
+
 def _image(spec: DeploymentSpec, service: ServiceSpec) -> str:
     """A built component runs its release's image, pinned by digest (what the build or CI recorded)."""
     if service.kind == "component" and spec.stage != "development":
@@ -176,6 +193,8 @@ def _workload(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -
         "automountServiceAccountToken": False,
         "securityContext": pod_security(RUN_AS.get(service.package, UNPRIVILEGED_UID)),
     }
+    if service.kind == "component" and not development and settings.DIPLOI_K8S_REGISTRY_PULL_AUTH:
+        pod["imagePullSecrets"] = [{"name": PULL_SECRET}]
     if development:
         container["workingDir"] = _context(spec, service)["code"]
         mounts.append({"name": "code", "mountPath": "/code"})
@@ -233,6 +252,8 @@ def manifests(spec: DeploymentSpec) -> list[dict]:
     """Everything the deployment consists of, in the order it is applied."""
     objects: list[dict] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(spec, namespace(spec), namespaced=False)}]
     objects += boundary(spec)
+    if settings.DIPLOI_K8S_REGISTRY_PULL_AUTH and spec.stage != "development":
+        objects.append(registry_secret(spec, PULL_SECRET, settings.DIPLOI_K8S_REGISTRY_PULL_AUTH))
     for service in spec.services:
         env = environment(spec, service)
         objects.append(
@@ -384,15 +405,23 @@ def build_manifests(spec: DeploymentSpec, service: ServiceSpec) -> list[dict]:
         # capabilities that needs, and no more.
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"], "add": BUILDER_CAPABILITIES}},
     }
+    volumes = [{"name": "dockerfile", "configMap": {"name": name}}]
+    objects = []
+    if settings.DIPLOI_K8S_REGISTRY_PUSH_AUTH:  # only the builder can push
+        objects.append(registry_secret(spec, PUSH_SECRET, settings.DIPLOI_K8S_REGISTRY_PUSH_AUTH))
+        items = [{"key": ".dockerconfigjson", "path": "config.json"}]
+        volumes.append({"name": "push", "secret": {"secretName": PUSH_SECRET, "items": items}})
+        container["volumeMounts"].append({"name": "push", "mountPath": "/kaniko/.docker", "readOnly": True})
     pod = {
         "restartPolicy": "Never",
         "containers": [container],
-        "volumes": [{"name": "dockerfile", "configMap": {"name": name}}],
+        "volumes": volumes,
         "automountServiceAccountToken": False,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
     }
     job = {"backoffLimit": 0, "ttlSecondsAfterFinished": 3600, "template": {"metadata": {"labels": labels(spec, service)}, "spec": pod}}
     return [
+        *objects,
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(spec, name, service), "data": {"Dockerfile": dockerfile}},
         {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(spec, name, service), "spec": job},
     ]

@@ -81,9 +81,22 @@ class KubernetesRuntime(Runtime):
         return found
 
     def _apply_all(self, objects: list[dict], spec: DeploymentSpec) -> None:
+        """Apply in order, after checking that the namespace and every host name are the deployment's."""
         self._own_namespace(spec)
+        hosts = {rule["host"] for obj in objects if obj["kind"] == "Ingress" for rule in obj["spec"]["rules"]}
+        if hosts:
+            self._hosts_free(spec, hosts)
         for obj in objects:
             self.kube.apply(obj)
+
+    def _hosts_free(self, spec: DeploymentSpec, hosts: set[str]) -> None:
+        """Refuse host names another Ingress of the cluster serves (another Diploi's, or anyone's)."""
+        for ingress in self.kube.list("Ingress"):
+            if ingress["metadata"].get("labels", {}).get(DEPLOYMENT_ID) == str(spec.id):
+                continue
+            taken = hosts & {rule.get("host") for rule in ingress.get("spec", {}).get("rules", [])}
+            if taken:
+                raise RuntimeFailure(f"{', '.join(sorted(taken))} is already served by another Ingress in the cluster; nothing was changed")
 
     def apply(self, spec: DeploymentSpec) -> dict[str, str]:
         self._apply_all(manifests(spec), spec)
