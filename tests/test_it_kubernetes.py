@@ -330,7 +330,7 @@ def test_external_builds_run_the_image_ci_reports(
         "https://ci.example.com/runs/1",
         State.BUILDING,
     )
-    image = f"ghcr.io/acme/shop-web:{commit}"
+    image = f"ghcr.io/acme/shop-web:{commit}@{TEST_DIGEST}"
     assert report(status="succeeded", image=image, url="https://ci.example.com/runs/1").status_code == 202
     d.refresh_from_db()
     build.refresh_from_db()
@@ -362,10 +362,13 @@ def test_external_builds_run_the_image_ci_reports(
     assert kube.get("Deployment", "web", ns)["spec"]["template"]["spec"]["containers"][0]["image"] == image
 
     # CI's re-run passes: the deployment picks the new image up by itself.
-    assert report(status="succeeded", image=f"ghcr.io/acme/shop-web:{commit}").json()["deployments"] == ["prod"]
+    assert report(status="succeeded", image=f"ghcr.io/acme/shop-web:{commit}@{TEST_DIGEST}").json()["deployments"] == ["prod"]
     d.refresh_from_db()
-    assert (d.state, d.commit, d.release.images) == (State.RUNNING, commit, {"web": f"ghcr.io/acme/shop-web:{commit}"})
-    assert kube.get("Deployment", "web", ns)["spec"]["template"]["spec"]["containers"][0]["image"] == f"ghcr.io/acme/shop-web:{commit}"
+    assert (d.state, d.commit, d.release.images) == (State.RUNNING, commit, {"web": f"ghcr.io/acme/shop-web:{commit}@{TEST_DIGEST}"})
+    assert (
+        kube.get("Deployment", "web", ns)["spec"]["template"]["spec"]["containers"][0]["image"]
+        == f"ghcr.io/acme/shop-web:{commit}@{TEST_DIGEST}"
+    )
 
 
 @needs_cluster
