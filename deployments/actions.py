@@ -184,14 +184,22 @@ def do_add_domain(deployment: Deployment, name: str, *, actor: Actor) -> Domain:
 
 
 def do_verify_domain(domain: Domain, *, actor: Actor) -> Domain:
-    """Check the CNAME record now and record the outcome."""
-    domain.verified, domain.check_result, domain.checked = domains.check_cname(domain)
-    domain.save(update_fields=["verified", "check_result", "checked"])
+    """Check DNS now and record the outcome; a domain that became (or stopped being) verified is
+    routed (or no longer)."""
+    was = domain.verified
+    with transaction.atomic():
+        domain.verified, domain.check_result, domain.checked = domains.check_domain(domain)
+        domain.save(update_fields=["verified", "check_result", "checked"])
+        if domain.verified != was:
+            _enqueue(tasks.route, domain.deployment_id, actor=actor)
     return domain
 
 
 def do_remove_domain(domain: Domain, *, actor: Actor) -> None:
-    domain.delete()
+    with transaction.atomic():
+        domain.delete()
+        if domain.verified:
+            _enqueue(tasks.route, domain.deployment_id, actor=actor)
 
 
 # --- CI reports (external build mode) -----------------------------------------------------------

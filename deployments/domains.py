@@ -8,6 +8,7 @@ import dns.resolver
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 from deployments.models import Deployment, Domain
 
@@ -44,24 +45,58 @@ def cname_target(deployment: Deployment) -> str:
     return f"{deployment.slug}.{deployment.project.slug}.{settings.DIPLOI_BASE_DOMAIN}"
 
 
-def lookup_cname(name: str) -> str | None:
-    """The CNAME target of `name` as DNS answers now, or None when it has none."""
+CHALLENGE_LABEL = "_diploi-challenge"
+
+
+def challenge_name(domain: Domain) -> str:
+    return f"{CHALLENGE_LABEL}.{domain.name}"
+
+
+def challenge_value(deployment: Deployment) -> str:
+    """The TXT value that proves control of a domain for this deployment (e.g. for an apex, which cannot be a CNAME)."""
+    return "diploi-verify=" + salted_hmac("deployments.domain-challenge", str(deployment.pk)).hexdigest()[:32]
+
+
+def _resolver() -> dns.resolver.Resolver:
+    """The machine's resolver, or DIPLOI_DNS_SERVERS ("address" or "address:port", one port for all)."""
+    if not settings.DIPLOI_DNS_SERVERS:
+        return dns.resolver.get_default_resolver()
+    resolver = dns.resolver.Resolver(configure=False)
+    addresses = [entry.rsplit(":", 1) if entry.count(":") == 1 else [entry] for entry in settings.DIPLOI_DNS_SERVERS]
+    resolver.nameservers = [parts[0] for parts in addresses]
+    resolver.port = int(addresses[0][1]) if len(addresses[0]) == 2 else 53
+    return resolver
+
+
+def _answer(name: str, rdtype: str):
     try:
-        answer = dns.resolver.resolve(name, "CNAME", lifetime=5)
+        return _resolver().resolve(name, rdtype, lifetime=5)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return None
-    return str(answer[0].target).rstrip(".").lower()
 
 
-def check_cname(domain: Domain) -> tuple[bool, str, datetime]:
-    """Whether the domain's CNAME record points at its deployment now, why, and when it was checked."""
-    target = cname_target(domain.deployment)
+def lookup_cname(name: str) -> str | None:
+    """The CNAME target of `name` as DNS answers now, or None when it has none."""
+    answer = _answer(name, "CNAME")
+    return str(answer[0].target).rstrip(".").lower() if answer else None
+
+
+def lookup_txt(name: str) -> list[str]:
+    answer = _answer(name, "TXT")
+    return [b"".join(r.strings).decode(errors="replace") for r in answer] if answer else []
+
+
+def check_domain(domain: Domain) -> tuple[bool, str, datetime]:
+    """Whether DNS shows the domain is this deployment's now — a CNAME to its host, or the TXT token
+    at _diploi-challenge.<domain> — why, and when it was checked."""
+    target, challenge = cname_target(domain.deployment), challenge_name(domain)
     try:
         found = lookup_cname(domain.name)
+        if found == target:
+            return True, f"CNAME points to {target}", timezone.now()
+        if challenge_value(domain.deployment) in lookup_txt(challenge):
+            return True, f"TXT record {challenge} holds this deployment's token", timezone.now()
     except dns.exception.DNSException as e:
         return False, f"DNS lookup failed: {e.__class__.__name__}", timezone.now()
-    if found == target:
-        return True, f"CNAME points to {target}", timezone.now()
-    if found:
-        return False, f"CNAME points to {found}, not {target}", timezone.now()
-    return False, f"No CNAME record found for {domain.name}", timezone.now()
+    cname = f"CNAME points to {found}, not {target}" if found else f"No CNAME record found for {domain.name}"
+    return False, f"{cname}, and no TXT record {challenge} with this deployment's token", timezone.now()

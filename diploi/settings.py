@@ -202,6 +202,20 @@ DIPLOI_K8S_CODE_SIZE = envstr("DIPLOI_K8S_CODE_SIZE", "1Gi")
 DIPLOI_K8S_DELETE_TIMEOUT = envint("DIPLOI_K8S_DELETE_TIMEOUT", 300, minimum=1)
 DIPLOI_K8S_BUILDER_IMAGE = envstr("DIPLOI_K8S_BUILDER_IMAGE", "gcr.io/kaniko-project/executor:v1.23.2")
 DIPLOI_K8S_BUILD_TIMEOUT = envint("DIPLOI_K8S_BUILD_TIMEOUT", 1800, minimum=10)
+# "user:password" (or token) for DIPLOI_K8S_REGISTRY: pulling goes to every deployment namespace as an
+# image pull secret, pushing only into build Jobs. Empty: anonymous.
+DIPLOI_K8S_REGISTRY_PULL_AUTH = envstr("DIPLOI_K8S_REGISTRY_PULL_AUTH")
+DIPLOI_K8S_REGISTRY_PUSH_AUTH = envstr("DIPLOI_K8S_REGISTRY_PUSH_AUTH")
+# Each deployment namespace's NetworkPolicy: who may reach its public ports, where DNS is, and the
+# addresses its pods may not reach (the cluster's own networks, the platform, cloud metadata).
+# Where custom domains are checked (CNAME, TXT): the machine's resolver, or these ("address[:port]").
+DIPLOI_DNS_SERVERS = envlist("DIPLOI_DNS_SERVERS", [])
+DIPLOI_K8S_INGRESS_NAMESPACE = envstr("DIPLOI_K8S_INGRESS_NAMESPACE", "ingress-nginx")
+DIPLOI_K8S_DNS_NAMESPACE = envstr("DIPLOI_K8S_DNS_NAMESPACE", "kube-system")
+DIPLOI_K8S_BLOCKED_CIDRS = envlist(
+    "DIPLOI_K8S_BLOCKED_CIDRS",
+    ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "127.0.0.0/8", "fc00::/7", "fe80::/10"],
+)
 # job: a builder Job per component pushes to DIPLOI_K8S_REGISTRY; external: CI builds and reports
 # each component's image to POST /api/ci/builds/ with the project's CI token.
 DIPLOI_K8S_BUILD_MODE = envchoice("DIPLOI_K8S_BUILD_MODE", "job", ("job", "external"))

@@ -188,11 +188,24 @@ def _storage(p: Problems, value: object) -> list[Storage]:
             continue
         if err := dns_label_error(str(item.get("name", ""))):
             p.add(f"{where}.name", err)
+        if err := _mount_path_error(str(item.get("path", ""))):
+            p.add(f"{where}.path", err)
         size = str(item.get("size", "1Gi"))
         if not _SIZE.match(size):
             p.add(f"{where}.size", "must be a size like 512Mi, 1Gi or 2Ti")
         volumes.append(Storage(name=str(item.get("name")), path=str(item.get("path")), size=size))
     return volumes
+
+
+def _mount_path_error(path: str) -> str | None:
+    """Where storage is mounted in a container: an absolute, plain path (spaces and quotes are fine)."""
+    if not path.startswith("/") or path == "/":
+        return "must be an absolute path below / (like /data)"
+    if any(part in (".", "..") for part in path.split("/")):
+        return "must not contain . or .. parts"
+    if any(ord(c) < 32 or ord(c) == 127 for c in path) or len(path) > 255:
+        return "must be at most 255 characters, without control characters"
+    return None
 
 
 def _parameters(p: Problems, value: object) -> list[Parameter]:

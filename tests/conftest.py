@@ -279,3 +279,47 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def dns_server(settings):
+    """A DNS server on loopback (UDP) answering from a dict the test fills: {(name, "CNAME"|"TXT"): [rdata
+    text, …]}; names it does not know are NXDOMAIN. Custom domains are checked against it
+    (DIPLOI_DNS_SERVERS), through the same resolver code as against the world's DNS."""
+    import socket
+    import threading
+
+    import dns.message
+    import dns.rcode
+    import dns.rdatatype
+    import dns.rrset
+
+    records: dict[tuple[str, str], list[str]] = {}
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = sock.recvfrom(4096)
+            except OSError:
+                continue
+            query = dns.message.from_wire(data)
+            response = dns.message.make_response(query)
+            question = query.question[0]
+            name, kind = question.name.to_text().rstrip(".").lower(), dns.rdatatype.to_text(question.rdtype)
+            if values := records.get((name, kind)):
+                response.answer.append(dns.rrset.from_text(question.name, 60, "IN", kind, *values))
+            elif not any(known == name for known, _ in records):
+                response.set_rcode(dns.rcode.NXDOMAIN)
+            sock.sendto(response.to_wire(), peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    settings.DIPLOI_DNS_SERVERS = [f"127.0.0.1:{sock.getsockname()[1]}"]
+    yield records
+    stop.set()
+    thread.join()
+    sock.close()

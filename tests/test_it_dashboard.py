@@ -255,30 +255,44 @@ def test_bad_domains_are_refused(cast, dev, runtime, raw, message) -> None:
     assert not Domain.objects.exists()
 
 
-def test_domains_are_idna_unique_and_verified_by_dns(cast, dev, runtime, monkeypatch) -> None:
-    from deployments import domains
+def test_domains_are_idna_unique_and_verified_by_dns(cast, dev, runtime, dns_server, django_capture_on_commit_callbacks) -> None:
+    from deployments.domains import challenge_value
     from deployments.models import Domain
+    from deployments.provisioning.spec import current_spec
 
     client = cast.client(cast.developer)
     client.post("/projects/shop/d/dev/domains/", {"name": "Bücher.Example.com."})
     domain = Domain.objects.get()
     assert domain.name == "xn--bcher-kva.example.com" and domain.display_name == "bücher.example.com"
-    page = client.get("/projects/shop/d/dev/options/").content.decode()
+    page = html.unescape(client.get("/projects/shop/d/dev/options/").content.decode())
+    token = challenge_value(dev)
     assert "xn--bcher-kva.example.com. CNAME dev.shop.localhost." in page
+    assert f'_diploi-challenge.xn--bcher-kva.example.com. TXT "{token}"' in page
 
     other = Deployment.objects.create(project=cast.project, name="Other", slug="other", branch="main")
     r = client.post(f"/projects/shop/d/{other.slug}/domains/", {"name": "bücher.example.com"})
-    assert "already in use by a deployment" in r.content.decode()
+    assert "is already in use by a deployment." in r.content.decode()  # not which project holds it
+    assert current_spec(dev).hosts == ()  # not routed before DNS shows it is theirs
 
-    # DNS is the outside world: the lookup is replaced at our own module's boundary.
-    monkeypatch.setattr(domains, "lookup_cname", lambda name: "elsewhere.example.net")
-    client.post(f"/projects/shop/d/dev/domains/{domain.pk}/verify/")
-    domain.refresh_from_db()
-    assert not domain.verified and domain.check_result == "CNAME points to elsewhere.example.net, not dev.shop.localhost"
-    monkeypatch.setattr(domains, "lookup_cname", lambda name: "dev.shop.localhost")
-    client.post(f"/projects/shop/d/dev/domains/{domain.pk}/verify/")
-    domain.refresh_from_db()
-    assert domain.verified and domain.checked
+    def verify() -> tuple[Domain, int]:
+        with django_capture_on_commit_callbacks() as queued:
+            client.post(f"/projects/shop/d/dev/domains/{domain.pk}/verify/")
+        domain.refresh_from_db()
+        return domain, len(queued)
+
+    dns_server[(domain.name, "CNAME")] = ["elsewhere.example.net."]
+    dns_server[(f"_diploi-challenge.{domain.name}", "TXT")] = ['"diploi-verify=someone-elses-token"']
+    checked, queued = verify()
+    assert not checked.verified and queued == 0
+    assert checked.check_result.startswith("CNAME points to elsewhere.example.net, not dev.shop.localhost, and no TXT record")
+    dns_server[(f"_diploi-challenge.{domain.name}", "TXT")] = [f'"{token}"']  # e.g. an apex, which cannot be a CNAME
+    checked, queued = verify()
+    assert checked.verified and checked.check_result == f"TXT record _diploi-challenge.{domain.name} holds this deployment's token"
+    assert queued == 1 and current_spec(dev).hosts == (domain.name,)  # routed now
+    del dns_server[(f"_diploi-challenge.{domain.name}", "TXT")]
+    dns_server[(domain.name, "CNAME")] = ["dev.shop.localhost."]
+    checked, queued = verify()
+    assert checked.verified and checked.check_result == "CNAME points to dev.shop.localhost" and queued == 0
 
     assert cast.client(cast.viewer).post(f"/projects/shop/d/dev/domains/{domain.pk}/remove/").status_code == 403
     client.post(f"/projects/shop/d/dev/domains/{domain.pk}/remove/")

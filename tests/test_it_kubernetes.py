@@ -3,6 +3,7 @@ scheduler, etcd, KWOK nodes) — or any cluster DIPLOI_TEST_KUBECONFIG points at
 need no cluster."""
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -16,6 +17,8 @@ from deployments.models import Deployment, SSHSession, State
 from tests.conftest import wait_until
 
 KUBECONFIG = os.environ.get("DIPLOI_TEST_KUBECONFIG", "")
+# What the test control plane's simulated builders report as the digest of the image they pushed.
+TEST_DIGEST = "sha256:" + re.search(r"^TEST_DIGEST=([0-9a-f]{64})$", open("scripts/k8s-testenv").read(), re.M).group(1)
 needs_cluster = pytest.mark.skipif(not KUBECONFIG, reason="no control plane: run scripts/k8s-testenv start and set DIPLOI_TEST_KUBECONFIG")
 
 
@@ -38,23 +41,38 @@ def sample_spec(cast, stage: str = "development", slug: str = "dev"):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("stage", ["development", "production"])
-def test_every_manifest_validates_strictly_for_kubernetes_1_30_to_1_37(cast, data_dir, stage) -> None:
+@pytest.mark.parametrize("registry_auth", [False, True])
+def test_every_manifest_validates_strictly_for_kubernetes_1_30_to_1_37(cast, data_dir, settings, stage, registry_auth) -> None:
     import kubernetes_validate
 
     from deployments.runtimes.kubernetes.manifests import manifests
 
+    if registry_auth:
+        settings.DIPLOI_K8S_REGISTRY_PULL_AUTH, settings.DIPLOI_K8S_REGISTRY_PUSH_AUTH = "puller:p", "pusher:s"
     _, spec = sample_spec(cast, stage)
     objects = manifests(replace(spec, hosts=("shop.example.com",)))
     web = ["Secret", "PersistentVolumeClaim", "Service", "StatefulSet"] if stage == "development" else ["Secret", "Service", "Deployment"]
-    assert [o["kind"] for o in objects] == ["Namespace", *web, "Secret", "PersistentVolumeClaim", "Service", "StatefulSet", "Ingress"]
+    boundary = ["NetworkPolicy", "NetworkPolicy", "ResourceQuota", "LimitRange"]
+    if registry_auth and stage == "production":
+        boundary.append("Secret")  # registry-pull
+    redis = ["Secret", "PersistentVolumeClaim", "Service", "StatefulSet"]
+    assert [o["kind"] for o in objects] == ["Namespace", *boundary, *web, *redis, "Ingress"]
     if stage == "production":
         from deployments.runtimes.kubernetes.manifests import build_manifests
 
-        objects += build_manifests(spec, spec.service("web"))
+        built = build_manifests(spec, spec.service("web"))
+        workloads = [o["spec"]["template"]["spec"] for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+        job = built[-1]["spec"]["template"]["spec"]
+        if registry_auth:  # pulling for the built image only; pushing only in the build Job
+            assert [w.get("imagePullSecrets") for w in workloads] == [[{"name": "registry-pull"}], None]
+            assert [m["mountPath"] for m in job["containers"][0]["volumeMounts"]] == ["/build", "/kaniko/.docker"]
+            assert [o["metadata"]["name"] for o in built if o["kind"] == "Secret"] == ["registry-push"]
+        assert not any("registry-push" in json.dumps(w) for w in workloads)
+        objects += built
     else:
         from deployments.runtimes.kubernetes.manifests import copy_pod
 
-        objects.append(copy_pod(spec, ["web-code", "redis-data"]))  # a clone's copy helper
+        objects.append(copy_pod(spec, ["code.web", "data.redis.data"]))  # a clone's copy helper
     for version in [f"1.{minor}.0" for minor in range(30, 38)]:
         for obj in objects:
             kubernetes_validate.validate(obj, version, strict=True)  # raises on any unknown or wrong field
@@ -98,25 +116,25 @@ def test_the_sample_stack_runs_on_kubernetes(cast, kube) -> None:
 
     d, spec = sample_spec(cast)
     runtime = get_runtime()
-    assert runtime.apply(spec) == {"web": "https://dev-shop.localhost"}
+    assert runtime.apply(spec) == {"web": "https://dev.shop.localhost"}
     ns = namespace(spec)
     assert kube.get("Namespace", ns)["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "diploi"
-    env = kube.get("Secret", "env-web", ns)["data"]
+    env = kube.get("Secret", "env.web", ns)["data"]
     import base64
 
     decoded = {k: base64.b64decode(v).decode() for k, v in env.items()}
     assert decoded["GREETING"] == "Hello from Diploi" and decoded["REDIS_URL"].endswith("@redis:6379/0") and decoded["PORT"] == "8000"
-    assert {c["metadata"]["name"] for c in kube.list("PersistentVolumeClaim", ns)} == {"web-code", "redis-data"}
+    assert {c["metadata"]["name"] for c in kube.list("PersistentVolumeClaim", ns)} == {"code.web", "data.redis.data"}
     assert {s["metadata"]["name"] for s in kube.list("Service", ns)} == {"web", "redis"}
     web = kube.get("StatefulSet", "web", ns)
     assert web["spec"]["template"]["spec"]["initContainers"][0]["name"] == "clone"
-    assert kube.get("Ingress", "web", ns)["spec"]["rules"][0]["host"] == "dev-shop.localhost"
+    assert kube.get("Ingress", "web", ns)["spec"]["rules"][0]["host"] == "dev.shop.localhost"
 
     tree = wait_until(lambda: green(runtime, spec), timeout=90, what="pods Running and ready (simulated by KWOK)")
     assert [c.name for c in tree.containers] == ["web", "redis"] and all(s.colour.value == "green" for s in tree.storage)
     assert all("does not serve metrics.k8s.io" in s.message for s in tree.services)
     page = cast.client(cast.viewer).get("/projects/shop/d/dev/").content.decode()
-    assert "redis-data" in page and "bound" in page and "running" in page
+    assert "redis/data" in page and "bound" in page and "running" in page
 
     # Applying the same spec again changes nothing.
     versions = {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in kube.list("StatefulSet", ns) + kube.list("Secret", ns)}
@@ -142,7 +160,7 @@ def test_env_restart_disable_enable_and_destroy(cast, kube) -> None:
     web = spec.service("web")
     changed = replace(spec, services=tuple(replace(s, env={**s.env, "GREETING": "Changed"}) if s is web else s for s in spec.services))
     runtime.apply(changed)
-    assert kube.get("Secret", "env-web", ns)["data"]["GREETING"] == "Q2hhbmdlZA=="
+    assert kube.get("Secret", "env.web", ns)["data"]["GREETING"] == "Q2hhbmdlZA=="
     after = kube.get("StatefulSet", "web", ns)
     checksum = "diploi.io/env-checksum"
     assert after["spec"]["template"]["metadata"]["annotations"][checksum] != before["spec"]["template"]["metadata"]["annotations"][checksum]
@@ -234,11 +252,11 @@ def test_the_api_server_going_away_mid_apply_is_retried_without_duplicates(cast,
 
     tasks.provision(d.pk)  # the retry
     d.refresh_from_db()
-    assert d.state == State.RUNNING and d.endpoints == {"web": "https://dev-shop.localhost"}
+    assert d.state == State.RUNNING and d.endpoints == {"web": "https://dev.shop.localhost"}
     ns = namespace(current_spec(d))
     for kind, names in (
-        ("Secret", ["env-redis", "env-web"]),
-        ("PersistentVolumeClaim", ["redis-data", "web-code"]),
+        ("Secret", ["env.redis", "env.web"]),
+        ("PersistentVolumeClaim", ["code.web", "data.redis.data"]),
         ("Service", ["redis", "web"]),
         ("StatefulSet", ["redis", "web"]),
         ("Ingress", ["web"]),
@@ -261,15 +279,17 @@ def test_a_production_deployment_builds_in_jobs_then_runs_its_image(cast, kube, 
     d.refresh_from_db()
     build = Build.objects.get(deployment=d)
     assert (build.status, build.progress, d.state) == ("succeeded", 100, State.RUNNING), (build.error, d.state_reason)
-    assert "web: image pushed" in build.log
+    pinned = f"registry.test:5000/diploi/shop/web@{TEST_DIGEST}"
+    assert f"web: pushed {pinned}" in build.log and build.images == {"web": pinned}
     ns = namespace(current_spec(d))
     job = kube.get("Job", f"build-{d.commit[:12]}-web", ns)
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert f"--destination=registry.test:5000/diploi/shop-web:{d.commit}" in args and any(a.startswith("--context=git://") for a in args)
+    assert f"--destination=registry.test:5000/diploi/shop/web:{d.commit}" in args and any(a.startswith("--context=git://") for a in args)
+    assert "--digest-file=/dev/termination-log" in args
     dockerfile = kube.get("ConfigMap", f"build-{d.commit[:12]}-web", ns)["data"]["Dockerfile"]
     assert dockerfile.startswith("FROM python:3.12-slim") and "RUN if [ -f requirements.txt ]" in dockerfile
     web = kube.get("Deployment", "web", ns)
-    assert web["spec"]["template"]["spec"]["containers"][0]["image"] == f"registry.test:5000/diploi/shop-web:{d.commit}"
+    assert web["spec"]["template"]["spec"]["containers"][0]["image"] == pinned  # the digest, not the tag
 
 
 @needs_cluster
@@ -310,7 +330,7 @@ def test_external_builds_run_the_image_ci_reports(
         "https://ci.example.com/runs/1",
         State.BUILDING,
     )
-    image = f"ghcr.io/acme/shop-web:{commit}"
+    image = f"ghcr.io/acme/shop-web:{commit}@{TEST_DIGEST}"
     assert report(status="succeeded", image=image, url="https://ci.example.com/runs/1").status_code == 202
     d.refresh_from_db()
     build.refresh_from_db()
@@ -342,10 +362,13 @@ def test_external_builds_run_the_image_ci_reports(
     assert kube.get("Deployment", "web", ns)["spec"]["template"]["spec"]["containers"][0]["image"] == image
 
     # CI's re-run passes: the deployment picks the new image up by itself.
-    assert report(status="succeeded", image=f"ghcr.io/acme/shop-web:{commit}").json()["deployments"] == ["prod"]
+    assert report(status="succeeded", image=f"ghcr.io/acme/shop-web:{commit}@{TEST_DIGEST}").json()["deployments"] == ["prod"]
     d.refresh_from_db()
-    assert (d.state, d.commit, d.release.images) == (State.RUNNING, commit, {"web": f"ghcr.io/acme/shop-web:{commit}"})
-    assert kube.get("Deployment", "web", ns)["spec"]["template"]["spec"]["containers"][0]["image"] == f"ghcr.io/acme/shop-web:{commit}"
+    assert (d.state, d.commit, d.release.images) == (State.RUNNING, commit, {"web": f"ghcr.io/acme/shop-web:{commit}@{TEST_DIGEST}"})
+    assert (
+        kube.get("Deployment", "web", ns)["spec"]["template"]["spec"]["containers"][0]["image"]
+        == f"ghcr.io/acme/shop-web:{commit}@{TEST_DIGEST}"
+    )
 
 
 @needs_cluster
@@ -581,7 +604,9 @@ def test_the_charts_service_account_may_do_all_the_runtime_does(cast, kube, tmp_
         assert shell.read() == b"through-exec\n" and shell.close() == 0
         runtime.open_forward(dev, "web", "localhost", 8000).close()  # the port-forward API let it in
         _, prod = sample_spec(cast, "production", "prod")
-        assert runtime.build(prod, lambda *args: None) == prod.commit  # a ConfigMap and a Job
+        assert runtime.build(prod, lambda *args: None) == {
+            "web": f"registry.localhost:5000/shop/web@{TEST_DIGEST}"
+        }  # a ConfigMap and a Job
         runtime.destroy(dev)
         runtime.destroy(prod)
     finally:
@@ -618,7 +643,7 @@ def test_a_clone_starts_from_a_copy_of_the_sources_storage(cast, kube) -> None:
     run("web", 'echo "print(1)" > "${DIPLOI_TEST_ROOT:-}/code/web/edited.py"')
     copies = os.path.join(os.path.dirname(KUBECONFIG), "exec", "root", "copy")
     if simulated:  # what the kubelet would mount in the helper pod: folders below the test root here
-        for claim in ("redis-data", "web-code"):
+        for claim in ("data.redis.data", "code.web"):
             shutil.rmtree(os.path.join(copies, claim), ignore_errors=True)
             os.makedirs(os.path.join(copies, claim))
 
@@ -629,8 +654,8 @@ def test_a_clone_starts_from_a_copy_of_the_sources_storage(cast, kube) -> None:
     target = current_spec(clone)
     assert kube.get("Pod", COPY_POD, namespace(target)) is None  # the helper is gone; the claims are the workloads'
     if simulated:
-        assert open(os.path.join(copies, "redis-data", "dump.txt")).read() == "saved-key\n"
-        assert open(os.path.join(copies, "web-code", "web", "edited.py")).read() == "print(1)\n"
+        assert open(os.path.join(copies, "data.redis.data", "dump.txt")).read() == "saved-key\n"
+        assert open(os.path.join(copies, "code.web", "web", "edited.py")).read() == "print(1)\n"
     else:
         wait_until(lambda: green(runtime, target), timeout=180, what="the clone running")
         assert run("redis", "cat /data/dump.txt", target) == "saved-key\n"
@@ -646,3 +671,188 @@ def test_a_clone_starts_from_a_copy_of_the_sources_storage(cast, kube) -> None:
     assert second.state == State.FAILED and second.copy_storage_pending
     assert "of the source is not running; start it to copy its storage" in second.state_reason
     assert kube.get("Pod", COPY_POD, namespace(current_spec(second))) is None
+
+
+# --- many teams on one cluster ------------------------------------------------------------------
+
+
+def other_project(cast, name: str, slug: str):
+    from projects.models import Project
+    from projects.stack import refresh_stack
+
+    project = Project.objects.create(name=name, slug=slug, repository=cast.project.repository, default_branch="main")
+    refresh_stack(project)
+    return project
+
+
+def spec_of(project, slug: str):
+    from deployments.provisioning.spec import current_spec
+
+    d = Deployment.objects.create(
+        project=project, name=slug, slug=slug, stage="development", branch="main", state=State.RUNNING, commit=project.stack_commit
+    )
+    return current_spec(d)
+
+
+@needs_cluster
+@pytest.mark.django_db
+def test_names_that_used_to_collide_belong_to_one_deployment_each(cast, kube) -> None:
+    """`shop-prod` + `web` and `shop` + `prod-web` once shared a namespace; the ids keep them apart."""
+    from deployments.runtimes import get_runtime
+    from deployments.runtimes.base import RuntimeFailure
+    from deployments.runtimes.kubernetes.manifests import DEPLOYMENT_ID, default_host, namespace
+
+    runtime = get_runtime()
+    first, second = spec_of(other_project(cast, "Shop prod", "shop-prod"), "web"), spec_of(cast.project, "prod-web")
+    assert namespace(first) != namespace(second) and default_host(first) != default_host(second)
+    for spec in (first, second):
+        runtime.apply(spec)
+    claims = {c["metadata"]["uid"] for c in kube.list("PersistentVolumeClaim", namespace(second))}
+    runtime.destroy(first)
+    assert kube.get("Namespace", namespace(first)) is None
+    assert {c["metadata"]["uid"] for c in kube.list("PersistentVolumeClaim", namespace(second))} == claims
+    assert kube.get("StatefulSet", "web", namespace(second)) is not None
+
+    # A namespace with this deployment's name that another deployment (or anyone) labelled is not
+    # touched: neither applied into nor deleted.
+    third = spec_of(cast.project, "third")
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace(third), "labels": {DEPLOYMENT_ID: "999999"}}})
+    with pytest.raises(RuntimeFailure, match=f"the namespace {namespace(third)} exists and is not this deployment's"):
+        runtime.apply(third)
+    assert kube.list("StatefulSet", namespace(third)) == []
+    runtime.destroy(third)
+    assert kube.get("Namespace", namespace(third)) is not None
+    kube.delete("Namespace", namespace(third))
+
+
+@needs_cluster
+@pytest.mark.django_db
+def test_every_namespace_is_fenced_and_no_pod_runs_as_root_or_holds_a_token(cast, kube, settings) -> None:
+    """What the API server accepted: the policies, quota and limits, and pods (made by the controllers
+    from the workloads, admitted under the quota) with the security context."""
+    from deployments.runtimes import get_runtime
+    from deployments.runtimes.kubernetes.manifests import namespace
+
+    runtime = get_runtime()
+    _, spec = sample_spec(cast)
+    runtime.apply(spec)
+    _, prod = sample_spec(cast, "production", slug="prod")
+    assert set(runtime.build(prod, lambda *args: None)) == {"web"}  # a build Job's pod too
+    for s in (spec, prod):
+        ns = namespace(s)
+        policies = {p["metadata"]["name"]: p["spec"] for p in kube.list("NetworkPolicy", ns)}
+        assert policies["default-deny"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+        assert kube.get("LimitRange", "limits", ns)["spec"]["limits"][0]["max"] == {"cpu": "500m", "memory": "512Mi"}
+        if s is spec:
+            egress = policies["allow"]["egress"]
+            world = next(r["to"][0]["ipBlock"] for r in egress if r.get("to", [{}])[0].get("ipBlock", {}).get("cidr") == "0.0.0.0/0")
+            assert {"10.0.0.0/8", "169.254.0.0/16", "127.0.0.0/8"} <= set(world["except"])
+            ingress_from = [r for r in policies["allow"]["ingress"] if "ports" in r]
+            assert ingress_from[0]["ports"] == [{"protocol": "TCP", "port": 8000}]
+            assert kube.get("ResourceQuota", "quota", ns)["spec"]["hard"]["pods"] == "5"
+
+    def pods() -> list[dict]:
+        found = [p for s in (spec, prod) for p in kube.list("Pod", namespace(s))]
+        return found if len(found) >= 3 else []
+
+    for pod in wait_until(pods, timeout=90, what="the pods of both namespaces"):
+        name, podspec = pod["metadata"]["name"], pod["spec"]
+        assert podspec["automountServiceAccountToken"] is False, name
+        assert not any(v["name"].startswith("kube-api-access") for v in podspec.get("volumes", [])), name
+        assert podspec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        builder = pod["metadata"]["labels"].get("job-name") is not None
+        assert podspec["securityContext"].get("runAsNonRoot") is (None if builder else True), name
+        for c in podspec["containers"] + podspec.get("initContainers", []):
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False, (name, c["name"])
+            assert c["securityContext"]["capabilities"]["drop"] == ["ALL"], (name, c["name"])
+            assert c["resources"]["limits"], (name, c["name"])  # the limit range filled in what was not set
+
+
+def test_a_hostile_branch_name_or_repository_path_runs_nothing(cast, data_dir, tmp_path) -> None:
+    """The clone init container's exact command, run here with the real sh and git."""
+    from deployments.runtimes.kubernetes.manifests import clone_command
+    from projects.git import run_git
+    from projects.sample import commit_all
+
+    branch = "a;touch${IFS}" + str(tmp_path / "pwned")
+    repo = tmp_path / 'it\'s "a" repo $(touch pwned-too)'
+    repo.mkdir()
+    (repo / "README").write_text("hello\n")
+    run_git("init", "--quiet", "--initial-branch", branch, cwd=repo)
+    commit_all(repo, "first")
+    _, spec = sample_spec(cast)
+    spec = replace(spec, branch=branch, repository=str(repo))
+    command = clone_command(spec, str(tmp_path / "code"))
+    assert branch not in command[2] and str(repo) not in command[2]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "GIT_CONFIG_GLOBAL": "/dev/null"})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "code" / "README").read_text() == "hello\n"
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned-too").exists()
+
+
+def test_a_hostile_storage_path_runs_nothing(tmp_path) -> None:
+    """A clone's copy commands, run here with the real sh and tar, on a path with spaces, quotes and $()."""
+    from deployments.runtimes.kubernetes.manifests import copy_command
+
+    source = tmp_path / 'it\'s "data" $(touch pwned) `touch pwned-too`'
+    source.mkdir()
+    (source / "dump.txt").write_text("saved\n")
+    target = tmp_path / "target; touch pwned-three"
+    target.mkdir()
+    env = {"PATH": os.environ["PATH"]}
+    archive = subprocess.run(copy_command("read", str(source)), capture_output=True, cwd=tmp_path, env=env, check=True).stdout
+    subprocess.run(copy_command("write", str(target)), input=archive, capture_output=True, cwd=tmp_path, env=env, check=True)
+    assert (target / "dump.txt").read_text() == "saved\n"
+    assert not [p for p in tmp_path.rglob("pwned*")] and {source.name, target.name} <= {p.name for p in tmp_path.iterdir()}
+
+
+@needs_cluster
+@pytest.mark.django_db
+def test_only_domains_dns_shows_are_theirs_reach_the_ingress(cast, kube, dns_server) -> None:
+    from deployments.actions import do_add_domain, do_verify_domain
+    from deployments.domains import challenge_value
+    from deployments.provisioning import tasks
+    from deployments.runtimes import get_runtime
+    from deployments.runtimes.kubernetes.manifests import namespace
+
+    d, spec = sample_spec(cast)
+    get_runtime().apply(spec)
+    domain = do_add_domain(d, "shop.example.com", actor=cast.developer)
+    tasks.route(d.pk)
+
+    def hosts() -> tuple[list[str], list[str]]:
+        ingress = kube.get("Ingress", "web", namespace(spec))["spec"]
+        return [r["host"] for r in ingress["rules"]], ingress["tls"][0]["hosts"]
+
+    assert hosts() == (["dev.shop.localhost"], ["dev.shop.localhost"])  # added, not verified: not routed
+    dns_server[("shop.example.com", "A")] = ["192.0.2.1"]  # pointing at the cluster proves nothing
+    assert not do_verify_domain(domain, actor=cast.developer).verified
+    dns_server[("_diploi-challenge.shop.example.com", "TXT")] = [f'"{challenge_value(d)}"']
+    assert do_verify_domain(domain, actor=cast.developer).verified
+    tasks.route(d.pk)  # what the verification queued
+    assert hosts() == (["dev.shop.localhost", "shop.example.com"], ["dev.shop.localhost", "shop.example.com"])
+
+    # A host another Ingress of the cluster serves (anyone's) is refused, and the deployment says so.
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "someone-else"}})
+    rule = {
+        "host": "taken.example.com",
+        "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "x", "port": {"number": 80}}}}]},
+    }
+    kube.apply(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": "theirs", "namespace": "someone-else"},
+            "spec": {"rules": [rule]},
+        }
+    )
+    try:
+        taken = do_add_domain(d, "taken.example.com", actor=cast.developer)
+        dns_server[("taken.example.com", "CNAME")] = ["dev.shop.localhost."]
+        assert do_verify_domain(taken, actor=cast.developer).verified
+        tasks.route(d.pk)
+        d.refresh_from_db()
+        assert d.state == State.RUNNING and "taken.example.com is already served by another Ingress in the cluster" in d.state_reason
+        assert "taken.example.com" not in hosts()[0]  # nothing was changed
+    finally:
+        kube.delete("Namespace", "someone-else")

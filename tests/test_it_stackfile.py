@@ -1,3 +1,4 @@
+import json
 import textwrap
 from pathlib import Path
 
@@ -148,6 +149,25 @@ def test_it_names_the_package_file_in_package_errors() -> None:
         ("pkgs/broken/diploi-package.yaml", "commands.start"),
     ]
     assert "is not a valid package" in errors[0].message
+
+
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("data", "must be an absolute path"),
+        ("/", "must be an absolute path"),
+        ("/data/../etc", "must not contain . or .. parts"),
+        ("/data/\nx", "without control characters"),
+    ],
+)
+def test_it_checks_where_package_storage_is_mounted(path: str, message: str) -> None:
+    from projects.package import parse_package
+
+    text = f"name: p\nkind: addon\ncommands:\n  start: run\nstorage:\n  - name: data\n    path: {json.dumps(path)}\n"
+    _, errors = parse_package(text, "test package", "p")
+    assert any(e.field == "storage[0].path" and message in e.message for e in errors), errors
+    package, errors = parse_package(text.replace(json.dumps(path), json.dumps('/srv/it\'s "my" data')), "test package", "p")
+    assert not errors and package.storage[0].path == '/srv/it\'s "my" data'
 
 
 def test_it_reports_a_missing_stack_file() -> None:

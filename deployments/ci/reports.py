@@ -20,8 +20,9 @@ from projects.validators import dns_label_error
 
 _NAME = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _HOST = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]{1,5})?"
-# An image reference with a tag or a digest: a release must not move under a mutable name.
-IMAGE = re.compile(rf"^(?:{_HOST}/)?{_NAME}(?:/{_NAME})*(?::[\w][\w.-]{{0,127}}(?:@sha256:[0-9a-f]{{64}})?|@sha256:[0-9a-f]{{64}})$")
+# An image reference pinned by digest (a tag may stand beside it): a release must not move under a
+# mutable name, so a tag alone is refused.
+IMAGE = re.compile(rf"^(?:{_HOST}/)?{_NAME}(?:/{_NAME})*(?::[\w][\w.-]{{0,127}})?@sha256:[0-9a-f]{{64}}$")
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 REPORTED = (BuildStatus.RUNNING, BuildStatus.SUCCEEDED, BuildStatus.FAILED)
 
@@ -51,7 +52,10 @@ def record_report(project: Project, data: Any) -> CIReport:
     if status == BuildStatus.SUCCEEDED and not image:
         errors["image"] = "A succeeded build names its image."
     elif image and (len(image) > 500 or not IMAGE.match(image)):
-        errors["image"] = f"“{image[:100]}” is not an image reference with a tag or digest (registry.example.com/shop/web:1a2b3c)."
+        errors["image"] = (
+            f"“{image[:100]}” is not an image reference pinned by digest (registry.example.com/shop/web@sha256:…, a tag "
+            "may stand before the @); a tag alone can move. `docker buildx build --push --metadata-file` or `crane digest` gives it."
+        )
     if url:
         try:
             URLValidator(schemes=["https", "http"])(url)

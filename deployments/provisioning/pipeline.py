@@ -86,11 +86,11 @@ def run_build(build: Build, spec: DeploymentSpec) -> bool:
             last_save = time.monotonic()
 
     try:
-        get_runtime().build(spec, progress)
+        images = get_runtime().build(spec, progress)
     except BuildFailed as e:
         build.fail(e.step, str(e))
         return False
-    build.succeed()
+    build.succeed(images=images or None)
     return True
 
 
@@ -99,6 +99,16 @@ def set_enabled(deployment: Deployment, actor: str) -> None:
     get_runtime().set_enabled(current_spec(deployment), deployment.enabled)
     if deployment.state in (State.RUNNING, State.STOPPED):
         deployment.transition(State.RUNNING if deployment.enabled else State.STOPPED, actor)
+
+
+def route(deployment: Deployment, actor: str) -> None:
+    """Its host names to it again (a custom domain verified or removed); a refusal is shown on the deployment."""
+    try:
+        get_runtime().route(current_spec(deployment))
+    except TransientFailure:
+        raise
+    except RuntimeFailure as e:
+        settle_after_failure(deployment, actor, str(e))
 
 
 def restart(deployment: Deployment, service: str) -> None:

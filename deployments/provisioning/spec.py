@@ -65,7 +65,8 @@ def ensure_credentials(deployment: Deployment, stack: Stack) -> dict[str, str]:
 
 def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build | None = None) -> DeploymentSpec:
     """What should run: `commit`'s stack with the deployment's env, and (staging/production) the
-    release to run — its commit, and the images CI reported for it in external build mode."""
+    release to run — its commit, and its images pinned by digest where the release is images (built in
+    the cluster, or reported by CI in external build mode)."""
     creds = ensure_credentials(deployment, stack)
     user_env: dict[str, dict[str, str]] = {}
     for var in EnvVar.objects.filter(deployment=deployment):
@@ -109,7 +110,7 @@ def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build
         minimal_spec(deployment),
         commit=commit,
         services=tuple(services),
-        hosts=tuple(deployment.domains.values_list("name", flat=True)),
+        hosts=tuple(deployment.domains.filter(verified=True).values_list("name", flat=True)),  # only what DNS showed is theirs
         release=release.commit if release else "",
         images=tuple(sorted(release.images.items())) if release else (),
     )

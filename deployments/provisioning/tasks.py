@@ -39,6 +39,13 @@ def set_enabled(deployment_id: int, actor: str = "task:set_enabled") -> None:
 
 
 @shared_task(acks_late=True, **RETRY)
+def route(deployment_id: int, actor: str = "task:route") -> None:
+    deployment = pipeline.get(deployment_id)
+    if deployment is not None and deployment.state not in (State.DELETING, State.PENDING):
+        pipeline.route(deployment, actor)
+
+
+@shared_task(acks_late=True, **RETRY)
 def destroy(deployment_id: int, actor: str = "task:destroy") -> None:
     deployment = pipeline.get(deployment_id)
     if deployment is not None:

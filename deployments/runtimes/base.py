@@ -256,12 +256,19 @@ class Runtime(ABC):
         """Make reality match the spec; idempotent. Returns the public URL of each public component."""
 
     @abstractmethod
-    def build(self, spec: DeploymentSpec, progress: Progress) -> str:
-        """Turn spec.commit into an immutable release and return its identifier; raises BuildFailed."""
+    def build(self, spec: DeploymentSpec, progress: Progress) -> dict[str, str]:
+        """Turn spec.commit into an immutable release (raises BuildFailed). Returns the image each
+        component runs from then on, pinned by digest, where the release is images ({} when it is
+        kept by the runtime itself)."""
 
     @abstractmethod
     def set_enabled(self, spec: DeploymentSpec, enabled: bool) -> None:
         """Stop or start every service without losing storage."""
+
+    @abstractmethod
+    def route(self, spec: DeploymentSpec) -> None:
+        """Make the deployment's host names (its own, and its verified custom domains in `spec.hosts`)
+        reach it."""
 
     @abstractmethod
     def restart(self, spec: DeploymentSpec, service: str) -> None: ...

@@ -11,7 +11,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from deployments import actions
 from deployments.access import get_deployment_for_user
-from deployments.domains import cname_target
+from deployments.domains import CHALLENGE_LABEL, challenge_value, cname_target
 from deployments.live.fragments import LOG_LINES, components, overview_context, parameters
 from deployments.models import Deployment, Domain, EnvVar
 from deployments.provisioning.spec import current_spec
@@ -104,6 +104,8 @@ def _options_page(request: HttpRequest, d: Deployment, partial: str | None = Non
         "parameter_forms": forms.get("parameter_forms") or _parameter_forms(d),
         "domains": Domain.objects.filter(deployment=d),
         "cname_target": cname_target(d),
+        "challenge_label": CHALLENGE_LABEL,
+        "challenge_value": challenge_value(d),
         "domain_error": forms.get("domain_error"),
         "domain_value": forms.get("domain_value", ""),
         "branches": branches(d.project),

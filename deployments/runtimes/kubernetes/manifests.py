@@ -9,9 +9,10 @@ TLS by cert-manager's cluster issuer). Every object carries the managed-by, proj
 component labels, so observation lists them across all namespaces in a fixed number of calls.
 """
 
+import base64
 import hashlib
 import json
-from dataclasses import replace
+import re
 
 from django.conf import settings
 
@@ -19,6 +20,7 @@ from deployments.runtimes.base import DeploymentSpec, ServiceSpec, imported_env
 from deployments.runtimes.placeholders import render
 
 MANAGED = "app.kubernetes.io/managed-by"
+VOLUME = "diploi.io/volume"
 PROJECT, DEPLOYMENT, DEPLOYMENT_ID, COMPONENT = (
     "diploi.io/project",
     "diploi.io/deployment",
@@ -36,7 +38,21 @@ COPY_POD, COPY_ROOT = "diploi-copy", "/copy"
 
 
 def namespace(spec: DeploymentSpec) -> str:
-    return f"diploi-{spec.project_slug}-{spec.slug}"[:63].rstrip("-")
+    """From the deployment's id alone: two deployments never share one, whatever their names."""
+    return f"diploi-d{spec.id}"
+
+
+def claim_name(service: ServiceSpec, volume: str) -> str:
+    """`data.<component>.<volume>`; dots cannot occur in identifiers or volume names, so no two meet."""
+    return f"data.{service.identifier}.{volume}"
+
+
+def code_claim(service: ServiceSpec) -> str:
+    return f"code.{service.identifier}"
+
+
+def env_secret(service: ServiceSpec) -> str:
+    return f"env.{service.identifier}"
 
 
 def labels(spec: DeploymentSpec, service: ServiceSpec | None = None) -> dict[str, str]:
@@ -47,7 +63,9 @@ def labels(spec: DeploymentSpec, service: ServiceSpec | None = None) -> dict[str
 
 
 def default_host(spec: DeploymentSpec) -> str:
-    return f"{spec.slug}-{spec.project_slug}.{settings.DIPLOI_BASE_DOMAIN}"
+    """`<deployment>.<project>.<base domain>`: project slugs are unique and deployment slugs unique in
+    their project, and neither holds a dot, so no two deployments get the same host."""
+    return f"{spec.slug}.{spec.project_slug}.{settings.DIPLOI_BASE_DOMAIN}"
 
 
 def _meta(spec: DeploymentSpec, name: str, service: ServiceSpec | None = None, namespaced: bool = True) -> dict:
@@ -82,12 +100,35 @@ def environment(spec: DeploymentSpec, service: ServiceSpec) -> dict[str, str]:
     return env
 
 
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def pushed_image(spec: DeploymentSpec, service: ServiceSpec) -> str:
+    """Where the builder pushes a component's image (`<registry>/<project>/<component>`: project slugs
+    are unique, so no two projects share one), without tag or digest."""
+    return f"{settings.DIPLOI_K8S_REGISTRY}/{spec.project_slug}/{service.identifier}"
+
+
+PULL_SECRET, PUSH_SECRET = "registry-pull", "registry-push"
+
+
+def registry_secret(spec: DeploymentSpec, name: str, auth: str) -> dict:
+    """A docker config for DIPLOI_K8S_REGISTRY's host with `auth` ("user:password")."""
+    host = settings.DIPLOI_K8S_REGISTRY.split("/", 1)[0]
+    config = {"auths": {host: {"auth": base64.b64encode(auth.encode()).decode()}}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(spec, name),
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": json.dumps(config)},
+    }
+
+
 def _image(spec: DeploymentSpec, service: ServiceSpec) -> str:
+    """A built component runs its release's image, pinned by digest (what the build or CI recorded)."""
     if service.kind == "component" and spec.stage != "development":
-        return (
-            spec.image(service.identifier)
-            or f"{settings.DIPLOI_K8S_REGISTRY}/{spec.project_slug}-{service.identifier}:{spec.release or spec.commit}"
-        )
+        return spec.image(service.identifier) or f"{pushed_image(spec, service)}:{spec.release or spec.commit}"
     return IMAGES.get(service.package, settings.DIPLOI_K8S_DEFAULT_IMAGE)
 
 
@@ -96,34 +137,77 @@ def workload_kind(spec: DeploymentSpec, service: ServiceSpec) -> str:
     return "StatefulSet" if service.kind == "addon" or spec.stage == "development" else "Deployment"
 
 
+# The user each image runs as: the add-on images' own (their data belongs to it), and an unprivileged
+# uid without a name for the language images (which would otherwise run as root).
+RUN_AS = {"postgres": 999, "redis": 999}
+UNPRIVILEGED_UID = 10001
+
+
+def pod_security(uid: int) -> dict:
+    """Pod-level: never root, the runtime's default seccomp profile, claims writable by the group."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+BUILDER_CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETFCAP"]
+# The clone's copy helper extracts each claim's files keeping their owners (PostgreSQL refuses a data
+# directory that is not its own): root, with only the capabilities tar needs for that.
+COPY_CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"]
+
+# A development component's code, cloned by an init container. The branch and repository are the
+# script's arguments, never part of its text.
+CLONE_SCRIPT = '[ -d "$3/.git" ] || exec git clone --branch "$1" -- "$2" "$3"'
+
+
+def clone_command(spec: DeploymentSpec, target: str = "/code") -> list[str]:
+    return ["/bin/sh", "-c", CLONE_SCRIPT, "clone", spec.branch, spec.repository, target]
+
+
 def _workload(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -> dict:
     development = service.kind == "component" and spec.stage == "development"
     command_name = "development" if development and "development" in service.commands else "start"
     command = render(service.commands.get(command_name, ""), _context(spec, service), quote=True)
     requests, limits = SIZES[settings.DIPLOI_K8S_SIZE]
     mounts = [{"name": v.name, "mountPath": v.path} for v in service.volumes]
-    volumes = [{"name": v.name, "persistentVolumeClaim": {"claimName": f"{service.identifier}-{v.name}"}} for v in service.volumes]
+    volumes = [{"name": v.name, "persistentVolumeClaim": {"claimName": claim_name(service, v.name)}} for v in service.volumes]
     container = {
         "name": service.identifier,
         "image": _image(spec, service),
         "command": ["/bin/sh", "-c", command],
-        "envFrom": [{"secretRef": {"name": f"env-{service.identifier}"}}],
+        "envFrom": [{"secretRef": {"name": env_secret(service)}}],
         "ports": [{"name": p.name[:15], "containerPort": p.port} for p in service.ports],
         "resources": {"requests": requests, "limits": limits},
         "volumeMounts": mounts,
+        "securityContext": CONTAINER_SECURITY,
     }
-    pod: dict = {"containers": [container], "volumes": volumes, "enableServiceLinks": False}
+    pod: dict = {
+        "containers": [container],
+        "volumes": volumes,
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security(RUN_AS.get(service.package, UNPRIVILEGED_UID)),
+    }
+    if service.kind == "component" and not development and settings.DIPLOI_K8S_REGISTRY_PULL_AUTH:
+        pod["imagePullSecrets"] = [{"name": PULL_SECRET}]
     if development:
         container["workingDir"] = _context(spec, service)["code"]
         mounts.append({"name": "code", "mountPath": "/code"})
-        volumes.append({"name": "code", "persistentVolumeClaim": {"claimName": f"{service.identifier}-code"}})
-        clone = f"[ -d /code/.git ] || git clone --branch {spec.branch} -- {spec.repository} /code"
+        volumes.append({"name": "code", "persistentVolumeClaim": {"claimName": code_claim(service)}})
         pod["initContainers"] = [
             {
                 "name": "clone",
                 "image": settings.DIPLOI_K8S_GIT_IMAGE,
-                "command": ["/bin/sh", "-c", clone],
+                "command": clone_command(spec),
+                "env": [{"name": "HOME", "value": "/tmp"}],
+                "resources": {"requests": requests, "limits": limits},
                 "volumeMounts": [{"name": "code", "mountPath": "/code"}],
+                "securityContext": CONTAINER_SECURITY,
             }
         ]
     checksum = hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()[:16]
@@ -139,16 +223,13 @@ def _workload(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -
     return {"apiVersion": "apps/v1", "kind": kind, "metadata": _meta(spec, service.identifier, service), "spec": workload}
 
 
-def _claim(spec: DeploymentSpec, service: ServiceSpec, name: str, size: str) -> dict:
+def _claim(spec: DeploymentSpec, service: ServiceSpec, name: str, size: str, volume: str) -> dict:
     claim = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
     if settings.DIPLOI_K8S_STORAGE_CLASS:
         claim["storageClassName"] = settings.DIPLOI_K8S_STORAGE_CLASS
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": _meta(spec, f"{service.identifier}-{name}", service),
-        "spec": claim,
-    }
+    meta = _meta(spec, name, service)
+    meta["labels"][VOLUME] = volume
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": claim}
 
 
 def _ingress(spec: DeploymentSpec, public: ServiceSpec) -> dict:
@@ -170,20 +251,23 @@ def _ingress(spec: DeploymentSpec, public: ServiceSpec) -> dict:
 def manifests(spec: DeploymentSpec) -> list[dict]:
     """Everything the deployment consists of, in the order it is applied."""
     objects: list[dict] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(spec, namespace(spec), namespaced=False)}]
+    objects += boundary(spec)
+    if settings.DIPLOI_K8S_REGISTRY_PULL_AUTH and spec.stage != "development":
+        objects.append(registry_secret(spec, PULL_SECRET, settings.DIPLOI_K8S_REGISTRY_PULL_AUTH))
     for service in spec.services:
         env = environment(spec, service)
         objects.append(
             {
                 "apiVersion": "v1",
                 "kind": "Secret",
-                "metadata": _meta(spec, f"env-{service.identifier}", service),
+                "metadata": _meta(spec, env_secret(service), service),
                 "type": "Opaque",
                 "stringData": env,
             }
         )
-        objects += [_claim(spec, service, v.name, v.size) for v in service.volumes]
+        objects += [_claim(spec, service, claim_name(service, v.name), v.size, v.name) for v in service.volumes]
         if service.kind == "component" and spec.stage == "development":
-            objects.append(_claim(spec, service, "code", settings.DIPLOI_K8S_CODE_SIZE))
+            objects.append(_claim(spec, service, code_claim(service), settings.DIPLOI_K8S_CODE_SIZE, "code"))
         if service.ports:
             ports = [{"name": p.name[:15], "port": p.port, "targetPort": p.port, "protocol": "TCP"} for p in service.ports]
             objects.append(
@@ -199,6 +283,91 @@ def manifests(spec: DeploymentSpec) -> list[dict]:
     if public is not None:
         objects.append(_ingress(spec, public))
     return objects
+
+
+def _cidr_rule(everything: str, blocked: list[str]) -> dict:
+    return {"to": [{"ipBlock": {"cidr": everything, **({"except": blocked} if blocked else {})}}]}
+
+
+def boundary(spec: DeploymentSpec) -> list[dict]:
+    """What keeps the namespace's pods to themselves: traffic denied but for what a deployment needs,
+    and a quota with per-container defaults sized from DIPLOI_K8S_SIZE."""
+    public_ports = sorted({p.port for s in spec.services if s.kind == "component" for p in s.ports if p.public})
+    blocked = [c for c in settings.DIPLOI_K8S_BLOCKED_CIDRS if c]
+    dns = {
+        "to": [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.DIPLOI_K8S_DNS_NAMESPACE}},
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+            }
+        ],
+        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+    }
+    ingress: list[dict] = [{"from": [{"podSelector": {}}]}]  # its own pods
+    if public_ports:
+        ingress_namespace = {"kubernetes.io/metadata.name": settings.DIPLOI_K8S_INGRESS_NAMESPACE}
+        ingress.append(
+            {
+                "from": [{"namespaceSelector": {"matchLabels": ingress_namespace}}],
+                "ports": [{"protocol": "TCP", "port": p} for p in public_ports],
+            }
+        )
+    egress = [
+        {"to": [{"podSelector": {}}]},
+        dns,
+        _cidr_rule("0.0.0.0/0", [c for c in blocked if ":" not in c]),
+        _cidr_rule("::/0", [c for c in blocked if ":" in c]),
+    ]
+    requests, limits = SIZES[settings.DIPLOI_K8S_SIZE]
+    # Room for every workload twice (a rolling update's new pod beside the old) and one helper (a
+    # build Job per component, a clone's copy pod).
+    pods = 2 * len(spec.services) + max(1, sum(1 for s in spec.services if s.kind == "component"))
+    storage_bytes = sum(_bytes(v.size) for s in spec.services for v in s.volumes)
+    storage_bytes += sum(_bytes(settings.DIPLOI_K8S_CODE_SIZE) for s in spec.services if s.kind == "component")
+    quota = {
+        "pods": str(pods),
+        "requests.cpu": _times(requests["cpu"], pods),
+        "requests.memory": _times(requests["memory"], pods),
+        "limits.cpu": _times(limits["cpu"], pods),
+        "limits.memory": _times(limits["memory"], pods),
+        "requests.storage": f"{storage_bytes // 1024**2}Mi",
+        "persistentvolumeclaims": str(sum(len(s.volumes) + 1 for s in spec.services)),
+        "services.loadbalancers": "0",
+        "services.nodeports": "0",
+    }
+    limit_range = {"limits": [{"type": "Container", "default": limits, "defaultRequest": requests, "max": limits}]}
+    return [
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _meta(spec, "default-deny"),
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+        },
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _meta(spec, "allow"),
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "ingress": ingress, "egress": egress},
+        },
+        {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": _meta(spec, "quota"), "spec": {"hard": quota}},
+        {"apiVersion": "v1", "kind": "LimitRange", "metadata": _meta(spec, "limits"), "spec": limit_range},
+    ]
+
+
+_UNITS = {"Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
+
+
+def _bytes(size: str) -> int:
+    return int(size[:-2]) * _UNITS[size[-2:]]
+
+
+def _times(quantity: str, n: int) -> str:
+    """A CPU ("500m", "2") or memory ("512Mi", "1Gi") quantity times n."""
+    if quantity.endswith("m"):
+        return f"{int(quantity[:-1]) * n}m"
+    if quantity[-2:] in _UNITS:
+        return f"{int(quantity[:-2]) * n}{quantity[-2:]}"
+    return str(int(quantity) * n)
 
 
 def build_name(spec: DeploymentSpec, service: ServiceSpec) -> str:
@@ -221,26 +390,38 @@ def build_manifests(spec: DeploymentSpec, service: ServiceSpec) -> list[dict]:
         ]
     )
     repository = spec.repository.split("://", 1)[-1]
-    image = _image(replace(spec, release=spec.commit), service)
     container = {
         "name": "build",
         "image": settings.DIPLOI_K8S_BUILDER_IMAGE,
         "args": [
             f"--context=git://{repository}#refs/heads/{spec.branch}#{spec.commit}",
             "--dockerfile=/build/Dockerfile",
-            f"--destination={image}",
+            f"--destination={pushed_image(spec, service)}:{spec.commit}",
+            "--digest-file=/dev/termination-log",  # the runtime pins the workloads to it
         ],
         "volumeMounts": [{"name": "dockerfile", "mountPath": "/build"}],
+        # The one container that runs as root: the builder unpacks the base image's files with their
+        # owners and runs the package's install/build steps as the image's user would. It gets the
+        # capabilities that needs, and no more.
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"], "add": BUILDER_CAPABILITIES}},
     }
-    job = {
-        "backoffLimit": 0,
-        "ttlSecondsAfterFinished": 3600,
-        "template": {
-            "metadata": {"labels": labels(spec, service)},
-            "spec": {"restartPolicy": "Never", "containers": [container], "volumes": [{"name": "dockerfile", "configMap": {"name": name}}]},
-        },
+    volumes = [{"name": "dockerfile", "configMap": {"name": name}}]
+    objects = []
+    if settings.DIPLOI_K8S_REGISTRY_PUSH_AUTH:  # only the builder can push
+        objects.append(registry_secret(spec, PUSH_SECRET, settings.DIPLOI_K8S_REGISTRY_PUSH_AUTH))
+        items = [{"key": ".dockerconfigjson", "path": "config.json"}]
+        volumes.append({"name": "push", "secret": {"secretName": PUSH_SECRET, "items": items}})
+        container["volumeMounts"].append({"name": "push", "mountPath": "/kaniko/.docker", "readOnly": True})
+    pod = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": volumes,
+        "automountServiceAccountToken": False,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
     }
+    job = {"backoffLimit": 0, "ttlSecondsAfterFinished": 3600, "template": {"metadata": {"labels": labels(spec, service)}, "spec": pod}}
     return [
+        *objects,
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(spec, name, service), "data": {"Dockerfile": dockerfile}},
         {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(spec, name, service), "spec": job},
     ]
@@ -249,9 +430,9 @@ def build_manifests(spec: DeploymentSpec, service: ServiceSpec) -> list[dict]:
 def storage_paths(source: DeploymentSpec, target: DeploymentSpec, service: ServiceSpec) -> list[tuple[str, str]]:
     """(claim, path in the container) of what a clone copies for `service`: its volumes, and the code
     when both are development deployments."""
-    found = [(f"{service.identifier}-{v.name}", v.path) for v in service.volumes]
+    found = [(claim_name(service, v.name), v.path) for v in service.volumes]
     if service.kind == "component" and source.stage == target.stage == "development":
-        found.append((f"{service.identifier}-code", "/code"))
+        found.append((code_claim(service), "/code"))
     return found
 
 
@@ -259,10 +440,28 @@ def copy_pod(spec: DeploymentSpec, claims: list[str]) -> dict:
     """A pod that only holds the target's claims open for the copy."""
     mounts = [{"name": f"c{i}", "mountPath": f"{COPY_ROOT}/{claim}"} for i, claim in enumerate(claims)]
     volumes = [{"name": f"c{i}", "persistentVolumeClaim": {"claimName": claim}} for i, claim in enumerate(claims)]
-    container = {"name": "copy", "image": settings.DIPLOI_K8S_DEFAULT_IMAGE, "command": ["sleep", "3600"], "volumeMounts": mounts}
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": _meta(spec, COPY_POD),
-        "spec": {"containers": [container], "volumes": volumes, "restartPolicy": "Never"},
+    container = {
+        "name": "copy",
+        "image": settings.DIPLOI_K8S_DEFAULT_IMAGE,
+        "command": ["sleep", "3600"],
+        "volumeMounts": mounts,
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"], "add": COPY_CAPABILITIES}},
     }
+    pod = {
+        "containers": [container],
+        "volumes": volumes,
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": _meta(spec, COPY_POD), "spec": pod}
+
+
+# A clone's copy: tar out of the source's container, into the helper. The path is the script's
+# argument, never part of its text. DIPLOI_TEST_ROOT is unset in containers; the test control plane's
+# KWOK, which runs exec commands on its own machine, sets it so that the paths stay in the tests' folder.
+COPY_SCRIPTS = {"read": 'exec tar -c -C "${DIPLOI_TEST_ROOT:-}$1" .', "write": 'exec tar -x -C "${DIPLOI_TEST_ROOT:-}$1"'}
+
+
+def copy_command(direction: str, path: str) -> list[str]:
+    return ["/bin/sh", "-c", COPY_SCRIPTS[direction], "copy", path]

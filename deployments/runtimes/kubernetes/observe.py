@@ -3,7 +3,7 @@
 from dataclasses import replace
 
 from deployments.runtimes.base import Colour, DeploymentSpec, ItemState, Observation
-from deployments.runtimes.kubernetes.manifests import COMPONENT
+from deployments.runtimes.kubernetes.manifests import COMPONENT, VOLUME
 
 
 def observation(spec: DeploymentSpec, objects: dict[str, list[dict]], usage: dict | None) -> Observation:
@@ -47,7 +47,9 @@ def _quantity(text: str) -> float:
 
 
 def _claim_state(claim: dict) -> ItemState:
-    name = claim["metadata"]["name"]
+    """Named `<component>/<volume>` (as on the local runtime), from the claim's labels."""
+    found = claim["metadata"]["labels"]
+    name = f"{found.get(COMPONENT, '?')}/{found.get(VOLUME, claim['metadata']['name'])}"
     phase = claim.get("status", {}).get("phase", "Pending")
     size = claim["spec"]["resources"]["requests"]["storage"]
     colour = {"Bound": Colour.GREEN, "Lost": Colour.RED}.get(phase, Colour.YELLOW)

@@ -35,13 +35,16 @@ from deployments.runtimes.kubernetes.manifests import (
     COPY_POD,
     COPY_ROOT,
     DEPLOYMENT_ID,
+    DIGEST,
     MANAGED,
     build_manifests,
     build_name,
+    copy_command,
     copy_pod,
     default_host,
     manifests,
     namespace,
+    pushed_image,
     storage_paths,
     workload_kind,
 )
@@ -61,19 +64,50 @@ class KubernetesRuntime(Runtime):
         self.kube = kube or Kube(settings.DIPLOI_K8S_KUBECONFIG, settings.DIPLOI_K8S_CONTEXT)
 
     def confinement(self) -> Confinement:
-        return Confinement(
-            missing=(
-                ("files", "namespace names can collide across projects, so one deployment can mount another's claims"),
-                ("network", "there is no NetworkPolicy: pods can reach the platform and other deployments"),
-                ("resources", "there is no ResourceQuota or LimitRange per namespace"),
+        """A namespace per deployment named from its id, with a default-deny NetworkPolicy (enforced
+        by the cluster's network plugin), a quota and limit range, and pods that never run as root
+        (but for the builder and the copy helper) and hold no API token."""
+        return Confinement()
+
+    def _own_namespace(self, spec: DeploymentSpec) -> dict | None:
+        """The deployment's namespace (None if there is none yet); refuses one that belongs to another."""
+        found = self.kube.get("Namespace", namespace(spec))
+        owner = (found or {}).get("metadata", {}).get("labels", {}).get(DEPLOYMENT_ID)
+        if found is not None and owner != str(spec.id):
+            raise RuntimeFailure(
+                f"the namespace {namespace(spec)} exists and is not this deployment's (its {DEPLOYMENT_ID} label is "
+                f"{owner or 'missing'}); nothing was changed in it"
             )
-        )
+        return found
+
+    def _apply_all(self, objects: list[dict], spec: DeploymentSpec) -> None:
+        """Apply in order, after checking that the namespace and every host name are the deployment's."""
+        self._own_namespace(spec)
+        hosts = {rule["host"] for obj in objects if obj["kind"] == "Ingress" for rule in obj["spec"]["rules"]}
+        if hosts:
+            self._hosts_free(spec, hosts)
+        for obj in objects:
+            self.kube.apply(obj)
+
+    def _hosts_free(self, spec: DeploymentSpec, hosts: set[str]) -> None:
+        """Refuse host names another Ingress of the cluster serves (another Diploi's, or anyone's)."""
+        for ingress in self.kube.list("Ingress"):
+            if ingress["metadata"].get("labels", {}).get(DEPLOYMENT_ID) == str(spec.id):
+                continue
+            taken = hosts & {rule.get("host") for rule in ingress.get("spec", {}).get("rules", [])}
+            if taken:
+                raise RuntimeFailure(f"{', '.join(sorted(taken))} is already served by another Ingress in the cluster; nothing was changed")
 
     def apply(self, spec: DeploymentSpec) -> dict[str, str]:
-        for obj in manifests(spec):
-            self.kube.apply(obj)
+        self._apply_all(manifests(spec), spec)
         public = next((s for s in spec.services if s.kind == "component" and any(p.public for p in s.ports)), None)
         return {public.identifier: f"https://{default_host(spec)}"} if public else {}
+
+    def route(self, spec: DeploymentSpec) -> None:
+        """The Ingress again, with the verified domains (or without a removed one)."""
+        ingresses = [obj for obj in manifests(spec) if obj["kind"] == "Ingress"]
+        if ingresses and self._own_namespace(spec) is not None:
+            self._apply_all(ingresses, spec)
 
     def set_enabled(self, spec: DeploymentSpec, enabled: bool) -> None:
         """Replicas to zero (or back); claims stay."""
@@ -120,23 +154,30 @@ class KubernetesRuntime(Runtime):
             yield line
 
     def destroy(self, spec: DeploymentSpec) -> None:
-        """Delete the namespace (everything in it, claims included) and wait until it is gone."""
+        """Delete the namespace (everything in it, claims included) and wait until it is gone. A
+        namespace of that name that is not labelled as this deployment's is left alone."""
+        try:
+            if self._own_namespace(spec) is None:
+                return
+        except RuntimeFailure as e:
+            log.warning("destroy of deployment %s: %s", spec.id, e)
+            return
         self.kube.delete("Namespace", namespace(spec))
         self.kube.wait_gone("Namespace", namespace(spec), timeout=settings.DIPLOI_K8S_DELETE_TIMEOUT)
 
-    def build(self, spec: DeploymentSpec, progress: Progress) -> str:
+    def build(self, spec: DeploymentSpec, progress: Progress) -> dict[str, str]:
         """One Job per component: the builder image builds the commit with a generated Dockerfile
-        (the package's image, the code, its install and build commands) and pushes the image the
-        workloads run. Progress follows the Jobs; a failed Job fails the build with its reason."""
+        (the package's image, the code, its install and build commands), pushes it and leaves its
+        digest as the pod's termination message; the workloads run that digest, not the tag. Progress
+        follows the Jobs; a failed Job fails the build with its reason."""
         components = [s for s in spec.services if s.kind == "component"]
-        self.kube.apply(manifests(spec)[0])  # the namespace
         progress("clone", 0, f"Building {spec.commit[:10]} of {spec.branch} in the cluster")
-        for service in components:
-            for obj in build_manifests(spec, service):
-                self.kube.apply(obj)
+        boundary = [o for o in manifests(spec) if o["kind"] in ("Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange")]
+        self._apply_all(boundary + [obj for service in components for obj in build_manifests(spec, service)], spec)
         progress("install", 25, f"{len(components)} build job(s) started")
         deadline = time.monotonic() + settings.DIPLOI_K8S_BUILD_TIMEOUT
         done: set[str] = set()
+        images: dict[str, str] = {}
         while len(done) < len(components):
             for service in components:
                 if service.identifier in done:
@@ -148,14 +189,24 @@ class KubernetesRuntime(Runtime):
                         "build", f"{service.identifier}: {conditions['Failed'].get('message') or conditions['Failed'].get('reason')}"
                     )
                 if "Complete" in conditions:
+                    images[service.identifier] = f"{pushed_image(spec, service)}@{self._digest(spec, build_name(spec, service))}"
                     done.add(service.identifier)
-                    progress("build", 25 + 65 * len(done) // len(components), f"{service.identifier}: image pushed")
+                    progress("build", 25 + 65 * len(done) // len(components), f"{service.identifier}: pushed {images[service.identifier]}")
             if len(done) < len(components):
                 if time.monotonic() > deadline:
                     raise BuildFailed("build", f"not finished after {settings.DIPLOI_K8S_BUILD_TIMEOUT} s")
                 time.sleep(1)
         progress("release", 100, f"Release {spec.commit[:10]} ready")
-        return spec.commit
+        return images
+
+    def _digest(self, spec: DeploymentSpec, job: str) -> str:
+        """What the builder of `job` wrote to its termination log: the pushed image's digest."""
+        for pod in self.kube.list("Pod", namespace(spec), f"job-name={job}"):
+            for status in pod.get("status", {}).get("containerStatuses", []):
+                message = status.get("state", {}).get("terminated", {}).get("message", "").strip()
+                if DIGEST.fullmatch(message):
+                    return message
+        raise BuildFailed("build", f"{job}: the builder reported no image digest (its termination message)")
 
     def open_shell(self, spec: DeploymentSpec, service: str, command: str | None, pty: bool) -> Shell:
         """Through the pod exec API: the container's environment and working directory, a terminal
@@ -192,9 +243,9 @@ class KubernetesRuntime(Runtime):
         if not copies:
             return
         ns = namespace(target)
-        for obj in manifests(target):
-            if obj["kind"] in ("Namespace", "PersistentVolumeClaim"):
-                self.kube.apply(obj)
+        self._own_namespace(source)
+        kinds = ("Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange", "PersistentVolumeClaim")
+        self._apply_all([obj for obj in manifests(target) if obj["kind"] in kinds], target)
         self.kube.apply(copy_pod(target, [claim for _, claim, _ in copies]))
         try:
             self._wait_running(ns, COPY_POD)
@@ -215,10 +266,8 @@ class KubernetesRuntime(Runtime):
             time.sleep(0.5)
 
     def _copy(self, source_ns: str, pod: str, container: str, path: str, ns: str, claim: str) -> None:
-        # DIPLOI_TEST_ROOT is unset in containers; the test control plane's KWOK, which runs exec
-        # commands on its own machine, sets it so that the paths stay inside the tests' folder.
-        reading = self.kube.exec(source_ns, pod, container, ["/bin/sh", "-c", f'tar -c -C "${{DIPLOI_TEST_ROOT:-}}{path}" .'], False)
-        writing = self.kube.exec(ns, COPY_POD, "copy", ["/bin/sh", "-c", f'tar -x -C "${{DIPLOI_TEST_ROOT:-}}{COPY_ROOT}/{claim}"'], False)
+        reading = self.kube.exec(source_ns, pod, container, copy_command("read", path), False)
+        writing = self.kube.exec(ns, COPY_POD, "copy", copy_command("write", f"{COPY_ROOT}/{claim}"), False)
         while data := reading.read():
             writing.write(data)
         problem = b"".join(iter(reading.read_stderr, b"")).decode(errors="replace").strip()

@@ -161,7 +161,7 @@ class LocalRuntime(Runtime):
 
     # --- build --------------------------------------------------------------------------------
 
-    def build(self, spec: DeploymentSpec, progress: Progress) -> str:
+    def build(self, spec: DeploymentSpec, progress: Progress) -> dict[str, str]:
         self.layout.releases(spec).mkdir(parents=True, exist_ok=True)
         ports = programs.allocate_ports(self.layout, spec)
         jail = self.jail(spec, ports)
@@ -177,9 +177,13 @@ class LocalRuntime(Runtime):
             env = programs.environment(self.layout, spec, service, ports, jail)
             return code.Launch(command, argv, env, jail.preexec() if jail else None, settings.DIPLOI_BUILD_STEP_TIMEOUT)
 
-        return code.build_release(spec, self.layout.releases(spec), launch, progress)
+        code.build_release(spec, self.layout.releases(spec), launch, progress)
+        return {}  # the release is a folder of this machine
 
     # --- operate ------------------------------------------------------------------------------
+
+    def route(self, spec: DeploymentSpec) -> None:
+        """Local deployments are reached by port; there are no host names to route yet."""
 
     def set_enabled(self, spec: DeploymentSpec, enabled: bool) -> None:
         if spec.services:
