@@ -216,6 +216,8 @@ DIPLOI_K8S_BLOCKED_CIDRS = envlist(
     "DIPLOI_K8S_BLOCKED_CIDRS",
     ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "127.0.0.0/8", "fc00::/7", "fe80::/10"],
 )
+# Addresses inside those that deployments may reach all the same (a registry or Git server in the cluster).
+DIPLOI_K8S_ALLOWED_CIDRS = envlist("DIPLOI_K8S_ALLOWED_CIDRS", [])
 # job: a builder Job per component pushes to DIPLOI_K8S_REGISTRY; external: CI builds and reports
 # each component's image to POST /api/ci/builds/ with the project's CI token.
 DIPLOI_K8S_BUILD_MODE = envchoice("DIPLOI_K8S_BUILD_MODE", "job", ("job", "external"))

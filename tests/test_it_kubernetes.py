@@ -49,6 +49,7 @@ def test_every_manifest_validates_strictly_for_kubernetes_1_30_to_1_37(cast, dat
 
     if registry_auth:
         settings.DIPLOI_K8S_REGISTRY_PULL_AUTH, settings.DIPLOI_K8S_REGISTRY_PUSH_AUTH = "puller:p", "pusher:s"
+        settings.DIPLOI_K8S_ALLOWED_CIDRS = ["10.96.0.20/32"]  # an in-cluster registry
     _, spec = sample_spec(cast, stage)
     objects = manifests(replace(spec, hosts=("shop.example.com",)))
     web = ["Secret", "PersistentVolumeClaim", "Service", "StatefulSet"] if stage == "development" else ["Secret", "Service", "Deployment"]
@@ -69,6 +70,9 @@ def test_every_manifest_validates_strictly_for_kubernetes_1_30_to_1_37(cast, dat
             assert [o["metadata"]["name"] for o in built if o["kind"] == "Secret"] == ["registry-push"]
         assert not any("registry-push" in json.dumps(w) for w in workloads)
         objects += built
+    if registry_auth:
+        egress = next(o for o in objects if o["metadata"]["name"] == "allow")["spec"]["egress"]
+        assert egress[-1] == {"to": [{"ipBlock": {"cidr": "10.96.0.20/32"}}]}
     else:
         from deployments.runtimes.kubernetes.manifests import copy_pod
 

@@ -317,6 +317,7 @@ def boundary(spec: DeploymentSpec) -> list[dict]:
         dns,
         _cidr_rule("0.0.0.0/0", [c for c in blocked if ":" not in c]),
         _cidr_rule("::/0", [c for c in blocked if ":" in c]),
+        *(_cidr_rule(c, []) for c in settings.DIPLOI_K8S_ALLOWED_CIDRS if c),
     ]
     requests, limits = SIZES[settings.DIPLOI_K8S_SIZE]
     # Room for every workload twice (a rolling update's new pod beside the old) and one helper (a
