@@ -21,8 +21,16 @@ ALLOWED_TYPES = (
     "ecdsa-sha2-nistp384",
     "ecdsa-sha2-nistp521",
     "ssh-rsa",
+    "sk-ssh-ed25519@openssh.com",  # on a security key (FIDO): `ssh-keygen -t ed25519-sk`
+    "sk-ecdsa-sha2-nistp256@openssh.com",
 )
-_CURVES = {"ecdsa-sha2-nistp256": "secp256r1", "ecdsa-sha2-nistp384": "secp384r1", "ecdsa-sha2-nistp521": "secp521r1"}
+SK_ED25519, SK_ECDSA = "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com"
+_CURVES = {
+    SK_ECDSA: "secp256r1",
+    "ecdsa-sha2-nistp256": "secp256r1",
+    "ecdsa-sha2-nistp384": "secp384r1",
+    "ecdsa-sha2-nistp521": "secp521r1",
+}
 _PRIVATE_MARKERS = re.compile(r"PRIVATE KEY|PuTTY-User-Key-File", re.IGNORECASE)
 
 
@@ -87,13 +95,13 @@ def parse_public_key(text: str) -> PublicKey:
         raise InvalidKey("The key data is not valid base64; the key may be truncated or mangled.") from None
 
     try:
-        key = load_ssh_public_key(f"{key_type} {parts[1]}".encode())
-    except (ValueError, TypeError):
+        key, _ = _load(key_type, blob)
+    except (ValueError, TypeError, BadSignature):
         raise InvalidKey("The key data is incomplete or corrupt; the key may be truncated.") from None
     except Exception:  # cryptography raises UnsupportedAlgorithm for odd inner types
         raise InvalidKey("The key type is not supported.") from None
 
-    if key_type == "ssh-ed25519" and not isinstance(key, ed25519.Ed25519PublicKey):
+    if key_type in (SK_ED25519, "ssh-ed25519") and not isinstance(key, ed25519.Ed25519PublicKey):
         raise InvalidKey("The key data does not match its type ssh-ed25519.")
     if key_type == "ssh-rsa":
         if not isinstance(key, rsa.RSAPublicKey):
@@ -147,6 +155,25 @@ def _string(value: bytes) -> bytes:
     return len(value).to_bytes(4, "big") + value
 
 
+def _load(key_type: str, blob: bytes) -> tuple[object, bytes | None]:
+    """The key and, for a security key, its application (PROTOCOL.u2f); cryptography reads the others."""
+    if key_type not in (SK_ED25519, SK_ECDSA):
+        return load_ssh_public_key(f"{key_type} {base64.b64encode(blob).decode()}".encode()), None
+    r = _Reader(blob)
+    if r.string() != key_type.encode():
+        raise ValueError("the key data names another type")
+    if key_type == SK_ED25519:
+        key: object = ed25519.Ed25519PublicKey.from_public_bytes(r.string())
+    else:
+        if r.string() != b"nistp256":
+            raise ValueError("not the nistp256 curve")
+        key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), r.string())
+    application = r.string()
+    if r.at != len(blob):
+        raise ValueError("trailing data")
+    return key, application
+
+
 def challenge_for(user_pk: int, fingerprint: str) -> str:
     """What the user signs: bound to this Diploi (its secret key), the user and the key."""
     return "diploi-key-proof-" + salted_hmac("accounts.sshkey-proof", f"{user_pk}:{fingerprint}").hexdigest()[:32]
@@ -179,12 +206,19 @@ def verify_signature(key: PublicKey, armored: str, message: str) -> None:
     if hash_name not in _SIG_HASHES:
         raise BadSignature(f"The signature uses the hash {hash_name!r}; sign with ssh-keygen's default (sha512).")
     algorithm, sig = signature.string().decode(errors="replace"), signature.string()
-    public = load_ssh_public_key(key.openssh.encode())
+    public, application = _load(key.key_type, key.blob)
+    if application is not None:  # a security key signs its own structure around the data (PROTOCOL.u2f)
+        flags, counter = signature.raw(1), signature.raw(4)
+        if not flags[0] & 0x01:
+            raise BadSignature("The security key did not confirm a touch; sign again and touch it.")
     # The user may have signed with `echo` (a trailing newline) rather than `printf %s`: both prove possession.
     for text in (message, message + "\n"):
         h = hashes.Hash(_SIG_HASHES[hash_name]())
         h.update(text.encode())
         signed = b"SSHSIG" + _string(namespace) + _string(b"") + _string(hash_name.encode()) + _string(h.finalize())
+        if application is not None:
+            signed = hashlib.sha256(application).digest() + flags + counter + hashlib.sha256(signed).digest()
+            algorithm = {SK_ED25519: "ssh-ed25519", SK_ECDSA: "ecdsa-sha2-nistp256"}.get(algorithm, "")
         if _verifies(public, algorithm, sig, signed):
             return
     raise BadSignature("The signature does not match; sign exactly the challenge shown, with this key.")

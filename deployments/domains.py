@@ -28,6 +28,10 @@ def normalise_domain(raw: str) -> str:
         ascii_name = name.encode("idna").decode()
     except UnicodeError:
         raise ValidationError(f"“{raw}” is not a valid international domain name.") from None
+    try:  # an xn-- label must be valid punycode of a valid name ("xn--zz" is not)
+        ascii_name.encode().decode("idna")
+    except UnicodeError:
+        raise ValidationError(f"“{raw}” is not a valid international domain name.") from None
     labels = ascii_name.split(".")
     if len(labels) < 2 or len(ascii_name) > 253 or not all(_LABEL.match(label) for label in labels):
         raise ValidationError(f"“{raw}” is not a valid domain name.")

@@ -48,7 +48,6 @@ INSTALLED_APPS = [
     "allauth",
     "allauth.account",
     "allauth.socialaccount",
-    "allauth.socialaccount.providers.github",
     "accounts",
     "projects",
     "deployments",
@@ -145,7 +144,8 @@ ACCOUNT_PREVENT_ENUMERATION = True
 GITHUB_CLIENT_ID = envstr("DIPLOI_GITHUB_CLIENT_ID")
 GITHUB_SECRET = envstr("DIPLOI_GITHUB_SECRET")
 SOCIALACCOUNT_PROVIDERS = {}
-if GITHUB_CLIENT_ID and GITHUB_SECRET:
+if GITHUB_CLIENT_ID and GITHUB_SECRET:  # otherwise there is no GitHub route at all (not a 500)
+    INSTALLED_APPS.append("allauth.socialaccount.providers.github")
     SOCIALACCOUNT_PROVIDERS["github"] = {
         "APPS": [{"client_id": GITHUB_CLIENT_ID, "secret": GITHUB_SECRET, "key": ""}],
         "SCOPE": ["read:user", "user:email"],

@@ -5,7 +5,9 @@ from django.core import validators
 from django.db.models import Q
 from django.utils.text import slugify
 
+from projects.git import GitError, remote_branches
 from projects.models import Membership, Project, Role
+from projects.validators import validate_branch_name, validate_repository
 
 
 def unique_slug(name: str) -> str:
@@ -27,6 +29,27 @@ class ProjectForm(forms.ModelForm):
         if not slugify(name):
             raise forms.ValidationError("The name must contain at least one letter or digit.")
         return name
+
+    def clean(self) -> dict:
+        """The repository must be readable now and have the default branch: nothing is saved otherwise."""
+        data = super().clean()
+        repository, branch = data.get("repository"), data.get("default_branch")
+        if not repository or not branch or self.errors:
+            return data
+        try:
+            validate_repository(repository)
+            validate_branch_name(branch)
+        except forms.ValidationError:
+            return data  # the model's validation, next, says what is wrong with them
+        try:
+            found = remote_branches(repository)
+        except GitError as e:
+            self.add_error("repository", str(e))
+            return data
+        if branch not in found:
+            has = f" (it has {', '.join(found[:10])})" if found else " (it has no branches yet)"
+            self.add_error("default_branch", f"Branch “{branch}” does not exist in the repository{has}.")
+        return data
 
 
 class InviteForm(forms.Form):

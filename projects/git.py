@@ -58,10 +58,19 @@ def run_git(*args: str, cwd: Path | None = None, timeout: int | None = None) -> 
         )
     except subprocess.TimeoutExpired:
         raise GitError(f"git {args[0]} timed out after {timeout or settings.DIPLOI_GIT_TIMEOUT} s") from None
+    except OSError as e:  # git missing, or the folder it should run in (a mirror that was removed)
+        raise GitError(f"git {args[0]} could not run: {e.strerror}") from None
     if result.returncode != 0:
-        lines = [ln for ln in result.stderr.decode(errors="replace").splitlines() if ln.strip()]
-        raise GitError(lines[-1] if lines else f"git {args[0]} failed with exit code {result.returncode}")
+        raise GitError(_sentence(result.stderr.decode(errors="replace")) or f"git {args[0]} failed with exit code {result.returncode}")
     return result.stdout
+
+
+def _sentence(stderr: str) -> str:
+    """git's reason in one sentence: its first `fatal:`/`error:` line (not the advice lines after it)."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    reason = next((ln for ln in lines if ln.startswith(("fatal:", "error:"))), lines[-1] if lines else "")
+    reason = reason.split(":", 1)[1].strip() if reason.startswith(("fatal:", "error:")) else reason
+    return reason if not reason or reason.endswith((".", "?", "!")) else reason + "."
 
 
 @contextmanager
@@ -97,6 +106,15 @@ def sync_mirror(repository: str, mirror: Path) -> None:
             run_git("fetch", "--prune", "--quiet", "origin", cwd=mirror)
         except GitError as e:
             raise GitError(f"Could not read the repository: {e}") from None
+
+
+def remote_branches(repository: str) -> list[str]:
+    """The branches `repository` has now (GitError with the reason when it cannot be read)."""
+    try:
+        out = run_git("ls-remote", "--heads", "--", repository)
+    except GitError as e:
+        raise GitError(f"Could not read the repository: {e}") from None
+    return sorted(line.split("refs/heads/", 1)[1] for line in out.decode().splitlines() if "refs/heads/" in line)
 
 
 def resolve_branch(mirror: Path, branch: str) -> str:

@@ -3,12 +3,14 @@
 from dataclasses import dataclass
 from pathlib import Path
 
+from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from projects import git
 from projects.models import Project
 from projects.stackerrors import StackError
 from projects.stackfile import STACK_FILE, Stack, parse_stack
+from projects.validators import validate_branch_name
 
 
 @dataclass
@@ -57,3 +59,17 @@ def branches(project: Project) -> list[str]:
         return git.list_branches(project_mirror(project))
     except git.GitError:
         return []
+
+
+def check_branch(project: Project, branch: str) -> None:
+    """ValidationError unless `branch` is a valid name of one of the repository's branches (fetched
+    again when the last fetch did not have it: it may just have been pushed)."""
+    validate_branch_name(branch)
+    if branch in branches(project):
+        return
+    mirror = project_mirror(project)
+    try:
+        git.sync_mirror(project.repository, mirror)
+        git.resolve_branch(mirror, branch)
+    except git.GitError as e:
+        raise ValidationError(str(e)) from None

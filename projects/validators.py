@@ -46,6 +46,8 @@ def validate_branch_name(value: str) -> None:
         reason = "is too long"
     elif value.startswith("-"):
         reason = "must not start with '-'"
+    elif value == "HEAD":
+        reason = "is the name of the current commit, not of a branch"
     elif value == "@" or "@{" in value:
         reason = "must not be '@' or contain '@{'"
     elif _REF_FORBIDDEN.search(value):

@@ -53,7 +53,25 @@ def test_it_resets_a_password_by_email(db) -> None:
     assert User.objects.get(username="ada").check_password("brand-new-pw-7")
 
 
-def test_github_login_shows_only_when_configured(db, settings) -> None:
+def test_github_login_shows_only_when_configured(db, tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import BASE_DIR
+
     assert "GitHub" not in Client().get("/accounts/login/").content.decode()
-    settings.SOCIALACCOUNT_PROVIDERS = {"github": {"APPS": [{"client_id": "id", "secret": "s", "key": ""}]}}
-    assert "GitHub" in Client().get("/accounts/login/").content.decode()
+    assert Client().get("/accounts/github/login/").status_code == 404
+    # Configured at start (the provider is an installed app only then): a process of its own.
+    env = {**os.environ, "DIPLOI_DATA_DIR": str(tmp_path), "DIPLOI_GITHUB_CLIENT_ID": "id", "DIPLOI_GITHUB_SECRET": "s"}
+    env.pop("DATABASE_URL", None)
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=BASE_DIR, env=env, check=True, timeout=120)
+    probe = (
+        "from django.test import Client; c = Client(HTTP_HOST='localhost'); "
+        "print(c.get('/accounts/login/').content.decode().count('GitHub'), c.get('/accounts/github/login/').status_code)"
+    )
+    out = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", probe], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120
+    )
+    shown, status = out.stdout.strip().splitlines()[-1].split()
+    assert int(shown) >= 1 and status != "404", out.stderr

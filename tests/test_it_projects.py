@@ -51,15 +51,6 @@ def test_it_rejects_bad_input_and_keeps_what_was_typed(cast, sample_repo: Path, 
     assert Project.objects.count() == 1
 
 
-def test_an_unreadable_repository_is_a_message_not_a_500(cast, tmp_path: Path) -> None:
-    client = cast.client(cast.owner)
-    r = client.post("/projects/new/", {"name": "Gone", "repository": str(tmp_path / "missing"), "default_branch": "main"})
-    assert r.status_code == 302
-    page = client.get(r["Location"])
-    assert page.status_code == 200
-    assert "Could not read the repository" in page.content.decode()
-
-
 def test_an_owner_changes_roles_and_removes_members(cast) -> None:
     client = cast.client(cast.owner)
     membership = Membership.objects.get(project=cast.project, user=cast.viewer)
@@ -112,13 +103,22 @@ def test_deleting_needs_the_exact_name(cast, data_dir: Path) -> None:
     assert not mirror.exists()
 
 
-def test_changing_the_branch_rereads_the_stack(cast) -> None:
+def test_changing_the_branch_rereads_the_stack(cast, sample_repo: Path) -> None:
+    from projects.git import run_git
+    from projects.sample import commit_all
+
     client = cast.client(cast.developer)
     data = {"name": "Shop", "repository": cast.project.repository, "default_branch": "nope"}
-    client.post(f"/projects/{cast.project.slug}/settings/", data)
+    r = client.post(f"/projects/{cast.project.slug}/settings/", data)
+    assert "Branch “nope” does not exist in the repository (it has main)." in html.unescape(r.content.decode())
+    assert Project.objects.get(pk=cast.project.pk).default_branch == "main"  # nothing saved
+
+    run_git("checkout", "-q", "-b", "broken", cwd=sample_repo)
+    (sample_repo / "diploi.yaml").write_text("diploiVersion: v1.0\ncomponents: 3\n")
+    commit_all(sample_repo, "Break the stack on a branch")
+    client.post(f"/projects/{cast.project.slug}/settings/", {**data, "default_branch": "broken"})
     project = Project.objects.get(pk=cast.project.pk)
-    assert project.default_branch == "nope"
-    assert "does not exist" in project.stack_errors[0]["message"]
+    assert project.default_branch == "broken" and project.stack_errors and project.stack is None
 
 
 def test_an_htmx_form_that_succeeds_navigates_the_page(cast, sample_repo: Path) -> None:

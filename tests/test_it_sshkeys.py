@@ -230,3 +230,71 @@ def test_it_requires_login(db) -> None:
 
     r = Client().get("/account/keys/")
     assert r.status_code == 302 and "/accounts/login/" in r["Location"]
+
+
+# Security keys (FIDO, `ssh-keygen -t ed25519-sk`): no authenticator here, so the test plays its part,
+# building the public key and the SSHSIG signature in OpenSSH's formats (PROTOCOL.u2f, PROTOCOL.sshsig).
+
+
+def _ssh_string(value: bytes) -> bytes:
+    return len(value).to_bytes(4, "big") + value
+
+
+def _sk_key(kind: str) -> tuple[object, str]:
+    if kind == "sk-ssh-ed25519@openssh.com":
+        private = ed25519.Ed25519PrivateKey.generate()
+        point = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        blob = _ssh_string(kind.encode()) + _ssh_string(point)
+    else:
+        private = ec.generate_private_key(ec.SECP256R1())
+        point = private.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        blob = _ssh_string(kind.encode()) + _ssh_string(b"nistp256") + _ssh_string(point)
+    blob += _ssh_string(b"ssh:")
+    return private, f"{kind} {base64.b64encode(blob).decode()} yubikey"
+
+
+def _sk_sign(private, line: str, message: str, flags: int = 0x01, namespace: str = SIGNATURE_NAMESPACE) -> str:
+    import hashlib
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    kind, blob = line.split()[0], base64.b64decode(line.split()[1])
+    inner = b"SSHSIG" + _ssh_string(namespace.encode()) + _ssh_string(b"") + _ssh_string(b"sha512")
+    inner += _ssh_string(hashlib.sha512(message.encode()).digest())
+    counter = (7).to_bytes(4, "big")
+    signed = hashlib.sha256(b"ssh:").digest() + bytes([flags]) + counter + hashlib.sha256(inner).digest()
+    if kind.startswith("sk-ssh-ed25519"):
+        raw = private.sign(signed)
+    else:
+        r, s = decode_dss_signature(private.sign(signed, ec.ECDSA(hashes.SHA256())))
+        mpint = lambda n: _ssh_string(n.to_bytes((n.bit_length() + 8) // 8, "big"))  # noqa: E731
+        raw = mpint(r) + mpint(s)
+    sig = _ssh_string(kind.encode()) + _ssh_string(raw) + bytes([flags]) + counter
+    body = b"SSHSIG" + (1).to_bytes(4, "big") + _ssh_string(blob) + _ssh_string(namespace.encode()) + _ssh_string(b"")
+    body += _ssh_string(b"sha512") + _ssh_string(sig)
+    armored = base64.b64encode(body).decode()
+    return "-----BEGIN SSH SIGNATURE-----\n" + armored + "\n-----END SSH SIGNATURE-----\n"
+
+
+@pytest.mark.parametrize("kind", ["sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com"])
+def test_security_keys_are_accepted_with_a_touch_confirmed_signature(cast, kind: str) -> None:
+    import asyncssh
+
+    private, line = _sk_key(kind)
+    parsed = parse_public_key(line)
+    assert parsed.key_type == kind and parsed.comment == "yubikey"
+    assert asyncssh.import_public_key(line).algorithm == kind.encode()  # the SSH gateway reads it too
+    client = cast.client(cast.developer)
+    challenge = challenge_for(cast.developer.pk, parsed.fingerprint)
+
+    def post(signature: str):
+        return client.post("/account/keys/", {"public_key": line, "step": "sign", "signature": signature})
+
+    assert "did not confirm a touch" in post(_sk_sign(private, line, challenge, flags=0x00)).content.decode()
+    assert "does not match" in post(_sk_sign(private, line, challenge + "x")).content.decode()
+    other, _ = _sk_key(kind)
+    assert "does not match" in post(_sk_sign(other, line, challenge)).content.decode()
+    assert not SSHKey.objects.exists()
+    assert post(_sk_sign(private, line, challenge)).status_code == 302
+    assert SSHKey.objects.get().key_type == kind

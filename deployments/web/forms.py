@@ -3,7 +3,9 @@ import re
 from django import forms
 
 from deployments.models import Deployment, EnvVar, Stage
-from projects.validators import env_name_error, validate_branch_name
+from projects.models import Project
+from projects.stack import branches, check_branch
+from projects.validators import env_name_error
 
 MAX_ENV_VALUE = 32 * 1024
 
@@ -14,19 +16,28 @@ class NewDeploymentForm(forms.Form):
     branch = forms.CharField(max_length=255)
     enabled = forms.BooleanField(required=False, initial=True, label="Start it right away")
 
-    def __init__(self, *args, branches: list[str], default_branch: str, **kwargs) -> None:
+    def __init__(self, *args, project: Project, default_branch: str, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.project = project
         self.fields["branch"].initial = default_branch
-        if branches:
-            self.fields["branch"].widget = forms.Select(choices=[(b, b) for b in branches])
+        if known := branches(project):
+            self.fields["branch"].widget = forms.Select(choices=[(b, b) for b in known])
 
     def clean_branch(self) -> str:
-        validate_branch_name(self.cleaned_data["branch"])
+        check_branch(self.project, self.cleaned_data["branch"])
         return self.cleaned_data["branch"]
 
 
 class BranchForm(forms.Form):
-    branch = forms.CharField(max_length=255, validators=[validate_branch_name])
+    branch = forms.CharField(max_length=255)
+
+    def __init__(self, *args, project: Project, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.project = project
+
+    def clean_branch(self) -> str:
+        check_branch(self.project, self.cleaned_data["branch"])
+        return self.cleaned_data["branch"]
 
 
 class EnvVarForm(forms.Form):

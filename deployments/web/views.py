@@ -55,7 +55,7 @@ def _add_errors(form: Form, error: ValidationError) -> None:
 @require_http_methods(["GET", "POST"])
 def deployment_new(request: HttpRequest, project_slug: str) -> HttpResponse:
     project = get_project_for_user(request.user, project_slug, write=True)
-    form = NewDeploymentForm(request.POST or None, branches=branches(project), default_branch=project.default_branch)
+    form = NewDeploymentForm(request.POST or None, project=project, default_branch=project.default_branch)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
@@ -97,7 +97,7 @@ def _options_page(request: HttpRequest, d: Deployment, partial: str | None = Non
         "d": d,
         "project": d.project,
         "tab": "options",
-        "branch_form": forms.get("branch_form") or BranchForm(initial={"branch": d.branch}),
+        "branch_form": forms.get("branch_form") or BranchForm(initial={"branch": d.branch}, project=d.project),
         "env_form": forms.get("env_form") or EnvVarForm(components=components(d)),
         "delete_form": forms.get("delete_form") or DeleteDeploymentForm(deployment=d),
         "env_vars": EnvVar.objects.filter(deployment=d),
@@ -141,7 +141,7 @@ def deployment_enabled(request: HttpRequest, project_slug: str, slug: str) -> Ht
 @require_POST
 def deployment_branch(request: HttpRequest, project_slug: str, slug: str) -> HttpResponse:
     d = get_deployment_for_user(request.user, project_slug, slug, write=True)
-    form = BranchForm(request.POST)
+    form = BranchForm(request.POST, project=d.project)
     if not form.is_valid():
         return _options_page(request, d, "general", branch_form=form)
     actions.do_follow_branch(d, form.cleaned_data["branch"], actor=request.user)
@@ -249,7 +249,7 @@ def deployment_delete(request: HttpRequest, project_slug: str, slug: str) -> Htt
 def deployment_clone(request: HttpRequest, project_slug: str, slug: str) -> HttpResponse:
     source = get_deployment_for_user(request.user, project_slug, slug, write=True)
     initial = {"name": f"{source.name}-copy", "stage": source.stage}
-    form = CloneForm(request.POST or None, branches=branches(source.project), default_branch=source.branch, initial=initial)
+    form = CloneForm(request.POST or None, project=source.project, default_branch=source.branch, initial=initial)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
@@ -282,7 +282,11 @@ def deployment_logs(request: HttpRequest, project_slug: str, slug: str) -> HttpR
     services = [s.identifier for s in spec.services]
     service = request.GET.get("service") or (services[0] if services else "")
     lines: list[str] = []
-    if service in services:
+    unknown = bool(service) and service not in services
+    if unknown:
+        messages.error(request, f"This deployment has no component or add-on “{service[:100]}”.")
+        service = services[0] if services else ""
+    if service:
         lines = list(get_runtime().logs(spec, service, tail=LOG_LINES))
     ctx = {
         "d": d,
@@ -294,7 +298,7 @@ def deployment_logs(request: HttpRequest, project_slug: str, slug: str) -> HttpR
         "follow": request.GET.get("follow") == "1",
         "keep": LOG_LINES,
     }
-    return TemplateResponse(request, "deployments/logs.html", ctx)
+    return TemplateResponse(request, "deployments/logs.html", ctx, status=404 if unknown else 200)
 
 
 @login_required
