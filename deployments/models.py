@@ -38,6 +38,8 @@ class Deployment(models.Model):
     enabled = models.BooleanField(default=True)
     state = models.CharField(max_length=20, choices=State.choices, default=State.PENDING)
     state_reason = models.CharField(max_length=500, blank=True)
+    # When the state last moved (or was re-driven): how the reconciler tells a stuck deployment.
+    state_since = models.DateTimeField(default=timezone.now, db_index=True)
     commit = models.CharField(max_length=40, blank=True, help_text="The commit the deployment runs (or checked out).")
     release = models.ForeignKey("Build", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     status = models.JSONField(default=dict, blank=True, help_text="The last status tree the runtime reported.")
@@ -79,7 +81,7 @@ class Deployment(models.Model):
             if current == (to, reason[:500]):
                 self.state, self.state_reason = current
                 return
-            Deployment.objects.filter(pk=self.pk).update(state=to, state_reason=reason[:500])
+            Deployment.objects.filter(pk=self.pk).update(state=to, state_reason=reason[:500], state_since=timezone.now())
             StateTransition.objects.create(deployment_id=self.pk, from_state=current[0], to_state=to, actor=actor, reason=reason[:500])
             project_id = Deployment.objects.filter(pk=self.pk).values_list("project_id", flat=True).first()
             transaction.on_commit(lambda: (publish(self.pk, STATE), publish_project(project_id)))

@@ -180,8 +180,14 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 CELERY_BROKER_URL = REDIS_URL or "memory://"
+# A task is acknowledged when it is done (acks_late), and one whose worker died goes back to the queue
+# (reject_on_worker_lost): the tasks are idempotent, so running one twice is safe, losing one is not.
+# Redis hands an unacknowledged task out again after the visibility timeout: longer than the longest
+# task (a build of several steps), so a task that is still running is not started a second time. The
+# monitor's reconciler re-drives what a killed worker left well before that (DIPLOI_RECONCILE_AFTER).
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600 + 3 * DIPLOI_BUILD_STEP_TIMEOUT}
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -235,6 +241,9 @@ DIPLOI_SSH_LOGIN_TIMEOUT = envint("DIPLOI_SSH_LOGIN_TIMEOUT", 30, minimum=1)
 DIPLOI_SSH_AUTH_FAILURES_PER_MINUTE = envint("DIPLOI_SSH_AUTH_FAILURES_PER_MINUTE", 20, minimum=1)
 DIPLOI_SHUTDOWN_GRACE = envint("DIPLOI_SHUTDOWN_GRACE", 10, minimum=0)
 DIPLOI_MONITOR_INTERVAL = envint("DIPLOI_MONITOR_INTERVAL", 5, minimum=1)
+# Seconds a deployment may stay pending, provisioning or deleting (building: plus three build steps)
+# before the monitor's reconciler drives it again.
+DIPLOI_RECONCILE_AFTER = envint("DIPLOI_RECONCILE_AFTER", 600, minimum=30)
 DIPLOI_ENCRYPTION_KEYS = envlist("DIPLOI_ENCRYPTION_KEYS", [])
 DIPLOI_PUBLIC_HOST = envstr("DIPLOI_PUBLIC_HOST", "localhost")
 DIPLOI_BUILD_LOG_LIMIT = envint("DIPLOI_BUILD_LOG_LIMIT", 256 * 1024, minimum=1024)

@@ -6,12 +6,14 @@ on one deployment is logged and the others carry on; an unreachable runtime skip
 """
 
 import logging
+import time
 
 from django.db.models import OuterRef, Prefetch, Subquery
 from django.utils import timezone
 
 from deployments.live import events
 from deployments.models import Build, Deployment, EnvVar, Sample, State
+from deployments.provisioning.reconcile import reconcile
 from deployments.provisioning.spec import current_spec
 from deployments.runtimes import get_runtime
 from deployments.runtimes.base import DeploymentSpec, TransientFailure
@@ -21,6 +23,7 @@ from deployments.status.samples import forget_old, sample_due, sample_of
 
 log = logging.getLogger(__name__)
 OBSERVED = (State.RUNNING, State.STOPPED)
+RECONCILE_EVERY = 30.0  # seconds
 
 
 class Monitor:
@@ -28,6 +31,7 @@ class Monitor:
         self.runtime = get_runtime()
         # Building a spec reads the stack file from git: do it again only when what it depends on changed.
         self._specs: dict[int, tuple[tuple, DeploymentSpec]] = {}
+        self._reconciled = float("-inf")
 
     def spec(self, d: Deployment) -> DeploymentSpec:
         key = (d.commit, d.release_id, d.enabled, d.branch, d.env_updated)
@@ -36,8 +40,20 @@ class Monitor:
             cached = self._specs[d.pk] = (key, current_spec(d))
         return cached[1]
 
+    def reconcile_if_due(self, now: float) -> None:
+        """Drive stuck deployments again, at most every RECONCILE_EVERY seconds; a queue that is away
+        is tried again next time."""
+        if now - self._reconciled < RECONCILE_EVERY:
+            return
+        self._reconciled = now
+        try:
+            reconcile()
+        except Exception as e:  # noqa: BLE001 - the queue being away must not stop the observing
+            log.warning("monitor: reconciling failed, tried again later: %s", e)
+
     def tick(self) -> int:
         """Observe every active deployment once; returns how many were observed."""
+        self.reconcile_if_due(time.monotonic())
         latest_sample = Sample.objects.filter(deployment=OuterRef("pk")).order_by("-at").values("at")[:1]
         env_updated = EnvVar.objects.filter(deployment=OuterRef("pk")).order_by("-updated").values("updated")[:1]
         deployments = list(

@@ -1,0 +1,53 @@
+"""Nothing stuck: a deployment whose state has not moved for longer than its step can take is driven
+again by the monitor's reconciler (a worker killed mid-task, a task that was never queued)."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from deployments.models import Deployment, State, StateTransition
+from deployments.provisioning.reconcile import reconcile
+
+
+@pytest.fixture
+def eager(monkeypatch):
+    """The tasks the reconciler queues run here, at once (the worker's side)."""
+    from diploi.celery import app
+
+    monkeypatch.setitem(app.conf, "task_always_eager", True)
+
+
+def stuck(cast, slug: str, state: str, minutes: float) -> Deployment:
+    d = Deployment.objects.create(project=cast.project, name=slug, slug=slug, branch="main", state=state)
+    Deployment.objects.filter(pk=d.pk).update(state_since=timezone.now() - timedelta(minutes=minutes))
+    return d
+
+
+def test_stuck_deployments_are_driven_again_and_the_history_says_so(cast, runtime, eager, settings) -> None:
+    settings.DIPLOI_RECONCILE_AFTER = 600
+    pending = stuck(cast, "pending", State.PENDING, 20)  # its provision task was lost
+    deleting = stuck(cast, "deleting", State.DELETING, 20)  # its worker was killed half-way
+    recent = stuck(cast, "recent", State.PROVISIONING, 2)  # still within its bound
+    running = stuck(cast, "running", State.RUNNING, 600)
+
+    assert sorted(reconcile()) == sorted([pending.pk, deleting.pk])
+    pending.refresh_from_db()
+    assert pending.state == State.RUNNING, pending.state_reason
+    note = StateTransition.objects.get(deployment=pending, actor="reconciler", from_state=State.PENDING, to_state=State.PENDING)
+    assert (note.from_state, note.to_state, note.reason) == ("pending", "pending", "no progress for 20 min: provisioning again")
+    assert not Deployment.objects.filter(pk=deleting.pk).exists()
+    assert Deployment.objects.get(pk=recent.pk).state == State.PROVISIONING
+    assert Deployment.objects.get(pk=running.pk).state == State.RUNNING
+    assert reconcile() == []  # nothing left to drive; the clock restarted for what was driven
+
+
+def test_a_build_may_take_its_steps_time_and_waiting_for_ci_is_not_stuck(cast, runtime, eager, settings) -> None:
+    settings.DIPLOI_RECONCILE_AFTER, settings.DIPLOI_BUILD_STEP_TIMEOUT = 600, 600
+    building = stuck(cast, "building", State.BUILDING, 30)  # 30 min < 10 + 3 × 10
+    assert reconcile() == []
+    Deployment.objects.filter(pk=building.pk).update(state_since=timezone.now() - timedelta(minutes=41))
+    settings.DIPLOI_RUNTIME, settings.DIPLOI_K8S_BUILD_MODE = "kubernetes", "external"
+    assert reconcile() == []  # CI takes as long as it takes
+    settings.DIPLOI_RUNTIME = "local"
+    assert reconcile() == [building.pk]
