@@ -5,7 +5,6 @@ cannot run commands (ext:: and fd:: are refused by GIT_ALLOW_PROTOCOL).
 """
 
 import fcntl
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -13,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from django.conf import settings
+
+import gitsafe
 
 
 class GitError(Exception):
@@ -23,54 +24,17 @@ class BranchNotFound(GitError):
     pass
 
 
-NO_CREDENTIALS_SSH = (
-    "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o IdentitiesOnly=yes -o IdentityFile=none -o IdentityAgent=none"
-)
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update(
-        GIT_TERMINAL_PROMPT="0",
-        GIT_ALLOW_PROTOCOL="file:git:http:https:ssh",
-        # Never the platform user's own keys, agent, ssh config, git config or credential helpers:
-        # a repository address comes from a user.
-        GIT_SSH_COMMAND=NO_CREDENTIALS_SSH,
-        GIT_CONFIG_NOSYSTEM="1",
-        GIT_CONFIG_GLOBAL="/dev/null",
-        # checkouts of confined deployments belong to their own uids; the platform still reads them
-        GIT_CONFIG_COUNT="1",
-        GIT_CONFIG_KEY_0="safe.directory",
-        GIT_CONFIG_VALUE_0="*",
-    )
-    return env
-
-
 def run_git(*args: str, cwd: Path | None = None, timeout: int | None = None) -> bytes:
+    limit = timeout or settings.DIPLOI_GIT_TIMEOUT
     try:
-        result = subprocess.run(
-            ["git", *args],
-            cwd=cwd,
-            env=_env(),
-            capture_output=True,
-            timeout=timeout or settings.DIPLOI_GIT_TIMEOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        result = gitsafe.run(args, cwd, limit)
     except subprocess.TimeoutExpired:
-        raise GitError(f"git {args[0]} timed out after {timeout or settings.DIPLOI_GIT_TIMEOUT} s") from None
+        raise GitError(f"git {args[0]} timed out after {limit} s") from None
     except OSError as e:  # git missing, or the folder it should run in (a mirror that was removed)
         raise GitError(f"git {args[0]} could not run: {e.strerror}") from None
     if result.returncode != 0:
-        raise GitError(_sentence(result.stderr.decode(errors="replace")) or f"git {args[0]} failed with exit code {result.returncode}")
+        raise GitError(gitsafe.reason(result))
     return result.stdout
-
-
-def _sentence(stderr: str) -> str:
-    """git's reason in one sentence: its first `fatal:`/`error:` line (not the advice lines after it)."""
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    reason = next((ln for ln in lines if ln.startswith(("fatal:", "error:"))), lines[-1] if lines else "")
-    reason = reason.split(":", 1)[1].strip() if reason.startswith(("fatal:", "error:")) else reason
-    return reason if not reason or reason.endswith((".", "?", "!")) else reason + "."
 
 
 @contextmanager

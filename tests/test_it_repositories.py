@@ -4,6 +4,7 @@ and never with the platform's own credentials."""
 import pytest
 from django.core.exceptions import ValidationError
 
+import gitsafe
 from projects.validators import validate_repository
 
 
@@ -85,7 +86,7 @@ def test_git_runs_without_the_platforms_credentials(tmp_path, monkeypatch) -> No
     assert "nonexistent" not in str(e.value)  # the platform user's git config was not read
     out = subprocess.run(
         ["git", "config", "--list", "--show-origin"],
-        env={**__import__("projects.git", fromlist=["x"])._env()},
+        env=gitsafe.environment(),
         capture_output=True,
         text=True,
     )

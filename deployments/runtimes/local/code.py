@@ -10,13 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import gitsafe
 from deployments.runtimes.base import BuildFailed, DeploymentSpec, Progress, RuntimeFailure, ServiceSpec
 
 KEEP_RELEASES = 3
 GIT_TIMEOUT = 600
-NO_CREDENTIALS_SSH = (
-    "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o IdentitiesOnly=yes -o IdentityFile=none -o IdentityAgent=none"
-)
 
 
 class GitFailed(RuntimeFailure):
@@ -24,29 +22,15 @@ class GitFailed(RuntimeFailure):
 
 
 def git(*args: str, cwd: Path | None = None) -> bytes:
-    """git without a prompt, without the platform's own git settings, with only transports that
-    cannot run commands (ext:: and fd:: are refused)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update(
-        GIT_TERMINAL_PROMPT="0",
-        GIT_ALLOW_PROTOCOL="file:git:http:https:ssh",
-        # Never the platform user's own keys, agent, ssh config, git config or credential helpers:
-        # a repository address comes from a user.
-        GIT_SSH_COMMAND=NO_CREDENTIALS_SSH,
-        GIT_CONFIG_NOSYSTEM="1",
-        GIT_CONFIG_GLOBAL="/dev/null",
-        # a confined deployment's checkout belongs to its own uid; the platform still reads it
-        GIT_CONFIG_COUNT="1",
-        GIT_CONFIG_KEY_0="safe.directory",
-        GIT_CONFIG_VALUE_0="*",
-    )
+    """git with no credentials of the platform's (gitsafe)."""
     try:
-        result = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, timeout=GIT_TIMEOUT, stdin=subprocess.DEVNULL)
+        result = gitsafe.run(args, cwd, GIT_TIMEOUT)
     except subprocess.TimeoutExpired:
         raise GitFailed(f"git {args[0]} timed out after {GIT_TIMEOUT} s") from None
+    except OSError as e:
+        raise GitFailed(f"git {args[0]} could not run: {e.strerror}") from None
     if result.returncode != 0:
-        lines = [ln for ln in result.stderr.decode(errors="replace").splitlines() if ln.strip()]
-        raise GitFailed(lines[-1] if lines else f"git {args[0]} failed with exit code {result.returncode}")
+        raise GitFailed(gitsafe.reason(result))
     return result.stdout
 
 

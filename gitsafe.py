@@ -1,0 +1,45 @@
+"""git as the platform runs it on a user's repository: no prompt; none of the platform user's own keys,
+agent, ssh or git configuration, nor credential helpers (a repository address comes from a user); only
+transports that cannot run commands (ext:: and fd:: are refused); a failure told in one sentence.
+
+Shared by `projects` (mirrors) and the local runtime (checkouts and releases), which may not import
+each other."""
+
+import os
+import subprocess
+from pathlib import Path
+
+NO_CREDENTIALS_SSH = (
+    "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o IdentitiesOnly=yes -o IdentityFile=none -o IdentityAgent=none"
+)
+
+
+def environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(
+        GIT_TERMINAL_PROMPT="0",
+        GIT_ALLOW_PROTOCOL="file:git:http:https:ssh",
+        GIT_SSH_COMMAND=NO_CREDENTIALS_SSH,
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL="/dev/null",
+        # checkouts of confined deployments belong to their own uids; the platform still reads them
+        GIT_CONFIG_COUNT="1",
+        GIT_CONFIG_KEY_0="safe.directory",
+        GIT_CONFIG_VALUE_0="*",
+    )
+    return env
+
+
+def run(args: tuple[str, ...], cwd: Path | None, timeout: float) -> subprocess.CompletedProcess:
+    """git with `args`; raises subprocess.TimeoutExpired, or OSError when git or `cwd` is missing."""
+    return subprocess.run(["git", *args], cwd=cwd, env=environment(), capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def reason(result: subprocess.CompletedProcess) -> str:
+    """Why git failed, in one sentence: its first `fatal:`/`error:` line (not the advice after it)."""
+    lines = [ln.strip() for ln in result.stderr.decode(errors="replace").splitlines() if ln.strip()]
+    found = next((ln for ln in lines if ln.startswith(("fatal:", "error:"))), lines[-1] if lines else "")
+    found = found.split(":", 1)[1].strip() if found.startswith(("fatal:", "error:")) else found
+    if not found:
+        return f"git {result.args[1]} failed with exit code {result.returncode}"
+    return found if found.endswith((".", "?", "!")) else found + "."
