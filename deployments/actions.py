@@ -6,10 +6,15 @@ transaction commits. `actor` is the user who acts, or a word for the platform it
 With `now=True` (the CLI's --wait) the work runs in this process instead of a worker.
 """
 
+import logging
 from collections.abc import Callable
+from contextvars import ContextVar
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+import kombu.exceptions
+import redis
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils.text import slugify
@@ -25,6 +30,8 @@ from projects.models import Project
 from projects.validators import dns_label_error, validate_branch_name
 
 Actor = User | str
+log = logging.getLogger(__name__)
+EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 def actor_label(actor: Actor) -> str:
@@ -32,9 +39,39 @@ def actor_label(actor: Actor) -> str:
     return f"user:{actor.username}" if isinstance(actor, User) else actor
 
 
-def _enqueue(task: Any, *args: Any, actor: Actor, now: bool = False, **kwargs: Any) -> None:
+# Set for the rest of a request when a change was saved but the task queue could not take its work.
+queue_unreachable: ContextVar[bool] = ContextVar("queue_unreachable", default=False)
+QUEUE_ERRORS = (kombu.exceptions.OperationalError, redis.RedisError, OSError)
+WAITING = "waiting for the task queue, which is unreachable; the change runs as soon as it is back"
+
+
+def _enqueue(task: Any, deployment_id: int, *args: Any, actor: Actor, now: bool = False, **kwargs: Any) -> None:
+    """Run the task once the transaction commits. A queue that is away loses nothing: the deployment
+    is marked as waiting (its state says so), and the monitor's reconciler queues it when Redis is back."""
+    transaction.on_commit(partial(_send, task, deployment_id, args, actor_label(actor), now, kwargs))
+
+
+def _send(task: Any, deployment_id: int, args: tuple, actor: str, now: bool, kwargs: dict[str, Any]) -> None:
     run: Callable[..., Any] = task if now else task.delay
-    transaction.on_commit(partial(run, *args, actor=actor_label(actor), **kwargs))
+    try:
+        run(deployment_id, *args, actor=actor, **kwargs)
+    except QUEUE_ERRORS as e:
+        if now:
+            raise
+        log.warning("task queue unreachable, deployment %s waits for it: %s", deployment_id, e)
+        queue_unreachable.set(True)
+        waiting(deployment_id, actor)
+
+
+def waiting(deployment_id: int, actor: str) -> None:
+    """The deployment's work could not be queued: pending (or still deleting) from long ago, so that the
+    reconciler's next pass drives it again — provisioning (what every change needs) or deleting."""
+    d = Deployment.objects.filter(pk=deployment_id).first()
+    if d is None:
+        return
+    if d.state != State.DELETING:
+        d.transition(State.PENDING, actor, WAITING)
+    Deployment.objects.filter(pk=deployment_id).update(state_since=EPOCH)
 
 
 # --- creating ------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "allauth.account.middleware.AccountMiddleware",
+    "deployments.web.middleware.queue_notice",
 ]
 
 ROOT_URLCONF = "diploi.urls"
@@ -187,7 +188,8 @@ CELERY_BROKER_URL = REDIS_URL or "memory://"
 # monitor's reconciler re-drives what a killed worker left well before that (DIPLOI_RECONCILE_AFTER).
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600 + 3 * DIPLOI_BUILD_STEP_TIMEOUT}
+# A Redis that is away answers a publish within seconds (the change then waits, see actions._enqueue).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600 + 3 * DIPLOI_BUILD_STEP_TIMEOUT, "socket_connect_timeout": 3}
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

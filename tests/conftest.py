@@ -151,9 +151,9 @@ def port_free(port: int) -> bool:
 
 
 class Platform:
-    def __init__(self, data_dir: Path, port: int, teams: bool = False) -> None:
+    def __init__(self, data_dir: Path, port: int, teams: bool = False, env: dict[str, str] | None = None) -> None:
         drop = ("REDIS_URL", "DATABASE_URL", "DIPLOI_DATA_DIR", "DIPLOI_ALLOW_UNCONFINED")
-        env = {k: v for k, v in os.environ.items() if k not in drop}
+        env = {**{k: v for k, v in os.environ.items() if k not in drop}, **(env or {})}
         if teams:  # the operator allows sign-up and members although deployments are not confined
             env["DIPLOI_ALLOW_UNCONFINED"] = "1"
         env["DIPLOI_SHUTDOWN_GRACE"] = str(GRACE)
@@ -263,6 +263,7 @@ def redis_layer(settings, redis_url: str) -> str:
 # need the Kubernetes control plane. Everything else runs in a few seconds.
 SLOW_MODULES = {
     "test_it_confinement",
+    "test_it_faults",
     "test_it_browser",
     "test_it_helm",
     "test_it_image",
