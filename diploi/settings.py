@@ -246,6 +246,9 @@ DIPLOI_MONITOR_INTERVAL = envint("DIPLOI_MONITOR_INTERVAL", 5, minimum=1)
 # Seconds a deployment may stay pending, provisioning or deleting (building: plus three build steps)
 # before the monitor's reconciler drives it again.
 DIPLOI_RECONCILE_AFTER = envint("DIPLOI_RECONCILE_AFTER", 600, minimum=30)
+# Seconds provisioning waits for the public components to answer their health checks before it calls
+# the deployment running anyway (its status then says, in yellow, what does not answer).
+DIPLOI_READY_TIMEOUT = envint("DIPLOI_READY_TIMEOUT", 60, minimum=1)
 DIPLOI_ENCRYPTION_KEYS = envlist("DIPLOI_ENCRYPTION_KEYS", [])
 DIPLOI_PUBLIC_HOST = envstr("DIPLOI_PUBLIC_HOST", "localhost")
 DIPLOI_BUILD_LOG_LIMIT = envint("DIPLOI_BUILD_LOG_LIMIT", 256 * 1024, minimum=1024)

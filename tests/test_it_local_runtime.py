@@ -416,6 +416,8 @@ def test_a_clone_gets_a_copy_of_storage_and_env_and_the_source_keeps_running(cas
     app = runtime.home(current_spec(source)) / "code" / "web" / "app.py"
     app.write_text(app.read_text().replace("Visits:", "Edited:"))
     wait_until(lambda: "Edited:" in http_get(url), what="the edit")
+    for _ in range(5):  # what the clone's copied storage must show (well above a fresh start's count)
+        visits(url)
 
     clone = do_create_deployment(cast.project, "Copy", "development", "main", actor=cast.developer, clone_of=source, copy_storage=True)
     tasks.provision(clone.pk)
@@ -430,7 +432,8 @@ def test_a_clone_gets_a_copy_of_storage_and_env_and_the_source_keeps_running(cas
     fresh = do_create_deployment(cast.project, "Fresh", "development", "main", actor=cast.developer, clone_of=source, copy_storage=False)
     tasks.provision(fresh.pk)
     fresh.refresh_from_db()
-    assert wait_until(lambda: visits(fresh.endpoints["web"]), what="the fresh clone's page") == 1
+    fresh_count = wait_until(lambda: visits(fresh.endpoints["web"]), what="the fresh clone's page")
+    assert fresh_count <= 3 < clone_count  # its own, empty storage (the health check may have counted a visit)
 
 
 def test_changing_the_branch_of_a_development_deployment_checks_it_out(cast, runtime, sample_repo: Path) -> None:
@@ -456,3 +459,22 @@ def test_changing_the_branch_of_a_development_deployment_checks_it_out(cast, run
     d.refresh_from_db()
     assert d.state == State.RUNNING and d.state_reason == ""
     wait_until(lambda: "Feature visits:" in http_get(d.endpoints["web"]), what="the feature branch's page")
+
+
+def test_running_means_answering(cast, runtime, sample_repo: Path, settings) -> None:
+    """Provisioning says Running only once the public component answers its health check; one that
+    never answers runs after DIPLOI_READY_TIMEOUT with its status saying why (yellow)."""
+    from deployments.status.tree import derive
+
+    app = sample_repo / "web" / "app.py"
+    app.write_text("import time\ntime.sleep(2)  # a slow start\n" + app.read_text())
+    commit_all(sample_repo, "A slow start")
+    d = deploy(cast, "Dev")
+    assert "Visits:" in http_get(d.endpoints["web"])  # at once: Running came after it answered
+    settings.DIPLOI_READY_TIMEOUT = 2
+    (sample_repo / "web" / "app.py").write_text("import time\ntime.sleep(3600)\n")  # starts, never listens
+    commit_all(sample_repo, "An app that never answers")
+    late = deploy(cast, "Late")
+    assert late.state == State.RUNNING  # after the bounded wait
+    tree = derive(runtime.observe([current_spec(late)])[late.pk], late.state, late.enabled)
+    assert tree.colour.value == "yellow" and tree.reason.startswith("web:"), tree

@@ -2,16 +2,20 @@
 apply), and settle what a failure leaves. Celery's tasks (tasks.py) are thin wrappers around these;
 every function takes a deployment re-read from the database and is safe to run twice."""
 
+import logging
 import time
+
+from django.conf import settings
 
 from deployments.models import Build, BuildStatus, Deployment, State
 from deployments.provisioning.external import take_external_build
 from deployments.provisioning.spec import StackInvalid, build_spec, current_spec, fetch_branch, load_stack, minimal_spec
 from deployments.runtimes import get_runtime
-from deployments.runtimes.base import BuildFailed, DeploymentSpec, RuntimeFailure, TransientFailure
+from deployments.runtimes.base import BuildFailed, Colour, DeploymentSpec, RuntimeFailure, TransientFailure
 from projects.git import GitError
 from projects.models import builds_externally
 
+log = logging.getLogger(__name__)
 SAVE_EVERY = 0.5  # seconds between two saves of a running build's progress
 
 
@@ -60,7 +64,33 @@ def provision(deployment: Deployment, actor: str, force_build: bool = False) -> 
         return
     running_release = release if deployment.builds_releases else None
     Deployment.objects.filter(pk=deployment.pk).update(commit=commit, release=running_release, endpoints=endpoints)
-    deployment.transition(State.RUNNING if deployment.enabled else State.STOPPED, actor, "")
+    if not deployment.enabled:
+        deployment.transition(State.STOPPED, actor, "")
+        return
+    if problem := wait_until_answering(spec):  # it runs; the status says what does not answer, and turns green when it does
+        log.warning("deployment %s: %s", deployment.pk, problem)
+    deployment.transition(State.RUNNING, actor, "")
+
+
+def wait_until_answering(spec: DeploymentSpec) -> str:
+    """Running means answering: wait (at most DIPLOI_READY_TIMEOUT) until every public component passes
+    its health check. "" when they do, else why not."""
+    public = [s.identifier for s in spec.services if s.kind == "component" and any(p.public for p in s.ports)]
+    deadline = time.monotonic() + settings.DIPLOI_READY_TIMEOUT
+    waiting: list[str] = []
+    while public:
+        try:
+            services = {i.name: i for i in get_runtime().observe([spec])[spec.id].services}
+        except TransientFailure as e:
+            services, waiting = {}, [f"the runtime is not answering ({e})"]
+        else:
+            waiting = [f"{name}: {services[name].message}" for name in public if name in services and services[name].colour != Colour.GREEN]
+            if not waiting:
+                return ""
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    return f"not answering after {settings.DIPLOI_READY_TIMEOUT} s: {'; '.join(waiting)}" if public else ""
 
 
 def settle_after_failure(deployment: Deployment, actor: str, reason: str) -> None:
