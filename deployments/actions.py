@@ -224,8 +224,9 @@ def do_verify_domain(domain: Domain, *, actor: Actor) -> Domain:
     """Check DNS now and record the outcome; a domain that became (or stopped being) verified is
     routed (or no longer)."""
     was = domain.verified
+    outcome = domains.check_domain(domain)  # DNS first: no transaction stays open across the lookups
     with transaction.atomic():
-        domain.verified, domain.check_result, domain.checked = domains.check_domain(domain)
+        domain.verified, domain.check_result, domain.checked = outcome
         domain.save(update_fields=["verified", "check_result", "checked"])
         if domain.verified != was:
             _enqueue(tasks.route, domain.deployment_id, actor=actor)
