@@ -52,3 +52,14 @@ def test_a_bad_setting_stops_the_process_with_its_name(tmp_path) -> None:
     )
     assert result.returncode != 0
     assert "DIPLOI_DEBUG='perhaps' is not a boolean" in result.stderr
+
+
+def test_every_setting_is_in_env_example() -> None:
+    """`.env.example` lists every variable the settings read (the README promises it)."""
+    import re
+
+    from tests.conftest import BASE_DIR
+
+    read = set(re.findall(r'env(?:str|int|bool|list|choice)\("([A-Z_]+)"', (BASE_DIR / "diploi" / "settings.py").read_text()))
+    listed = set(re.findall(r"^#?\s*([A-Z_]+)=", (BASE_DIR / ".env.example").read_text(), re.M))
+    assert read and sorted(read - listed) == []
