@@ -478,3 +478,31 @@ def test_running_means_answering(cast, runtime, sample_repo: Path, settings) -> 
     assert late.state == State.RUNNING  # after the bounded wait
     tree = derive(runtime.observe([current_spec(late)])[late.pk], late.state, late.enabled)
     assert tree.colour.value == "yellow" and tree.reason.startswith("web:"), tree
+
+
+def test_a_supervisor_that_hangs_is_a_bounded_wait_not_a_frozen_worker(tmp_path: Path, monkeypatch) -> None:
+    """A socket that accepts and never answers, where supervisord's should be: each call gives up."""
+    import time
+
+    from deployments.runtimes.base import TransientFailure
+    from deployments.runtimes.local import supervisor as supervisor_module
+    from deployments.runtimes.local.supervisor import Supervisor
+
+    monkeypatch.setattr(supervisor_module, "RPC_TIMEOUT", 1.0)
+    sup = Supervisor(tmp_path)
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.bind(str(sup.sock))
+    silent.listen(8)
+    try:
+        for call in (sup.process_info, sup.update):
+            started = time.monotonic()
+            with pytest.raises(TransientFailure, match="not answering"):
+                call()
+            assert time.monotonic() - started < 10
+        assert not sup.running()
+        with sup.lock(), pytest.raises(TransientFailure, match="took longer than 1 s"):  # another holds it
+            with Supervisor(tmp_path).lock(timeout=1):
+                pass
+    finally:
+        silent.close()
+        sup.sock.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ import fcntl
 import hashlib
 import http.client
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,11 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from supervisor.xmlrpc import SupervisorTransport
+from supervisor.xmlrpc import SupervisorTransport, UnixStreamHTTPConnection
 
 from deployments.runtimes.base import TransientFailure
 
 BASE_DIR = Path(__file__).resolve().parents[3]
+RPC_TIMEOUT = 30.0  # seconds one call to supervisord may take (stopping a group waits for its processes)
+
+
+class _TimedUnixConnection(UnixStreamHTTPConnection):
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(RPC_TIMEOUT)
+        self.sock.connect(self.socketfile)
 
 
 class Supervisor:
@@ -76,7 +85,17 @@ files={self.data_dir / "deployments"}/*/supervisor.conf
         return [_supervisord(), "--nodaemon", "--configuration", str(self.conf)]
 
     def rpc(self) -> Any:
+        """supervisord's XML-RPC interface, every call bounded by RPC_TIMEOUT (a supervisor that hangs
+        makes the call fail, never the worker wait forever)."""
         transport = SupervisorTransport(None, None, f"unix://{self.sock}")
+        socket_file = str(self.sock)
+
+        def connection(serverurl: str | None = None) -> _TimedUnixConnection:
+            conn = _TimedUnixConnection("localhost")
+            conn.socketfile = socket_file
+            return conn
+
+        transport._get_connection = connection
         return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
 
     def running(self) -> bool:
@@ -108,10 +127,19 @@ files={self.data_dir / "deployments"}/*/supervisor.conf
                 time.sleep(0.1)
 
     @contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self, timeout: float = 60.0) -> Iterator[None]:
+        """The supervisor's config is loaded by one process at a time; waiting for that is bounded."""
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / "update.lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TransientFailure(f"another update of the process supervisor took longer than {timeout:.0f} s") from None
+                    time.sleep(0.1)
             try:
                 yield
             finally:
@@ -121,12 +149,15 @@ files={self.data_dir / "deployments"}/*/supervisor.conf
         """Load added, changed and removed deployment configs (what `supervisorctl update` does)."""
         with self.lock():
             rpc = self.rpc()
-            [[added, changed, removed]] = rpc.reloadConfig()
-            for group in removed + changed:
-                _call(rpc.stopProcessGroup, group)
-                _call(rpc.removeProcessGroup, group)
-            for group in changed + added:
-                _call(rpc.addProcessGroup, group)
+            try:
+                [[added, changed, removed]] = rpc.reloadConfig()
+                for group in removed + changed:
+                    _call(rpc.stopProcessGroup, group)
+                    _call(rpc.removeProcessGroup, group)
+                for group in changed + added:
+                    _call(rpc.addProcessGroup, group)
+            except (OSError, http.client.HTTPException) as e:
+                raise TransientFailure(f"the process supervisor is not answering ({e})") from None
 
     def process_info(self) -> dict[str, dict]:
         """Every process supervisord knows, by "group:name" (one call whatever the number)."""
