@@ -505,3 +505,17 @@ def test_a_supervisor_that_hangs_is_a_bounded_wait_not_a_frozen_worker(tmp_path:
     finally:
         silent.close()
         sup.sock.unlink(missing_ok=True)
+
+
+def test_a_crash_looping_process_shows_its_last_words(cast, runtime, sample_repo: Path, settings) -> None:
+    settings.DIPLOI_READY_TIMEOUT = 1
+    (sample_repo / "web" / "app.py").write_text("import sys\nprint('boom: DATABASE_URL is not set', file=sys.stderr)\nsys.exit(1)\n")
+    commit_all(sample_repo, "An app that cannot start")
+    d = deploy(cast, "Dev")
+
+    def web() -> str:
+        item = next(c for c in runtime.observe([current_spec(d)])[d.pk].containers if c.name == "web")
+        return item.colour == Colour.RED and item.message
+
+    message = wait_until(web, timeout=60, what="web red")
+    assert "boom: DATABASE_URL is not set" in message and "may have details" not in message, message

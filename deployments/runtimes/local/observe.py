@@ -3,14 +3,17 @@ volume sizes and health checks (run in parallel)."""
 
 import os
 import socket
+import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
 
 from deployments.runtimes.base import Colour, DeploymentSpec, ItemState, ServiceSpec
+from deployments.runtimes.local.shell import read_log
 
 HEALTH_TIMEOUT = 1.0
 STATE_COLOUR = {
@@ -54,6 +57,10 @@ class Usage:
         return p
 
 
+CRASHED = ("FATAL", "BACKOFF", "EXITED")
+LAST_WORDS = 3  # log lines shown in the status of a process that crashed
+
+
 def container_state(service: ServiceSpec, proc: dict | None, problem: str | None, restarts: int, enabled: bool, usage: Usage) -> ItemState:
     if problem:
         return ItemState(service.identifier, Colour.RED, problem)
@@ -64,7 +71,7 @@ def container_state(service: ServiceSpec, proc: dict | None, problem: str | None
     if state == "STOPPED" and enabled:
         colour = Colour.RED
     message = state.lower()
-    if state in ("FATAL", "BACKOFF", "EXITED"):
+    if state in CRASHED:
         message = f"{state.lower()}: {proc.get('spawnerr') or proc.get('description') or 'exited'}"
     if restarts and state == "RUNNING":
         colour = Colour.GREEN
@@ -74,6 +81,15 @@ def container_state(service: ServiceSpec, proc: dict | None, problem: str | None
         cpu, memory = usage.of(proc["pid"])
     started = float(proc["start"]) if state == "RUNNING" else None
     return ItemState(service.identifier, colour, message, restarts=restarts, cpu_percent=cpu, memory_bytes=memory, started_at=started)
+
+
+def with_last_words(state: ItemState, log_file: Path) -> ItemState:
+    """The crashed process's last log lines in its status, instead of supervisord's "process log may have details"."""
+    lines = [ln.strip() for ln in read_log(log_file, False, None, LAST_WORDS, threading.Event()) if ln.strip()]
+    if not lines:
+        return state
+    message = state.message.replace(" (process log may have details)", "")
+    return replace(state, message=f"{message} — {' / '.join(line[:200] for line in lines)}")
 
 
 def service_states(specs: list[DeploymentSpec], checks: list[tuple[int, ServiceSpec, str]]) -> dict[int, tuple[ItemState, ...]]:

@@ -32,7 +32,16 @@ from deployments.runtimes.base import (
 )
 from deployments.runtimes.local import code, programs, sandbox
 from deployments.runtimes.local.layout import Layout, write_atomic
-from deployments.runtimes.local.observe import Usage, container_state, disk_state, processes_of, service_states, volume_state
+from deployments.runtimes.local.observe import (
+    CRASHED,
+    Usage,
+    container_state,
+    disk_state,
+    processes_of,
+    service_states,
+    volume_state,
+    with_last_words,
+)
 from deployments.runtimes.local.sandbox import Jail
 from deployments.runtimes.local.shell import LocalShell, read_log
 from deployments.runtimes.local.supervisor import Supervisor
@@ -244,7 +253,10 @@ class LocalRuntime(Runtime):
                 name = self.layout.program(spec, service.identifier)
                 proc = (info or {}).get(name)
                 problem = problems.get(service.identifier) or (None if info is not None else "the process supervisor is not running")
-                containers.append(container_state(service, proc, problem, restarts.get(name, 0), spec.enabled, self.usage))
+                state = container_state(service, proc, problem, restarts.get(name, 0), spec.enabled, self.usage)
+                if proc and proc["statename"] in CRASHED:  # what the process said last, not "see the log"
+                    state = with_last_words(state, self.layout.log_file(spec, service.identifier))
+                containers.append(state)
                 for volume in service.volumes:
                     path = self.layout.volume_dir(spec, service, volume.name)
                     storage.append(volume_state(f"{service.identifier}/{volume.name}", path))
