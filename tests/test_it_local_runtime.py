@@ -404,6 +404,12 @@ def test_the_postgresql_add_on_runs_and_keeps_its_data(cast, runtime, sample_rep
     tasks.restart(d.pk, "db")
     assert wait_until(lambda: query("SELECT body FROM notes"), timeout=60, what="the data after a restart") == "kept"
 
+    # A clone with storage: the copied data directory is the clone's own (its uid, as root), and it starts.
+    clone = do_create_deployment(cast.project, "Copy", "development", "main", actor=cast.developer, clone_of=d, copy_storage=True)
+    tasks.provision(clone.pk)
+    spec = current_spec(Deployment.objects.get(pk=clone.pk))
+    assert wait_until(lambda: query("SELECT body FROM notes"), timeout=60, what="the clone's copy of the data") == "kept"
+
 
 def test_a_clone_gets_a_copy_of_storage_and_env_and_the_source_keeps_running(cast, runtime) -> None:
     from deployments.models import EnvVar
