@@ -115,8 +115,10 @@ async def test_a_removed_member_stops_receiving(cast, dev, runtime, redis_layer)
     await sync_to_async(Membership.objects.filter(user=cast.viewer).delete)()  # announces itself: no other event needed
     output = await communicator.receive_output(timeout=10)
     assert output == {"type": "websocket.close", "code": 4403}
-    communicator, connected = await connect(cast.viewer, dev.pk)
+    await communicator.disconnect()  # what the browser does: the consumer leaves its group and ends
+    again, connected = await connect(cast.viewer, dev.pk)
     assert not connected
+    await again.disconnect()
     await sync_to_async(publish)(dev.pk, "status")  # nothing breaks for the others
 
 
