@@ -30,12 +30,24 @@ def environment() -> dict[str, str]:
     return env
 
 
-def run(args: tuple[str, ...], cwd: Path | None, timeout: float) -> subprocess.CompletedProcess:
-    """git with `args`; raises subprocess.TimeoutExpired, or OSError when git or `cwd` is missing."""
-    return subprocess.run(["git", *args], cwd=cwd, env=environment(), capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+class Failed(Exception):
+    """git did not do it; the message is one sentence, fit to show."""
 
 
-def reason(result: subprocess.CompletedProcess) -> str:
+def output(args: tuple[str, ...], cwd: Path | None, timeout: float) -> bytes:
+    """What git with `args` prints; Failed when it times out, cannot run (git or `cwd` missing) or fails."""
+    try:
+        result = subprocess.run(["git", *args], cwd=cwd, env=environment(), capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise Failed(f"git {args[0]} timed out after {timeout:g} s") from None
+    except OSError as e:
+        raise Failed(f"git {args[0]} could not run: {e.strerror}") from None
+    if result.returncode != 0:
+        raise Failed(_reason(result))
+    return result.stdout
+
+
+def _reason(result: subprocess.CompletedProcess) -> str:
     """Why git failed, in one sentence: its first `fatal:`/`error:` line (not the advice after it)."""
     lines = [ln.strip() for ln in result.stderr.decode(errors="replace").splitlines() if ln.strip()]
     found = next((ln for ln in lines if ln.startswith(("fatal:", "error:"))), lines[-1] if lines else "")

@@ -6,7 +6,6 @@ cannot run commands (ext:: and fd:: are refused by GIT_ALLOW_PROTOCOL).
 
 import fcntl
 import shutil
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,16 +24,10 @@ class BranchNotFound(GitError):
 
 
 def run_git(*args: str, cwd: Path | None = None, timeout: int | None = None) -> bytes:
-    limit = timeout or settings.DIPLOI_GIT_TIMEOUT
     try:
-        result = gitsafe.run(args, cwd, limit)
-    except subprocess.TimeoutExpired:
-        raise GitError(f"git {args[0]} timed out after {limit} s") from None
-    except OSError as e:  # git missing, or the folder it should run in (a mirror that was removed)
-        raise GitError(f"git {args[0]} could not run: {e.strerror}") from None
-    if result.returncode != 0:
-        raise GitError(gitsafe.reason(result))
-    return result.stdout
+        return gitsafe.output(args, cwd, timeout or settings.DIPLOI_GIT_TIMEOUT)
+    except gitsafe.Failed as e:
+        raise GitError(str(e)) from None
 
 
 @contextmanager

@@ -24,14 +24,9 @@ class GitFailed(RuntimeFailure):
 def git(*args: str, cwd: Path | None = None) -> bytes:
     """git with no credentials of the platform's (gitsafe)."""
     try:
-        result = gitsafe.run(args, cwd, GIT_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        raise GitFailed(f"git {args[0]} timed out after {GIT_TIMEOUT} s") from None
-    except OSError as e:
-        raise GitFailed(f"git {args[0]} could not run: {e.strerror}") from None
-    if result.returncode != 0:
-        raise GitFailed(gitsafe.reason(result))
-    return result.stdout
+        return gitsafe.output(args, cwd, GIT_TIMEOUT)
+    except gitsafe.Failed as e:
+        raise GitFailed(str(e)) from None
 
 
 def checkout(spec: DeploymentSpec, code: Path) -> bool:
