@@ -75,7 +75,7 @@ def provision(deployment: Deployment, actor: str, force_build: bool = False) -> 
 def wait_until_answering(spec: DeploymentSpec) -> str:
     """Running means answering: wait (at most DIPLOI_READY_TIMEOUT) until every public component passes
     its health check. "" when they do, else why not."""
-    public = [s.identifier for s in spec.services if s.kind == "component" and any(p.public for p in s.ports)]
+    public = [s.identifier for s in spec.public_components]
     deadline = time.monotonic() + settings.DIPLOI_READY_TIMEOUT
     waiting: list[str] = []
     while public:

@@ -104,6 +104,11 @@ class DeploymentSpec:
     def image(self, identifier: str) -> str | None:
         return dict(self.images).get(identifier)
 
+    @property
+    def public_components(self) -> tuple[ServiceSpec, ...]:
+        """The components with a public port: what a deployment's address serves."""
+        return tuple(s for s in self.services if s.kind == "component" and any(p.public for p in s.ports))
+
     def service(self, identifier: str) -> ServiceSpec:
         for s in self.services:
             if s.identifier == identifier:

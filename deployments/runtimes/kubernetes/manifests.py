@@ -250,8 +250,7 @@ def _ingress(spec: DeploymentSpec, public: ServiceSpec) -> dict:
 
 def manifests(spec: DeploymentSpec) -> list[dict]:
     """Everything the deployment consists of, in the order it is applied."""
-    objects: list[dict] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(spec, namespace(spec), namespaced=False)}]
-    objects += boundary(spec)
+    objects = fence(spec)
     if settings.DIPLOI_K8S_REGISTRY_PULL_AUTH and spec.stage != "development":
         objects.append(registry_secret(spec, PULL_SECRET, settings.DIPLOI_K8S_REGISTRY_PULL_AUTH))
     for service in spec.services:
@@ -279,10 +278,14 @@ def manifests(spec: DeploymentSpec) -> list[dict]:
                 }
             )
         objects.append(_workload(spec, service, env))
-    public = next((s for s in spec.services if s.kind == "component" and any(p.public for p in s.ports)), None)
-    if public is not None:
-        objects.append(_ingress(spec, public))
+    if spec.public_components:
+        objects.append(_ingress(spec, spec.public_components[0]))
     return objects
+
+
+def fence(spec: DeploymentSpec) -> list[dict]:
+    """The namespace and what keeps it to itself: applied first, by builds and clones' copies too."""
+    return [{"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(spec, namespace(spec), namespaced=False)}, *boundary(spec)]
 
 
 def _cidr_rule(everything: str, blocked: list[str]) -> dict:
@@ -292,7 +295,7 @@ def _cidr_rule(everything: str, blocked: list[str]) -> dict:
 def boundary(spec: DeploymentSpec) -> list[dict]:
     """What keeps the namespace's pods to themselves: traffic denied but for what a deployment needs,
     and a quota with per-container defaults sized from DIPLOI_K8S_SIZE."""
-    public_ports = sorted({p.port for s in spec.services if s.kind == "component" for p in s.ports if p.public})
+    public_ports = sorted({p.port for s in spec.public_components for p in s.ports if p.public})
     blocked = [c for c in settings.DIPLOI_K8S_BLOCKED_CIDRS if c]
     dns = {
         "to": [

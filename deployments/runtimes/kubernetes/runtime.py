@@ -42,6 +42,7 @@ from deployments.runtimes.kubernetes.manifests import (
     copy_command,
     copy_pod,
     default_host,
+    fence,
     manifests,
     namespace,
     pushed_image,
@@ -100,8 +101,8 @@ class KubernetesRuntime(Runtime):
 
     def apply(self, spec: DeploymentSpec) -> dict[str, str]:
         self._apply_all(manifests(spec), spec)
-        public = next((s for s in spec.services if s.kind == "component" and any(p.public for p in s.ports)), None)
-        return {public.identifier: f"https://{default_host(spec)}"} if public else {}
+        public = spec.public_components
+        return {public[0].identifier: f"https://{default_host(spec)}"} if public else {}
 
     def route(self, spec: DeploymentSpec) -> None:
         """The Ingress again, with the verified domains (or without a removed one)."""
@@ -172,8 +173,7 @@ class KubernetesRuntime(Runtime):
         follows the Jobs; a failed Job fails the build with its reason."""
         components = [s for s in spec.services if s.kind == "component"]
         progress("clone", 0, f"Building {spec.commit[:10]} of {spec.branch} in the cluster")
-        boundary = [o for o in manifests(spec) if o["kind"] in ("Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange")]
-        self._apply_all(boundary + [obj for service in components for obj in build_manifests(spec, service)], spec)
+        self._apply_all(fence(spec) + [obj for service in components for obj in build_manifests(spec, service)], spec)
         progress("install", 25, f"{len(components)} build job(s) started")
         deadline = time.monotonic() + settings.DIPLOI_K8S_BUILD_TIMEOUT
         done: set[str] = set()
@@ -244,8 +244,8 @@ class KubernetesRuntime(Runtime):
             return
         ns = namespace(target)
         self._own_namespace(source)
-        kinds = ("Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange", "PersistentVolumeClaim")
-        self._apply_all([obj for obj in manifests(target) if obj["kind"] in kinds], target)
+        claims = [obj for obj in manifests(target) if obj["kind"] == "PersistentVolumeClaim"]
+        self._apply_all(fence(target) + claims, target)
         self.kube.apply(copy_pod(target, [claim for _, claim, _ in copies]))
         try:
             self._wait_running(ns, COPY_POD)
