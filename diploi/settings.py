@@ -214,10 +214,10 @@ DIPLOI_K8S_BUILD_TIMEOUT = envint("DIPLOI_K8S_BUILD_TIMEOUT", 1800, minimum=10)
 # image pull secret, pushing only into build Jobs. Empty: anonymous.
 DIPLOI_K8S_REGISTRY_PULL_AUTH = envstr("DIPLOI_K8S_REGISTRY_PULL_AUTH")
 DIPLOI_K8S_REGISTRY_PUSH_AUTH = envstr("DIPLOI_K8S_REGISTRY_PUSH_AUTH")
-# Each deployment namespace's NetworkPolicy: who may reach its public ports, where DNS is, and the
-# addresses its pods may not reach (the cluster's own networks, the platform, cloud metadata).
 # Where custom domains are checked (CNAME, TXT): the machine's resolver, or these ("address[:port]").
 DIPLOI_DNS_SERVERS = envlist("DIPLOI_DNS_SERVERS", [])
+# Each deployment namespace's NetworkPolicy: who may reach its public ports, where DNS is, and the
+# addresses its pods may not reach (the cluster's own networks, the platform, cloud metadata).
 DIPLOI_K8S_INGRESS_NAMESPACE = envstr("DIPLOI_K8S_INGRESS_NAMESPACE", "ingress-nginx")
 DIPLOI_K8S_DNS_NAMESPACE = envstr("DIPLOI_K8S_DNS_NAMESPACE", "kube-system")
 DIPLOI_K8S_BLOCKED_CIDRS = envlist(

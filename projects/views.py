@@ -11,7 +11,6 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.module_loading import import_string
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -67,7 +66,7 @@ def _settings_page(request: HttpRequest, project: Project, **forms) -> HttpRespo
         "project": project,
         "form": forms.get("form") or ProjectForm(instance=project),
         "member_form": forms.get("member_form") or InviteForm(project=project),
-        "invitations": project.invitations.filter(expires__gt=timezone.now()).select_related("invited_by"),
+        "invitations": Invitation.pending().filter(project=project).select_related("invited_by"),
         "new_invitation": forms.get("new_invitation"),
         "delete_form": forms.get("delete_form") or DeleteProjectForm(project=project),
         "members": project.memberships.select_related("user"),

@@ -135,6 +135,22 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 GRACE = 3
 
 
+def page_text(response) -> str:
+    """What a person reads on a page: tags dropped, entities decoded, white space folded."""
+    import html
+
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", response.content.decode())).split())
+
+
+def session_output(runtime, spec, service: str, command: str) -> tuple[int, str]:
+    """A non-interactive session's exit status and output (stdout)."""
+    shell = runtime.open_shell(spec, service, command, pty=False)
+    out = b""
+    while chunk := shell.read():
+        out += chunk
+    return shell.close(), out.decode()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,6 +1,5 @@
 """Bad input gets a 4xx with a sentence, never a 500, and changes nothing (issue 19's list)."""
 
-import html
 import re
 import shutil
 from pathlib import Path
@@ -9,6 +8,7 @@ import pytest
 
 from deployments.models import Deployment, State
 from projects.models import Project
+from tests.conftest import page_text
 
 
 @pytest.fixture
@@ -18,20 +18,16 @@ def dev(cast) -> Deployment:
     )
 
 
-def text(response) -> str:
-    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", response.content.decode())).split())
-
-
 def test_github_login_is_no_route_when_it_is_not_configured(cast) -> None:
     assert cast.client(None).get("/accounts/github/login/").status_code == 404
-    assert "GitHub" not in text(cast.client(None).get("/accounts/login/"))
+    assert "GitHub" not in page_text(cast.client(None).get("/accounts/login/"))
 
 
 def test_a_log_request_for_a_service_that_is_not_there_is_a_page(cast, dev) -> None:
     client = cast.client(cast.viewer)
     for service in ("%00", "nope", "../../etc"):
         r = client.get(f"/projects/shop/d/dev/logs/?service={service}")
-        assert r.status_code == 404 and "has no component or add-on" in text(r), service
+        assert r.status_code == 404 and "has no component or add-on" in page_text(r), service
         assert client.get(f"/projects/shop/d/dev/logs/{service}.log").status_code == 404
 
 
@@ -46,10 +42,10 @@ def test_a_log_request_for_a_service_that_is_not_there_is_a_page(cast, dev) -> N
 def test_a_branch_must_exist(cast, dev, branch: str, message: str) -> None:
     client = cast.client(cast.developer)
     r = client.post("/projects/shop/d/dev/branch/", {"branch": branch}, headers={"HX-Request": "true"})
-    assert r.status_code == 200 and message in text(r)
+    assert r.status_code == 200 and message in page_text(r)
     assert Deployment.objects.get(pk=dev.pk).branch == "main"
     r = client.post("/projects/shop/deployments/new/", {"name": "X", "stage": "development", "branch": branch})
-    assert message in text(r) and not Deployment.objects.filter(slug="x").exists()
+    assert message in page_text(r) and not Deployment.objects.filter(slug="x").exists()
 
 
 def test_a_branch_pushed_since_the_last_fetch_is_found(cast, dev, sample_repo: Path) -> None:
@@ -63,7 +59,7 @@ def test_a_branch_pushed_since_the_last_fetch_is_found(cast, dev, sample_repo: P
 @pytest.mark.parametrize("name", ["xn--zz.com", "xn--a.example.com", "xn--.example.com"])
 def test_a_punycode_label_must_decode(cast, dev, name: str) -> None:
     r = cast.client(cast.developer).post("/projects/shop/d/dev/domains/", {"name": name}, headers={"HX-Request": "true"})
-    assert "is not a valid international domain name" in text(r) or "is not a valid domain name" in text(r)
+    assert "is not a valid international domain name" in page_text(r) or "is not a valid domain name" in page_text(r)
     assert not dev.domains.exists()
 
 
@@ -71,11 +67,11 @@ def test_an_unreadable_repository_is_refused_at_creation_with_a_sentence(cast, t
     client = cast.client(cast.owner)
     r = client.post("/projects/new/", {"name": "Gone", "repository": str(tmp_path / "missing"), "default_branch": "main"})
     assert r.status_code == 200
-    message = re.search(r"Could not read the repository: [^.]*\.", text(r)).group(0)
-    assert "does not appear to be a git repository" in message and "and the repository exists" not in text(r)
+    message = re.search(r"Could not read the repository: [^.]*\.", page_text(r)).group(0)
+    assert "does not appear to be a git repository" in message and "and the repository exists" not in page_text(r)
     assert not Project.objects.filter(name="Gone").exists()
     r = client.post("/projects/new/", {"name": "Gone", "repository": cast.project.repository, "default_branch": "nope"})
-    assert "Branch “nope” does not exist in the repository" in text(r) and not Project.objects.filter(name="Gone").exists()
+    assert "Branch “nope” does not exist in the repository" in page_text(r) and not Project.objects.filter(name="Gone").exists()
 
 
 def test_a_project_whose_repository_went_away_still_renders_and_can_be_moved_or_deleted(

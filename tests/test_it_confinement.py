@@ -22,7 +22,7 @@ from deployments.runtimes.local import sandbox
 from projects.git import run_git
 from projects.models import Project
 from projects.sample import commit_all
-from tests.conftest import http_get, wait_until
+from tests.conftest import http_get, session_output, wait_until
 
 HOSTILE = Path(__file__).parent / "hostile"
 PROBES = (
@@ -165,12 +165,9 @@ def run_probes(cast, runtime, data_dir: Path, platform_ports: list[int]) -> dict
     text = wait_until(lambda: "service done" in _read(probe_out) and _read(probe_out), what="the service's probes")
     found["service"] = results(text, "service")
     found["build"] = results(Build.objects.get(deployment=prod).log, "build")
-    shell = runtime.open_shell(current_spec(dev), "web", "sh probe.sh session", pty=False)
-    out = b""
-    while chunk := shell.read():
-        out += chunk
-    assert shell.close() == 0
-    found["session"] = results(out.decode(), "session")
+    code, out = session_output(runtime, current_spec(dev), "web", "sh probe.sh session")
+    assert code == 0
+    found["session"] = results(out, "session")
     # the deployment itself still works: its page, its add-on, its session
     assert "still serving" in wait_until(lambda: http_get(dev.endpoints["web"] + "/index.html"), what="the hostile page")
 
@@ -229,11 +226,7 @@ def test_a_deployment_cannot_take_more_than_its_share(cast, hostile, runtime, se
     assert other.state == hog.state == State.RUNNING
 
     def session(command: str) -> tuple[int, str]:
-        shell = runtime.open_shell(current_spec(hog), "web", command, pty=False)
-        out = b""
-        while chunk := shell.read():
-            out += chunk
-        return shell.close(), out.decode()
+        return session_output(runtime, current_spec(hog), "web", command)
 
     fork_bomb = """python3 -c '
 import os, time
@@ -265,11 +258,7 @@ def test_a_deployment_is_told_when_it_uses_more_disk_than_its_allowance(cast, ho
     spec = current_spec(d)
 
     def session(command: str) -> tuple[int, str]:
-        shell = runtime.open_shell(spec, "web", command, pty=False)
-        out = b""
-        while chunk := shell.read():
-            out += chunk
-        return shell.close(), out.decode()
+        return session_output(runtime, spec, "web", command)
 
     code, out = session("head -c 80M /dev/zero > big; echo exit=$?; ls -l big")
     assert "exit=0" not in out and " 67108864 " in out, out  # stopped at 64 MiB

@@ -9,6 +9,7 @@ from django.core import mail
 from django.utils import timezone
 
 from projects.models import Invitation, Membership, Role
+from tests.conftest import page_text
 
 
 def invite(cast, who: str, role: str = "developer"):
@@ -19,13 +20,8 @@ def link_in(response) -> str:
     return re.search(r'<code id="invitation-link">http://testserver(/invitations/[^<]+/)</code>', response.content.decode()).group(1)
 
 
-def text(response) -> str:
-    """What a person reads: tags dropped, white space folded."""
-    return " ".join(html.unescape(re.sub(r"<[^>]+>", "", response.content.decode())).split())
-
-
 def invitations_page(client) -> str:
-    return text(client.get("/projects/"))
+    return page_text(client.get("/projects/"))
 
 
 def test_an_invitation_to_a_username_waits_on_the_invitees_projects_page(cast, teams) -> None:
@@ -77,14 +73,14 @@ def test_inviting_does_not_tell_whether_an_address_has_an_account(cast, teams) -
     unknown = invite(cast, "nobody@example.com")
     assert known.status_code == unknown.status_code == 200
     assert _settled(known, "outsider@example.com") == _settled(unknown, "nobody@example.com")
-    assert "is invited" in text(unknown) and "There is no user" not in text(unknown)
+    assert "is invited" in page_text(unknown) and "There is no user" not in page_text(unknown)
 
 
 def test_the_link_works_once_for_whoever_holds_it(cast, teams) -> None:
     path = link_in(invite(cast, "ada", "viewer"))
     assert cast.client(None).get(path)["Location"].startswith("/accounts/login/?next=/invitations/")
     outsider = cast.client(cast.outsider)
-    assert "owner invites ada to the project Shop as viewer." in text(outsider.get(path))
+    assert "owner invites ada to the project Shop as viewer." in page_text(outsider.get(path))
     assert outsider.post(path, {"answer": "accept"}).status_code == 302
     assert Membership.objects.get(user=cast.outsider).role == Role.VIEWER
     used = outsider.get(path)
@@ -146,7 +142,7 @@ def test_bad_invitations_get_clear_errors(cast, teams) -> None:
 def test_single_user_mode_refuses_joining(cast, unconfined) -> None:
     _, token = Invitation.issue(cast.project, "outsider", "viewer", cast.owner)  # made while teams were allowed
     outsider = cast.client(cast.outsider)
-    assert "You cannot join now: This Diploi runs in single-user mode" in text(outsider.get(f"/invitations/{token}/"))
+    assert "You cannot join now: This Diploi runs in single-user mode" in page_text(outsider.get(f"/invitations/{token}/"))
     outsider.post(f"/invitations/{token}/", {"answer": "accept"})
     assert not Membership.objects.filter(user=cast.outsider).exists()
     assert "You cannot join “Shop” now" in invitations_page(outsider)

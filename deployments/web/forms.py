@@ -10,25 +10,9 @@ from projects.validators import env_name_error
 MAX_ENV_VALUE = 32 * 1024
 
 
-class NewDeploymentForm(forms.Form):
-    name = forms.CharField(max_length=63, help_text="Also its address: lowercase letters, digits and '-'.")
-    stage = forms.ChoiceField(choices=Stage.choices, initial=Stage.DEVELOPMENT)
-    branch = forms.CharField(max_length=255)
-    enabled = forms.BooleanField(required=False, initial=True, label="Start it right away")
-
-    def __init__(self, *args, project: Project, default_branch: str, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.project = project
-        self.fields["branch"].initial = default_branch
-        if known := branches(project):
-            self.fields["branch"].widget = forms.Select(choices=[(b, b) for b in known])
-
-    def clean_branch(self) -> str:
-        check_branch(self.project, self.cleaned_data["branch"])
-        return self.cleaned_data["branch"]
-
-
 class BranchForm(forms.Form):
+    """A branch of the project's repository (it must exist there)."""
+
     branch = forms.CharField(max_length=255)
 
     def __init__(self, *args, project: Project, **kwargs) -> None:
@@ -38,6 +22,19 @@ class BranchForm(forms.Form):
     def clean_branch(self) -> str:
         check_branch(self.project, self.cleaned_data["branch"])
         return self.cleaned_data["branch"]
+
+
+class NewDeploymentForm(BranchForm):
+    name = forms.CharField(max_length=63, help_text="Also its address: lowercase letters, digits and '-'.")
+    stage = forms.ChoiceField(choices=Stage.choices, initial=Stage.DEVELOPMENT)
+    enabled = forms.BooleanField(required=False, initial=True, label="Start it right away")
+    field_order = ["name", "stage", "branch", "enabled"]
+
+    def __init__(self, *args, project: Project, default_branch: str, **kwargs) -> None:
+        super().__init__(*args, project=project, **kwargs)
+        self.fields["branch"].initial = default_branch
+        if known := branches(project):
+            self.fields["branch"].widget = forms.Select(choices=[(b, b) for b in known])
 
 
 class EnvVarForm(forms.Form):

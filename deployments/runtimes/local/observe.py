@@ -106,38 +106,38 @@ def service_states(specs: list[DeploymentSpec], checks: list[tuple[int, ServiceS
     return result
 
 
+VOLUME_WALK_LIMIT = 20_000  # files looked at per volume; past it the figure is a lower bound
+DISK_WALK_LIMIT = 100_000  # entries looked at per deployment
+
+
+def _tree_bytes(path: Path, limit: int, on_disk: bool) -> tuple[int, bool]:
+    """The bytes under `path` — what the files hold, or (`on_disk`) what files and folders take on
+    disk — and whether all of it was counted (at most `limit` entries are looked at)."""
+    used = count = 0
+    for root, dirs, files in os.walk(path):
+        for name in (*dirs, *files) if on_disk else files:
+            count += 1
+            if count > limit:
+                return used, False
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            used += st.st_blocks * 512 if on_disk else st.st_size
+    return used, True
+
+
 def volume_state(name: str, path: Path) -> ItemState:
     if not path.is_dir():
         return ItemState(name, Colour.RED, "missing")
-    used, count = 0, 0
-    for root, _, files in os.walk(path):
-        for file in files:
-            count += 1
-            if count > 20000:
-                return ItemState(name, Colour.GREEN, f"present, more than {_size(used)} used")
-            try:
-                used += os.lstat(os.path.join(root, file)).st_size
-            except OSError:
-                pass
-    return ItemState(name, Colour.GREEN, f"present, {_size(used)} used")
-
-
-DISK_WALK_LIMIT = 100_000  # entries looked at per deployment; past it the figure is a lower bound
+    used, complete = _tree_bytes(path, VOLUME_WALK_LIMIT, on_disk=False)
+    return ItemState(name, Colour.GREEN, f"present, {'' if complete else 'more than '}{_size(used)} used")
 
 
 def disk_state(home: Path, limit: int) -> ItemState:
     """The deployment's disk use (what its files take on disk, all its folders) against its allowance."""
-    used, count = 0, 0
-    for root, dirs, files in os.walk(home):
-        for name in (*dirs, *files):
-            count += 1
-            try:
-                used += os.lstat(os.path.join(root, name)).st_blocks * 512
-            except OSError:
-                pass
-        if count > DISK_WALK_LIMIT:
-            break
-    figure = f"{'more than ' if count > DISK_WALK_LIMIT else ''}{_size(used)} of {_size(limit)}"
+    used, complete = _tree_bytes(home, DISK_WALK_LIMIT, on_disk=True)
+    figure = f"{'' if complete else 'more than '}{_size(used)} of {_size(limit)}"
     if used > limit:
         return ItemState("disk", Colour.RED, f"{figure} used: over its allowance (DIPLOI_LOCAL_DISK_MIB); free space in it")
     return ItemState("disk", Colour.GREEN, f"{figure} used")

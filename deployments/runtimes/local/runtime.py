@@ -84,7 +84,7 @@ class LocalRuntime(Runtime):
             )
             cgroups = tuple(str(p) for p in sandbox.prepare_cgroup(spec.id, limits))
         uid = self._uid(spec)
-        disk = settings.DIPLOI_LOCAL_DISK_MIB * 1024 * 1024
+        disk = _disk_allowance()
         if uid is None:
             return Jail(cgroups=cgroups, file_bytes=disk, **network)
         sandbox.firewall(settings.DIPLOI_UID_BASE)  # in place before any of its processes starts
@@ -274,7 +274,7 @@ class LocalRuntime(Runtime):
         """Measured at most once a minute per deployment (it walks every file)."""
         at, state = self._disk.get(spec.id, (0.0, None))
         if state is None or time.monotonic() - at > DISK_MEASURE_SECONDS:
-            state = disk_state(self.home(spec), settings.DIPLOI_LOCAL_DISK_MIB * 1024 * 1024)
+            state = disk_state(self.home(spec), _disk_allowance())
             self._disk[spec.id] = (time.monotonic(), state)
         return state
 
@@ -324,6 +324,11 @@ class LocalRuntime(Runtime):
                 sock.settimeout(None)
                 return SocketTunnel(sock)
         raise RuntimeFailure(f"{host}:{port} is not a port of this deployment")
+
+
+def _disk_allowance() -> int:
+    """Bytes a deployment may use (DIPLOI_LOCAL_DISK_MIB): the largest file, and the red line of its disk item."""
+    return settings.DIPLOI_LOCAL_DISK_MIB * 1024 * 1024
 
 
 def _kill_processes_of(home: Path) -> None:
