@@ -233,6 +233,9 @@ def test_a_port_taken_by_another_program_is_a_clear_error(cast, runtime) -> None
     Deployment.objects.filter(pk=d.pk).update(enabled=False)
     tasks.set_enabled(d.pk)
     with socket.socket() as squatter:
+        # as servers do (and the platform's own check): the health checks that now precede Running
+        # leave the stopped service's connections in TIME_WAIT on that port
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
         Deployment.objects.filter(pk=d.pk).update(enabled=True)
