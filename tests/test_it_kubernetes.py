@@ -505,6 +505,21 @@ def test_port_forwards_go_through_the_pod_port_forward_api(cast, kube, tmp_path)
     simulated = shell.read() == b"kwok\n"
     shell.close()
 
+    # A stream ended from another thread (the gateway's, when a client goes away) keeps its socket
+    # until its reader is done: a descriptor number freed under a reader or writer gets reused by the
+    # next file opened, and TLS then writes into that file (it once was the SQLite database).
+    for _ in range(5):
+        shell = runtime.open_shell(spec, "web", "sleep 30", False)
+        stream = shell.stream
+        raw = stream.raw
+        stream.kill()
+        while not stream.ended:
+            closed = raw.fileno() == -1
+            assert not closed or stream.ended, "the socket was closed under its reader"
+        stream.reader.join(5)
+        assert stream.read() == b"" and raw.fileno() == -1, "the reader closes the socket once it is done"
+        shell.kill()
+
     class Page(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the http.server name
             body = f"Visits: through the pod port-forward API to {self.path}".encode()

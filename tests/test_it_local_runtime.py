@@ -304,6 +304,12 @@ def test_a_shell_runs_in_the_component_with_its_env(cast, runtime) -> None:
         seen += chunk
     assert b"30 100" in seen and b"marker-42" in seen
     assert tty.close() == 0
+    # What a client still sends after the end goes nowhere: the terminal's descriptor number may by
+    # now belong to a file another thread opened.
+    with pytest.raises(BrokenPipeError):
+        tty.write(b"late keystrokes\n")
+    assert tty.read() == b"" and tty.read_stderr() == b""
+    tty.resize(80, 24)
     with pytest.raises(Exception, match="no component or add-on “nope”"):
         runtime.open_shell(spec, "nope", "true", pty=False)
 

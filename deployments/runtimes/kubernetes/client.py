@@ -11,6 +11,7 @@ import logging
 import os
 import queue
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -224,13 +225,29 @@ class Kube:
             raise KubeUnavailable(0, str(e)) from None
 
 
+class _Held:
+    """A stream's socket as websocket-client sees it, whose `close` only marks it closed: the
+    library closes its socket in whichever thread notices the end, while TLS in another thread may
+    still be writing to the descriptor's number. `Channels` closes the real one."""
+
+    def __init__(self, raw) -> None:
+        self.raw, self._closed = raw, False
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __getattr__(self, name: str):
+        return getattr(self.raw, name)
+
+
 class Channels:
     """A websocket of the API's channel protocol: frames start with their channel's number. A thread
     reads the socket and hands frames to `_frame`; `out` holds what `read` returns (bounded: a slow
     reader slows the stream down), b"" once the stream has ended."""
 
     def __init__(self, sock) -> None:
-        self.sock = sock
+        self.sock, self.raw = sock, sock.sock
+        sock.sock = _Held(self.raw)
         protocol = getattr(sock, "subprotocol", None) or {k.lower(): v for k, v in (sock.getheaders() or {}).items()}.get(
             "sec-websocket-protocol"
         )
@@ -252,6 +269,8 @@ class Channels:
             pass
         finally:
             self.ended = True
+            with self.lock:  # only here, once nobody reads or writes it, is the socket closed
+                self.raw.close()
             self._ended()
 
     def _frame(self, channel: int, data: bytes) -> None:
@@ -271,11 +290,13 @@ class Channels:
         return self.out.get()
 
     def kill(self) -> None:
-        """Close the stream."""
+        """End the stream, from any thread. Only shut down here: closing would free the descriptor's
+        number while the reader or a writer still uses it, and TLS would then read and write whatever
+        file is opened next under that number (it once wrote into the SQLite database)."""
         try:
-            self.sock.close(timeout=1)
-        except (OSError, WebSocketException):
-            pass
+            socket.socket.shutdown(self.raw, socket.SHUT_RDWR)  # the plain socket's: an SSLSocket's drops its TLS state
+        except OSError:
+            pass  # already ended
 
     def _drain(self) -> None:
         while self.reader.is_alive():  # what nobody read any more must not hold the reader up

@@ -19,6 +19,8 @@ class LocalShell:
     def __init__(self, argv: list[str], cwd: Path, env: dict[str, str], use_pty: bool, preexec: Callable[[], None] | None = None) -> None:
         env = {**env, "TERM": env.get("TERM", "xterm-256color")}
         start = {"cwd": cwd, "env": env, "start_new_session": True, "preexec_fn": preexec}
+        self._lock = threading.Lock()  # the terminal's descriptor is closed only while nobody writes to it
+        self.pty = use_pty
         if use_pty:
             self._master, slave = pty.openpty()
             self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, **start)
@@ -29,30 +31,35 @@ class LocalShell:
             self.proc = subprocess.Popen(argv, stdin=pipe, stdout=pipe, stderr=pipe, **start)
 
     def write(self, data: bytes) -> None:
-        if self._master is not None:
-            os.write(self._master, data)
+        if self.pty:
+            with self._lock:
+                if self._master is None:
+                    raise BrokenPipeError("the session has ended")
+                os.write(self._master, data)
         else:
             self.proc.stdin.write(data)
             self.proc.stdin.flush()
 
     def close_stdin(self) -> None:
-        if self._master is None and self.proc.stdin:
+        if not self.pty and self.proc.stdin:
             self.proc.stdin.close()
 
     def read(self, size: int = 65536) -> bytes:
-        if self._master is not None:
+        """The process's output; b"" once it has ended (callers read until then, and close after)."""
+        if self.pty:
             try:
-                return os.read(self._master, size)
+                return os.read(self._master, size) if self._master is not None else b""
             except OSError:  # the terminal closed: the process is gone
                 return b""
         return self.proc.stdout.read1(size)
 
     def read_stderr(self, size: int = 65536) -> bytes:
-        return b"" if self._master is not None else self.proc.stderr.read1(size)
+        return b"" if self.pty else self.proc.stderr.read1(size)
 
     def resize(self, columns: int, rows: int) -> None:
-        if self._master is not None:
-            fcntl.ioctl(self._master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+        with self._lock:
+            if self._master is not None:
+                fcntl.ioctl(self._master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -65,9 +72,10 @@ class LocalShell:
         except subprocess.TimeoutExpired:
             self.kill()
             code = self.proc.wait()
-        if self._master is not None:
-            os.close(self._master)
-            self._master = None
+        with self._lock:
+            if self._master is not None:
+                os.close(self._master)
+                self._master = None
         return code
 
 
