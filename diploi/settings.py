@@ -84,6 +84,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "deployments.tenancy.single_user_banner",
+                "deployments.web.health.platform_events",
             ],
         },
     },
@@ -242,6 +243,8 @@ DIPLOI_SSH_IDLE_TIMEOUT = envint("DIPLOI_SSH_IDLE_TIMEOUT", 900, minimum=1)
 DIPLOI_SSH_LOGIN_TIMEOUT = envint("DIPLOI_SSH_LOGIN_TIMEOUT", 30, minimum=1)
 DIPLOI_SSH_AUTH_FAILURES_PER_MINUTE = envint("DIPLOI_SSH_AUTH_FAILURES_PER_MINUTE", 20, minimum=1)
 DIPLOI_SHUTDOWN_GRACE = envint("DIPLOI_SHUTDOWN_GRACE", 10, minimum=0)
+# Seconds before `up` starts again a platform process that supervisord gave up on (it kept failing to start)
+DIPLOI_PLATFORM_RETRY = envint("DIPLOI_PLATFORM_RETRY", 60, minimum=1)
 DIPLOI_MONITOR_INTERVAL = envint("DIPLOI_MONITOR_INTERVAL", 5, minimum=1)
 # Seconds a deployment may stay pending, provisioning or deleting (building: plus three build steps)
 # before the monitor's reconciler drives it again.

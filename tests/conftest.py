@@ -214,7 +214,9 @@ class Platform:
         return self.proc.wait(timeout=GRACE * 3 + 20)
 
     def kill(self) -> None:
-        """Test clean-up only: whatever is still running after a failed assertion."""
+        """Test clean-up only: whatever is still running after a failed assertion. What the platform
+        printed goes to the test's captured output, which pytest shows when the test failed."""
+        print(f"--- the launcher's output, last part ---\n{self.output()[-8000:]}")
         if self.proc.poll() is not None:
             return
         for p in [*self.descendants(), psutil.Process(self.proc.pid)]:

@@ -1,6 +1,7 @@
 """`manage.py up` for real: embedded Redis, migrations, demo account, daphne and a Celery worker."""
 
 import http.cookiejar
+import json
 import os
 import re
 import socket
@@ -131,8 +132,6 @@ def test_a_used_port_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_the_sample_project_deploys_from_a_fresh_install(platform: Platform, tmp_path: Path) -> None:
     """The out-of-the-box path: queued through Redis to the real worker, run under the launcher's supervisor."""
-    import json
-
     platform.wait_for(r"Diploi is running at")
     platform.wait_for(r"celery@\S+ ready")
     redis_port = platform.wait_for(r"embedded Redis on port (\d+), with a password").group(1)
@@ -175,10 +174,78 @@ def test_the_sample_project_deploys_from_a_fresh_install(platform: Platform, tmp
     listing = json.loads(cli("list", "--json"))
     assert sorted(d["slug"] for d in listing) == ["dev", "prod"]
 
+    # The deployments' supervisor killed: the platform's restarts it, and it starts the deployments
+    # again, after ending what the dead one left (nothing keeps a port, nothing runs unsupervised).
+    def apps() -> list[psutil.Process]:
+        return [p for p in platform.descendants() if p.name().startswith("python") and "app.py" in " ".join(p.cmdline())]
+
+    before = apps()
+    assert len(before) == 2
+    [agent] = [p for p in platform.descendants() if "runtime/supervisord.conf" in " ".join(p.cmdline())]
+    agent.kill()
+    platform.wait_for(r"agent: stopped unexpectedly \(terminated by SIGKILL\) and was restarted")
+    for name, stage in (("dev", "development"), ("prod", "production")):
+        status = json.loads(cli("status", f"diploi-sample/{name}", "--json"))
+        page = wait_until(lambda status=status: http_get(status["endpoints"]["web"]), what=f"the {name} page again")
+        assert f"Stage: <span id='stage'>{stage}</span>" in page
+    assert_all_gone(before)
+    after = apps()
+    [new_agent] = [p for p in platform.descendants() if "runtime/supervisord.conf" in " ".join(p.cmdline())]
+    wrappers = [p for p in platform.descendants() if "local/exec.py" in " ".join(p.cmdline())]
+    assert len(after) == 2 and wrappers and all(p.ppid() == new_agent.pid for p in wrappers)
+
     procs = platform.descendants()
-    assert sum(p.name().startswith("python") and "app.py" in " ".join(p.cmdline()) for p in procs) == 2
     assert platform.stop() == 0
     assert_all_gone(procs)
+
+
+def test_a_platform_process_that_dies_is_restarted_shown_and_retried(tmp_path: Path) -> None:
+    """Only Ctrl-C stops the platform: a killed worker, monitor, Redis or gateway is restarted and
+    said so (in up's output and to staff on every page); one that keeps failing to start is given
+    up on by supervisord, then started again by `up` a moment later."""
+    from deployments.runtimes.local.supervisor import rpc_at, socket_path
+
+    data = tmp_path / "data"
+    platform = Platform(data, free_port(), env={"DIPLOI_PLATFORM_RETRY": "2"})
+    try:
+        platform.wait_for(r"Diploi is running at")
+        password = platform.wait_for(r"username: demo password: (\S+)").group(1)
+        platform.wait_for(r"celery@\S+ ready")
+
+        def programs() -> list[psutil.Process]:  # what the platform's supervisord runs
+            [supervisord] = [p for p in platform.descendants() if "platform/supervisord.conf" in " ".join(p.cmdline())]
+            return supervisord.children()
+
+        for name, marker in (("worker", "celery -A diploi worker"), ("monitor", "manage.py monitor"), ("redis", "valkey-server")):
+            [main] = [p for p in programs() if marker in " ".join(p.cmdline())]
+            main.kill()
+            platform.wait_for(rf"{name}: stopped unexpectedly \(terminated by SIGKILL\) and was restarted")
+        assert len(re.findall(r"celery@\S+ ready", platform.wait_for(r"(?s)celery@\S+ ready.*celery@\S+ ready").group(0))) == 2
+        events = json.loads((data / "platform" / "events.json").read_text())
+        assert [e["process"] for e in events] == ["worker", "monitor", "redis"]
+
+        opener = log_in(platform.port, "demo", password)  # the first account is the operator's
+        page = opener.open(f"http://localhost:{platform.port}/projects/").read().decode()
+        assert "Platform process “worker” stopped unexpectedly (terminated by SIGKILL) and was restarted" in page
+        assert "Platform process “redis” stopped unexpectedly" in page
+
+        # The gateway's port taken while it is stopped: it fails to start, supervisord backs off
+        # and gives up, `up` says so and tries again; once the port is free it runs again.
+        rpc = rpc_at(socket_path(data, "-platform"))
+        rpc.stopProcess("ssh")
+        with socket.socket() as squatter:
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind(("127.0.0.1", platform.ssh_port))
+            squatter.listen()
+            rpc.startProcess("ssh", False)
+            platform.wait_for(r"ssh: keeps failing to start; trying again every 2 s", timeout=120)
+        platform.wait_for(r"ssh: is running again", timeout=60)
+        wait_until(lambda: socket.create_connection(("127.0.0.1", platform.ssh_port), timeout=1), what="the gateway")
+        procs = platform.descendants()
+        assert platform.stop() == 0
+        assert_all_gone(procs)
+    finally:
+        platform.kill()
 
 
 def test_the_data_directory_is_the_platforms_alone(platform: Platform, tmp_path: Path) -> None:

@@ -1,27 +1,45 @@
-"""`manage.py up`: every process of the platform on one machine, stopped together.
+"""`manage.py up`: every process of the platform on one machine, under a supervisord of its own.
 
-Each child runs in its own process group. On SIGINT/SIGTERM (or when any child dies) every child is
-asked to stop with SIGTERM, given a bounded grace period, and then its whole process group is
-killed, so nothing outlives the launcher (daphne, for one, may ignore SIGTERM under load).
+The platform's processes — the embedded Redis, the deployments' process supervisor, web, worker,
+monitor and SSH gateway — are programs of a supervisord that `up` runs in the foreground (its
+configuration is DATA_DIR/platform/supervisord.conf). One that dies is restarted, with backoff
+while it keeps failing to start; `up` says so in its output and in DATA_DIR/platform/events.json,
+which the dashboard shows, and when supervisord gives up on a program `up` asks again once a
+minute. Only Ctrl-C or SIGTERM stops everything: supervisord stops the programs in reverse order
+of start (Redis last, so that the worker can still acknowledge its tasks), each with a bounded grace
+period, then its process group is killed; `up` kills whatever is left of the tree.
 """
 
+import contextlib
 import ctypes
+import http.client
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import xmlrpc.client
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from deployments.management import embedded_redis
+from deployments.runtimes.local.supervisor import answers, rpc_at, socket_path, supervisord
 
 PR_SET_PDEATHSIG = 1
+EVENTS_KEPT = 50
+# What supervisord's log says when a program dies, is given up on, or runs (again)
+EXITED = re.compile(r" exited: (\S+) \((.+?); not expected\)")
+GAVE_UP = re.compile(r" gave up: (\S+) entered FATAL state")
+RUNNING = re.compile(r" success: (\S+) entered RUNNING state")
 _print_lock = threading.Lock()
 
 
@@ -44,52 +62,94 @@ def _die_with_parent() -> None:
 
 
 @dataclass
-class Child:
+class Program:
+    """One platform process as a supervisord program."""
+
     name: str
     argv: list[str]
-    proc: subprocess.Popen | None = None
-    pump: threading.Thread | None = field(default=None, repr=False)
+    priority: int  # started in this order, stopped in the reverse one
+    stopwaitsecs: float
+    startsecs: int = 10  # up this long, it counts as started; dying sooner is a failed start (backoff)
 
-    def start(self, env: dict[str, str], cwd: Path) -> None:
-        self.proc = subprocess.Popen(
-            self.argv,
-            env=env,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
+    def section(self, logs: Path) -> str:
+        command = " ".join(_quote(a) for a in self.argv)
+        return f"""\
+[program:{self.name}]
+command={command}
+priority={self.priority}
+autostart=false
+autorestart=true
+startsecs={self.startsecs}
+startretries=5
+stopsignal=TERM
+stopwaitsecs={max(1, round(self.stopwaitsecs))}
+stopasgroup=true
+killasgroup=true
+redirect_stderr=true
+stdout_logfile={logs / self.name}.log
+stdout_logfile_maxbytes=10MB
+stdout_logfile_backups=2
+"""
 
-    def start_pump(self) -> None:
-        def pump() -> None:
-            assert self.proc and self.proc.stdout
-            for raw in self.proc.stdout:
-                say(self.name, raw.decode(errors="replace").rstrip())
 
-        self.pump = threading.Thread(target=pump, name=f"pump-{self.name}", daemon=True)
-        self.pump.start()
+def _quote(arg: str) -> str:
+    """One argument of a supervisord command line (shlex-split, and %-expanded by supervisord)."""
+    import shlex
 
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    return shlex.quote(arg).replace("%", "%%")
 
-    def terminate(self) -> None:
-        if self.alive():
-            try:
-                os.kill(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
-    def kill_group(self) -> None:
-        """Kill whatever is left in the child's process group, the child included."""
-        if self.proc is None:
-            return
+@dataclass
+class LogTail:
+    """New lines of a log file, each handed to `line` (by default printed with the program's name);
+    survives the file's rotation."""
+
+    name: str
+    path: Path
+    line: Callable[[str, str], None] = say
+    offset: int = 0
+    inode: int = 0
+    partial: bytes = field(default=b"", repr=False)
+
+    def skip_existing(self) -> None:
+        with contextlib.suppress(OSError):
+            st = self.path.stat()
+            self.offset, self.inode = st.st_size, st.st_ino
+
+    def pump(self) -> None:
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.proc.wait()
+            st = self.path.stat()
+        except OSError:
+            return
+        if st.st_ino != self.inode or st.st_size < self.offset:
+            self.offset, self.inode = 0, st.st_ino
+        if st.st_size == self.offset:
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read(1 << 20)
+        self.offset += len(data)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        for line in lines:
+            self.line(self.name, line.decode(errors="replace").rstrip())
+
+
+class Events:
+    """What happened to the platform's processes, for the dashboard: DATA_DIR/platform/events.json."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def add(self, process: str, message: str, ok: bool = False) -> None:
+        say("up", f"{process}: {message}")
+        try:
+            kept = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            kept = []
+        kept.append({"at": datetime.now(UTC).isoformat(timespec="seconds"), "process": process, "message": message, "ok": ok})
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(kept[-EVENTS_KEPT:]))
+        tmp.replace(self.path)
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
@@ -115,35 +175,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(host: str, port: int, child: Child, stopping: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not stopping():
-        if not child.alive():
-            raise LaunchError(f"{child.name} exited before it was ready")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    if stopping():
-        return
-    raise LaunchError(f"{child.name} did not listen on {host}:{port} within {timeout:.0f} s")
-
-
 class Launcher:
-    def __init__(self, host: str, port: int, data_dir: Path, grace: float, extra: list[tuple[str, list[str]]]) -> None:
+    def __init__(
+        self, host: str, port: int, data_dir: Path, grace: float, extra: list[tuple[str, list[str]]], retry_after: float = 60
+    ) -> None:
         self.host = host
+        self.retry_after = retry_after  # seconds before `up` starts again a program supervisord gave up on
         self.port = port
         self.data_dir = data_dir
         self.grace = grace
         self.extra = extra
         self.base_dir = Path(__file__).resolve().parents[2]  # where manage.py is
-        self.children: list[Child] = []
+        self.dir = data_dir / "platform"
+        self.sock = socket_path(data_dir, "-platform")
+        self.events = Events(self.dir / "events.json")
+        self.programs: list[Program] = []
+        self.tails: list[LogTail] = []
+        self.failing: dict[str, float] = {}  # programs supervisord gave up on, and when `up` last retried
+        self.proc: subprocess.Popen | None = None  # supervisord
+        self.redis_port = 0  # the embedded Redis's, when there is one
         # Set from the signal handler; a threading.Event would deadlock there (its lock is not reentrant).
         self.stopping = False
 
     def manage(self, *args: str) -> list[str]:
         return [sys.executable, str(self.base_dir / "manage.py"), *args]
+
+    def rpc(self) -> Any:
+        return rpc_at(self.sock)
 
     def run(self) -> int:
         if port_in_use(self.host, self.port):
@@ -151,6 +209,8 @@ class Launcher:
                 f"Port {self.port} on {self.host} is already in use (is Diploi already running?). "
                 f"Stop that process or choose another port: uv run manage.py up --port {self.port + 1}"
             )
+        if answers(self.rpc()):
+            raise LaunchError(f"Diploi is already running for the data directory {self.data_dir}")
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
 
@@ -159,17 +219,13 @@ class Launcher:
         url = f"http://{shown_host}:{self.port}/"
         env.setdefault("DIPLOI_SITE_URL", url.rstrip("/"))
         try:
-            if not env.get("REDIS_URL"):
-                redis_port, password = free_port(), embedded_redis.new_password()
-                redis_dir = self.data_dir / "redis"
-                redis = Child("redis", embedded_redis.redis_command(redis_port, redis_dir, password=password))
-                self._start(redis, env)
-                env["REDIS_URL"] = embedded_redis.url_with_password(redis_port, password)
-                embedded_redis.wait_until_ready(env["REDIS_URL"], redis.proc)
-                url_file = redis_dir / "url"
-                url_file.write_text(env["REDIS_URL"] + "\n")
-                url_file.chmod(0o600)
-                say("up", f"embedded Redis on port {redis_port}, with a password; REDIS_URL=$(cat {url_file})")
+            self._configure(env)
+            self._start_supervisord(env)
+            if "redis" in self._names():
+                self._start("redis")
+                embedded_redis.wait_until_ready(env["REDIS_URL"])
+                url_file = self.data_dir / "redis" / "url"
+                say("up", f"embedded Redis on port {self.redis_port}, with a password; REDIS_URL=$(cat {url_file})")
             for step in (["migrate", "--noinput"], ["bootstrap"]):
                 result = subprocess.run(self.manage(*step), env=env, cwd=self.base_dir, capture_output=True, text=True)
                 for line in (result.stdout + result.stderr).splitlines():
@@ -178,82 +234,176 @@ class Launcher:
                     raise LaunchError(f"manage.py {step[0]} failed with exit code {result.returncode}")
                 if self.stopping:
                     return 0
-
-            self._start_supervisor(env)
-            web = Child("web", [sys.executable, "-m", "daphne", "-b", self.host, "-p", str(self.port), "diploi.asgi:application"])
-            processes = [
-                web,
-                Child("worker", [sys.executable, "-m", "celery", "-A", "diploi", "worker", "--loglevel", "INFO", "--concurrency", "2"]),
-                *(Child(name, self.manage(*argv)) for name, argv in self.extra),
-            ]
-            for child in processes:
-                self._start(child, env)
-            wait_for_port(self.host, self.port, web, lambda: self.stopping)
+            if "agent" in self._names():
+                self._start("agent")
+                self._wait(lambda: answers(rpc_at(socket_path(self.data_dir))), "agent", 30)
+            for program in self.programs:
+                if program.priority >= 300:
+                    self._start(program.name)
+            self._wait(lambda: _answers_tcp(self.host, self.port), "web", 60)
+            if self.stopping:
+                return 0
             say("up", f"Diploi is running at {url}  (Ctrl-C to stop)")
-
-            while not self.stopping:
-                time.sleep(0.2)
-                for child in self.children:
-                    if not child.alive():
-                        say("up", f"{child.name} exited with code {child.proc.returncode}; stopping everything")
-                        return 1
-            return 0
+            return self._watch()
         finally:
             self.shutdown()
 
-    def _start_supervisor(self, env: dict[str, str]) -> None:
-        """The process supervisor that runs the deployments starts first, so that the worker finds it."""
+    def _configure(self, env: dict[str, str]) -> None:
+        """The programs and supervisord's configuration. The embedded Redis keeps its port and
+        password for this run, so a restarted one is where everybody looks for it."""
         from deployments.runtimes.local.supervisor import Supervisor
 
-        supervisor = Supervisor(self.data_dir)
-        if supervisor.running():
+        self.dir.mkdir(mode=0o700, exist_ok=True)
+        logs = self.dir / "logs"
+        logs.mkdir(mode=0o700, exist_ok=True)
+        if not env.get("REDIS_URL"):
+            self.redis_port, password = free_port(), embedded_redis.new_password()
+            redis_dir = self.data_dir / "redis"
+            redis = embedded_redis.redis_command(self.redis_port, redis_dir, password=password)
+            self.programs.append(Program("redis", redis, 100, self.grace, startsecs=1))
+            env["REDIS_URL"] = embedded_redis.url_with_password(self.redis_port, password)
+            url_file = redis_dir / "url"
+            url_file.write_text(env["REDIS_URL"] + "\n")
+            url_file.chmod(0o600)
+        if Supervisor(self.data_dir).running():
             say("up", "using the process supervisor already running for this data directory (it stays when Diploi stops)")
-            return
-        agent = Child("agent", supervisor.foreground_command())
-        self._start(agent, env)
-        deadline = time.monotonic() + 30
-        while not supervisor.running():
-            if not agent.alive() or time.monotonic() > deadline:
-                raise LaunchError(f"the process supervisor did not start; see {supervisor.dir / 'supervisord.log'}")
+        else:  # it stops the deployments, with more time
+            self.programs.append(Program("agent", self.manage("supervisor"), 200, self.grace + 15))
+        web = ["-m", "daphne", "-b", self.host, "-p", str(self.port), "diploi.asgi:application"]
+        worker = ["-m", "celery", "-A", "diploi", "worker", "--loglevel", "INFO", "--concurrency", "2"]
+        self.programs += [
+            Program("web", [sys.executable, *web], 300, self.grace),
+            Program("worker", [sys.executable, *worker], 300, self.grace),
+            *(Program(name, self.manage(*argv), 300, self.grace) for name, argv in self.extra),
+        ]
+        text = f"""\
+[unix_http_server]
+file={self.sock}
+chmod=0700
+
+[supervisord]
+nodaemon=true
+silent=true
+logfile={self.dir / "supervisord.log"}
+pidfile={self.dir / "supervisord.pid"}
+childlogdir={logs}
+identifier=diploi-platform
+umask=077
+loglevel=info
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+"""
+        (self.dir / "supervisord.conf").write_text(text + "\n".join(p.section(logs) for p in self.programs))
+        self.tails = [LogTail(p.name, logs / f"{p.name}.log") for p in self.programs]
+        self.tails.append(LogTail("up", self.dir / "supervisord.log", self._supervisord_said))
+        for tail in self.tails:
+            tail.skip_existing()  # a previous run's lines were shown then
+
+    def _names(self) -> set[str]:
+        return {p.name for p in self.programs}
+
+    def _start_supervisord(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [supervisord(), "--configuration", str(self.dir / "supervisord.conf")],
+            env=env,
+            cwd=self.base_dir,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        self._wait(lambda: answers(self.rpc()), "supervisord", 30)
+
+    def _start(self, name: str) -> None:
+        try:
+            self.rpc().startProcess(name, False)
+        except xmlrpc.client.Fault as e:
+            if "ALREADY_STARTED" not in e.faultString:
+                raise LaunchError(f"{name} could not be started: {e.faultString}") from None
+
+    def _wait(self, ready: Callable[[], bool], name: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.stopping:
+            self._pump()
+            if self.proc is not None and self.proc.poll() is not None:
+                raise LaunchError(f"the platform's supervisord exited; see {self.dir / 'supervisord.log'}")
+            if name in self._names() and name != "supervisord":
+                state = self.rpc().getProcessInfo(name)
+                if state["statename"] == "FATAL":
+                    raise LaunchError(f"{name} could not be started; see {self.dir / 'logs' / name}.log")
+            if ready():
+                return
+            if time.monotonic() > deadline:
+                raise LaunchError(f"{name} was not ready within {timeout:.0f} s; see {self.dir / 'logs'}")
             time.sleep(0.1)
+
+    def _pump(self) -> None:
+        for tail in self.tails:
+            tail.pump()
+
+    def _watch(self) -> int:
+        """Until Ctrl-C: print the programs' output, say what supervisord did (from its log), and
+        start again, once a minute, a program it gave up on."""
+        while not self.stopping:
+            time.sleep(0.2)
+            self._pump()
+            if self.proc.poll() is not None:
+                say("up", f"the platform's supervisord exited with code {self.proc.returncode}; stopping everything")
+                return 1
+            for name, since in list(self.failing.items()):
+                if time.monotonic() - since >= self.retry_after:
+                    self.failing[name] = time.monotonic()
+                    with contextlib.suppress(OSError, http.client.HTTPException, xmlrpc.client.Fault):
+                        self.rpc().startProcess(name, False)
+        return 0
+
+    def _supervisord_said(self, _: str, line: str) -> None:
+        if self.stopping:
+            return
+        if found := EXITED.search(line):
+            self.events.add(found[1], f"stopped unexpectedly ({found[2]}) and was restarted")
+        elif found := GAVE_UP.search(line):
+            self.failing[found[1]] = time.monotonic()
+            log = self.dir / "logs" / f"{found[1]}.log"
+            self.events.add(found[1], f"keeps failing to start; trying again every {self.retry_after:.0f} s (see {log})")
+        elif (found := RUNNING.search(line)) and self.failing.pop(found[1], None):
+            self.events.add(found[1], "is running again", ok=True)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stopping = True
 
-    def _start(self, child: Child, env: dict[str, str]) -> None:
-        child.start(env, self.base_dir)
-        child.start_pump()
-        self.children.append(child)
-
     def shutdown(self) -> None:
-        """SIGTERM to every child, a bounded wait, then SIGKILL to each process group. Redis goes last
-        so that the worker can still acknowledge its tasks while it stops."""
-        # Every process in the tree now, so that nothing a child started can outlive the launcher.
-        tree = [p for c in self.children if c.alive() for p in _descendants(c.proc.pid)]
-        by_name = {c.name: c for c in self.children}
-        # Web and worker first; then the supervisor, which stops the deployments (with more time);
-        # Redis last, so that the worker can still acknowledge its tasks while it stops.
-        self._stop([c for c in self.children if c.name not in ("agent", "redis")], self.grace)
-        self._stop([by_name["agent"]] if "agent" in by_name else [], self.grace + 15)
-        self._stop([by_name["redis"]] if "redis" in by_name else [], self.grace)
-        for p in tree:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        for child in self.children:
-            if child.pump:
-                child.pump.join(timeout=2)
-        if self.children:
-            say("up", "stopped")
-
-    def _stop(self, batch: list[Child], grace: float) -> None:
-        for child in batch:
-            child.terminate()
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(c.alive() for c in batch):
+        """supervisord stops its programs in reverse order of start, each within its grace period
+        and then by killing its process group; after a bounded wait for that, whatever is left of
+        the tree is killed."""
+        if self.proc is None:
+            return
+        tree = _descendants(self.proc.pid)
+        try:
+            self.rpc().shutdown()
+        except (OSError, http.client.HTTPException, xmlrpc.client.Fault):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + sum(p.stopwaitsecs for p in self.programs) + 10
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self._pump()
             time.sleep(0.1)
-        for child in batch:
-            if child.alive():
-                say("up", f"{child.name} did not stop within {grace:.0f} s; killing it")
-            child.kill_group()
+        if self.proc.poll() is None:
+            say("up", "supervisord did not stop in time; killing what is left")
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        for p in tree + _descendants(os.getpid()):
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        self._pump()
+        say("up", "stopped")
+
+
+def _answers_tcp(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False

@@ -10,5 +10,9 @@ class Command(BaseCommand):
     help = "Run the process supervisor of the local runtime in the foreground (supervisord)."
 
     def handle(self, *args, **options) -> None:
-        argv = Supervisor(settings.DATA_DIR).foreground_command()
+        supervisor = Supervisor(settings.DATA_DIR)
+        if ended := supervisor.end_orphans():
+            self.stdout.write(f"ended {ended} service process(es) left running by a process supervisor that died; they start again now")
+            self.stdout.flush()
+        argv = supervisor.foreground_command()
         os.execv(argv[0], argv)

@@ -9,7 +9,10 @@ from deployments.tenancy import mode
 
 
 class Command(BaseCommand):
-    help = "Start the whole platform on this machine: Redis (embedded unless REDIS_URL is set), web, worker."
+    help = (
+        "Start the whole platform on this machine under a supervisord of its own: Redis (embedded unless REDIS_URL is set), "
+        "the deployments' process supervisor, web, worker, monitor and SSH gateway, each restarted when it dies."
+    )
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--port", type=int, default=8000, help="HTTP port of the dashboard (default 8000)")
@@ -26,7 +29,12 @@ class Command(BaseCommand):
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         data_dir.chmod(0o700)
         launcher = Launcher(
-            host, port, data_dir, grace=settings.DIPLOI_SHUTDOWN_GRACE, extra=[("monitor", ["monitor"]), ("ssh", ["sshgateway"])]
+            host,
+            port,
+            data_dir,
+            grace=settings.DIPLOI_SHUTDOWN_GRACE,
+            extra=[("monitor", ["monitor"]), ("ssh", ["sshgateway"])],
+            retry_after=settings.DIPLOI_PLATFORM_RETRY,
         )
         say("up", mode().describe())
         try:

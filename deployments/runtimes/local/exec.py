@@ -50,24 +50,6 @@ def _own(path: str, uid: int) -> None:
 
 
 def main(run_file: str) -> int:
-    with open(run_file) as f:
-        run = json.load(f)
-    env = run["env"]
-    preexec = _preexec(run.get("user"), run.get("cgroups", []))
-    sandbox = run.get("sandbox", [])  # bubblewrap's arguments up to the command, when confined
-    if run.get("fresh_from"):
-        shutil.rmtree(run["scratch"], ignore_errors=True)
-        shutil.copytree(run["fresh_from"], run["scratch"], symlinks=True)
-        if run.get("owner") is not None:
-            _own(run["scratch"], run["owner"])
-    os.makedirs(run["cwd"], exist_ok=True)
-    for i, command in enumerate(run.get("before", [])):
-        code = subprocess.run([*sandbox, "/bin/sh", "-c", command], cwd=run["cwd"], env=env, preexec_fn=preexec).returncode
-        if code != 0:
-            # not the command itself: it may hold a password (the add-on's, rendered into it)
-            print(f"diploi: preparation step {i + 1} failed with exit code {code}", flush=True)
-            return code
-
     # Signal handlers go in before the child exists: a stop that arrives while it is being spawned
     # must still reach it (`sh -c` forks the real server, which the death signal does not cover).
     stop_requested: list[float] = []
@@ -81,6 +63,32 @@ def main(run_file: str) -> int:
     child: subprocess.Popen | None = None
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, on_stop)
+    # When supervisord dies, stop as if it had asked: a restarted supervisord must find the port
+    # free and the service not running unsupervised (it also ends any wrapper still left).
+    parent = os.getppid()
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the line above
+        return 1
+    with open(run_file) as f:
+        run = json.load(f)
+    env = run["env"]
+    preexec = _preexec(run.get("user"), run.get("cgroups", []))
+    sandbox = run.get("sandbox", [])  # bubblewrap's arguments up to the command, when confined
+    if run.get("fresh_from"):
+        shutil.rmtree(run["scratch"], ignore_errors=True)
+        shutil.copytree(run["fresh_from"], run["scratch"], symlinks=True)
+        if run.get("owner") is not None:
+            _own(run["scratch"], run["owner"])
+    os.makedirs(run["cwd"], exist_ok=True)
+    for i, command in enumerate(run.get("before", [])):
+        if stop_requested:
+            return 1
+        code = subprocess.run([*sandbox, "/bin/sh", "-c", command], cwd=run["cwd"], env=env, preexec_fn=preexec).returncode
+        if code != 0:
+            # not the command itself: it may hold a password (the add-on's, rendered into it)
+            print(f"diploi: preparation step {i + 1} failed with exit code {code}", flush=True)
+            return code
+
     argv = [*sandbox, "/bin/sh", "-c", run["command"]]
     child = subprocess.Popen(argv, cwd=run["cwd"], env=env, start_new_session=True, preexec_fn=preexec)
     if stop_requested:

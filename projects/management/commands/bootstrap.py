@@ -24,7 +24,8 @@ class Command(BaseCommand):
             repo.parent.mkdir(parents=True, exist_ok=True)
             create_sample_repository(repo)
         with transaction.atomic():
-            user = User.objects.create_user(DEMO_USERNAME, email="demo@localhost", password=password)
+            # The first account is the operator's: staff, so its pages say what happens to the platform.
+            user = User.objects.create_user(DEMO_USERNAME, email="demo@localhost", password=password, is_staff=True)
             project = Project.objects.create(
                 name="Diploi sample", slug="diploi-sample", repository=str(repo), default_branch="main", created_by=user
             )
