@@ -1,6 +1,9 @@
 """Deployments of the sample project run for real: supervisord, the Redis add-on, git, builds."""
 
+import contextlib
+import os
 import re
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -534,3 +537,38 @@ def test_a_crash_looping_process_shows_its_last_words(cast, runtime, sample_repo
 
     message = wait_until(web, timeout=60, what="web red")
     assert "boom: DATABASE_URL is not set" in message and "may have details" not in message, message
+
+
+def test_services_a_dead_supervisor_left_are_ended_before_a_new_one_starts(tmp_path: Path) -> None:
+    """What supervisord runs for a service (its wrapper) is recognisable by its run file in the data
+    directory; with no supervisord answering there, each is an orphan, ended with its whole group."""
+    import json
+    import subprocess
+    import sys
+
+    from deployments.runtimes.local.supervisor import EXEC, Supervisor
+
+    data = tmp_path / "data"
+    run = data / "deployments" / "p.d" / "run" / "web.json"
+    run.parent.mkdir(parents=True)
+    run.write_text(json.dumps({"env": {"PATH": "/usr/bin:/bin"}, "cwd": str(tmp_path / "web"), "command": "sleep 300 & sleep 301"}))
+    elsewhere = tmp_path / "other" / "deployments" / "p.d" / "run" / "web.json"  # another data directory's
+    elsewhere.parent.mkdir(parents=True)
+    elsewhere.write_text(run.read_text())
+    orphan = subprocess.Popen([sys.executable, str(EXEC), str(run)], start_new_session=True)
+    other = subprocess.Popen([sys.executable, str(EXEC), str(elsewhere)], start_new_session=True)
+    try:
+
+        def started() -> list[psutil.Process]:  # its shell and both sleeps
+            found = psutil.Process(orphan.pid).children(recursive=True)
+            return found if len(found) >= 3 else []
+
+        sleeps = wait_until(started, what="the service")
+        assert Supervisor(data).end_orphans() == 1
+        assert orphan.wait(timeout=5) is not None
+        wait_until(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in sleeps), what="its processes to end")
+        assert other.poll() is None, "another data directory's service is not this one's orphan"
+    finally:
+        for p in (orphan, other):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
