@@ -17,6 +17,7 @@ import kombu.exceptions
 import redis
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils.text import slugify
 
 from accounts.models import User
@@ -49,6 +50,12 @@ def _enqueue(task: Any, deployment_id: int, *args: Any, actor: Actor, now: bool 
     """Run the task once the transaction commits. A queue that is away loses nothing: the deployment
     is marked as waiting (its state says so), and the monitor's reconciler queues it when Redis is back."""
     transaction.on_commit(partial(_send, task, deployment_id, args, actor_label(actor), now, kwargs))
+
+
+def _provision(deployment_id: int, *, actor: Actor, now: bool = False) -> None:
+    """Count one more change that needs provisioning and queue a pass; passes coalesce (tasks.provision)."""
+    Deployment.objects.filter(pk=deployment_id).update(wanted=F("wanted") + 1)
+    _enqueue(tasks.provision, deployment_id, actor=actor, now=now)
 
 
 def _send(task: Any, deployment_id: int, args: tuple, actor: str, now: bool, kwargs: dict[str, Any]) -> None:
@@ -139,7 +146,7 @@ def do_create_deployment(
                     EnvVar(deployment=deployment, service=v.service, key=v.key, value=v.value, secret=v.secret)
                     for v in EnvVar.objects.filter(deployment=clone_of)
                 )
-            _enqueue(tasks.provision, deployment.pk, actor=actor, now=now)
+            _provision(deployment.pk, actor=actor, now=now)
     except IntegrityError:
         raise ValidationError({"name": [taken]}) from None
     return deployment
@@ -169,7 +176,7 @@ def do_follow_branch(deployment: Deployment, branch: str, *, actor: Actor) -> No
     with transaction.atomic():
         Deployment.objects.filter(pk=deployment.pk).update(branch=branch)
         deployment.branch = branch
-        _enqueue(tasks.provision, deployment.pk, actor=actor)
+        _provision(deployment.pk, actor=actor)
 
 
 def do_save_env(deployment: Deployment, service: str, values: dict[str, tuple[str, bool]], *, actor: Actor) -> None:
@@ -178,13 +185,13 @@ def do_save_env(deployment: Deployment, service: str, values: dict[str, tuple[st
     with transaction.atomic():
         for key, (value, secret) in values.items():
             EnvVar.objects.update_or_create(deployment=deployment, service=service, key=key, defaults={"value": value, "secret": secret})
-        _enqueue(tasks.provision, deployment.pk, actor=actor)
+        _provision(deployment.pk, actor=actor)
 
 
 def do_delete_env(deployment: Deployment, var: EnvVar, *, actor: Actor) -> None:
     with transaction.atomic():
         EnvVar.objects.filter(pk=var.pk, deployment=deployment).delete()
-        _enqueue(tasks.provision, deployment.pk, actor=actor)
+        _provision(deployment.pk, actor=actor)
 
 
 def do_restart(deployment: Deployment, service: str, *, actor: Actor, now: bool = False) -> None:
@@ -250,5 +257,5 @@ def do_record_ci_report(project: Project, data: object, *, actor: Actor = "ci") 
         report = reports.record_report(project, data)
         waiting = reports.waiting_deployments(project, report.commit)
         for d in waiting:
-            _enqueue(tasks.provision, d.pk, actor=actor)
+            _provision(d.pk, actor=actor)
     return report, waiting

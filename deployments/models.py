@@ -51,6 +51,14 @@ class Deployment(models.Model):
     clone_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="clones")
     # Set when a clone should start from a copy of its source's storage; cleared once copied.
     copy_storage_pending = models.BooleanField(default=False)
+    # Changes that need provisioning, counted: each action adds one; a provisioning pass covers all
+    # counted when it began. Requests that arrive during a pass coalesce into the next one.
+    wanted = models.PositiveIntegerField(default=0)
+    provisioned = models.PositiveIntegerField(default=0)
+    # Who is changing the deployment's processes now (provisioning, building, deleting), until when
+    # (renewed while it works; a worker that died lets it lapse): one at a time per deployment.
+    lease_owner = models.CharField(max_length=32, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["project", "slug"], name="deployment_slug_unique_per_project")]

@@ -572,3 +572,52 @@ def test_services_a_dead_supervisor_left_are_ended_before_a_new_one_starts(tmp_p
         for p in (orphan, other):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_burst_of_saves_coalesces_and_a_delete_waits_its_turn(cast, runtime) -> None:
+    """Twenty env saves while a worker provisions: their tasks return at once (another holds the
+    deployment's lease) and that worker runs one more pass for all of them. A delete asked for
+    meanwhile is retried until the pass ends, and the provisioning stops for it."""
+    from deployments.actions import do_delete, do_save_env
+    from deployments.provisioning.lease import Busy
+
+    d = deploy(cast, "Dev")
+    passes_before = StateTransition.objects.filter(deployment=d, to_state=State.PROVISIONING).count()
+
+    def provision_in_a_worker() -> threading.Thread:
+        worker = threading.Thread(target=tasks.provision, args=(d.pk,))
+        worker.start()
+        wait_until(lambda: Deployment.objects.get(pk=d.pk).lease_owner, what="the worker to take the lease")
+        return worker
+
+    do_save_env(d, "web", {"BURST": ("0", False)}, actor=cast.developer)
+    worker = provision_in_a_worker()
+    for i in range(1, 20):
+        do_save_env(d, "web", {"BURST": (str(i), False)}, actor=cast.developer)
+        tasks.provision(d.pk)  # what a second worker does with each save's task: nothing, at once
+    worker.join(timeout=180)
+    assert not worker.is_alive()
+    d.refresh_from_db()
+    assert d.state == State.RUNNING and d.wanted == d.provisioned and not d.lease_owner
+    passes = StateTransition.objects.filter(deployment=d, to_state=State.PROVISIONING).count() - passes_before
+    assert passes == 2, f"{passes} provisioning passes for 20 saves"
+    spec = current_spec(d)
+    shell = runtime.open_shell(spec, "web", "echo $BURST", pty=False)
+    assert shell.read() == b"19\n" and shell.close() == 0
+
+    do_save_env(d, "web", {"BURST": ("last", False)}, actor=cast.developer)
+    worker = provision_in_a_worker()
+    do_delete(d, actor=cast.developer)
+
+    def destroyed() -> bool:  # as Celery retries the task while the lease is taken
+        try:
+            tasks.destroy(d.pk)
+        except Busy:
+            return False
+        return True
+
+    wait_until(destroyed, timeout=180, what="the deletion's turn")
+    worker.join(timeout=180)
+    assert not worker.is_alive() and not Deployment.objects.filter(pk=d.pk).exists()
+    assert not runtime.layout.home(spec).exists()

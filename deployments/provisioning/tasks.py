@@ -3,9 +3,10 @@ quietly when the deployment is gone (or going), are safe to run twice and retry 
 errors."""
 
 from celery import shared_task
+from django.db.models import F
 
-from deployments.models import State
-from deployments.provisioning import pipeline
+from deployments.models import Deployment, State
+from deployments.provisioning import lease, pipeline
 from deployments.runtimes.base import TransientFailure
 
 RETRY = {"autoretry_for": (TransientFailure,), "retry_backoff": 2, "retry_backoff_max": 120, "retry_jitter": True, "max_retries": 8}
@@ -13,9 +14,30 @@ RETRY = {"autoretry_for": (TransientFailure,), "retry_backoff": 2, "retry_backof
 
 @shared_task(acks_late=True, **RETRY)
 def provision(deployment_id: int, force_build: bool = False, actor: str = "task:provision") -> None:
-    deployment = pipeline.get(deployment_id)
-    if deployment is not None and deployment.state != State.DELETING:
-        pipeline.provision(deployment, actor, force_build=force_build)
+    """Provision until the deployment has caught up with every change asked for. Changes asked for
+    while another worker provisions it coalesce: their tasks return at once, and that worker runs
+    one more pass covering them all (a forced build is not coalesced: it waits its turn)."""
+    while True:
+        with lease.held(deployment_id) as ours:
+            if not ours:
+                if force_build:
+                    raise lease.Busy(deployment_id)
+                return
+            while (deployment := pipeline.get(deployment_id)) is not None and deployment.state != State.DELETING:
+                covered = deployment.wanted
+                pipeline.provision(deployment, actor, force_build=force_build)
+                force_build = False
+                Deployment.objects.filter(pk=deployment_id, provisioned__lt=covered).update(provisioned=covered)
+                if not _behind(deployment_id):
+                    break
+        # A change whose task found the lease taken just before it was given back is ours to do.
+        if not _behind(deployment_id):
+            return
+
+
+def _behind(deployment_id: int) -> bool:
+    """A change was asked for that no provisioning pass has covered yet."""
+    return Deployment.objects.filter(pk=deployment_id, wanted__gt=F("provisioned")).exclude(state=State.DELETING).exists()
 
 
 @shared_task(acks_late=True, **RETRY)
@@ -33,9 +55,12 @@ def restart(deployment_id: int, service: str, actor: str = "task:restart") -> No
 
 @shared_task(acks_late=True, **RETRY)
 def set_enabled(deployment_id: int, actor: str = "task:set_enabled") -> None:
-    deployment = pipeline.get(deployment_id)
-    if deployment is not None and deployment.state != State.DELETING:
-        pipeline.set_enabled(deployment, actor)
+    with lease.held(deployment_id) as ours:
+        if not ours:
+            raise lease.Busy(deployment_id)
+        deployment = pipeline.get(deployment_id)
+        if deployment is not None and deployment.state != State.DELETING:
+            pipeline.set_enabled(deployment, actor)
 
 
 @shared_task(acks_late=True, **RETRY)
@@ -47,6 +72,11 @@ def route(deployment_id: int, actor: str = "task:route") -> None:
 
 @shared_task(acks_late=True, **RETRY)
 def destroy(deployment_id: int, actor: str = "task:destroy") -> None:
-    deployment = pipeline.get(deployment_id)
-    if deployment is not None:
+    """After the pass that runs now, if one does (a provisioning loop stops at a deletion)."""
+    with lease.held(deployment_id) as ours:
+        deployment = pipeline.get(deployment_id)
+        if deployment is None:
+            return
+        if not ours:
+            raise lease.Busy(deployment_id)
         pipeline.destroy(deployment, actor)
