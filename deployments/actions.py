@@ -7,14 +7,11 @@ With `now=True` (the CLI's --wait) the work runs in this process instead of a wo
 """
 
 import logging
-from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-import kombu.exceptions
-import redis
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import F
@@ -23,8 +20,9 @@ from django.utils.text import slugify
 from accounts.models import User
 from deployments import domains
 from deployments.ci import reports
-from deployments.models import CIReport, Deployment, Domain, EnvVar, Stage, State
+from deployments.models import CIReport, Deployment, Domain, EnvVar, Intent, Stage, State
 from deployments.provisioning import tasks
+from deployments.provisioning.outbox import QUEUE_ERRORS
 from deployments.provisioning.spec import StackInvalid, current_spec, fetch_branch, load_stack
 from projects.git import GitError
 from projects.models import Project
@@ -42,14 +40,19 @@ def actor_label(actor: Actor) -> str:
 
 # Set for the rest of a request when a change was saved but the task queue could not take its work.
 queue_unreachable: ContextVar[bool] = ContextVar("queue_unreachable", default=False)
-QUEUE_ERRORS = (kombu.exceptions.OperationalError, redis.RedisError, OSError)
 WAITING = "waiting for the task queue, which is unreachable; the change runs as soon as it is back"
 
 
 def _enqueue(task: Any, deployment_id: int, *args: Any, actor: Actor, now: bool = False, **kwargs: Any) -> None:
-    """Run the task once the transaction commits. A queue that is away loses nothing: the deployment
-    is marked as waiting (its state says so), and the monitor's reconciler queues it when Redis is back."""
-    transaction.on_commit(partial(_send, task, deployment_id, args, actor_label(actor), now, kwargs))
+    """Run the task once the transaction commits. Its intent is stored in the same transaction and
+    removed once the queue has taken it: a queue that is away, or a process that dies in between,
+    loses nothing — the monitor's reconciler sends what is left (reconcile.replay), and meanwhile
+    the deployment says it is waiting for the queue."""
+    label = actor_label(actor)
+    intent = None
+    if not now:
+        intent = Intent.objects.create(deployment_id=deployment_id, task=task.name, args=list(args), kwargs={**kwargs, "actor": label})
+    transaction.on_commit(partial(_send, task, deployment_id, args, label, now, kwargs, intent))
 
 
 def _provision(deployment_id: int, *, actor: Actor, now: bool = False) -> None:
@@ -58,21 +61,23 @@ def _provision(deployment_id: int, *, actor: Actor, now: bool = False) -> None:
     _enqueue(tasks.provision, deployment_id, actor=actor, now=now)
 
 
-def _send(task: Any, deployment_id: int, args: tuple, actor: str, now: bool, kwargs: dict[str, Any]) -> None:
-    run: Callable[..., Any] = task if now else task.delay
+def _send(task: Any, deployment_id: int, args: tuple, actor: str, now: bool, kwargs: dict[str, Any], intent: Intent | None) -> None:
+    if now:
+        task(deployment_id, *args, actor=actor, **kwargs)
+        return
     try:
-        run(deployment_id, *args, actor=actor, **kwargs)
+        task.delay(deployment_id, *args, actor=actor, **kwargs)
     except QUEUE_ERRORS as e:
-        if now:
-            raise
         log.warning("task queue unreachable, deployment %s waits for it: %s", deployment_id, e)
         queue_unreachable.set(True)
         waiting(deployment_id, actor)
+        return
+    Intent.objects.filter(pk=intent.pk).delete()
 
 
 def waiting(deployment_id: int, actor: str) -> None:
-    """The deployment's work could not be queued: pending (or still deleting) from long ago, so that the
-    reconciler's next pass drives it again — provisioning (what every change needs) or deleting."""
+    """The deployment's work could not be queued: pending (or still deleting) from long ago, which it
+    shows, and which makes the reconciler's next pass drive it again even if its intent were lost."""
     d = Deployment.objects.filter(pk=deployment_id).first()
     if d is None:
         return

@@ -306,3 +306,17 @@ class SSHSession(models.Model):
     class Meta:
         ordering = ["-started", "-pk"]
         indexes = [models.Index(fields=["deployment", "-started"], name="ssh_session_latest")]
+
+
+class Intent(models.Model):
+    """Work a change asked for, stored in the change's own transaction (an outbox): removed once the
+    task queue has taken it, else sent by the monitor's reconciler when the queue answers again."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="+")
+    task = models.CharField(max_length=100)
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    created = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["pk"]

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from deployments.models import Deployment, State, StateTransition
 from deployments.provisioning import tasks
+from deployments.provisioning.outbox import replay
 from projects.models import builds_externally
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,10 @@ def bounds() -> dict[str, timedelta]:
 
 
 def reconcile(now: datetime | None = None) -> list[int]:
-    """Re-drive every stuck deployment once (its clock restarts, and its history says so); returns their ids."""
+    """Send what the queue could not take, then re-drive every stuck deployment once (its clock
+    restarts, and its history says so); returns their ids."""
     now = now or timezone.now()
+    replay(now)
     driven = []
     for state, bound in bounds().items():
         for d in Deployment.objects.filter(state=state, state_since__lt=now - bound).only("pk", "state", "state_since"):

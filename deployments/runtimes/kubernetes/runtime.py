@@ -308,8 +308,10 @@ class PodShell:
             log.warning("could not end the session %s in %s", self.pidfile, "/".join(self.target))
 
     def kill(self) -> None:
-        self.stream.kill()
+        # The processes first, while the stream still holds them: a runtime that ends the exec's
+        # own process when its stream ends would leave that process's children to another parent.
         self._finish(kill=True)
+        self.stream.kill()
 
     def close(self) -> int:
         status = self.stream.close()
