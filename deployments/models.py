@@ -57,7 +57,7 @@ class Deployment(models.Model):
     provisioned = models.PositiveIntegerField(default=0)
     # Who is changing the deployment's processes now (provisioning, building, deleting), until when
     # (renewed while it works; a worker that died lets it lapse): one at a time per deployment.
-    lease_owner = models.CharField(max_length=32, blank=True)
+    lease_owner = models.CharField(max_length=64, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:

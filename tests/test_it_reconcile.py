@@ -51,3 +51,25 @@ def test_a_build_may_take_its_steps_time_and_waiting_for_ci_is_not_stuck(cast, r
     assert reconcile() == []  # CI takes as long as it takes
     settings.DIPLOI_RUNTIME = "local"
     assert reconcile() == [building.pk]
+
+
+def test_a_lease_whose_worker_died_is_taken_over_at_once(cast) -> None:
+    """A worker killed mid-task leaves its lease on the deployment; a process of this machine that is
+    gone holds nothing, while a live one, or one on another machine, keeps it until it lapses."""
+    import subprocess
+
+    from deployments.provisioning.lease import HOST, acquire, release
+
+    d = stuck(cast, "leased", State.PROVISIONING, 1)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        for holder, free in ((f"{HOST}:{alive.pid}:a1", False), (f"elsewhere:{gone.pid}:a2", False), (f"{HOST}:{gone.pid}:a3", True)):
+            Deployment.objects.filter(pk=d.pk).update(lease_owner=holder, lease_until=timezone.now() + timedelta(hours=1))
+            token = acquire(d.pk)
+            assert (token is not None) == free, holder
+        release(d.pk, token)
+        assert Deployment.objects.get(pk=d.pk).lease_owner == ""
+    finally:
+        alive.kill()

@@ -13,7 +13,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='deployment',
             name='lease_owner',
-            field=models.CharField(blank=True, max_length=32),
+            field=models.CharField(blank=True, max_length=64),
         ),
         migrations.AddField(
             model_name='deployment',

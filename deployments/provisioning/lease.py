@@ -3,12 +3,15 @@ conditional UPDATE (so it holds across worker processes and machines, on SQLite 
 alike), never waited for, renewed while the work goes on, and lapsing when its worker dies."""
 
 import logging
+import os
 import secrets
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
+import psutil
 from django.db import DatabaseError, close_old_connections, connection
 from django.db.models import Q
 from django.utils import timezone
@@ -17,6 +20,7 @@ from deployments.models import Deployment
 from deployments.runtimes.base import TransientFailure
 
 LEASE = timedelta(seconds=120)
+HOST = socket.gethostname()[:40]
 RENEW_EVERY = 30.0  # seconds
 
 
@@ -28,11 +32,28 @@ class Busy(TransientFailure):
 
 
 def acquire(deployment_id: int) -> str | None:
-    """A token when the lease is ours now, None when someone else's has not lapsed."""
-    token, now = secrets.token_hex(8), timezone.now()
+    """A token when the lease is ours now, None when someone else's has not lapsed. A lease whose
+    holder was a process of this machine that is gone (a worker killed mid-task) is taken over at
+    once instead of after it lapses."""
+    token, now = f"{HOST}:{os.getpid()}:{secrets.token_hex(4)}", timezone.now()
     free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
     taken = Deployment.objects.filter(free, pk=deployment_id).update(lease_owner=token, lease_until=now + LEASE)
+    if not taken:
+        holder = Deployment.objects.filter(pk=deployment_id).values_list("lease_owner", flat=True).first()
+        if holder and _dead_here(holder):
+            taken = Deployment.objects.filter(pk=deployment_id, lease_owner=holder).update(lease_owner=token, lease_until=now + LEASE)
     return token if taken else None
+
+
+def _dead_here(holder: str) -> bool:
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != HOST or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        return psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def release(deployment_id: int, token: str) -> None:
