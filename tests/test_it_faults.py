@@ -35,6 +35,13 @@ def log_in(base: str, password: str) -> requests.Session:
     return s
 
 
+def submit(session: requests.Session, page: str, action: str, data: dict[str, str]) -> requests.Response:
+    """A form on `page` posted to `action`, as the browser would (its CSRF token and Referer)."""
+    form = session.get(page, timeout=10)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
+    return session.post(action, data={**data, "csrfmiddlewaretoken": token}, headers={"Referer": form.url}, timeout=30)
+
+
 def test_what_is_asked_for_while_redis_is_away_is_done_once_it_is_back(tmp_path: Path) -> None:
     port = free_port()
     server = start_redis(port, tmp_path / "redis")
@@ -48,14 +55,8 @@ def test_what_is_asked_for_while_redis_is_away_is_done_once_it_is_back(tmp_path:
 
         server.terminate()
         server.wait(timeout=20)
-        form = session.get(f"{base}/projects/diploi-sample/deployments/new/", timeout=10)
-        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
-        r = session.post(
-            f"{base}/projects/diploi-sample/deployments/new/",
-            data={"name": "dev", "stage": "development", "branch": "main", "enabled": "on", "csrfmiddlewaretoken": token},
-            headers={"Referer": form.url},
-            timeout=30,
-        )
+        new = f"{base}/projects/diploi-sample/deployments/new/"
+        r = submit(session, new, new, {"name": "dev", "stage": "development", "branch": "main", "enabled": "on"})
         assert r.status_code == 200 and r.url.endswith("/d/dev/"), (r.status_code, r.url)  # not a 500
         assert NOTICE in r.text.replace("&#x27;", "'") and "waiting for the task queue" in r.text
 
@@ -78,14 +79,7 @@ def test_what_is_asked_for_while_redis_is_away_is_done_once_it_is_back(tmp_path:
         before = web_process()
         server.terminate()
         server.wait(timeout=20)
-        page = session.get(f"{base}/projects/diploi-sample/d/dev/", timeout=10)
-        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-        r = session.post(
-            f"{base}/projects/diploi-sample/d/dev/restart/web/",
-            data={"csrfmiddlewaretoken": token},
-            headers={"Referer": page.url},
-            timeout=30,
-        )
+        r = submit(session, f"{base}/projects/diploi-sample/d/dev/", f"{base}/projects/diploi-sample/d/dev/restart/web/", {})
         assert r.status_code == 200 and NOTICE in r.text.replace("&#x27;", "'")
         assert before.is_running(), "nothing restarts while the queue is away"
         server = start_redis(port, tmp_path / "redis")

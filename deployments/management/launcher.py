@@ -16,6 +16,7 @@ import http.client
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -94,8 +95,6 @@ stdout_logfile_backups=2
 
 def _quote(arg: str) -> str:
     """One argument of a supervisord command line (shlex-split, and %-expanded by supervisord)."""
-    import shlex
-
     return shlex.quote(arg).replace("%", "%%")
 
 
