@@ -8,7 +8,8 @@ main process is killed (SIGKILL) right after the create, in another third the ne
 process once it runs; at a quarter, half and three quarters of the run the deployments' supervisord,
 the monitor and the embedded Redis are each killed once. At the end it prints what must be zero —
 rows stuck in a state other than running, folders of deleted deployments, service processes outside
-the supervisor, supervisord programs of deleted deployments, kept deployments not answering — and
+the supervisor, supervisord programs of deleted deployments, kept deployments not answering,
+processes of the data directory left once `up` has stopped — and
 the time a cycle took with and without a fault, next to a cycle with no fault as the baseline.
 Exits 1 when one of the zeros is not.
 """
@@ -172,6 +173,9 @@ def main() -> int:
         not_running = [d.slug for d in Deployment.objects.exclude(state=State.RUNNING)]
     finally:
         up.stop()
+    import psutil
+
+    left = [p for p in psutil.process_iter(["cmdline"]) if str(DATA) in " ".join(p.info["cmdline"] or [])]
 
     print(f"\nsoak: {args.cycles} cycles, seed {args.seed}")
     for name, times in took.items():
@@ -188,6 +192,7 @@ def main() -> int:
         "orphan service processes": orphans,
         "supervisord programs of deleted deployments": leftover_programs,
         "kept deployments not answering": silent,
+        "processes left after up stopped": left,
     }
     for what, found in zeros.items():
         print(f"  {what}: {len(found)}" + (f"  {found[:5]}" if found else ""))

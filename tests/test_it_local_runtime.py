@@ -621,3 +621,17 @@ def test_a_burst_of_saves_coalesces_and_a_delete_waits_its_turn(cast, runtime) -
     worker.join(timeout=180)
     assert not worker.is_alive() and not Deployment.objects.filter(pk=d.pk).exists()
     assert not runtime.layout.home(spec).exists()
+
+
+def test_under_up_a_worker_waits_for_the_supervisor_instead_of_starting_a_second(tmp_path: Path, monkeypatch) -> None:
+    """While `up`'s supervisord restarts the deployments' one, a worker's apply must not start its
+    own daemonised supervisord: that one would outlive the platform, deployments and all."""
+    import psutil
+
+    from deployments.runtimes.base import TransientFailure
+    from deployments.runtimes.local.supervisor import Supervisor
+
+    monkeypatch.setenv("DIPLOI_SUPERVISOR_MANAGED", "1")
+    with pytest.raises(TransientFailure, match="restarting"):
+        Supervisor(tmp_path / "data").ensure_running(timeout=1)
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]

@@ -268,6 +268,7 @@ class Launcher:
             say("up", "using the process supervisor already running for this data directory (it stays when Diploi stops)")
         else:  # it stops the deployments, with more time
             self.programs.append(Program("agent", self.manage("supervisor"), 200, self.grace + 15))
+            env["DIPLOI_SUPERVISOR_MANAGED"] = "1"  # nobody else starts one while it restarts
         web = ["-m", "daphne", "-b", self.host, "-p", str(self.port), "diploi.asgi:application"]
         worker = ["-m", "celery", "-A", "diploi", "worker", "--loglevel", "INFO", "--concurrency", "2"]
         self.programs += [

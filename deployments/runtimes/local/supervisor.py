@@ -145,8 +145,17 @@ files={self.data_dir / "deployments"}/*/supervisor.conf
         return len(orphans)
 
     def ensure_running(self, timeout: float = 20.0) -> None:
-        """Start a daemonised supervisord when none answers (tests, the CLI, workers run by hand)."""
+        """Start a daemonised supervisord when none answers (tests, the CLI, workers run by hand).
+        Under `up` (DIPLOI_SUPERVISOR_MANAGED=1) the platform's own supervisord restarts it: wait for
+        that instead, so that no second one outlives the platform."""
         if self.running():
+            return
+        if os.environ.get("DIPLOI_SUPERVISOR_MANAGED") == "1":
+            deadline = time.monotonic() + timeout
+            while not self.running():
+                if time.monotonic() > deadline:
+                    raise TransientFailure("the process supervisor is restarting; this is tried again")
+                time.sleep(0.2)
             return
         with self.lock():
             if self.running():
