@@ -113,6 +113,7 @@ def main() -> int:
     up = Up()
     up.wait_for(r"Diploi is running at")
     up.wait_for(r"celery@\S+ ready")
+    os.environ.pop("DATABASE_URL", None)  # the platform's own: SQLite in its data directory
     os.environ.update(DIPLOI_DATA_DIR=str(DATA), REDIS_URL=(DATA / "redis" / "url").read_text().strip())
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "diploi.settings")
     import django

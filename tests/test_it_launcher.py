@@ -256,3 +256,15 @@ def test_the_data_directory_is_the_platforms_alone(platform: Platform, tmp_path:
         wait_until((data / name).exists, what=name)
     for path in data.iterdir():  # whatever else is there too (the demo repository, Redis, deployments…)
         assert path.stat().st_mode & 0o077 == 0, (path.name, oct(path.stat().st_mode))
+
+
+def test_a_short_soak_leaves_nothing_stuck_or_behind() -> None:
+    """bench/soak.py, short: four cycles, one with the worker killed, one with a deployment's
+    process killed, and the deployments' supervisord, the monitor and Redis each killed once."""
+    result = subprocess.run(
+        [sys.executable, "bench/soak.py", "--cycles", "4", "--seed", "4"], cwd=BASE_DIR, capture_output=True, text=True, timeout=1200
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    for fault in ("cycle with fault worker", "cycle with fault process", "killed the platform's agent", "killed the platform's redis"):
+        assert fault in result.stdout
+    assert "cycles stuck: 0" in result.stdout and "processes left after up stopped: 0" in result.stdout

@@ -73,3 +73,16 @@ def test_a_lease_whose_worker_died_is_taken_over_at_once(cast) -> None:
         assert Deployment.objects.get(pk=d.pk).lease_owner == ""
     finally:
         alive.kill()
+
+
+def test_a_starting_worker_drives_at_once_what_a_killed_one_left(cast, runtime, eager, settings) -> None:
+    from diploi.celery import drive_what_a_killed_worker_left
+
+    settings.DIPLOI_RECONCILE_AFTER = 600
+    left = stuck(cast, "left", State.PROVISIONING, 0.1)  # its worker was killed a moment ago
+    running = stuck(cast, "running", State.RUNNING, 0.1)
+    drive_what_a_killed_worker_left()
+    left.refresh_from_db()
+    assert left.state == State.RUNNING, left.state_reason
+    assert StateTransition.objects.filter(deployment=left, actor="reconciler", reason="a worker started: provisioning again").exists()
+    assert Deployment.objects.get(pk=running.pk).state == State.RUNNING

@@ -26,19 +26,23 @@ def bounds() -> dict[str, timedelta]:
     return bounded
 
 
-def reconcile(now: datetime | None = None) -> list[int]:
+def reconcile(now: datetime | None = None, restarted: bool = False) -> list[int]:
     """Send what the queue could not take, then re-drive every stuck deployment once (its clock
-    restarts, and its history says so); returns their ids."""
+    restarts, and its history says so); returns their ids. With `restarted` (a worker has just
+    started: what a killed one was doing is lost with it) every deployment in between states is
+    driven at once; one another worker is still changing keeps its turn (the lease)."""
     now = now or timezone.now()
     replay(now)
     driven = []
     for state, bound in bounds().items():
-        for d in Deployment.objects.filter(state=state, state_since__lt=now - bound).only("pk", "state", "state_since"):
+        before = now if restarted else now - bound
+        for d in Deployment.objects.filter(state=state, state_since__lt=before).only("pk", "state", "state_since"):
             with transaction.atomic():
                 if not Deployment.objects.filter(pk=d.pk, state=state, state_since=d.state_since).update(state_since=now):
                     continue  # moved meanwhile
                 minutes = max(1, round((now - d.state_since).total_seconds() / 60))
-                reason = f"no progress for {minutes} min: {'deleting' if state == State.DELETING else 'provisioning'} again"
+                why = "a worker started" if restarted else f"no progress for {minutes} min"
+                reason = f"{why}: {'deleting' if state == State.DELETING else 'provisioning'} again"
                 StateTransition.objects.create(deployment_id=d.pk, from_state=state, to_state=state, actor="reconciler", reason=reason)
                 # Queued inside the transaction: if the queue is away this raises, nothing is
                 # recorded, and the next pass tries again (a task queued twice is harmless).
