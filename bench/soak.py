@@ -167,16 +167,18 @@ def main() -> int:
             print(f"soak: cycle {i} ({fault}): {took[fault][-1]:.1f} s", flush=True)
 
         leftover_folders = [h for h in deleted_homes if h.exists()]
-        orphans = [p for h in deleted_homes for p in service_processes(h)]
+        # Processes of deleted deployments still running ten seconds later (the sandboxes of the
+        # last one deleted may still be on their way out when the loop ends).
+        wait(lambda: not [p for h in deleted_homes for p in service_processes(h)], 10)
+        orphans = [" ".join(p.info["cmdline"])[-120:] for h in deleted_homes for p in service_processes(h)]
         groups = {name.split(":")[0] for name in Supervisor(DATA).process_info()}
         leftover_programs = [g for g in groups if any(g.startswith(f"{project.slug}.{h.name.split('.', 1)[1]}") for h in deleted_homes)]
         silent = [d.slug for d in kept if not answers(d.endpoints.get("web", ""))]
         not_running = [d.slug for d in Deployment.objects.exclude(state=State.RUNNING)]
     finally:
         up.stop()
-    import psutil
-
-    left = [p for p in psutil.process_iter(["cmdline"]) if str(DATA) in " ".join(p.info["cmdline"] or [])]
+    wait(lambda: not service_processes(DATA), 10)
+    left = [" ".join(p.info["cmdline"])[-120:] for p in service_processes(DATA)]
 
     print(f"\nsoak: {args.cycles} cycles, seed {args.seed}")
     for name, times in took.items():
