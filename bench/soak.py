@@ -100,7 +100,8 @@ def wait(check, timeout: float) -> bool:
 def service_processes(home: Path) -> list:
     import psutil
 
-    return [p for p in psutil.process_iter(["cmdline"]) if str(home) in " ".join(p.info["cmdline"] or [])]
+    inside = f"{home}/"  # soak1's folder is not soak10's
+    return [p for p in psutil.process_iter(["cmdline"]) if inside in " ".join(p.info["cmdline"] or [])]
 
 
 def main() -> int:
