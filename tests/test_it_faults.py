@@ -9,6 +9,7 @@ import redis as redis_client
 import requests
 
 from deployments.management import embedded_redis
+from deployments.web.health import QUEUE_DOWN
 from deployments.web.middleware import NOTICE
 from tests.conftest import Platform, free_port, wait_until
 
@@ -55,12 +56,14 @@ def test_what_is_asked_for_while_redis_is_away_is_done_once_it_is_back(tmp_path:
 
         server.terminate()
         server.wait(timeout=20)
+        wait_until(lambda: QUEUE_DOWN in session.get(f"{base}/projects/", timeout=10).text, what="every page saying the queue is away")
         new = f"{base}/projects/diploi-sample/deployments/new/"
         r = submit(session, new, new, {"name": "dev", "stage": "development", "branch": "main", "enabled": "on"})
         assert r.status_code == 200 and r.url.endswith("/d/dev/"), (r.status_code, r.url)  # not a 500
         assert NOTICE in r.text.replace("&#x27;", "'") and "waiting for the task queue" in r.text
 
         server = start_redis(port, tmp_path / "redis")  # back, empty: the lost task is not in it
+        wait_until(lambda: QUEUE_DOWN not in session.get(f"{base}/projects/", timeout=10).text, what="the notice to go")
         wait_until(
             lambda: "<strong>Running</strong>" in session.get(f"{base}/projects/diploi-sample/d/dev/", timeout=10).text,
             timeout=180,

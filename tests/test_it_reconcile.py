@@ -76,7 +76,7 @@ def test_a_lease_whose_worker_died_is_taken_over_at_once(cast) -> None:
 
 
 def test_a_starting_worker_drives_at_once_what_a_killed_one_left(cast, runtime, eager, settings) -> None:
-    from diploi.celery import drive_what_a_killed_worker_left
+    from deployments.provisioning.tasks import drive_what_a_killed_worker_left
 
     settings.DIPLOI_RECONCILE_AFTER = 600
     left = stuck(cast, "left", State.PROVISIONING, 0.1)  # its worker was killed a moment ago

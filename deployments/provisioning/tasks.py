@@ -2,13 +2,17 @@
 quietly when the deployment is gone (or going), are safe to run twice and retry only transient
 errors."""
 
+import logging
+
 from celery import shared_task
+from celery.signals import worker_ready
 from django.db.models import F
 
 from deployments.models import Deployment, State
 from deployments.provisioning import lease, pipeline
 from deployments.runtimes.base import TransientFailure
 
+log = logging.getLogger(__name__)
 RETRY = {"autoretry_for": (TransientFailure,), "retry_backoff": 2, "retry_backoff_max": 120, "retry_jitter": True, "max_retries": 8}
 
 
@@ -80,3 +84,16 @@ def destroy(deployment_id: int, actor: str = "task:destroy") -> None:
         if not ours:
             raise lease.Busy(deployment_id)
         pipeline.destroy(deployment, actor)
+
+
+@worker_ready.connect
+def drive_what_a_killed_worker_left(**_: object) -> None:
+    """A worker killed mid-task takes its task with it (unacknowledged until Redis's visibility
+    timeout): when a worker starts, every deployment in between states is driven again at once,
+    instead of after DIPLOI_RECONCILE_AFTER."""
+    from deployments.provisioning.reconcile import reconcile  # it queues these tasks
+
+    try:
+        reconcile(restarted=True)
+    except Exception as e:  # noqa: BLE001 - the monitor's reconciler tries again later
+        log.warning("could not drive deployments again at worker start: %s", e)

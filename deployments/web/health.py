@@ -1,14 +1,20 @@
-"""What happened lately to the platform's own processes (`up` writes DATA_DIR/platform/events.json),
-for the operator: every page shows it to staff accounts for a quarter of an hour."""
+"""What every page says of the platform's health: that the task queue is unreachable (to everyone
+signed in, while it is), and what happened lately to the platform's own processes (`up` writes
+DATA_DIR/platform/events.json; to staff accounts, for a quarter of an hour)."""
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import redis
 from django.conf import settings
 from django.http import HttpRequest
 
 RECENT = timedelta(minutes=15)
+QUEUE_DOWN = "The task queue (Redis) is unreachable: changes are saved, and carried out when it is back."
+QUEUE_CHECK_EVERY = 10.0  # seconds a web process trusts its last look at the queue
+_queue: dict[str, float | bool] = {"at": float("-inf"), "down": False}
 _read: dict[Path, tuple[float, list[dict]]] = {}  # path → (mtime, events): read again only when it changed
 
 
@@ -37,9 +43,28 @@ def recent_events(now: datetime | None = None) -> list[str]:
     return lines
 
 
+def queue_down() -> bool:
+    """Whether Redis did not answer a ping (at most one look per QUEUE_CHECK_EVERY, 0.3 s at most)."""
+    if not settings.REDIS_URL:
+        return False
+    now = time.monotonic()
+    if now - _queue["at"] >= QUEUE_CHECK_EVERY:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=0.3, socket_timeout=0.3)
+        try:
+            client.ping()
+            _queue["down"] = False
+        except (redis.RedisError, OSError):
+            _queue["down"] = True
+        finally:
+            client.close()
+        _queue["at"] = now
+    return bool(_queue["down"])
+
+
 def platform_events(request: HttpRequest) -> dict[str, list[str]]:
-    """Context processor: recent platform events, for staff only."""
+    """Context processor: the queue's state for whoever is signed in; recent platform events for staff."""
     user = getattr(request, "user", None)
-    if user is None or not user.is_staff:
+    if user is None or not user.is_authenticated:
         return {"platform_events": []}
-    return {"platform_events": recent_events()}
+    lines = [QUEUE_DOWN] if queue_down() else []
+    return {"platform_events": lines + (recent_events() if user.is_staff else [])}
