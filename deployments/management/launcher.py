@@ -326,9 +326,9 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
         deadline = time.monotonic() + timeout
         while not self.stopping:
             self._pump()
-            if self.proc is not None and self.proc.poll() is not None:
+            if self.proc.poll() is not None:
                 raise LaunchError(f"the platform's supervisord exited; see {self.dir / 'supervisord.log'}")
-            if name in self._names() and name != "supervisord":
+            if name in self._names():
                 state = self.rpc().getProcessInfo(name)
                 if state["statename"] == "FATAL":
                     raise LaunchError(f"{name} could not be started; see {self.dir / 'logs' / name}.log")
