@@ -13,6 +13,7 @@ from pathlib import Path
 from django.conf import settings
 
 import gitsafe
+from projects.stackerrors import TooLarge
 
 
 class GitError(Exception):
@@ -86,15 +87,37 @@ def list_branches(mirror: Path) -> list[str]:
     return sorted(out.decode().split())
 
 
-def read_file(mirror: Path, commit: str, path: str) -> bytes | None:
-    """The file's content at `commit`, or None when there is no such file."""
+def read_file(mirror: Path, commit: str, path: str, limit: int | None = None) -> bytes | None:
+    """The file's content at `commit`, or None when there is no such file; TooLarge (before
+    reading it) when it has more than `limit` bytes."""
     try:
         kind = run_git("cat-file", "-t", f"{commit}:{path}", cwd=mirror).decode().strip()
     except GitError:
         return None
     if kind != "blob":
         return None
+    if limit is not None and (size := int(run_git("cat-file", "-s", f"{commit}:{path}", cwd=mirror))) > limit:
+        raise TooLarge(size)
     return run_git("cat-file", "blob", f"{commit}:{path}", cwd=mirror)
+
+
+def resolve_ref(mirror: Path, ref: str) -> str:
+    """The commit a package's `#ref` names: a branch, a tag, or a commit id; the default branch when empty."""
+    candidates = [f"refs/heads/{ref}", f"refs/tags/{ref}", ref] if ref else ["HEAD"]
+    for name in candidates:
+        try:
+            return run_git("rev-parse", "--verify", "--quiet", f"{name}^{{commit}}", cwd=mirror).decode().strip()
+        except GitError:
+            continue
+    raise BranchNotFound(f"“{ref}” is neither a branch, a tag nor a commit of the package's repository.")
+
+
+def has_commit(mirror: Path, commit: str) -> bool:
+    try:
+        run_git("cat-file", "-e", f"{commit}^{{commit}}", cwd=mirror)
+        return True
+    except GitError:
+        return False
 
 
 def is_folder(mirror: Path, commit: str, path: str) -> bool:

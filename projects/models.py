@@ -47,6 +47,8 @@ class Project(models.Model):
     stack = models.JSONField(null=True, blank=True)
     stack_errors = models.JSONField(default=list, blank=True)
     stack_checked = models.DateTimeField(null=True, blank=True)
+    # Packages named by Git URL: "url#ref" → the commit every read uses until a user asks for updates.
+    package_locks = models.JSONField(default=dict, blank=True)
 
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="projects")
     # CI's token for reporting built images (external build mode): only its SHA-256 is kept.
@@ -79,6 +81,11 @@ class Project(models.Model):
         if not token.startswith(CI_TOKEN_PREFIX):
             return None
         return cls.objects.filter(ci_token_hash=_token_hash(token)).first()
+
+    @property
+    def stack_services(self) -> list[dict]:
+        """The stored stack's components, then its add-ons."""
+        return [*(self.stack or {}).get("components", []), *(self.stack or {}).get("addons", [])]
 
     @property
     def errors(self) -> list[StackError]:

@@ -1,25 +1,47 @@
-"""Packages: how a component or add-on runs (commands, ports, env, storage, parameters, health check).
+"""Packages: what a component or add-on is (Diploi's package file) and how it runs here.
 
-A package is either built in (a YAML file shipped in projects/packages/) or a folder in the
-project's repository holding its own `diploi-package.yaml`.
+A package file is Diploi's `diploi.yaml` with `type: component|addon` — name, description, hosts,
+parameterGroups, connectionStrings, images, logs, storage — plus one block of ours, `local:`, which
+says how to run the package as processes on this machine (commands, internal ports, health check,
+where storage is mounted). The built-in packages in projects/packages/ are such files; a package
+without a `local:` block runs only on the Kubernetes runtime (from its `images`).
+
+Packages written in this platform's first format (`diploi-package.yaml`, `kind:`) are still read,
+with a deprecation notice (projects/legacy.py).
 """
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from projects import values
 from projects.stackerrors import Problems, StackError
 from projects.validators import dns_label_error, env_name_error
 
-PACKAGE_FILE = "diploi-package.yaml"
+PACKAGE_FILE = "diploi.yaml"
 BUILTIN_DIR = Path(__file__).parent / "packages"
 KINDS = ("component", "addon")
 COMMANDS = ("install", "build", "start", "development")
-PARAMETER_TYPES = ("string", "integer", "boolean", "secret")
-# The same pattern as deployments/runtimes/placeholders.py, which fills them in (a test keeps them equal).
-PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.]+)\}")
-_SIZE = re.compile(r"^[0-9]+(Mi|Gi|Ti)$")
+PARAMETER_TYPES = ("string", "integer", "secret", "boolean")
+MAX_HOSTS = 20
+MAX_PARAMETERS = 200
+MAX_ITEMS = 50  # connection strings, logs, images, storage
+_TOP = {
+    "diploiVersion",
+    "type",
+    "name",
+    "description",
+    "hosts",
+    "parameterGroups",
+    "environmentVariables",
+    "connectionStrings",
+    "images",
+    "logs",
+    "storage",
+    "contexts",
+    "supportsAdditionalHosts",
+    "local",
+}
 
 
 @dataclass(frozen=True)
@@ -45,6 +67,36 @@ class Parameter:
     label: str
     default: str = ""
     readonly: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Host:
+    identifier: str
+    name: str
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class ConnectionString:
+    name: str
+    value: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class LogStream:
+    name: str
+    type: str  # "log" (a container's output) | "exec" (a command's output)
+    selector: str = ""
+    command: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Image:
+    identifier: str
+    image: str = ""
+    prebuild: str = ""  # Diploi's prebuilt image, "[tag]" filled with the package's ref
 
 
 @dataclass(frozen=True)
@@ -53,12 +105,23 @@ class Package:
     kind: str
     source: str
     description: str = ""
-    commands: dict[str, str] = field(default_factory=dict)
+    commands: dict[str, str] = field(default_factory=dict)  # empty: no recipe for local processes
     ports: tuple[Port, ...] = ()
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # what the service provides to others (templates)
     storage: tuple[Storage, ...] = ()
     parameters: tuple[Parameter, ...] = ()
     health: dict[str, Any] = field(default_factory=dict)
+    hosts: tuple[Host, ...] = ()
+    connection_strings: tuple[ConnectionString, ...] = ()
+    logs: tuple[LogStream, ...] = ()
+    images: tuple[Image, ...] = ()
+    recipe: str = ""  # which built-in recipe runs it locally ("" when its own local: block or none)
+    commit: str = ""  # a package fetched by Git URL: the commit it was read at
+    legacy: bool = False  # written in the first format (diploi-package.yaml)
+
+    @property
+    def runs_locally(self) -> bool:
+        return "start" in self.commands
 
 
 def builtin_names() -> list[str]:
@@ -71,55 +134,29 @@ def load_builtin(name: str) -> tuple[Package | None, list[StackError]]:
 
 
 def parse_package(text: str | bytes, file: str, source: str) -> tuple[Package | None, list[StackError]]:
+    """A package file in Diploi's format (with our `local:` block), or the errors that stop it."""
     p = Problems(file)
     data = p.load_yaml(text)
-    allowed = {"name", "kind", "description", "commands", "ports", "env", "storage", "parameters", "health"}
-    if not p.mapping(data, "", allowed, required={"name", "kind", "commands"}):
+    if not p.mapping(data, "", _TOP, required={"name", "type"}, lenient=True):
         return None, p.errors
-
-    kind = data.get("kind")
+    kind = data.get("type")
     if kind is not None and kind not in KINDS:
-        p.add("kind", f"must be one of: {', '.join(KINDS)}")
+        p.add("type", f"must be component or addon in a package file (“{kind}” is for a project's own diploi.yaml)")
 
-    commands: dict[str, str] = {}
-    if isinstance(data.get("commands"), dict):
-        for key, value in data["commands"].items():
-            if key not in COMMANDS:
-                p.add(f"commands.{key}", f"unknown command (allowed: {', '.join(COMMANDS)})")
-            elif (text_value := p.string(value, f"commands.{key}")) is not None:
-                commands[key] = text_value
-        if "start" not in commands:
-            p.add("commands.start", "is required")
-    elif "commands" in data:
-        p.add("commands", "must be a mapping of install/build/start/development commands")
+    parameters = _parameter_groups(p, data.get("parameterGroups"))
+    parameters += _environment_variables(p, data.get("environmentVariables"), len(parameters))
+    keys = [q.key for q in parameters]
+    for key in sorted({k for k in keys if keys.count(k) > 1}):
+        p.add("parameterGroups", f"{key} is declared more than once")
+    hosts = _hosts(p, data.get("hosts"))
+    local = _local(p, data.get("local"), kind, hosts)
+    storage = _storage(p, data.get("storage"), local.get("storage", {}))
 
-    ports = _ports(p, data.get("ports", []), kind)
-    storage = _storage(p, data.get("storage", []))
-    parameters = _parameters(p, data.get("parameters", []))
-
-    env: dict[str, str] = {}
-    if isinstance(data.get("env", {}), dict):
-        for key, value in (data.get("env") or {}).items():
-            if err := env_name_error(str(key)):
-                p.add(f"env.{key}", err)
-            elif (text_value := p.string(value, f"env.{key}")) is not None:
-                env[str(key)] = text_value
-    else:
-        p.add("env", "must be a mapping of variable names to values")
-
-    storage_names = {s.name for s in storage}
-    port_names = {pt.name for pt in ports}
-    for where, text_value in [*(("commands." + k, v) for k, v in commands.items()), *(("env." + k, v) for k, v in env.items())]:
-        for name in PLACEHOLDER.findall(text_value):
-            if not _known_placeholder(name, storage_names, port_names):
-                p.add(where, f"unknown placeholder {{{name}}}")
-
-    health = data.get("health") or {}
-    if not isinstance(health, dict) or not set(health) <= {"http", "tcp"}:
-        p.add("health", "must be a mapping with 'http: /path' or 'tcp: true'")
-        health = {}
-    elif "http" in health and not str(health["http"]).startswith("/"):
-        p.add("health.http", "must be a path starting with '/'")
+    templates = {q.key: q.default for q in parameters}
+    for where, err in values.check(templates, local_names=local.get("placeholders", set())):
+        p.add(f"parameterGroups.{where}", err)
+    strings = _connection_strings(p, data.get("connectionStrings"), set(templates))
+    logs, images = _logs(p, data.get("logs")), _images(p, data.get("images"))
 
     if p.errors:
         return None, p.errors
@@ -128,76 +165,228 @@ def parse_package(text: str | bytes, file: str, source: str) -> tuple[Package | 
             name=str(data["name"]),
             kind=kind,
             source=source,
-            description=str(data.get("description", "")),
-            commands=commands,
-            ports=tuple(ports),
-            env=env,
+            description=str(data.get("description") or ""),
+            commands=local.get("commands", {}),
+            ports=tuple(local.get("ports", ())),
+            env=dict(templates),
             storage=tuple(storage),
             parameters=tuple(parameters),
-            health=health,
+            health=local.get("health", {}),
+            hosts=tuple(hosts),
+            connection_strings=tuple(strings),
+            logs=tuple(logs),
+            images=tuple(images),
         ),
-        [],
+        p.warnings,
     )
 
 
-def _known_placeholder(name: str, storage: set[str], ports: set[str]) -> bool:
-    if name in ("host", "port", "password", "code", "identifier", "deployment", "stage"):
-        return True
-    head, _, tail = name.partition(".")
-    return (head == "storage" and tail in storage) or (head == "port" and tail in ports)
-
-
-def _list(p: Problems, value: object, field: str) -> list:
+def _list(p: Problems, value: object, field: str, cap: int) -> list:
     if value is None:
         return []
     if not isinstance(value, list):
         p.add(field, "must be a list")
         return []
+    if len(value) > cap:
+        p.add(field, f"has {len(value)} entries; at most {cap} are allowed")
+        return []
     return value
 
 
-def _ports(p: Problems, value: object, kind: str | None) -> list[Port]:
-    ports = []
-    for i, item in enumerate(_list(p, value, "ports")):
-        where = f"ports[{i}]"
-        if not p.mapping(item, where, {"name", "port", "public", "protocol"}, required={"name", "port"}):
+def _text(value: object) -> str:
+    """A scalar as Diploi writes them (numbers and booleans are fine: `defaultValue: 5432`)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _parameter_groups(p: Problems, value: object) -> list[Parameter]:
+    parameters: list[Parameter] = []
+    allowed_group = {"name", "identifier", "description", "parameters", "toggleable", "defaultValue"}
+    allowed = {"name", "identifier", "defaultValue", "type", "readOnly", "contexts", "description"}
+    for g, group in enumerate(_list(p, value, "parameterGroups", MAX_PARAMETERS)):
+        where = f"parameterGroups[{g}]"
+        if not p.mapping(group, where, allowed_group, required={"name", "parameters"}, lenient=True):
             continue
-        if err := dns_label_error(str(item.get("name", ""))):
-            p.add(f"{where}.name", err)
-        number = item.get("port")
-        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= 65535:
+        for i, item in enumerate(_list(p, group.get("parameters"), f"{where}.parameters", MAX_PARAMETERS)):
+            if len(parameters) >= MAX_PARAMETERS:
+                p.add("parameterGroups", f"declares more than {MAX_PARAMETERS} parameters")
+                return parameters
+            if q := _parameter(p, item, f"{where}.parameters[{i}]", allowed, _text(group.get("name")), _text(group.get("description"))):
+                parameters.append(q)
+    return parameters
+
+
+def _environment_variables(p: Problems, value: object, count: int) -> list[Parameter]:
+    """Diploi's `environmentVariables`: parameters without a group."""
+    allowed = {"identifier", "defaultValue", "type", "contexts", "name", "readOnly", "description"}
+    found = []
+    for i, item in enumerate(_list(p, value, "environmentVariables", MAX_PARAMETERS - count)):
+        if q := _parameter(p, item, f"environmentVariables[{i}]", allowed, "Environment", ""):
+            found.append(q)
+    return found
+
+
+def _parameter(p: Problems, item: object, where: str, allowed: set[str], group: str, description: str) -> Parameter | None:
+    if not p.mapping(item, where, allowed, required={"identifier"}, lenient=True):
+        return None
+    key = _text(item.get("identifier"))
+    if err := env_name_error(key):
+        p.add(f"{where}.identifier", f"“{key}” {err}")
+        return None
+    kind = _text(item.get("type") or "string")
+    if kind not in PARAMETER_TYPES:
+        p.add(f"{where}.type", f"must be one of: {', '.join(PARAMETER_TYPES)}")
+        return None
+    default = _text(item.get("defaultValue"))
+    if kind == "integer" and default and not values.REFERENCE.search(default) and not default.lstrip("-").isdigit():
+        p.add(f"{where}.defaultValue", f"“{default}” is not an integer")
+        return None
+    return Parameter(
+        key=key,
+        type=kind,
+        group=group,
+        label=_text(item.get("name")) or key,
+        default=default,
+        readonly=item.get("readOnly") is True,
+        description=_text(item.get("description")) or description,
+    )
+
+
+def _hosts(p: Problems, value: object) -> list[Host]:
+    hosts = []
+    for i, item in enumerate(_list(p, value, "hosts", MAX_HOSTS)):
+        where = f"hosts[{i}]"
+        if not p.mapping(item, where, {"name", "identifier", "port", "urlFormat"}, required={"identifier"}, lenient=True):
+            continue
+        ident = _text(item.get("identifier"))
+        if err := dns_label_error(ident):
+            p.add(f"{where}.identifier", f"“{ident}” {err}")
+            continue
+        port = item.get("port")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
             p.add(f"{where}.port", "must be a port number from 1 to 65535")
             continue
-        public = item.get("public", False)
-        if not isinstance(public, bool):
-            p.add(f"{where}.public", "must be true or false")
-        elif public and kind == "addon":
-            p.add(f"{where}.public", "add-ons are never public")
-        protocol = item.get("protocol", "http")
-        if protocol not in ("http", "tcp"):
-            p.add(f"{where}.protocol", "must be http or tcp")
-        ports.append(Port(name=str(item.get("name")), port=number, public=public is True, protocol=protocol))
-    return ports
+        hosts.append(Host(identifier=ident, name=_text(item.get("name")) or ident, port=port))
+    return hosts
 
 
-def _storage(p: Problems, value: object) -> list[Storage]:
-    volumes = []
-    for i, item in enumerate(_list(p, value, "storage")):
-        where = f"storage[{i}]"
-        if not p.mapping(item, where, {"name", "path", "size"}, required={"name", "path"}):
+def _connection_strings(p: Problems, value: object, parameters: set[str]) -> list[ConnectionString]:
+    found = []
+    for i, item in enumerate(_list(p, value, "connectionStrings", MAX_ITEMS)):
+        where = f"connectionStrings[{i}]"
+        if not p.mapping(item, where, {"name", "value", "description"}, required={"name", "value"}, lenient=True):
             continue
-        if err := dns_label_error(str(item.get("name", ""))):
-            p.add(f"{where}.name", err)
-        if err := _mount_path_error(str(item.get("path", ""))):
-            p.add(f"{where}.path", err)
-        size = str(item.get("size", "1Gi"))
-        if not _SIZE.match(size):
-            p.add(f"{where}.size", "must be a size like 512Mi, 1Gi or 2Ti")
-        volumes.append(Storage(name=str(item.get("name")), path=str(item.get("path")), size=size))
+        text = _text(item.get("value"))
+        for name in values.references(text):
+            if name not in parameters and not values.is_runtime(name):
+                p.add(f"{where}.value", f"${{{name}}} is neither a parameter of this package nor one of {values.runtime_names()}")
+        found.append(ConnectionString(_text(item.get("name")), text, _text(item.get("description"))))
+    return found
+
+
+def _logs(p: Problems, value: object) -> list[LogStream]:
+    found = []
+    for i, item in enumerate(_list(p, value, "logs", MAX_ITEMS)):
+        where = f"logs[{i}]"
+        if not p.mapping(item, where, {"name", "type", "labelSelector", "command"}, required={"name"}, lenient=True):
+            continue
+        kind = _text(item.get("type") or "log")
+        if kind not in ("log", "exec"):
+            p.add(f"{where}.type", "must be log or exec")
+            continue
+        command = item.get("command") or []
+        if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
+            p.add(f"{where}.command", "must be a list of strings")
+            continue
+        found.append(LogStream(_text(item.get("name")), kind, _text(item.get("labelSelector")), tuple(command)))
+    return found
+
+
+def _images(p: Problems, value: object) -> list[Image]:
+    found = []
+    for i, item in enumerate(_list(p, value, "images", MAX_ITEMS)):
+        where = f"images[{i}]"
+        if not p.mapping(item, where, {"identifier", "image", "prebuildImage"}, required={"identifier"}, lenient=True):
+            continue
+        if not item.get("image") and not item.get("prebuildImage"):
+            p.add(where, "needs image or prebuildImage")
+            continue
+        found.append(Image(_text(item.get("identifier")), _text(item.get("image")), _text(item.get("prebuildImage"))))
+    return found
+
+
+def _storage(p: Problems, value: object, paths: dict[str, str]) -> list[Storage]:
+    volumes = []
+    for i, item in enumerate(_list(p, value, "storage", MAX_ITEMS)):
+        where = f"storage[{i}]"
+        if not p.mapping(item, where, {"identifier", "sizeMiB"}, required={"identifier"}, lenient=True):
+            continue
+        ident = _text(item.get("identifier"))
+        if err := dns_label_error(ident):
+            p.add(f"{where}.identifier", f"“{ident}” {err}")
+            continue
+        size = item.get("sizeMiB", 1024)
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 16 * 1024 * 1024:
+            p.add(f"{where}.sizeMiB", "must be a whole number of MiB from 1 to 16777216")
+            continue
+        volumes.append(Storage(name=ident, path=paths.get(ident, f"/storage/{ident}"), size=f"{size}Mi"))
+    for name in sorted(set(paths) - {v.name for v in volumes}):
+        p.add(f"local.storage.{name}", "names no storage entry of this package")
     return volumes
 
 
-def _mount_path_error(path: str) -> str | None:
+def _local(p: Problems, value: object, kind: object, hosts: list[Host]) -> dict[str, Any]:
+    """Our block: how the package runs as local processes."""
+    if value is None:
+        return {}
+    if not p.mapping(value, "local", {"install", "build", "start", "development", "ports", "health", "storage"}, required={"start"}):
+        return {}
+    commands = {}
+    for key in COMMANDS:
+        if key in value and (text := p.string(value[key], f"local.{key}")) is not None:
+            commands[key] = text
+    ports = [Port(name=h.identifier, port=h.port, public=True) for h in hosts if h.port]
+    for i, item in enumerate(_list(p, value.get("ports"), "local.ports", MAX_HOSTS)):
+        where = f"local.ports[{i}]"
+        if not p.mapping(item, where, {"name", "port", "protocol"}, required={"name", "port"}):
+            continue
+        number = item.get("port")
+        if err := dns_label_error(_text(item.get("name"))):
+            p.add(f"{where}.name", err)
+        elif isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= 65535:
+            p.add(f"{where}.port", "must be a port number from 1 to 65535")
+        elif item.get("protocol", "tcp") not in ("http", "tcp"):
+            p.add(f"{where}.protocol", "must be http or tcp")
+        else:
+            ports.append(Port(name=_text(item["name"]), port=number, protocol=item.get("protocol", "tcp")))
+    if kind == "component" and any(h.port is None for h in hosts) and not ports:
+        p.add("hosts", "a host needs a port to run locally")
+    health = value.get("health") or {}
+    if not isinstance(health, dict) or not set(health) <= {"http", "tcp"}:
+        p.add("local.health", "must be a mapping with 'http: /path' or 'tcp: true'")
+        health = {}
+    elif "http" in health and not str(health["http"]).startswith("/"):
+        p.add("local.health.http", "must be a path starting with '/'")
+    storage = value.get("storage") or {}
+    if not isinstance(storage, dict):
+        p.add("local.storage", "must map storage identifiers to mount paths")
+        storage = {}
+    for name, path in storage.items():
+        if err := mount_path_error(str(path)):
+            p.add(f"local.storage.{name}", err)
+    placeholders = {f"storage.{n}" for n in storage} | {f"port.{pt.name}" for pt in ports}
+    for key, text in commands.items():
+        for name in values.PLACEHOLDER.findall(text):
+            if not values.known_placeholder(name, placeholders):
+                p.add(f"local.{key}", f"unknown placeholder {{{name}}}")
+    paths = {str(k): str(v) for k, v in storage.items()}
+    return {"commands": commands, "ports": ports, "health": health, "storage": paths, "placeholders": placeholders}
+
+
+def mount_path_error(path: str) -> str | None:
     """Where storage is mounted in a container: an absolute, plain path (spaces and quotes are fine)."""
     if not path.startswith("/") or path == "/":
         return "must be an absolute path below / (like /data)"
@@ -206,30 +395,3 @@ def _mount_path_error(path: str) -> str | None:
     if any(ord(c) < 32 or ord(c) == 127 for c in path) or len(path) > 255:
         return "must be at most 255 characters, without control characters"
     return None
-
-
-def _parameters(p: Problems, value: object) -> list[Parameter]:
-    parameters = []
-    for g, group in enumerate(_list(p, value, "parameters")):
-        where = f"parameters[{g}]"
-        if not p.mapping(group, where, {"group", "items"}, required={"group", "items"}):
-            continue
-        for i, item in enumerate(_list(p, group.get("items"), f"{where}.items")):
-            iwhere = f"{where}.items[{i}]"
-            if not p.mapping(item, iwhere, {"key", "type", "label", "default", "readonly"}, required={"key", "type"}):
-                continue
-            if err := env_name_error(str(item.get("key", ""))):
-                p.add(f"{iwhere}.key", err)
-            if item.get("type") not in PARAMETER_TYPES:
-                p.add(f"{iwhere}.type", f"must be one of: {', '.join(PARAMETER_TYPES)}")
-            parameters.append(
-                Parameter(
-                    key=str(item.get("key")),
-                    type=str(item.get("type")),
-                    group=str(group.get("group")),
-                    label=str(item.get("label", item.get("key"))),
-                    default="" if item.get("default") is None else str(item.get("default")),
-                    readonly=item.get("readonly") is True,
-                )
-            )
-    return parameters

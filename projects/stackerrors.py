@@ -3,6 +3,31 @@ from dataclasses import asdict, dataclass
 import yaml
 
 _INVALID = object()
+MAX_NODES = 20_000  # YAML nodes per file: far above any real stack, far below a "billion laughs"
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing aliases (`*name`, which multiply a document's size) and
+    documents of more than MAX_NODES nodes."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"uses the alias *{event.anchor}; aliases are not allowed here (write the value out)", event.start_mark
+            )
+        self.nodes = getattr(self, "nodes", 0) + 1
+        if self.nodes > MAX_NODES:
+            raise yaml.composer.ComposerError(None, None, f"has more than {MAX_NODES} values", self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+class TooLarge(Exception):
+    """A file bigger than the reader's limit (checked before it is read)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"is {size // 1024} KiB")
+        self.size = size
 
 
 @dataclass(frozen=True)
@@ -12,6 +37,7 @@ class StackError:
     file: str
     field: str
     message: str
+    severity: str = "error"  # or "warning": shown, but the file is used
 
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
@@ -27,21 +53,29 @@ class Problems:
     def __init__(self, file: str) -> None:
         self.file = file
         self.errors: list[StackError] = []
+        self.warnings: list[StackError] = []
 
     def add(self, field: str, message: str) -> None:
         self.errors.append(StackError(self.file, field, message))
 
+    def warn(self, field: str, message: str) -> None:
+        self.warnings.append(StackError(self.file, field, message, "warning"))
+
     def load_yaml(self, text: str | bytes) -> object:
         """The parsed document, or _INVALID after recording where the YAML is broken."""
         try:
-            return yaml.safe_load(text)
+            return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 — a SafeLoader
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
-            self.add(f"line {mark.line + 1}" if mark else "", f"is not valid YAML ({getattr(e, 'problem', None) or e})")
+            problem = getattr(e, "problem", None) or str(e)
+            if "alias" in (getattr(e, "context", None) or "") and _bare_star(text, mark):
+                problem += "; a lone * must be quoted: '*'"
+            self.add(f"line {mark.line + 1}" if mark else "", f"is not valid YAML ({problem})")
             return _INVALID
 
-    def mapping(self, value: object, field: str, allowed: set[str], required: set[str] = frozenset()) -> bool:
-        """Check that `value` is a mapping with only `allowed` keys and all `required` ones."""
+    def mapping(self, value: object, field: str, allowed: set[str], required: set[str] = frozenset(), lenient: bool = False) -> bool:
+        """Check that `value` is a mapping with only `allowed` keys and all `required` ones. Lenient:
+        other keys are a warning (Diploi's format grows; a file written for it still loads)."""
         if value is _INVALID:
             return False
         if not isinstance(value, dict):
@@ -49,7 +83,10 @@ class Problems:
             return False
         for key in value:
             if key not in allowed:
-                self.add(_join(field, str(key)), f"unknown field (allowed: {', '.join(sorted(allowed))})")
+                if lenient:
+                    self.warn(_join(field, str(key)), f"is not read by this platform and is ignored (known: {', '.join(sorted(allowed))})")
+                else:
+                    self.add(_join(field, str(key)), f"unknown field (allowed: {', '.join(sorted(allowed))})")
         for key in sorted(required):
             if key not in value or value[key] in (None, ""):
                 self.add(_join(field, key), "is required")
@@ -60,6 +97,15 @@ class Problems:
             self.add(field, f"must be a string, not {_kind(value)}")
             return None
         return str(value)
+
+
+def _bare_star(text: str | bytes, mark: object) -> bool:
+    """Whether the line YAML stopped at holds an unquoted `*` item (Diploi's docs show `- *`)."""
+    if mark is None:
+        return False
+    lines = (text.decode(errors="replace") if isinstance(text, bytes) else text).splitlines()
+    line = lines[mark.line] if mark.line < len(lines) else ""
+    return line.strip() in ("- *", "*") or line.rstrip().endswith(": *")
 
 
 def _join(field: str, key: str) -> str:

@@ -1,5 +1,6 @@
 import shutil
 import smtplib
+from pathlib import PurePosixPath
 
 from django.conf import settings
 from django.contrib import messages
@@ -7,7 +8,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Count, ProtectedError
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -15,11 +16,14 @@ from django.utils.module_loading import import_string
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from diploi.http import redirect_to
+from projects import git
 from projects.access import get_invitation_for_user, get_project_for_user, projects_for_user
 from projects.forms import DeleteProjectForm, InviteForm, ProjectForm, RoleForm, unique_slug
 from projects.invitations import accept, addressed_to
 from projects.models import Invitation, Membership, Project, Role, builds_externally
 from projects.stack import branches, project_mirror, refresh_stack
+from projects.stackerrors import TooLarge
+from projects.validators import safe_relative_folder
 
 
 @login_required
@@ -59,6 +63,50 @@ def project_refresh(request: HttpRequest, slug: str) -> HttpResponse:
     if request.htmx:
         return TemplateResponse(request, "projects/detail.html#stack", {"project": project})
     return redirect_to(request, project)
+
+
+@login_required
+@require_POST
+def packages_update(request: HttpRequest, slug: str) -> HttpResponse:
+    """Re-resolve every package named by Git URL (the only time a locked ref moves) and say what moved."""
+    project = get_project_for_user(request.user, slug, write=True)
+    changed = refresh_stack(project, update_packages=True)
+    for ref, (old, new) in sorted(changed.items()):
+        messages.info(request, f"{ref}: {old[:10] or 'new'} → {new[:10]}")
+    if not changed:
+        messages.info(request, "Every package is at the newest commit of its ref.")
+    return redirect_to(request, project)
+
+
+PREVIEW_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp", ".gif": "image/gif"}
+MAX_PREVIEW_BYTES = 2 * 1024 * 1024
+
+
+@login_required
+@require_GET
+def preview_image(request: HttpRequest, slug: str, index: int) -> HttpResponse:
+    """A starter's preview image (`previewImageUrls`), read from `.diploi/` at the checked commit."""
+    project = get_project_for_user(request.user, slug)
+    names = (project.stack or {}).get("preview_images", [])
+    if index >= len(names) or not project.stack_commit:
+        raise Http404
+    name = names[index]
+    if name.startswith(("http://", "https://")):
+        return HttpResponseRedirect(name)
+    kind = PREVIEW_TYPES.get(PurePosixPath(name).suffix.lower())
+    folder = safe_relative_folder(f".diploi/{name}")
+    if kind is None or folder is None or not folder.startswith(".diploi/"):
+        raise Http404
+    try:
+        data = git.read_file(project_mirror(project), project.stack_commit, folder, MAX_PREVIEW_BYTES)
+    except (git.GitError, TooLarge):
+        data = None
+    if data is None:
+        raise Http404
+    response = HttpResponse(data, content_type=kind)
+    response["Content-Security-Policy"] = "default-src 'none'"
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
 
 
 def _settings_page(request: HttpRequest, project: Project, **forms) -> HttpResponse:

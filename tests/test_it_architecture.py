@@ -108,7 +108,7 @@ def test_the_config_package_imports_no_app_but_to_route() -> None:
 @pytest.mark.parametrize("text", ["{port}", "{port.http}", "{storage.data}", "{a_b}", "{x-y}", "{{host}}", "{}", "{ host }"])
 def test_packages_and_runtimes_agree_on_placeholders(text: str) -> None:
     from deployments.runtimes.placeholders import PLACEHOLDER as RENDERED
-    from projects.package import PLACEHOLDER as CHECKED
+    from projects.values import PLACEHOLDER as CHECKED
 
     assert CHECKED.pattern == RENDERED.pattern
     assert CHECKED.findall(text) == RENDERED.findall(text)

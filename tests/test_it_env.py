@@ -29,18 +29,21 @@ def test_the_spec_assembles_env_from_every_source(cast) -> None:
     spec = build_spec(d, load_stack(d, commit), commit)
     web, redis = spec.services
     assert web.env["GREETING"] == "Hi from the user" and web.env["ONLY_WEB"] == "1"
-    assert web.env["LOG_LEVEL"] == "info"  # a parameter's default
+    assert web.exports["LOG_LEVEL"] == "info"  # a parameter's default (the runtime sets a service's parameters in its env)
     assert web.env["DIPLOI_COMMIT"] == commit and web.env["DIPLOI_STAGE"] == "development"
     assert [(i.name, i.source, i.source_name) for i in web.imports] == [("REDIS_URL", "redis", "REDIS_URL")]
     assert "ONLY_WEB" not in redis.env and "GREETING" not in redis.env
-    assert len(redis.password) == 32
-    # The add-on's password is generated once and kept, encrypted.
+    # ${generate-random-password:N}: generated once per deployment, referred to by the others, kept, encrypted.
+    password = redis.exports["REDIS_PASSWORD"]
+    assert len(password) == 32 and password.isalnum() and len(web.exports["SECRET_KEY"]) == 50
+    assert redis.exports["REDIS_URL"] == f"redis://:{password}@{{host}}:{{port}}/0"  # the runtime fills in its address
     again = build_spec(Deployment.objects.get(pk=d.pk), load_stack(d, commit), commit)
-    assert again.services[1].password == redis.password
+    assert again.services[1].exports["REDIS_PASSWORD"] == password
     with connection.cursor() as c:
         c.execute("SELECT credentials FROM deployments_deployment WHERE id = %s", [d.pk])
-        assert redis.password not in c.fetchone()[0]
-    assert json.loads(Deployment.objects.get(pk=d.pk).credentials) == {"redis": redis.password}
+        assert password not in c.fetchone()[0]
+    stored = json.loads(Deployment.objects.get(pk=d.pk).credentials)
+    assert stored["redis/REDIS_PASSWORD"] == password and stored["web/SECRET_KEY"] == web.exports["SECRET_KEY"]
 
 
 def test_a_user_value_reaches_the_running_component(cast, runtime) -> None:

@@ -1,173 +1,361 @@
-import json
+"""Diploi's project and package files: what parses, what each malformed variant says (file, field,
+reason), the bounds a file reachable by any project creator must respect, and the first format's
+files still read with a deprecation notice."""
+
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from projects import values
+from projects.legacy import parse_legacy_package
 from projects.models import Project
+from projects.package import load_builtin, parse_package
 from projects.sample import SAMPLE_DIR, commit_all
 from projects.stack import refresh_stack
+from projects.stackerrors import TooLarge
 from projects.stackfile import parse_stack
 
 
 class Files:
-    """A repository tree given as a dict; the real Git-backed reader is exercised further down."""
+    """A repository tree given as a dict; the real Git-backed reader is exercised in test_it_packages."""
 
     def __init__(self, files: dict[str, str]) -> None:
         self.files = files
 
-    def read(self, path: str) -> bytes | None:
-        return self.files[path].encode() if path in self.files else None
+    def read(self, path: str, limit: int) -> bytes | None:
+        if path not in self.files:
+            return None
+        if len(self.files[path]) > limit:
+            raise TooLarge(len(self.files[path]))
+        return self.files[path].encode()
 
     def is_folder(self, path: str) -> bool:
         return any(name.startswith(path.rstrip("/") + "/") for name in self.files)
 
 
+WEB_PACKAGE = """
+diploiVersion: v1.0
+type: component
+name: Shop web
+description: The shop's storefront
+hosts:
+  - name: Storefront
+    identifier: app
+    port: 9000
+parameterGroups:
+  - name: Secrets
+    identifier: secrets
+    description: Keys of the application
+    parameters:
+      - name: Secret key
+        identifier: SECRET_KEY
+        defaultValue: '${generate-random-password:50}'
+        type: secret
+      - name: Workers
+        identifier: WORKERS
+        defaultValue: 2
+        type: integer
+images:
+  - identifier: app
+    prebuildImage: registry.example/shop/web:[tag]
+local:
+  start: ./run --port {port}
+"""
+
+CACHE_PACKAGE = """
+diploiVersion: v1.0
+type: addon
+name: Cache
+parameterGroups:
+  - name: Connection
+    identifier: cache
+    parameters:
+      - {name: Host, identifier: CACHE_HOST, defaultValue: '${DIPLOI_HOST}', type: string}
+      - {name: Port, identifier: CACHE_PORT, defaultValue: 7000, type: integer}
+      - {name: Password, identifier: CACHE_PASSWORD, defaultValue: '${generate-random-password:24}', type: secret, readOnly: true}
+      - {name: URL, identifier: CACHE_URL, defaultValue: 'cache://:${CACHE_PASSWORD}@${CACHE_HOST}:${CACHE_PORT}', type: secret}
+connectionStrings:
+  - name: Connection URI
+    value: cache://:${CACHE_PASSWORD}@${CACHE_HOST}:${CACHE_PORT}/${DIPLOI_NAMESPACE}
+    description: Inside the deployment only
+logs:
+  - name: Server log
+    type: log
+    labelSelector: app=cache
+  - name: Clock
+    type: exec
+    command: [sh, -c, date]
+storage:
+  - identifier: data
+    sizeMiB: 2048
+local:
+  start: cache-server --port {port} --dir {storage.data}
+  ports: [{name: cache, port: 7000}]
+  storage: {data: /var/lib/cache}
+  health: {tcp: true}
+"""
+
 REPO = Files(
     {
         "web/app.py": "",
         "api/main.js": "",
-        "pkgs/custom/diploi-package.yaml": textwrap.dedent(
+        "pkgs/web/diploi.yaml": WEB_PACKAGE,
+        "pkgs/cache/diploi.yaml": CACHE_PACKAGE,
+        "pkgs/old/diploi-package.yaml": textwrap.dedent(
             """
-            name: custom
+            name: old
             kind: component
             commands: {start: "./run --port {port}"}
             ports: [{name: http, port: 9000, public: true}]
-            env: {CUSTOM_URL: "http://{host}:{port}"}
+            env: {OLD_URL: "http://{host}:{port}"}
             """
         ),
-        "pkgs/broken/diploi-package.yaml": "name: broken\nkind: component\ncommands: {start: 'x {nope}'}\n",
+        "pkgs/broken/diploi.yaml": "diploiVersion: v1.0\ntype: component\nname: broken\nlocal: {start: 'x {nope}'}\n",
     }
 )
 
 GOOD = """
 diploiVersion: v1.0
+type: starter
+name: Shop
+description: A shop with a storefront, an API, PostgreSQL and a cache
+previewImageUrls: [preview-1.jpg, preview-2.jpg]
 components:
   - name: Web
     identifier: web
     folder: /web
-    package: python
+    package: ./pkgs/web
+    env:
+      include:
+        - postgres.POSTGRES_USER:DB_USER
+        - cache.*
+        - {path: postgres.POSTGRES_DB, name: DB_NAME}
+        - name: FEATURE_ON
+          value: true
   - name: API
     identifier: api
     folder: api/
-    package: ./pkgs/custom
+    package: https://github.com/diploi/component-nodejs#main
+    prebuildImage: ghcr.io/example/shop/api:[tag]
+    env:
+      include: '*'
 addons:
-  - name: Database
-    identifier: db
-    package: postgres
+  - name: PostgreSQL
+    identifier: postgres
+    package: https://github.com/diploi/addon-postgres#main
   - name: Cache
     identifier: cache
-    package: redis
-env:
-  include:
-    - db.*
-    - cache.REDIS_URL:CACHE_URL
-    - api.CUSTOM_URL
-    - name: GREETING
-      value: hi
-    - name: FEATURE_ON
-      value: true
+    package: ./pkgs/cache
 """
 
 
-def test_it_parses_a_good_stack() -> None:
+def test_it_parses_a_diploi_starter() -> None:
     stack, errors = parse_stack(GOOD, REPO)
-    assert errors == []
-    assert [c.identifier for c in stack.components] == ["web", "api"]
-    assert [a.identifier for a in stack.addons] == ["db", "cache"]
-    assert stack.components[0].folder == "web" and stack.components[1].folder == "api"
-    assert stack.components[1].package.name == "custom"
-    assert stack.addons[0].package.kind == "addon"
-    includes = {(e.identifier, e.name, e.alias, e.value) for e in stack.env_include}
-    assert ("db", "*", "", None) in includes
-    assert ("cache", "REDIS_URL", "CACHE_URL", None) in includes
-    assert ("", "FEATURE_ON", "", "true") in includes
+    assert errors == [] and stack.warnings == []
+    assert (stack.kind, stack.name, stack.preview_images) == ("starter", "Shop", ["preview-1.jpg", "preview-2.jpg"])
+    web, api = stack.components
+    postgres, cache = stack.addons
+    assert (web.folder, api.folder) == ("web", "api")
+    # Diploi's official packages are served by the built-in recipe of the same kind, with Diploi's parameter names.
+    assert (api.package.recipe, postgres.package.recipe) == ("node", "postgres")
+    assert {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"} <= set(postgres.package.env)
+    assert api.prebuild_image == "ghcr.io/example/shop/api:[tag]" and api.package_ref.endswith("#main")
+    includes = [(e.identifier, e.name, e.alias, e.value) for e in web.env_include]
+    assert includes == [
+        ("postgres", "POSTGRES_USER", "DB_USER", None),
+        ("cache", "*", "", None),
+        ("postgres", "POSTGRES_DB", "DB_NAME", None),
+        ("", "FEATURE_ON", "", "true"),
+    ]
+    assert [(e.identifier, e.name) for e in api.env_include] == [("*", "*")]  # `include: '*'`
+    # The component package: hosts (its public port), a generated secret, an integer, an image.
+    assert [(h.identifier, h.port) for h in web.package.hosts] == [("app", 9000)]
+    assert [(p.name, p.port, p.public) for p in web.package.ports] == [("app", 9000, True)]
+    secret = web.package.parameters[0]
+    assert (secret.key, secret.type, secret.group, secret.default) == ("SECRET_KEY", "secret", "Secrets", "${generate-random-password:50}")
+    assert web.package.images[0].prebuild == "registry.example/shop/web:[tag]"
+    # The add-on package: interpolated parameters, connection strings, logs, storage sized in MiB.
+    assert [c.name for c in cache.package.connection_strings] == ["Connection URI"]
+    assert [(lg.name, lg.type) for lg in cache.package.logs] == [("Server log", "log"), ("Clock", "exec")]
+    assert [(s.name, s.path, s.size) for s in cache.package.storage] == [("data", "/var/lib/cache", "2048Mi")]
 
 
-def test_it_accepts_the_sample_projects_stack_file() -> None:
+def test_values_resolve_in_dependency_order_and_generate_passwords_once() -> None:
+    stack, _ = parse_stack(GOOD, REPO)
+    cache = stack.addons[1].package
+    asked = []
+    resolved = values.resolve(cache.env, {}, lambda key, n: asked.append((key, n)) or "p" * n)
+    assert asked == [("CACHE_PASSWORD", 24)]
+    assert resolved["CACHE_URL"] == f"cache://:{'p' * 24}@{{host}}:7000"  # {host}: filled by each runtime
+    # A deployment's own value replaces the default, and what refers to it follows.
+    assert values.resolve(cache.env, {"CACHE_PORT": "7100"}, lambda k, n: "x")["CACHE_URL"] == "cache://:x@{host}:7100"
+    uri = values.fill(cache.connection_strings[0].value, resolved)
+    assert uri == f"cache://:{'p' * 24}@{{host}}:7000/{{namespace}}"
+    with pytest.raises(values.Cycle, match="A → B → A"):
+        values.resolve({"A": "${B}", "B": "${A}"}, {}, lambda k, n: "")
+
+
+def test_the_built_in_packages_and_the_sample_are_in_diploi_format() -> None:
+    for name in ("python", "node", "postgres", "redis"):
+        package, problems = load_builtin(name)
+        assert package and not package.legacy and package.runs_locally and problems == [], (name, problems)
     stack, errors = parse_stack((SAMPLE_DIR / "diploi.yaml").read_text(), Files({"web/app.py": ""}))
+    assert errors == [] and stack.warnings == []
+    assert [s.identifier for s in stack.services] == ["web", "redis"] and stack.addons[0].package.recipe == "redis"
+
+
+def test_diploi_published_shapes_load() -> None:
+    """Shapes Diploi's own repositories use: the docs site's `include: '*'` with no add-ons, a starter
+    whose component has no folder (it defaults to its identifier's folder), fields this platform
+    does not read (a warning each, never a refusal)."""
+    docs = "diploiVersion: v1.0\ncomponents:\n  - name: Site\n    identifier: docs\n    package: node\n"
+    docs += "    env:\n      include: '*'\naddons: []\n"
+    stack, errors = parse_stack(docs, Files({"docs/package.json": "{}"}))
+    assert errors == [] and stack.components[0].folder == "docs"
+    package = WEB_PACKAGE + "contexts:\n  - {name: app, identifier: app}\nsupportsAdditionalHosts: {serviceName: app}\nfutureField: 1\n"
+    parsed, problems = parse_package(package, "pkg/diploi.yaml", "./pkg")
+    assert parsed is not None
+    assert [(w.field, w.severity) for w in problems] == [("futureField", "warning")]
+
+
+def test_the_first_format_still_loads_with_a_deprecation_notice() -> None:
+    old = GOOD.replace("package: ./pkgs/web", "package: ./pkgs/old") + "env:\n  include:\n    - cache.CACHE_URL\n"
+    stack, errors = parse_stack(old, REPO)
     assert errors == []
-    assert [s.identifier for s in stack.services] == ["web", "redis"]
+    notices = {(w.file, w.field): w.message for w in stack.warnings}
+    assert "deprecated" in notices[("diploi.yaml", "env")]
+    assert "write it as pkgs/old/diploi.yaml" in notices[("pkgs/old/diploi-package.yaml", "")]
+    web = stack.components[0]
+    assert web.package.legacy and web.package.env == {"OLD_URL": "http://{host}:{port}"}
+    assert ("cache", "CACHE_URL") in [(e.identifier, e.name) for e in web.env_include]  # the top-level include applies to each component
+    _, errors = parse_legacy_package("name: p\nkind: addon\ncommands: {start: run}\nstorage: [{name: d, path: data}]\n", "p", "p")
+    assert errors[0].field == "storage[0].path" and "absolute path" in errors[0].message
 
 
-def replace(old: str, new: str) -> str:
-    assert old in GOOD, old
-    return GOOD.replace(old, new, 1)
+def replace(old: str, new: str, text: str = GOOD) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
 
 
 MALFORMED = [
-    ("diploiVersion: v1.0\ncomponents: [\n", "line", "is not valid YAML"),
-    ("- just\n- a list\n", "", "must be a mapping, not a list"),
-    ("", "", "must be a mapping, not empty"),
-    (replace("diploiVersion: v1.0", "diploiVersion: v9"), "diploiVersion", "“v9” is not supported"),
-    (replace("diploiVersion: v1.0\n", ""), "diploiVersion", "is required"),
-    (replace("diploiVersion: v1.0", "diploiVersion: v1.0\nservices: []"), "services", "unknown field"),
-    ("diploiVersion: v1.0\ncomponents: web\n", "components", "must be a list"),
-    ("diploiVersion: v1.0\naddons: []\n", "components", "at least one component is required"),
-    (replace("    identifier: web\n", ""), "components[0].identifier", "is required"),
-    (replace("identifier: web", "identifier: Web_1"), "components[0].identifier", "may contain only lowercase"),
-    (replace("identifier: web", "identifier: " + "a" * 64), "components[0].identifier", "at most 63 characters"),
-    (replace("identifier: api", "identifier: web"), "components[1].identifier", "“web” is already used by components[0]"),
-    (replace("identifier: cache", "identifier: db"), "addons[1].identifier", "already used by addons[0]"),
-    (replace("package: python", "package: rails"), "components[0].package", "unknown package “rails”"),
-    (replace("package: python", "package: redis"), "components[0].package", "is an add-on package and cannot be used as a component"),
-    (replace("package: postgres", "package: node"), "addons[0].package", "is a component package and cannot be used as an add-on"),
+    ("diploiVersion: v1.0\ncomponents: [\n", "diploi.yaml", "line", "is not valid YAML"),
+    ("- just\n- a list\n", "diploi.yaml", "", "must be a mapping, not a list"),
+    ("", "diploi.yaml", "", "must be a mapping, not empty"),
+    (replace("diploiVersion: v1.0", "diploiVersion: v9"), "diploi.yaml", "diploiVersion", "“v9” is not supported"),
+    (replace("diploiVersion: v1.0\n", ""), "diploi.yaml", "diploiVersion", "is required"),
+    (replace("type: starter", "type: component"), "diploi.yaml", "type", "package's file, not a project's"),
+    (replace("type: starter", "type: library"), "diploi.yaml", "type", "must be starter"),
+    (replace("[preview-1.jpg, preview-2.jpg]", "3"), "diploi.yaml", "previewImageUrls", "must be a list"),
+    ("diploiVersion: v1.0\ncomponents: web\n", "diploi.yaml", "components", "must be a list"),
+    ("diploiVersion: v1.0\naddons: []\n", "diploi.yaml", "components", "at least one component is required"),
+    (replace("    identifier: web\n", ""), "diploi.yaml", "components[0].identifier", "is required"),
+    (replace("identifier: web", "identifier: Web_1"), "diploi.yaml", "components[0].identifier", "may contain only lowercase"),
+    (replace("identifier: web", "identifier: " + "a" * 64), "diploi.yaml", "components[0].identifier", "at most 63 characters"),
+    (replace("identifier: api", "identifier: web"), "diploi.yaml", "components[1].identifier", "“web” is already used by components[0]"),
+    (replace("identifier: cache", "identifier: postgres"), "diploi.yaml", "addons[1].identifier", "already used by addons[0]"),
+    (replace("package: ./pkgs/web", "package: rails"), "diploi.yaml", "components[0].package", "unknown package “rails”"),
+    (replace("package: ./pkgs/web", "package: ./pkgs/cache"), "diploi.yaml", "components[0].package", "is an add-on package and cannot"),
+    (replace("package: ./pkgs/cache", "package: ./pkgs/web"), "diploi.yaml", "addons[1].package", "is a component package and cannot"),
+    (replace("package: ./pkgs/web", "package: ./pkgs/missing"), "diploi.yaml", "components[0].package", "has no pkgs/missing/diploi.yaml"),
+    (replace("package: ./pkgs/web", "package: ./pkgs/broken"), "pkgs/broken/diploi.yaml", "local.start", "unknown placeholder {nope}"),
+    (replace("package: ./pkgs/web", "package: ./../etc"), "diploi.yaml", "components[0].package", "must name a folder inside"),
     (
-        replace("package: ./pkgs/custom", "package: ./pkgs/missing"),
-        "components[1].package",
-        "the repository has no pkgs/missing/diploi-package.yaml",
+        replace("package: ./pkgs/web", "package: https://git.example/shop/web#v1"),
+        "diploi.yaml",
+        "components[0].package",
+        "fetched from its repository only when asked",
     ),
-    (replace("package: ./pkgs/custom", "package: ./pkgs/broken"), "commands.start", "unknown placeholder {nope}"),
-    (replace("package: ./pkgs/custom", "package: ./../etc"), "components[1].package", "must name a folder inside the repository"),
-    (replace("folder: /web", "folder: ../../etc"), "components[0].folder", "points outside the repository"),
-    (replace("folder: /web", "folder: /frontend"), "components[0].folder", "does not exist in the repository"),
-    (replace("    package: postgres", "    package: postgres\n    folder: /db"), "addons[0].folder", "unknown field"),
-    (replace("    - db.*", "    - shop.*"), "env.include[0]", "“shop” is not the identifier of a component or add-on"),
-    (replace("    - db.*", "    - db.NOPE"), "env.include[0]", "“db” does not provide NOPE"),
-    (replace("    - db.*", "    - db.DATABASE_URL:1BAD"), "env.include[0]", "alias “1BAD” must be letters"),
-    (replace("    - db.*", "    - db.*:ALL"), "env.include[0]", "cannot be renamed"),
-    (replace("    - db.*", "    - just-text"), "env.include[0]", "must be “*”"),
-    (replace("    - db.*", "    - 42"), "env.include[0]", "must be “*”"),
-    (replace("      value: hi\n", ""), "env.include[3].value", "is required"),
-    (replace("    - name: GREETING", "    - name: BAD-NAME"), "env.include[3].name", "must be letters, digits and '_'"),
-    (replace("env:\n  include:", "env:\n  exclude: []\n  include:"), "env.exclude", "unknown field"),
-    ("diploiVersion: v1.0\ncomponents: []\n" + "# padding\n" * 8000, "", "larger than 64 KiB"),
+    (replace("folder: /web", "folder: ../../etc"), "diploi.yaml", "components[0].folder", "points outside the repository"),
+    (replace("folder: /web", "folder: /frontend"), "diploi.yaml", "components[0].folder", "does not exist in the repository"),
+    (replace("        - cache.*", "        - cache.*:ALL"), "diploi.yaml", "components[0].env.include[1]", "only a single variable"),
+    (replace("        - cache.*", "        - post*.USER"), "diploi.yaml", "components[0].env.include[1]", "a pattern of identifiers"),
+    (replace("        - cache.*", "        - just text"), "diploi.yaml", "components[0].env.include[1]", "must be “*”"),
+    (replace("        - cache.*", "        - 42"), "diploi.yaml", "components[0].env.include[1]", "must be “*”"),
+    (
+        replace("postgres.POSTGRES_USER:DB_USER", "postgres.POSTGRES_USER:1BAD"),
+        "diploi.yaml",
+        "components[0].env.include[0]",
+        "alias “1BAD” must be letters",
+    ),
+    (replace("          value: true\n", ""), "diploi.yaml", "components[0].env.include[3].value", "is required"),
+    (replace("- name: FEATURE_ON", "- name: BAD-NAME"), "diploi.yaml", "components[0].env.include[3].name", "must be letters"),
+    (replace("      include: '*'", "      include: 5"), "diploi.yaml", "components[1].env.include", "must be a list, or '*'"),
+    # Diploi's own docs page writes `- *`, which YAML reads as an alias with no name.
+    (replace("        - cache.*", "        - *"), "diploi.yaml", "line 15", "a lone * must be quoted: '*'"),
+    ("diploiVersion: v1.0\ncomponents: []\n" + "# padding\n" * 8000, "diploi.yaml", "", "larger than 64 KiB"),
 ]
 
 
-@pytest.mark.parametrize("text, field, message", MALFORMED)
-def test_it_explains_what_is_wrong(text: str, field: str, message: str) -> None:
+@pytest.mark.parametrize("text, file, field, message", MALFORMED)
+def test_it_explains_what_is_wrong(text: str, file: str, field: str, message: str) -> None:
     stack, errors = parse_stack(text, REPO)
     assert stack is None
-    assert any(e.field.startswith(field) and message in e.message for e in errors), [str(e) for e in errors]
+    assert any(e.file == file and e.field.startswith(field) and message in e.message for e in errors), [str(e) for e in errors]
 
 
-def test_it_names_the_package_file_in_package_errors() -> None:
-    _, errors = parse_stack(replace("package: ./pkgs/custom", "package: ./pkgs/broken"), REPO)
-    assert [(e.file, e.field) for e in errors] == [
-        ("diploi.yaml", "components[1].package"),
-        ("pkgs/broken/diploi-package.yaml", "commands.start"),
+PACKAGE_MALFORMED = [
+    ("type: component", "type: starter", "type", "must be component or addon"),
+    ("        type: secret", "        type: password", "parameterGroups[0].parameters[0].type", "must be one of"),
+    ("        defaultValue: 2", "        defaultValue: two", "parameterGroups[0].parameters[1].defaultValue", "is not an integer"),
+    ("generate-random-password:50", "generate-random-password:4", "parameterGroups.SECRET_KEY", "N from 8 to 256"),
+    ("generate-random-password:50", "NOT_A_PARAMETER", "parameterGroups.SECRET_KEY", "neither a parameter of this package"),
+    ("        defaultValue: 2", "        defaultValue: '${SECRET_KEY}${WORKERS}'", "parameterGroups.WORKERS", "cycle: WORKERS → WORKERS"),
+    ("    port: 9000", "    port: 99999", "hosts[0].port", "port number"),
+    ("    identifier: app\n    port", "    identifier: App_1\n    port", "hosts[0].identifier", "may contain only lowercase"),
+    ("\n    prebuildImage: registry.example/shop/web:[tag]", "", "images[0]", "needs image or prebuildImage"),
+    ("  start: ./run --port {port}", "  start: ./run {secret}", "local.start", "unknown placeholder {secret}"),
+    ("  start: ./run --port {port}", "  build: make", "local.start", "is required"),
+]
+
+
+@pytest.mark.parametrize("old, new, field, message", PACKAGE_MALFORMED)
+def test_a_malformed_package_names_file_field_and_reason(old: str, new: str, field: str, message: str) -> None:
+    package, errors = parse_package(replace(old, new, WEB_PACKAGE), "pkgs/web/diploi.yaml", "./pkgs/web")
+    assert package is None
+    assert any(e.file == "pkgs/web/diploi.yaml" and e.field == field and message in e.message for e in errors), [str(e) for e in errors]
+
+
+def test_the_add_on_package_checks_its_own_fields() -> None:
+    for old, new, field, message in [
+        ("    sizeMiB: 2048", "    sizeMiB: 2Gi", "storage[0].sizeMiB", "whole number of MiB"),
+        ("  storage: {data: /var/lib/cache}", "  storage: {data: relative}", "local.storage.data", "absolute path"),
+        ("  storage: {data: /var/lib/cache}", "  storage: {other: /x}", "local.storage.other", "names no storage entry"),
+        ("    type: exec", "    type: metrics", "logs[1].type", "must be log or exec"),
+        ("${DIPLOI_NAMESPACE}", "${NOPE}", "connectionStrings[0].value", "${NOPE} is neither a parameter"),
+    ]:
+        package, errors = parse_package(replace(old, new, CACHE_PACKAGE), "c.yaml", "./c")
+        assert package is None and any(e.field == field and message in e.message for e in errors), (field, [str(e) for e in errors])
+
+
+def test_bounds_hold_for_hostile_files() -> None:
+    """Aliases multiply a file (18 KB became 90,300 parameters); sizes are checked before reading;
+    lists are capped."""
+    bomb = "diploiVersion: v1.0\nx: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\ny: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\ncomponents: []\n"
+    _, errors = parse_stack(bomb, REPO)
+    assert "aliases are not allowed" in errors[0].message and errors[0].field == "line 3"
+    many = "diploiVersion: v1.0\nx: [" + ", ".join(["1"] * 20_001) + "]\n"
+    assert "more than 20000 values" in parse_stack(many, REPO)[1][0].message
+    services = "".join(f"  - {{name: c{i}, identifier: c{i}, package: python}}\n" for i in range(51))
+    assert "at most 50 are allowed" in parse_stack(f"diploiVersion: v1.0\ncomponents:\n{services}", REPO)[1][0].message
+    huge = Files({**REPO.files, "pkgs/web/diploi.yaml": WEB_PACKAGE + "#" * 70_000})
+    _, errors = parse_stack(GOOD, huge)
+    assert any(e.file == "pkgs/web/diploi.yaml" and "a package file may be at most 64 KiB" in e.message for e in errors), errors
+    params = "".join(f"      - {{identifier: P{i}}}\n" for i in range(201))
+    _, errors = parse_package(f"type: addon\nname: p\nparameterGroups:\n  - name: g\n    parameters:\n{params}", "p.yaml", "p")
+    assert any("at most 200" in e.message for e in errors)
+
+
+def test_an_include_naming_nothing_is_a_warning_not_a_refusal() -> None:
+    stack, errors = parse_stack(replace("        - cache.*", "        - shop.*\n        - postgres.NOPE"), REPO)
+    assert errors == []
+    assert [(w.field, w.message) for w in stack.warnings] == [
+        ("web.env.include", "“shop” names no component or add-on of this project; it includes nothing"),
+        (
+            "web.env.include",
+            f"“postgres.NOPE”: postgres does not provide NOPE (it provides: {', '.join(sorted(stack.addons[0].package.env))})",
+        ),
     ]
-    assert "is not a valid package" in errors[0].message
-
-
-@pytest.mark.parametrize(
-    "path, message",
-    [
-        ("data", "must be an absolute path"),
-        ("/", "must be an absolute path"),
-        ("/data/../etc", "must not contain . or .. parts"),
-        ("/data/\nx", "without control characters"),
-    ],
-)
-def test_it_checks_where_package_storage_is_mounted(path: str, message: str) -> None:
-    from projects.package import parse_package
-
-    text = f"name: p\nkind: addon\ncommands:\n  start: run\nstorage:\n  - name: data\n    path: {json.dumps(path)}\n"
-    _, errors = parse_package(text, "test package", "p")
-    assert any(e.field == "storage[0].path" and message in e.message for e in errors), errors
-    package, errors = parse_package(text.replace(json.dumps(path), json.dumps('/srv/it\'s "my" data')), "test package", "p")
-    assert not errors and package.storage[0].path == '/srv/it\'s "my" data'
 
 
 def test_it_reports_a_missing_stack_file() -> None:
@@ -184,20 +372,31 @@ def test_it_reads_the_stack_of_the_default_branch(cast) -> None:
     assert [c["identifier"] for c in project.stack["components"]] == ["web"]
     assert len(project.stack_commit) == 40
     page = cast.client(cast.viewer).get(f"/projects/{project.slug}/").content.decode()
-    assert "Valid at commit" in page and "redis" in page
+    assert "Valid at commit" in page and "Visit counter" in page
+    assert "https://github.com/diploi/addon-redis#main" in page and "built-in redis" in page
 
 
 def test_it_shows_file_field_and_reason_on_the_project_page(cast, sample_repo: Path) -> None:
     stack_file = sample_repo / "diploi.yaml"
-    stack_file.write_text(stack_file.read_text().replace("package: redis", "package: mongo"))
+    stack_file.write_text(stack_file.read_text().replace("package: python", "package: mongo"))
     commit_all(sample_repo, "Use an unknown package")
 
     r = cast.client(cast.developer).post(f"/projects/{cast.project.slug}/refresh/")
     assert r.status_code == 302
     page = cast.client(cast.developer).get(f"/projects/{cast.project.slug}/").content.decode()
     assert "1 problem" in page
-    assert "diploi.yaml · addons[0].package" in page
+    assert "diploi.yaml · components[0].package" in page
     assert "unknown package “mongo”" in page
+
+
+def test_the_project_page_shows_deprecations_and_warnings(cast, sample_repo: Path) -> None:
+    stack_file = sample_repo / "diploi.yaml"
+    stack_file.write_text(stack_file.read_text().replace("        - redis.REDIS_URL\n", "        - redis.REDIS_URL\n        - shop.*\n"))
+    commit_all(sample_repo, "Include from a service that does not exist")
+    refresh_stack(cast.project)
+    page = cast.client(cast.viewer).get(f"/projects/{cast.project.slug}/").content.decode()
+    assert "Valid at commit" in page and "1 warning" in page
+    assert "web.env.include" in page and "“shop” names no component or add-on" in page
 
 
 def test_it_reports_an_unreadable_repository(db, cast, tmp_path: Path) -> None:

@@ -2,16 +2,18 @@
 
 import json
 import secrets
+import string
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
 from deployments.models import Build, Deployment, EnvVar
 from deployments.runtimes.base import DeploymentSpec, EnvImport, PortSpec, ServiceSpec, VolumeSpec
-from projects import git
-from projects.stack import GitTree, project_mirror
+from projects import git, values
+from projects.remote import GitPackages
+from projects.stack import parse_stack_at, project_mirror
 from projects.stackerrors import StackError
-from projects.stackfile import STACK_FILE, Stack, parse_stack
+from projects.stackfile import Service, Stack
 
 
 class StackInvalid(Exception):
@@ -28,17 +30,18 @@ def fetch_branch(deployment: Deployment) -> str:
 
 
 def load_stack(deployment: Deployment, commit: str) -> Stack:
-    stack, errors = _parse_at(project_mirror(deployment.project), commit)
+    project = deployment.project
+    stack, errors = _parse_at(project_mirror(project), commit, tuple(sorted((project.package_locks or {}).items())))
     if errors:
         raise StackInvalid(list(errors))
     return stack
 
 
 @lru_cache(maxsize=256)
-def _parse_at(mirror: Path, commit: str) -> tuple[Stack | None, tuple[StackError, ...]]:
-    """A commit's stack never changes: each process parses it once."""
-    tree = GitTree(mirror, commit)
-    stack, errors = parse_stack(tree.read(STACK_FILE), tree)
+def _parse_at(mirror: Path, commit: str, locks: tuple[tuple[str, str], ...]) -> tuple[Stack | None, tuple[StackError, ...]]:
+    """A commit's stack, with its packages at the project's locked commits, never changes: each
+    process parses it once."""
+    stack, errors = parse_stack_at(mirror, commit, GitPackages(dict(locks)))
     return stack, tuple(errors)
 
 
@@ -52,22 +55,54 @@ def deployment_stack(deployment: Deployment) -> Stack | None:
         return None
 
 
-def ensure_credentials(deployment: Deployment, stack: Stack) -> dict[str, str]:
-    """A generated password per add-on, created once and kept (encrypted) with the deployment."""
-    creds = json.loads(deployment.credentials or "{}")
-    missing = [a.identifier for a in stack.addons if a.identifier not in creds]
-    if missing:
-        creds.update({identifier: secrets.token_hex(16) for identifier in missing})
-        deployment.credentials = json.dumps(creds)
-        deployment.save(update_fields=["credentials"])
-    return creds
+class Secrets:
+    """The deployment's generated secrets (encrypted in `Deployment.credentials`): one password per
+    add-on for first-format packages ({password}), and each `${generate-random-password:N}` parameter
+    as "<service>/<PARAMETER>" — generated once, kept across restarts and clones."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment
+        self.values: dict[str, str] = json.loads(deployment.credentials or "{}")
+        self.changed = False
+
+    def get(self, key: str, length: int, fallback: str = "") -> str:
+        if key not in self.values:
+            self.values[key] = fallback or "".join(secrets.choice(_ALPHABET) for _ in range(length))
+            self.changed = True
+        return self.values[key]
+
+    def save(self) -> None:
+        if self.changed:
+            self.deployment.credentials = json.dumps(self.values)
+            self.deployment.save(update_fields=["credentials"])
+            self.changed = False
+
+
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def resolve_parameters(service: Service, overrides: dict[str, str], store: Secrets) -> dict[str, str]:
+    """The service's parameters as templates for the runtime: defaults or the deployment's saved
+    values, generated passwords filled in (an add-on's first one is its first-format password, so a
+    database initialised before keeps working), references to other parameters substituted."""
+    legacy = store.values.get(service.identifier, "") if service.kind == "addon" else ""
+    generated: list[str] = []
+
+    def password(key: str, length: int) -> str:
+        generated.append(key)
+        return store.get(f"{service.identifier}/{key}", length, legacy if len(generated) == 1 else "")
+
+    try:
+        return values.resolve(dict(service.package.env), overrides, password)
+    except values.Cycle as e:
+        raise StackInvalid([StackError("parameters", service.identifier, str(e))]) from None
 
 
 def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build | None = None) -> DeploymentSpec:
-    """What should run: `commit`'s stack with the deployment's env, and (staging/production) the
-    release to run — its commit, and its images pinned by digest where the release is images (built in
-    the cluster, or reported by CI in external build mode)."""
-    creds = ensure_credentials(deployment, stack)
+    """What should run: `commit`'s stack with the deployment's env and parameters, and
+    (staging/production) the release to run — its commit, and its images pinned by digest where the
+    release is images (built in the cluster, or reported by CI in external build mode)."""
+    store = Secrets(deployment)
     user_env: dict[str, dict[str, str]] = {}
     for var in EnvVar.objects.filter(deployment=deployment):
         user_env.setdefault(var.service, {})[var.key] = var.value
@@ -78,31 +113,44 @@ def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build
         "DIPLOI_BRANCH": deployment.branch,
         "DIPLOI_COMMIT": commit,
     }
-    literals = {e.name: e.value for e in stack.env_include if e.value is not None}
-    imports = _imports(stack)
+    exports: dict[str, dict[str, str]] = {}
+    env: dict[str, dict[str, str]] = {}
+    for s in stack.services:
+        pkg, own = s.package, user_env.get(s.identifier, {})
+        if pkg.legacy:
+            exports[s.identifier] = dict(pkg.env)
+            env[s.identifier] = {p.key: p.default for p in pkg.parameters if p.default != ""}
+        else:
+            params = {p.key for p in pkg.parameters}
+            exports[s.identifier] = resolve_parameters(s, {k: v for k, v in own.items() if k in params}, store)
+            own = {k: v for k, v in own.items() if k not in params}
+            env[s.identifier] = {}
+        if s.kind == "component":
+            env[s.identifier].update({e.name: e.value for e in s.env_include if e.value is not None})
+            env[s.identifier].update(user_env.get("", {}))
+        env[s.identifier].update(own)
+        env[s.identifier].update(platform_env)
+    if stack.addons:
+        for a in stack.addons:
+            store.get(a.identifier, 32)  # first-format packages' {password}
+    store.save()
     services = []
     for s in stack.services:
         pkg = s.package
-        env = {p.key: p.default for p in pkg.parameters if p.default != ""}
-        if s.kind == "component":
-            env.update(literals)
-            env.update(user_env.get("", {}))
-        env.update(user_env.get(s.identifier, {}))
-        env.update(platform_env)
         services.append(
             ServiceSpec(
                 identifier=s.identifier,
                 name=s.name,
                 kind=s.kind,
-                package=pkg.name,
+                package=pkg.recipe or pkg.name,
                 folder=s.folder,
                 commands=dict(pkg.commands),
                 ports=tuple(PortSpec(p.name, p.port, p.public, p.protocol) for p in pkg.ports),
                 volumes=tuple(VolumeSpec(v.name, v.path, v.size) for v in pkg.storage),
-                env=env,
-                exports=dict(pkg.env),
-                imports=imports if s.kind == "component" else (),
-                password=creds.get(s.identifier, ""),
+                env=env[s.identifier],
+                exports=exports[s.identifier],
+                imports=_imports(stack, s, exports),
+                password=store.values.get(s.identifier, "") if s.kind == "addon" else "",
                 health=dict(pkg.health),
             )
         )
@@ -141,16 +189,18 @@ def current_spec(deployment: Deployment) -> DeploymentSpec:
     return build_spec(deployment, stack, deployment.commit, deployment.release if deployment.release_id else None)
 
 
-def _imports(stack: Stack) -> tuple[EnvImport, ...]:
-    """env.include resolved to (name, provider, provider's name) triples; later entries win."""
+def _imports(stack: Stack, service: Service, exports: dict[str, dict[str, str]]) -> tuple[EnvImport, ...]:
+    """The service's env.include resolved to (name, provider, provider's name) triples, matched
+    against what each other service provides; later entries win."""
     found: dict[str, EnvImport] = {}
-    for entry in stack.env_include:
+    for entry in service.env_include:
         if entry.value is not None:
             continue
-        sources = stack.services if not entry.identifier else [s for s in stack.services if s.identifier == entry.identifier]
-        for source in sources:
-            names = source.package.env if entry.name in ("", "*") else [entry.name]
-            for name in names:
-                target = entry.alias or name
-                found[target] = EnvImport(target, source.identifier, name)
+        for source in stack.services:
+            if source.identifier == service.identifier:
+                continue
+            for name in exports[source.identifier]:
+                if entry.matches(source.identifier, name):
+                    target = entry.alias or name
+                    found[target] = EnvImport(target, source.identifier, name)
     return tuple(found.values())

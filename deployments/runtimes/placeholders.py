@@ -12,11 +12,14 @@ PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.]+)\}")
 
 
 def render(template: str, ctx: dict[str, str], quote: bool = False) -> str:
-    """Fill `template`'s placeholders from `ctx` (unknown ones become empty); in commands the values
-    are shell-quoted."""
+    """Fill `template`'s placeholders from `ctx`; in commands the values are shell-quoted. Names that
+    are not placeholders stay as written (a user's value may hold `{braces}`; packages' own
+    templates are checked when they are loaded)."""
 
-    def value(name: str) -> str:
-        v = ctx.get(name, "")
+    def value(m: re.Match) -> str:
+        if m.group(1) not in ctx:
+            return m.group(0)
+        v = ctx[m.group(1)]
         return shlex.quote(v) if quote else v
 
-    return PLACEHOLDER.sub(lambda m: value(m.group(1)), template)
+    return PLACEHOLDER.sub(value, template)

@@ -85,6 +85,7 @@ def _context(spec: DeploymentSpec, service: ServiceSpec) -> dict[str, str]:
         "identifier": service.identifier,
         "deployment": spec.slug,
         "stage": spec.stage,
+        "namespace": namespace(spec),
     }
     ctx.update({f"port.{p.name}": str(p.port) for p in service.ports})
     ctx.update({f"storage.{v.name}": v.path for v in service.volumes})
@@ -95,6 +96,8 @@ def environment(spec: DeploymentSpec, service: ServiceSpec) -> dict[str, str]:
     env = {"HOST": "0.0.0.0", "PYTHONUNBUFFERED": "1", "DIPLOI_STAGE": spec.stage, "DIPLOI_COMMIT": spec.commit}
     if service.ports:
         env["PORT"] = str(service.ports[0].port)
+    own = _context(spec, service)
+    env.update({name: render(value, own) for name, value in service.exports.items()})  # its own parameters
     env.update(service.env)  # literal values, as the local runtime sets them
     env.update(imported_env(spec, service, lambda source: _context(spec, source)))
     return env

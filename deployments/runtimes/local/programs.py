@@ -76,6 +76,7 @@ def context(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: P
         "identifier": service.identifier,
         "deployment": spec.slug,
         "stage": spec.stage,
+        "namespace": f"{spec.project_slug}-{spec.slug}",
     }
     ctx.update({f"port.{name}": str(port) for name, port in own.items()})
     ctx.update({f"storage.{v.name}": str(layout.volume_dir(spec, service, v.name)) for v in service.volumes})
@@ -100,6 +101,8 @@ def environment(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, port
     own = ports.get(service.identifier, {})
     if own:
         env["PORT"] = str(next(iter(own.values())))
+    own_ctx = context(layout, spec, service, ports)
+    env.update({name: render(value, own_ctx) for name, value in service.exports.items()})  # its own parameters
     env.update(service.env)
     env.update(imported_env(spec, service, lambda source: context(layout, spec, source, ports)))
     return env
