@@ -10,6 +10,7 @@ Packages written in this platform's first format (`diploi-package.yaml`, `kind:`
 with a deprecation notice (projects/legacy.py).
 """
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,7 @@ class Package:
     connection_strings: tuple[ConnectionString, ...] = ()
     logs: tuple[LogStream, ...] = ()
     images: tuple[Image, ...] = ()
-    recipe: str = ""  # which built-in recipe runs it locally ("" when its own local: block or none)
+    recipe: str = ""  # the built-in package serving it ("" for a package of the repository's or fetched by URL)
     commit: str = ""  # a package fetched by Git URL: the commit it was read at
     legacy: bool = False  # written in the first format (diploi-package.yaml)
 
@@ -130,7 +131,8 @@ def builtin_names() -> list[str]:
 
 def load_builtin(name: str) -> tuple[Package | None, list[StackError]]:
     path = BUILTIN_DIR / f"{name}.yaml"
-    return parse_package(path.read_text(), f"built-in package {name}", source=name)
+    package, problems = parse_package(path.read_text(), f"built-in package {name}", source=name)
+    return (dataclasses.replace(package, recipe=name) if package else None), problems
 
 
 def parse_package(text: str | bytes, file: str, source: str) -> tuple[Package | None, list[StackError]]:

@@ -59,12 +59,13 @@ def refresh_stack(project: Project, update_packages: bool = False) -> dict[str, 
     locks = dict(project.package_locks or {})
     packages = GitPackages(locks, refresh=update_packages)
     commit, stack, errors = read_stack(project.repository, project_mirror(project), project.default_branch, packages)
-    changed = {key: (locks.get(key, ""), new) for key, new in packages.resolved.items() if locks.get(key) != new}
+    resolved = packages.resolved if stack else {}  # an invalid stack records nothing
+    changed = {key: (locks.get(key, ""), new) for key, new in resolved.items() if locks.get(key) != new}
     project.stack_commit = commit
     project.stack = stack.as_dict() if stack else None
     project.stack_errors = [e.as_dict() for e in errors]
     project.stack_checked = timezone.now()
-    project.package_locks = {**locks, **packages.resolved}
+    project.package_locks = {**locks, **resolved}
     project.save(update_fields=["stack_commit", "stack", "stack_errors", "stack_checked", "package_locks"])
     return changed
 

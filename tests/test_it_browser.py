@@ -250,7 +250,7 @@ def test_the_overview_updates_itself(platform: Platform, browser, tmp_path: Path
     repo = tmp_path / "data" / "repos" / "diploi-sample"
     package = (Path(__file__).parent.parent / "projects" / "packages" / "python.yaml").read_text()
     install = re.search(r"^  install: .*$", package, re.M).group(0)
-    (repo / "web" / "diploi-package.yaml").write_text(
+    (repo / "web" / "diploi.yaml").write_text(
         package.replace(install, '  install: "for i in 1 2 3 4 5 6; do echo installing $i; sleep 0.5; done"')
     )
     (repo / "diploi.yaml").write_text((repo / "diploi.yaml").read_text().replace("package: python", "package: ./web"))

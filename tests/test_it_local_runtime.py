@@ -222,7 +222,7 @@ def test_a_duplicate_name_is_refused(cast, runtime) -> None:
 
 def test_a_stack_file_naming_an_unknown_package_is_refused(cast, runtime, sample_repo: Path) -> None:
     stack = sample_repo / "diploi.yaml"
-    stack.write_text(stack.read_text().replace("package: redis", "package: mongo"))
+    stack.write_text(stack.read_text().replace("package: python", "package: mongo"))
     commit_all(sample_repo, "Unknown package")
     with pytest.raises(ValidationError) as e:
         do_create_deployment(cast.project, "Dev", "development", "main", actor=cast.developer)
@@ -388,7 +388,7 @@ def test_the_postgresql_add_on_runs_and_keeps_its_data(cast, runtime, sample_rep
     stack.write_text(
         stack.read_text()
         .replace("addons:\n", "addons:\n  - name: DB\n    identifier: db\n    package: postgres\n")
-        .replace("    - redis.REDIS_URL\n", "    - redis.REDIS_URL\n    - db.DATABASE_URL\n")
+        .replace("        - redis.REDIS_URL\n", "        - redis.REDIS_URL\n        - db.DATABASE_URL\n")
     )
     commit_all(sample_repo, "Add a database")
     # As root, PostgreSQL runs as the postgres user, which must be able to enter the data directory;

@@ -1,0 +1,293 @@
+"""Packages named by Git URL#ref, served by a real `git daemon` on loopback: fetched, locked to a
+commit, moved only when a user asks, their problems told on the project page — and a Diploi starter
+made of such a package and Diploi's official add-on URL runs on the local runtime."""
+
+import html
+import json
+import socket
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from deployments.actions import do_create_deployment
+from deployments.models import State
+from deployments.provisioning import tasks
+from deployments.provisioning.spec import build_spec, load_stack
+from deployments.runtimes.kubernetes.manifests import environment
+from projects.models import Membership, Project, Role
+from projects.sample import commit_all
+from projects.stack import refresh_stack
+from tests.conftest import http_get, wait_until
+
+APP = """
+import json, os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+NAMES = ["CACHE_SECRET", "REDIS_HOST", "REDIS_PORT", "SECRET_KEY", "GREETING", "MODE", "SITE_URL", "REDIS_URL"]
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({name: os.environ.get(name) for name in NAMES}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"""
+
+PACKAGE = """
+diploiVersion: v1.0
+type: component
+name: Env echo
+description: Prints the env it was given
+hosts:
+  - name: Web
+    identifier: web
+    port: 8000
+parameterGroups:
+  - name: App
+    identifier: app
+    parameters:
+      - {name: Secret key, identifier: SECRET_KEY, defaultValue: '${generate-random-password:40}', type: secret}
+      - {name: Mode, identifier: MODE, defaultValue: '__MODE__', type: string}
+      - {name: Site, identifier: SITE_URL, defaultValue: 'http://${DIPLOI_HOST}:${DIPLOI_PORT}/${MODE}', type: string}
+local:
+  start: python3 -u app.py
+  development: python3 -u app.py
+  health: {http: /}
+"""
+
+
+def git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def git_daemon(tmp_path: Path, settings):
+    """`git daemon` serving the bare repositories under a folder, over git:// on loopback."""
+    settings.DIPLOI_ALLOW_PRIVATE_REPOSITORIES = True  # loopback is a private address
+    base = tmp_path / "served"
+    base.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}", "--listen=127.0.0.1", f"--port={port}", str(base)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    yield base, f"git://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def publish(base: Path, name: str, files: dict[str, str], tag: str = "") -> str:
+    """Commit `files` to the served repository `name` (created on first use); returns the commit."""
+    work = base.parent / f"work-{name}"
+    if not work.exists():
+        git("init", "--quiet", "--initial-branch", "main", str(work), cwd=base.parent)
+    for path, text in files.items():
+        (work / path).parent.mkdir(parents=True, exist_ok=True)
+        (work / path).write_text(text)
+    commit = commit_all(work, f"Publish {name}")
+    if tag:
+        git("tag", "-f", tag, cwd=work)
+    bare = base / f"{name}.git"
+    if not bare.exists():
+        git("clone", "--quiet", "--bare", str(work), str(bare), cwd=base.parent)
+    else:
+        git("push", "--quiet", "--force", "--tags", str(bare), "main", cwd=work)
+    return commit
+
+
+def project_with(tmp_path: Path, stack: str, owner) -> Project:
+    repo = tmp_path / "project-repo"
+    repo.mkdir()
+    (repo / "diploi.yaml").write_text(stack)
+    (repo / "web").mkdir()
+    (repo / "web" / "app.py").write_text(APP)
+    git("init", "--quiet", "--initial-branch", "main", cwd=repo)
+    commit_all(repo, "A Diploi starter")
+    project = Project.objects.create(name="Echo", slug="echo", repository=str(repo), default_branch="main")
+    Membership.objects.create(project=project, user=owner, role=Role.OWNER)
+    return project
+
+
+STARTER = """
+diploiVersion: v1.0
+type: starter
+name: Echo starter
+description: One component from a package repository, Redis from Diploi's own URL
+components:
+  - name: Web
+    identifier: web
+    package: {url}#{ref}
+    env:
+      include:
+        - redis.REDIS_PASSWORD:CACHE_SECRET
+        - redis.REDIS_P*
+        - {{path: redis.REDIS_HOST}}
+        - name: GREETING
+          value: hello
+addons:
+  - name: Redis
+    identifier: redis
+    package: https://github.com/diploi/addon-redis#main
+"""
+
+
+def test_a_package_by_url_is_locked_and_moves_only_when_asked(db, cast, git_daemon, tmp_path: Path, local_repositories) -> None:
+    base, server = git_daemon
+    first = publish(base, "echo", {"diploi.yaml": PACKAGE.replace("__MODE__", "one")}, tag="v1")
+    project = project_with(tmp_path, STARTER.format(url=f"{server}/echo.git", ref="main"), cast.owner)
+    assert refresh_stack(project) == {f"{server}/echo.git#main": ("", first)}
+    assert project.stack_errors == [] and project.package_locks == {f"{server}/echo.git#main": first}
+    web = project.stack["components"][0]
+    assert web["package"]["commit"] == first and web["package"]["name"] == "Env echo"
+
+    second = publish(base, "echo", {"diploi.yaml": PACKAGE.replace("__MODE__", "two")})
+    refresh_stack(project)  # a new commit of the package's branch is not picked up by itself
+    assert project.stack["components"][0]["package"]["commit"] == first
+
+    client = cast.client(cast.owner)
+    page = client.get(f"/projects/{project.slug}/").content.decode()
+    assert "Echo starter" in page and first[:10] in page and "Check for package updates" in page
+    assert "built-in redis" in page and "its own local recipe" in page
+    r = client.post(f"/projects/{project.slug}/packages/update/", follow=True)
+    assert f"{server}/echo.git#main: {first[:10]} → {second[:10]}" in r.content.decode()
+    project.refresh_from_db()
+    assert project.package_locks[f"{server}/echo.git#main"] == second
+    # Viewers see the page but cannot move the lock; outsiders do not see the project at all.
+    Membership.objects.create(project=project, user=cast.viewer, role=Role.VIEWER)
+    assert cast.client(cast.viewer).post(f"/projects/{project.slug}/packages/update/").status_code == 403
+    assert cast.client(cast.outsider).post(f"/projects/{project.slug}/packages/update/").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "package, message",
+    [
+        ("{server}/echo.git#v9", "“v9” is neither a branch, a tag nor a commit of the package's repository"),
+        ("{server}/nothing.git#main", "Could not read the repository"),
+        ("{server}/empty.git#main", "its repository has no diploi.yaml at main"),
+        ("git://127.0.0.1:1/echo.git#main", "Could not read the repository"),
+    ],
+)
+def test_a_package_that_cannot_be_fetched_is_a_problem_on_the_project_page(
+    db, cast, git_daemon, tmp_path: Path, local_repositories, package: str, message: str
+) -> None:
+    base, server = git_daemon
+    publish(base, "echo", {"diploi.yaml": PACKAGE.replace("__MODE__", "one")}, tag="v1")
+    publish(base, "empty", {"README.md": "no package here"})
+    url, _, ref = package.format(server=server).partition("#")
+    project = project_with(tmp_path, STARTER.format(url=url, ref=ref), cast.owner)
+    refresh_stack(project)
+    assert project.stack is None and project.package_locks == {}  # nothing half-recorded
+    page = cast.client(cast.owner).get(f"/projects/{project.slug}/").content.decode()
+    assert "diploi.yaml · components[0].package" in page and html.escape(message) in page, [str(e) for e in project.errors]
+
+
+def test_a_private_address_is_refused_unless_allowed(db, cast, git_daemon, tmp_path: Path, local_repositories, settings) -> None:
+    _, server = git_daemon
+    project = project_with(tmp_path, STARTER.format(url=f"{server}/echo.git", ref="v1"), cast.owner)
+    settings.DIPLOI_ALLOW_PRIVATE_REPOSITORIES = False
+    refresh_stack(project)
+    assert "the package's address is refused: 127.0.0.1 is on this machine or a private network" in project.errors[0].message
+
+
+@pytest.mark.slow
+def test_a_diploi_starter_runs_on_the_local_runtime(db, cast, git_daemon, tmp_path: Path, local_repositories, runtime) -> None:
+    base, server = git_daemon
+    publish(base, "echo", {"diploi.yaml": PACKAGE.replace("__MODE__", "one")}, tag="v1")
+    project = project_with(tmp_path, STARTER.format(url=f"{server}/echo.git", ref="v1"), cast.owner)
+    refresh_stack(project)
+    assert project.stack_errors == [], project.stack_errors
+    d = do_create_deployment(project, "Dev", "development", "main", actor=cast.owner)
+    tasks.provision(d.pk)
+    d.refresh_from_db()
+    assert d.state == State.RUNNING, d.state_reason
+    seen = wait_until(lambda: json.loads(http_get(d.endpoints["web"])), what="the component's page")
+    spec = build_spec(d, load_stack(d, d.commit), d.commit)
+    web, redis = spec.services
+    password = redis.exports["REDIS_PASSWORD"]
+    port = urlparse(d.endpoints["web"]).port
+    assert seen["CACHE_SECRET"] == password and len(password) == 32  # a rename, generated once for the deployment
+    assert seen["REDIS_PORT"] and seen["REDIS_HOST"] == "127.0.0.1"  # `redis.REDIS_P*` and {path: redis.REDIS_HOST}
+    assert seen["REDIS_URL"] is None  # not included
+    assert seen["GREETING"] == "hello" and seen["MODE"] == "one"
+    assert len(seen["SECRET_KEY"]) == 40 and seen["SITE_URL"] == f"http://127.0.0.1:{port}/one"
+    # The add-on's own process got its password from the same parameter: a client with it gets in.
+    with socket.create_connection(("127.0.0.1", int(seen["REDIS_PORT"])), timeout=5) as s:
+        s.sendall(f"AUTH {password}\r\nPING\r\n".encode())
+        wait_until(lambda: b"+PONG" in s.recv(100), what="redis to answer")
+    # The same spec for Kubernetes: the cluster's addresses, the same names and secrets.
+    env = environment(spec, web)
+    assert env["CACHE_SECRET"] == password and env["REDIS_HOST"] == "redis" and env["REDIS_PORT"] == "6379"
+    assert env["SITE_URL"] == "http://web:8000/one"
+
+
+def test_cycles_in_a_deployments_own_values_are_refused_with_the_cycle(db, cast, git_daemon, tmp_path: Path, local_repositories) -> None:
+    from deployments.models import EnvVar
+    from deployments.provisioning.spec import StackInvalid
+
+    base, server = git_daemon
+    publish(base, "echo", {"diploi.yaml": PACKAGE.replace("__MODE__", "one")}, tag="v1")
+    project = project_with(tmp_path, STARTER.format(url=f"{server}/echo.git", ref="v1"), cast.owner)
+    refresh_stack(project)
+    d = do_create_deployment(project, "Dev", "development", "main", actor=cast.owner)
+    EnvVar.objects.create(deployment=d, service="web", key="MODE", value="${SITE_URL}")
+    with pytest.raises(StackInvalid, match="MODE → SITE_URL → MODE"):
+        build_spec(d, load_stack(d, project.stack_commit), project.stack_commit)
+
+
+def test_a_generated_secret_survives_a_clone(db, cast) -> None:
+    d = do_create_deployment(cast.project, "Dev", "development", "main", actor=cast.developer)
+    first = build_spec(d, load_stack(d, cast.project.stack_commit), cast.project.stack_commit)
+    clone = do_create_deployment(cast.project, "Copy", "development", "main", actor=cast.developer, clone_of=d)
+    again = build_spec(clone, load_stack(clone, cast.project.stack_commit), cast.project.stack_commit)
+    assert again.services[1].exports["REDIS_PASSWORD"] == first.services[1].exports["REDIS_PASSWORD"]
+    assert again.services[0].exports["SECRET_KEY"] == first.services[0].exports["SECRET_KEY"]
+
+
+def test_the_stack_check_command_reads_a_folder_offline(tmp_path: Path) -> None:
+    folder = tmp_path / "repo"
+    (folder / "web").mkdir(parents=True)
+    (folder / "pkg").mkdir()
+    (folder / "pkg" / "diploi.yaml").write_text(PACKAGE.replace("__MODE__", "x"))
+    (folder / "diploi.yaml").write_text(
+        textwrap.dedent(
+            """
+            diploiVersion: v1.0
+            components:
+              - {name: Web, identifier: web, package: ./pkg, env: {include: [db.NOPE]}}
+            addons:
+              - {name: DB, identifier: db, package: 'https://github.com/diploi/addon-postgres#main'}
+            """
+        )
+    )
+    ok = subprocess.run(["uv", "run", "manage.py", "stack", "check", str(folder)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "diploi.yaml: web.env.include: warning: “db.NOPE”: db does not provide NOPE" in ok.stdout
+    (folder / "pkg" / "diploi.yaml").write_text(PACKAGE.replace("type: string}", "type: text}", 1))
+    bad = subprocess.run(["uv", "run", "manage.py", "stack", "check", str(folder)], capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert "pkg/diploi.yaml: parameterGroups[0].parameters[1].type: must be one of: string, integer, secret, boolean" in bad.stdout
+    single = subprocess.run(
+        ["uv", "run", "manage.py", "stack", "check", str(folder / "pkg" / "diploi.yaml")], capture_output=True, text=True
+    )
+    assert single.returncode == 1 and "parameters[1].type" in single.stdout
