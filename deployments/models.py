@@ -46,6 +46,8 @@ class Deployment(models.Model):
     endpoints = models.JSONField(default=dict, blank=True, help_text="Public URL per component.")
     # Generated passwords of the add-ons, {identifier: password}, encrypted as one JSON document.
     credentials = EncryptedTextField(default="{}")
+    # The packages' connectionStrings as they were last applied: [{service, name, description, value, masked}].
+    connections = EncryptedTextField(default="[]")
     created = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     clone_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="clones")

@@ -235,6 +235,15 @@ def test_a_diploi_starter_runs_on_the_local_runtime(db, cast, git_daemon, tmp_pa
     with socket.create_connection(("127.0.0.1", int(seen["REDIS_PORT"])), timeout=5) as s:
         s.sendall(f"AUTH {password}\r\nPING\r\n".encode())
         wait_until(lambda: b"+PONG" in s.recv(100), what="redis to answer")
+    # The add-on's connection string on the Overview: the password masked, revealed only to who may write.
+    Membership.objects.create(project=project, user=cast.viewer, role=Role.VIEWER)
+    overview = f"/projects/{project.slug}/d/{d.slug}/"
+    shown = cast.client(cast.viewer).get(overview).content.decode()
+    assert f"redis://:••••••@127.0.0.1:{seen['REDIS_PORT']}/0" in shown and password not in shown
+    assert cast.client(cast.viewer).get(overview + "connections/").status_code == 403
+    assert cast.client(cast.outsider).get(overview + "connections/").status_code == 404
+    revealed = cast.client(cast.owner).get(overview + "connections/").content.decode()
+    assert f"redis://:{password}@127.0.0.1:{seen['REDIS_PORT']}/0" in revealed and "Copy" in revealed
     # The same spec for Kubernetes: the cluster's addresses, the same names and secrets.
     env = environment(spec, web)
     assert env["CACHE_SECRET"] == password and env["REDIS_HOST"] == "redis" and env["REDIS_PORT"] == "6379"

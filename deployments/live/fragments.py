@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from deployments.models import Deployment, Sample
+from deployments.provisioning.connections import stored_connections
 from deployments.provisioning.spec import deployment_stack
 from deployments.queries import deployments_page
 from deployments.ssh.hostkey import host_key_fingerprint
@@ -89,6 +90,7 @@ def overview_context(d: Deployment, user: User | None = None, observe: bool = Tr
         "has_keys": user is not None and user.ssh_keys.exists(),
         "transitions": list(d.transitions.order_by("-at", "-pk")[:8]),
         "domains": list(d.domains.all()),
+        "connections": stored_connections(d),
     }
 
 

@@ -8,6 +8,7 @@ import time
 from django.conf import settings
 
 from deployments.models import Build, BuildStatus, Deployment, State
+from deployments.provisioning.connections import store_connections
 from deployments.provisioning.external import take_external_build
 from deployments.provisioning.spec import StackInvalid, build_spec, current_spec, fetch_branch, load_stack, minimal_spec
 from deployments.runtimes import get_runtime
@@ -57,6 +58,7 @@ def provision(deployment: Deployment, actor: str, force_build: bool = False) -> 
                 get_runtime().copy_storage(minimal_spec(deployment.clone_of), spec)
             Deployment.objects.filter(pk=deployment.pk).update(copy_storage_pending=False)
         endpoints = get_runtime().apply(spec)
+        store_connections(deployment, stack, spec, get_runtime().addresses(spec))
     except TransientFailure:
         raise
     except RuntimeFailure as e:

@@ -279,6 +279,11 @@ class Runtime(ABC):
     def restart(self, spec: DeploymentSpec, service: str) -> None: ...
 
     @abstractmethod
+    def addresses(self, spec: DeploymentSpec) -> dict[str, dict[str, str]]:
+        """Per service, the values of its placeholders ({host}, {port}, …) as this runtime fills them
+        (read from what apply kept: no process or cluster is touched)."""
+
+    @abstractmethod
     def observe(self, specs: list[DeploymentSpec]) -> dict[int, Observation]:
         """One batched look at many deployments."""
 

@@ -7,6 +7,7 @@ urlpatterns = [
     path("<slug:project_slug>/", views.project_detail, name="project"),
     path("<slug:project_slug>/deployments/new/", views.deployment_new, name="new"),
     path("<slug:project_slug>/d/<slug:slug>/", views.deployment_detail, name="detail"),
+    path("<slug:project_slug>/d/<slug:slug>/connections/", views.connections_reveal, name="connections"),
     path("<slug:project_slug>/d/<slug:slug>/options/", views.deployment_options, name="options"),
     path("<slug:project_slug>/d/<slug:slug>/enabled/", views.deployment_enabled, name="enabled"),
     path("<slug:project_slug>/d/<slug:slug>/branch/", views.deployment_branch, name="branch"),

@@ -14,6 +14,7 @@ from deployments.access import get_deployment_for_user
 from deployments.domains import CHALLENGE_LABEL, challenge_value, cname_target
 from deployments.live.fragments import LOG_LINES, components, overview_context, parameters
 from deployments.models import Deployment, Domain, EnvVar
+from deployments.provisioning.connections import stored_connections
 from deployments.provisioning.spec import current_spec
 from deployments.queries import deployments_page
 from deployments.runtimes import get_runtime
@@ -77,6 +78,15 @@ def deployment_detail(request: HttpRequest, project_slug: str, slug: str) -> Htt
     d = get_deployment_for_user(request.user, project_slug, slug)
     template = "deployments/detail.html#live" if request.htmx else "deployments/detail.html"
     return TemplateResponse(request, template, overview_context(d, request.user))
+
+
+@login_required
+@require_GET
+def connections_reveal(request: HttpRequest, project_slug: str, slug: str) -> HttpResponse:
+    """The connection strings with their secrets, for a member who may write."""
+    d = get_deployment_for_user(request.user, project_slug, slug, write=True)
+    ctx = {"d": d, "project": d.project, "connections": stored_connections(d), "reveal": True}
+    return TemplateResponse(request, "deployments/detail.html#connections", ctx)
 
 
 # --- the Options tab -----------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def _meta(spec: DeploymentSpec, name: str, service: ServiceSpec | None = None, n
     return meta
 
 
-def _context(spec: DeploymentSpec, service: ServiceSpec) -> dict[str, str]:
+def placeholder_values(spec: DeploymentSpec, service: ServiceSpec) -> dict[str, str]:
     """Placeholder values inside the cluster: services reach each other by their Service's name."""
     ctx = {
         "host": service.identifier,
@@ -96,10 +96,10 @@ def environment(spec: DeploymentSpec, service: ServiceSpec) -> dict[str, str]:
     env = {"HOST": "0.0.0.0", "PYTHONUNBUFFERED": "1", "DIPLOI_STAGE": spec.stage, "DIPLOI_COMMIT": spec.commit}
     if service.ports:
         env["PORT"] = str(service.ports[0].port)
-    own = _context(spec, service)
+    own = placeholder_values(spec, service)
     env.update({name: render(value, own) for name, value in service.exports.items()})  # its own parameters
     env.update(service.env)  # literal values, as the local runtime sets them
-    env.update(imported_env(spec, service, lambda source: _context(spec, source)))
+    env.update(imported_env(spec, service, lambda source: placeholder_values(spec, source)))
     return env
 
 
@@ -175,7 +175,7 @@ def clone_command(spec: DeploymentSpec, target: str = "/code") -> list[str]:
 def _workload(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -> dict:
     development = service.kind == "component" and spec.stage == "development"
     command_name = "development" if development and "development" in service.commands else "start"
-    command = render(service.commands.get(command_name, ""), _context(spec, service), quote=True)
+    command = render(service.commands.get(command_name, ""), placeholder_values(spec, service), quote=True)
     requests, limits = SIZES[settings.DIPLOI_K8S_SIZE]
     mounts = [{"name": v.name, "mountPath": v.path} for v in service.volumes]
     volumes = [{"name": v.name, "persistentVolumeClaim": {"claimName": claim_name(service, v.name)}} for v in service.volumes]
@@ -199,7 +199,7 @@ def _workload(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -
     if service.kind == "component" and not development and settings.DIPLOI_K8S_REGISTRY_PULL_AUTH:
         pod["imagePullSecrets"] = [{"name": PULL_SECRET}]
     if development:
-        container["workingDir"] = _context(spec, service)["code"]
+        container["workingDir"] = placeholder_values(spec, service)["code"]
         mounts.append({"name": "code", "mountPath": "/code"})
         volumes.append({"name": "code", "persistentVolumeClaim": {"claimName": code_claim(service)}})
         pod["initContainers"] = [
@@ -384,7 +384,7 @@ def build_name(spec: DeploymentSpec, service: ServiceSpec) -> str:
 def build_manifests(spec: DeploymentSpec, service: ServiceSpec) -> list[dict]:
     """A ConfigMap with the generated Dockerfile and the Job that builds and pushes the image."""
     name = build_name(spec, service)
-    ctx = _context(spec, service)
+    ctx = placeholder_values(spec, service)
     steps = [render(service.commands[step], ctx) for step in ("install", "build") if service.commands.get(step)]
     folder = f"/code/{service.folder}".rstrip("/")
     dockerfile = "\n".join(

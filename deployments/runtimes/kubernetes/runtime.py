@@ -45,6 +45,7 @@ from deployments.runtimes.kubernetes.manifests import (
     fence,
     manifests,
     namespace,
+    placeholder_values,
     pushed_image,
     storage_paths,
     workload_kind,
@@ -113,6 +114,9 @@ class KubernetesRuntime(Runtime):
     def set_enabled(self, spec: DeploymentSpec, enabled: bool) -> None:
         """Replicas to zero (or back); claims stay."""
         self.apply(replace(spec, enabled=enabled))
+
+    def addresses(self, spec: DeploymentSpec) -> dict[str, dict[str, str]]:
+        return {s.identifier: placeholder_values(spec, s) for s in spec.services}
 
     def restart(self, spec: DeploymentSpec, service: str) -> None:
         stamp = {"spec": {"template": {"metadata": {"annotations": {"diploi.io/restarted-at": str(time.time())}}}}}

@@ -200,6 +200,10 @@ class LocalRuntime(Runtime):
         else:
             self._start_or_stop(spec, enabled)
 
+    def addresses(self, spec: DeploymentSpec) -> dict[str, dict[str, str]]:
+        ports = self.layout.read_json(spec, "ports.json")
+        return {s.identifier: programs.context(self.layout, spec, s, ports) for s in spec.services}
+
     def restart(self, spec: DeploymentSpec, service: str) -> None:
         spec.service(service)
         self.supervisor.restart_process(self.layout.program(spec, service))
