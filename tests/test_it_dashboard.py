@@ -7,6 +7,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from deployments.models import Build, Deployment, EnvVar, Sample, State
+from deployments.provisioning.spec import build_spec, load_stack
 
 
 @pytest.fixture
@@ -211,6 +212,8 @@ def test_parameters_are_typed_locked_and_secrets_stay_hidden(cast, dev, runtime)
     page = client.get("/projects/shop/d/dev/options/").content.decode()
     assert 'name="PYTHON_VERSION"' in page and "disabled" in page.split('name="PYTHON_VERSION"')[1].split(">")[0]
     assert 'type="number" name="WEB_CONCURRENCY"' in page and 'type="password" name="SECRET_KEY"' in page
+    assert "<legend>Application</legend>" in page and "<legend>Connection</legend>" in page  # the packages' parameterGroups
+    assert "Generated for this deployment" in page
 
     r = client.post("/projects/shop/d/dev/parameters/web/", {"WEB_CONCURRENCY": "many", "LOG_LEVEL": "debug"})
     assert "Enter a whole number." in r.content.decode() and not EnvVar.objects.exists()
@@ -226,6 +229,8 @@ def test_parameters_are_typed_locked_and_secrets_stay_hidden(cast, dev, runtime)
     }
     page = client.get("/projects/shop/d/dev/options/").content.decode()
     assert "hunter2" not in page and 'value="4"' in page
+    d = Deployment.objects.get(slug="dev")
+    assert build_spec(d, load_stack(d, d.commit), d.commit).services[0].exports["SECRET_KEY"] == "hunter2"  # the saved value wins
 
     data["SECRET_KEY"] = ""  # an empty secret keeps the stored one
     client.post("/projects/shop/d/dev/parameters/web/", data)

@@ -90,17 +90,19 @@ def parameter_form(parameters: list[dict], current: dict[str, EnvVar], data=None
     fields: dict[str, forms.Field] = {}
     for p in parameters:
         value = current[p["key"]].value if p["key"] in current else p["default"]
-        common = {"label": p["label"], "required": False, "disabled": p["readonly"], "help_text": p["group"]}
+        common = {"label": p["label"], "required": False, "disabled": p["readonly"], "help_text": p.get("description", "")}
         if p["type"] == "integer":
             field = forms.IntegerField(initial=value or None, **common)
         elif p["type"] == "boolean":
             field = forms.BooleanField(initial=str(value).lower() == "true", **common)
         elif p["type"] == "secret":
-            common["help_text"] = "Set" if p["key"] in current else "Not set"
+            generated = "generate-random-password" in p["default"]
+            common["help_text"] = "Set" if p["key"] in current else "Generated for this deployment" if generated else "Not set"
             widget = forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"})
             field = forms.CharField(widget=widget, max_length=MAX_ENV_VALUE, **common)
         else:
             field = forms.CharField(initial=value, max_length=MAX_ENV_VALUE, **common)
+        field.group = p["group"]  # the package's parameterGroups heading
         fields[p["key"]] = field
     return type("ParameterForm", (forms.Form,), fields)(data)
 
