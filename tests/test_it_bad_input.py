@@ -27,7 +27,7 @@ def test_a_log_request_for_a_service_that_is_not_there_is_a_page(cast, dev) -> N
     client = cast.client(cast.viewer)
     for service in ("%00", "nope", "../../etc"):
         r = client.get(f"/projects/shop/d/dev/logs/?service={service}")
-        assert r.status_code == 404 and "has no component or add-on" in page_text(r), service
+        assert r.status_code == 404 and "has no log" in page_text(r), service
         assert client.get(f"/projects/shop/d/dev/logs/{service}.log").status_code == 404
 
 

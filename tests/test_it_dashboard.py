@@ -346,6 +346,7 @@ def test_logs_show_follow_and_download(cast, runtime) -> None:
         what="log lines",
     )
     assert "ws-connect" not in page
+    assert ">Web · Application log</option>" in page and ">Redis · Server log</option>" in page  # the packages' logs by name
     followed = client.get("/projects/shop/d/dev/logs/?service=web&follow=1").content.decode()
     assert f'ws-connect="/ws/deployments/{d.pk}/logs/web/"' in followed and "Listening on port" in followed
     r = client.get("/projects/shop/d/dev/logs/web.log")

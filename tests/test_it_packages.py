@@ -58,6 +58,9 @@ parameterGroups:
       - {name: Secret key, identifier: SECRET_KEY, defaultValue: '${generate-random-password:40}', type: secret}
       - {name: Mode, identifier: MODE, defaultValue: '__MODE__', type: string}
       - {name: Site, identifier: SITE_URL, defaultValue: 'http://${DIPLOI_HOST}:${DIPLOI_PORT}/${MODE}', type: string}
+logs:
+  - {name: App log, type: log, labelSelector: app=web}
+  - {name: Clock, type: exec, command: [sh, -c, "while true; do echo tick; sleep 1; done"]}
 local:
   start: python3 -u app.py
   development: python3 -u app.py
@@ -244,6 +247,11 @@ def test_a_diploi_starter_runs_on_the_local_runtime(db, cast, git_daemon, tmp_pa
     assert cast.client(cast.outsider).get(overview + "connections/").status_code == 404
     revealed = cast.client(cast.owner).get(overview + "connections/").content.decode()
     assert f"redis://:{password}@127.0.0.1:{seen['REDIS_PORT']}/0" in revealed and "Copy" in revealed
+    # The package's exec log runs its command for a few seconds for who may write; viewers are told.
+    logs = f"{overview}logs/?service=web~1"
+    assert "<span>tick\n</span>" in cast.client(cast.owner).get(logs).content.decode()
+    told = cast.client(cast.viewer).get(logs).content.decode()
+    assert "<span>tick" not in told and "developers and owners can run it" in told
     # The same spec for Kubernetes: the cluster's addresses, the same names and secrets.
     env = environment(spec, web)
     assert env["CACHE_SECRET"] == password and env["REDIS_HOST"] == "redis" and env["REDIS_PORT"] == "6379"

@@ -52,6 +52,33 @@ def parameters(d: Deployment) -> dict[str, list[dict]]:
     return {s.identifier: [asdict(p) for p in s.package.parameters] for s in (stack.services if stack else []) if s.package.parameters}
 
 
+@dataclass(frozen=True)
+class LogStream:
+    """One choice of the Logs tab: a service's output, or a package's `exec` log (a command whose
+    output is the log, run for a few seconds)."""
+
+    value: str  # "web", or "web~1" for the package's logs[1]
+    label: str
+    service: str
+    command: tuple[str, ...] = ()
+
+
+def log_streams(d: Deployment) -> list[LogStream]:
+    """The packages' `logs` entries by name; a service that declares none has its output."""
+    stack = deployment_stack(d)
+    streams = []
+    for s in stack.services if stack else []:
+        declared = s.package.logs or ()
+        output = next((lg.name for lg in declared if lg.type == "log"), "Output")
+        streams.append(LogStream(s.identifier, f"{s.name} · {output}", s.identifier))
+        streams += [
+            LogStream(f"{s.identifier}~{i}", f"{s.name} · {lg.name}", s.identifier, lg.command)
+            for i, lg in enumerate(declared)
+            if lg.type == "exec"
+        ]
+    return streams
+
+
 def ssh_commands(d: Deployment, user: User) -> list[tuple[str, str]]:
     """The exact command per component; qualified with the project when the user reaches another
     deployment of the same name."""

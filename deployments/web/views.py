@@ -1,3 +1,6 @@
+import shlex
+import threading
+
 """The dashboard's deployment pages. Views authorise, parse, call an action and respond."""
 
 from django.contrib import messages
@@ -12,13 +15,13 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from deployments import actions
 from deployments.access import get_deployment_for_user
 from deployments.domains import CHALLENGE_LABEL, challenge_value, cname_target
-from deployments.live.fragments import LOG_LINES, components, overview_context, parameters
+from deployments.live.fragments import LOG_LINES, LogStream, components, log_streams, overview_context, parameters
 from deployments.models import Deployment, Domain, EnvVar
 from deployments.provisioning.connections import stored_connections
 from deployments.provisioning.spec import current_spec
 from deployments.queries import deployments_page
 from deployments.runtimes import get_runtime
-from deployments.runtimes.base import RuntimeFailure
+from deployments.runtimes.base import DeploymentSpec, RuntimeFailure
 from deployments.web.forms import (
     BranchForm,
     CloneForm,
@@ -289,26 +292,54 @@ def deployment_clone(request: HttpRequest, project_slug: str, slug: str) -> Http
 def deployment_logs(request: HttpRequest, project_slug: str, slug: str) -> HttpResponse:
     d = get_deployment_for_user(request.user, project_slug, slug)
     spec = current_spec(d)
-    services = [s.identifier for s in spec.services]
-    service = request.GET.get("service") or (services[0] if services else "")
+    streams = log_streams(d) or [LogStream(s.identifier, s.identifier, s.identifier) for s in spec.services]
+    chosen = request.GET.get("service") or (streams[0].value if streams else "")
+    stream = next((s for s in streams if s.value == chosen), None)
+    if chosen and stream is None:
+        messages.error(request, f"This deployment has no log “{chosen[:100]}”.")
     lines: list[str] = []
-    unknown = bool(service) and service not in services
-    if unknown:
-        messages.error(request, f"This deployment has no component or add-on “{service[:100]}”.")
-        service = services[0] if services else ""
-    if service:
-        lines = list(get_runtime().logs(spec, service, tail=LOG_LINES))
+    if stream and stream.command:
+        if d.project.can_write:
+            lines = run_for_a_while(spec, stream.service, stream.command)
+        else:
+            messages.info(request, "This log is a command run in the service; developers and owners can run it.")
+    elif stream:
+        lines = list(get_runtime().logs(spec, stream.service, tail=LOG_LINES))
     ctx = {
         "d": d,
         "project": d.project,
         "tab": "logs",
-        "services": services,
-        "service": service,
+        "streams": streams,
+        "stream": stream,
         "lines": lines,
-        "follow": request.GET.get("follow") == "1",
+        "follow": request.GET.get("follow") == "1" and stream is not None and not stream.command,
         "keep": LOG_LINES,
     }
-    return TemplateResponse(request, "deployments/logs.html", ctx, status=404 if unknown else 200)
+    return TemplateResponse(request, "deployments/logs.html", ctx, status=404 if chosen and stream is None else 200)
+
+
+EXEC_LOG_SECONDS = 3.0
+
+
+def run_for_a_while(spec: DeploymentSpec, service: str, command: tuple[str, ...]) -> list[str]:
+    """What a package's exec log command prints in its first few seconds (it may never end)."""
+    try:
+        shell = get_runtime().open_shell(spec, service, shlex.join(command), pty=False)
+    except RuntimeFailure as e:
+        return [f"(could not run it: {e})"]
+    out = bytearray()
+
+    def read() -> None:
+        while len(out) < 64 * 1024 and (chunk := shell.read()):
+            out.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(EXEC_LOG_SECONDS)
+    shell.kill()
+    reader.join(2)
+    shell.close()
+    return out.decode(errors="replace").splitlines()[-LOG_LINES:]
 
 
 @login_required
