@@ -252,6 +252,15 @@ def test_a_diploi_starter_runs_on_the_local_runtime(db, cast, git_daemon, tmp_pa
     assert "<span>tick\n</span>" in cast.client(cast.owner).get(logs).content.decode()
     told = cast.client(cast.viewer).get(logs).content.decode()
     assert "<span>tick" not in told and "developers and owners can run it" in told
+    # Describe: how the container was started, its env's names and never their values; writers only.
+    described = cast.client(cast.owner).get(f"{overview}describe/web/").content.decode()
+    assert "python3 -u app.py" in described and "CACHE_SECRET" in described and password not in described
+    assert "RUNNING" in described and "restarted 0×" in described
+    assert cast.client(cast.viewer).get(f"{overview}describe/web/").status_code == 403
+    assert cast.client(cast.outsider).get(f"{overview}describe/web/").status_code == 404
+    assert cast.client(cast.owner).get(f"{overview}describe/nope/").status_code == 404
+    page = cast.client(cast.owner).get(overview).content.decode()
+    assert f'href="{overview}describe/web/"' in page and 'href="#ssh-web"' in page and 'href="#ssh-redis"' not in page
     # The same spec for Kubernetes: the cluster's addresses, the same names and secrets.
     env = environment(spec, web)
     assert env["CACHE_SECRET"] == password and env["REDIS_HOST"] == "redis" and env["REDIS_PORT"] == "6379"

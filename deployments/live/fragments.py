@@ -118,6 +118,7 @@ def overview_context(d: Deployment, user: User | None = None, observe: bool = Tr
         "transitions": list(d.transitions.order_by("-at", "-pk")[:8]),
         "domains": list(d.domains.all()),
         "connections": stored_connections(d),
+        "component_names": components(d),
     }
 
 

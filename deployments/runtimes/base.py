@@ -279,6 +279,11 @@ class Runtime(ABC):
     def restart(self, spec: DeploymentSpec, service: str) -> None: ...
 
     @abstractmethod
+    def describe(self, spec: DeploymentSpec, service: str) -> list[tuple[str, str]]:
+        """What runs for the service, as (label, text) pairs: how it was started, where, its
+        environment's names (never values), limits, process or pod, and its recent exits or events."""
+
+    @abstractmethod
     def addresses(self, spec: DeploymentSpec) -> dict[str, dict[str, str]]:
         """Per service, the values of its placeholders ({host}, {port}, …) as this runtime fills them
         (read from what apply kept: no process or cluster is touched)."""

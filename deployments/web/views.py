@@ -7,7 +7,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.forms import Form
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -21,7 +21,7 @@ from deployments.provisioning.connections import stored_connections
 from deployments.provisioning.spec import current_spec
 from deployments.queries import deployments_page
 from deployments.runtimes import get_runtime
-from deployments.runtimes.base import DeploymentSpec, RuntimeFailure
+from deployments.runtimes.base import DeploymentSpec, RuntimeFailure, UnknownService
 from deployments.web.forms import (
     BranchForm,
     CloneForm,
@@ -81,6 +81,22 @@ def deployment_detail(request: HttpRequest, project_slug: str, slug: str) -> Htt
     d = get_deployment_for_user(request.user, project_slug, slug)
     template = "deployments/detail.html#live" if request.htmx else "deployments/detail.html"
     return TemplateResponse(request, template, overview_context(d, request.user))
+
+
+@login_required
+@require_GET
+def deployment_describe(request: HttpRequest, project_slug: str, slug: str, service: str) -> HttpResponse:
+    """What runs for one container (its command line may hold what only writers should see)."""
+    d = get_deployment_for_user(request.user, project_slug, slug, write=True)
+    spec = current_spec(d)
+    try:
+        facts = get_runtime().describe(spec, service)
+    except UnknownService:
+        raise Http404("No such component or add-on.") from None
+    except RuntimeFailure as e:
+        facts = [("Unavailable", str(e))]
+    ctx = {"d": d, "project": d.project, "tab": "overview", "service": service, "facts": facts}
+    return TemplateResponse(request, "deployments/describe.html", ctx)
 
 
 @login_required

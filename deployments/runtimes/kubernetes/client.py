@@ -39,6 +39,7 @@ KINDS: dict[str, tuple[str, str, bool]] = {
     "Service": ("/api/v1", "services", True),
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims", True),
     "Pod": ("/api/v1", "pods", True),
+    "Event": ("/api/v1", "events", True),
     "Deployment": ("/apis/apps/v1", "deployments", True),
     "StatefulSet": ("/apis/apps/v1", "statefulsets", True),
     "Job": ("/apis/batch/v1", "jobs", True),
@@ -152,6 +153,10 @@ class Kube:
     def list(self, kind: str, namespace: str | None = None, selector: str | None = None) -> list[dict]:
         """Across all namespaces when `namespace` is None: one call, whatever the number of deployments."""
         return self.request("GET", path(kind, namespace), {"labelSelector": selector}).get("items", [])
+
+    def events(self, namespace: str, name: str) -> list[dict]:
+        """The events about one object of the namespace (a pod's scheduling, pulls, restarts)."""
+        return self.request("GET", path("Event", namespace), {"fieldSelector": f"involvedObject.name={name}"}).get("items", [])
 
     def delete(self, kind: str, name: str, namespace: str | None = None) -> bool:
         """False when it was already gone."""

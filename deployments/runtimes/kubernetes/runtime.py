@@ -115,6 +115,29 @@ class KubernetesRuntime(Runtime):
         """Replicas to zero (or back); claims stay."""
         self.apply(replace(spec, enabled=enabled))
 
+    def describe(self, spec: DeploymentSpec, service: str) -> list[tuple[str, str]]:
+        spec.service(service)
+        pods = self.kube.list("Pod", namespace(spec), f"{DEPLOYMENT_ID}={spec.id},{COMPONENT}={service}")
+        if not pods:
+            return [("Pod", "none: the workload has no pod (stopped, or not scheduled yet)")]
+        pod = pods[0]
+        container = next((c for c in pod["spec"].get("containers", []) if c["name"] == service), pod["spec"]["containers"][0])
+        status = next((c for c in pod.get("status", {}).get("containerStatuses", []) if c["name"] == container["name"]), {})
+        events = sorted(self.kube.events(namespace(spec), pod["metadata"]["name"]), key=lambda e: e.get("lastTimestamp") or "")
+        told = [f"{e.get('lastTimestamp') or ''} {e.get('reason', '')}: {e.get('message', '')}" for e in events[-10:]]
+        return [
+            ("Pod", f"{pod['metadata']['name']} on {pod['spec'].get('nodeName') or '(not scheduled)'}"),
+            ("Phase", pod.get("status", {}).get("phase", "unknown")),
+            ("Image", container.get("image", "")),
+            ("Command", " ".join(container.get("command", []) + container.get("args", [])) or "(the image's own)"),
+            ("Working folder", container.get("workingDir") or "(the image's own)"),
+            ("Environment", ", ".join(sorted(e["name"] for e in container.get("env", [])))),
+            ("Limits", ", ".join(f"{k} {v}" for k, v in sorted(container.get("resources", {}).get("limits", {}).items())) or "none"),
+            ("Restarts", str(status.get("restartCount", 0))),
+            ("Started", pod.get("status", {}).get("startTime", "—")),
+            ("Events", "\n".join(told) or "none"),
+        ]
+
     def addresses(self, spec: DeploymentSpec) -> dict[str, dict[str, str]]:
         return {s.identifier: placeholder_values(spec, s) for s in spec.services}
 

@@ -200,6 +200,37 @@ class LocalRuntime(Runtime):
         else:
             self._start_or_stop(spec, enabled)
 
+    def describe(self, spec: DeploymentSpec, service: str) -> list[tuple[str, str]]:
+        spec.service(service)
+        run_path = self.home(spec) / "run" / f"{service}.json"
+        if not run_path.exists():
+            return [("State", "not set up yet: it has not been provisioned")]
+        run = json.loads(run_path.read_text())
+        proc = self.supervisor.process_info().get(self.layout.program(spec, service), {})
+        restarts = json.loads(self.supervisor.restarts_file.read_text()) if self.supervisor.restarts_file.exists() else {}
+        started = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(proc["start"])) if proc.get("start") else "—"
+        limits = "none (this machine gives deployments no cgroup)"
+        if run.get("cgroups"):
+            limits = (
+                f"memory {settings.DIPLOI_LOCAL_MEMORY_MIB} MiB, CPU {settings.DIPLOI_LOCAL_CPU_PERCENT}% of a core, "
+                f"{settings.DIPLOI_LOCAL_PROCESSES} processes (for the whole deployment)"
+            )
+        exits = f"restarted {restarts.get(self.layout.program(spec, service), 0)}× by the supervisor"
+        if proc.get("exitstatus") or proc.get("spawnerr"):
+            exits += f"; last exit status {proc.get('exitstatus')}{' — ' + proc['spawnerr'] if proc.get('spawnerr') else ''}"
+        return [
+            ("Command", run["command"]),
+            ("Runs before it", "; ".join(run.get("before", [])) or "—"),
+            ("Working folder", run["cwd"]),
+            ("Environment", ", ".join(sorted(run["env"]))),
+            ("Confinement", f"sandboxed as uid {run['owner']}" if run.get("sandbox") else "not sandboxed"),
+            ("Limits", limits),
+            ("State", f"{proc.get('statename', 'unknown')} — {proc.get('description', '')}".rstrip(" —")),
+            ("PID", str(proc.get("pid") or "—")),
+            ("Started", started),
+            ("Recent exits", exits),
+        ]
+
     def addresses(self, spec: DeploymentSpec) -> dict[str, dict[str, str]]:
         ports = self.layout.read_json(spec, "ports.json")
         return {s.identifier: programs.context(self.layout, spec, s, ports) for s in spec.services}
