@@ -116,6 +116,7 @@ class Package:
     connection_strings: tuple[ConnectionString, ...] = ()
     logs: tuple[LogStream, ...] = ()
     images: tuple[Image, ...] = ()
+    status: str = ""  # a path where the component serves Diploi's status format (polled by the monitor)
     recipe: str = ""  # the built-in package serving it ("" for a package of the repository's or fetched by URL)
     commit: str = ""  # a package fetched by Git URL: the commit it was read at
     legacy: bool = False  # written in the first format (diploi-package.yaml)
@@ -174,6 +175,7 @@ def parse_package(text: str | bytes, file: str, source: str) -> tuple[Package | 
             storage=tuple(storage),
             parameters=tuple(parameters),
             health=local.get("health", {}),
+            status=local.get("status", ""),
             hosts=tuple(hosts),
             connection_strings=tuple(strings),
             logs=tuple(logs),
@@ -344,7 +346,8 @@ def _local(p: Problems, value: object, kind: object, hosts: list[Host]) -> dict[
     """Our block: how the package runs as local processes."""
     if value is None:
         return {}
-    if not p.mapping(value, "local", {"install", "build", "start", "development", "ports", "health", "storage"}, required={"start"}):
+    known = {"install", "build", "start", "development", "ports", "health", "storage", "status"}
+    if not p.mapping(value, "local", known, required={"start"}):
         return {}
     commands = {}
     for key in COMMANDS:
@@ -384,8 +387,12 @@ def _local(p: Problems, value: object, kind: object, hosts: list[Host]) -> dict[
         for name in values.PLACEHOLDER.findall(text):
             if not values.known_placeholder(name, placeholders):
                 p.add(f"local.{key}", f"unknown placeholder {{{name}}}")
+    status = value.get("status") or ""
+    if status and (not isinstance(status, str) or not status.startswith("/")):
+        p.add("local.status", "must be a path starting with '/' where the component serves its status items")
+        status = ""
     paths = {str(k): str(v) for k, v in storage.items()}
-    return {"commands": commands, "ports": ports, "health": health, "storage": paths, "placeholders": placeholders}
+    return {"commands": commands, "ports": ports, "health": health, "storage": paths, "placeholders": placeholders, "status": status}
 
 
 def mount_path_error(path: str) -> str | None:

@@ -17,7 +17,9 @@ from deployments.actions import do_create_deployment
 from deployments.models import State
 from deployments.provisioning import tasks
 from deployments.provisioning.spec import build_spec, load_stack
+from deployments.runtimes.base import Colour
 from deployments.runtimes.kubernetes.manifests import environment
+from deployments.runtimes.local.observe import status_items
 from projects.models import Membership, Project, Role
 from projects.sample import commit_all
 from projects.stack import refresh_stack
@@ -32,7 +34,13 @@ NAMES = ["CACHE_SECRET", "REDIS_HOST", "REDIS_PORT", "SECRET_KEY", "GREETING", "
 
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
-        body = json.dumps({name: os.environ.get(name) for name in NAMES}).encode()
+        if self.path == "/status":
+            if not os.path.exists("status.json"):
+                self.send_error(404)
+                return
+            body = open("status.json", "rb").read()
+        else:
+            body = json.dumps({name: os.environ.get(name) for name in NAMES}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -65,6 +73,7 @@ local:
   start: python3 -u app.py
   development: python3 -u app.py
   health: {http: /}
+  status: /status
 """
 
 
@@ -261,6 +270,23 @@ def test_a_diploi_starter_runs_on_the_local_runtime(db, cast, git_daemon, tmp_pa
     assert cast.client(cast.owner).get(f"{overview}describe/nope/").status_code == 404
     page = cast.client(cast.owner).get(overview).content.decode()
     assert f'href="{overview}describe/web/"' in page and 'href="#ssh-web"' in page and 'href="#ssh-redis"' not in page
+    # Items the component reports in Diploi's status format, under Services; red while young is pending.
+    status = runtime.home(spec) / "code" / "web" / "status.json"
+    items = [
+        {"identifier": "db", "name": "Database", "status": "green", "message": "migrated"},
+        {"identifier": "queue", "name": "Queue", "status": "red", "message": "no worker"},
+    ]
+    status.write_text(json.dumps({"diploiStatusVersion": 1, "items": items}))
+    services = {i.name: i for i in runtime.observe([spec])[d.pk].services}
+    assert services["web/db"].colour == Colour.GREEN and services["web/db"].message == "Database — migrated"
+    assert services["web/queue"].colour == Colour.PENDING  # the component started less than 30 s ago
+    address = f"127.0.0.1:{port}"
+    assert status_items(web, address, time.time() - 60)[1].colour == Colour.RED
+    status.write_text("not json")
+    services = {i.name: i for i in runtime.observe([spec])[d.pk].services}
+    assert services["web/status"].colour == Colour.YELLOW and services["web/status"].message == "its status at /status is not JSON"
+    status.write_text(json.dumps({"diploiStatusVersion": 1, "items": [{"identifier": "x", "status": "blue"}]}))
+    assert status_items(web, address, 0)[0].message == "its status at /status item x: status must be green, yellow or red"
     # The same spec for Kubernetes: the cluster's addresses, the same names and secrets.
     env = environment(spec, web)
     assert env["CACHE_SECRET"] == password and env["REDIS_HOST"] == "redis" and env["REDIS_PORT"] == "6379"

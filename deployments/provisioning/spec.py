@@ -152,6 +152,7 @@ def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build
                 imports=_imports(stack, s, exports),
                 password=store.values.get(s.identifier, "") if s.kind == "addon" else "",
                 health=dict(pkg.health),
+                status_path=pkg.status,
             )
         )
     return replace(

@@ -70,6 +70,7 @@ class ServiceSpec:
     imports: tuple[EnvImport, ...] = ()
     password: str = ""
     health: dict[str, object] = field(default_factory=dict)
+    status_path: str = ""  # where the component serves Diploi's status items, if it does
 
 
 def imported_env(spec: "DeploymentSpec", service: "ServiceSpec", context: Callable[["ServiceSpec"], dict[str, str]]) -> dict[str, str]:

@@ -1,9 +1,11 @@
 """One batched look at local deployments: supervisord's process table, CPU and memory from psutil,
 volume sizes and health checks (run in parallel)."""
 
+import json
 import os
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -92,18 +94,79 @@ def with_last_words(state: ItemState, log_file: Path) -> ItemState:
     return replace(state, message=f"{message} — {' / '.join(line[:200] for line in lines)}")
 
 
-def service_states(specs: list[DeploymentSpec], checks: list[tuple[int, ServiceSpec, str]]) -> dict[int, tuple[ItemState, ...]]:
-    """Each deployment's services: the health checks of the running ones (in parallel), the others
-    stopped or not running."""
-    found: dict[tuple[int, str], ItemState] = {}
+def service_states(specs: list[DeploymentSpec], checks: list[tuple[int, ServiceSpec, str, float]]) -> dict[int, tuple[ItemState, ...]]:
+    """Each deployment's services: the health checks of the running ones (in parallel) and the items
+    a component reports itself, the others stopped or not running."""
+    found: dict[tuple[int, str], list[ItemState]] = {}
+
+    def look(check: tuple[int, ServiceSpec, str, float]) -> list[ItemState]:
+        _, service, address, started = check
+        own = status_items(service, address, started) if service.status_path else []
+        return [health(service, address), *own]
+
     with ThreadPoolExecutor(max_workers=16) as pool:
-        for (spec_id, service, _), state in zip(checks, pool.map(lambda c: health(c[1], c[2]), checks), strict=True):
-            found[spec_id, service.identifier] = state
+        for (spec_id, service, _, _), states in zip(checks, pool.map(look, checks), strict=True):
+            found[spec_id, service.identifier] = states
     result = {}
     for spec in specs:
         idle = (Colour.PENDING, "stopped") if not spec.enabled else (Colour.RED, "not running")
-        result[spec.id] = tuple(found.get((spec.id, s.identifier)) or ItemState(s.identifier, *idle) for s in spec.services)
+        result[spec.id] = tuple(
+            state for s in spec.services for state in found.get((spec.id, s.identifier)) or [ItemState(s.identifier, *idle)]
+        )
     return result
+
+
+STATUS_GRACE = 30.0  # red items of a component this young are shown as pending, as Diploi does
+MAX_STATUS_BYTES = 64 * 1024
+MAX_STATUS_ITEMS = 50
+_STATUS_COLOURS = {"green": Colour.GREEN, "yellow": Colour.YELLOW, "red": Colour.RED}
+
+
+def status_items(service: ServiceSpec, address: str, started: float) -> list[ItemState]:
+    """The items the component serves in Diploi's status format at its status path; a malformed or
+    missing answer is one yellow item saying what was wrong."""
+    url = f"http://{address}{service.status_path}"
+    name = f"{service.identifier}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT) as r:
+            body = r.read(MAX_STATUS_BYTES + 1)
+    except urllib.error.HTTPError as e:
+        return [ItemState(name, Colour.YELLOW, f"its status at {service.status_path} answered HTTP {e.code}")]
+    except (urllib.error.URLError, OSError) as e:
+        return [ItemState(name, Colour.YELLOW, f"its status at {service.status_path} did not answer ({getattr(e, 'reason', e)})")]
+    items, problem = parse_status(body)
+    if problem:
+        return [ItemState(name, Colour.YELLOW, f"its status at {service.status_path} {problem}")]
+    young = started and time.time() - started < STATUS_GRACE
+    states = []
+    for item in items:
+        colour = _STATUS_COLOURS[item["status"]]
+        if item.get("isPending") or (colour == Colour.RED and young):
+            colour = Colour.PENDING
+        message = " — ".join(str(item[k]) for k in ("name", "message") if item.get(k)) or item["status"]
+        states.append(ItemState(f"{service.identifier}/{item['identifier']}", colour, message[:300]))
+    return states
+
+
+def parse_status(body: bytes) -> tuple[list[dict], str]:
+    """Diploi's status document → (items, "") or ([], what is wrong with it)."""
+    if len(body) > MAX_STATUS_BYTES:
+        return [], f"is larger than {MAX_STATUS_BYTES // 1024} KiB"
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return [], "is not JSON"
+    if not isinstance(doc, dict) or doc.get("diploiStatusVersion") != 1:
+        return [], "has no diploiStatusVersion: 1"
+    items = doc.get("items")
+    if not isinstance(items, list) or len(items) > MAX_STATUS_ITEMS:
+        return [], f"has no items list (of at most {MAX_STATUS_ITEMS})"
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("identifier"), str) or not item["identifier"]:
+            return [], f"item {i} has no identifier"
+        if item.get("status") not in _STATUS_COLOURS:
+            return [], f"item {item['identifier'][:50]}: status must be green, yellow or red"
+    return items, ""
 
 
 VOLUME_WALK_LIMIT = 20_000  # files looked at per volume; past it the figure is a lower bound

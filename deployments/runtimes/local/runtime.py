@@ -297,7 +297,7 @@ class LocalRuntime(Runtime):
                     storage.append(volume_state(f"{service.identifier}/{volume.name}", path))
                 port = service.ports and ports.get(service.identifier, {}).get(service.ports[0].name)
                 if proc and proc["statename"] == "RUNNING" and port:
-                    checks.append((spec.id, service, f"127.0.0.1:{port}"))
+                    checks.append((spec.id, service, f"127.0.0.1:{port}", float(proc.get("start") or 0)))
             storage.append(self._disk_state(spec))
             partial[spec.id] = (tuple(storage), tuple(containers))
         services = service_states(specs, checks)
