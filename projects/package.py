@@ -170,7 +170,7 @@ def parse_package(text: str | bytes, file: str, source: str) -> tuple[Package | 
             source=source,
             description=str(data.get("description") or ""),
             commands=local.get("commands", {}),
-            ports=tuple(local.get("ports", ())),
+            ports=tuple([Port(name=h.identifier, port=h.port, public=True) for h in hosts if h.port] + local.get("ports", [])),
             env=dict(templates),
             storage=tuple(storage),
             parameters=tuple(parameters),
@@ -353,7 +353,7 @@ def _local(p: Problems, value: object, kind: object, hosts: list[Host]) -> dict[
     for key in COMMANDS:
         if key in value and (text := p.string(value[key], f"local.{key}")) is not None:
             commands[key] = text
-    ports = [Port(name=h.identifier, port=h.port, public=True) for h in hosts if h.port]
+    ports = []
     for i, item in enumerate(_list(p, value.get("ports"), "local.ports", MAX_HOSTS)):
         where = f"local.ports[{i}]"
         if not p.mapping(item, where, {"name", "port", "protocol"}, required={"name", "port"}):
@@ -367,7 +367,7 @@ def _local(p: Problems, value: object, kind: object, hosts: list[Host]) -> dict[
             p.add(f"{where}.protocol", "must be http or tcp")
         else:
             ports.append(Port(name=_text(item["name"]), port=number, protocol=item.get("protocol", "tcp")))
-    if kind == "component" and any(h.port is None for h in hosts) and not ports:
+    if kind == "component" and hosts and all(h.port is None for h in hosts) and not ports:
         p.add("hosts", "a host needs a port to run locally")
     health = value.get("health") or {}
     if not isinstance(health, dict) or not set(health) <= {"http", "tcp"}:
@@ -382,7 +382,9 @@ def _local(p: Problems, value: object, kind: object, hosts: list[Host]) -> dict[
     for name, path in storage.items():
         if err := mount_path_error(str(path)):
             p.add(f"local.storage.{name}", err)
-    placeholders = {f"storage.{n}" for n in storage} | {f"port.{pt.name}" for pt in ports}
+    placeholders = (
+        {f"storage.{n}" for n in storage} | {f"port.{pt.name}" for pt in ports} | {f"port.{h.identifier}" for h in hosts if h.port}
+    )
     for key, text in commands.items():
         for name in values.PLACEHOLDER.findall(text):
             if not values.known_placeholder(name, placeholders):

@@ -343,3 +343,54 @@ def test_the_stack_check_command_reads_a_folder_offline(tmp_path: Path) -> None:
         ["uv", "run", "manage.py", "stack", "check", str(folder / "pkg" / "diploi.yaml")], capture_output=True, text=True
     )
     assert single.returncode == 1 and "parameters[1].type" in single.stdout
+
+
+IMAGE_ONLY = """
+diploiVersion: v1.0
+type: component
+name: Image only
+hosts:
+  - {name: Web, identifier: web, port: 8080}
+parameterGroups:
+  - name: App
+    identifier: app
+    parameters:
+      - {name: Token, identifier: TOKEN, defaultValue: '${generate-random-password:20}', type: secret}
+images:
+  - identifier: web
+    prebuildImage: registry.example/echo:[tag]
+storage:
+  - {identifier: files, sizeMiB: 300}
+"""
+
+
+def test_a_package_without_a_local_recipe_runs_its_image_on_kubernetes_only(
+    db, cast, git_daemon, tmp_path: Path, local_repositories, settings
+) -> None:
+    from deployments.runtimes.kubernetes.manifests import manifests
+    from deployments.runtimes.local.programs import requirement_problem
+
+    base, server = git_daemon
+    publish(base, "image-only", {"diploi.yaml": IMAGE_ONLY}, tag="v2")
+    project = project_with(tmp_path, STARTER.format(url=f"{server}/image-only.git", ref="v2"), cast.owner)
+    refresh_stack(project)
+    assert project.stack_errors == [] and project.stack["components"][0]["package"]["commands"] == {}
+    page = cast.client(cast.owner).get(f"/projects/{project.slug}/").content.decode()
+    assert "Kubernetes only (no local recipe)" in page
+    d = do_create_deployment(project, "Prod", "production", "main", actor=cast.owner)
+    spec = build_spec(d, load_stack(d, project.stack_commit), project.stack_commit)
+    web = spec.service("web")
+    assert not web.built and web.image == "registry.example/echo:v2"  # [tag]: the package's ref
+    assert "runs on the Kubernetes runtime" in requirement_problem(None, spec, web, None)
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in manifests(spec)}
+    container = objects["Deployment", "web"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry.example/echo:v2" and "command" not in container  # the image's own entrypoint
+    assert objects["Service", "web"]["spec"]["ports"][0]["port"] == 8080
+    claims = {
+        o["metadata"]["name"]: o["spec"]["resources"]["requests"]["storage"]
+        for (kind, _), o in objects.items()
+        if kind == "PersistentVolumeClaim"
+    }
+    assert claims == {"data.web.files": "300Mi", "data.redis.data": "1024Mi"}  # sizeMiB; an image has no code claim
+    secret = next(o for (kind, name), o in objects.items() if kind == "Secret" and o["metadata"]["name"].startswith("env"))
+    assert len(secret["stringData"]["TOKEN"]) == 20

@@ -13,7 +13,7 @@ from projects import git, values
 from projects.remote import GitPackages
 from projects.stack import parse_stack_at, project_mirror
 from projects.stackerrors import StackError
-from projects.stackfile import Service, Stack
+from projects.stackfile import Service, Stack, split_package_ref
 
 
 class StackInvalid(Exception):
@@ -153,6 +153,7 @@ def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build
                 password=store.values.get(s.identifier, "") if s.kind == "addon" else "",
                 health=dict(pkg.health),
                 status_path=pkg.status,
+                image=package_image(s),
             )
         )
     return replace(
@@ -188,6 +189,24 @@ def current_spec(deployment: Deployment) -> DeploymentSpec:
     except (StackInvalid, git.GitError):
         return minimal_spec(deployment)
     return build_spec(deployment, stack, deployment.commit, deployment.release if deployment.release_id else None)
+
+
+def package_image(service: Service) -> str:
+    """The image Diploi's package file gives (`images`: the one named like the package's main host,
+    else the first): `image` as written, or `prebuildImage` with its `[tag]` filled with the
+    package's ref (the part after `#`; `main` when there is none). A component entry's own
+    `prebuildImage` in the project file comes first."""
+    images = service.package.images
+    if service.prebuild_image:
+        return service.prebuild_image.replace("[tag]", split_package_ref(service.package_ref)[1] or "main")
+    if not images:
+        return ""
+    hosts = {h.identifier for h in service.package.hosts}
+    chosen = next((i for i in images if i.identifier in hosts), images[0])
+    if chosen.image:
+        return chosen.image
+    tag = split_package_ref(service.package_ref or service.package.source)[1] or "main"
+    return chosen.prebuild.replace("[tag]", tag) if "[tag]" in chosen.prebuild else chosen.prebuild
 
 
 def _imports(stack: Stack, service: Service, exports: dict[str, dict[str, str]]) -> tuple[EnvImport, ...]:

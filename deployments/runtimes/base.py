@@ -71,6 +71,12 @@ class ServiceSpec:
     password: str = ""
     health: dict[str, object] = field(default_factory=dict)
     status_path: str = ""  # where the component serves Diploi's status items, if it does
+    image: str = ""  # the package's own image (Diploi's `images`), for a package with no commands of ours
+
+    @property
+    def built(self) -> bool:
+        """Whether a release builds it (a component with a recipe), rather than running a given image."""
+        return self.kind == "component" and bool(self.commands)
 
 
 def imported_env(spec: "DeploymentSpec", service: "ServiceSpec", context: Callable[["ServiceSpec"], dict[str, str]]) -> dict[str, str]:

@@ -154,7 +154,7 @@ class Kube:
         """Across all namespaces when `namespace` is None: one call, whatever the number of deployments."""
         return self.request("GET", path(kind, namespace), {"labelSelector": selector}).get("items", [])
 
-    def events(self, namespace: str, name: str) -> list[dict]:
+    def events(self, namespace: str, name: str) -> "list[dict]":
         """The events about one object of the namespace (a pod's scheduling, pulls, restarts)."""
         return self.request("GET", path("Event", namespace), {"fieldSelector": f"involvedObject.name={name}"}).get("items", [])
 

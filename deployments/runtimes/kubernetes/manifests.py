@@ -129,8 +129,11 @@ def registry_secret(spec: DeploymentSpec, name: str, auth: str) -> dict:
 
 
 def _image(spec: DeploymentSpec, service: ServiceSpec) -> str:
-    """A built component runs its release's image, pinned by digest (what the build or CI recorded)."""
-    if service.kind == "component" and spec.stage != "development":
+    """A built component runs its release's image, pinned by digest (what the build or CI recorded);
+    a package that gives only an image runs that image."""
+    if not service.commands and service.image:
+        return service.image
+    if service.built and spec.stage != "development":
         return spec.image(service.identifier) or f"{pushed_image(spec, service)}:{spec.release or spec.commit}"
     return IMAGES.get(service.package, settings.DIPLOI_K8S_DEFAULT_IMAGE)
 
@@ -173,7 +176,7 @@ def clone_command(spec: DeploymentSpec, target: str = "/code") -> list[str]:
 
 
 def _workload(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -> dict:
-    development = service.kind == "component" and spec.stage == "development"
+    development = service.built and spec.stage == "development"
     command_name = "development" if development and "development" in service.commands else "start"
     command = render(service.commands.get(command_name, ""), placeholder_values(spec, service), quote=True)
     requests, limits = SIZES[settings.DIPLOI_K8S_SIZE]
@@ -182,7 +185,7 @@ def _workload(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -
     container = {
         "name": service.identifier,
         "image": _image(spec, service),
-        "command": ["/bin/sh", "-c", command],
+        **({"command": ["/bin/sh", "-c", command]} if command else {}),  # else the image's own
         "envFrom": [{"secretRef": {"name": env_secret(service)}}],
         "ports": [{"name": p.name[:15], "containerPort": p.port} for p in service.ports],
         "resources": {"requests": requests, "limits": limits},
@@ -196,7 +199,7 @@ def _workload(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -
         "automountServiceAccountToken": False,
         "securityContext": pod_security(RUN_AS.get(service.package, UNPRIVILEGED_UID)),
     }
-    if service.kind == "component" and not development and settings.DIPLOI_K8S_REGISTRY_PULL_AUTH:
+    if service.built and not development and settings.DIPLOI_K8S_REGISTRY_PULL_AUTH:
         pod["imagePullSecrets"] = [{"name": PULL_SECRET}]
     if development:
         container["workingDir"] = placeholder_values(spec, service)["code"]
@@ -268,7 +271,7 @@ def manifests(spec: DeploymentSpec) -> list[dict]:
             }
         )
         objects += [_claim(spec, service, claim_name(service, v.name), v.size, v.name) for v in service.volumes]
-        if service.kind == "component" and spec.stage == "development":
+        if service.built and spec.stage == "development":
             objects.append(_claim(spec, service, code_claim(service), settings.DIPLOI_K8S_CODE_SIZE, "code"))
         if service.ports:
             ports = [{"name": p.name[:15], "port": p.port, "targetPort": p.port, "protocol": "TCP"} for p in service.ports]
@@ -438,7 +441,7 @@ def storage_paths(source: DeploymentSpec, target: DeploymentSpec, service: Servi
     """(claim, path in the container) of what a clone copies for `service`: its volumes, and the code
     when both are development deployments."""
     found = [(claim_name(service, v.name), v.path) for v in service.volumes]
-    if service.kind == "component" and source.stage == target.stage == "development":
+    if service.built and source.stage == target.stage == "development":
         found.append((code_claim(service), "/code"))
     return found
 

@@ -198,7 +198,7 @@ class KubernetesRuntime(Runtime):
         (the package's image, the code, its install and build commands), pushes it and leaves its
         digest as the pod's termination message; the workloads run that digest, not the tag. Progress
         follows the Jobs; a failed Job fails the build with its reason."""
-        components = [s for s in spec.services if s.kind == "component"]
+        components = [s for s in spec.services if s.built]
         progress("clone", 0, f"Building {spec.commit[:10]} of {spec.branch} in the cluster")
         self._apply_all(fence(spec) + [obj for service in components for obj in build_manifests(spec, service)], spec)
         progress("install", 25, f"{len(components)} build job(s) started")

@@ -175,6 +175,11 @@ priority={100 if service.kind == "addon" else 200}
 
 def requirement_problem(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, jail: Jail | None) -> str | None:
     """Why this machine cannot run `service`, if it cannot."""
+    if "start" not in service.commands:
+        return (
+            f"its package ({service.package}) says how to run it only as an image (no local: block); "
+            f"it runs on the Kubernetes runtime, not as processes on this machine"
+        )
     if service.package == "postgres" and postgres_bin_dir() is None:
         return "PostgreSQL is not installed on this machine (initdb and postgres were not found)"
     user = None if jail else unprivileged_user(service)  # confined, it runs as the deployment's own uid
