@@ -394,3 +394,8 @@ def test_a_package_without_a_local_recipe_runs_its_image_on_kubernetes_only(
     assert claims == {"data.web.files": "300Mi", "data.redis.data": "1024Mi"}  # sizeMiB; an image has no code claim
     secret = next(o for (kind, name), o in objects.items() if kind == "Secret" and o["metadata"]["name"].startswith("env"))
     assert len(secret["stringData"]["TOKEN"]) == 20
+    import kubernetes_validate
+
+    for version in ("1.30.0", "1.37.0"):
+        for obj in objects.values():
+            kubernetes_validate.validate(obj, version, strict=True)  # raises on any unknown or wrong field

@@ -426,3 +426,25 @@ def test_it_follows_new_commits(cast, sample_repo: Path) -> None:
     refresh_stack(cast.project)
     assert cast.project.stack_commit == second != first
     assert Project.objects.get(pk=cast.project.pk).stack_commit == second
+
+
+def test_a_starters_preview_images_are_served_from_its_diploi_folder(cast, sample_repo: Path) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
+    (sample_repo / ".diploi").mkdir()
+    (sample_repo / ".diploi" / "preview-1.png").write_bytes(png)
+    (sample_repo / "secret.png").write_bytes(b"not for you")
+    stack_file = sample_repo / "diploi.yaml"
+    previews = "previewImageUrls: [preview-1.png, ../secret.png, 'https://images.example/p.jpg', notes.txt]\n"
+    stack_file.write_text(stack_file.read_text().replace("components:\n", previews + "components:\n", 1))
+    commit_all(sample_repo, "Previews")
+    refresh_stack(cast.project)
+    viewer = cast.client(cast.viewer)
+    page = viewer.get("/projects/shop/").content.decode()
+    assert 'src="/projects/shop/preview/0/"' in page and 'alt="Preview 1 of Visit counter"' in page
+    r = viewer.get("/projects/shop/preview/0/")
+    assert r.status_code == 200 and r["Content-Type"] == "image/png" and r.content == png
+    assert viewer.get("/projects/shop/preview/1/").status_code == 404  # outside .diploi/
+    assert viewer.get("/projects/shop/preview/2/")["Location"] == "https://images.example/p.jpg"
+    assert viewer.get("/projects/shop/preview/3/").status_code == 404  # not an image
+    assert viewer.get("/projects/shop/preview/9/").status_code == 404
+    assert cast.client(cast.outsider).get("/projects/shop/preview/0/").status_code == 404
