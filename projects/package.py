@@ -116,6 +116,7 @@ class Package:
     connection_strings: tuple[ConnectionString, ...] = ()
     logs: tuple[LogStream, ...] = ()
     images: tuple[Image, ...] = ()
+    reload: bool = False  # development: restart the development command when the code changes
     status: str = ""  # a path where the component serves Diploi's status format (polled by the monitor)
     recipe: str = ""  # the built-in package serving it ("" for a package of the repository's or fetched by URL)
     commit: str = ""  # a package fetched by Git URL: the commit it was read at
@@ -176,6 +177,7 @@ def parse_package(text: str | bytes, file: str, source: str) -> tuple[Package | 
             parameters=tuple(parameters),
             health=local.get("health", {}),
             status=local.get("status", ""),
+            reload=local.get("reload", False),
             hosts=tuple(hosts),
             connection_strings=tuple(strings),
             logs=tuple(logs),
@@ -346,7 +348,7 @@ def _local(p: Problems, value: object, kind: object, hosts: list[Host]) -> dict[
     """Our block: how the package runs as local processes."""
     if value is None:
         return {}
-    known = {"install", "build", "start", "development", "ports", "health", "storage", "status"}
+    known = {"install", "build", "start", "development", "ports", "health", "storage", "status", "reload"}
     if not p.mapping(value, "local", known, required={"start"}):
         return {}
     commands = {}
@@ -389,12 +391,15 @@ def _local(p: Problems, value: object, kind: object, hosts: list[Host]) -> dict[
         for name in values.PLACEHOLDER.findall(text):
             if not values.known_placeholder(name, placeholders):
                 p.add(f"local.{key}", f"unknown placeholder {{{name}}}")
+    if not isinstance(value.get("reload", False), bool):
+        p.add("local.reload", "must be true or false")
     status = value.get("status") or ""
     if status and (not isinstance(status, str) or not status.startswith("/")):
         p.add("local.status", "must be a path starting with '/' where the component serves its status items")
         status = ""
     paths = {str(k): str(v) for k, v in storage.items()}
-    return {"commands": commands, "ports": ports, "health": health, "storage": paths, "placeholders": placeholders, "status": status}
+    found = {"commands": commands, "ports": ports, "health": health, "storage": paths, "placeholders": placeholders}
+    return {**found, "status": status, "reload": value.get("reload") is True}
 
 
 def mount_path_error(path: str) -> str | None:

@@ -47,6 +47,8 @@ def test_a_development_deployment_runs_the_branch_and_reloads_edits(cast, runtim
     app = runtime.home(current_spec(d)) / "code" / "web" / "app.py"
     app.write_text(app.read_text().replace("Visits:", "Hits:"))
     wait_until(lambda: "Hits:" in http_get(url), what="the edit to show")
+    # The platform restarted it (the sample has no reloader of its own): a kept watcher, not a --reload flag.
+    assert "diploi: files changed; restarting" in "\n".join(runtime.logs(current_spec(d), "web"))
 
     # The edit is the developer's: it survives a restart and another provisioning.
     tasks.restart(d.pk, "web")

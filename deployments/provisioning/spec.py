@@ -153,6 +153,7 @@ def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build
                 password=store.values.get(s.identifier, "") if s.kind == "addon" else "",
                 health=dict(pkg.health),
                 status_path=pkg.status,
+                reload=pkg.reload,
                 image=package_image(s),
             )
         )

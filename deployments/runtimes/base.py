@@ -71,6 +71,7 @@ class ServiceSpec:
     password: str = ""
     health: dict[str, object] = field(default_factory=dict)
     status_path: str = ""  # where the component serves Diploi's status items, if it does
+    reload: bool = False  # development: the runtime restarts the command when the code changes
     image: str = ""  # the package's own image (Diploi's `images`), for a package with no commands of ours
 
     @property

@@ -93,6 +93,8 @@ def main(run_file: str) -> int:
     child = subprocess.Popen(argv, cwd=run["cwd"], env=env, start_new_session=True, preexec_fn=preexec)
     if stop_requested:
         _signal_group(child.pid, signal.SIGTERM)
+    watched = run.get("watch")  # development: restart the command when the code changes
+    seen, next_look = (_signature(watched), time.monotonic() + WATCH_INTERVAL) if watched else (None, 0.0)
     while True:
         try:
             code = child.wait(timeout=0.5)
@@ -101,8 +103,47 @@ def main(run_file: str) -> int:
             # Escalate before supervisord's own SIGKILL (stopwaitsecs) would orphan the service.
             if stop_requested and time.monotonic() - stop_requested[0] > STOP_GRACE:
                 _signal_group(child.pid, signal.SIGKILL)
+            elif watched and not stop_requested and time.monotonic() >= next_look:
+                next_look = time.monotonic() + WATCH_INTERVAL
+                if (now := _signature(watched)) != seen:
+                    seen = now
+                    print("diploi: files changed; restarting", flush=True)
+                    _end(child)
+                    child = subprocess.Popen(argv, cwd=run["cwd"], env=env, start_new_session=True, preexec_fn=preexec)
     _signal_group(child.pid, signal.SIGKILL)  # whatever the service left behind
     return code if code >= 0 else 128 - code
+
+
+WATCH_INTERVAL = 1.0
+WATCH_LIMIT = 20_000  # files looked at per pass; past them changes go unnoticed
+NOT_WATCHED = {".git", "node_modules", ".venv", "venv", "__pycache__", ".next", ".cache", ".pytest_cache"}
+
+
+def _signature(folder: str) -> tuple[int, int]:
+    """(files, newest modification) of the code, without dependency and cache folders."""
+    count = newest = 0
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if d not in NOT_WATCHED]
+        for name in files:
+            count += 1
+            if count > WATCH_LIMIT:
+                return count, newest
+            try:
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime_ns)
+            except OSError:
+                continue
+    return count, newest
+
+
+def _end(child: subprocess.Popen) -> None:
+    """Stop the command and everything it started: TERM, then KILL after the grace period."""
+    _signal_group(child.pid, signal.SIGTERM)
+    try:
+        child.wait(timeout=STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(child.pid, signal.SIGKILL)
+    child.wait()
 
 
 def _signal_group(pgid: int, sig: int) -> None:

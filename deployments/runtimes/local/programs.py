@@ -132,6 +132,8 @@ def run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: 
         run["cgroups"] = list(jail.cgroups)
     elif user := unprivileged_user(service):
         run["user"] = user
+    if service.kind == "component" and spec.stage == "development" and service.reload:
+        run["watch"] = str(cwd)
     if service.kind == "component" and spec.stage != "development":
         run["fresh_from"] = str(layout.releases(spec) / spec.release)
         run["scratch"] = str(layout.files_root(spec, service))

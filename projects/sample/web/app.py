@@ -3,9 +3,6 @@
 import html
 import os
 import socket
-import sys
-import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
@@ -67,24 +64,7 @@ class Handler(BaseHTTPRequestHandler):
         print(f"{self.address_string()} {fmt % args}", flush=True)
 
 
-def reload_on_change() -> None:
-    """Development mode: restart this process when a .py file next to it changes."""
-    folder = os.path.dirname(os.path.abspath(__file__))
-
-    def snapshot() -> dict[str, float]:
-        return {n: os.stat(os.path.join(folder, n)).st_mtime for n in os.listdir(folder) if n.endswith(".py")}
-
-    before = snapshot()
-    while True:
-        time.sleep(0.5)
-        if snapshot() != before:
-            print("Change detected, reloading", flush=True)
-            os.execv(sys.executable, [sys.executable, *sys.argv])
-
-
 if __name__ == "__main__":
-    if "--reload" in sys.argv:
-        threading.Thread(target=reload_on_change, daemon=True).start()
     port = int(os.environ.get("PORT", "8000"))
     server = ThreadingHTTPServer((os.environ.get("HOST", "127.0.0.1"), port), Handler)
     server.allow_reuse_address = True
