@@ -69,6 +69,7 @@ class Parameter:
     default: str = ""
     readonly: bool = False
     description: str = ""
+    group_description: str = ""
 
 
 @dataclass(frozen=True)
@@ -257,7 +258,8 @@ def _parameter(p: Problems, item: object, where: str, allowed: set[str], group: 
         label=_text(item.get("name")) or key,
         default=default,
         readonly=item.get("readOnly") is True,
-        description=_text(item.get("description")) or description,
+        description=_text(item.get("description")),
+        group_description=description,
     )
 
 

@@ -277,7 +277,9 @@ def test_a_diploi_starter_runs_on_the_local_runtime(db, cast, git_daemon, tmp_pa
         {"identifier": "queue", "name": "Queue", "status": "red", "message": "no worker"},
     ]
     status.write_text(json.dumps({"diploiStatusVersion": 1, "items": items}))
-    services = {i.name: i for i in runtime.observe([spec])[d.pk].services}
+    observed = runtime.observe([spec])[d.pk]
+    assert next(v for v in observed.storage if v.name == "redis/data").message.endswith(" used of 1024 MiB")  # sizeMiB
+    services = {i.name: i for i in observed.services}
     assert services["web/db"].colour == Colour.GREEN and services["web/db"].message == "Database — migrated"
     assert services["web/queue"].colour == Colour.PENDING  # the component started less than 30 s ago
     address = f"127.0.0.1:{port}"

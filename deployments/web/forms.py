@@ -91,18 +91,23 @@ def parameter_form(parameters: list[dict], current: dict[str, EnvVar], data=None
     for p in parameters:
         value = current[p["key"]].value if p["key"] in current else p["default"]
         common = {"label": p["label"], "required": False, "disabled": p["readonly"], "help_text": p.get("description", "")}
-        if p["type"] == "integer":
+        derived = "${" in p["default"] and "generate-random-password" not in p["default"]  # from others or the runtime
+        if p["type"] == "integer" and not (derived and p["key"] not in current):
             field = forms.IntegerField(initial=value or None, **common)
         elif p["type"] == "boolean":
             field = forms.BooleanField(initial=str(value).lower() == "true", **common)
         elif p["type"] == "secret":
             generated = "generate-random-password" in p["default"]
-            common["help_text"] = "Set" if p["key"] in current else "Generated for this deployment" if generated else "Not set"
+            state = "Set" if p["key"] in current else "Generated for this deployment" if generated else "Not set"
+            if derived and p["key"] not in current:
+                state = f"Built from {p['default']}"
+            common["help_text"] = state
             widget = forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"})
             field = forms.CharField(widget=widget, max_length=MAX_ENV_VALUE, **common)
         else:
             field = forms.CharField(initial=value, max_length=MAX_ENV_VALUE, **common)
-        field.group = p["group"]  # the package's parameterGroups heading
+        field.group = p["group"]  # the package's parameterGroups heading and description
+        field.group_description = p.get("group_description", "")
         fields[p["key"]] = field
     return type("ParameterForm", (forms.Form,), fields)(data)
 

@@ -190,11 +190,14 @@ def _tree_bytes(path: Path, limit: int, on_disk: bool) -> tuple[int, bool]:
     return used, True
 
 
-def volume_state(name: str, path: Path) -> ItemState:
+def volume_state(name: str, path: Path, size: str = "") -> ItemState:
+    """A volume and what it holds, against the size its package asks for (`sizeMiB`; a figure to
+    plan by locally: the deployment's disk allowance is what is enforced)."""
     if not path.is_dir():
         return ItemState(name, Colour.RED, "missing")
     used, complete = _tree_bytes(path, VOLUME_WALK_LIMIT, on_disk=False)
-    return ItemState(name, Colour.GREEN, f"present, {'' if complete else 'more than '}{_size(used)} used")
+    of = f" of {size.removesuffix('Mi')} MiB" if size.endswith("Mi") else f" of {size}" if size else ""
+    return ItemState(name, Colour.GREEN, f"present, {'' if complete else 'more than '}{_size(used)} used{of}")
 
 
 def disk_state(home: Path, limit: int) -> ItemState:

@@ -294,7 +294,7 @@ class LocalRuntime(Runtime):
                 containers.append(state)
                 for volume in service.volumes:
                     path = self.layout.volume_dir(spec, service, volume.name)
-                    storage.append(volume_state(f"{service.identifier}/{volume.name}", path))
+                    storage.append(volume_state(f"{service.identifier}/{volume.name}", path, volume.size))
                 port = service.ports and ports.get(service.identifier, {}).get(service.ports[0].name)
                 if proc and proc["statename"] == "RUNNING" and port:
                     checks.append((spec.id, service, f"127.0.0.1:{port}", float(proc.get("start") or 0)))
