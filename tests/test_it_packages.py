@@ -59,6 +59,9 @@ hosts:
   - name: Web
     identifier: web
     port: 8000
+  - name: Admin
+    identifier: admin
+    port: 8001
 parameterGroups:
   - name: App
     identifier: app
@@ -238,6 +241,7 @@ def test_a_diploi_starter_runs_on_the_local_runtime(db, cast, git_daemon, tmp_pa
     web, redis = spec.services
     password = redis.exports["REDIS_PASSWORD"]
     port = urlparse(d.endpoints["web"]).port
+    assert urlparse(d.endpoints["web/admin"]).port not in (None, port)  # each of the package's hosts is an endpoint
     assert seen["CACHE_SECRET"] == password and len(password) == 32  # a rename, generated once for the deployment
     assert seen["REDIS_PORT"] and seen["REDIS_HOST"] == "127.0.0.1"  # `redis.REDIS_P*` and {path: redis.REDIS_HOST}
     assert seen["REDIS_URL"] is None  # not included

@@ -154,11 +154,15 @@ class LocalRuntime(Runtime):
         return self._endpoints(spec, ports)
 
     def _endpoints(self, spec: DeploymentSpec, ports: programs.Ports) -> dict[str, str]:
+        """Each public port (each of a package's `hosts`): the first under the component's name, the
+        others as "<component>/<host>"."""
         endpoints = {}
         for service in spec.services:
-            public = [p for p in service.ports if p.public]
-            if service.kind == "component" and public:
-                endpoints[service.identifier] = f"http://{settings.DIPLOI_PUBLIC_HOST}:{ports[service.identifier][public[0].name]}"
+            if service.kind != "component":
+                continue
+            for i, port in enumerate(p for p in service.ports if p.public):
+                key = service.identifier if i == 0 else f"{service.identifier}/{port.name}"
+                endpoints[key] = f"http://{settings.DIPLOI_PUBLIC_HOST}:{ports[service.identifier][port.name]}"
         return endpoints
 
     def _start_or_stop(self, spec: DeploymentSpec, on: bool) -> None:
