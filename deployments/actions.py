@@ -6,6 +6,7 @@ transaction commits. `actor` is the user who acts, or a word for the platform it
 With `now=True` (the CLI's --wait) the work runs in this process instead of a worker.
 """
 
+import json
 import logging
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -190,6 +191,22 @@ def do_save_env(deployment: Deployment, service: str, values: dict[str, tuple[st
     with transaction.atomic():
         for key, (value, secret) in values.items():
             EnvVar.objects.update_or_create(deployment=deployment, service=service, key=key, defaults={"value": value, "secret": secret})
+        _provision(deployment.pk, actor=actor)
+
+
+def do_regenerate(deployment: Deployment, service: str, keys: list[str], *, actor: Actor) -> None:
+    """Forget the generated values (and saved overrides) of `service`'s parameters `keys`: the next
+    provisioning generates new ones and restarts what uses them."""
+    if not keys:
+        return
+    with transaction.atomic():
+        locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
+        stored = json.loads(locked.credentials or "{}")
+        for key in keys:
+            stored.pop(f"{service}/{key}", None)
+        locked.credentials = json.dumps(stored)
+        locked.save(update_fields=["credentials"])
+        EnvVar.objects.filter(deployment=deployment, service=service, key__in=keys).delete()
         _provision(deployment.pk, actor=actor)
 
 

@@ -5,7 +5,7 @@ deprecation notice for each one (Diploi's package format, projects/package.py, r
 
 import re
 
-from projects.package import COMMANDS, KINDS, PARAMETER_TYPES, Package, Parameter, Port, Storage, mount_path_error
+from projects.package import COMMANDS, KINDS, PARAMETER_TYPES, Package, Parameter, Port, Storage, health_check, mount_path_error
 from projects.stackerrors import Problems, StackError
 from projects.validators import dns_label_error, env_name_error
 from projects.values import PLACEHOLDER, known_placeholder
@@ -58,12 +58,7 @@ def parse_legacy_package(text: str | bytes, file: str, source: str) -> tuple[Pac
             if not known_placeholder(name, {f"storage.{s}" for s in storage_names} | {f"port.{n}" for n in port_names}):
                 p.add(where, f"unknown placeholder {{{name}}}")
 
-    health = data.get("health") or {}
-    if not isinstance(health, dict) or not set(health) <= {"http", "tcp"}:
-        p.add("health", "must be a mapping with 'http: /path' or 'tcp: true'")
-        health = {}
-    elif "http" in health and not str(health["http"]).startswith("/"):
-        p.add("health.http", "must be a path starting with '/'")
+    health = health_check(p, data.get("health"), "health")
 
     if p.errors:
         return None, p.errors

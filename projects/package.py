@@ -373,12 +373,7 @@ def _local(p: Problems, value: object, kind: object, hosts: list[Host]) -> dict[
             ports.append(Port(name=_text(item["name"]), port=number, protocol=item.get("protocol", "tcp")))
     if kind == "component" and hosts and all(h.port is None for h in hosts) and not ports:
         p.add("hosts", "a host needs a port to run locally")
-    health = value.get("health") or {}
-    if not isinstance(health, dict) or not set(health) <= {"http", "tcp"}:
-        p.add("local.health", "must be a mapping with 'http: /path' or 'tcp: true'")
-        health = {}
-    elif "http" in health and not str(health["http"]).startswith("/"):
-        p.add("local.health.http", "must be a path starting with '/'")
+    health = health_check(p, value.get("health"), "local.health")
     storage = value.get("storage") or {}
     if not isinstance(storage, dict):
         p.add("local.storage", "must map storage identifiers to mount paths")
@@ -402,6 +397,17 @@ def _local(p: Problems, value: object, kind: object, hosts: list[Host]) -> dict[
     paths = {str(k): str(v) for k, v in storage.items()}
     found = {"commands": commands, "ports": ports, "health": health, "storage": paths, "placeholders": placeholders}
     return {**found, "status": status, "reload": value.get("reload") is True}
+
+
+def health_check(p: Problems, value: object, field: str) -> dict[str, Any]:
+    """`{http: /path}` or `{tcp: true}` ({} when absent or wrong, with the reason recorded)."""
+    health = value or {}
+    if not isinstance(health, dict) or not set(health) <= {"http", "tcp"}:
+        p.add(field, "must be a mapping with 'http: /path' or 'tcp: true'")
+        return {}
+    if "http" in health and not str(health["http"]).startswith("/"):
+        p.add(f"{field}.http", "must be a path starting with '/'")
+    return health
 
 
 def mount_path_error(path: str) -> str | None:

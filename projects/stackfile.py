@@ -4,6 +4,7 @@ where each one's package comes from, and which env each one includes from the ot
 import dataclasses
 import fnmatch
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -20,6 +21,7 @@ MAX_STACK_BYTES = 64 * 1024
 MAX_PACKAGE_BYTES = 64 * 1024
 MAX_SERVICES = 50
 MAX_INCLUDES = 200
+READ_BUDGET = 10.0  # seconds to read a stack and its packages (fetches included); past it the rest is refused
 _ARTICLE = {"component": "a component", "addon": "an add-on"}
 # `postgres.POSTGRES_USER:DB_USER`, `postgres.POSTGRES_*`, `postgres.*`, `post*`
 _INCLUDE = re.compile(r"^(?P<ident>[a-z0-9*-]+)(?:\.(?P<name>[A-Za-z0-9_*]+)(?::(?P<alias>\S+))?)?$")
@@ -156,6 +158,7 @@ class _PackageLoader:
     def __init__(self, repo: RepoReader, remote: RemotePackages | None) -> None:
         self.repo = repo
         self.remote = remote
+        self.deadline = time.monotonic() + READ_BUDGET
         self.cache: dict[str, tuple[Package | None, str | None]] = {}
         self.errors: list[StackError] = []
         self.warnings: list[StackError] = []
@@ -163,6 +166,8 @@ class _PackageLoader:
     def load(self, ref: str) -> tuple[Package | None, str | None]:
         """The package, or None and the reason it cannot be used."""
         if ref not in self.cache:
+            if time.monotonic() > self.deadline:
+                return None, f"not read: reading this stack's packages took more than {READ_BUDGET:g} s"
             self.cache[ref] = self._load(ref)
         return self.cache[ref]
 

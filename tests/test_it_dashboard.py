@@ -1,6 +1,7 @@
 """Deployment pages: who may see and change what, forms, and bounded queries."""
 
 import html
+import json
 
 import pytest
 from django.db import connection
@@ -236,6 +237,20 @@ def test_parameters_are_typed_locked_and_secrets_stay_hidden(cast, dev, runtime)
     client.post("/projects/shop/d/dev/parameters/web/", data)
     assert EnvVar.objects.get(key="SECRET_KEY").value == "hunter2"
     assert client.post("/projects/shop/d/dev/parameters/nope/", data).status_code == 404
+
+    # A generated secret is generated again on purpose (the saved value goes too); read-only ones cannot be.
+    assert 'name="SECRET_KEY__regenerate"' in page and "REDIS_PASSWORD__regenerate" not in page
+
+    def secret_key() -> str:
+        d.refresh_from_db()
+        return build_spec(d, load_stack(d, d.commit), d.commit).services[0].exports["SECRET_KEY"]
+
+    client.post("/projects/shop/d/dev/parameters/web/", {**data, "SECRET_KEY__regenerate": "on"})
+    generated = secret_key()
+    assert not EnvVar.objects.filter(key="SECRET_KEY").exists() and len(generated) == 50 and generated != "hunter2"
+    assert secret_key() == generated == json.loads(d.credentials)["web/SECRET_KEY"]  # kept
+    client.post("/projects/shop/d/dev/parameters/web/", {**data, "SECRET_KEY": "", "SECRET_KEY__regenerate": "on"})
+    assert secret_key() not in (generated, "hunter2")
 
 
 @pytest.mark.parametrize(

@@ -139,6 +139,11 @@ def test_the_sample_stack_runs_on_kubernetes(cast, kube) -> None:
     assert all("does not serve metrics.k8s.io" in s.message for s in tree.services)
     page = cast.client(cast.viewer).get("/projects/shop/d/dev/").content.decode()
     assert "redis/data" in page and "bound" in page and "running" in page
+    # Describe: the pod, its image, its env's names (never their values) and its events.
+    facts = dict(runtime.describe(spec, "redis"))
+    assert facts["Pod"].startswith("redis-0 on ") and facts["Image"] == "valkey/valkey:8" and facts["Phase"] == "Running"
+    assert "REDIS_PASSWORD" in facts["Environment"] and spec.service("redis").exports["REDIS_PASSWORD"] not in str(facts)
+    assert "Scheduled" in facts["Events"]
 
     # Applying the same spec again changes nothing.
     versions = {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in kube.list("StatefulSet", ns) + kube.list("Secret", ns)}

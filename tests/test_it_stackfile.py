@@ -334,8 +334,8 @@ def test_bounds_hold_for_hostile_files() -> None:
     bomb = "diploiVersion: v1.0\nx: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\ny: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\ncomponents: []\n"
     _, errors = parse_stack(bomb, REPO)
     assert "aliases are not allowed" in errors[0].message and errors[0].field == "line 3"
-    many = "diploiVersion: v1.0\nx: [" + ", ".join(["1"] * 20_001) + "]\n"
-    assert "more than 20000 values" in parse_stack(many, REPO)[1][0].message
+    many = "diploiVersion: v1.0\nx: [" + ", ".join(["1"] * 5_001) + "]\n"
+    assert "more than 5000 values" in parse_stack(many, REPO)[1][0].message
     services = "".join(f"  - {{name: c{i}, identifier: c{i}, package: python}}\n" for i in range(51))
     assert "at most 50 are allowed" in parse_stack(f"diploiVersion: v1.0\ncomponents:\n{services}", REPO)[1][0].message
     huge = Files({**REPO.files, "pkgs/web/diploi.yaml": WEB_PACKAGE + "#" * 70_000})
@@ -344,6 +344,16 @@ def test_bounds_hold_for_hostile_files() -> None:
     params = "".join(f"      - {{identifier: P{i}}}\n" for i in range(201))
     _, errors = parse_package(f"type: addon\nname: p\nparameterGroups:\n  - name: g\n    parameters:\n{params}", "p.yaml", "p")
     assert any("at most 200" in e.message for e in errors)
+
+
+def test_reading_a_stack_has_a_time_budget(monkeypatch) -> None:
+    """Packages are read (and fetched) until the budget is spent; the rest is refused, each saying why."""
+    import projects.stackfile
+
+    monkeypatch.setattr(projects.stackfile, "READ_BUDGET", 0.0)
+    _, errors = parse_stack(GOOD, REPO)
+    assert {e.field for e in errors} == {"components[0].package", "components[1].package", "addons[0].package", "addons[1].package"}
+    assert all("took more than 0 s" in e.message for e in errors)
 
 
 def test_an_include_naming_nothing_is_a_warning_not_a_refusal() -> None:

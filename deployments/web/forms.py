@@ -109,7 +109,26 @@ def parameter_form(parameters: list[dict], current: dict[str, EnvVar], data=None
         field.group = p["group"]  # the package's parameterGroups heading and description
         field.group_description = p.get("group_description", "")
         fields[p["key"]] = field
+        if regenerable(p):
+            again = forms.BooleanField(
+                label=f"Generate a new {p['label'].lower()}", required=False, help_text="on save; then the service restarts"
+            )
+            again.group, again.group_description = field.group, field.group_description
+            fields[f"{p['key']}{REGENERATE}"] = again
     return type("ParameterForm", (forms.Form,), fields)(data)
+
+
+REGENERATE = "__regenerate"
+
+
+def regenerable(p: dict) -> bool:
+    """A generated secret a user may replace by a new generated one (not a read-only one: a
+    database keeps the password it was created with)."""
+    return p["type"] == "secret" and "generate-random-password" in p["default"] and not p["readonly"]
+
+
+def regenerated(parameters: list[dict], form: forms.Form) -> list[str]:
+    return [p["key"] for p in parameters if regenerable(p) and form.cleaned_data.get(f"{p['key']}{REGENERATE}")]
 
 
 def parameter_values(parameters: list[dict], form: forms.Form) -> dict[str, tuple[str, bool]]:

@@ -30,6 +30,7 @@ from deployments.web.forms import (
     NewDeploymentForm,
     parameter_form,
     parameter_values,
+    regenerated,
 )
 from diploi.http import redirect_to
 from projects.access import get_project_for_user
@@ -211,7 +212,9 @@ def parameters_save(request: HttpRequest, project_slug: str, slug: str, service:
     form = parameter_form(params, {}, request.POST)
     if not form.is_valid():
         return _options_page(request, d, "parameters", parameter_forms=_parameter_forms(d, (service, form)))
-    actions.do_save_env(d, service, parameter_values(params, form), actor=request.user)
+    again = regenerated(params, form)
+    actions.do_save_env(d, service, {k: v for k, v in parameter_values(params, form).items() if k not in again}, actor=request.user)
+    actions.do_regenerate(d, service, again, actor=request.user)
     messages.success(request, f"Parameters of {service} saved; restarting it.")
     return redirect_to(request, "deployments:options", project_slug, slug)
 
