@@ -130,9 +130,8 @@ def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build
             env[s.identifier].update(user_env.get("", {}))
         env[s.identifier].update(own)
         env[s.identifier].update(platform_env)
-    if stack.addons:
-        for a in stack.addons:
-            store.get(a.identifier, 32)  # first-format packages' {password}
+    for a in stack.addons:
+        store.get(a.identifier, 32)  # an add-on's {password} (first-format packages use it)
     store.save()
     services = []
     for s in stack.services:
