@@ -139,6 +139,7 @@ class Build(models.Model):
     error = models.CharField(max_length=500, blank=True)
     external_url = models.URLField(blank=True, help_text="The CI run that built this release, when built elsewhere.")
     images = models.JSONField(default=dict, blank=True, help_text="Component → image reference, when CI built them.")
+    package_locks = models.JSONField(default=dict, blank=True, help_text="The packages by Git URL it was built with: url#ref → commit.")
     created = models.DateTimeField(auto_now_add=True)
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)

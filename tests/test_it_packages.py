@@ -405,3 +405,31 @@ def test_a_package_without_a_local_recipe_runs_its_image_on_kubernetes_only(
     for version in ("1.30.0", "1.37.0"):
         for obj in objects.values():
             kubernetes_validate.validate(obj, version, strict=True)  # raises on any unknown or wrong field
+
+
+@pytest.mark.slow
+def test_a_release_keeps_the_package_commits_it_was_built_with(db, cast, git_daemon, tmp_path: Path, local_repositories, runtime) -> None:
+    from deployments.provisioning.spec import current_spec
+
+    base, server = git_daemon
+    first = publish(base, "echo", {"diploi.yaml": PACKAGE.replace("__MODE__", "one")})
+    project = project_with(tmp_path, STARTER.format(url=f"{server}/echo.git", ref="main"), cast.owner)
+    refresh_stack(project)
+    d = do_create_deployment(project, "Prod", "production", "main", actor=cast.owner)
+    tasks.provision(d.pk)
+    d.refresh_from_db()
+    assert d.state == State.RUNNING, d.state_reason
+    assert d.release.package_locks == {f"{server}/echo.git#main": first}
+
+    publish(base, "echo", {"diploi.yaml": PACKAGE.replace("__MODE__", "two")})
+    cast.client(cast.owner).post(f"/projects/{project.slug}/packages/update/")
+    d = type(d).objects.get(pk=d.pk)
+    assert current_spec(d).service("web").exports["MODE"] == "one"  # the running release: its own package commit
+    tasks.provision(d.pk)  # the same commit again: no build, and still the release's packages
+    d = type(d).objects.get(pk=d.pk)
+    assert current_spec(d).service("web").exports["MODE"] == "one"
+    assert wait_until(lambda: json.loads(http_get(d.endpoints["web"]))["MODE"], what="the page") == "one"
+    tasks.build(d.pk)  # a new release (Rebuild) takes the packages the project is locked to now
+    d = type(d).objects.get(pk=d.pk)
+    assert current_spec(d).service("web").exports["MODE"] == "two"
+    assert wait_until(lambda: json.loads(http_get(d.endpoints["web"]))["MODE"] == "two" and "two", what="the new release") == "two"

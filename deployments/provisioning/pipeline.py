@@ -37,7 +37,7 @@ def provision(deployment: Deployment, actor: str, force_build: bool = False) -> 
     release = deployment.release
     if deployment.builds_releases and (force_build or release is None or release.commit != commit):
         build = Build.objects.filter(deployment=deployment, commit=commit, status__in=[BuildStatus.QUEUED, BuildStatus.RUNNING]).first()
-        build = build or Build.objects.create(deployment=deployment, commit=commit)
+        build = build or Build.objects.create(deployment=deployment, commit=commit, package_locks=deployment.project.package_locks or {})
         if builds_externally():
             built = take_external_build(build, deployment.project_id, [s.identifier for s in stack.services if s.kind == "component"])
             if built is None:
@@ -50,6 +50,12 @@ def provision(deployment: Deployment, actor: str, force_build: bool = False) -> 
             settle_after_failure(deployment, actor, f"build of {commit[:10]}: {build.error}")
             return
         release = build
+    elif release is not None and release.package_locks != (deployment.project.package_locks or {}):
+        try:
+            stack = load_stack(deployment, commit, release.package_locks)  # the release runs the packages it was built with
+        except (GitError, StackInvalid) as e:
+            settle_after_failure(deployment, actor, str(e))
+            return
 
     spec = build_spec(deployment, stack, commit, release if deployment.builds_releases else None)
     try:

@@ -29,9 +29,11 @@ def fetch_branch(deployment: Deployment) -> str:
     return git.resolve_branch(mirror, deployment.branch)
 
 
-def load_stack(deployment: Deployment, commit: str) -> Stack:
+def load_stack(deployment: Deployment, commit: str, locks: dict[str, str] | None = None) -> Stack:
+    """The stack at `commit`, its packages by Git URL at `locks` (a release's), else at the project's."""
     project = deployment.project
-    stack, errors = _parse_at(project_mirror(project), commit, tuple(sorted((project.package_locks or {}).items())))
+    chosen = (project.package_locks or {}) if locks is None else locks
+    stack, errors = _parse_at(project_mirror(project), commit, tuple(sorted(chosen.items())))
     if errors:
         raise StackInvalid(list(errors))
     return stack
@@ -184,11 +186,12 @@ def current_spec(deployment: Deployment) -> DeploymentSpec:
     """The spec of what runs now (the deployment's current commit and release), or a minimal one."""
     if not deployment.commit:
         return minimal_spec(deployment)
+    release = deployment.release if deployment.release_id else None
     try:
-        stack = load_stack(deployment, deployment.commit)
+        stack = load_stack(deployment, deployment.commit, release.package_locks if release else None)
     except (StackInvalid, git.GitError):
         return minimal_spec(deployment)
-    return build_spec(deployment, stack, deployment.commit, deployment.release if deployment.release_id else None)
+    return build_spec(deployment, stack, deployment.commit, release)
 
 
 def package_image(service: Service) -> str:
