@@ -1,5 +1,4 @@
 import hashlib
-import re
 import secrets
 
 from django.conf import settings
@@ -8,7 +7,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from projects.stackerrors import StackError
-from projects.validators import validate_branch_name, validate_dns_label, validate_repository
+from projects.validators import validate_branch_name, validate_dns_label, validate_repository, without_credentials
 
 
 class Role(models.TextChoices):
@@ -67,7 +66,7 @@ class Project(models.Model):
     @property
     def repository_shown(self) -> str:
         """The repository address without the credentials it may carry (https://user:token@…)."""
-        return re.sub(r"^([a-z+]+://)[^@/]+@", r"\1…@", self.repository)
+        return without_credentials(self.repository)
 
     def rotate_ci_token(self) -> str:
         """A new CI token (the old one stops working); returned once, only its hash is stored."""

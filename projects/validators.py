@@ -16,6 +16,11 @@ _TRANSPORT = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*::")  # git's <transport>::<ad
 _URL = re.compile(r"^(https?|ssh|git)://(?:[^@/\s]+@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/\s]+)(?::\d+)?(?:/[^\s]*)?$")
 
 
+def without_credentials(address: str) -> str:
+    """A repository address without the credentials it may carry (https://user:token@… → https://…@…)."""
+    return re.sub(r"^([a-z+]+://)[^@/]+@", r"\1…@", address)
+
+
 def dns_label_error(value: str) -> str | None:
     if not value:
         return "must not be empty"

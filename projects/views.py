@@ -23,7 +23,7 @@ from projects.invitations import accept, addressed_to
 from projects.models import Invitation, Membership, Project, Role, builds_externally
 from projects.stack import branches, project_mirror, refresh_stack
 from projects.stackerrors import TooLarge
-from projects.validators import safe_relative_folder
+from projects.validators import safe_relative_folder, without_credentials
 
 
 @login_required
@@ -72,7 +72,7 @@ def packages_update(request: HttpRequest, slug: str) -> HttpResponse:
     project = get_project_for_user(request.user, slug, write=True)
     changed = refresh_stack(project, update_packages=True)
     for ref, (old, new) in sorted(changed.items()):
-        messages.info(request, f"{ref}: {old[:10] or 'new'} → {new[:10]}")
+        messages.info(request, f"{without_credentials(ref)}: {old[:10] or 'new'} → {new[:10]}")
     if not changed:
         messages.info(request, "Every package is at the newest commit of its ref.")
     return redirect_to(request, project)

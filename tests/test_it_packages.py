@@ -217,6 +217,26 @@ def test_a_package_that_cannot_be_fetched_is_a_problem_on_the_project_page(
     assert "diploi.yaml · components[0].package" in page and html.escape(message) in page, [str(e) for e in project.errors]
 
 
+def test_a_token_in_a_package_address_is_not_shown(db, cast, git_daemon, tmp_path: Path, local_repositories) -> None:
+    project = project_with(tmp_path, STARTER.format(url="https://builder:s3cr3t-token@git.example/echo.git", ref="main"), cast.owner)
+    project.stack = {
+        "components": [
+            {
+                "name": "Web",
+                "identifier": "web",
+                "kind": "component",
+                "folder": ".",
+                "package_ref": "https://builder:s3cr3t-token@git.example/echo.git#main",
+                "package": {"source": "", "commit": "", "recipe": "", "commands": {}},
+            }
+        ],
+        "addons": [],
+    }
+    project.save()
+    page = cast.client(cast.owner).get(f"/projects/{project.slug}/").content.decode()
+    assert "s3cr3t-token" not in page and "https://…@git.example/echo.git#main" in page
+
+
 def test_a_private_address_is_refused_unless_allowed(db, cast, git_daemon, tmp_path: Path, local_repositories, settings) -> None:
     _, server = git_daemon
     project = project_with(tmp_path, STARTER.format(url=f"{server}/echo.git", ref="v1"), cast.owner)

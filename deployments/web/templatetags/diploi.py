@@ -2,6 +2,8 @@ import time
 
 from django import template
 
+from projects.validators import without_credentials
+
 register = template.Library()
 
 WORDS = {"green": "Running", "yellow": "Possible issues", "red": "Error", "pending": "Pending"}
@@ -11,6 +13,12 @@ WORDS = {"green": "Running", "yellow": "Possible issues", "red": "Error", "pendi
 def colour_word(colour: object) -> str:
     """The word that goes beside a colour dot: colour is never the only signal."""
     return WORDS.get(getattr(colour, "value", colour), str(colour))
+
+
+@register.filter
+def credentials_hidden(address: str) -> str:
+    """A Git address as shown: any user:token it carries replaced by …"""
+    return without_credentials(str(address))
 
 
 @register.filter
