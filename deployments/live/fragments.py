@@ -79,10 +79,9 @@ def log_streams(d: Deployment) -> list[LogStream]:
     return streams
 
 
-def ssh_commands(d: Deployment, user: User) -> list[tuple[str, str]]:
-    """The exact command per component; qualified with the project when the user reaches another
-    deployment of the same name."""
-    names = components(d)
+def ssh_commands(d: Deployment, user: User, names: list[str]) -> list[tuple[str, str]]:
+    """The exact command per component (`names`, the deployment's); qualified with the project when
+    the user reaches another deployment of the same name."""
     qualify = Deployment.objects.filter(slug=d.slug, project__memberships__user=user).exclude(pk=d.pk).exists()
     host, port = settings.DIPLOI_PUBLIC_HOST, settings.DIPLOI_SSH_PORT
     return [(c, f"ssh -p {port} {ssh_username(c, d, names[0], qualify)}@{host}") for c in names]
@@ -102,6 +101,7 @@ def overview_context(d: Deployment, user: User | None = None, observe: bool = Tr
     else:
         tree = store.from_json(d.status)
         cpu, memory = samples[-1] if samples else (0, 0)
+    names = components(d)
     return {
         "d": d,
         "project": d.project,
@@ -111,14 +111,14 @@ def overview_context(d: Deployment, user: User | None = None, observe: bool = Tr
         "memory": memory,
         "cpu_points": sparkline([s[0] for s in samples]),
         "build": d.builds.first(),
-        "ssh": ssh_commands(d, user) if user is not None else [],
+        "ssh": ssh_commands(d, user, names) if user is not None else [],
         "ssh_host_key": host_key_fingerprint(),
         "ssh_sessions": list(d.ssh_sessions.select_related("user")[:10]),
         "has_keys": user is not None and user.ssh_keys.exists(),
         "transitions": list(d.transitions.order_by("-at", "-pk")[:8]),
         "domains": list(d.domains.all()),
         "connections": stored_connections(d),
-        "component_names": components(d),
+        "component_names": names,
     }
 
 

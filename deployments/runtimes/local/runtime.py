@@ -206,12 +206,12 @@ class LocalRuntime(Runtime):
 
     def describe(self, spec: DeploymentSpec, service: str) -> list[tuple[str, str]]:
         spec.service(service)
-        run_path = self.home(spec) / "run" / f"{service}.json"
+        run_path = self.layout.run_file(spec, service)
         if not run_path.exists():
             return [("State", "not set up yet: it has not been provisioned")]
         run = json.loads(run_path.read_text())
-        proc = self.supervisor.process_info().get(self.layout.program(spec, service), {})
-        restarts = json.loads(self.supervisor.restarts_file.read_text()) if self.supervisor.restarts_file.exists() else {}
+        program = self.layout.program(spec, service)
+        proc = self.supervisor.process_info().get(program, {})
         started = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(proc["start"])) if proc.get("start") else "—"
         limits = "none (this machine gives deployments no cgroup)"
         if run.get("cgroups"):
@@ -219,7 +219,7 @@ class LocalRuntime(Runtime):
                 f"memory {settings.DIPLOI_LOCAL_MEMORY_MIB} MiB, CPU {settings.DIPLOI_LOCAL_CPU_PERCENT}% of a core, "
                 f"{settings.DIPLOI_LOCAL_PROCESSES} processes (for the whole deployment)"
             )
-        exits = f"restarted {restarts.get(self.layout.program(spec, service), 0)}× by the supervisor"
+        exits = f"restarted {self.supervisor.restarts().get(program, 0)}× by the supervisor"
         if proc.get("exitstatus") or proc.get("spawnerr"):
             exits += f"; last exit status {proc.get('exitstatus')}{' — ' + proc['spawnerr'] if proc.get('spawnerr') else ''}"
         return [
@@ -280,8 +280,7 @@ class LocalRuntime(Runtime):
             info: dict[str, dict] | None = self.supervisor.process_info()
         except TransientFailure:
             info = None  # every container is reported red below, with the reason
-        restarts_file = self.supervisor.restarts_file
-        restarts = json.loads(restarts_file.read_text()) if restarts_file.exists() else {}
+        restarts = self.supervisor.restarts()
         checks = []
         partial = {}
         for spec in specs:

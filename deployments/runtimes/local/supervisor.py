@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import hashlib
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -76,6 +77,10 @@ class Supervisor:
         self.conf = self.dir / "supervisord.conf"
         self.sock = socket_path(data_dir)
         self.restarts_file = self.dir / "restarts.json"
+
+    def restarts(self) -> dict[str, int]:
+        """How often each program ("group:name") was restarted after an unexpected exit."""
+        return json.loads(self.restarts_file.read_text()) if self.restarts_file.exists() else {}
 
     def write_conf(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
