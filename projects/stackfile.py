@@ -210,7 +210,7 @@ class _PackageLoader:
         url, version = split_package_ref(ref)
         if recipe := recipe_for(url):
             package, _ = load_builtin(recipe)
-            return _replace(package, source=ref, recipe=recipe), None
+            return dataclasses.replace(package, source=ref, recipe=recipe), None
         if self.remote is None:
             return None, "is fetched from its repository only when asked (stack check --fetch); nothing was checked"
         try:
@@ -222,11 +222,7 @@ class _PackageLoader:
         if text is None:
             return None, f"its repository has no {PACKAGE_FILE} at {version or 'the default branch'} ({commit[:10]})"
         package, reason = self._read(text, f"{url}#{version} {PACKAGE_FILE}" if version else f"{url} {PACKAGE_FILE}", ref)
-        return (_replace(package, commit=commit) if package else None), reason
-
-
-def _replace(package: Package, **changes: str) -> Package:
-    return dataclasses.replace(package, **changes)
+        return (dataclasses.replace(package, commit=commit) if package else None), reason
 
 
 def _services(

@@ -51,6 +51,11 @@ def password_length(name: str) -> int | None:
     return int(m[1]) if m else None
 
 
+def generates_password(text: str) -> bool:
+    """Whether `text` holds a `${generate-random-password:N}`."""
+    return any(password_length(name) is not None for name in REFERENCE.findall(text))
+
+
 def references(text: str) -> list[str]:
     """The `${…}` names in `text` that are neither generators nor runtime variables' syntax errors."""
     return [name for name in REFERENCE.findall(text) if password_length(name) is None]

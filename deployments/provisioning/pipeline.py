@@ -27,15 +27,17 @@ def get(deployment_id: int) -> Deployment | None:
 def provision(deployment: Deployment, actor: str, force_build: bool = False) -> None:
     """Bring the deployment to its branch's latest commit: build when needed, then apply."""
     deployment.transition(State.PROVISIONING, actor, f"updating to the tip of {deployment.branch}")
+    release = deployment.release
     try:
         commit = fetch_branch(deployment)
-        stack = load_stack(deployment, commit)
+        builds = deployment.builds_releases and (force_build or release is None or release.commit != commit)
+        # A new build takes the project's package commits; a release runs the ones it was built with.
+        stack = load_stack(deployment, commit, None if builds or release is None else release.package_locks)
     except (GitError, StackInvalid) as e:
         settle_after_failure(deployment, actor, str(e))
         return
 
-    release = deployment.release
-    if deployment.builds_releases and (force_build or release is None or release.commit != commit):
+    if builds:
         build = Build.objects.filter(deployment=deployment, commit=commit, status__in=[BuildStatus.QUEUED, BuildStatus.RUNNING]).first()
         build = build or Build.objects.create(deployment=deployment, commit=commit, package_locks=deployment.project.package_locks or {})
         if builds_externally():
@@ -50,12 +52,6 @@ def provision(deployment: Deployment, actor: str, force_build: bool = False) -> 
             settle_after_failure(deployment, actor, f"build of {commit[:10]}: {build.error}")
             return
         release = build
-    elif release is not None and release.package_locks != (deployment.project.package_locks or {}):
-        try:
-            stack = load_stack(deployment, commit, release.package_locks)  # the release runs the packages it was built with
-        except (GitError, StackInvalid) as e:
-            settle_after_failure(deployment, actor, str(e))
-            return
 
     spec = build_spec(deployment, stack, commit, release if deployment.builds_releases else None)
     try:

@@ -3,6 +3,7 @@ import re
 from django import forms
 
 from deployments.models import Deployment, EnvVar, Stage
+from projects import values
 from projects.models import Project
 from projects.stack import branches, check_branch
 from projects.validators import env_name_error
@@ -91,13 +92,13 @@ def parameter_form(parameters: list[dict], current: dict[str, EnvVar], data=None
     for p in parameters:
         value = current[p["key"]].value if p["key"] in current else p["default"]
         common = {"label": p["label"], "required": False, "disabled": p["readonly"], "help_text": p.get("description", "")}
-        derived = "${" in p["default"] and "generate-random-password" not in p["default"]  # from others or the runtime
+        generated = values.generates_password(p["default"])
+        derived = bool(values.references(p["default"])) and not generated  # from others or the runtime
         if p["type"] == "integer" and not (derived and p["key"] not in current):
             field = forms.IntegerField(initial=value or None, **common)
         elif p["type"] == "boolean":
             field = forms.BooleanField(initial=str(value).lower() == "true", **common)
         elif p["type"] == "secret":
-            generated = "generate-random-password" in p["default"]
             state = "Set" if p["key"] in current else "Generated for this deployment" if generated else "Not set"
             if derived and p["key"] not in current:
                 state = f"Built from {p['default']}"
@@ -124,7 +125,7 @@ REGENERATE = "__regenerate"
 def regenerable(p: dict) -> bool:
     """A generated secret a user may replace by a new generated one (not a read-only one: a
     database keeps the password it was created with)."""
-    return p["type"] == "secret" and "generate-random-password" in p["default"] and not p["readonly"]
+    return p["type"] == "secret" and values.generates_password(p["default"]) and not p["readonly"]
 
 
 def regenerated(parameters: list[dict], form: forms.Form) -> list[str]:
@@ -133,16 +134,16 @@ def regenerated(parameters: list[dict], form: forms.Form) -> list[str]:
 
 def parameter_values(parameters: list[dict], form: forms.Form) -> dict[str, tuple[str, bool]]:
     """What to store: {key: (value, secret)}; an empty secret keeps the stored one."""
-    values = {}
+    found = {}
     for p in parameters:
         if p["readonly"]:
             continue
         v = form.cleaned_data.get(p["key"])
         if p["type"] == "secret":
             if v:
-                values[p["key"]] = (v, True)
+                found[p["key"]] = (v, True)
         elif p["type"] == "boolean":
-            values[p["key"]] = ("true" if v else "false", False)
+            found[p["key"]] = ("true" if v else "false", False)
         else:
-            values[p["key"]] = ("" if v is None else str(v), False)
-    return values
+            found[p["key"]] = ("" if v is None else str(v), False)
+    return found
