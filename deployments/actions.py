@@ -8,6 +8,8 @@ With `now=True` (the CLI's --wait) the work runs in this process instead of a wo
 
 import json
 import logging
+import re
+import secrets
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from functools import partial
@@ -16,15 +18,17 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import F
+from django.utils import timezone
 from django.utils.text import slugify
 
 from accounts.models import User
 from deployments import domains
 from deployments.ci import reports
-from deployments.models import CIReport, Deployment, Domain, EnvVar, Intent, Stage, State
-from deployments.provisioning import tasks
+from deployments.models import Build, BuildStatus, CIReport, Delivery, Deployment, Domain, EnvVar, Intent, Stage, State, Trigger, Webhook
+from deployments.provisioning import releases, tasks
 from deployments.provisioning.outbox import QUEUE_ERRORS
 from deployments.provisioning.spec import StackInvalid, current_spec, fetch_branch, load_stack
+from deployments.triggers.webhooks import Push, canonical
 from projects.git import GitError
 from projects.models import Project
 from projects.validators import dns_label_error, validate_branch_name
@@ -32,6 +36,7 @@ from projects.validators import dns_label_error, validate_branch_name
 Actor = User | str
 log = logging.getLogger(__name__)
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+COMMIT = re.compile(r"[0-9a-fA-F]{40}")
 
 
 def actor_label(actor: Actor) -> str:
@@ -152,6 +157,8 @@ def do_create_deployment(
                     EnvVar(deployment=deployment, service=v.service, key=v.key, value=v.value, secret=v.secret)
                     for v in EnvVar.objects.filter(deployment=clone_of)
                 )
+            if deployment.builds_releases:
+                releases.queue(deployment, "", Trigger.CREATE, actor_label(actor))
             _provision(deployment.pk, actor=actor, now=now)
     except IntegrityError:
         raise ValidationError({"name": [taken]}) from None
@@ -178,10 +185,13 @@ def do_set_enabled(deployment: Deployment, enabled: bool, *, actor: Actor) -> No
 
 
 def do_follow_branch(deployment: Deployment, branch: str, *, actor: Actor) -> None:
+    """Follow another branch: its tip is deployed (a release built, or the checkout switched)."""
     validate_branch_name(branch)
     with transaction.atomic():
-        Deployment.objects.filter(pk=deployment.pk).update(branch=branch)
+        Deployment.objects.filter(pk=deployment.pk).update(branch=branch, seen_commit="")
         deployment.branch = branch
+        if deployment.builds_releases:
+            releases.queue(deployment, "", Trigger.BRANCH, actor_label(actor))
         _provision(deployment.pk, actor=actor)
 
 
@@ -222,11 +232,103 @@ def do_restart(deployment: Deployment, service: str, *, actor: Actor, now: bool 
     _enqueue(tasks.restart, deployment.pk, service, actor=actor, now=now)
 
 
-def do_rebuild(deployment: Deployment, *, actor: Actor, now: bool = False) -> None:
-    """Build the branch's tip again, even when a release of it exists, and run it."""
+# --- releases: deploy, rebuild, rollback, promote ------------------------------------------------
+
+
+def do_deploy(
+    deployment: Deployment, *, actor: Actor, commit: str = "", trigger: str = Trigger.MANUAL, via: str = "", now: bool = False
+) -> Build | None:
+    """Move the deployment to `commit` ("" for its branch's tip): staging/production queue a release
+    (built when its turn comes; it supersedes a queued one), development fast-forwards its code when
+    nothing of the developer's is in the way. Returns the queued release (None for development)."""
+    if commit and not COMMIT.fullmatch(commit):
+        raise ValidationError({"commit": ["A commit is 40 hexadecimal characters (git rev-parse gives it)."]})
+    with transaction.atomic():
+        build = None
+        if deployment.builds_releases:
+            build = releases.queue(deployment, commit.lower(), trigger, actor_label(actor), via=via)
+        else:
+            Deployment.objects.filter(pk=deployment.pk).update(pull_wanted=True)
+        if commit and trigger in (Trigger.PUSH, Trigger.POLL):
+            Deployment.objects.filter(pk=deployment.pk).update(seen_commit=commit.lower())
+        _provision(deployment.pk, actor=actor, now=now)
+    return build
+
+
+def do_rebuild(deployment: Deployment, *, actor: Actor, now: bool = False) -> Build:
+    """Build the commit that runs again (fresh, e.g. after its build settings changed) and run it."""
     if not deployment.builds_releases:
         raise ValidationError("Development deployments run their code as it is; there is nothing to build.")
-    _enqueue(tasks.build, deployment.pk, actor=actor, now=now)
+    commit = deployment.release.commit if deployment.release else ""
+    build = do_deploy(deployment, actor=actor, commit=commit, trigger=Trigger.REBUILD, now=now)
+    assert build is not None
+    return build
+
+
+def _runnable(deployment: Deployment, release_id: int) -> Build:
+    """A release of `deployment` whose artifact is kept (ValidationError otherwise)."""
+    build = Build.objects.filter(pk=release_id, deployment=deployment).first()
+    if build is None:
+        raise ValidationError({"release": ["No such release of this deployment."]})
+    if build.status != BuildStatus.SUCCEEDED or build.pruned or not build.commit:
+        why = "was pruned (beyond DIPLOI_RELEASES_KEPT)" if build.pruned else f"is {build.get_status_display().lower()}"
+        raise ValidationError({"release": [f"Release #{build.pk} {why}; only kept, successful releases can run again."]})
+    return build
+
+
+def do_rollback(deployment: Deployment, release_id: int, *, actor: Actor, now: bool = False) -> Build:
+    """Run an earlier release again, without a build; the deployment is pinned to it (new pushes are
+    not deployed) until someone resumes."""
+    if not deployment.builds_releases:
+        raise ValidationError("Development deployments have no releases to roll back to.")
+    source = _runnable(deployment, release_id)
+    with transaction.atomic():
+        build = releases.queue(deployment, source.commit, Trigger.ROLLBACK, actor_label(actor), source=source)
+        by = actor if isinstance(actor, User) else None
+        Deployment.objects.filter(pk=deployment.pk).update(pinned_at=timezone.now(), pinned_by=by)
+        _provision(deployment.pk, actor=actor, now=now)
+    return build
+
+
+def do_promote(source_deployment: Deployment, release_id: int, target: Deployment, *, actor: Actor, now: bool = False) -> Build:
+    """Run the exact artifact of a staging release on a production deployment of the same project."""
+    if source_deployment.stage != Stage.STAGING or target.stage != Stage.PRODUCTION or target.project_id != source_deployment.project_id:
+        raise ValidationError({"target": ["Promote runs a staging release on a production deployment of the same project."]})
+    source = _runnable(source_deployment, release_id)
+    with transaction.atomic():
+        build = releases.queue(target, source.commit, Trigger.PROMOTE, actor_label(actor), source=source)
+        _provision(target.pk, actor=actor, now=now)
+    return build
+
+
+def do_set_auto_deploy(deployment: Deployment, on: bool, *, actor: Actor) -> None:
+    """Whether pushes to the branch are deployed; turning it on also lifts a rollback's pin."""
+    fields: dict[str, object] = {"auto_deploy": on}
+    if on:
+        fields.update(pinned_at=None, pinned_by=None)
+    Deployment.objects.filter(pk=deployment.pk).update(**fields)
+    for name, value in fields.items():
+        setattr(deployment, name, value)
+
+
+def do_resume(deployment: Deployment, *, actor: Actor, now: bool = False) -> None:
+    """Lift the pin and deploy the branch's tip."""
+    with transaction.atomic():
+        do_set_auto_deploy(deployment, True, actor=actor)
+        do_deploy(deployment, actor=actor, now=now)
+
+
+def do_receive_push(project: Project, branch: str, commit: str, *, trigger: str, via: str = "", actor: Actor) -> list[Deployment]:
+    """A push to `branch` of the project's repository (webhook or polling): every deployment that
+    follows it deploys `commit`, unless paused or pinned, or already there. Returns those."""
+    moved = []
+    for d in Deployment.objects.filter(project=project, branch=branch).exclude(state=State.DELETING).select_related("project"):
+        # (One whose first provisioning has not read the branch yet will take its tip anyway.)
+        if not d.follows_pushes or commit.lower() in (d.seen_commit, d.commit) or not (d.seen_commit or d.commit):
+            continue
+        do_deploy(d, actor=actor, commit=commit, trigger=trigger, via=via)
+        moved.append(d)
+    return moved
 
 
 def do_delete(deployment: Deployment, *, actor: Actor, now: bool = False) -> None:
@@ -234,6 +336,53 @@ def do_delete(deployment: Deployment, *, actor: Actor, now: bool = False) -> Non
     with transaction.atomic():
         deployment.transition(State.DELETING, actor_label(actor), "deletion requested")
         _enqueue(tasks.destroy, deployment.pk, actor=actor, now=now)
+
+
+# --- push webhooks ----------------------------------------------------------------------------
+
+
+def do_rotate_webhook_secret(project: Project, *, actor: Actor) -> Webhook:
+    """The project's webhook (made on first use) with a new secret: deliveries signed with the old
+    one are refused from now on. Its URL stays."""
+    webhook = Webhook.objects.filter(project=project).first() or Webhook(project=project, token=secrets.token_urlsafe(24))
+    webhook.secret = secrets.token_urlsafe(32)
+    webhook.save()
+    log.info("webhook secret of %s rotated by %s", project.slug, actor_label(actor))
+    return webhook
+
+
+def do_receive_webhook(webhook: Webhook, host: str, delivery: str, found: list[Push]) -> tuple[str, bool]:
+    """Deploy what a signed push delivery reports to the deployments following its branches. A
+    delivery id seen before is not acted on again. Returns (what was done, whether it was a replay)."""
+    repository = canonical(webhook.project.repository)
+    try:
+        with transaction.atomic():
+            record = Delivery.objects.create(webhook=webhook, host=host, delivery_id=delivery[:100]) if delivery else None
+            moved: list[str] = []
+            ignored: list[str] = []
+            for push in found:
+                if repository not in push.repositories:
+                    ignored.append(f"{push.branch}: another repository")
+                    continue
+                names = [
+                    d.slug
+                    for d in do_receive_push(
+                        webhook.project, push.branch, push.commit, trigger=Trigger.PUSH, via=host, actor=f"webhook:{host}"
+                    )
+                ]
+                moved += [f"{n} ← {push.commit[:10]}" for n in names]
+                if not names:
+                    ignored.append(f"{push.branch}: no deployment deploys it")
+            outcome = "; ".join([*(f"deploying {m}" for m in moved), *(f"ignored {i}" for i in ignored)]) or "nothing to deploy"
+            if record is not None:
+                Delivery.objects.filter(pk=record.pk).update(outcome=outcome[:300])
+            Webhook.objects.filter(pk=webhook.pk).update(last_delivery=timezone.now(), last_outcome=f"{host}: {outcome}"[:300])
+    except IntegrityError:
+        earlier = Delivery.objects.filter(webhook=webhook, host=host, delivery_id=delivery[:100]).values_list("outcome", flat=True).first()
+        return earlier or "", True
+    if ignored:
+        log.info("webhook of %s (%s): %s", webhook.project.slug, host, outcome)
+    return outcome, False
 
 
 # --- custom domains ------------------------------------------------------------------------------

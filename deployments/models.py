@@ -61,6 +61,17 @@ class Deployment(models.Model):
     # (renewed while it works; a worker that died lets it lapse): one at a time per deployment.
     lease_owner = models.CharField(max_length=64, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
+    # Push to deploy: a new commit on the branch (webhook, polling) is deployed while this is on and
+    # the deployment is not pinned (a rollback pins it until someone resumes).
+    auto_deploy = models.BooleanField(default=True)
+    pinned_at = models.DateTimeField(null=True, blank=True)
+    pinned_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # The newest tip of the branch a trigger reported (what polling compares with).
+    seen_commit = models.CharField(max_length=40, blank=True)
+    # Development: a trigger asked for the code to be fast-forwarded, and what the last try found
+    # when it could not ({"behind": N, "files": [...], "tip": sha}; empty when up to date).
+    pull_wanted = models.BooleanField(default=False)
+    code_behind = models.JSONField(default=dict, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["project", "slug"], name="deployment_slug_unique_per_project")]
@@ -81,6 +92,10 @@ class Deployment(models.Model):
     @property
     def builds_releases(self) -> bool:
         return self.stage != Stage.DEVELOPMENT
+
+    @property
+    def follows_pushes(self) -> bool:
+        return self.auto_deploy and self.pinned_at is None
 
     def transition(self, to: str, actor: str, reason: str = "") -> None:
         """Move to state `to` and record who/what did it and why (no record when nothing changes)."""
@@ -118,6 +133,18 @@ class BuildStatus(models.TextChoices):
     RUNNING = "running", "Running"
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
+    SUPERSEDED = "superseded", "Superseded"
+
+
+class Trigger(models.TextChoices):
+    CREATE = "create", "Created"
+    PUSH = "push", "Push"
+    POLL = "poll", "Polling"
+    MANUAL = "manual", "Deploy latest"
+    REBUILD = "rebuild", "Rebuild"
+    BRANCH = "branch", "Branch changed"
+    ROLLBACK = "rollback", "Rollback"
+    PROMOTE = "promote", "Promote"
 
 
 BUILD_STEPS = ("clone", "install", "build", "release")
@@ -128,10 +155,21 @@ def _initial_steps() -> list[dict]:
 
 
 class Build(models.Model):
-    """One commit turned into an immutable release (staging and production)."""
+    """One release of a deployment (staging and production): a commit turned into an immutable
+    artifact by a build, or an earlier artifact run again (`source`: a rollback, a promote). The rows
+    of a deployment are its release history; queued ones are its build queue."""
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="builds")
-    commit = models.CharField(max_length=40)
+    # Empty while queued for "the branch's tip when the build starts" (Deploy latest).
+    commit = models.CharField(max_length=40, blank=True)
+    trigger = models.CharField(max_length=20, choices=Trigger.choices, default=Trigger.CREATE)
+    via = models.CharField(max_length=20, blank=True, help_text="The Git host whose webhook reported the push.")
+    actor = models.CharField(max_length=100, blank=True, help_text="user:<name>, webhook, poll, …")
+    message = models.CharField(max_length=300, blank=True)
+    author = models.CharField(max_length=200, blank=True)
+    source = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    attempts = models.PositiveSmallIntegerField(default=0)
+    pruned = models.BooleanField(default=False, help_text="Its artifact is gone (beyond DIPLOI_RELEASES_KEPT).")
     status = models.CharField(max_length=20, choices=BuildStatus.choices, default=BuildStatus.QUEUED)
     progress = models.PositiveSmallIntegerField(default=0)
     steps = models.JSONField(default=_initial_steps)
@@ -148,7 +186,18 @@ class Build(models.Model):
         ordering = ["-created", "-pk"]
 
     def __str__(self) -> str:
-        return f"build {self.pk} of {self.commit[:10]} ({self.status})"
+        return f"build {self.pk} of {self.commit[:10] or 'the tip'} ({self.status})"
+
+    @property
+    def duration(self) -> float | None:
+        if self.started and self.finished:
+            return (self.finished - self.started).total_seconds()
+        return None
+
+    @property
+    def reused(self) -> bool:
+        """Released without a build: an earlier artifact run again."""
+        return self.source_id is not None
 
     def append_log(self, text: str) -> None:
         """Keep the log bounded: when it grows past the limit, the oldest part goes."""
@@ -161,11 +210,23 @@ class Build(models.Model):
     # The state machine: queued → running → succeeded | failed. A build started again (a retried
     # task) begins from queued steps; `advance` and the log stay in memory until `save_progress`.
 
-    def start(self, log: str = "") -> None:
-        self.status, self.progress, self.log, self.error = BuildStatus.RUNNING, 0, log, ""
+    def start(self) -> None:
+        """Running from its first step; a build its worker left running starts again, its log kept."""
+        self.attempts += 1
+        if self.attempts > 1:
+            self.append_log(f"\n--- The worker running this build stopped; building again (attempt {self.attempts}) ---\n")
+        self.status, self.progress, self.error = BuildStatus.RUNNING, 0, ""
         self.started, self.finished = timezone.now(), None
         self.steps = _initial_steps()
         self.save()
+
+    def reuse(self, note: str) -> None:
+        """Released without a build: `source`'s artifact runs (a rollback, a promote)."""
+        now = timezone.now()
+        self.steps = [{"name": "release", "status": BuildStatus.SUCCEEDED, "started": now.isoformat(), "finished": now.isoformat()}]
+        self.append_log(note + "\n")
+        self.started = now
+        self.succeed()
 
     def advance(self, step: str, percent: int, line: str | None = None) -> None:
         """`step` is running at `percent`: the running steps before it have succeeded."""
@@ -196,7 +257,7 @@ class Build(models.Model):
         publish(self.deployment_id, BUILD)
 
     def succeed(self, images: dict[str, str] | None = None) -> None:
-        """Every unfinished step has succeeded; the build becomes its deployment's release."""
+        """Every unfinished step has succeeded: the artifact is ready (provisioning runs it)."""
         now = timezone.now()
         for s in self.steps:
             if s["status"] in (BuildStatus.RUNNING, BuildStatus.QUEUED):
@@ -204,9 +265,7 @@ class Build(models.Model):
         self.status, self.progress, self.finished = BuildStatus.SUCCEEDED, 100, now
         if images is not None:
             self.images = images
-        with transaction.atomic():
-            self.save()
-            Deployment.objects.filter(pk=self.deployment_id).update(release=self)
+        self.save()
         publish(self.deployment_id, BUILD)
 
 
@@ -309,6 +368,44 @@ class SSHSession(models.Model):
     class Meta:
         ordering = ["-started", "-pk"]
         indexes = [models.Index(fields=["deployment", "-started"], name="ssh_session_latest")]
+
+
+class Webhook(models.Model):
+    """A project's push webhook: one URL (by `token`) for GitHub, GitLab, Gitea/Forgejo and Bitbucket,
+    checked with `secret` (kept encrypted: HMAC needs it in the clear)."""
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="webhook")
+    token = models.CharField(max_length=64, unique=True)
+    secret = EncryptedTextField()
+    created = models.DateTimeField(auto_now_add=True)
+    last_delivery = models.DateTimeField(null=True, blank=True)
+    last_outcome = models.CharField(max_length=300, blank=True)
+
+    def __str__(self) -> str:
+        return f"webhook of {self.project}"
+
+
+class Delivery(models.Model):
+    """A webhook delivery already handled: the same id again is answered without acting twice."""
+
+    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
+    delivery_id = models.CharField(max_length=100)
+    host = models.CharField(max_length=20)
+    received = models.DateTimeField(auto_now_add=True, db_index=True)
+    outcome = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["webhook", "host", "delivery_id"], name="one_delivery_per_id")]
+
+
+class Poll(models.Model):
+    """Polling of one repository (however many projects and deployments follow it)."""
+
+    repository = models.CharField(max_length=500, unique=True)
+    next_at = models.DateTimeField(default=timezone.now, db_index=True)
+    failures = models.PositiveIntegerField(default=0)
+    last_error = models.CharField(max_length=500, blank=True)
+    checked = models.DateTimeField(null=True, blank=True)
 
 
 class Intent(models.Model):

@@ -255,6 +255,11 @@ DIPLOI_READY_TIMEOUT = envint("DIPLOI_READY_TIMEOUT", 60, minimum=1)
 DIPLOI_ENCRYPTION_KEYS = envlist("DIPLOI_ENCRYPTION_KEYS", [])
 DIPLOI_PUBLIC_HOST = envstr("DIPLOI_PUBLIC_HOST", "localhost")
 DIPLOI_BUILD_LOG_LIMIT = envint("DIPLOI_BUILD_LOG_LIMIT", 256 * 1024, minimum=1024)
+# Push to deploy: seconds between two looks at each followed repository's branch tips (a repository
+# whose webhook has been heard from is looked at ten times less often, as a safety net).
+DIPLOI_POLL_INTERVAL = envint("DIPLOI_POLL_INTERVAL", 60, minimum=1)
+# Releases whose artifacts are kept per deployment (what a rollback can go back to).
+DIPLOI_RELEASES_KEPT = envint("DIPLOI_RELEASES_KEPT", 10, minimum=1)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = envstr("DIPLOI_TIME_ZONE", "UTC")

@@ -3,6 +3,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from deployments.ci.api import ci_build_report
+from deployments.triggers.views import receive as receive_webhook
 from diploi.views import healthz
 from projects.urls import invitation_urlpatterns
 
@@ -14,6 +15,7 @@ urlpatterns = [
     path("invitations/", include(invitation_urlpatterns)),
     path("projects/", include("deployments.web.urls")),
     path("api/ci/builds/", ci_build_report, name="ci_build_report"),
+    path("hooks/<str:token>/", receive_webhook, name="webhook"),
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
 ]

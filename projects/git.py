@@ -68,11 +68,7 @@ def sync_mirror(repository: str, mirror: Path) -> None:
 
 def remote_branches(repository: str) -> list[str]:
     """The branches `repository` has now (GitError with the reason when it cannot be read)."""
-    try:
-        out = run_git("ls-remote", "--heads", "--", repository)
-    except GitError as e:
-        raise GitError(f"Could not read the repository: {e}") from None
-    return sorted(line.split("refs/heads/", 1)[1] for line in out.decode().splitlines() if "refs/heads/" in line)
+    return sorted(ls_remote_heads(repository))
 
 
 def resolve_branch(mirror: Path, branch: str) -> str:
@@ -127,3 +123,27 @@ def is_folder(mirror: Path, commit: str, path: str) -> bool:
         return run_git("cat-file", "-t", f"{commit}:{path}", cwd=mirror).decode().strip() == "tree"
     except GitError:
         return False
+
+
+def commit_info(mirror: Path, commit: str) -> tuple[str, str]:
+    """The commit's author and the first line of its message ("" each when it cannot be read)."""
+    try:
+        out = run_git("log", "-1", "--format=%an%x00%s", commit, "--", cwd=mirror).decode(errors="replace")
+    except GitError:
+        return "", ""
+    author, _, subject = out.strip().partition("\0")
+    return author, subject
+
+
+def ls_remote_heads(repository: str) -> dict[str, str]:
+    """Every branch of `repository` and its tip, in one call (GitError with the reason)."""
+    try:
+        out = run_git("ls-remote", "--heads", "--", repository)
+    except GitError as e:
+        raise GitError(f"Could not read the repository: {e}") from None
+    heads = {}
+    for line in out.decode().splitlines():
+        sha, _, ref = line.partition("\t")
+        if ref.startswith("refs/heads/"):
+            heads[ref.removeprefix("refs/heads/")] = sha
+    return heads

@@ -50,7 +50,7 @@ def test_a_failure_names_its_step_and_keeps_the_release(build) -> None:
     assert Deployment.objects.get(pk=build.deployment_id).release_id == previous.pk
 
 
-def test_success_finishes_every_step_and_becomes_the_release(build) -> None:
+def test_success_finishes_every_step_and_leaves_running_it_to_provisioning(build) -> None:
     build.start()
     build.advance("clone", 10)
     build.succeed(images={"web": "registry.example.com/shop/web:1"})
@@ -58,11 +58,12 @@ def test_success_finishes_every_step_and_becomes_the_release(build) -> None:
     assert build.status == BuildStatus.SUCCEEDED and build.progress == 100 and build.finished
     assert all(s["status"] == "succeeded" and s["started"] and s["finished"] for s in build.steps)
     assert build.images == {"web": "registry.example.com/shop/web:1"}
-    assert Deployment.objects.get(pk=build.deployment_id).release_id == build.pk
+    assert Deployment.objects.get(pk=build.deployment_id).release_id is None  # until it runs
 
 
 def test_starting_again_begins_from_queued_steps(build) -> None:
     build.start()
     build.advance("build", 70, "half way")
-    build.start()  # a retried task
-    assert statuses(build) == ["queued"] * 4 and build.progress == 0 and build.log == "" and build.status == BuildStatus.RUNNING
+    build.start()  # its worker died; the next pass builds it again
+    assert statuses(build) == ["queued"] * 4 and build.progress == 0 and build.status == BuildStatus.RUNNING
+    assert build.attempts == 2 and build.log.startswith("half way\n") and "building again (attempt 2)" in build.log

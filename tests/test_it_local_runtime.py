@@ -12,6 +12,7 @@ import psutil
 import pytest
 from django.core.exceptions import ValidationError
 
+from deployments import actions
 from deployments.actions import do_create_deployment
 from deployments.models import Build, BuildStatus, Deployment, State, StateTransition
 from deployments.provisioning import tasks
@@ -70,7 +71,8 @@ def test_production_builds_a_release_and_keeps_it_when_a_build_fails(cast, runti
 
     (sample_repo / "web" / "requirements.txt").write_text("this is not a requirement !!!\n")
     commit_all(sample_repo, "Break the build")
-    tasks.build(d.pk)
+    actions.do_deploy(d, actor=cast.owner)
+    tasks.provision(d.pk)
 
     d.refresh_from_db()
     failed = Build.objects.filter(deployment=d).first()

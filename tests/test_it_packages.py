@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 
 import pytest
 
+from deployments import actions
 from deployments.actions import do_create_deployment
 from deployments.models import State
 from deployments.provisioning import tasks
@@ -449,7 +450,8 @@ def test_a_release_keeps_the_package_commits_it_was_built_with(db, cast, git_dae
     d = type(d).objects.get(pk=d.pk)
     assert current_spec(d).service("web").exports["MODE"] == "one"
     assert wait_until(lambda: json.loads(http_get(d.endpoints["web"]))["MODE"], what="the page") == "one"
-    tasks.build(d.pk)  # a new release (Rebuild) takes the packages the project is locked to now
+    actions.do_rebuild(d, actor=cast.owner)  # a new release takes the packages the project is locked to now
+    tasks.provision(d.pk)
     d = type(d).objects.get(pk=d.pk)
     assert current_spec(d).service("web").exports["MODE"] == "two"
     assert wait_until(lambda: json.loads(http_get(d.endpoints["web"]))["MODE"] == "two" and "two", what="the new release") == "two"

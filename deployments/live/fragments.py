@@ -16,7 +16,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from accounts.models import User
-from deployments.models import Deployment, Sample
+from deployments.models import Deployment, Sample, Stage, State
 from deployments.provisioning.connections import stored_connections
 from deployments.provisioning.spec import deployment_stack
 from deployments.queries import deployments_page
@@ -28,6 +28,7 @@ from deployments.status.samples import record_sample
 from projects.models import WRITE_ROLES, Membership, Project, Role
 
 LOG_LINES = 200
+RELEASES_SHOWN = 10
 CHART_WINDOW = timedelta(minutes=15)
 
 
@@ -87,6 +88,15 @@ def ssh_commands(d: Deployment, user: User, names: list[str]) -> list[tuple[str,
     return [(c, f"ssh -p {port} {ssh_username(c, d, names[0], qualify)}@{host}") for c in names]
 
 
+def promote_targets(d: Deployment) -> list[Deployment]:
+    """Where a staging deployment's releases can be promoted: the project's production deployments."""
+    if d.stage != Stage.STAGING:
+        return []
+    return list(
+        Deployment.objects.filter(project_id=d.project_id, stage=Stage.PRODUCTION).exclude(state=State.DELETING).only("slug", "name")
+    )
+
+
 def overview_context(d: Deployment, user: User | None = None, observe: bool = True) -> dict:
     """Everything the Overview shows; the page and the websocket render the same partials from it.
 
@@ -111,6 +121,8 @@ def overview_context(d: Deployment, user: User | None = None, observe: bool = Tr
         "memory": memory,
         "cpu_points": sparkline([s[0] for s in samples]),
         "build": d.builds.first(),
+        "releases": list(d.builds.select_related("source__deployment")[:RELEASES_SHOWN]) if d.builds_releases else [],
+        "promote_targets": promote_targets(d),
         "ssh": ssh_commands(d, user, names) if user is not None else [],
         "ssh_host_key": host_key_fingerprint(),
         "ssh_sessions": list(d.ssh_sessions.select_related("user")[:10]),
@@ -161,6 +173,7 @@ def render_live(d: Deployment) -> str:
     """The live part of the Overview for `d.project.role`; the same state renders once per process."""
     latest = d.samples.order_by("-at").values_list("pk", flat=True).first()
     build = d.builds.annotate(log_size=Length("log")).values_list("pk", "status", "progress", "log_size").first()
+    history = tuple(d.builds.values_list("pk", "status", "pruned", "commit")[:RELEASES_SHOWN])
     domains = tuple(d.domains.values_list("name", "verified"))
     key = (
         d.pk,
@@ -173,6 +186,10 @@ def render_live(d: Deployment) -> str:
         json.dumps(d.endpoints, sort_keys=True),
         latest,
         build,
+        history,
+        d.auto_deploy,
+        d.pinned_at,
+        json.dumps(d.code_behind, sort_keys=True),
         domains,
         d.project.can_write,
     )
@@ -196,7 +213,7 @@ def per_role(project: Project, render: Callable[[], str]) -> dict[bool, str]:
 
 
 def deployment_snapshot(deployment_id: int) -> Snapshot | None:
-    d = Deployment.objects.select_related("project", "release").filter(pk=deployment_id).first()
+    d = Deployment.objects.select_related("project", "release", "pinned_by").filter(pk=deployment_id).first()
     if d is None:
         return None
     return Snapshot(members_of(d.project_id), per_role(d.project, lambda: render_live(d)))

@@ -13,7 +13,7 @@ def take_external_build(build: Build, project_id: int, components: list[str]) ->
     failed = [c for c in components if c in reports and reports[c].status == BuildStatus.FAILED]
     log = HEADER + "".join(f"{_line(c, reports.get(c))}\n" for c in components)
     if build.status == BuildStatus.QUEUED:
-        build.start(log=log)
+        build.start()
     build.log = log
     build.external_url = next((reports[c].url for c in components if c in reports and reports[c].url), "")
     build.advance("build", 100 * len(done) // len(components) if components else 100)

@@ -4,17 +4,22 @@ every function takes a deployment re-read from the database and is safe to run t
 
 import logging
 import time
+from dataclasses import replace
 
 from django.conf import settings
 
-from deployments.models import Build, BuildStatus, Deployment, State
+from deployments.models import Build, Deployment, State, Trigger
+from deployments.provisioning import releases
 from deployments.provisioning.connections import store_connections
 from deployments.provisioning.external import take_external_build
 from deployments.provisioning.spec import StackInvalid, build_spec, current_spec, fetch_branch, load_stack, minimal_spec
 from deployments.runtimes import get_runtime
 from deployments.runtimes.base import BuildFailed, Colour, DeploymentSpec, RuntimeFailure, TransientFailure
+from projects import git
 from projects.git import GitError
 from projects.models import builds_externally
+from projects.stack import project_mirror
+from projects.stackfile import Stack
 
 log = logging.getLogger(__name__)
 SAVE_EVERY = 0.5  # seconds between two saves of a running build's progress
@@ -24,36 +29,139 @@ def get(deployment_id: int) -> Deployment | None:
     return Deployment.objects.select_related("project", "release", "clone_of__project").filter(pk=deployment_id).first()
 
 
-def provision(deployment: Deployment, actor: str, force_build: bool = False) -> None:
-    """Bring the deployment to its branch's latest commit: build when needed, then apply."""
-    deployment.transition(State.PROVISIONING, actor, f"updating to the tip of {deployment.branch}")
+def provision(deployment: Deployment, actor: str) -> None:
+    """Bring the deployment to what was asked: staging/production run the newest queued release
+    (built, or an earlier artifact run again), else keep their release with the new settings;
+    development runs its code, fast-forwarded when a trigger asked."""
+    deployment.transition(State.PROVISIONING, actor, f"updating {deployment.name}")
+    if deployment.builds_releases:
+        _provision_release(deployment, actor)
+    else:
+        _provision_code(deployment, actor)
+
+
+def _provision_release(deployment: Deployment, actor: str) -> None:
+    target = releases.take_next(deployment)
+    if target is None and deployment.release is None:  # nothing runs yet: the branch's tip
+        target = releases.queue(deployment, "", Trigger.CREATE, actor)
     release = deployment.release
     try:
-        commit = fetch_branch(deployment)
-        builds = deployment.builds_releases and (force_build or release is None or release.commit != commit)
-        # A new build takes the project's package commits; a release runs the ones it was built with.
-        stack = load_stack(deployment, commit, None if builds or release is None else release.package_locks)
+        if target is None:
+            commit = release.commit
+            stack = load_stack(deployment, commit, release.package_locks)
+        else:
+            commit = _target_commit(deployment, target)
+            stack = load_stack(deployment, commit, target.package_locks)
     except (GitError, StackInvalid) as e:
+        if target is not None:
+            target.fail("clone", str(e))
         settle_after_failure(deployment, actor, str(e))
         return
 
-    if builds:
-        build = Build.objects.filter(deployment=deployment, commit=commit, status__in=[BuildStatus.QUEUED, BuildStatus.RUNNING]).first()
-        build = build or Build.objects.create(deployment=deployment, commit=commit, package_locks=deployment.project.package_locks or {})
-        if builds_externally():
-            built = take_external_build(build, deployment.project_id, [s.identifier for s in stack.services if s.kind == "component"])
-            if built is None:
-                deployment.transition(State.BUILDING, actor, f"waiting for CI to report the images of {commit[:10]}")
-                return  # each report from CI provisions again
-        else:
-            deployment.transition(State.BUILDING, actor, f"building {commit[:10]}")
-            built = run_build(build, build_spec(deployment, stack, commit, release))
+    if target is not None:
+        built = _release(deployment, target, stack, commit, actor)
+        if built is None:
+            return  # waiting for CI
         if not built:
-            settle_after_failure(deployment, actor, f"build of {commit[:10]}: {build.error}")
+            settle_after_failure(deployment, actor, f"release of {commit[:10]}: {target.error}")
             return
-        release = build
+        release = target
+    if _apply(deployment, build_spec(deployment, stack, commit, release), stack, actor, release):
+        get_runtime().prune_releases(minimal_spec(deployment), releases.prune(deployment))
 
-    spec = build_spec(deployment, stack, commit, release if deployment.builds_releases else None)
+
+def _target_commit(deployment: Deployment, target: Build) -> str:
+    """The queued release's commit, fetched (the branch's tip when it names none), with its author
+    and message recorded."""
+    tip = _fetch_tip(deployment)
+    fields = []
+    if not target.commit:
+        target.commit = tip
+        fields.append("commit")
+    elif not git.has_commit(project_mirror(deployment.project), target.commit):
+        raise GitError(f"Commit {target.commit[:10]} is not in the repository (force-pushed away?).")
+    if not target.message:
+        target.author, target.message = (v[:200] for v in git.commit_info(project_mirror(deployment.project), target.commit))
+        fields += ["author", "message"]
+    if fields:
+        target.save(update_fields=fields)
+    return target.commit
+
+
+def _fetch_tip(deployment: Deployment) -> str:
+    """The branch's tip, fetched now: the newest commit triggers need not report again."""
+    tip = fetch_branch(deployment)
+    Deployment.objects.filter(pk=deployment.pk).update(seen_commit=tip)
+    return tip
+
+
+def _release(deployment: Deployment, target: Build, stack: Stack, commit: str, actor: str) -> bool | None:
+    """Turn the queued release into an artifact: an earlier one run again, CI's images, or a build
+    here. True when it is ready, False when it failed, None while CI has not reported."""
+    source = target.source
+    if source is not None:
+        try:
+            if source.deployment_id != deployment.pk:
+                get_runtime().import_release(
+                    replace(minimal_spec(source.deployment), release=commit), replace(minimal_spec(deployment), release=commit)
+                )
+        except RuntimeFailure as e:
+            target.fail("release", str(e))
+            return False
+        target.reuse(f"Runs the artifact of release #{source.pk} ({commit[:10]}, {source.deployment.name}) again: no build.")
+        return True
+    if builds_externally():
+        built = take_external_build(target, deployment.project_id, [s.identifier for s in stack.services if s.kind == "component"])
+        if built is None:
+            deployment.transition(State.BUILDING, actor, f"waiting for CI to report the images of {commit[:10]}")
+        return built
+    deployment.transition(State.BUILDING, actor, f"building {commit[:10]}")
+    return run_build(target, build_spec(deployment, stack, commit, deployment.release))
+
+
+def _provision_code(deployment: Deployment, actor: str) -> None:
+    """Development: the checkout runs as it is; a trigger's pull fast-forwards it when nothing of the
+    developer's is in the way, and otherwise the deployment says how far behind it is and why."""
+    try:
+        commit = deployment.commit or _fetch_tip(deployment)
+        stack = load_stack(deployment, commit)
+    except (GitError, StackInvalid) as e:
+        settle_after_failure(deployment, actor, str(e))
+        return
+    spec = build_spec(deployment, stack, commit)
+    if not _apply(deployment, spec, stack, actor, wait=False):
+        return
+    pull = Deployment.objects.filter(pk=deployment.pk, pull_wanted=True).update(pull_wanted=False) > 0
+    try:
+        state = get_runtime().update_code(spec, pull)
+        if state.head != commit and _fetched(deployment, state.head):
+            commit, stack = state.head, load_stack(deployment, state.head)
+            spec = build_spec(deployment, stack, commit)
+            if not _apply(deployment, spec, stack, actor, wait=False):
+                return
+    except (GitError, StackInvalid, RuntimeFailure) as e:
+        if isinstance(e, TransientFailure):
+            raise
+        settle_after_failure(deployment, actor, f"could not update the code: {e}")
+        return
+    behind = {"behind": state.behind, "files": list(state.in_the_way), "branch": deployment.branch} if state.behind else {}
+    Deployment.objects.filter(pk=deployment.pk).update(commit=commit, code_behind=behind)
+    _running(deployment, spec, actor)
+
+
+def _fetched(deployment: Deployment, commit: str) -> bool:
+    """Whether the project's mirror has `commit` (fetched now if not): a commit made in the checkout
+    and not pushed has no stack the platform can read."""
+    mirror = project_mirror(deployment.project)
+    if git.has_commit(mirror, commit):
+        return True
+    fetch_branch(deployment)
+    return git.has_commit(mirror, commit)
+
+
+def _apply(deployment: Deployment, spec: DeploymentSpec, stack: Stack, actor: str, release: Build | None = None, wait: bool = True) -> bool:
+    """Make the runtime run `spec` (of `release`); record what runs. False (the deployment settled)
+    when the runtime refused."""
     try:
         if deployment.copy_storage_pending:
             if deployment.clone_of_id:
@@ -65,9 +173,17 @@ def provision(deployment: Deployment, actor: str, force_build: bool = False) -> 
         raise
     except RuntimeFailure as e:
         settle_after_failure(deployment, actor, str(e))
-        return
-    running_release = release if deployment.builds_releases else None
-    Deployment.objects.filter(pk=deployment.pk).update(commit=commit, release=running_release, endpoints=endpoints)
+        return False
+    update = {"commit": spec.commit, "endpoints": endpoints}
+    if release is not None:
+        update["release"] = release
+    Deployment.objects.filter(pk=deployment.pk).update(**update)
+    if wait:
+        _running(deployment, spec, actor)
+    return True
+
+
+def _running(deployment: Deployment, spec: DeploymentSpec, actor: str) -> None:
     if not deployment.enabled:
         deployment.transition(State.STOPPED, actor, "")
         return

@@ -17,20 +17,17 @@ RETRY = {"autoretry_for": (TransientFailure,), "retry_backoff": 2, "retry_backof
 
 
 @shared_task(acks_late=True, **RETRY)
-def provision(deployment_id: int, force_build: bool = False, actor: str = "task:provision") -> None:
+def provision(deployment_id: int, actor: str = "task:provision") -> None:
     """Provision until the deployment has caught up with every change asked for. Changes asked for
     while another worker provisions it coalesce: their tasks return at once, and that worker runs
-    one more pass covering them all (a forced build is not coalesced: it waits its turn)."""
+    one more pass covering them all (a queued release is one such change)."""
     while True:
         with lease.held(deployment_id) as ours:
             if not ours:
-                if force_build:
-                    raise lease.Busy(deployment_id)
                 return
             while (deployment := pipeline.get(deployment_id)) is not None and deployment.state != State.DELETING:
                 covered = deployment.wanted
-                pipeline.provision(deployment, actor, force_build=force_build)
-                force_build = False
+                pipeline.provision(deployment, actor)
                 Deployment.objects.filter(pk=deployment_id, provisioned__lt=covered).update(provisioned=covered)
                 if not _behind(deployment_id):
                     break
@@ -42,12 +39,6 @@ def provision(deployment_id: int, force_build: bool = False, actor: str = "task:
 def _behind(deployment_id: int) -> bool:
     """A change was asked for that no provisioning pass has covered yet."""
     return Deployment.objects.filter(pk=deployment_id, wanted__gt=F("provisioned")).exclude(state=State.DELETING).exists()
-
-
-@shared_task(acks_late=True, **RETRY)
-def build(deployment_id: int, actor: str = "task:build") -> None:
-    """Build the branch's latest commit even when a release of it exists, then run it."""
-    provision(deployment_id, force_build=True, actor=actor)
 
 
 @shared_task(acks_late=True, **RETRY)

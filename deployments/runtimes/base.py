@@ -147,6 +147,17 @@ class Observation:
     services: tuple[ItemState, ...] = ()
 
 
+@dataclass(frozen=True)
+class CodeState:
+    """A development deployment's code: the commit checked out, and when it could not be brought up
+    to its branch's tip, how far behind it is and what is in the way (uncommitted files, commits
+    not pushed)."""
+
+    head: str
+    behind: int = 0
+    in_the_way: tuple[str, ...] = ()
+
+
 class Progress(Protocol):
     def __call__(self, step: str, percent: int, line: str | None = None) -> None: ...
 
@@ -273,6 +284,20 @@ class Runtime(ABC):
         """Turn spec.commit into an immutable release (raises BuildFailed). Returns the image each
         component runs from then on, pinned by digest, where the release is images ({} when it is
         kept by the runtime itself)."""
+
+    @abstractmethod
+    def import_release(self, source: DeploymentSpec, target: DeploymentSpec) -> None:
+        """Make `source`'s release (its `release`, built for another deployment of the project) one
+        of `target`'s, without building it again (a promote). Safe to call again."""
+
+    @abstractmethod
+    def prune_releases(self, spec: DeploymentSpec, keep: set[str]) -> None:
+        """Forget the deployment's release artifacts other than those of the commits in `keep`."""
+
+    @abstractmethod
+    def update_code(self, spec: DeploymentSpec, pull: bool) -> CodeState:
+        """Development: the code's state; with `pull`, first fast-forward it to the branch's tip when
+        nothing of the developer's is in the way (never losing an edit)."""
 
     @abstractmethod
     def set_enabled(self, spec: DeploymentSpec, enabled: bool) -> None:

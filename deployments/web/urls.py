@@ -1,11 +1,19 @@
 from django.urls import path
 
-from deployments.web import views
+from deployments.web import releases, views
 
 app_name = "deployments"
 urlpatterns = [
     path("<slug:project_slug>/", views.project_detail, name="project"),
     path("<slug:project_slug>/deployments/new/", views.deployment_new, name="new"),
+    path("<slug:project_slug>/push/", releases.push_settings, name="push"),
+    path("<slug:project_slug>/d/<slug:slug>/deploy/", releases.deploy, name="deploy"),
+    path("<slug:project_slug>/d/<slug:slug>/rebuild/", releases.rebuild, name="rebuild"),
+    path("<slug:project_slug>/d/<slug:slug>/auto-deploy/", releases.auto_deploy, name="auto_deploy"),
+    path("<slug:project_slug>/d/<slug:slug>/resume/", releases.resume, name="resume"),
+    path("<slug:project_slug>/d/<slug:slug>/releases/<int:pk>/", releases.release_detail, name="release"),
+    path("<slug:project_slug>/d/<slug:slug>/releases/<int:pk>/rollback/", releases.rollback, name="rollback"),
+    path("<slug:project_slug>/d/<slug:slug>/releases/<int:pk>/promote/", releases.promote, name="promote"),
     path("<slug:project_slug>/d/<slug:slug>/", views.deployment_detail, name="detail"),
     path("<slug:project_slug>/d/<slug:slug>/connections/", views.connections_reveal, name="connections"),
     path("<slug:project_slug>/d/<slug:slug>/options/", views.deployment_options, name="options"),

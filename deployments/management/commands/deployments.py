@@ -18,7 +18,10 @@ from projects.access import get_project_for_user, projects_for_user
 
 
 class Command(BaseCommand):
-    help = "Script deployments: list, create, status, logs, restart, rebuild, destroy (same access rules as the dashboard)."
+    help = (
+        "Script deployments: list, create, status, logs, restart, deploy, rebuild, releases, rollback, promote, resume, "
+        "destroy (same access rules as the dashboard)."
+    )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("--user", required=True, help="act as this user (username)")
@@ -33,17 +36,23 @@ class Command(BaseCommand):
         create.add_argument("--branch", help="defaults to the project's default branch")
         create.add_argument("--disabled", action="store_true")
         create.add_argument("--wait", action="store_true", help="provision now, in this process, and wait")
-        for name in ("status", "logs", "restart", "rebuild", "destroy"):
+        for name in ("status", "logs", "restart", "deploy", "rebuild", "releases", "rollback", "promote", "resume", "destroy"):
             p = sub.add_parser(name)
             p.add_argument("target", help="<project>/<deployment>")
-            if name == "status":
+            if name in ("status", "releases"):
                 p.add_argument("--json", action="store_true")
+            if name == "deploy":
+                p.add_argument("--commit", default="", help="this commit (40 hex digits) instead of the branch's tip")
+            if name in ("rollback", "promote"):
+                p.add_argument("release", type=int, help="the release's number (see `releases`)")
+            if name == "promote":
+                p.add_argument("to", help="the production deployment of the same project")
             if name in ("logs", "restart"):
                 p.add_argument("service", help="component or add-on identifier")
             if name == "logs":
                 p.add_argument("--follow", "-f", action="store_true")
                 p.add_argument("--lines", "-n", type=int, default=100)
-            if name in ("restart", "rebuild", "destroy"):
+            if name in ("restart", "deploy", "rebuild", "rollback", "promote", "resume", "destroy"):
                 p.add_argument("--wait", action="store_true", help="do it now, in this process")
 
     def handle(self, *args, user: str, action: str, **options) -> None:
@@ -122,11 +131,69 @@ class Command(BaseCommand):
         actions.do_restart(self._target(target, write=True), service, actor=self.user, now=wait)
         self.stdout.write(f"{service} {'restarted' if wait else 'restart queued'}")
 
+    def _done(self, d: Deployment, wait: bool, queued: str) -> None:
+        d.refresh_from_db()
+        self.stdout.write(f"{d.project.slug}/{d.slug}: {d.state + ' at ' + d.commit[:10] if wait else queued}")
+
+    def do_deploy(self, target: str, commit: str, wait: bool, **_) -> None:
+        d = self._target(target, write=True)
+        build = actions.do_deploy(d, actor=self.user, commit=commit, now=wait)
+        self._done(d, wait, f"release #{build.pk} queued" if build else "code update queued")
+
     def do_rebuild(self, target: str, wait: bool, **_) -> None:
         d = self._target(target, write=True)
-        actions.do_rebuild(d, actor=self.user, now=wait)
-        d.refresh_from_db()
-        self.stdout.write(f"{d.project.slug}/{d.slug}: {'rebuilt, ' + d.state if wait else 'build queued'}")
+        build = actions.do_rebuild(d, actor=self.user, now=wait)
+        self._done(d, wait, f"build #{build.pk} queued")
+
+    def do_rollback(self, target: str, release: int, wait: bool, **_) -> None:
+        d = self._target(target, write=True)
+        build = actions.do_rollback(d, release, actor=self.user, now=wait)
+        self._done(d, wait, f"rollback #{build.pk} queued")
+        self.stdout.write("pinned: new pushes are not deployed until `resume`")
+
+    def do_promote(self, target: str, release: int, to: str, wait: bool, **_) -> None:
+        d = self._target(target)
+        production = self._target(f"{d.project.slug}/{to}", write=True)
+        build = actions.do_promote(d, release, production, actor=self.user, now=wait)
+        self._done(production, wait, f"promote #{build.pk} queued")
+
+    def do_resume(self, target: str, wait: bool, **_) -> None:
+        d = self._target(target, write=True)
+        actions.do_resume(d, actor=self.user, now=wait)
+        self._done(d, wait, "resumed; deploying the branch's tip")
+
+    def do_releases(self, target: str, json: bool = False, **_) -> None:
+        d = self._target(target)
+        rows = [
+            {
+                "release": b.pk,
+                "commit": b.commit,
+                "status": b.status,
+                "running": b.pk == d.release_id,
+                "trigger": b.trigger,
+                "via": b.via,
+                "actor": b.actor,
+                "message": b.message,
+                "author": b.author,
+                "source": b.source_id,
+                "duration": b.duration,
+                "pruned": b.pruned,
+                "error": b.error,
+                "created": b.created.isoformat(),
+            }
+            for b in d.builds.all()[:50]
+        ]
+        if json:
+            self.stdout.write(_json(rows))
+            return
+        if d.pinned_at:
+            self.stdout.write(f"pinned to {d.commit[:10]} — new pushes are not deployed; `resume` to follow {d.branch} again")
+        for r in rows:
+            mark = "*" if r["running"] else " "
+            took = f"{r['duration']:.0f}s" if r["duration"] is not None else ""
+            self.stdout.write(
+                f"{mark}#{r['release']:<5} {r['commit'][:10]:<10} {r['status']:<10} {r['trigger']:<8} {took:>6}  {r['message'][:50]}"
+            )
 
     def do_destroy(self, target: str, wait: bool, **_) -> None:
         d = self._target(target, owner=True)

@@ -1,4 +1,5 @@
 import signal
+import threading
 import time
 
 import redis
@@ -7,6 +8,7 @@ from django.core.management.base import BaseCommand
 
 from deployments.runtimes.local.events import CHANNEL
 from deployments.status.monitor import Monitor
+from deployments.triggers import polling
 
 
 class RuntimeChanges:
@@ -51,14 +53,19 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("--interval", type=float, default=settings.DIPLOI_MONITOR_INTERVAL, help="seconds between ticks")
         parser.add_argument("--once", action="store_true", help="one tick, then exit")
+        parser.add_argument("--no-polling", action="store_true", help="do not poll repositories for new commits")
 
-    def handle(self, *args, interval: float, once: bool, **options) -> None:
+    def handle(self, *args, interval: float, once: bool, no_polling: bool, **options) -> None:
         self.stopping = False
         signal.signal(signal.SIGTERM, self.on_signal)
         signal.signal(signal.SIGINT, self.on_signal)
         monitor = Monitor()
         changes = RuntimeChanges(settings.REDIS_URL)
         self.stdout.write(f"monitor: observing every {interval:g} s{', and at once on process changes' if changes.active else ''}")
+        stop_polling = threading.Event()
+        if not once and not no_polling:
+            threading.Thread(target=polling.run, args=(stop_polling,), name="polling", daemon=True).start()
+            self.stdout.write(f"monitor: polling followed repositories every {settings.DIPLOI_POLL_INTERVAL} s")
         while not self.stopping:
             started = time.monotonic()
             try:
@@ -71,6 +78,7 @@ class Command(BaseCommand):
             while not self.stopping and time.monotonic() - started < interval:
                 if changes.wait(0.2):
                     break
+        stop_polling.set()
         changes.close()
         self.stdout.write("monitor: stopped")
 

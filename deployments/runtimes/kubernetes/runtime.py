@@ -18,6 +18,7 @@ from django.conf import settings
 
 from deployments.runtimes.base import (
     BuildFailed,
+    CodeState,
     Confinement,
     DeploymentSpec,
     Observation,
@@ -230,6 +231,20 @@ class KubernetesRuntime(Runtime):
                 time.sleep(1)
         progress("release", 100, f"Release {spec.commit[:10]} ready")
         return images
+
+    def import_release(self, source: DeploymentSpec, target: DeploymentSpec) -> None:
+        """A release here is its images, pinned by digest in the registry: the target runs the same
+        references (the platform copies them onto its release), there is nothing to copy."""
+
+    def prune_releases(self, spec: DeploymentSpec, keep: set[str]) -> None:
+        """Images are the registry's to collect; the platform only stops offering their releases."""
+
+    def update_code(self, spec: DeploymentSpec, pull: bool) -> CodeState:
+        """The code is cloned into each development component's claim by its init container, and
+        stays the developer's; fast-forwarding it in the cluster is not done yet."""
+        if not pull:
+            return CodeState(spec.commit)
+        return CodeState(spec.commit, 1, ("fast-forwarding development code is not available on Kubernetes yet: pull over SSH",))
 
     def _digest(self, spec: DeploymentSpec, job: str) -> str:
         """What the builder of `job` wrote to its termination log: the pushed image's digest."""

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gitsafe
-from deployments.runtimes.base import BuildFailed, DeploymentSpec, Progress, RuntimeFailure, ServiceSpec
+from deployments.runtimes.base import BuildFailed, CodeState, DeploymentSpec, Progress, RuntimeFailure, ServiceSpec
 
-KEEP_RELEASES = 3
 GIT_TIMEOUT = 600
+SHOWN_IN_THE_WAY = 20  # files named when edits keep the code from its branch's tip
 
 
 class GitFailed(RuntimeFailure):
@@ -65,6 +65,35 @@ def switch_branch(code: Path, branch: str) -> bool:
     return True
 
 
+def fast_forward(code: Path, branch: str, pull: bool) -> CodeState:
+    """The checkout's state; with `pull`, fetch the branch and fast-forward to its tip when the
+    developer has nothing in the way: no uncommitted change, no commit that is not on the branch.
+    Otherwise nothing is touched and the state says how far behind it is and what is in the way."""
+    head = git("rev-parse", "HEAD", cwd=code).decode().strip()
+    if not pull:
+        return CodeState(head)
+    remote = f"refs/remotes/origin/{branch}"
+    try:
+        git("fetch", "--quiet", "origin", f"+refs/heads/{branch}:{remote}", cwd=code)
+    except GitFailed as e:
+        raise RuntimeFailure(f"could not fetch {branch}: {e}") from None
+    behind = int(git("rev-list", "--count", f"HEAD..{remote}", cwd=code))
+    if behind == 0:
+        return CodeState(head)
+    ahead = int(git("rev-list", "--count", f"{remote}..HEAD", cwd=code))
+    dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no", cwd=code).decode().splitlines()]
+    in_the_way = dirty[:SHOWN_IN_THE_WAY] + ([f"… and {len(dirty) - SHOWN_IN_THE_WAY} more"] if len(dirty) > SHOWN_IN_THE_WAY else [])
+    if ahead:
+        in_the_way.append(f"{ahead} commit{'s' if ahead > 1 else ''} not pushed to {branch}")
+    if in_the_way:
+        return CodeState(head, behind, tuple(in_the_way))
+    try:
+        git("merge", "--quiet", "--ff-only", remote, cwd=code)
+    except GitFailed as e:  # an untracked file the new commits bring too, for one
+        return CodeState(head, behind, (str(e)[:300],))
+    return CodeState(git("rev-parse", "HEAD", cwd=code).decode().strip())
+
+
 @dataclass(frozen=True)
 class Launch:
     """How to run one build command: shown as `command`, started as `argv` (in the sandbox when the
@@ -83,7 +112,7 @@ Launcher = Callable[[str, ServiceSpec, Path], Launch | None]
 
 def build_release(spec: DeploymentSpec, releases: Path, launcher: Launcher, progress: Progress) -> str:
     """Check spec.commit out into a new release, run the components' install and build commands in
-    it, and keep it under releases/<commit> (the previous ones too, up to KEEP_RELEASES)."""
+    it, and keep it under releases/<commit> (the platform prunes older ones: prune)."""
     releases.mkdir(parents=True, exist_ok=True)
     tmp = releases / f".{spec.commit}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -112,7 +141,6 @@ def build_release(spec: DeploymentSpec, releases: Path, launcher: Launcher, prog
             final.rename(old)
             shutil.rmtree(old, ignore_errors=True)
         tmp.rename(final)
-        _prune(releases, keep={spec.commit, spec.release})
         progress("release", 100, f"Release {spec.commit[:10]} ready")
         return spec.commit
     finally:
@@ -157,8 +185,24 @@ def _run_step(step: str, service: ServiceSpec, launch: Launch, cwd: Path, progre
         raise BuildFailed(step, f"`{launch.command}` in {service.identifier} exited with code {code}")
 
 
-def _prune(releases: Path, keep: set[str]) -> None:
-    kept = sorted((p for p in releases.iterdir() if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime)
-    for old in kept[:-KEEP_RELEASES]:
-        if old.name not in keep:
+def prune(releases: Path, keep: set[str]) -> None:
+    """Remove the releases of the commits not in `keep`."""
+    if not releases.is_dir():
+        return
+    for old in releases.iterdir():
+        if not old.name.startswith(".") and old.name not in keep:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def import_release(source: Path, releases: Path, commit: str) -> None:
+    """A copy of another deployment's release `source` as releases/<commit> (kept if already there)."""
+    final = releases / commit
+    if final.is_dir():
+        return
+    if not source.is_dir():
+        raise RuntimeFailure(f"the release of {commit[:10]} to promote is gone from its deployment")
+    releases.mkdir(parents=True, exist_ok=True)
+    tmp = releases / f".{commit}.import"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp, symlinks=True)
+    tmp.rename(final)

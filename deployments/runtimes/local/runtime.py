@@ -17,6 +17,7 @@ import psutil
 from django.conf import settings
 
 from deployments.runtimes.base import (
+    CodeState,
     Confinement,
     DeploymentSpec,
     ItemState,
@@ -192,6 +193,21 @@ class LocalRuntime(Runtime):
 
         code.build_release(spec, self.layout.releases(spec), launch, progress)
         return {}  # the release is a folder of this machine
+
+    def import_release(self, source: DeploymentSpec, target: DeploymentSpec) -> None:
+        code.import_release(self.layout.releases(source) / source.release, self.layout.releases(target), source.release)
+
+    def prune_releases(self, spec: DeploymentSpec, keep: set[str]) -> None:
+        code.prune(self.layout.releases(spec), keep)
+
+    def update_code(self, spec: DeploymentSpec, pull: bool) -> CodeState:
+        checkout = self.layout.code(spec)
+        if not (checkout / ".git").exists():
+            return CodeState(spec.commit)
+        state = code.fast_forward(checkout, spec.branch, pull)
+        if pull and (uid := self._uid(spec)) is not None:
+            sandbox.give([checkout], uid, force=True)  # what the merge wrote is the developer's
+        return state
 
     # --- operate ------------------------------------------------------------------------------
 
