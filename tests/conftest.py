@@ -289,6 +289,7 @@ SLOW_MODULES = {
     "test_it_launcher",
     "test_it_live",
     "test_it_local_runtime",
+    "test_it_releases",
     "test_it_ssh",
 }
 SLOW_FIXTURES = {"platform", "browser", "kube", "gateway", "redis_layer"}

@@ -39,7 +39,7 @@ def poll_due(now: datetime | None = None) -> int:
     now = now or timezone.now()
     read = 0
     for repository, projects in followed().items():
-        poll, _ = Poll.objects.get_or_create(repository=repository)
+        poll, _ = Poll.objects.get_or_create(repository=repository, defaults={"next_at": now})
         if poll.next_at > now:
             continue
         read += 1
