@@ -274,3 +274,38 @@ def test_the_overview_updates_itself(platform: Platform, browser, tmp_path: Path
     assert seen == sorted(seen)  # and only forward
     page.wait_for_function(f"document.querySelector('#deployment-{prod}-status .overall strong').textContent === 'Running'", timeout=90_000)
     assert loads == []
+
+
+def test_a_push_shows_its_build_then_its_release_without_a_reload(browser, tmp_path: Path) -> None:
+    """Polling finds the push (the demo repository cannot call back); the Overview follows it live."""
+    from projects.sample import commit_all
+
+    data = tmp_path / "data"
+    platform = Platform(data, free_port(), env={"DIPLOI_POLL_INTERVAL": "2"})
+    try:
+        base = platform.wait_for(r"Diploi is running at (http://\S+)").group(1).rstrip("/")
+        password = platform.wait_for(r"username: demo password: (\S+)").group(1)
+        platform.wait_for(r"celery@\S+ ready")
+        page = log_in_as_demo(browser, base, password)
+        page.goto("/projects/diploi-sample/deployments/new/")
+        page.fill("input[name=name]", "stage")
+        page.select_option("select[name=stage]", "staging")
+        page.click("button:has-text('Create deployment')")
+        page.wait_for_url("**/d/stage/")
+        pk = _id(page)
+        status = f"#deployment-{pk}-status .overall strong"
+        page.wait_for_function(f"document.querySelector('{status}').textContent === 'Running'", timeout=180_000)
+
+        loads = []
+        page.on("load", lambda: loads.append(1))
+        repo = data / "repos" / "diploi-sample"
+        (repo / "CHANGES").write_text("pushed while watching\n")
+        pushed = commit_all(repo, "Pushed while watching")
+        page.wait_for_selector(f"#deployment-{pk}-build:has-text('{pushed[:10]}')", timeout=60_000)
+        row = f"#deployment-{pk}-releases tbody tr:first-child"
+        page.wait_for_selector(f"{row}:has-text('{pushed[:10]}') .badge:text-is('running')", timeout=180_000)  # the one running now
+        assert "new commit found by polling" in page.inner_text(row)
+        page.screenshot(path=str(tmp_path / "releases.png"), full_page=True)
+        assert loads == []
+    finally:
+        platform.kill()

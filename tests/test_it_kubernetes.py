@@ -307,7 +307,7 @@ def test_external_builds_run_the_image_ci_reports(
     cast, kube, settings, sample_repo, django_capture_on_commit_callbacks, monkeypatch
 ) -> None:
     """DIPLOI_K8S_BUILD_MODE=external: no Job; the deployment waits for CI's report, then runs that image."""
-    from deployments.actions import do_create_deployment
+    from deployments.actions import do_create_deployment, do_deploy
     from deployments.models import Build
     from deployments.provisioning import tasks
     from deployments.provisioning.spec import current_spec
@@ -363,6 +363,7 @@ def test_external_builds_run_the_image_ci_reports(
     # CI fails on the next commit: the deployment keeps running the image it had, and says why.
     (sample_repo / "web" / "app.py").write_text((sample_repo / "web" / "app.py").read_text() + "\n# next\n")
     commit = commit_all(sample_repo, "Next")
+    do_deploy(d, actor=cast.developer)
     tasks.provision(d.pk)
     assert Deployment.objects.get(pk=d.pk).state == State.BUILDING
     report(status="failed", message="tests failed", url="https://ci.example.com/runs/2")

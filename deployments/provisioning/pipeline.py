@@ -63,7 +63,7 @@ def _provision_release(deployment: Deployment, actor: str) -> None:
         if built is None:
             return  # waiting for CI
         if not built:
-            settle_after_failure(deployment, actor, f"release of {commit[:10]}: {target.error}")
+            settle_after_failure(deployment, actor, f"{'release' if target.source else 'build'} of {commit[:10]}: {target.error}")
             return
         release = target
     if _apply(deployment, build_spec(deployment, stack, commit, release), stack, actor, release):
