@@ -90,3 +90,57 @@ def test_what_is_asked_for_while_redis_is_away_is_done_once_it_is_back(tmp_path:
     finally:
         platform.kill()
         server.terminate()
+
+
+def test_a_worker_killed_mid_build_leaves_the_build_retried_not_running(tmp_path: Path) -> None:
+    """SIGKILL the Celery worker while a release builds: supervisord starts it again, and the build
+    is built again (its log says so) and finishes; nothing stays "running"."""
+    import json
+    import os
+    import sys
+
+    from projects.sample import commit_all
+
+    data = tmp_path / "data"
+    platform = Platform(data, free_port())
+    try:
+        platform.wait_for(r"Diploi is running at (http://\S+)")
+        platform.wait_for(r"celery@\S+ ready")
+        repo = data / "repos" / "diploi-sample"
+        package = (Path(__file__).parent.parent / "projects" / "packages" / "python.yaml").read_text()
+        (repo / "slowpy").mkdir()
+        (repo / "slowpy" / "diploi.yaml").write_text(package.replace('install: "', 'install: "sleep 12; ', 1))
+        (repo / "diploi.yaml").write_text((repo / "diploi.yaml").read_text().replace("package: python", "package: ./slowpy", 1))
+        commit_all(repo, "A slow install")
+
+        env = {**os.environ, "DIPLOI_DATA_DIR": str(data)}
+        env.pop("DATABASE_URL", None)
+        env["REDIS_URL"] = (data / "redis" / "url").read_text().strip()
+
+        def cli(*args: str) -> str:
+            done = subprocess.run(
+                [sys.executable, "manage.py", "deployments", "--user", "demo", *args], env=env, capture_output=True, text=True
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+            return done.stdout
+
+        def release() -> dict:
+            return json.loads(cli("releases", "diploi-sample/stage", "--json"))[0]
+
+        cli("create", "diploi-sample", "stage", "--stage", "staging")
+        wait_until(lambda: release()["steps"]["install"] == "running", timeout=120, what="the install step")
+        workers = [p for p in platform.descendants() if "celery" in " ".join(p.cmdline()) and "worker" in " ".join(p.cmdline())]
+        assert workers
+        for p in workers:
+            p.kill()
+        platform.wait_for(r"(?s)celery@\S+ ready.*celery@\S+ ready", timeout=120)  # started again
+
+        final = wait_until(
+            lambda: (r := release())["status"] in ("succeeded", "failed") and r, timeout=180, interval=1, what="the build to end"
+        )
+        assert final["status"] == "succeeded" and final["attempts"] == 2, final
+        assert "building again (attempt 2)" in final["log"]
+        assert [b["status"] for b in json.loads(cli("releases", "diploi-sample/stage", "--json"))] == ["succeeded"]
+        wait_until(lambda: release()["running"], timeout=60, what="the release to run")
+    finally:
+        platform.kill()

@@ -226,14 +226,17 @@ def settle_after_failure(deployment: Deployment, actor: str, reason: str) -> Non
 def run_build(build: Build, spec: DeploymentSpec) -> bool:
     """Run the runtime's build, recording steps, progress and a bounded log on the Build row."""
     build.start()
-    last_save = 0.0
+    last_save, last_step = 0.0, ""
 
     def progress(step: str, percent: int, line: str | None = None) -> None:
-        nonlocal last_save
+        nonlocal last_save, last_step
         build.advance(step, percent, line)
-        if time.monotonic() - last_save > SAVE_EVERY or percent >= 100:
+        # A new step, or a command starting ("$ …"), is shown at once: the next call may be far away
+        # (a command that prints nothing for a while).
+        starts = step != last_step or (line or "").startswith("$ ")
+        if starts or time.monotonic() - last_save > SAVE_EVERY or percent >= 100:
             build.save_progress()
-            last_save = time.monotonic()
+            last_save, last_step = time.monotonic(), step
 
     try:
         images = get_runtime().build(spec, progress)

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from projects.validators import without_credentials
 
-MAX_BODY = 5 * 1024 * 1024  # bytes; a push of thousands of commits stays well below it
+MAX_BODY = 2 * 1024 * 1024  # bytes (under Django's own 2.5 MB limit); a push of thousands of commits stays below it
 ZERO = "0" * 40
 SHA = re.compile(r"[0-9a-f]{40}")
 

@@ -179,7 +179,10 @@ class Command(BaseCommand):
                 "duration": b.duration,
                 "pruned": b.pruned,
                 "error": b.error,
+                "attempts": b.attempts,
+                "steps": {step["name"]: step["status"] for step in b.steps},
                 "created": b.created.isoformat(),
+                "log": b.log,
             }
             for b in d.builds.all()[:50]
         ]

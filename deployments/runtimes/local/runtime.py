@@ -177,6 +177,7 @@ class LocalRuntime(Runtime):
 
     def build(self, spec: DeploymentSpec, progress: Progress) -> dict[str, str]:
         self.layout.releases(spec).mkdir(parents=True, exist_ok=True)
+        _kill_processes_of(self.layout.releases(spec))  # a build's commands its dead worker left running
         ports = programs.allocate_ports(self.layout, spec)
         jail = self.jail(spec, ports)
 
@@ -386,7 +387,7 @@ def _disk_allowance() -> int:
 
 
 def _kill_processes_of(home: Path) -> None:
-    """Safety net for destroy: kill any process that still runs for this deployment."""
+    """Safety net: kill any process that still runs for this deployment (or in one of its folders)."""
     for p in processes_of(home):
         try:
             p.kill()
