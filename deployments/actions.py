@@ -372,7 +372,7 @@ def do_receive_webhook(webhook: Webhook, host: str, delivery: str, found: list[P
                 ]
                 moved += [f"{n} ← {push.commit[:10]}" for n in names]
                 if not names:
-                    ignored.append(f"{push.branch}: no deployment deploys it")
+                    ignored.append(f"{push.branch}: no deployment follows it with auto-deploy on (or it runs that commit already)")
             outcome = "; ".join([*(f"deploying {m}" for m in moved), *(f"ignored {i}" for i in ignored)]) or "nothing to deploy"
             if record is not None:
                 Delivery.objects.filter(pk=record.pk).update(outcome=outcome[:300])

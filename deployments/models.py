@@ -154,6 +154,9 @@ def _initial_steps() -> list[dict]:
     return [{"name": name, "status": BuildStatus.QUEUED, "started": None, "finished": None} for name in BUILD_STEPS]
 
 
+GIT_HOSTS = {"github": "GitHub", "gitlab": "GitLab", "gitea": "Gitea/Forgejo", "bitbucket": "Bitbucket"}
+
+
 class Build(models.Model):
     """One release of a deployment (staging and production): a commit turned into an immutable
     artifact by a build, or an earlier artifact run again (`source`: a rollback, a promote). The rows
@@ -193,6 +196,10 @@ class Build(models.Model):
         if self.started and self.finished:
             return (self.finished - self.started).total_seconds()
         return None
+
+    @property
+    def via_display(self) -> str:
+        return GIT_HOSTS.get(self.via, self.via)
 
     @property
     def reused(self) -> bool:

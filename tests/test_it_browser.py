@@ -307,5 +307,15 @@ def test_a_push_shows_its_build_then_its_release_without_a_reload(browser, tmp_p
         assert "new commit found by polling" in page.inner_text(row)
         page.screenshot(path=str(tmp_path / "releases.png"), full_page=True)
         assert loads == []
+
+        # Roll back from the live card (its forms post with the page's CSRF header), then resume.
+        page.click(f"#deployment-{pk}-releases tbody tr:nth-child(2) button:has-text('Roll back')")
+        page.wait_for_selector(f"#deployment-{pk}-releases .banner:has-text('Pinned to')", timeout=60_000)
+        page.wait_for_selector(f"{row}:has-text('rollback to') .badge:text-is('running')", timeout=60_000)
+        page.click(f"#deployment-{pk}-releases button:has-text('Resume')")
+        page.wait_for_selector(
+            f"{row}:has-text('{pushed[:10]}'):has-text('deploy latest by demo') .badge:text-is('running')", timeout=60_000
+        )
+        assert page.locator(f"#deployment-{pk}-releases .banner").count() == 0
     finally:
         platform.kill()

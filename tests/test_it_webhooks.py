@@ -172,7 +172,7 @@ def test_a_paused_or_pinned_deployment_is_left_alone(cast, hook, staging, client
     actions.do_set_auto_deploy(staging, False, actor=cast.owner)
     body = json.dumps(payload("github", cast.project.repository)).encode()
     r = post(client, hook, body, headers("github", body, hook.secret))
-    assert r.status_code == 200 and "no deployment deploys it" in r.json()["outcome"]
+    assert r.status_code == 200 and "no deployment follows it with auto-deploy on" in r.json()["outcome"]
     actions.do_set_auto_deploy(staging, True, actor=cast.owner)
     Deployment.objects.filter(pk=staging.pk).update(pinned_at="2026-01-01T00:00Z")
     assert post(client, hook, body, headers("github", body, hook.secret)).status_code == 200
