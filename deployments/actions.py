@@ -11,7 +11,7 @@ import logging
 import re
 import secrets
 from contextvars import ContextVar
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -37,6 +37,7 @@ Actor = User | str
 log = logging.getLogger(__name__)
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 COMMIT = re.compile(r"[0-9a-fA-F]{40}")
+DELIVERIES_KEPT = timedelta(days=30)
 
 
 def actor_label(actor: Actor) -> str:
@@ -377,6 +378,8 @@ def do_receive_webhook(webhook: Webhook, host: str, delivery: str, found: list[P
             if record is not None:
                 Delivery.objects.filter(pk=record.pk).update(outcome=outcome[:300])
             Webhook.objects.filter(pk=webhook.pk).update(last_delivery=timezone.now(), last_outcome=f"{host}: {outcome}"[:300])
+            # Hosts redeliver within hours or days: ids older than that are not kept.
+            Delivery.objects.filter(webhook=webhook, received__lt=timezone.now() - DELIVERIES_KEPT).delete()
     except IntegrityError:
         earlier = Delivery.objects.filter(webhook=webhook, host=host, delivery_id=delivery[:100]).values_list("outcome", flat=True).first()
         return earlier or "", True

@@ -60,3 +60,39 @@ def test_create_saves_and_queues(cast) -> None:
     d = Deployment.objects.get()
     assert (d.slug, d.stage, d.state, d.created_by) == ("feature-x", "staging", State.PENDING, cast.developer)
     assert out.strip() == "shop/feature-x: pending"
+
+
+def test_releases_deploy_rollback_and_promote_from_the_command_line(cast) -> None:
+    from deployments.models import Build, BuildStatus
+
+    prod = Deployment.objects.create(project=cast.project, name="Prod", slug="prod", stage="production", branch="main", state=State.RUNNING)
+    old = Build.objects.create(deployment=prod, commit="a" * 40, status=BuildStatus.SUCCEEDED, message="First")
+    Build.objects.create(deployment=prod, commit="b" * 40, status=BuildStatus.FAILED, error="pip failed")
+    rows = json.loads(cli("--user", "viewer", "releases", "shop/prod", "--json"))
+    assert [(r["commit"][:1], r["status"], r["message"]) for r in rows] == [("b", "failed", ""), ("a", "succeeded", "First")]
+
+    with pytest.raises(CommandError, match="permission denied"):
+        cli("--user", "viewer", "deploy", "shop/prod")
+    with pytest.raises(CommandError, match="permission denied"):
+        cli("--user", "viewer", "rollback", "shop/prod", str(old.pk))
+    with pytest.raises(CommandError, match="not found"):
+        cli("--user", "outsider", "releases", "shop/prod")
+    with pytest.raises(CommandError, match="40 hexadecimal"):
+        cli("--user", "developer", "deploy", "shop/prod", "--commit", "main; rm -rf /")
+    with pytest.raises(CommandError, match="only kept, successful releases"):
+        cli("--user", "developer", "rollback", "shop/prod", str(Build.objects.get(status=BuildStatus.FAILED).pk))
+    with pytest.raises(CommandError, match="No such release"):
+        cli("--user", "developer", "rollback", "shop/prod", "99999")
+    with pytest.raises(CommandError, match="staging release on a production deployment"):
+        cli("--user", "developer", "promote", "shop/prod", str(old.pk), "prod")
+
+    assert "release #" in cli("--user", "developer", "deploy", "shop/prod", "--commit", "C" * 40)
+    assert Build.objects.filter(deployment=prod, commit="c" * 40, status=BuildStatus.QUEUED).exists()
+    assert "pinned" in cli("--user", "developer", "rollback", "shop/prod", str(old.pk))
+    prod.refresh_from_db()
+    assert prod.pinned_at and prod.pinned_by == cast.developer
+    assert Build.objects.get(commit="c" * 40).status == BuildStatus.SUPERSEDED  # the newer rollback wins
+    assert "pinned to" in cli("--user", "viewer", "releases", "shop/prod")
+    cli("--user", "developer", "resume", "shop/prod")
+    prod.refresh_from_db()
+    assert prod.pinned_at is None and prod.auto_deploy

@@ -148,6 +148,18 @@ def test_a_replayed_delivery_is_not_acted_on_twice(host, cast, hook, staging, cl
     assert Delivery.objects.filter(webhook=hook, delivery_id="delivery-1").count() == 1
 
 
+def test_delivery_ids_are_kept_thirty_days(cast, hook, staging, client) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    old = Delivery.objects.create(webhook=hook, host="github", delivery_id="long-ago")
+    Delivery.objects.filter(pk=old.pk).update(received=timezone.now() - timedelta(days=31))
+    body = json.dumps(payload("github", cast.project.repository)).encode()
+    assert post(client, hook, body, headers("github", body, hook.secret)).status_code == 202
+    assert not Delivery.objects.filter(pk=old.pk).exists() and Delivery.objects.filter(webhook=hook).count() == 1
+
+
 def test_deleted_branches_and_tags_deploy_nothing(cast, hook, staging, client) -> None:
     for data in (
         {**payload("github", cast.project.repository), "after": "0" * 40, "deleted": True},

@@ -139,9 +139,9 @@ def _provision_code(deployment: Deployment, actor: str) -> None:
             spec = build_spec(deployment, stack, commit)
             if not _apply(deployment, spec, stack, actor, wait=False):
                 return
+    except TransientFailure:
+        raise
     except (GitError, StackInvalid, RuntimeFailure) as e:
-        if isinstance(e, TransientFailure):
-            raise
         settle_after_failure(deployment, actor, f"could not update the code: {e}")
         return
     behind = {"behind": state.behind, "files": list(state.in_the_way), "branch": deployment.branch} if state.behind else {}
