@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from deployments import actions
-from deployments.models import Build, BuildStatus, Deployment, Poll, State, Trigger
+from deployments.models import Build, BuildStatus, Deployment, Poll, State, Trigger, Webhook
 from deployments.provisioning import tasks
 from deployments.provisioning.spec import current_spec
 from deployments.triggers import polling
@@ -192,6 +192,15 @@ def test_polling_finds_a_push_once_and_backs_off_on_errors(cast, runtime, sample
     assert found.commit == commit and found.actor == "poll"
     polling.poll_due(now + timedelta(seconds=62))
     assert Build.objects.filter(deployment=d, trigger=Trigger.POLL).count() == 1  # no duplicate
+    Poll.objects.filter(repository=cast.project.repository).update(next_at=now)
+
+    # A repository whose webhook is heard from is read ten times less often (a safety net).
+    Webhook.objects.create(project=cast.project, token="t", secret="s", last_delivery=now)
+    polling.poll_due(now + timedelta(seconds=62))
+    poll = Poll.objects.get(repository=cast.project.repository)
+    assert poll.next_at == now + timedelta(seconds=62 + 300)
+    Webhook.objects.filter(project=cast.project).delete()
+    Poll.objects.filter(pk=poll.pk).update(next_at=now)
 
     (sample_repo / ".git").rename(sample_repo / "git-away")
     polling.poll_due(now + timedelta(seconds=93))
