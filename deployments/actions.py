@@ -431,5 +431,7 @@ def do_record_ci_report(project: Project, data: object, *, actor: Actor = "ci") 
         report = reports.record_report(project, data)
         waiting = reports.waiting_deployments(project, report.commit)
         for d in waiting:
+            if d.build_status == BuildStatus.FAILED:  # CI ran again and passed: a new release of the commit
+                releases.queue(d, report.commit, Trigger.REBUILD, actor_label(actor))
             _provision(d.pk, actor=actor)
     return report, waiting
