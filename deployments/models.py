@@ -69,7 +69,7 @@ class Deployment(models.Model):
     # The newest tip of the branch a trigger reported (what polling compares with).
     seen_commit = models.CharField(max_length=40, blank=True)
     # Development: a trigger asked for the code to be fast-forwarded, and what the last try found
-    # when it could not ({"behind": N, "files": [...], "tip": sha}; empty when up to date).
+    # when it could not ({"behind": N, "files": [...], "branch": name}; empty when up to date).
     pull_wanted = models.BooleanField(default=False)
     code_behind = models.JSONField(default=dict, blank=True)
 

@@ -67,3 +67,35 @@ def test_starting_again_begins_from_queued_steps(build) -> None:
     build.start()  # its worker died; the next pass builds it again
     assert statuses(build) == ["queued"] * 4 and build.progress == 0 and build.status == BuildStatus.RUNNING
     assert build.attempts == 2 and build.log.startswith("half way\n") and "building again (attempt 2)" in build.log
+
+
+def test_the_queue_takes_the_newest_and_settles_the_rest(build, settings) -> None:
+    """A build its dead worker left running, then two pushes: the newest runs, the queued one before
+    it is superseded, the abandoned one is failed — none is left queued or running."""
+    from deployments.provisioning import releases
+
+    d = build.deployment
+    Build.objects.filter(pk=build.pk).update(status=BuildStatus.RUNNING, attempts=1)
+    middle = releases.queue(d, "b" * 40, "push", "webhook:github")
+    Build.objects.filter(pk=middle.pk).update(status=BuildStatus.QUEUED)  # two deliveries at once: both queued
+    newest = Build.objects.create(deployment=d, commit="c" * 40, trigger="push")
+    assert releases.take_next(d) == newest
+    build.refresh_from_db()
+    middle.refresh_from_db()
+    assert build.status == BuildStatus.FAILED and "interrupted" in build.error
+    assert middle.status == BuildStatus.SUPERSEDED and "newer" in middle.error
+    assert releases.take_next(d) == newest  # asked again before it started: the same one, nothing else changes
+    assert Build.objects.filter(deployment=d, status=BuildStatus.QUEUED).count() == 1
+
+
+def test_queueing_supersedes_what_waits_but_not_what_runs(build) -> None:
+    from deployments.provisioning import releases
+
+    d = build.deployment
+    build.start()
+    first = releases.queue(d, "b" * 40, "push", "webhook:github")
+    second = releases.queue(d, "c" * 40, "poll", "poll")
+    first.refresh_from_db()
+    build.refresh_from_db()
+    assert first.status == BuildStatus.SUPERSEDED and first.error == "superseded by a newer poll"
+    assert build.status == BuildStatus.RUNNING and second.status == BuildStatus.QUEUED
