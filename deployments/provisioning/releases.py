@@ -79,8 +79,3 @@ def prune(deployment: Deployment) -> set[str]:
         commits.add(running)
     succeeded.exclude(pk__in=[pk for pk, _ in kept]).exclude(commit__in=commits).update(pruned=True)
     return commits
-
-
-def rollback_targets(deployment: Deployment) -> list[Build]:
-    """The releases a rollback (or a promote, from staging) can run: succeeded and kept."""
-    return list(Build.objects.filter(deployment=deployment, status=BuildStatus.SUCCEEDED, pruned=False).exclude(commit=""))

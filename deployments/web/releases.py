@@ -5,7 +5,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -13,7 +13,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from deployments import actions
 from deployments.access import get_deployment_for_user
-from deployments.models import Build, BuildStatus, Deployment, Poll, Webhook
+from deployments.models import Build, BuildStatus, Poll, Webhook
 from deployments.triggers import polling
 from diploi.http import redirect_to
 from projects.access import get_project_for_user
@@ -62,9 +62,7 @@ def rollback(request: HttpRequest, project_slug: str, slug: str, pk: int) -> Htt
 @require_POST
 def promote(request: HttpRequest, project_slug: str, slug: str, pk: int) -> HttpResponse:
     d = get_deployment_for_user(request.user, project_slug, slug, write=True)
-    target = Deployment.objects.filter(project=d.project, slug=request.POST.get("target", "")).first()
-    if target is None:
-        raise Http404("No such deployment.")
+    target = get_deployment_for_user(request.user, project_slug, request.POST.get("target", ""), write=True)
     try:
         build = actions.do_promote(d, pk, target, actor=request.user)
     except ValidationError as e:

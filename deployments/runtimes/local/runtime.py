@@ -206,7 +206,7 @@ class LocalRuntime(Runtime):
         if not (checkout / ".git").exists():
             return CodeState(spec.commit)
         state = code.fast_forward(checkout, spec.branch, pull)
-        if pull and (uid := self._uid(spec)) is not None:
+        if state.head != spec.commit and (uid := self._uid(spec)) is not None:
             sandbox.give([checkout], uid, force=True)  # what the merge wrote is the developer's
         return state
 
