@@ -6,13 +6,18 @@ from projects.models import Project
 
 
 def deployments_with_figures(project: Project) -> QuerySet[Deployment]:
-    """The project's deployments with their latest CPU sample and last build, in one query."""
+    """The project's deployments with their latest CPU sample and last build, in one query (without
+    their secrets: a list does not decrypt them)."""
     latest_sample = Sample.objects.filter(deployment=OuterRef("pk")).order_by("-at")
     last_build = Build.objects.filter(deployment=OuterRef("pk")).order_by("-created", "-pk")
-    return project.deployments.annotate(
-        cpu=Subquery(latest_sample.values("cpu_percent")[:1]),
-        last_build_status=Subquery(last_build.values("status")[:1]),
-    ).order_by("name")
+    return (
+        project.deployments.defer("credentials", "connections")
+        .annotate(
+            cpu=Subquery(latest_sample.values("cpu_percent")[:1]),
+            last_build_status=Subquery(last_build.values("status")[:1]),
+        )
+        .order_by("name")
+    )
 
 
 PAGE_SIZE = 50

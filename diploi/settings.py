@@ -179,6 +179,16 @@ def redis_channel_layer(url: str) -> dict:
 
 if REDIS_URL:
     CHANNEL_LAYERS = redis_channel_layer(REDIS_URL)
+    # Rendered fragments are shared by every web process, the monitor and the workers (see
+    # deployments/live/shared.py); a Redis that is away makes them render again, never fail.
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "diploi",
+            "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2},
+        }
+    }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 CELERY_BROKER_URL = REDIS_URL or "memory://"

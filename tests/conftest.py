@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,13 @@ def cast(db, sample_repo: Path) -> Cast:
         Membership.objects.create(project=project, user=users[role.value], role=role)
     refresh_stack(project)
     return Cast(project=project, **users)
+
+
+@pytest.fixture(autouse=True)
+def fresh_fragments(settings) -> None:
+    """Rendered fragments are cached by what they show; each test starts with none (ids repeat
+    between tests on SQLite), in this process's memory rather than the shared Redis."""
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": uuid.uuid4().hex}}
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@ let every socket waiting on the same event share one render (the same partial te
 page, once per role, with the project's member list beside it)."""
 
 import asyncio
+import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -11,11 +12,13 @@ from datetime import timedelta
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.core.paginator import Page
 from django.db.models.functions import Length
 from django.template.loader import render_to_string
 from django.utils import timezone
 
 from accounts.models import User
+from deployments.live import shared
 from deployments.models import Deployment, Sample, Stage, State
 from deployments.provisioning.connections import stored_connections
 from deployments.provisioning.spec import deployment_stack
@@ -23,13 +26,12 @@ from deployments.queries import deployments_page
 from deployments.ssh.hostkey import host_key_fingerprint
 from deployments.ssh.naming import ssh_username
 from deployments.status import store
-from deployments.status.observe import status_tree
-from deployments.status.samples import record_sample
 from projects.models import WRITE_ROLES, Membership, Project, Role
 
 LOG_LINES = 200
 RELEASES_SHOWN = 10
 CHART_WINDOW = timedelta(minutes=15)
+STALE_AFTER = 60  # seconds: an observation older than this says the monitor may not be running
 
 
 def sparkline(values: list[float], width: int = 240, height: int = 40) -> str:
@@ -97,40 +99,44 @@ def promote_targets(d: Deployment) -> list[Deployment]:
     )
 
 
-def overview_context(d: Deployment, user: User | None = None, observe: bool = True) -> dict:
-    """Everything the Overview shows; the page and the websocket render the same partials from it.
-
-    The page observes the runtime itself; the websocket (`observe=False`) renders what the monitor
-    stored, so a thousand viewers cost no runtime calls."""
-    since = timezone.now() - CHART_WINDOW
-    samples = list(Sample.objects.filter(deployment=d, at__gte=since).values_list("cpu_percent", "memory_bytes"))
-    if observe:
-        tree = status_tree(d)
-        sample = record_sample(d, tree)
-        cpu, memory = sample.cpu_percent, sample.memory_bytes
-    else:
-        tree = store.from_json(d.status)
-        cpu, memory = samples[-1] if samples else (0, 0)
-    names = components(d)
+def live_context(d: Deployment) -> dict:
+    """What the live part of the Overview shows, from what is stored (the monitor's status tree and
+    samples): no runtime call, no write, however many look."""
+    samples = list(
+        Sample.objects.filter(deployment=d, at__gte=timezone.now() - CHART_WINDOW).values_list("cpu_percent", "memory_bytes", "at")
+    )
+    cpu, memory, observed = samples[-1] if samples else (0, 0, None)
     return {
         "d": d,
         "project": d.project,
-        "tab": "overview",
-        "tree": tree,
+        "tree": store.from_json(d.status),
+        "observed": observed if d.state in (State.RUNNING, State.STOPPED) else None,
+        "stale_after": STALE_AFTER,
         "cpu": cpu,
         "memory": memory,
         "cpu_points": sparkline([s[0] for s in samples]),
         "build": d.builds.first(),
         "releases": list(d.builds.select_related("source__deployment")[:RELEASES_SHOWN]) if d.builds_releases else [],
         "promote_targets": promote_targets(d),
-        "ssh": ssh_commands(d, user, names) if user is not None else [],
+        "domains": list(d.domains.all()),
+        "component_names": components(d),
+    }
+
+
+def overview_context(d: Deployment, user: User) -> dict:
+    """The Overview page: the live part as every viewer of the same role shares it, and what is the
+    user's own (SSH commands) or only shown on the page (connections, sessions, history)."""
+    return {
+        "d": d,
+        "project": d.project,
+        "tab": "overview",
+        "live": live_fragment(d),
+        "ssh": ssh_commands(d, user, components(d)),
         "ssh_host_key": host_key_fingerprint(),
         "ssh_sessions": list(d.ssh_sessions.select_related("user")[:10]),
-        "has_keys": user is not None and user.ssh_keys.exists(),
+        "has_keys": user.ssh_keys.exists(),
         "transitions": list(d.transitions.order_by("-at", "-pk")[:8]),
-        "domains": list(d.domains.all()),
         "connections": stored_connections(d),
-        "component_names": names,
     }
 
 
@@ -166,38 +172,51 @@ def off_thread(produce: Callable[[], Snapshot | None]):
 
 
 renders = Renders()
-_rendered: dict[tuple, str] = {}
+FRAGMENT_TTL = 600  # seconds a rendered fragment is kept for the next viewer with the same state
 
 
-def render_live(d: Deployment) -> str:
-    """The live part of the Overview for `d.project.role`; the same state renders once per process."""
+def digest(parts: object) -> str:
+    return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
+
+
+def live_fragment(d: Deployment) -> str:
+    """The live part of the Overview for `d.project.role`: looked up by everything it shows (a few
+    small queries), so the same state renders once for every viewer of that role in every process."""
     latest = d.samples.order_by("-at").values_list("pk", flat=True).first()
     build = d.builds.annotate(log_size=Length("log")).values_list("pk", "status", "progress", "log_size").first()
     history = tuple(d.builds.values_list("pk", "status", "pruned", "commit")[:RELEASES_SHOWN])
     domains = tuple(d.domains.values_list("name", "verified"))
-    key = (
-        d.pk,
-        d.state,
-        d.state_reason,
-        d.enabled,
-        d.commit,
-        d.release_id,
-        json.dumps(d.status, sort_keys=True),
-        json.dumps(d.endpoints, sort_keys=True),
-        latest,
-        build,
-        history,
-        d.auto_deploy,
-        d.pinned_at,
-        json.dumps(d.code_behind, sort_keys=True),
-        domains,
-        d.project.can_write,
+    key = "live:" + digest(
+        (
+            d.pk,
+            d.project.slug,
+            d.slug,
+            d.name,
+            d.stage,
+            d.branch,
+            d.state,
+            d.state_reason,
+            d.enabled,
+            d.commit,
+            d.release_id,
+            json.dumps(d.status, sort_keys=True),
+            json.dumps(d.endpoints, sort_keys=True),
+            latest,
+            build,
+            history,
+            d.auto_deploy,
+            d.pinned_at,
+            d.pinned_by_id,
+            json.dumps(d.code_behind, sort_keys=True),
+            domains,
+            d.project.can_write,
+        )
     )
-    if key not in _rendered:
-        if len(_rendered) > 1000:
-            _rendered.clear()
-        _rendered[key] = render_to_string("deployments/detail.html#live", overview_context(d, observe=False))
-    return _rendered[key]
+    html = shared.get(key)
+    if html is None:
+        html = render_to_string("deployments/detail.html#live", live_context(d))
+        shared.put(key, html, FRAGMENT_TTL)
+    return html
 
 
 def members_of(project_id: int) -> dict[int, str]:
@@ -216,7 +235,30 @@ def deployment_snapshot(deployment_id: int) -> Snapshot | None:
     d = Deployment.objects.select_related("project", "release", "pinned_by").filter(pk=deployment_id).first()
     if d is None:
         return None
-    return Snapshot(members_of(d.project_id), per_role(d.project, lambda: render_live(d)))
+    return Snapshot(members_of(d.project_id), per_role(d.project, lambda: live_fragment(d)))
+
+
+def list_fragment(project: Project, page: Page) -> str:
+    """One page of the project's deployment list for `project.role`, looked up by the rows it shows."""
+    page.object_list = rows = list(page.object_list)
+    key = "list:" + digest(
+        (
+            project.pk,
+            project.slug,
+            project.can_write,
+            page.number,
+            page.paginator.count,
+            tuple(
+                (d.pk, d.name, d.slug, d.stage, d.branch, d.summary, d.cpu, json.dumps(d.endpoints, sort_keys=True), d.last_build_status)
+                for d in rows
+            ),
+        )
+    )
+    html = shared.get(key)
+    if html is None:
+        html = render_to_string("projects/detail.html#deployments", {"project": project, "page": page})
+        shared.put(key, html, FRAGMENT_TTL)
+    return html
 
 
 def project_snapshot(project_id: int, page_number: str | None = None) -> Snapshot | None:
@@ -224,6 +266,4 @@ def project_snapshot(project_id: int, page_number: str | None = None) -> Snapsho
     if project is None:
         return None
     page = deployments_page(project, page_number)
-    page.object_list = list(page.object_list)
-    ctx = {"project": project, "page": page}
-    return Snapshot(members_of(project_id), per_role(project, lambda: render_to_string("projects/detail.html#deployments", ctx)))
+    return Snapshot(members_of(project_id), per_role(project, lambda: list_fragment(project, page)))

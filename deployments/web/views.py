@@ -15,7 +15,16 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from deployments import actions
 from deployments.access import get_deployment_for_user
 from deployments.domains import CHALLENGE_LABEL, challenge_value, cname_target
-from deployments.live.fragments import LOG_LINES, LogStream, components, log_streams, overview_context, parameters
+from deployments.live.fragments import (
+    LOG_LINES,
+    LogStream,
+    components,
+    list_fragment,
+    live_fragment,
+    log_streams,
+    overview_context,
+    parameters,
+)
 from deployments.models import Deployment, Domain, EnvVar
 from deployments.provisioning.connections import stored_connections
 from deployments.provisioning.spec import current_spec
@@ -42,9 +51,11 @@ from projects.stack import branches
 def project_detail(request: HttpRequest, project_slug: str) -> HttpResponse:
     """The project page: its deployments (paged, live), members and stack file."""
     project = get_project_for_user(request.user, project_slug)
+    page = deployments_page(project, request.GET.get("page"))
     ctx = {
         "project": project,
-        "page": deployments_page(project, request.GET.get("page")),
+        "page": page,
+        "deployments": list_fragment(project, page),
         "members": project.memberships.select_related("user"),
     }
     return TemplateResponse(request, "projects/detail.html", ctx)
@@ -79,9 +90,11 @@ def deployment_new(request: HttpRequest, project_slug: str) -> HttpResponse:
 @login_required
 @require_GET
 def deployment_detail(request: HttpRequest, project_slug: str, slug: str) -> HttpResponse:
+    """The Overview: what the monitor stored, never the runtime's live answer (see live_context)."""
     d = get_deployment_for_user(request.user, project_slug, slug)
-    template = "deployments/detail.html#live" if request.htmx else "deployments/detail.html"
-    return TemplateResponse(request, template, overview_context(d, request.user))
+    if request.htmx:  # the Refresh button: the live part alone
+        return HttpResponse(live_fragment(d))
+    return TemplateResponse(request, "deployments/detail.html", overview_context(d, request.user))
 
 
 @login_required

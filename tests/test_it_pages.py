@@ -1,0 +1,115 @@
+"""Every page a member reads: the same queries with 1 or 100 deployments, no write, no runtime call.
+
+Pages render what the monitor and the workers stored; only the Logs tab and Describe ask the
+runtime (their content is its answer), so they are not in this list.
+"""
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from deployments.models import Build, Deployment, Domain, EnvVar, Sample, Stage, State
+
+GREEN = {"colour": "green", "reason": "Running", "tree": {"containers": [["web", "green", "running"]], "services": [["web", "green", "ok"]]}}
+PAGES = [
+    "/projects/",
+    "/projects/shop/",
+    "/projects/shop/?page=2",
+    "/projects/shop/settings/",
+    "/projects/shop/push/",
+    "/projects/shop/deployments/new/",
+    "/projects/shop/d/prod/",
+    "/projects/shop/d/prod/options/",
+    "/projects/shop/d/prod/clone/",
+    "/projects/shop/d/prod/releases/{release}/",
+    "/account/keys/",
+]
+
+
+class Untouchable:
+    """A runtime whose every use fails the test, but for what it found of the machine (probed once per
+    process: every page's banner says whether deployments are confined)."""
+
+    def __init__(self, found) -> None:
+        self.found = found
+
+    def confinement(self):
+        return self.found
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"a page called the runtime: {name}")
+
+
+@pytest.fixture
+def untouchable_runtime(monkeypatch, data_dir):
+    from deployments.runtimes import get_runtime
+    from deployments.runtimes.local import runtime
+
+    found = runtime.LocalRuntime().confinement()
+    monkeypatch.setattr(runtime, "LocalRuntime", lambda: Untouchable(found))
+    get_runtime.cache_clear()
+    yield
+    get_runtime.cache_clear()
+
+
+def add_deployments(cast, count: int) -> None:
+    start = Deployment.objects.count()
+    for i in range(start, start + count):
+        d = Deployment.objects.create(
+            project=cast.project, name=f"d{i:03}", slug=f"d{i:03}", branch="main", state=State.RUNNING, status=GREEN, stage=Stage.STAGING
+        )
+        Sample.objects.create(deployment=d, cpu_percent=i, memory_bytes=1 << 20)
+        Build.objects.create(deployment=d, commit="b" * 40, status="succeeded")
+        EnvVar.objects.create(deployment=d, key="K", value="v")
+        Domain.objects.create(deployment=d, name=f"d{i}.example.com")
+
+
+@pytest.mark.parametrize("role", ["owner", "viewer"])
+def test_pages_read_a_constant_number_of_queries_and_write_nothing(cast, untouchable_runtime, role) -> None:
+    prod = Deployment.objects.create(
+        project=cast.project, name="Prod", slug="prod", branch="main", stage=Stage.PRODUCTION, state=State.RUNNING, status=GREEN
+    )
+    builds = [Build.objects.create(deployment=prod, commit=f"{i:040x}", status="succeeded", message=f"change {i}") for i in range(15)]
+    Deployment.objects.filter(pk=prod.pk).update(release=builds[-1], commit=builds[-1].commit)
+    Sample.objects.bulk_create(Sample(deployment=prod, cpu_percent=i, memory_bytes=1 << 20) for i in range(30))
+    client = cast.client(getattr(cast, role))
+    pages = [p.format(release=builds[0].pk) for p in PAGES if role == "owner" or not p.endswith(("/push/", "/new/", "/clone/"))]
+
+    def measure() -> dict[str, list[str]]:
+        found = {}
+        for page in pages:
+            with CaptureQueriesContext(connection) as queries:
+                response = client.get(page)
+            assert response.status_code == 200, (page, response.status_code)
+            found[page] = [q["sql"] for q in queries]
+        return found
+
+    measure()  # warm: content types, the stack file's parse
+    one = measure()
+    add_deployments(cast, 100)
+    hundred = measure()
+    for page in pages:
+        assert len(hundred[page]) == len(one[page]), (page, one[page], hundred[page])
+        writes = [q for q in hundred[page] if not q.lstrip().upper().startswith(("SELECT", "SAVEPOINT", "RELEASE SAVEPOINT"))]
+        assert not writes, (page, writes)
+        assert len(hundred[page]) <= 25, (page, hundred[page])
+
+
+def test_the_overview_shows_the_stored_state_and_how_old_it_is(cast, untouchable_runtime) -> None:
+    prod = Deployment.objects.create(
+        project=cast.project,
+        name="Prod",
+        slug="prod",
+        branch="main",
+        stage=Stage.PRODUCTION,
+        state=State.RUNNING,
+        status={"colour": "red", "reason": "web: exited", "tree": {"containers": [["web", "red", "exited"]]}},
+    )
+    client = cast.client(cast.viewer)
+    page = client.get("/projects/shop/d/prod/").content.decode()
+    assert "<strong>Error</strong> — web: exited" in page and "As observed <time" not in page  # nothing sampled yet
+    sample = Sample.objects.create(deployment=prod, cpu_percent=3.5, memory_bytes=1 << 20)
+    page = client.get("/projects/shop/d/prod/").content.decode()
+    assert f'datetime="{sample.at.isoformat()}"' in page
+    assert "3.5%" in page and "is the monitor" in page  # the note the page shows once the sample is old
+    assert Sample.objects.filter(deployment=prod).count() == 1  # reading kept no sample of its own
