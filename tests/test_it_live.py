@@ -124,29 +124,38 @@ async def test_a_removed_member_stops_receiving(cast, dev, runtime, redis_layer)
 
 @pytest.mark.asyncio
 async def test_many_sockets_share_one_render_per_event(cast, dev, runtime, redis_layer, monkeypatch) -> None:
-    """Viewers and developers on one deployment: one snapshot per event, each gets its role's fragment."""
+    """Viewers and developers on one deployment: the producer renders the event's snapshot once, the
+    sockets only fetch it and each gets its role's fragment; without it, they render it once."""
     from asgiref.sync import sync_to_async
 
-    from deployments.live import consumers
+    from deployments.live import consumers, fragments, shared
     from deployments.live.events import publish
 
-    calls = []
+    calls, produced = [], []
     real = consumers.deployment_snapshot
     monkeypatch.setattr(consumers, "deployment_snapshot", lambda pk: calls.append(pk) or real(pk))
+    monkeypatch.setattr(fragments, "deployment_snapshot", lambda pk: produced.append(pk) or real(pk))
     sockets = [(await connect(user, dev.pk))[0] for user in [cast.viewer, cast.developer] * 5]
     firsts = [await s.receive_from(timeout=10) for s in sockets]
     assert len(calls) == 10  # one per connect: each socket starts from the current state
     assert all("Nothing running yet" in f for f in firsts)
-    await sync_to_async(Deployment.objects.filter(pk=dev.pk).update)(
-        status={"colour": "red", "reason": "web: exited", "tree": {"containers": [["web", "red", "exited"]]}}
-    )
-    await sync_to_async(publish)(dev.pk, "status")
-    updates = [await s.receive_from(timeout=10) for s in sockets]
-    assert len(calls) == 11  # the event rendered once for all ten sockets
+
+    async def change(reason: str) -> list[str]:
+        status = {"colour": "red", "reason": reason, "tree": {"containers": [["web", "red", "exited"]]}}
+        await sync_to_async(Deployment.objects.filter(pk=dev.pk).update)(status=status)
+        await sync_to_async(publish)(dev.pk, "status")
+        return [await s.receive_from(timeout=10) for s in sockets]
+
+    updates = await change("web: exited")
+    assert (len(produced), len(calls)) == (1, 10)  # rendered once, by the producer, for all ten sockets
     assert all("web: exited" in u for u in updates)
     assert all("Restart" not in u for u in updates[::2]) and all("Restart" in u for u in updates[1::2])
     await sync_to_async(publish)(dev.pk, "status")  # nothing changed: nothing is sent
     assert all([await s.receive_nothing(timeout=0.5) for s in sockets])
+
+    monkeypatch.setattr(shared, "get", lambda key: None)  # the snapshot is gone (Redis away, expired)
+    updates = await change("web: crashed again")
+    assert len(calls) == 11 and all("web: crashed again" in u for u in updates)  # the sockets rendered it, once
     for s in sockets:
         await s.disconnect()
 

@@ -10,7 +10,7 @@ from django.test.utils import CaptureQueriesContext
 
 from deployments.models import Build, Deployment, Domain, EnvVar, Sample, Stage, State
 
-GREEN = {"colour": "green", "reason": "Running", "tree": {"containers": [["web", "green", "running"]], "services": [["web", "green", "ok"]]}}
+GREEN = {"colour": "green", "reason": "Running", "tree": {"containers": [["web", "green", "up"]], "services": [["web", "green", "up"]]}}
 PAGES = [
     "/projects/",
     "/projects/shop/",

@@ -9,6 +9,7 @@ Access is checked on connect and on every event; a member removed meanwhile is d
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Hashable
 from urllib.parse import parse_qs
 
@@ -19,7 +20,7 @@ from django.http import Http404
 from django.utils.html import escape
 
 from deployments.access import get_deployment_by_id_for_user
-from deployments.live import events
+from deployments.live import events, shared
 from deployments.live.fragments import LOG_LINES, Snapshot, deployment_snapshot, off_thread, project_snapshot, renders
 from deployments.provisioning.spec import current_spec
 from deployments.runtimes import get_runtime
@@ -56,14 +57,29 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self.group = self.group_name(self.ident)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
-        await self.push(await off_thread(self.snapshot)())
+        await self.push(await off_thread(self.first_snapshot)())
 
     async def disconnect(self, code: int) -> None:
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
+    def first_snapshot(self) -> Snapshot | None:
+        self.watched = time.monotonic()
+        events.watch(self.group)
+        return self.snapshot()
+
     async def live_event(self, event: dict) -> None:
-        await self.push(await renders.get((self.group, self.variant(), event.get("seq")), self.snapshot))
+        published = event.get("snapshot") if self.variant() == self.published_variant else None
+
+        def produce() -> Snapshot | None:
+            if time.monotonic() - self.watched > events.WATCH_TTL / 2:
+                self.watched = time.monotonic()
+                events.watch(self.group)
+            return (published and shared.get(published)) or self.snapshot()
+
+        await self.push(await renders.get((self.group, self.variant(), event.get("seq")), produce))
+
+    published_variant: Hashable = None  # the variant producers render (other ones render here)
 
     def variant(self) -> Hashable:
         """What else than the group the fragment depends on (sockets that share it share a render)."""
@@ -99,6 +115,8 @@ class ProjectConsumer(LiveConsumer):
 
     def group_name(self, ident: int) -> str:
         return events.project_group(ident)
+
+    published_variant = "1"
 
     def variant(self) -> Hashable:
         return parse_qs(self.scope.get("query_string", b"").decode()).get("page", ["1"])[0]

@@ -1,7 +1,8 @@
 """Small typed events sent to the channel-layer group of a deployment (`deployment.<id>`).
 
-Producers (tasks, the monitor) call `publish`; the websocket consumer renders the affected
-fragments. Publishing never breaks the producer: with Redis away, live updates pause and pages
+Producers (tasks, the monitor) call `publish`; for a group some socket watches, the producer renders
+its snapshot once and the event names it, so the web processes only fetch it (a socket renders for
+itself when the snapshot is missing). Publishing never breaks the producer: with Redis away, live updates pause and pages
 still render on reload.
 """
 
@@ -10,6 +11,8 @@ import uuid
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+
+from deployments.live import shared
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +54,47 @@ def _send(group_name: str, kind: str) -> bool:
     return _send_all([(group_name, kind)])
 
 
+WATCH_TTL = 120  # seconds a socket's "someone watches this group" mark lasts unless renewed
+SNAPSHOT_TTL = 60  # seconds a published snapshot waits for the web processes to pick it up
+
+
+def watch(group_name: str) -> None:
+    """A socket watches `group_name`: producers render its snapshot before they publish (see _prepare)."""
+    shared.put(f"watch:{group_name}", 1, WATCH_TTL)
+
+
+def _prepare(messages: list[tuple[str, str]]) -> list[dict]:
+    """The events, each with the snapshot of what its group shows rendered here, once, when a socket
+    watches the group: every web process then only fetches it (no query, no render on their side)."""
+    from deployments.live.fragments import deployment_snapshot, project_snapshot
+
+    watched = shared.get_many([f"watch:{g}" for g, _ in messages])
+    events = []
+    for group_name, kind in messages:
+        seq = uuid.uuid4().hex  # names the event: the sockets of one process that receive it share one render
+        event = {"type": "live.event", "kind": kind, "seq": seq}
+        if f"watch:{group_name}" in watched:
+            prefix, _, ident = group_name.partition(".")
+            try:
+                snapshot = deployment_snapshot(int(ident)) if prefix == "deployment" else project_snapshot(int(ident))
+            except Exception:  # noqa: BLE001 - the sockets render it themselves then
+                log.exception("snapshot of %s not rendered", group_name)
+                snapshot = None
+            if snapshot is not None and shared.put(f"snapshot:{seq}", snapshot, SNAPSHOT_TTL):
+                event["snapshot"] = f"snapshot:{seq}"
+        events.append(event)
+    return events
+
+
 def _send_all(messages: list[tuple[str, str]]) -> bool:
     layer = get_channel_layer()
     if layer is None or not messages:
         return layer is not None
+    events = _prepare(messages)
 
     async def send() -> None:
-        # `seq` names each event: the sockets of one process that receive it share one render.
-        for group_name, kind in messages:
-            await layer.group_send(group_name, {"type": "live.event", "kind": kind, "seq": uuid.uuid4().hex})
+        for (group_name, _), event in zip(messages, events, strict=True):
+            await layer.group_send(group_name, event)
 
     try:
         async_to_sync(send)()

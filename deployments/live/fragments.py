@@ -179,15 +179,14 @@ def digest(parts: object) -> str:
     return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
 
 
-def live_fragment(d: Deployment) -> str:
-    """The live part of the Overview for `d.project.role`: looked up by everything it shows (a few
-    small queries), so the same state renders once for every viewer of that role in every process."""
-    latest = d.samples.order_by("-at").values_list("pk", flat=True).first()
-    build = d.builds.annotate(log_size=Length("log")).values_list("pk", "status", "progress", "log_size").first()
-    history = tuple(d.builds.values_list("pk", "status", "pruned", "commit")[:RELEASES_SHOWN])
-    domains = tuple(d.domains.values_list("name", "verified"))
-    key = "live:" + digest(
-        (
+def live_state(d: Deployment) -> tuple:
+    """Everything the live part shows, as a key (a few small queries, once per deployment object)."""
+    if not hasattr(d, "_live_state"):
+        latest = d.samples.order_by("-at").values_list("pk", flat=True).first()
+        build = d.builds.annotate(log_size=Length("log")).values_list("pk", "status", "progress", "log_size").first()
+        history = tuple(d.builds.values_list("pk", "status", "pruned", "commit")[:RELEASES_SHOWN])
+        domains = tuple(d.domains.values_list("name", "verified"))
+        d._live_state = (
             d.pk,
             d.project.slug,
             d.slug,
@@ -209,9 +208,14 @@ def live_fragment(d: Deployment) -> str:
             d.pinned_by_id,
             json.dumps(d.code_behind, sort_keys=True),
             domains,
-            d.project.can_write,
         )
-    )
+    return d._live_state
+
+
+def live_fragment(d: Deployment) -> str:
+    """The live part of the Overview for `d.project.role`: looked up by everything it shows, so the
+    same state renders once for every viewer of that role in every process."""
+    key = "live:" + digest((live_state(d), d.project.can_write))
     html = shared.get(key)
     if html is None:
         html = render_to_string("deployments/detail.html#live", live_context(d))
