@@ -8,6 +8,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -31,32 +33,60 @@ STATE_COLOUR = {
 
 
 class Usage:
-    """CPU % and resident memory of a process and its children; cpu_percent() compares with the
-    previous call, so the Process objects are kept between ticks."""
+    """CPU % and resident memory of process trees, from one pass over the process table per look
+    (`refresh`): CPU % is the CPU time a process used since the previous look over the time passed
+    (0 the first time a process is seen, as psutil's own cpu_percent)."""
 
     def __init__(self) -> None:
-        self._processes: dict[int, psutil.Process] = {}
+        self._stats: dict[int, tuple[float, int]] = {}  # pid → (CPU seconds, resident bytes)
+        self._before: dict[int, tuple[float, int]] = {}
+        self._children: dict[int, list[int]] = {}
+        self._at = self._since = 0.0
+
+    def refresh(self) -> None:
+        stats, children = {}, defaultdict(list)
+        for pid, ppid, cpu, rss in _process_table():
+            stats[pid] = (cpu, rss)
+            children[ppid].append(pid)
+        self._before, self._since = self._stats, self._at
+        self._stats, self._children, self._at = stats, children, time.monotonic()
 
     def of(self, pid: int) -> tuple[float | None, int | None]:
-        try:
-            root = self._cached(pid)
-            tree = [root, *(self._cached(c.pid) for c in root.children(recursive=True))]
-        except psutil.Error:
+        if pid not in self._stats:
             return None, None
-        cpu = memory = 0
-        for p in tree:
-            try:
-                cpu += p.cpu_percent(None)
-                memory += p.memory_info().rss
-            except psutil.Error:
-                continue
-        return round(cpu, 1), memory
+        tree, i = [pid], 0
+        while i < len(tree):
+            tree += self._children.get(tree[i], ())
+            i += 1
+        elapsed = self._at - self._since
+        used = sum(self._stats[p][0] - self._before.get(p, self._stats[p])[0] for p in tree)
+        cpu = max(0.0, used / elapsed * 100) if self._before and elapsed > 0 else 0.0
+        return round(cpu, 1), sum(self._stats[p][1] for p in tree)
 
-    def _cached(self, pid: int) -> psutil.Process:
-        p = self._processes.get(pid)
-        if p is None or not p.is_running():
-            p = self._processes[pid] = psutil.Process(pid)
-        return p
+
+def _process_table() -> Iterator[tuple[int, int, float, int]]:
+    """(pid, parent pid, CPU seconds, resident bytes) of every process: one read of /proc/<pid>/stat
+    each on Linux (a tenth of psutil's cost per process), psutil elsewhere."""
+    if not Path("/proc/self/stat").exists():
+        for p in psutil.process_iter(["ppid", "cpu_times", "memory_info"]):
+            times, memory = p.info["cpu_times"], p.info["memory_info"]
+            if times is not None and memory is not None:  # gone meanwhile, or not ours to read
+                yield p.pid, p.info["ppid"], times.user + times.system, memory.rss
+        return
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                raw = f.read()
+        except OSError:  # gone meanwhile
+            continue
+        fields = raw[raw.rindex(b")") + 2 :].split()  # after "pid (command) "; the command may hold spaces
+        yield int(entry.name), int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS, int(fields[21]) * _PAGE
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 CRASHED = ("FATAL", "BACKOFF", "EXITED")

@@ -18,6 +18,7 @@ from django.conf import settings
 
 from deployments.runtimes.base import (
     CodeState,
+    Colour,
     Confinement,
     DeploymentSpec,
     ItemState,
@@ -29,6 +30,7 @@ from deployments.runtimes.base import (
     SocketTunnel,
     TransientFailure,
     Unreachable,
+    VolumeSpec,
     forward_candidates,
 )
 from deployments.runtimes.local import code, programs, sandbox
@@ -60,6 +62,7 @@ class LocalRuntime(Runtime):
         self.supervisor = Supervisor(self.data_dir)
         self.usage = Usage()
         self._disk: dict[int, tuple[float, ItemState]] = {}
+        self._volumes: dict[tuple[int, str], tuple[float, ItemState]] = {}
 
     def home(self, spec: DeploymentSpec) -> Path:
         return self.layout.home(spec)
@@ -298,6 +301,8 @@ class LocalRuntime(Runtime):
         except TransientFailure:
             info = None  # every container is reported red below, with the reason
         restarts = self.supervisor.restarts()
+        if specs:
+            self.usage.refresh()
         checks = []
         partial = {}
         for spec in specs:
@@ -313,8 +318,7 @@ class LocalRuntime(Runtime):
                     state = with_last_words(state, self.layout.log_file(spec, service.identifier))
                 containers.append(state)
                 for volume in service.volumes:
-                    path = self.layout.volume_dir(spec, service, volume.name)
-                    storage.append(volume_state(f"{service.identifier}/{volume.name}", path, volume.size))
+                    storage.append(self._volume_state(spec, service, volume))
                 port = service.ports and ports.get(service.identifier, {}).get(service.ports[0].name)
                 if proc and proc["statename"] == "RUNNING" and port:
                     checks.append((spec.id, service, f"127.0.0.1:{port}", float(proc.get("start") or 0)))
@@ -324,6 +328,15 @@ class LocalRuntime(Runtime):
         return {
             spec.id: Observation(storage=partial[spec.id][0], containers=partial[spec.id][1], services=services[spec.id]) for spec in specs
         }
+
+    def _volume_state(self, spec: DeploymentSpec, service: ServiceSpec, volume: VolumeSpec) -> ItemState:
+        """Present or missing at every look; what it holds measured at most once a minute (it walks the files)."""
+        name, path = f"{service.identifier}/{volume.name}", self.layout.volume_dir(spec, service, volume.name)
+        at, state = self._volumes.get((spec.id, name), (0.0, None))
+        if state is None or time.monotonic() - at > DISK_MEASURE_SECONDS or not path.is_dir() or state.colour == Colour.RED:
+            state = volume_state(name, path, volume.size)
+            self._volumes[spec.id, name] = (time.monotonic(), state)
+        return state
 
     def _disk_state(self, spec: DeploymentSpec) -> ItemState:
         """Measured at most once a minute per deployment (it walks every file)."""
