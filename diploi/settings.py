@@ -255,6 +255,8 @@ DIPLOI_SSH_AUTH_FAILURES_PER_MINUTE = envint("DIPLOI_SSH_AUTH_FAILURES_PER_MINUT
 DIPLOI_SHUTDOWN_GRACE = envint("DIPLOI_SHUTDOWN_GRACE", 10, minimum=0)
 # Seconds before `up` starts again a platform process that supervisord gave up on (it kept failing to start)
 DIPLOI_PLATFORM_RETRY = envint("DIPLOI_PLATFORM_RETRY", 60, minimum=1)
+# Web processes `up` starts on the one port (supervisord holds the socket; each daphne serves from it).
+DIPLOI_WEB_PROCESSES = envint("DIPLOI_WEB_PROCESSES", 1, minimum=1)
 DIPLOI_MONITOR_INTERVAL = envint("DIPLOI_MONITOR_INTERVAL", 5, minimum=1)
 # Seconds a deployment may stay pending, provisioning or deleting (building: plus three build steps)
 # before the monitor's reconciler drives it again.

@@ -71,12 +71,26 @@ class Program:
     priority: int  # started in this order, stopped in the reverse one
     stopwaitsecs: float
     startsecs: int = 10  # up this long, it counts as started; dying sooner is a failed start (backoff)
+    numprocs: int = 1  # more than one: processes that share `socket`, opened by supervisord (their fd 0)
+    socket: str = ""
+
+    @property
+    def processes(self) -> list[str]:
+        """Its processes' names, as supervisord's log and logs folder name them."""
+        return [self.name] if self.numprocs == 1 else [f"{self.name}-{i}" for i in range(self.numprocs)]
+
+    def rpc_name(self, process: str) -> str:
+        return process if self.numprocs == 1 else f"{self.name}:{process}"
 
     def section(self, logs: Path) -> str:
         command = " ".join(_quote(a) for a in self.argv)
+        kind, log_name, shared = "program", self.name, ""
+        if self.numprocs > 1:
+            kind, log_name = "fcgi-program", f"{self.name}-%(process_num)d"
+            shared = f"socket={self.socket}\nnumprocs={self.numprocs}\nprocess_name={self.name}-%(process_num)d\n"
         return f"""\
-[program:{self.name}]
-command={command}
+[{kind}:{self.name}]
+{shared}command={command}
 priority={self.priority}
 autostart=false
 autorestart=true
@@ -87,7 +101,7 @@ stopwaitsecs={max(1, round(self.stopwaitsecs))}
 stopasgroup=true
 killasgroup=true
 redirect_stderr=true
-stdout_logfile={logs / self.name}.log
+stdout_logfile={logs / log_name}.log
 stdout_logfile_maxbytes=10MB
 stdout_logfile_backups=2
 """
@@ -176,9 +190,17 @@ def free_port() -> int:
 
 class Launcher:
     def __init__(
-        self, host: str, port: int, data_dir: Path, grace: float, extra: list[tuple[str, list[str]]], retry_after: float = 60
+        self,
+        host: str,
+        port: int,
+        data_dir: Path,
+        grace: float,
+        extra: list[tuple[str, list[str]]],
+        retry_after: float = 60,
+        web_processes: int = 1,
     ) -> None:
         self.host = host
+        self.web_processes = web_processes
         self.retry_after = retry_after  # seconds before `up` starts again a program supervisord gave up on
         self.port = port
         self.data_dir = data_dir
@@ -270,9 +292,13 @@ class Launcher:
             self.programs.append(Program("agent", self.manage("supervisor"), 200, self.grace + 15))
             env["DIPLOI_SUPERVISOR_MANAGED"] = "1"  # nobody else starts one while it restarts
         web = ["-m", "daphne", "-b", self.host, "-p", str(self.port), "diploi.asgi:application"]
+        shared = ""
+        if self.web_processes > 1:  # supervisord listens and hands the socket to each daphne as its fd 0
+            web = ["-m", "deployments.management.shared_socket", *web[-1:]]
+            shared = f"tcp://{self.host}:{self.port}"
         worker = ["-m", "celery", "-A", "diploi", "worker", "--loglevel", "INFO", "--concurrency", "2"]
         self.programs += [
-            Program("web", [sys.executable, *web], 300, self.grace),
+            Program("web", [sys.executable, *web], 300, self.grace, numprocs=self.web_processes, socket=shared),
             Program("worker", [sys.executable, *worker], 300, self.grace),
             *(Program(name, self.manage(*argv), 300, self.grace) for name, argv in self.extra),
         ]
@@ -296,7 +322,7 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 
 """
         (self.dir / "supervisord.conf").write_text(text + "\n".join(p.section(logs) for p in self.programs))
-        self.tails = [LogTail(p.name, logs / f"{p.name}.log") for p in self.programs]
+        self.tails = [LogTail(name, logs / f"{name}.log") for p in self.programs for name in p.processes]
         self.tails.append(LogTail("up", self.dir / "supervisord.log", self._supervisord_said))
         for tail in self.tails:
             tail.skip_existing()  # a previous run's lines were shown then
@@ -315,9 +341,13 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
         )
         self._wait(lambda: answers(self.rpc()), "supervisord", 30)
 
+    def _program(self, process: str) -> Program | None:
+        return next((p for p in self.programs if process in p.processes), None)
+
     def _start(self, name: str) -> None:
+        program = self._program(name) or next(p for p in self.programs if p.name == name)
         try:
-            self.rpc().startProcess(name, False)
+            self.rpc().startProcess(name if program.numprocs == 1 else f"{name}:*", False)
         except xmlrpc.client.Fault as e:
             if "ALREADY_STARTED" not in e.faultString:
                 raise LaunchError(f"{name} could not be started: {e.faultString}") from None
@@ -328,8 +358,9 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
             self._pump()
             if self.proc.poll() is not None:
                 raise LaunchError(f"the platform's supervisord exited; see {self.dir / 'supervisord.log'}")
-            if name in self._names():
-                state = self.rpc().getProcessInfo(name)
+            program = next((p for p in self.programs if p.name == name), None)
+            for process in program.processes if program else []:
+                state = self.rpc().getProcessInfo(program.rpc_name(process))
                 if state["statename"] == "FATAL":
                     raise LaunchError(f"{name} could not be started; see {self.dir / 'logs' / name}.log")
             if ready():
@@ -354,8 +385,9 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
             for name, since in list(self.failing.items()):
                 if time.monotonic() - since >= self.retry_after:
                     self.failing[name] = time.monotonic()
+                    program = self._program(name)
                     with contextlib.suppress(OSError, http.client.HTTPException, xmlrpc.client.Fault):
-                        self.rpc().startProcess(name, False)
+                        self.rpc().startProcess(program.rpc_name(name) if program else name, False)
         return 0
 
     def _supervisord_said(self, _: str, line: str) -> None:

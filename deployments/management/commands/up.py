@@ -18,10 +18,18 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000, help="HTTP port of the dashboard (default 8000)")
         parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
         parser.add_argument("--data-dir", type=Path, default=settings.DATA_DIR, help="where Diploi keeps its data")
+        parser.add_argument(
+            "--web-processes",
+            type=int,
+            default=settings.DIPLOI_WEB_PROCESSES,
+            help="web processes sharing the port (default DIPLOI_WEB_PROCESSES, 1)",
+        )
 
-    def handle(self, *args, port: int, host: str, data_dir: Path, **options) -> None:
+    def handle(self, *args, port: int, host: str, data_dir: Path, web_processes: int, **options) -> None:
         if not 1 <= port <= 65535:
             raise CommandError(f"--port {port} is not a TCP port number")
+        if not 1 <= web_processes <= 64:
+            raise CommandError(f"--web-processes {web_processes}: give a number from 1 to 64")
         # Everything the platform and its processes create is theirs alone; deployments reach their
         # own folders through their sandboxes.
         os.umask(0o077)
@@ -35,6 +43,7 @@ class Command(BaseCommand):
             grace=settings.DIPLOI_SHUTDOWN_GRACE,
             extra=[("monitor", ["monitor"]), ("ssh", ["sshgateway"])],
             retry_after=settings.DIPLOI_PLATFORM_RETRY,
+            web_processes=web_processes,
         )
         say("up", mode().describe())
         try:
