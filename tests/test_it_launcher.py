@@ -248,6 +248,32 @@ def test_a_platform_process_that_dies_is_restarted_shown_and_retried(tmp_path: P
         platform.kill()
 
 
+def test_several_web_processes_serve_one_port_and_each_takes_over_from_the_other(tmp_path: Path) -> None:
+    """`up --web-processes 2`: two daphne processes accept on the one port; with either of them
+    frozen the other answers every request, and one that is killed is restarted."""
+    platform = Platform(tmp_path / "data", free_port(), env={"DIPLOI_WEB_PROCESSES": "2"})
+    try:
+        url = platform.wait_for(r"Diploi is running at (http://\S+)").group(1)
+        webs = [p for p in platform.descendants() if "shared_socket" in " ".join(p.cmdline()) or "daphne" in " ".join(p.cmdline())]
+        assert len(webs) == 2, [p.cmdline() for p in webs]
+        for frozen in webs:
+            frozen.suspend()
+            try:
+                for _ in range(20):  # a new connection each: the kernel hands each to a process waiting in accept()
+                    with urllib.request.urlopen(f"{url}healthz", timeout=5) as r:
+                        assert r.status == 200
+            finally:
+                frozen.resume()
+        webs[0].kill()
+        platform.wait_for(r"web-[01]: stopped unexpectedly \(terminated by SIGKILL\) and was restarted")
+        assert http_get(f"{url}healthz")
+        procs = platform.descendants()
+        assert platform.stop() == 0
+        assert_all_gone(procs)
+    finally:
+        platform.kill()
+
+
 def test_the_data_directory_is_the_platforms_alone(platform: Platform, tmp_path: Path) -> None:
     platform.wait_for(r"Diploi is running at")
     data = tmp_path / "data"
