@@ -9,11 +9,12 @@ in the same run:
 1. publish → fragment received over the websocket, p50/p99, for N clients over 50 deployments and
    N clients on one deployment, next to a Redis pub/sub round trip;
 2. the Overview page and the project page with 1,000 deployments in PostgreSQL, p50/p99 and
-   requests/s, next to a trivial view (/healthz) on the same server;
-3. monitor CPU seconds per tick for 10/50/200 observed deployments (monitor + supervisord), next to
-   just reading those rows;
-4. resident memory of web, worker and monitor with 200 observed deployments and N clients connected,
-   next to a Python process that only set Django up.
+   requests/s, next to a trivial view (/healthz) on the same server, with one and with two web
+   processes on the port;
+3. monitor CPU seconds per tick (monitor + supervisord) for 10/50/200/1,000 deployments that really
+   run (a small Python HTTP server each, sandboxed, health-checked), next to just reading their rows;
+4. resident memory of web, worker and monitor with those deployments running and N clients
+   connected, next to a Python process that only set Django up.
 """
 
 import argparse
@@ -129,6 +130,40 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def start_web(processes: int) -> tuple[str, list[subprocess.Popen]]:
+    """daphne on a free port; with several processes, each adopts one listening socket (as `up` does)."""
+    if processes == 1:
+        port = free_port()
+        web = start("web", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "diploi.asgi:application"])
+        return wait_web(f"http://127.0.0.1:{port}", [web])
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1024)
+    argv = [sys.executable, "-m", "deployments.management.shared_socket", "diploi.asgi:application"]
+    webs = [
+        subprocess.Popen(
+            argv, cwd=BASE_DIR, stdin=listener, stdout=open(DATA / f"web-{i}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+        for i in range(processes)
+    ]
+    port = listener.getsockname()[1]
+    listener.close()
+    return wait_web(f"http://127.0.0.1:{port}", webs)
+
+
+def wait_web(url: str, webs: list[subprocess.Popen]) -> tuple[str, list[subprocess.Popen]]:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=1).read()
+            return url, webs
+        except OSError:
+            if time.monotonic() > deadline or any(w.poll() is not None for w in webs):
+                raise SystemExit(f"daphne did not start; see {DATA}/web*.log") from None
+            time.sleep(0.1)
+
+
 def rss_mib(proc: subprocess.Popen) -> float:
     """Resident size of a process and its children (a prefork worker's pool included)."""
     p = psutil.Process(proc.pid)
@@ -145,7 +180,7 @@ def setup(count: int) -> tuple[User, Project, list[int]]:
             stage=Stage.DEVELOPMENT,
             branch="main",
             commit=project.stack_commit,
-            state=State.PENDING,
+            state=State.RUNNING,
             status=GREEN,
             endpoints={"web": f"http://d{i:04}.localhost:8000"},
         )
@@ -154,12 +189,6 @@ def setup(count: int) -> tuple[User, Project, list[int]]:
     ids = list(Deployment.objects.order_by("slug").values_list("pk", flat=True))
     Sample.objects.bulk_create(Sample(deployment_id=pk, cpu_percent=i % 7, memory_bytes=2**24) for pk in ids for i in range(5))
     return user, project, ids
-
-
-def observe(ids: list[int]) -> None:
-    """Mark exactly these deployments as running (what the monitor observes)."""
-    Deployment.objects.exclude(pk__in=ids).update(state=State.PENDING)
-    Deployment.objects.filter(pk__in=ids).update(state=State.RUNNING)
 
 
 def http_bench(base: str, cookie: str, path: str, requests: int, workers: int = 8) -> tuple[list[float], float]:
@@ -267,25 +296,89 @@ async def fanout(clients: Clients, targets: dict[int, list[int]], rounds: int) -
     return latencies, missing
 
 
-def monitor_cost(ids: list[int], counts: list[int]) -> None:
+LIGHT_APP = """import os, socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((os.environ.get("HOST", "127.0.0.1"), int(os.environ["PORT"])))
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    c.recv(4096)
+    c.sendall(b"HTTP/1.0 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok")
+    c.close()
+"""
+LIGHT_STACK = """diploiVersion: v1.0
+components:
+  - name: Web
+    identifier: web
+    package: python
+"""
+
+
+def light_project(owner: User) -> Project:
+    """A project whose deployments each run one small HTTP server (a few MiB): a thousand fit here."""
+    from projects.models import Membership, Role
+    from projects.sample import commit_all
+    from projects.stack import refresh_stack
+
+    repo = DATA / "light"
+    repo.mkdir()
+    (repo / "diploi.yaml").write_text(LIGHT_STACK)
+    (repo / "app.py").write_text(LIGHT_APP)
+    from projects.git import run_git
+
+    run_git("init", "--quiet", "--initial-branch", "main", cwd=repo)
+    commit_all(repo, "light")
+    project = Project.objects.create(name="Light", slug="light", repository=str(repo), default_branch="main")
+    Membership.objects.create(project=project, user=owner, role=Role.OWNER)
+    refresh_stack(project)
+    project.refresh_from_db()
+    return project
+
+
+def run_light(project: Project, owner: User, count: int) -> list[int]:
+    """Create and provision deployments of the light project until `count` run; their ids."""
+    from deployments.actions import do_create_deployment
+    from deployments.provisioning import tasks
+
+    have = list(Deployment.objects.filter(project=project).values_list("pk", flat=True))
+    for i in range(len(have), count):
+        d = do_create_deployment(project, f"l{i:04}", Stage.DEVELOPMENT, "main", actor=owner)
+        tasks.provision(d.pk)
+        have.append(d.pk)
+    return have
+
+
+def monitor_cost(project: Project, owner: User, counts: list[int]) -> list[int]:
     supervisor_pid = int((DATA / "data" / "runtime" / "supervisord.pid").read_text())
     supervisord = psutil.Process(supervisor_pid)
+    # The page phase's rows are not observed meanwhile (failed: neither observed nor driven again by the reconciler).
+    Deployment.objects.exclude(project=project).update(state=State.FAILED)
+    ids: list[int] = []
     for n in counts:
-        observe(ids[:n])
+        t = time.monotonic()
+        ids = run_light(project, owner, n)
+        started = time.monotonic() - t
+        running = Deployment.objects.filter(pk__in=ids, state=State.RUNNING).count()
+        if running < n:
+            failed = Deployment.objects.filter(pk__in=ids).exclude(state=State.RUNNING).values_list("state", "state_reason").first()
+            raise SystemExit(f"only {running} of {n} deployments run; one that does not: {failed}")
         monitor = Monitor()
-        monitor.tick()  # cold: reads the stack file once per deployment
+        monitor.tick()  # cold: reads the stack file once per deployment, first CPU reading
         ticks = 5
         before, sup_before = time.process_time(), sum(supervisord.cpu_times()[:2])
         for _ in range(ticks):
-            assert monitor.tick() == n
+            observed = monitor.tick()
+            assert observed == n, f"the monitor observed {observed} of {n}"
         cpu = (time.process_time() - before + sum(supervisord.cpu_times()[:2]) - sup_before) / ticks
         t = time.process_time()
         for _ in range(ticks):
             list(Deployment.objects.filter(state__in=OBSERVED).select_related("project", "release"))
         base = (time.process_time() - t) / ticks
-        each = cpu / n * 1000
-        print(f"  {n:>4} deployments: {cpu:7.3f} CPU s/tick ({each:5.2f} ms each)", end="")
-        print(f"   baseline (read the rows) {base:7.4f} s   {cpu / base:6.0f}×")
+        green = sum(1 for d in Deployment.objects.filter(pk__in=ids) if (d.status or {}).get("colour") == "green")
+        print(f"  {n:>4} deployments ({running} running, {green} green): {cpu:7.3f} CPU s/tick ({cpu / n * 1000:5.2f} ms each)", end="")
+        print(f"   baseline (read the rows) {base:7.4f} s   {cpu / base:6.0f}×   (started in {started:.0f} s)")
+    return ids
 
 
 def ratios(latencies: list[float], base: list[float], missing: int) -> str:
@@ -317,6 +410,7 @@ def main() -> None:
     parser.add_argument("--deployments", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--monitor", default="10,50,200,1000", help="running deployments the monitor is measured with")
     args = parser.parse_args()
 
     user, project, ids = setup(args.deployments)
@@ -325,46 +419,44 @@ def main() -> None:
     cookie = f"sessionid={client.cookies['sessionid'].value}"
     runtime = get_runtime()
     runtime.supervisor.ensure_running()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    web = start("web", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "diploi.asgi:application"])
     worker = start("worker", [sys.executable, "-m", "celery", "-A", "diploi", "worker", "--loglevel", "WARNING", "--concurrency", "2"])
+    webs: list[subprocess.Popen] = []
     monitor = None
     clients = None
     loop = asyncio.new_event_loop()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(url + "/healthz", timeout=1).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or web.poll() is not None:
-                    raise SystemExit(f"daphne did not start; see {DATA / 'web.log'}") from None
-                time.sleep(0.1)
         print(f"machine: {os.cpu_count()} CPUs; PostgreSQL {BENCH_DB}; {args.deployments} deployments; everything on loopback\n")
+        overview = f"/projects/sample/d/{Deployment.objects.get(pk=ids[0]).slug}/"
+        for processes in (1, 2):
+            url, webs = start_web(processes)
+            what = f"{args.deployments} deployments in PostgreSQL, {args.requests} requests, 8 at a time"
+            print(f"1.{processes} Pages, {what}, {processes} web process(es):")
+            trivial, trivial_rps = http_bench(url, cookie, "/healthz", args.requests)
+            print(f"  baseline: /healthz                                {figures(trivial)}  {trivial_rps:7.0f} req/s")
+            for label, path in (
+                ("Overview of one deployment", overview),
+                (f"project page (first 50 of {args.deployments})", "/projects/sample/"),
+            ):
+                samples, rps = http_bench(url, cookie, path, args.requests)
+                print(
+                    f"  {label:<48}{figures(samples)}  {rps:7.0f} req/s   ({pct(samples, 50) / pct(trivial, 50):.1f}× / "
+                    f"{pct(samples, 99) / pct(trivial, 99):.1f}× baseline; {rps / trivial_rps:.0%} of its req/s)"
+                )
+            for web in webs:
+                stop(web)
+            webs = []
 
-        print(f"1. Overview latency, {args.deployments} deployments in PostgreSQL, {args.requests} requests, 8 at a time:")
-        trivial, trivial_rps = http_bench(url, cookie, "/healthz", args.requests)
-        print(f"  baseline: /healthz                                {figures(trivial)}  {trivial_rps:7.0f} req/s")
-        for label, path in (
-            ("Overview of one deployment", f"/projects/sample/d/{Deployment.objects.get(pk=ids[0]).slug}/"),
-            (f"project page (first 50 of {args.deployments})", "/projects/sample/"),
-        ):
-            samples, rps = http_bench(url, cookie, path, args.requests)
-            print(
-                f"  {label:<48}{figures(samples)}  {rps:7.0f} req/s   ({pct(samples, 50) / pct(trivial, 50):.1f}× / "
-                f"{pct(samples, 99) / pct(trivial, 99):.1f}× baseline; {trivial_rps / rps:.1f}× fewer req/s)"
-            )
+        print("\n2. Monitor cost per tick, deployments that really run (one small HTTP server each), 5 ticks:")
+        owner = User.objects.get(username="bench")
+        light_ids = monitor_cost(light_project(owner), owner, [int(n) for n in args.monitor.split(",")])
 
-        print("\n2. Monitor cost (rows marked running; their processes are not started, so the supervisor reports them stopped):")
-        monitor_cost(ids, [10, 50, 200])
-
-        print(f"\n3. Websocket fan-out, publish → fragment received, {args.rounds} rounds:")
+        url, webs = start_web(1)
+        print(f"\n3. Websocket fan-out, publish → fragment received, {args.rounds} rounds (one web process):")
+        Deployment.objects.filter(pk__in=ids).update(state=State.RUNNING)
         clients = loop.run_until_complete(websocket_phase(url, cookie, ids, args.clients, args.rounds))
 
-        print(f"\n4. Resident memory with 200 observed deployments and {len(clients.sockets)} connected clients (after 10 s):")
-        observe(ids[:200])
+        print(f"\n4. Resident memory with {len(light_ids)} deployments running and {len(clients.sockets)} connected clients (after 10 s):")
+        Deployment.objects.filter(pk__in=ids).update(state=State.FAILED)
         monitor = start("monitor", [sys.executable, "manage.py", "monitor"])
         loop.run_until_complete(asyncio.sleep(10))
         bare = subprocess.run(
@@ -376,14 +468,18 @@ def main() -> None:
         )
         base = int(bare.stdout) / 2**20
         print(f"  baseline: python with Django set up               {base:7.1f} MiB")
-        for name, proc in (("web (daphne)", web), ("worker (celery, 2 pool processes)", worker), ("monitor", monitor)):
+        for name, proc in (("web (daphne)", webs[0]), ("worker (celery, 2 pool processes)", worker), ("monitor", monitor)):
             print(f"  {name:<48}{rss_mib(proc):7.1f} MiB   ({rss_mib(proc) / base:.1f}× baseline)")
     finally:
         if clients is not None:
             loop.run_until_complete(clients.close())
-        for proc in (monitor, worker, web):
+        for proc in (monitor, worker, *webs):
             if proc is not None:
                 stop(proc)
+        from deployments.provisioning import tasks
+
+        for pk in Deployment.objects.filter(project__slug="light").values_list("pk", flat=True):
+            tasks.destroy(pk)
         runtime.supervisor.shutdown()
         from django.db import connections
 

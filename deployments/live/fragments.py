@@ -242,24 +242,17 @@ def deployment_snapshot(deployment_id: int) -> Snapshot | None:
     return Snapshot(members_of(d.project_id), per_role(d.project, lambda: live_fragment(d)))
 
 
+LIST_KEY_FIELDS = ("pk", "name", "slug", "stage", "branch", "state", "enabled", "state_reason", "status__colour", "endpoints")
+
+
 def list_fragment(project: Project, page: Page) -> str:
-    """One page of the project's deployment list for `project.role`, looked up by the rows it shows."""
-    page.object_list = rows = list(page.object_list)
-    key = "list:" + digest(
-        (
-            project.pk,
-            project.slug,
-            project.can_write,
-            page.number,
-            page.paginator.count,
-            tuple(
-                (d.pk, d.name, d.slug, d.stage, d.branch, d.summary, d.cpu, json.dumps(d.endpoints, sort_keys=True), d.last_build_status)
-                for d in rows
-            ),
-        )
-    )
+    """One page of the project's deployment list for `project.role`, looked up by the rows it shows
+    (read as plain values: the models are built only when it must be rendered)."""
+    rows = tuple(page.object_list.values_list(*LIST_KEY_FIELDS, "cpu", "last_build_status"))
+    key = "list:" + digest((project.pk, project.slug, project.can_write, page.number, page.paginator.count, rows))
     html = shared.get(key)
     if html is None:
+        page.object_list = list(page.object_list)
         html = render_to_string("projects/detail.html#deployments", {"project": project, "page": page})
         shared.put(key, html, FRAGMENT_TTL)
     return html
