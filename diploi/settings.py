@@ -175,10 +175,12 @@ REDIS_URL = envstr("REDIS_URL")
 
 
 def redis_channel_layer(url: str) -> dict:
-    # channels_redis blocks 5 s in BZPOPMIN per receive; redis-py's default read timeout is also
-    # 5 s, which made idle sockets fail with "Timeout reading from" (seen under load): read longer.
+    # Pub/sub: a group event is one PUBLISH, and each web process, subscribed once per group it has
+    # sockets in, hands it to them itself (the list-based layer queued one message per socket in
+    # Redis: 500 sockets on one deployment took half a second per event). Live events are not kept
+    # for a process that is away; a socket that reconnects starts from the current state anyway.
     host = {"address": url, "socket_timeout": 30, "socket_connect_timeout": 5}
-    return {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [host]}}}
+    return {"default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [host]}}}
 
 
 if REDIS_URL:

@@ -248,11 +248,13 @@ LIST_KEY_FIELDS = ("pk", "name", "slug", "stage", "branch", "state", "enabled", 
 def list_fragment(project: Project, page: Page) -> str:
     """One page of the project's deployment list for `project.role`, looked up by the rows it shows
     (read as plain values: the models are built only when it must be rendered)."""
-    rows = tuple(page.object_list.values_list(*LIST_KEY_FIELDS, "cpu", "last_build_status"))
-    key = "list:" + digest((project.pk, project.slug, project.can_write, page.number, page.paginator.count, rows))
+    if not hasattr(page, "key_rows"):  # read once for every role
+        page.key_rows = tuple(page.object_list.values_list(*LIST_KEY_FIELDS, "cpu", "last_build_status"))
+    key = "list:" + digest((project.pk, project.slug, project.can_write, page.number, page.paginator.count, page.key_rows))
     html = shared.get(key)
     if html is None:
-        page.object_list = list(page.object_list)
+        if not isinstance(page.object_list, list):
+            page.object_list = list(page.object_list)
         html = render_to_string("projects/detail.html#deployments", {"project": project, "page": page})
         shared.put(key, html, FRAGMENT_TTL)
     return html
