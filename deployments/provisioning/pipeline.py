@@ -198,6 +198,7 @@ def wait_until_answering(spec: DeploymentSpec) -> str:
     public = [s.identifier for s in spec.public_components]
     deadline = time.monotonic() + settings.DIPLOI_READY_TIMEOUT
     waiting: list[str] = []
+    delay = 0.05  # most components answer within a fraction of a second: look soon, then less often
     while public:
         try:
             services = {i.name: i for i in get_runtime().observe([spec])[spec.id].services}
@@ -209,7 +210,8 @@ def wait_until_answering(spec: DeploymentSpec) -> str:
                 return ""
         if time.monotonic() > deadline:
             break
-        time.sleep(0.5)
+        time.sleep(delay)
+        delay = min(0.5, delay * 2)
     return f"not answering after {settings.DIPLOI_READY_TIMEOUT} s: {'; '.join(waiting)}" if public else ""
 
 
