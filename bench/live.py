@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -412,6 +413,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--monitor", default="10,50,200,1000", help="running deployments the monitor is measured with")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stopped: still stop what it started (finally below)
 
     user, project, ids = setup(args.deployments)
     client = Client()

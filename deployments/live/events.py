@@ -2,8 +2,8 @@
 
 Producers (tasks, the monitor) call `publish`; for a group some socket watches, the producer renders
 its snapshot once and the event names it, so the web processes only fetch it (a socket renders for
-itself when the snapshot is missing). Publishing never breaks the producer: with Redis away, live updates pause and pages
-still render on reload.
+itself when the snapshot is missing). Publishing never breaks the producer: with Redis away, live
+updates pause and pages still render on reload.
 """
 
 import logging
