@@ -186,17 +186,23 @@ def redis_channel_layer(url: str) -> dict:
 if REDIS_URL:
     CHANNEL_LAYERS = redis_channel_layer(REDIS_URL)
     # Rendered fragments are shared by every web process, the monitor and the workers (see
-    # deployments/live/shared.py); a Redis that is away makes them render again, never fail.
+    # deployments/live/shared.py); a Redis that is away makes them render again, never fail. The
+    # default cache (allauth's rate limits, …) stays in each process: it must answer with Redis away.
     CACHES = {
-        "default": {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "shared": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "diploi",
             "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2},
-        }
+        },
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "shared": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "shared"},
+    }
 CELERY_BROKER_URL = REDIS_URL or "memory://"
 # A task is acknowledged when it is done (acks_late), and one whose worker died goes back to the queue
 # (reject_on_worker_lost): the tasks are idempotent, so running one twice is safe, losing one is not.

@@ -89,7 +89,8 @@ def cast(db, sample_repo: Path) -> Cast:
 def fresh_fragments(settings) -> None:
     """Rendered fragments are cached by what they show; each test starts with none (ids repeat
     between tests on SQLite), in this process's memory rather than the shared Redis."""
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": uuid.uuid4().hex}}
+    locmem = "django.core.cache.backends.locmem.LocMemCache"
+    settings.CACHES = {"default": {"BACKEND": locmem}, "shared": {"BACKEND": locmem, "LOCATION": uuid.uuid4().hex}}
 
 
 @pytest.fixture(autouse=True)

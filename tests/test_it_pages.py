@@ -5,7 +5,7 @@ runtime (their content is its answer), so they are not in this list.
 """
 
 import pytest
-from django.core.cache import cache
+from django.core.cache import caches
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -80,7 +80,7 @@ def test_pages_read_a_constant_number_of_queries_and_write_nothing(cast, untouch
         found = {}
         for page in pages:
             if cold:
-                cache.clear()
+                caches["shared"].clear()
             with CaptureQueriesContext(connection) as queries:
                 response = client.get(page)
             assert response.status_code == 200, (page, response.status_code)
@@ -123,3 +123,24 @@ def test_the_overview_shows_the_stored_state_and_how_old_it_is(cast, untouchable
     assert f'datetime="{sample.at.isoformat()}"' in page
     assert "3.5%" in page and "is the monitor" in page  # the note the page shows once the sample is old
     assert Sample.objects.filter(deployment=prod).count() == 1  # reading kept no sample of its own
+
+
+def test_pages_and_sign_in_work_with_the_shared_cache_away(cast, settings, monkeypatch) -> None:
+    """Redis gone: the fragments render without the cache (not looked up again for a while), and
+    signing in (whose rate limits use the default, per-process cache) still works."""
+    from deployments.live import shared
+    from diploi import settings as configured
+    from tests.conftest import free_port
+
+    assert configured.CACHES["default"]["BACKEND"].endswith("LocMemCache")  # never Redis: it must answer with Redis away
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    settings.CACHES = {**settings.CACHES, "shared": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": dead}}
+    monkeypatch.setattr(shared, "_away_until", 0.0)
+    Deployment.objects.create(project=cast.project, name="Prod", slug="prod", branch="main", state=State.RUNNING, status=GREEN)
+    client = cast.client(None)
+    response = client.post("/accounts/login/", {"login": "viewer", "password": "pw-viewer"})
+    assert response.status_code == 302 and response["Location"] == "/projects/"
+    assert "<strong>Running</strong>" in client.get("/projects/shop/d/prod/").content.decode()
+    assert shared._away_until > 0  # it noticed, and leaves the cache alone for a while
+    assert client.get("/projects/shop/").status_code == 200

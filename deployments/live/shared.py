@@ -1,28 +1,31 @@
-"""What the platform's processes share to render less: Django's cache (Redis when REDIS_URL is set,
-this process's memory otherwise). Never fatal: with Redis away a lookup misses and the caller renders
+"""What the platform's processes share to render less: Django's "shared" cache (Redis when REDIS_URL is
+set, this process's memory otherwise). Never fatal: with Redis away a lookup misses and the caller renders
 for itself, as it would have without the cache."""
 
 import logging
 import time
 from typing import Any
 
-from django.core.cache import cache
+from django.core.cache import caches
 
 log = logging.getLogger(__name__)
-QUIET_FOR = 30.0  # seconds between two warnings that the cache is away
-_warned = 0.0
+QUIET_FOR = 30.0  # seconds the cache is left alone after it failed (lookups miss at once meanwhile)
+_away_until = 0.0
 
 
 def _away(e: Exception) -> None:
-    global _warned
-    if time.monotonic() - _warned > QUIET_FOR:
-        _warned = time.monotonic()
-        log.warning("the shared fragment cache is not answering (rendering without it): %s", e)
+    global _away_until
+    _away_until = time.monotonic() + QUIET_FOR
+    log.warning("the shared fragment cache is not answering (rendering without it for %.0f s): %s", QUIET_FOR, e)
+
+
+def _here() -> bool:
+    return time.monotonic() >= _away_until
 
 
 def get(key: str) -> Any | None:
     try:
-        return cache.get(key)
+        return caches["shared"].get(key) if _here() else None
     except Exception as e:  # noqa: BLE001 - a cache that is away is a miss
         _away(e)
         return None
@@ -30,15 +33,17 @@ def get(key: str) -> Any | None:
 
 def get_many(keys: list[str]) -> dict[str, Any]:
     try:
-        return cache.get_many(keys) if keys else {}
+        return caches["shared"].get_many(keys) if keys and _here() else {}
     except Exception as e:  # noqa: BLE001
         _away(e)
         return {}
 
 
 def put(key: str, value: Any, ttl: float) -> bool:
+    if not _here():
+        return False
     try:
-        cache.set(key, value, ttl)
+        caches["shared"].set(key, value, ttl)
         return True
     except Exception as e:  # noqa: BLE001
         _away(e)
