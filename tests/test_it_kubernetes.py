@@ -137,6 +137,9 @@ def test_the_sample_stack_runs_on_kubernetes(cast, kube) -> None:
     tree = wait_until(lambda: green(runtime, spec), timeout=90, what="pods Running and ready (simulated by KWOK)")
     assert [c.name for c in tree.containers] == ["web", "redis"] and all(s.colour.value == "green" for s in tree.storage)
     assert all("does not serve metrics.k8s.io" in s.message for s in tree.services)
+    from deployments.status.monitor import Monitor
+
+    Monitor().tick()  # the page shows what the monitor stored
     page = cast.client(cast.viewer).get("/projects/shop/d/dev/").content.decode()
     assert "redis/data" in page and "bound" in page and "running" in page
     # Describe: the pod, its image, its env's names (never their values) and its events.

@@ -293,6 +293,9 @@ def test_a_diploi_starter_runs_on_the_local_runtime(db, cast, git_daemon, tmp_pa
     assert cast.client(cast.viewer).get(f"{overview}describe/web/").status_code == 403
     assert cast.client(cast.outsider).get(f"{overview}describe/web/").status_code == 404
     assert cast.client(cast.owner).get(f"{overview}describe/nope/").status_code == 404
+    from deployments.status.monitor import Monitor
+
+    Monitor().tick()  # the page shows what the monitor stored
     page = cast.client(cast.owner).get(overview).content.decode()
     assert f'href="{overview}describe/web/"' in page and 'href="#ssh-web"' in page and 'href="#ssh-redis"' not in page
     # Items the component reports in Diploi's status format, under Services; red while young is pending.
