@@ -101,10 +101,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     # A file, not memory, so that a worker process started by a test sees the test database.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test-{os.getpid()}.sqlite3")}
-elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # A pool per process: a page or a socket's render borrows a connection instead of opening one
-    # (a new PostgreSQL backend per request cost more than most pages' queries).
-    DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 1, "max_size": envint("DIPLOI_DB_POOL", 8, minimum=1), "timeout": 10}}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"
