@@ -320,7 +320,7 @@ class LocalRuntime(Runtime):
                 for volume in service.volumes:
                     storage.append(self._volume_state(spec, service, volume))
                 port = service.ports and ports.get(service.identifier, {}).get(service.ports[0].name)
-                if proc and proc["statename"] in ("STARTING", "RUNNING") and port:  # answering before supervisord counts it started
+                if proc and proc["statename"] == "RUNNING" and port:
                     checks.append((spec.id, service, f"127.0.0.1:{port}", float(proc.get("start") or 0)))
             storage.append(self._disk_state(spec))
             partial[spec.id] = (tuple(storage), tuple(containers))
