@@ -263,7 +263,7 @@ def test_a_deployment_is_told_when_it_uses_more_disk_than_its_allowance(cast, ho
     code, out = session("head -c 80M /dev/zero > big; echo exit=$?; ls -l big")
     assert "exit=0" not in out and " 67108864 " in out, out  # stopped at 64 MiB
     assert session("rm big; for i in 1 2 3; do head -c 30M /dev/zero > part$i; done; echo written")[1].strip() == "written"
-    runtime._disk.clear()  # measured once a minute; not now
+    runtime._sizes.clear()  # measured once a minute; not now
     disk = next(i for i in runtime.observe([spec])[d.pk].storage if i.name == "disk")
     assert disk.colour.value == "red" and "over its allowance (DIPLOI_LOCAL_DISK_MIB)" in disk.message, disk
     from deployments.status.tree import derive

@@ -342,10 +342,14 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
         self._wait(lambda: answers(self.rpc()), "supervisord", 30)
 
     def _program(self, process: str) -> Program | None:
+        """The program a process (as supervisord's log names it) belongs to."""
         return next((p for p in self.programs if process in p.processes), None)
 
+    def _named(self, name: str) -> Program | None:
+        return next((p for p in self.programs if p.name == name), None)
+
     def _start(self, name: str) -> None:
-        program = self._program(name) or next(p for p in self.programs if p.name == name)
+        program = self._named(name)
         try:
             self.rpc().startProcess(name if program.numprocs == 1 else f"{name}:*", False)
         except xmlrpc.client.Fault as e:
@@ -358,7 +362,7 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
             self._pump()
             if self.proc.poll() is not None:
                 raise LaunchError(f"the platform's supervisord exited; see {self.dir / 'supervisord.log'}")
-            program = next((p for p in self.programs if p.name == name), None)
+            program = self._named(name)
             for process in program.processes if program else []:
                 state = self.rpc().getProcessInfo(program.rpc_name(process))
                 if state["statename"] == "FATAL":

@@ -9,7 +9,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -61,8 +61,7 @@ class LocalRuntime(Runtime):
         self.layout = Layout(self.data_dir)
         self.supervisor = Supervisor(self.data_dir)
         self.usage = Usage()
-        self._disk: dict[int, tuple[float, ItemState]] = {}
-        self._volumes: dict[tuple[int, str], tuple[float, ItemState]] = {}
+        self._sizes: dict[tuple[int, str], tuple[float, ItemState]] = {}  # (deployment, volume or "disk") → (when, state)
 
     def home(self, spec: DeploymentSpec) -> Path:
         return self.layout.home(spec)
@@ -332,18 +331,19 @@ class LocalRuntime(Runtime):
     def _volume_state(self, spec: DeploymentSpec, service: ServiceSpec, volume: VolumeSpec) -> ItemState:
         """Present or missing at every look; what it holds measured at most once a minute (it walks the files)."""
         name, path = f"{service.identifier}/{volume.name}", self.layout.volume_dir(spec, service, volume.name)
-        at, state = self._volumes.get((spec.id, name), (0.0, None))
-        if state is None or time.monotonic() - at > DISK_MEASURE_SECONDS or not path.is_dir() or state.colour == Colour.RED:
-            state = volume_state(name, path, volume.size)
-            self._volumes[spec.id, name] = (time.monotonic(), state)
-        return state
+        return self._measured((spec.id, name), lambda: volume_state(name, path, volume.size), again=not path.is_dir(), red_again=True)
 
     def _disk_state(self, spec: DeploymentSpec) -> ItemState:
         """Measured at most once a minute per deployment (it walks every file)."""
-        at, state = self._disk.get(spec.id, (0.0, None))
-        if state is None or time.monotonic() - at > DISK_MEASURE_SECONDS:
-            state = disk_state(self.home(spec), _disk_allowance())
-            self._disk[spec.id] = (time.monotonic(), state)
+        return self._measured((spec.id, "disk"), lambda: disk_state(self.home(spec), _disk_allowance()))
+
+    def _measured(self, key: tuple[int, str], measure: Callable[[], ItemState], again: bool = False, red_again: bool = False) -> ItemState:
+        """`measure()`, kept for DISK_MEASURE_SECONDS unless `again` (or `red_again` and it was red)."""
+        at, state = self._sizes.get(key, (0.0, None))
+        red = red_again and state is not None and state.colour == Colour.RED
+        if again or red or state is None or time.monotonic() - at > DISK_MEASURE_SECONDS:
+            state = measure()
+            self._sizes[key] = (time.monotonic(), state)
         return state
 
     # --- logs and shells ----------------------------------------------------------------------
