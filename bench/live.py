@@ -19,6 +19,7 @@ in the same run:
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -84,7 +85,6 @@ django.setup()
 logging.getLogger("channels_redis").setLevel(logging.WARNING)  # a slow reader's full queue is reported in the figures
 
 import psutil  # noqa: E402
-import websockets  # noqa: E402
 from django.test import Client  # noqa: E402
 
 from accounts.models import User  # noqa: E402
@@ -151,6 +151,11 @@ def start_web(processes: int) -> tuple[str, list[subprocess.Popen]]:
     port = listener.getsockname()[1]
     listener.close()
     return wait_web(f"http://127.0.0.1:{port}", webs)
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        stop(proc)
 
 
 def wait_web(url: str, webs: list[subprocess.Popen]) -> tuple[str, list[subprocess.Popen]]:
@@ -227,49 +232,52 @@ async def pubsub_baseline(rounds: int = 300) -> list[float]:
     return samples
 
 
-class Clients:
-    """N session-authenticated websocket clients; each records when it sees the current marker."""
+def monotonic() -> float:
+    return time.clock_gettime(time.CLOCK_MONOTONIC)  # the clients' clock too (bench/wsclients.py)
 
-    def __init__(self, url: str, cookie: str, origin: str) -> None:
-        self.url, self.cookie, self.origin = url, cookie, origin
-        self.sockets: list = []
-        self.seen: dict[str, dict[int, float]] = {}
-        self.readers: list[asyncio.Task] = []
+
+class Clients:
+    """N session-authenticated websocket clients, spread over a few processes (bench/wsclients.py);
+    each client reports when it first sees a marker."""
+
+    def __init__(self, url: str, cookie: str, origin: str, processes: int) -> None:
+        self.url, self.cookie, self.origin, self.processes = url, cookie, origin, processes
+        self.workers: list[asyncio.subprocess.Process] = []
+        self.count = 0
 
     async def connect(self, deployment_ids: list[int]) -> None:
-        limit = asyncio.Semaphore(50)
+        for w in range(self.processes):
+            pairs = [f"{i}:{pk}" for i, pk in enumerate(deployment_ids) if i % self.processes == w]
+            worker = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench.wsclients", self.url, self.cookie, self.origin, *pairs,
+                cwd=BASE_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, limit=2**24,
+            )  # fmt: skip
+            self.workers.append(worker)
+        for worker in self.workers:
+            if (await worker.stdout.readline()).strip() != b"ready":
+                raise SystemExit("a websocket client process did not connect its clients")
+        self.count = len(deployment_ids)
 
-        async def one(index: int, pk: int) -> None:
-            async with limit:
-                ws = await websockets.connect(
-                    f"{self.url}/ws/deployments/{pk}/",
-                    origin=self.origin,
-                    additional_headers={"Cookie": self.cookie},
-                    open_timeout=60,
-                    max_size=2**22,
-                    ping_interval=None,
-                )
-                await asyncio.wait_for(ws.recv(), 60)  # the current state
-                self.sockets.append(ws)
-                self.readers.append(asyncio.create_task(self.read(index, ws)))
+    async def watch(self, marker: str) -> None:
+        for worker in self.workers:
+            worker.stdin.write(f"watch {marker}\n".encode())
+            await worker.stdin.drain()
+        for worker in self.workers:
+            await worker.stdout.readline()  # "watching"
 
-        await asyncio.gather(*(one(i, pk) for i, pk in enumerate(deployment_ids)))
-
-    async def read(self, index: int, ws) -> None:
-        try:
-            async for message in ws:
-                now = time.perf_counter()
-                for marker, seen in self.seen.items():
-                    if marker in message and index not in seen:
-                        seen[index] = now
-        except websockets.ConnectionClosed:
-            pass
+    async def seen(self) -> dict[int, float]:
+        seen = {}
+        for worker in self.workers:
+            seen.update({int(i): t for i, t in json.loads(await worker.stdout.readline())["seen"].items()})
+        return seen
 
     async def close(self) -> None:
-        for task in self.readers:
-            task.cancel()
-        await asyncio.gather(*(ws.close() for ws in self.sockets), return_exceptions=True)
-        self.sockets, self.readers = [], []
+        for worker in self.workers:
+            worker.stdin.write(b"close\n")
+            await worker.stdin.drain()
+        for worker in self.workers:
+            await worker.wait()
+        self.workers, self.count = [], 0
 
 
 async def fanout(clients: Clients, targets: dict[int, list[int]], rounds: int) -> tuple[list[float], int]:
@@ -279,20 +287,16 @@ async def fanout(clients: Clients, targets: dict[int, list[int]], rounds: int) -
     latencies, missing = [], 0
     for _ in range(rounds):
         marker = f"bench-{uuid.uuid4().hex[:12]}"
-        clients.seen[marker] = seen = {}
+        await clients.watch(marker)
         await sync_to_async(Deployment.objects.filter(pk__in=list(targets)).update)(state_reason=marker)
         sent = {}
         for pk in targets:
-            sent[pk] = time.perf_counter()
+            sent[pk] = monotonic()
             await asyncio.to_thread(events.publish, pk, events.STATUS)
-        expected = sum(len(v) for v in targets.values())
-        deadline = time.monotonic() + 30
-        while len(seen) < expected and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        seen = await clients.seen()
         for pk, indexes in targets.items():
             latencies += [seen[i] - sent[pk] for i in indexes if i in seen]
-        missing += expected - len([i for v in targets.values() for i in v if i in seen])
-        del clients.seen[marker]
+            missing += len([i for i in indexes if i not in seen])
         await asyncio.sleep(0.2)
     return latencies, missing
 
@@ -387,18 +391,18 @@ def ratios(latencies: list[float], base: list[float], missing: int) -> str:
     return f"({p50:.0f}× / {p99:.0f}× baseline){f'  MISSING {missing}' if missing else ''}"
 
 
-async def websocket_phase(url: str, cookie: str, ids: list[int], n: int, rounds: int) -> Clients:
+async def websocket_phase(url: str, cookie: str, ids: list[int], n: int, rounds: int, processes: int) -> Clients:
     base = await pubsub_baseline()
     print(f"  baseline: Redis pub/sub round trip                {figures(base)}")
     spread = ids[:50]
-    clients = Clients(url.replace("http", "ws"), cookie, url)
+    clients = Clients(url.replace("http", "ws"), cookie, url, processes)
     await clients.connect([spread[i % len(spread)] for i in range(n)])
     targets = {pk: [i for i in range(n) if spread[i % len(spread)] == pk] for pk in spread}
     latencies, missing = await fanout(clients, targets, rounds)
     print(f"  {n} clients over {len(spread)} deployments:             {figures(latencies)}   {ratios(latencies, base, missing)}")
     await clients.close()
 
-    clients = Clients(url.replace("http", "ws"), cookie, url)
+    clients = Clients(url.replace("http", "ws"), cookie, url, processes)
     await clients.connect([ids[0]] * n)
     latencies, missing = await fanout(clients, {ids[0]: list(range(n))}, rounds)
     print(f"  {n} clients on one deployment:                  {figures(latencies)}   {ratios(latencies, base, missing)}")
@@ -412,7 +416,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--monitor", default="10,50,200", help="running deployments the monitor is measured with (1,000: slow, see docs)")
+    parser.add_argument("--client-processes", type=int, default=2, help="processes the websocket clients are spread over")
+    parser.add_argument("--only", default="pages,monitor,fanout,memory", help="sections to run (memory needs fanout)")
     args = parser.parse_args()
+    sections = set(args.only.split(","))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stopped: still stop what it started (finally below)
 
     user, project, ids = setup(args.deployments)
@@ -429,7 +436,7 @@ def main() -> None:
     try:
         print(f"machine: {os.cpu_count()} CPUs; PostgreSQL {BENCH_DB}; {args.deployments} deployments; everything on loopback\n")
         overview = f"/projects/sample/d/{Deployment.objects.get(pk=ids[0]).slug}/"
-        for processes in (1, 2):
+        for processes in (1, 2) if "pages" in sections else ():
             url, webs = start_web(processes)
             what = f"{args.deployments} deployments in PostgreSQL, {args.requests} requests, 8 at a time"
             print(f"1.{processes} Pages, {what}, {processes} web process(es):")
@@ -444,34 +451,47 @@ def main() -> None:
                     f"  {label:<48}{figures(samples)}  {rps:7.0f} req/s   ({pct(samples, 50) / pct(trivial, 50):.1f}× / "
                     f"{pct(samples, 99) / pct(trivial, 99):.1f}× baseline; {rps / trivial_rps:.0%} of its req/s)"
                 )
-            for web in webs:
-                stop(web)
+            stop_all(webs)
             webs = []
 
-        print("\n2. Monitor cost per tick, deployments that really run (one small HTTP server each), 5 ticks:")
-        owner = User.objects.get(username="bench")
-        light_ids = monitor_cost(light_project(owner), owner, [int(n) for n in args.monitor.split(",")])
+        light_ids: list[int] = []
+        if "monitor" in sections:
+            print("\n2. Monitor cost per tick, deployments that really run (one small HTTP server each), 5 ticks:")
+            owner = User.objects.get(username="bench")
+            light_ids = monitor_cost(light_project(owner), owner, [int(n) for n in args.monitor.split(",")])
 
-        url, webs = start_web(1)
-        print(f"\n3. Websocket fan-out, publish → fragment received, {args.rounds} rounds (one web process):")
         Deployment.objects.filter(pk__in=ids).update(state=State.RUNNING)
-        clients = loop.run_until_complete(websocket_phase(url, cookie, ids, args.clients, args.rounds))
+        for processes in (1, 2) if "fanout" in sections else ():
+            url, webs = start_web(processes)
+            what = f"{args.rounds} rounds, {processes} web process(es), clients in {args.client_processes} processes"
+            print(f"\n3.{processes} Websocket fan-out, publish → fragment received, {what}:")
+            clients = loop.run_until_complete(websocket_phase(url, cookie, ids, args.clients, args.rounds, args.client_processes))
+            if processes == 1 or "memory" not in sections:
+                loop.run_until_complete(clients.close())
+                clients = None
+                stop_all(webs)
+                webs = []
 
-        print(f"\n4. Resident memory with {len(light_ids)} deployments running and {len(clients.sockets)} connected clients (after 10 s):")
-        Deployment.objects.filter(pk__in=ids).update(state=State.FAILED)
-        monitor = start("monitor", [sys.executable, "manage.py", "monitor"])
-        loop.run_until_complete(asyncio.sleep(10))
-        bare = subprocess.run(
-            [sys.executable, "-c", "import django, os, psutil; django.setup(); print(psutil.Process().memory_info().rss)"],
-            cwd=BASE_DIR,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        base = int(bare.stdout) / 2**20
-        print(f"  baseline: python with Django set up               {base:7.1f} MiB")
-        for name, proc in (("web (daphne)", webs[0]), ("worker (celery, 2 pool processes)", worker), ("monitor", monitor)):
-            print(f"  {name:<48}{rss_mib(proc):7.1f} MiB   ({rss_mib(proc) / base:.1f}× baseline)")
+        if "memory" in sections and clients is not None:
+            print(f"\n4. Resident memory with {len(light_ids)} deployments running and {clients.count} connected clients (after 10 s):")
+            Deployment.objects.filter(pk__in=ids).update(state=State.FAILED)
+            monitor = start("monitor", [sys.executable, "manage.py", "monitor"])
+            loop.run_until_complete(asyncio.sleep(10))
+            bare = subprocess.run(
+                [sys.executable, "-c", "import django, os, psutil; django.setup(); print(psutil.Process().memory_info().rss)"],
+                cwd=BASE_DIR,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            base = int(bare.stdout) / 2**20
+            print(f"  baseline: python with Django set up               {base:7.1f} MiB")
+            for name, proc in (
+                *((f"web (daphne) {i}", web) for i, web in enumerate(webs)),
+                ("worker (celery, 2 pool processes)", worker),
+                ("monitor", monitor),
+            ):
+                print(f"  {name:<48}{rss_mib(proc):7.1f} MiB   ({rss_mib(proc) / base:.1f}× baseline)")
     finally:
         if clients is not None:
             loop.run_until_complete(clients.close())

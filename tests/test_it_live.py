@@ -1,5 +1,6 @@
 """Websockets: who may connect, and fragments arriving after an event published by another process."""
 
+import asyncio
 import subprocess
 import sys
 
@@ -131,13 +132,17 @@ async def test_many_sockets_share_one_render_per_event(cast, dev, runtime, redis
     from deployments.live import consumers, fragments, shared
     from deployments.live.events import publish
 
-    calls, produced = [], []
+    calls, produced, delivered = [], [], []
     real = consumers.deployment_snapshot
     monkeypatch.setattr(consumers, "deployment_snapshot", lambda pk: calls.append(pk) or real(pk))
     monkeypatch.setattr(fragments, "deployment_snapshot", lambda pk: produced.append(pk) or real(pk))
+    deliver = consumers.Hub.deliver
+    monkeypatch.setattr(consumers.Hub, "deliver", lambda hub, event: delivered.append(event["seq"]) or deliver(hub, event))
     sockets = [(await connect(user, dev.pk))[0] for user in [cast.viewer, cast.developer] * 5]
     firsts = [await s.receive_from(timeout=10) for s in sockets]
     assert len(calls) == 10  # one per connect: each socket starts from the current state
+    hub = consumers._hubs[asyncio.get_running_loop()]
+    assert len(hub.sockets[f"deployment.{dev.pk}"]) == 10  # the process's hub is the group's one member
     assert all("Nothing running yet" in f for f in firsts)
 
     async def change(reason: str) -> list[str]:
@@ -148,6 +153,7 @@ async def test_many_sockets_share_one_render_per_event(cast, dev, runtime, redis
 
     updates = await change("web: exited")
     assert (len(produced), len(calls)) == (1, 10)  # rendered once, by the producer, for all ten sockets
+    assert len(delivered) == 1  # the event reached the process once, not once per socket
     assert all("web: exited" in u for u in updates)
     assert all("Restart" not in u for u in updates[::2]) and all("Restart" in u for u in updates[1::2])
     await sync_to_async(publish)(dev.pk, "status")  # nothing changed: nothing is sent
@@ -158,6 +164,7 @@ async def test_many_sockets_share_one_render_per_event(cast, dev, runtime, redis
     assert len(calls) == 11 and all("web: crashed again" in u for u in updates)  # the sockets rendered it, once
     for s in sockets:
         await s.disconnect()
+    assert f"deployment.{dev.pk}" not in hub.sockets  # the last socket gone, the hub left the group
 
 
 @pytest.mark.asyncio

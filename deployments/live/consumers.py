@@ -1,7 +1,7 @@
 """Websockets: live fragments of the Overview and the project list, and the log stream.
 
-Every socket of a process that waits on the same event shares one render (`Renders`): the
-fragment is rendered once per role, with the project's member list beside it, so each socket
+An event reaches each web process once (its `Hub`), and all the process's sockets on that group share
+one snapshot: the fragment once per role, with the project's member list beside it, so each socket
 only looks its user up in that list — a thousand viewers cost one render, not a thousand.
 Access is checked on connect and on every event; a member removed meanwhile is disconnected.
 """
@@ -10,9 +10,12 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Hashable
+from functools import partial
 from urllib.parse import parse_qs
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.exceptions import PermissionDenied
@@ -21,7 +24,7 @@ from django.utils.html import escape
 
 from deployments.access import get_deployment_by_id_for_user
 from deployments.live import events, shared
-from deployments.live.fragments import LOG_LINES, Snapshot, deployment_snapshot, off_thread, project_snapshot, renders
+from deployments.live.fragments import LOG_LINES, Snapshot, deployment_snapshot, off_thread, project_snapshot
 from deployments.provisioning.spec import current_spec
 from deployments.runtimes import get_runtime
 from deployments.runtimes.base import RuntimeFailure
@@ -31,9 +34,103 @@ log = logging.getLogger(__name__)
 NOT_FOUND, GONE = 4404, 4403  # close codes: never had access / lost it (or the object is gone)
 
 
-class LiveConsumer(AsyncWebsocketConsumer):
-    """Joins one group, sends its fragment on connect (a reconnect never shows a stale colour) and
-    again on every event of the group, when it changed for this socket."""
+class Consumer(AsyncWebsocketConsumer):
+    """A websocket consumer whose database work all runs in `database_sync_to_async` (which closes
+    stale connections in its own thread).
+
+    Channels' own dispatch also sweeps the connections of the one sync thread before every message.
+    That is a hop to the thread the page views run on, once per socket per event: with 500 sockets on
+    one deployment, one event queued 500 hops behind each other and behind the pages."""
+
+    async def dispatch(self, message: dict) -> None:
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+
+class Hub:
+    """This process's one member of every group its live sockets watch.
+
+    An event reaches the process once; the hub fetches (or renders) its snapshot once per variant and
+    hands it to each socket of the group in turn. Going through the channel layer per socket instead
+    (a queue, a task wake-up and a dispatch each) was most of the cost with 500 sockets on one
+    deployment. Events of one group are delivered in order; different groups' events do not wait
+    for each other."""
+
+    def __init__(self, layer) -> None:
+        self.layer = layer
+        self.sockets: dict[str, set[LiveConsumer]] = {}
+        self.order: dict[str, asyncio.Lock] = {}
+        self.watched: dict[str, float] = {}
+        self.channel = ""
+        self.listener: asyncio.Task | None = None
+
+    async def join(self, socket: "LiveConsumer") -> None:
+        if not self.channel:
+            self.channel = await self.layer.new_channel("hub.")
+            self.listener = asyncio.create_task(self.listen())
+        members = self.sockets.setdefault(socket.group, set())
+        if not members:
+            await self.layer.group_add(socket.group, self.channel)
+            self.watched[socket.group] = time.monotonic()
+        members.add(socket)
+
+    async def leave(self, socket: "LiveConsumer") -> None:
+        members = self.sockets.get(socket.group, set())
+        members.discard(socket)
+        if not members and self.sockets.pop(socket.group, None) is not None:
+            self.order.pop(socket.group, None)
+            self.watched.pop(socket.group, None)
+            await self.layer.group_discard(socket.group, self.channel)
+
+    async def listen(self) -> None:
+        while True:
+            try:
+                event = await self.layer.receive(self.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the layer reconnects; the hub keeps listening
+                log.exception("live events: receive failed")
+                await asyncio.sleep(1)
+                continue
+            if event.get("group") in self.sockets:
+                asyncio.create_task(self.deliver(event))
+
+    async def deliver(self, event: dict) -> None:
+        group_name = event["group"]
+        async with self.order.setdefault(group_name, asyncio.Lock()):
+            by_variant: dict[Hashable, list[LiveConsumer]] = {}
+            for socket in self.sockets.get(group_name, ()):
+                by_variant.setdefault(socket.variant(), []).append(socket)
+            renew = time.monotonic() - self.watched.get(group_name, 0) > events.WATCH_TTL / 2
+            if renew:
+                self.watched[group_name] = time.monotonic()
+            for variant, sockets in by_variant.items():
+                published = event.get("snapshot") if variant == sockets[0].published_variant else None
+                snapshot = await off_thread(partial(sockets[0].event_snapshot, published, renew))()
+                renew = False
+                for socket in sockets:
+                    try:
+                        await socket.push(snapshot)
+                    except Exception:  # noqa: BLE001 - one broken socket does not keep the event from the others
+                        log.exception("live event not delivered to one socket of %s", group_name)
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
+
+
+def hub_for(layer) -> Hub:
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None or hub.layer is not layer:
+        hub = _hubs[loop] = Hub(layer)
+    return hub
+
+
+class LiveConsumer(Consumer):
+    """Sends its fragment on connect (a reconnect never shows a stale colour) and again on every
+    event of its group (through this process's `Hub`), when it changed for this socket."""
 
     group = ""
     last = ""
@@ -55,34 +152,29 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await self.close(code=NOT_FOUND)  # anonymous users and outsiders alike: nothing to see here
             return
         self.group = self.group_name(self.ident)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        self.hub = hub_for(self.channel_layer)
+        await self.hub.join(self)
         await self.accept()
         await self.push(await off_thread(self.first_snapshot)())
 
     async def disconnect(self, code: int) -> None:
         if self.group:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+            await self.hub.leave(self)
 
     def first_snapshot(self) -> Snapshot | None:
-        self.watched = time.monotonic()
         events.watch(self.group)
         return self.snapshot()
 
-    async def live_event(self, event: dict) -> None:
-        published = event.get("snapshot") if self.variant() == self.published_variant else None
-
-        def produce() -> Snapshot | None:
-            if time.monotonic() - self.watched > events.WATCH_TTL / 2:
-                self.watched = time.monotonic()
-                events.watch(self.group)
-            return (published and shared.get(published)) or self.snapshot()
-
-        await self.push(await renders.get((self.group, self.variant(), event.get("seq")), produce))
+    def event_snapshot(self, published: str | None, renew: bool) -> Snapshot | None:
+        """The snapshot a producer stored for the event, else rendered here (shared by this variant's sockets)."""
+        if renew:
+            events.watch(self.group)
+        return (published and shared.get(published)) or self.snapshot()
 
     published_variant: Hashable = None  # the variant producers render (other ones render here)
 
     def variant(self) -> Hashable:
-        """What else than the group the fragment depends on (sockets that share it share a render)."""
+        """What else than the group the fragment depends on (sockets that share it share a snapshot)."""
         return None
 
     async def push(self, snapshot: Snapshot | None) -> None:
@@ -125,7 +217,7 @@ class ProjectConsumer(LiveConsumer):
         return project_snapshot(self.ident, self.variant())
 
 
-class LogConsumer(AsyncWebsocketConsumer):
+class LogConsumer(Consumer):
     """`/ws/deployments/<id>/logs/<service>/`: the last lines, then every new line as it is written.
 
     The first message replaces the log element; later ones append to it (the page keeps the last

@@ -72,7 +72,7 @@ def _prepare(messages: list[tuple[str, str]]) -> list[dict]:
     events = []
     for group_name, kind in messages:
         seq = uuid.uuid4().hex  # names the event: the sockets of one process that receive it share one render
-        event = {"type": "live.event", "kind": kind, "seq": seq}
+        event = {"type": "live.event", "group": group_name, "kind": kind, "seq": seq}
         if f"watch:{group_name}" in watched:
             prefix, _, ident = group_name.partition(".")
             try:

@@ -1,12 +1,10 @@
-"""What the dashboard's pages and websockets render: context builders, and the render caches that
-let every socket waiting on the same event share one render (the same partial templates as the
-page, once per role, with the project's member list beside it)."""
+"""What the dashboard's pages and websockets render: context builders, and the fragments shared by
+every viewer of the same state (the same partial templates as the page, once per role, with the
+project's member list beside them in a `Snapshot`)."""
 
-import asyncio
 import hashlib
 import json
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 
@@ -150,28 +148,11 @@ class Snapshot:
         return None if role is None else self.html[role in WRITE_ROLES]
 
 
-class Renders:
-    """Snapshots per (group, event), shared by every socket of this process waiting for them."""
-
-    def __init__(self, size: int = 512) -> None:
-        self._futures: OrderedDict[Hashable, asyncio.Future] = OrderedDict()
-        self.size = size
-
-    async def get(self, key: Hashable, produce: Callable[[], Snapshot | None]) -> Snapshot | None:
-        future = self._futures.get(key)
-        if future is None or future.get_loop() is not asyncio.get_running_loop():
-            future = self._futures[key] = asyncio.ensure_future(off_thread(produce)())
-            while len(self._futures) > self.size:
-                self._futures.popitem(last=False)
-        return await asyncio.shield(future)
-
-
 def off_thread(produce: Callable[[], Snapshot | None]):
     """Renders run in the thread pool, beside (not queued behind) the page views' one sync thread."""
     return database_sync_to_async(produce, thread_sensitive=False)
 
 
-renders = Renders()
 FRAGMENT_TTL = 600  # seconds a rendered fragment is kept for the next viewer with the same state
 
 
@@ -218,7 +199,9 @@ def live_fragment(d: Deployment) -> str:
     key = "live:" + digest((live_state(d), d.project.can_write))
     html = shared.get(key)
     if html is None:
-        html = render_to_string("deployments/detail.html#live", live_context(d))
+        if not hasattr(d, "_live_context"):  # read once for every role (the template asks d.project for the role)
+            d._live_context = live_context(d)
+        html = render_to_string("deployments/detail.html#live", d._live_context)
         shared.put(key, html, FRAGMENT_TTL)
     return html
 
