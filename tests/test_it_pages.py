@@ -4,10 +4,13 @@ Pages render what the monitor and the workers stored; only the Logs tab and Desc
 runtime (their content is its answer), so they are not in this list.
 """
 
+from datetime import timedelta
+
 import pytest
 from django.core.cache import caches
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from deployments.models import Build, Deployment, Domain, EnvVar, Sample, Stage, State
 
@@ -123,6 +126,20 @@ def test_the_overview_shows_the_stored_state_and_how_old_it_is(cast, untouchable
     assert f'datetime="{sample.at.isoformat()}"' in page
     assert "3.5%" in page and "is the monitor" in page  # the note the page shows once the sample is old
     assert Sample.objects.filter(deployment=prod).count() == 1  # reading kept no sample of its own
+
+
+def test_ages_in_a_shared_fragment_are_kept_current_by_the_page(cast, untouchable_runtime) -> None:
+    """A release's age is part of the live fragment, which is shared for minutes: it is rendered as a
+    `<time>` the page updates, so a fragment from the cache never shows the age it had when rendered."""
+    prod = Deployment.objects.create(
+        project=cast.project, name="Prod", slug="prod", branch="main", stage=Stage.PRODUCTION, state=State.RUNNING
+    )
+    build = Build.objects.create(deployment=prod, commit="a" * 40, status="succeeded")
+    Build.objects.filter(pk=build.pk).update(created=timezone.now() - timedelta(hours=3))
+    page = cast.client(cast.viewer).get("/projects/shop/d/prod/").content.decode()
+    created = Build.objects.get(pk=build.pk).created
+    assert f'<time datetime="{created.isoformat()}" data-ago title="{created:%Y-%m-%d %H:%M}' in page
+    assert "3\xa0hours ago</time>" in page  # the words are right for a browser without JavaScript too
 
 
 def test_pages_and_sign_in_work_with_the_shared_cache_away(cast, settings, monkeypatch) -> None:

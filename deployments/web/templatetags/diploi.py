@@ -1,6 +1,9 @@
 import time
+from datetime import datetime
 
 from django import template
+from django.contrib.humanize.templatetags.humanize import naturaltime
+from django.utils.html import format_html
 
 from projects.validators import without_credentials
 
@@ -55,3 +58,14 @@ def uptime(started_at: float | None) -> str:
 def last_lines(text: str | None, count: int = 12) -> str:
     """The end of a log: what a running build printed last."""
     return "\n".join((text or "").rstrip("\n").splitlines()[-int(count) :])
+
+
+@register.filter
+def ago(moment: datetime | None) -> str:
+    """When something happened, as a `<time>` the page keeps current ("3 min ago"): the words are right
+    when rendered and the browser updates them, so a fragment served from the cache never tells an
+    old age."""
+    if moment is None:
+        return ""
+    title = f"{moment:%Y-%m-%d %H:%M:%S %Z}"
+    return format_html('<time datetime="{}" data-ago title="{}">{}</time>', moment.isoformat(), title, naturaltime(moment))
