@@ -2,6 +2,7 @@ from django.http import Http404
 
 from accounts.models import User
 from deployments.models import Deployment
+from deployments.queries import overview_facts
 from projects.access import get_project_for_user
 
 
@@ -14,6 +15,15 @@ def get_deployment_for_user(user: User, project_slug: str, slug: str, write: boo
         raise Http404("No such deployment.")
     deployment.project = project  # keeps the caller's role
     return deployment
+
+
+def deployment_facts_for_user(user: User, project_slug: str, slug: str) -> tuple:
+    """What the deployment's Overview shows (see `overview_facts`), read in the same statement as the
+    membership that lets the user see it: outsiders get 404."""
+    facts = overview_facts(user.pk, project_slug, slug) if user.is_authenticated else None
+    if facts is None:
+        raise Http404("No such deployment.")
+    return facts
 
 
 def get_deployment_by_id_for_user(user: User, pk: int, write: bool = False) -> Deployment:

@@ -1,8 +1,15 @@
-from django.core.paginator import Page, Paginator
-from django.db.models import OuterRef, QuerySet, Subquery
+import functools
 
-from deployments.models import Build, Deployment, Sample
-from projects.models import Project
+from django.core.paginator import Page, Paginator
+from django.db import connection
+from django.db.models import Model, OuterRef, QuerySet, Subquery
+
+from accounts.models import SSHKey
+from deployments.models import Build, Deployment, Domain, Sample, SSHSession, StateTransition
+from projects.models import Membership, Project
+
+RELEASES_SHOWN = 10  # the Overview's release history
+SESSIONS_SHOWN = 10  # the Overview's recent SSH sessions
 
 
 def deployments_with_figures(project: Project) -> QuerySet[Deployment]:
@@ -26,3 +33,53 @@ PAGE_SIZE = 50
 def deployments_page(project: Project, number: object) -> Page:
     """One page of the project's list; a missing or bad page number gives the nearest page."""
     return Paginator(deployments_with_figures(project), PAGE_SIZE).get_page(number)
+
+
+def _columns(model: type[Model], alias: str, skip: tuple[str, ...] = ()) -> str:
+    quote = connection.ops.quote_name
+    return ", ".join(f"{alias}.{quote(f.column)}" for f in model._meta.concrete_fields if f.name not in skip)
+
+
+@functools.cache
+def _overview_facts_sql(vendor: str) -> str:
+    """One statement, written once per process from the models' own table and column names (the ORM
+    would compile the same dozen subqueries again on every page view)."""
+    models = (Deployment, Project, Membership, Sample, Build, Domain, StateTransition, SSHSession, SSHKey)
+    table = {m.__name__: connection.ops.quote_name(m._meta.db_table) for m in models}
+
+    def joined(expression: str) -> str:
+        return f"string_agg({expression}, ',')" if vendor == "postgresql" else f"group_concat({expression}, ',')"
+
+    commit = connection.ops.quote_name("commit")  # a keyword in SQL
+    history = joined(f"h.id || ':' || h.status || ':' || CASE WHEN h.pruned THEN 1 ELSE 0 END || ':' || h.{commit}")
+    domains = joined("o.name || ':' || CASE WHEN o.verified THEN 1 ELSE 0 END")
+    productions = joined("t.id || ':' || t.slug || ':' || t.name || ':' || t.state")
+    sessions = joined("e.id || ':' || COALESCE(e.exit_status, -1) || ':' || CASE WHEN e.ended IS NULL THEN 0 ELSE 1 END")
+    return f"""
+SELECT m.role, {_columns(Deployment, "d", skip=("credentials",))}, {_columns(Project, "p")},
+  (SELECT s.id FROM {table["Sample"]} s WHERE s.deployment_id = d.id ORDER BY s.at DESC LIMIT 1),
+  (SELECT b.id || ':' || b.status || ':' || b.progress || ':' || LENGTH(b.log)
+     FROM {table["Build"]} b WHERE b.deployment_id = d.id ORDER BY b.created DESC, b.id DESC LIMIT 1),
+  (SELECT {history} FROM (SELECT id, status, pruned, {commit} FROM {table["Build"]} WHERE deployment_id = d.id
+                          ORDER BY created DESC, id DESC LIMIT {RELEASES_SHOWN}) h),
+  (SELECT {domains} FROM {table["Domain"]} o WHERE o.deployment_id = d.id),
+  (SELECT {productions} FROM {table["Deployment"]} t
+     WHERE d.stage = 'staging' AND t.project_id = d.project_id AND t.stage = 'production'),
+  (SELECT MAX(x.id) FROM {table["StateTransition"]} x WHERE x.deployment_id = d.id),
+  (SELECT {sessions} FROM (SELECT id, exit_status, ended FROM {table["SSHSession"]} WHERE deployment_id = d.id
+                           ORDER BY started DESC, id DESC LIMIT {SESSIONS_SHOWN}) e),
+  EXISTS (SELECT 1 FROM {table["SSHKey"]} k WHERE k.user_id = %s),
+  EXISTS (SELECT 1 FROM {table["Deployment"]} q JOIN {table["Membership"]} qm ON qm.project_id = q.project_id
+          WHERE q.slug = d.slug AND qm.user_id = %s AND q.id <> d.id)
+FROM {table["Deployment"]} d
+JOIN {table["Project"]} p ON p.id = d.project_id
+JOIN {table["Membership"]} m ON m.project_id = p.id AND m.user_id = %s
+WHERE p.slug = %s AND d.slug = %s"""
+
+
+def overview_facts(user_id: int, project_slug: str, slug: str) -> tuple | None:
+    """Everything a deployment's Overview shows, as one row of plain values, when the user is a member
+    of its project (the first value is the role); None otherwise. A page is cached under these."""
+    with connection.cursor() as cursor:
+        cursor.execute(_overview_facts_sql(connection.vendor), [user_id, user_id, user_id, project_slug, slug])
+        return cursor.fetchone()

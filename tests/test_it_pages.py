@@ -4,6 +4,7 @@ Pages render what the monitor and the workers stored; only the Logs tab and Desc
 runtime (their content is its answer), so they are not in this list.
 """
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -161,3 +162,99 @@ def test_pages_and_sign_in_work_with_the_shared_cache_away(cast, settings, monke
     assert "<strong>Running</strong>" in client.get("/projects/shop/d/prod/").content.decode()
     assert shared._away_until > 0  # it noticed, and leaves the cache alone for a while
     assert client.get("/projects/shop/").status_code == 200
+
+
+def test_a_cached_overview_changes_with_every_fact_it_shows(cast, untouchable_runtime) -> None:
+    """The Overview is served from the shared cache under the facts it shows (one statement): each
+    kind of change below must reach the page at once, whoever made it and however it was written."""
+    from accounts.models import SSHKey
+    from deployments.models import SSHSession, StateTransition
+    from projects.models import Membership, Project, Role
+
+    staging = Deployment.objects.create(
+        project=cast.project,
+        name="Stage",
+        slug="stage",
+        branch="main",
+        stage=Stage.STAGING,
+        state=State.RUNNING,
+        commit=cast.project.stack_commit,
+    )
+    build = Build.objects.create(deployment=staging, commit="b" * 40, status="running", progress=10)
+    client = cast.client(cast.viewer)
+
+    def page() -> str:
+        response = client.get("/projects/shop/d/stage/")
+        assert response.status_code == 200
+        return re.sub(r'"X-CSRFToken": "\w+"|name="csrfmiddlewaretoken" value="\w+"', "token", response.content.decode())
+
+    other = Project.objects.create(name="Other", slug="other", repository=cast.project.repository, default_branch="main")
+    changes = [
+        (
+            "the user's role",
+            lambda: Membership.objects.filter(project=cast.project, user=cast.viewer).update(role=Role.DEVELOPER),
+            "Deploy latest",
+        ),
+        ("a new sample", lambda: Sample.objects.create(deployment=staging, cpu_percent=42.5, memory_bytes=1 << 20), "42.5%"),
+        ("the row", lambda: Deployment.objects.filter(pk=staging.pk).update(state_reason="cooling down"), "cooling down"),
+        ("build progress", lambda: Build.objects.filter(pk=build.pk).update(progress=64), "running · 64%"),
+        ("a release's status", lambda: Build.objects.filter(pk=build.pk).update(status="succeeded", progress=100), "Roll back"),
+        (
+            "a production deployment",
+            lambda: Deployment.objects.create(project=cast.project, name="Live", slug="live", stage=Stage.PRODUCTION),
+            "Promote to Live",
+        ),
+        ("a domain", lambda: Domain.objects.create(deployment=staging, name="shop.example.com"), "shop.example.com"),
+        (
+            "a transition",
+            lambda: StateTransition.objects.create(
+                deployment=staging, from_state="running", to_state="stopped", actor="cli", reason="maintenance window"
+            ),
+            "maintenance window",
+        ),
+        (
+            "an SSH key of the user",
+            lambda: SSHKey.objects.create(
+                user=cast.viewer, title="laptop", key_type="ssh-ed25519", public_key="AAAA", fingerprint="SHA256:x"
+            ),
+            "ssh -p",
+        ),
+        (
+            "an SSH session",
+            lambda: SSHSession.objects.create(
+                deployment=staging,
+                user=cast.developer,
+                key_fingerprint="SHA256:y",
+                component="web",
+                kind="exec",
+                command="make migrate",
+                source="10.0.0.9:5000",
+            ),
+            "make migrate",
+        ),
+        ("how a session ended", lambda: SSHSession.objects.filter(deployment=staging).update(ended=timezone.now(), exit_status=3), ">3<"),
+        (
+            "the connections",
+            lambda: Deployment.objects.filter(pk=staging.pk).update(
+                connections='[{"name": "Dashboard URL", "service": "web", "value": "v", "masked": "v"}]'
+            ),
+            "Dashboard URL",
+        ),
+        ("the project", lambda: Project.objects.filter(pk=cast.project.pk).update(name="Shop Renamed"), "Shop Renamed"),
+        (
+            "another deployment of the same name",
+            lambda: (
+                Deployment.objects.create(project=other, name="Stage", slug="stage"),
+                Membership.objects.create(project=other, user=cast.viewer, role=Role.VIEWER),
+            ),
+            "stage.shop@",
+        ),
+    ]
+    before = page()
+    for what, change, shown in changes:
+        assert shown not in before, what
+        change()
+        after = page()
+        assert shown in after, what
+        assert page() == after  # and it is cached again
+        before = after

@@ -2,11 +2,13 @@
 every viewer of the same state (the same partial templates as the page, once per role, with the
 project's member list beside them in a `Snapshot`)."""
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
+from pathlib import Path
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -16,18 +18,18 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from accounts.models import User
+from deployments.access import deployment_facts_for_user, get_deployment_for_user
 from deployments.live import shared
 from deployments.models import Deployment, Sample, Stage, State
 from deployments.provisioning.connections import stored_connections
 from deployments.provisioning.spec import deployment_stack
-from deployments.queries import deployments_page
+from deployments.queries import RELEASES_SHOWN, SESSIONS_SHOWN, deployments_page
 from deployments.ssh.hostkey import host_key_fingerprint
 from deployments.ssh.naming import ssh_username
 from deployments.status import store
 from projects.models import WRITE_ROLES, Membership, Project, Role
 
 LOG_LINES = 200
-RELEASES_SHOWN = 10
 CHART_WINDOW = timedelta(minutes=15)
 STALE_AFTER = 60  # seconds: an observation older than this says the monitor may not be running
 
@@ -92,9 +94,10 @@ def promote_targets(d: Deployment) -> list[Deployment]:
     """Where a staging deployment's releases can be promoted: the project's production deployments."""
     if d.stage != Stage.STAGING:
         return []
-    return list(
-        Deployment.objects.filter(project_id=d.project_id, stage=Stage.PRODUCTION).exclude(state=State.DELETING).only("slug", "name")
-    )
+    if not hasattr(d, "_promote_targets"):  # read once for the key and the render
+        found = Deployment.objects.filter(project_id=d.project_id, stage=Stage.PRODUCTION).exclude(state=State.DELETING)
+        d._promote_targets = list(found.only("slug", "name"))
+    return d._promote_targets
 
 
 def live_context(d: Deployment) -> dict:
@@ -131,7 +134,7 @@ def overview_context(d: Deployment, user: User) -> dict:
         "live": live_fragment(d),
         "ssh": ssh_commands(d, user, components(d)),
         "ssh_host_key": host_key_fingerprint(),
-        "ssh_sessions": list(d.ssh_sessions.select_related("user")[:10]),
+        "ssh_sessions": list(d.ssh_sessions.select_related("user")[:SESSIONS_SHOWN]),
         "has_keys": user.ssh_keys.exists(),
         "transitions": list(d.transitions.order_by("-at", "-pk")[:8]),
         "connections": stored_connections(d),
@@ -167,6 +170,7 @@ def live_state(d: Deployment) -> tuple:
         build = d.builds.annotate(log_size=Length("log")).values_list("pk", "status", "progress", "log_size").first()
         history = tuple(d.builds.values_list("pk", "status", "pruned", "commit")[:RELEASES_SHOWN])
         domains = tuple(d.domains.values_list("name", "verified"))
+        targets = tuple((t.pk, t.slug, t.name) for t in promote_targets(d))  # a query only for staging
         d._live_state = (
             d.pk,
             d.project.slug,
@@ -189,6 +193,7 @@ def live_state(d: Deployment) -> tuple:
             d.pinned_by_id,
             json.dumps(d.code_behind, sort_keys=True),
             domains,
+            targets,
         )
     return d._live_state
 
@@ -204,6 +209,30 @@ def live_fragment(d: Deployment) -> str:
         html = render_to_string("deployments/detail.html#live", d._live_context)
         shared.put(key, html, FRAGMENT_TTL)
     return html
+
+
+PAGE_TTL = 300  # seconds a rendered Overview is kept for the next view of the same facts
+
+
+@functools.cache
+def templates_version() -> str:
+    """Changes when the templates do (an upgrade never serves pages rendered by the old ones)."""
+    folder = Path(settings.BASE_DIR) / "templates" / "deployments"
+    return digest(sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("*.html")))
+
+
+def overview_page(user: User, project_slug: str, slug: str) -> tuple[str, str]:
+    """The Overview's title and content for `user`, looked up by everything it shows (one statement that
+    also checks the membership); rendered only when one of those facts changed. Outsiders get 404."""
+    facts = deployment_facts_for_user(user, project_slug, slug)
+    setting = (settings.DIPLOI_PUBLIC_HOST, settings.DIPLOI_SSH_PORT, host_key_fingerprint())
+    key = "overview:" + digest((templates_version(), setting, user.pk, facts))
+    page = shared.get(key)
+    if page is None:
+        d = get_deployment_for_user(user, project_slug, slug)
+        page = (f"{d.name} · {d.project.name}", render_to_string("deployments/detail.html#overview", overview_context(d, user)))
+        shared.put(key, page, PAGE_TTL)
+    return page
 
 
 def members_of(project_id: int) -> dict[int, str]:

@@ -6,11 +6,23 @@ import logging
 import time
 from typing import Any
 
-from django.core.cache import caches
+from django.conf import settings
+from django.core.cache import BaseCache, caches
 
 log = logging.getLogger(__name__)
 QUIET_FOR = 30.0  # seconds the cache is left alone after it failed (lookups miss at once meanwhile)
 _away_until = 0.0
+_backend: tuple[object, BaseCache] | None = None
+
+
+def _cache() -> BaseCache:
+    """One backend for the whole process. `caches["shared"]` is one per request context under ASGI:
+    with Redis, every page view opened a new connection to it."""
+    global _backend
+    config = settings.CACHES.get("shared")
+    if _backend is None or _backend[0] is not config:
+        _backend = (config, caches.create_connection("shared"))
+    return _backend[1]
 
 
 def _away(e: Exception) -> None:
@@ -25,7 +37,7 @@ def _here() -> bool:
 
 def get(key: str) -> Any | None:
     try:
-        return caches["shared"].get(key) if _here() else None
+        return _cache().get(key) if _here() else None
     except Exception as e:  # noqa: BLE001 - a cache that is away is a miss
         _away(e)
         return None
@@ -33,7 +45,7 @@ def get(key: str) -> Any | None:
 
 def get_many(keys: list[str]) -> dict[str, Any]:
     try:
-        return caches["shared"].get_many(keys) if keys and _here() else {}
+        return _cache().get_many(keys) if keys and _here() else {}
     except Exception as e:  # noqa: BLE001
         _away(e)
         return {}
@@ -43,7 +55,7 @@ def put(key: str, value: Any, ttl: float) -> bool:
     if not _here():
         return False
     try:
-        caches["shared"].set(key, value, ttl)
+        _cache().set(key, value, ttl)
         return True
     except Exception as e:  # noqa: BLE001
         _away(e)

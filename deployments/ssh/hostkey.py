@@ -1,6 +1,7 @@
 """The gateway's host key: generated on first start and kept, so clients can pin it. No asyncssh
 here: the dashboard imports this to show the fingerprint."""
 
+import functools
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -36,4 +37,13 @@ def ensure_host_key() -> Path:
 def host_key_fingerprint() -> str | None:
     """SHA256 fingerprint of the gateway's host key, for the dashboard (None before its first start)."""
     pub = host_key_path().with_suffix(".pub")
-    return parse_public_key(pub.read_text()).fingerprint if pub.exists() else None
+    try:
+        return _fingerprint(str(pub), pub.stat().st_mtime_ns)
+    except FileNotFoundError:
+        return None
+
+
+@functools.lru_cache(maxsize=4)
+def _fingerprint(path: str, mtime_ns: int) -> str:
+    """Read once per key file version (every Overview shows it)."""
+    return parse_public_key(Path(path).read_text()).fingerprint

@@ -22,7 +22,7 @@ from deployments.live.fragments import (
     list_fragment,
     live_fragment,
     log_streams,
-    overview_context,
+    overview_page,
     parameters,
 )
 from deployments.models import Deployment, Domain, EnvVar
@@ -91,10 +91,10 @@ def deployment_new(request: HttpRequest, project_slug: str) -> HttpResponse:
 @require_GET
 def deployment_detail(request: HttpRequest, project_slug: str, slug: str) -> HttpResponse:
     """The Overview: what the monitor stored, never the runtime's live answer (see live_context)."""
-    d = get_deployment_for_user(request.user, project_slug, slug)
     if request.htmx:  # the Refresh button: the live part alone
-        return HttpResponse(live_fragment(d))
-    return TemplateResponse(request, "deployments/detail.html", overview_context(d, request.user))
+        return HttpResponse(live_fragment(get_deployment_for_user(request.user, project_slug, slug)))
+    title, overview = overview_page(request.user, project_slug, slug)
+    return TemplateResponse(request, "deployments/detail.html", {"title": title, "overview": overview})
 
 
 @login_required
