@@ -117,9 +117,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(name: str, argv: list[str]) -> subprocess.Popen:
+def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     log = open(DATA / f"{name}.log", "w")
-    return subprocess.Popen(argv, cwd=BASE_DIR, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(argv, cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+WEB_ENV = dict(os.environ, DIPLOI_DB_POOL=os.environ.get("DIPLOI_DB_POOL", "8"))  # as `up` starts them
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -135,7 +138,7 @@ def start_web(processes: int) -> tuple[str, list[subprocess.Popen]]:
     """daphne on a free port; with several processes, each adopts one listening socket (as `up` does)."""
     if processes == 1:
         port = free_port()
-        web = start("web", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "diploi.asgi:application"])
+        web = start("web", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "diploi.asgi:application"], WEB_ENV)
         return wait_web(f"http://127.0.0.1:{port}", [web])
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -144,7 +147,13 @@ def start_web(processes: int) -> tuple[str, list[subprocess.Popen]]:
     argv = [sys.executable, "-m", "deployments.management.shared_socket", "diploi.asgi:application"]
     webs = [
         subprocess.Popen(
-            argv, cwd=BASE_DIR, stdin=listener, stdout=open(DATA / f"web-{i}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            cwd=BASE_DIR,
+            env=WEB_ENV,
+            stdin=listener,
+            stdout=open(DATA / f"web-{i}.log", "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         for i in range(processes)
     ]

@@ -2,7 +2,7 @@ from django.http import Http404
 
 from accounts.models import User
 from deployments.models import Deployment
-from deployments.queries import overview_facts
+from deployments.queries import overview_facts, project_facts
 from projects.access import get_project_for_user
 
 
@@ -23,6 +23,15 @@ def deployment_facts_for_user(user: User, project_slug: str, slug: str) -> tuple
     facts = overview_facts(user.pk, project_slug, slug) if user.is_authenticated else None
     if facts is None:
         raise Http404("No such deployment.")
+    return facts
+
+
+def project_facts_for_user(user: User, project_slug: str, number: int) -> tuple:
+    """What the project page shows at page `number` of its list (see `project_facts`), read in the same
+    statement as the membership that lets the user see it: outsiders get 404."""
+    facts = project_facts(user.pk, project_slug, number) if user.is_authenticated else None
+    if facts is None:
+        raise Http404("No such project.")
     return facts
 
 

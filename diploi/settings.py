@@ -101,6 +101,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     # A file, not memory, so that a worker process started by a test sees the test database.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test-{os.getpid()}.sqlite3")}
+elif DIPLOI_DB_POOL := envint("DIPLOI_DB_POOL", 0, minimum=0):
+    # The web processes borrow connections from a pool (`up` and the Helm chart set DIPLOI_DB_POOL for
+    # them): a request runs in a thread of its own, so without a pool every page view opened a new
+    # PostgreSQL backend, which cost more than the page's own queries once they were few.
+    DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 1, "max_size": DIPLOI_DB_POOL, "timeout": 10}}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"

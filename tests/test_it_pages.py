@@ -258,3 +258,105 @@ def test_a_cached_overview_changes_with_every_fact_it_shows(cast, untouchable_ru
         assert shown in after, what
         assert page() == after  # and it is cached again
         before = after
+
+
+def test_a_cached_project_page_changes_with_every_fact_it_shows(cast, untouchable_runtime) -> None:
+    from accounts.models import User
+    from projects.models import Membership, Project, Role
+
+    first = Deployment.objects.create(project=cast.project, name="Alpha", slug="alpha", branch="main", state=State.RUNNING, status=GREEN)
+    client = cast.client(cast.viewer)
+
+    def page(number: str = "") -> str:
+        response = client.get(f"/projects/shop/{'?page=' + number if number else ''}")
+        assert response.status_code == 200
+        return re.sub(r'"X-CSRFToken": "\w+"|name="csrfmiddlewaretoken" value="\w+"', "token", response.content.decode())
+
+    changes = [
+        (
+            "the user's role",
+            lambda: Membership.objects.filter(project=cast.project, user=cast.viewer).update(role=Role.DEVELOPER),
+            "Check again",
+        ),
+        ("a sample", lambda: Sample.objects.create(deployment=first, cpu_percent=37.5, memory_bytes=1), "37.5%"),
+        ("a build", lambda: Build.objects.create(deployment=first, commit="c" * 40, status="failed"), ">failed<"),
+        ("a row", lambda: Deployment.objects.filter(pk=first.pk).update(branch="feature/cache"), "feature/cache"),
+        (
+            "an endpoint",
+            lambda: Deployment.objects.filter(pk=first.pk).update(endpoints={"web": "http://alpha.example"}),
+            "http://alpha.example",
+        ),
+        ("a new deployment", lambda: Deployment.objects.create(project=cast.project, name="Beta", slug="beta", branch="main"), "Beta"),
+        (
+            "a member",
+            lambda: Membership.objects.create(project=cast.project, user=User.objects.create_user("newcomer"), role=Role.VIEWER),
+            "newcomer",
+        ),
+        ("the project", lambda: Project.objects.filter(pk=cast.project.pk).update(default_branch="trunk"), "trunk"),
+    ]
+    before = page()
+    for what, change, shown in changes:
+        assert shown not in before, what
+        change()
+        after = page()
+        assert shown in after, what
+        assert page() == after  # and it is cached again
+        before = after
+    # numbered as the paginator does: out of range or not a number, the last or the first page
+    assert page("7") == page("-1") == page("0") == page("abc") == page("1") == before
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the pool is PostgreSQL's (the PostgreSQL pass runs it)")
+def test_a_web_process_serves_many_requests_at_once_from_a_small_pool(cast, data_dir, settings) -> None:
+    """A web process as `up` starts it, with a pool of 2 connections: 24 page views at once all
+    answer (each borrows a connection and gives it back), and it opens no more than the pool holds."""
+    import os
+    import subprocess
+    import sys
+    import urllib.parse
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.conftest import BASE_DIR, free_port, http_get, wait_until
+
+    Deployment.objects.create(project=cast.project, name="Prod", slug="prod", branch="main", stage=Stage.PRODUCTION, state=State.RUNNING)
+    cookie = f"sessionid={cast.client(cast.developer).cookies['sessionid'].value}"
+    database = urllib.parse.urlsplit(os.environ["DATABASE_URL"])._replace(path="/" + connection.settings_dict["NAME"]).geturl()
+
+    def sessions_opened() -> int:
+        """Connections ever opened to the test database (PostgreSQL counts them as its backends start)."""
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+            return cursor.fetchone()[0]
+
+    before = sessions_opened()
+    port = free_port()
+    env = dict(os.environ, DATABASE_URL=database, DIPLOI_DB_POOL="2", DIPLOI_DATA_DIR=str(data_dir), DIPLOI_SECRET_KEY=settings.SECRET_KEY)
+    web = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "diploi.asgi:application"],
+        cwd=BASE_DIR,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(lambda: http_get(f"http://127.0.0.1:{port}/healthz"), what="the web process")
+
+        def view(i: int) -> int:
+            path = "/projects/shop/d/prod/" if i % 2 else "/projects/shop/"
+            request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Cookie": cookie})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert "Sign in" not in response.read().decode()
+                return response.status
+
+        with ThreadPoolExecutor(24) as pool:
+            assert list(pool.map(view, range(96))) == [200] * 96
+    finally:
+        web.terminate()
+        web.wait(timeout=15)
+    # the pool's connections (at least its first one, once the statistics have it), none per request
+    opened = wait_until(lambda: sessions_opened() - before or None, timeout=10, what="the statistics")
+    assert opened <= 2, opened

@@ -18,15 +18,16 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from accounts.models import User
-from deployments.access import deployment_facts_for_user, get_deployment_for_user
+from deployments.access import deployment_facts_for_user, get_deployment_for_user, project_facts_for_user
 from deployments.live import shared
 from deployments.models import Deployment, Sample, Stage, State
 from deployments.provisioning.connections import stored_connections
 from deployments.provisioning.spec import deployment_stack
-from deployments.queries import RELEASES_SHOWN, SESSIONS_SHOWN, deployments_page
+from deployments.queries import PAGE_SIZE, RELEASES_SHOWN, SESSIONS_SHOWN, deployments_page
 from deployments.ssh.hostkey import host_key_fingerprint
 from deployments.ssh.naming import ssh_username
 from deployments.status import store
+from projects.access import get_project_for_user
 from projects.models import WRITE_ROLES, Membership, Project, Role
 
 LOG_LINES = 200
@@ -211,28 +212,67 @@ def live_fragment(d: Deployment) -> str:
     return html
 
 
-PAGE_TTL = 300  # seconds a rendered Overview is kept for the next view of the same facts
+PAGE_TTL = 300  # seconds a rendered page is kept for the next view of the same facts
+TOKEN = "csrf-token-of-the-request-7d1c"  # stands for the viewer's CSRF token in a cached page
 
 
 @functools.cache
 def templates_version() -> str:
     """Changes when the templates do (an upgrade never serves pages rendered by the old ones)."""
-    folder = Path(settings.BASE_DIR) / "templates" / "deployments"
-    return digest(sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("*.html")))
+    folders = [Path(settings.BASE_DIR) / "templates" / name for name in ("deployments", "projects")]
+    return digest(sorted((str(p), p.stat().st_mtime_ns) for folder in folders for p in folder.glob("*.html")))
+
+
+def cached_page(kind: str, facts: tuple, render: Callable[[], tuple[str, str]]) -> tuple[str, str]:
+    """A page's title and content, looked up by the facts it shows; `render` runs only when one of them
+    changed. The content has TOKEN where each viewer's CSRF token goes."""
+    key = f"{kind}:" + digest((templates_version(), facts))
+    page = shared.get(key)
+    if page is None:
+        page = render()
+        shared.put(key, page, PAGE_TTL)
+    return page
 
 
 def overview_page(user: User, project_slug: str, slug: str) -> tuple[str, str]:
-    """The Overview's title and content for `user`, looked up by everything it shows (one statement that
-    also checks the membership); rendered only when one of those facts changed. Outsiders get 404."""
+    """The Overview's title and content for `user` (one statement reads its facts and checks the
+    membership: outsiders get 404)."""
     facts = deployment_facts_for_user(user, project_slug, slug)
     setting = (settings.DIPLOI_PUBLIC_HOST, settings.DIPLOI_SSH_PORT, host_key_fingerprint())
-    key = "overview:" + digest((templates_version(), setting, user.pk, facts))
-    page = shared.get(key)
-    if page is None:
+
+    def render() -> tuple[str, str]:
         d = get_deployment_for_user(user, project_slug, slug)
-        page = (f"{d.name} · {d.project.name}", render_to_string("deployments/detail.html#overview", overview_context(d, user)))
-        shared.put(key, page, PAGE_TTL)
-    return page
+        context = {**overview_context(d, user), "csrf_token": TOKEN}
+        return f"{d.name} · {d.project.name}", render_to_string("deployments/detail.html#overview", context)
+
+    return cached_page("overview", (setting, user.pk, facts), render)
+
+
+def project_page(user: User, project_slug: str, requested: str | None) -> tuple[str, str]:
+    """The project page's title and content for `user` at the requested page of its list (outsiders get
+    404), numbered as the paginator would (not a number: the first page; out of range: the last)."""
+    try:
+        number = int(requested) if requested else 1
+    except ValueError:
+        number = 1
+    if number != 1:  # one more query, for any page but the first, to know the last one
+        last = max(1, -(-Deployment.objects.filter(project__slug=project_slug).count() // PAGE_SIZE))
+        number = last if number < 1 else min(number, last)
+    facts = project_facts_for_user(user, project_slug, number)
+
+    def render() -> tuple[str, str]:
+        project = get_project_for_user(user, project_slug)
+        page = deployments_page(project, number)
+        context = {
+            "project": project,
+            "page": page,
+            "deployments": list_fragment(project, page),
+            "members": project.memberships.select_related("user"),
+            "csrf_token": TOKEN,
+        }
+        return project.name, render_to_string("projects/detail.html#overview", context)
+
+    return cached_page("project", (user.pk, number, facts), render)
 
 
 def members_of(project_id: int) -> dict[int, str]:

@@ -37,6 +37,7 @@ from deployments.runtimes.local.supervisor import answers, rpc_at, socket_path, 
 
 PR_SET_PDEATHSIG = 1
 EVENTS_KEPT = 50
+WEB_DB_POOL = 8  # PostgreSQL connections each web process keeps (DIPLOI_DB_POOL overrides)
 # What supervisord's log says when a program dies, is given up on, or runs (again)
 EXITED = re.compile(r" exited: (\S+) \((.+?); not expected\)")
 GAVE_UP = re.compile(r" gave up: (\S+) entered FATAL state")
@@ -73,6 +74,7 @@ class Program:
     startsecs: int = 10  # up this long, it counts as started; dying sooner is a failed start (backoff)
     numprocs: int = 1  # more than one: processes that share `socket`, opened by supervisord (their fd 0)
     socket: str = ""
+    environment: dict[str, str] = field(default_factory=dict)  # beside the launcher's own
 
     @property
     def processes(self) -> list[str]:
@@ -88,6 +90,8 @@ class Program:
         if self.numprocs > 1:
             kind, log_name = "fcgi-program", f"{self.name}-%(process_num)d"
             shared = f"socket={self.socket}\nnumprocs={self.numprocs}\nprocess_name={self.name}-%(process_num)d\n"
+        if self.environment:
+            shared += "environment=" + ",".join(f'{k}="{v}"' for k, v in self.environment.items()) + "\n"
         return f"""\
 [{kind}:{self.name}]
 {shared}command={command}
@@ -297,8 +301,9 @@ class Launcher:
             web = ["-m", "deployments.management.shared_socket", *web[-1:]]
             shared = f"tcp://{self.host}:{self.port}"
         worker = ["-m", "celery", "-A", "diploi", "worker", "--loglevel", "INFO", "--concurrency", "2"]
+        web_env = {"DIPLOI_DB_POOL": os.environ.get("DIPLOI_DB_POOL", str(WEB_DB_POOL))}  # PostgreSQL only
         self.programs += [
-            Program("web", [sys.executable, *web], 300, self.grace, numprocs=self.web_processes, socket=shared),
+            Program("web", [sys.executable, *web], 300, self.grace, numprocs=self.web_processes, socket=shared, environment=web_env),
             Program("worker", [sys.executable, *worker], 300, self.grace),
             *(Program(name, self.manage(*argv), 300, self.grace) for name, argv in self.extra),
         ]

@@ -8,8 +8,10 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.forms import Form
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.middleware.csrf import get_token
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from deployments import actions
@@ -17,18 +19,18 @@ from deployments.access import get_deployment_for_user
 from deployments.domains import CHALLENGE_LABEL, challenge_value, cname_target
 from deployments.live.fragments import (
     LOG_LINES,
+    TOKEN,
     LogStream,
     components,
-    list_fragment,
     live_fragment,
     log_streams,
     overview_page,
     parameters,
+    project_page,
 )
 from deployments.models import Deployment, Domain, EnvVar
 from deployments.provisioning.connections import stored_connections
 from deployments.provisioning.spec import current_spec
-from deployments.queries import deployments_page
 from deployments.runtimes import get_runtime
 from deployments.runtimes.base import DeploymentSpec, RuntimeFailure, UnknownService
 from deployments.web.forms import (
@@ -46,19 +48,17 @@ from projects.access import get_project_for_user
 from projects.stack import branches
 
 
+def cached_page_response(request: HttpRequest, template: str, title: str, content: str) -> TemplateResponse:
+    """A page whose content came from `cached_page`: the viewer's own CSRF token goes in."""
+    return TemplateResponse(request, template, {"title": title, "content": mark_safe(content.replace(TOKEN, get_token(request)))})
+
+
 @login_required
 @require_GET
 def project_detail(request: HttpRequest, project_slug: str) -> HttpResponse:
     """The project page: its deployments (paged, live), members and stack file."""
-    project = get_project_for_user(request.user, project_slug)
-    page = deployments_page(project, request.GET.get("page"))
-    ctx = {
-        "project": project,
-        "page": page,
-        "deployments": list_fragment(project, page),
-        "members": project.memberships.select_related("user"),
-    }
-    return TemplateResponse(request, "projects/detail.html", ctx)
+    title, content = project_page(request.user, project_slug, request.GET.get("page"))
+    return cached_page_response(request, "projects/detail.html", title, content)
 
 
 def _add_errors(form: Form, error: ValidationError) -> None:
@@ -93,8 +93,8 @@ def deployment_detail(request: HttpRequest, project_slug: str, slug: str) -> Htt
     """The Overview: what the monitor stored, never the runtime's live answer (see live_context)."""
     if request.htmx:  # the Refresh button: the live part alone
         return HttpResponse(live_fragment(get_deployment_for_user(request.user, project_slug, slug)))
-    title, overview = overview_page(request.user, project_slug, slug)
-    return TemplateResponse(request, "deployments/detail.html", {"title": title, "overview": overview})
+    title, content = overview_page(request.user, project_slug, slug)
+    return cached_page_response(request, "deployments/detail.html", title, content)
 
 
 @login_required

@@ -30,6 +30,9 @@ app.kubernetes.io/component: {{ .component }}
         name: {{ .root.Release.Name }}-diploi
     - secretRef:
         name: {{ include "diploi.secretName" .root }}
+  {{- with .env }}
+  env: {{ toJson . }}
+  {{- end }}
   resources: {{ toJson .resources }}
   securityContext:
     allowPrivilegeEscalation: false
