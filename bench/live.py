@@ -1,18 +1,19 @@
-"""Live updates at scale: websocket fan-out, Overview latency, monitor cost and memory.
+"""Live updates at scale: page requests/s, monitor cost, websocket fan-out and memory.
 
-    DATABASE_URL=postgres:///test REDIS_URL=redis://127.0.0.1:6379/0 uv run python bench/live.py
+    DATABASE_URL=postgres:///test REDIS_URL=redis://127.0.0.1:6379/0 uv run python bench/live.py [--only pages,fanout]
 
 Needs a PostgreSQL server (it creates and drops its own database, `diploi_bench`, next to the one
-DATABASE_URL names) and a Redis; both only on this machine. Starts daphne, a Celery worker and the
-monitor as the launcher would, in a temporary data directory, and prints with baselines measured
-in the same run:
-1. publish → fragment received over the websocket, p50/p99, for N clients over 50 deployments and
-   N clients on one deployment, next to a Redis pub/sub round trip;
-2. the Overview page and the project page with 1,000 deployments in PostgreSQL, p50/p99 and
+DATABASE_URL names) and a Redis (database 15); both only on this machine. Starts daphne (as `up` does:
+with a pool of PostgreSQL connections), a Celery worker and the monitor in a temporary data directory,
+and prints with baselines measured in the same run:
+1. the Overview page and the project page with 1,000 deployments in PostgreSQL, p50/p99 and
    requests/s, next to a trivial view (/healthz) on the same server, with one and with two web
    processes on the port;
-3. monitor CPU seconds per tick (monitor + supervisord) for 10/50/200/1,000 deployments that really
-   run (a small Python HTTP server each, sandboxed, health-checked), next to just reading their rows;
+2. monitor CPU seconds per tick (monitor + supervisord) for 10/50/200 deployments that really run (a
+   small Python HTTP server each, sandboxed, health-checked), next to just reading their rows;
+3. publish → fragment received over the websocket, p50/p99, for N clients over 50 deployments and N
+   clients on one deployment, next to a Redis pub/sub round trip, with one and with two web processes
+   (the clients run in processes of their own: bench/wsclients.py);
 4. resident memory of web, worker and monitor with those deployments running and N clients
    connected, next to a Python process that only set Django up.
 """

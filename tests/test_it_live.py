@@ -135,7 +135,7 @@ async def test_many_sockets_share_one_render_per_event(cast, dev, runtime, redis
     calls, produced, delivered = [], [], []
     real = consumers.deployment_snapshot
     monkeypatch.setattr(consumers, "deployment_snapshot", lambda pk: calls.append(pk) or real(pk))
-    monkeypatch.setattr(fragments, "deployment_snapshot", lambda pk: produced.append(pk) or real(pk))
+    monkeypatch.setattr(fragments, "deployment_snapshot", lambda pk, **kw: produced.append(pk) or real(pk, **kw))
     deliver = consumers.Hub.deliver
     monkeypatch.setattr(consumers.Hub, "deliver", lambda hub, event: delivered.append(event["seq"]) or deliver(hub, event))
     sockets = [(await connect(user, dev.pk))[0] for user in [cast.viewer, cast.developer] * 5]

@@ -76,7 +76,7 @@ def _prepare(messages: list[tuple[str, str]]) -> list[dict]:
         if f"watch:{group_name}" in watched:
             prefix, _, ident = group_name.partition(".")
             try:
-                snapshot = deployment_snapshot(int(ident)) if prefix == "deployment" else project_snapshot(int(ident))
+                snapshot = deployment_snapshot(int(ident), fresh=True) if prefix == "deployment" else project_snapshot(int(ident))
             except Exception:  # noqa: BLE001 - the sockets render it themselves then
                 log.exception("snapshot of %s not rendered", group_name)
                 snapshot = None

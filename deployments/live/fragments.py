@@ -199,16 +199,18 @@ def live_state(d: Deployment) -> tuple:
     return d._live_state
 
 
-def live_fragment(d: Deployment) -> str:
+def live_fragment(d: Deployment, fresh: bool = False) -> str:
     """The live part of the Overview for `d.project.role`: looked up by everything it shows, so the
-    same state renders once for every viewer of that role in every process."""
-    key = "live:" + digest((live_state(d), d.project.can_write))
-    html = shared.get(key)
+    same state renders once for every viewer of that role in every process. `fresh`: rendered without
+    looking it up (a producer that just changed it: its key would cost more than it saves)."""
+    key = None if fresh else "live:" + digest((live_state(d), d.project.can_write))
+    html = shared.get(key) if key else None
     if html is None:
         if not hasattr(d, "_live_context"):  # read once for every role (the template asks d.project for the role)
             d._live_context = live_context(d)
         html = render_to_string("deployments/detail.html#live", d._live_context)
-        shared.put(key, html, FRAGMENT_TTL)
+        if key:
+            shared.put(key, html, FRAGMENT_TTL)
     return html
 
 
@@ -287,11 +289,12 @@ def per_role(project: Project, render: Callable[[], str]) -> dict[bool, str]:
     return html
 
 
-def deployment_snapshot(deployment_id: int) -> Snapshot | None:
-    d = Deployment.objects.select_related("project", "release", "pinned_by").filter(pk=deployment_id).first()
+def deployment_snapshot(deployment_id: int, fresh: bool = False) -> Snapshot | None:
+    found = Deployment.objects.select_related("project", "release", "pinned_by").defer("release__log", "release__steps")
+    d = found.filter(pk=deployment_id).first()
     if d is None:
         return None
-    return Snapshot(members_of(d.project_id), per_role(d.project, lambda: live_fragment(d)))
+    return Snapshot(members_of(d.project_id), per_role(d.project, lambda: live_fragment(d, fresh)))
 
 
 LIST_KEY_FIELDS = ("pk", "name", "slug", "stage", "branch", "state", "enabled", "state_reason", "status__colour", "endpoints")
