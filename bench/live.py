@@ -9,11 +9,11 @@ and prints with baselines measured in the same run:
 1. the Overview page and the project page with 1,000 deployments in PostgreSQL, p50/p99 and
    requests/s, next to a trivial view (/healthz) on the same server, with one and with two web
    processes on the port;
-2. monitor CPU seconds per tick (monitor + supervisord) for 10/50/200 deployments that really run (a
-   small Python HTTP server each, sandboxed, health-checked), next to just reading their rows;
-3. publish → fragment received over the websocket, p50/p99, for N clients over 50 deployments and N
+2. publish → fragment received over the websocket, p50/p99, for N clients over 50 deployments and N
    clients on one deployment, next to a Redis pub/sub round trip, with one and with two web processes
    (the clients run in processes of their own: bench/wsclients.py);
+3. monitor CPU seconds per tick (monitor + supervisord) for 10/50/200 deployments that really run (a
+   small Python HTTP server each, sandboxed, health-checked), next to just reading their rows;
 4. resident memory of web, worker and monitor with those deployments running and N clients
    connected, next to a Python process that only set Django up.
 """
@@ -427,7 +427,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--monitor", default="10,50,200", help="running deployments the monitor is measured with (1,000: slow, see docs)")
     parser.add_argument("--client-processes", type=int, default=2, help="processes the websocket clients are spread over")
-    parser.add_argument("--only", default="pages,monitor,fanout,memory", help="sections to run (memory needs fanout)")
+    parser.add_argument("--only", default="pages,fanout,monitor,memory", help="sections to run")
     args = parser.parse_args()
     sections = set(args.only.split(","))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stopped: still stop what it started (finally below)
@@ -464,25 +464,27 @@ def main() -> None:
             stop_all(webs)
             webs = []
 
-        light_ids: list[int] = []
-        if "monitor" in sections:
-            print("\n2. Monitor cost per tick, deployments that really run (one small HTTP server each), 5 ticks:")
-            owner = User.objects.get(username="bench")
-            light_ids = monitor_cost(light_project(owner), owner, [int(n) for n in args.monitor.split(",")])
-
         Deployment.objects.filter(pk__in=ids).update(state=State.RUNNING)
         for processes in (1, 2) if "fanout" in sections else ():
             url, webs = start_web(processes)
             what = f"{args.rounds} rounds, {processes} web process(es), clients in {args.client_processes} processes"
-            print(f"\n3.{processes} Websocket fan-out, publish → fragment received, {what}:")
+            print(f"\n2.{processes} Websocket fan-out, publish → fragment received, {what}:")
             clients = loop.run_until_complete(websocket_phase(url, cookie, ids, args.clients, args.rounds, args.client_processes))
-            if processes == 1 or "memory" not in sections:
-                loop.run_until_complete(clients.close())
-                clients = None
-                stop_all(webs)
-                webs = []
+            loop.run_until_complete(clients.close())
+            clients = None
+            stop_all(webs)
+            webs = []
 
-        if "memory" in sections and clients is not None:
+        light_ids: list[int] = []
+        if "monitor" in sections:
+            print("\n3. Monitor cost per tick, deployments that really run (one small HTTP server each), 5 ticks:")
+            owner = User.objects.get(username="bench")
+            light_ids = monitor_cost(light_project(owner), owner, [int(n) for n in args.monitor.split(",")])
+
+        if "memory" in sections:
+            url, webs = start_web(2)
+            clients = Clients(url.replace("http", "ws"), cookie, url, args.client_processes)
+            loop.run_until_complete(clients.connect([ids[0]] * args.clients))
             print(f"\n4. Resident memory with {len(light_ids)} deployments running and {clients.count} connected clients (after 10 s):")
             Deployment.objects.filter(pk__in=ids).update(state=State.FAILED)
             monitor = start("monitor", [sys.executable, "manage.py", "monitor"])
