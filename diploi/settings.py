@@ -2,6 +2,7 @@
 
 import os
 import secrets
+import urllib.parse
 from pathlib import Path
 
 import dj_database_url
@@ -180,8 +181,12 @@ def redis_channel_layer(url: str) -> dict:
     # sockets in, hands it to them itself (the list-based layer queued one message per socket in
     # Redis: 500 sockets on one deployment took half a second per event). Live events are not kept
     # for a process that is away; a socket that reconnects starts from the current state anyway.
+    # Pub/sub channels belong to the whole server, not to one of its databases: the prefix keeps two
+    # installations (or test runs) on different databases of one Redis from hearing each other.
     host = {"address": url, "socket_timeout": 30, "socket_connect_timeout": 5}
-    return {"default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [host]}}}
+    database = urllib.parse.urlsplit(url).path.strip("/") or "0"
+    config = {"hosts": [host], "prefix": f"diploi.db{database}"}
+    return {"default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": config}}
 
 
 if REDIS_URL:

@@ -138,7 +138,8 @@ async def test_many_sockets_share_one_render_per_event(cast, dev, runtime, redis
     monkeypatch.setattr(fragments, "deployment_snapshot", lambda pk, **kw: produced.append(pk) or real(pk, **kw))
     deliver = consumers.Hub.deliver
     monkeypatch.setattr(consumers.Hub, "deliver", lambda hub, event: delivered.append(event["seq"]) or deliver(hub, event))
-    sockets = [(await connect(user, dev.pk))[0] for user in [cast.viewer, cast.developer] * 5]
+    # connected all at once: the process's hub still makes one channel and joins the group once
+    sockets = [s for s, _ in await asyncio.gather(*(connect(user, dev.pk) for user in [cast.viewer, cast.developer] * 5))]
     firsts = [await s.receive_from(timeout=10) for s in sockets]
     assert len(calls) == 10  # one per connect: each socket starts from the current state
     hub = consumers._hubs[asyncio.get_running_loop()]
@@ -435,3 +436,29 @@ def test_a_monitor_tick_costs_the_same_queries_for_any_number_and_tells_only_wha
     monitor.tick()
     assert published[-1][0] == sorted(set(twelve) - set(three))
     assert steady_tick() == few  # no query per deployment
+
+
+@pytest.mark.asyncio
+async def test_installations_on_two_databases_of_one_redis_do_not_hear_each_other(redis_url: str) -> None:
+    """Pub/sub ignores the database number: the layer's prefix keeps the events of an installation
+    on database 1 away from one on database 2 of the same server."""
+    from urllib.parse import urlsplit
+
+    from channels_redis.pubsub import RedisPubSubChannelLayer
+
+    from diploi.settings import redis_channel_layer
+
+    def layer(database: int) -> RedisPubSubChannelLayer:
+        url = urlsplit(redis_url)._replace(path=f"/{database}").geturl()
+        return RedisPubSubChannelLayer(**redis_channel_layer(url)["default"]["CONFIG"])
+
+    ours, theirs = layer(1), layer(2)
+    mine, other = await ours.new_channel(), await theirs.new_channel()
+    await ours.group_add("deployment.1", mine)
+    await theirs.group_add("deployment.1", other)
+    await theirs.group_send("deployment.1", {"type": "live.event", "kind": "status"})
+    assert (await asyncio.wait_for(theirs.receive(other), 5))["kind"] == "status"
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(ours.receive(mine), 0.5)
+    await ours.flush()
+    await theirs.flush()

@@ -64,12 +64,14 @@ class Hub:
         self.order: dict[str, asyncio.Lock] = {}
         self.watched: dict[str, float] = {}
         self.channel = ""
+        self.starting = asyncio.Lock()  # the first sockets arrive together: one channel, one listener
         self.listener: asyncio.Task | None = None
 
     async def join(self, socket: "LiveConsumer") -> None:
-        if not self.channel:
-            self.channel = await self.layer.new_channel("hub.")
-            self.listener = asyncio.create_task(self.listen())
+        async with self.starting:
+            if not self.channel:
+                self.channel = await self.layer.new_channel("hub.")
+                self.listener = asyncio.create_task(self.listen())
         members = self.sockets.setdefault(socket.group, set())
         if not members:
             await self.layer.group_add(socket.group, self.channel)
@@ -83,6 +85,8 @@ class Hub:
             self.order.pop(socket.group, None)
             self.watched.pop(socket.group, None)
             await self.layer.group_discard(socket.group, self.channel)
+            if self.sockets.get(socket.group):  # a socket joined the group meanwhile: stay in it
+                await self.layer.group_add(socket.group, self.channel)
 
     async def listen(self) -> None:
         while True:
