@@ -164,6 +164,25 @@ def test_pages_and_sign_in_work_with_the_shared_cache_away(cast, settings, monke
     assert client.get("/projects/shop/").status_code == 200
 
 
+def without_tokens(response) -> str:
+    """A page as every view of it shows it: the viewer's CSRF token (masked anew each time) left out."""
+    assert response.status_code == 200
+    return re.sub(r'"X-CSRFToken": "\w+"|name="csrfmiddlewaretoken" value="\w+"', "token", response.content.decode())
+
+
+def each_change_shows(page, changes) -> str:
+    """Make each (what, change, shown) in turn: the cached page shows it at once, then is cached again."""
+    before = page()
+    for what, change, shown in changes:
+        assert shown not in before, what
+        change()
+        after = page()
+        assert shown in after, what
+        assert page() == after
+        before = after
+    return before
+
+
 def test_a_cached_overview_changes_with_every_fact_it_shows(cast, untouchable_runtime) -> None:
     """The Overview is served from the shared cache under the facts it shows (one statement): each
     kind of change below must reach the page at once, whoever made it and however it was written."""
@@ -184,9 +203,7 @@ def test_a_cached_overview_changes_with_every_fact_it_shows(cast, untouchable_ru
     client = cast.client(cast.viewer)
 
     def page() -> str:
-        response = client.get("/projects/shop/d/stage/")
-        assert response.status_code == 200
-        return re.sub(r'"X-CSRFToken": "\w+"|name="csrfmiddlewaretoken" value="\w+"', "token", response.content.decode())
+        return without_tokens(client.get("/projects/shop/d/stage/"))
 
     other = Project.objects.create(name="Other", slug="other", repository=cast.project.repository, default_branch="main")
     changes = [
@@ -250,14 +267,7 @@ def test_a_cached_overview_changes_with_every_fact_it_shows(cast, untouchable_ru
             "stage.shop@",
         ),
     ]
-    before = page()
-    for what, change, shown in changes:
-        assert shown not in before, what
-        change()
-        after = page()
-        assert shown in after, what
-        assert page() == after  # and it is cached again
-        before = after
+    each_change_shows(page, changes)
 
 
 def test_a_cached_project_page_changes_with_every_fact_it_shows(cast, untouchable_runtime) -> None:
@@ -268,9 +278,7 @@ def test_a_cached_project_page_changes_with_every_fact_it_shows(cast, untouchabl
     client = cast.client(cast.viewer)
 
     def page(number: str = "") -> str:
-        response = client.get(f"/projects/shop/{'?page=' + number if number else ''}")
-        assert response.status_code == 200
-        return re.sub(r'"X-CSRFToken": "\w+"|name="csrfmiddlewaretoken" value="\w+"', "token", response.content.decode())
+        return without_tokens(client.get(f"/projects/shop/{'?page=' + number if number else ''}"))
 
     changes = [
         (
@@ -294,14 +302,7 @@ def test_a_cached_project_page_changes_with_every_fact_it_shows(cast, untouchabl
         ),
         ("the project", lambda: Project.objects.filter(pk=cast.project.pk).update(default_branch="trunk"), "trunk"),
     ]
-    before = page()
-    for what, change, shown in changes:
-        assert shown not in before, what
-        change()
-        after = page()
-        assert shown in after, what
-        assert page() == after  # and it is cached again
-        before = after
+    before = each_change_shows(page, changes)
     # numbered as the paginator does: out of range or not a number, the last or the first page
     assert page("7") == page("-1") == page("0") == page("abc") == page("1") == before
 
