@@ -91,6 +91,7 @@ from django.test import Client  # noqa: E402
 from accounts.models import User  # noqa: E402
 from bench.sample import sample_project  # noqa: E402
 from deployments.live import events  # noqa: E402
+from deployments.management.launcher import WEB_DB_POOL  # noqa: E402
 from deployments.models import Deployment, Sample, Stage, State  # noqa: E402
 from deployments.runtimes import get_runtime  # noqa: E402
 from deployments.status.monitor import OBSERVED, Monitor  # noqa: E402
@@ -123,7 +124,7 @@ def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> subp
     return subprocess.Popen(argv, cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-WEB_ENV = dict(os.environ, DIPLOI_DB_POOL=os.environ.get("DIPLOI_DB_POOL", "8"))  # as `up` starts them
+WEB_ENV = dict(os.environ, DIPLOI_DB_POOL=os.environ.get("DIPLOI_DB_POOL", str(WEB_DB_POOL)))  # as `up` starts them
 
 
 def stop(proc: subprocess.Popen) -> None:

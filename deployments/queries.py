@@ -14,6 +14,12 @@ RELEASES_SHOWN = 10  # the Overview's release history
 SESSIONS_SHOWN = 10  # the Overview's recent SSH sessions
 
 
+def deployments_shown() -> QuerySet[Deployment]:
+    """Deployments as their pages and fragments show them: with the running release (its build log,
+    read only on the release's own page, left out) and who pinned them."""
+    return Deployment.objects.select_related("release", "pinned_by").defer("release__log", "release__steps")
+
+
 def deployments_with_figures(project: Project) -> QuerySet[Deployment]:
     """The project's deployments with their latest CPU sample and last build, in one query (without
     their secrets: a list does not decrypt them)."""

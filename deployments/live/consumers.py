@@ -66,6 +66,7 @@ class Hub:
         self.channel = ""
         self.starting = asyncio.Lock()  # the first sockets arrive together: one channel, one listener
         self.listener: asyncio.Task | None = None
+        self.deliveries: set[asyncio.Task] = set()  # held until done (the loop keeps only weak references)
 
     async def join(self, socket: "LiveConsumer") -> None:
         async with self.starting:
@@ -99,7 +100,9 @@ class Hub:
                 await asyncio.sleep(1)
                 continue
             if event.get("group") in self.sockets:
-                asyncio.create_task(self.deliver(event))
+                delivery = asyncio.create_task(self.deliver(event))
+                self.deliveries.add(delivery)
+                delivery.add_done_callback(self.deliveries.discard)
 
     async def deliver(self, event: dict) -> None:
         group_name = event["group"]

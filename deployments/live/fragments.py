@@ -23,7 +23,7 @@ from deployments.live import shared
 from deployments.models import Deployment, Sample, Stage, State
 from deployments.provisioning.connections import stored_connections
 from deployments.provisioning.spec import deployment_stack
-from deployments.queries import PAGE_SIZE, RELEASES_SHOWN, SESSIONS_SHOWN, deployments_page
+from deployments.queries import PAGE_SIZE, RELEASES_SHOWN, SESSIONS_SHOWN, deployments_page, deployments_shown
 from deployments.ssh.hostkey import host_key_fingerprint
 from deployments.ssh.naming import ssh_username
 from deployments.status import store
@@ -290,8 +290,7 @@ def per_role(project: Project, render: Callable[[], str]) -> dict[bool, str]:
 
 
 def deployment_snapshot(deployment_id: int, fresh: bool = False) -> Snapshot | None:
-    found = Deployment.objects.select_related("project", "release", "pinned_by").defer("release__log", "release__steps")
-    d = found.filter(pk=deployment_id).first()
+    d = deployments_shown().select_related("project").filter(pk=deployment_id).first()
     if d is None:
         return None
     return Snapshot(members_of(d.project_id), per_role(d.project, lambda: live_fragment(d, fresh)))
