@@ -60,7 +60,7 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "accounts.sessions.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
@@ -191,8 +191,8 @@ def redis_channel_layer(url: str) -> dict:
 
 if REDIS_URL:
     CHANNEL_LAYERS = redis_channel_layer(REDIS_URL)
-    # Rendered fragments are shared by every web process, the monitor and the workers (see
-    # deployments/live/shared.py); a Redis that is away makes them render again, never fail. The
+    # Rendered fragments, pages, sessions and signed-in users are shared by every web process, the monitor
+    # and the workers (see diploi/shared.py); a Redis that is away makes them read again, never fail. The
     # default cache (allauth's rate limits, …) stays in each process: it must answer with Redis away.
     CACHES = {
         "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
@@ -304,6 +304,7 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
+SESSION_ENGINE = "accounts.sessions"  # database sessions read through the shared cache
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = envbool("DIPLOI_SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE

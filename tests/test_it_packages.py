@@ -20,7 +20,7 @@ from deployments.provisioning import tasks
 from deployments.provisioning.spec import build_spec, load_stack
 from deployments.runtimes.base import Colour
 from deployments.runtimes.kubernetes.manifests import environment
-from deployments.runtimes.local.observe import status_items
+from deployments.runtimes.local.observe import probe, status_items
 from projects.models import Membership, Project, Role
 from projects.sample import commit_all
 from projects.stack import refresh_stack
@@ -311,12 +311,13 @@ def test_a_diploi_starter_runs_on_the_local_runtime(db, cast, git_daemon, tmp_pa
     assert services["web/db"].colour == Colour.GREEN and services["web/db"].message == "Database — migrated"
     assert services["web/queue"].colour == Colour.PENDING  # the component started less than 30 s ago
     address = f"127.0.0.1:{port}"
-    assert status_items(web, address, time.time() - 60)[1].colour == Colour.RED
+    assert status_items(web, probe([(address, "/status", True)])[0], time.time() - 60)[1].colour == Colour.RED
     status.write_text("not json")
     services = {i.name: i for i in runtime.observe([spec])[d.pk].services}
     assert services["web/status"].colour == Colour.YELLOW and services["web/status"].message == "its status at /status is not JSON"
     status.write_text(json.dumps({"diploiStatusVersion": 1, "items": [{"identifier": "x", "status": "blue"}]}))
-    assert status_items(web, address, 0)[0].message == "its status at /status item x: status must be green, yellow or red"
+    message = status_items(web, probe([(address, "/status", True)])[0], 0)[0].message
+    assert message == "its status at /status item x: status must be green, yellow or red"
     # The same spec for Kubernetes: the cluster's addresses, the same names and secrets.
     env = environment(spec, web)
     assert env["CACHE_SECRET"] == password and env["REDIS_HOST"] == "redis" and env["REDIS_PORT"] == "6379"

@@ -146,8 +146,8 @@ def test_ages_in_a_shared_fragment_are_kept_current_by_the_page(cast, untouchabl
 def test_pages_and_sign_in_work_with_the_shared_cache_away(cast, settings, monkeypatch) -> None:
     """Redis gone: the fragments render without the cache (not looked up again for a while), and
     signing in (whose rate limits use the default, per-process cache) still works."""
-    from deployments.live import shared
     from diploi import settings as configured
+    from diploi import shared
     from tests.conftest import free_port
 
     assert configured.CACHES["default"]["BACKEND"].endswith("LocMemCache")  # never Redis: it must answer with Redis away

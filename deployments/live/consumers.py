@@ -23,11 +23,12 @@ from django.http import Http404
 from django.utils.html import escape
 
 from deployments.access import get_deployment_by_id_for_user
-from deployments.live import events, shared
+from deployments.live import events
 from deployments.live.fragments import LOG_LINES, Snapshot, deployment_snapshot, off_thread, project_snapshot
 from deployments.provisioning.spec import current_spec
 from deployments.runtimes import get_runtime
 from deployments.runtimes.base import RuntimeFailure
+from diploi import shared
 from projects.access import get_project_for_user
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import uuid
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
-from deployments.live import shared
+from diploi import shared
 
 log = logging.getLogger(__name__)
 

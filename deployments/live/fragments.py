@@ -19,7 +19,6 @@ from django.utils import timezone
 
 from accounts.models import User
 from deployments.access import deployment_facts_for_user, get_deployment_for_user, project_facts_for_user
-from deployments.live import shared
 from deployments.models import Deployment, Sample, Stage, State
 from deployments.provisioning.connections import stored_connections
 from deployments.provisioning.spec import deployment_stack
@@ -27,6 +26,7 @@ from deployments.queries import PAGE_SIZE, RELEASES_SHOWN, SESSIONS_SHOWN, deplo
 from deployments.ssh.hostkey import host_key_fingerprint
 from deployments.ssh.naming import ssh_username
 from deployments.status import store
+from diploi import shared
 from projects.access import get_project_for_user
 from projects.models import WRITE_ROLES, Membership, Project, Role
 

@@ -1,17 +1,16 @@
 """One batched look at local deployments: supervisord's process table, CPU and memory from psutil,
-volume sizes and health checks (run in parallel)."""
+volume sizes and health checks (all at once, from one thread)."""
 
+import errno
 import json
 import os
+import selectors
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -125,18 +124,21 @@ def with_last_words(state: ItemState, log_file: Path) -> ItemState:
 
 
 def service_states(specs: list[DeploymentSpec], checks: list[tuple[int, ServiceSpec, str, float]]) -> dict[int, tuple[ItemState, ...]]:
-    """Each deployment's services: the health checks of the running ones (in parallel) and the items
-    a component reports itself, the others stopped or not running."""
+    """Each deployment's services: the health checks of the running ones and the items a component reports
+    itself (all looked at together, see `probe`), the others stopped or not running."""
+    targets: list[tuple[str, str | None, bool]] = []
+    for _, service, address, _ in checks:
+        path = service.health.get("http") if isinstance(service.health, dict) else None
+        targets.append((address, path or None, False))
+        if service.status_path:
+            targets.append((address, service.status_path, True))
+    answers = iter(probe(targets))
     found: dict[tuple[int, str], list[ItemState]] = {}
-
-    def look(check: tuple[int, ServiceSpec, str, float]) -> list[ItemState]:
-        _, service, address, started = check
-        own = status_items(service, address, started) if service.status_path else []
-        return [health(service, address), *own]
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        for (spec_id, service, _, _), states in zip(checks, pool.map(look, checks), strict=True):
-            found[spec_id, service.identifier] = states
+    for spec_id, service, address, started in checks:
+        states = [health(service, address, next(answers))]
+        if service.status_path:
+            states += status_items(service, next(answers), started)
+        found[spec_id, service.identifier] = states
     result = {}
     for spec in specs:
         idle = (Colour.PENDING, "stopped") if not spec.enabled else (Colour.RED, "not running")
@@ -146,25 +148,97 @@ def service_states(specs: list[DeploymentSpec], checks: list[tuple[int, ServiceS
     return result
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What a look at an address found: a connection accepted, an HTTP status and the start of the body, or
+    why there was none (`error`)."""
+
+    status: int = 0
+    body: bytes = b""
+    error: str = ""
+
+
+def probe(targets: list[tuple[str, str | None, bool]], timeout: float = HEALTH_TIMEOUT) -> list[Answer]:
+    """Each (host:port, path, body wanted) looked at, all at once from this thread, within `timeout` for all:
+    without a path, whether a connection is accepted; with one, the answer to an HTTP GET (its status, and
+    at most MAX_STATUS_BYTES + 1 bytes of its body when wanted). A thread and an HTTP client per check cost
+    more than the checks themselves."""
+    answers: list[Answer | None] = [None] * len(targets)
+    received: dict[int, bytearray] = {}
+    selector = selectors.DefaultSelector()
+
+    def done(i: int, sock: socket.socket, answer: Answer) -> None:
+        answers[i] = answer
+        selector.unregister(sock)
+        sock.close()
+
+    for i, (address, _, _) in enumerate(targets):
+        host, port = address.rsplit(":", 1)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setblocking(False)
+        failed = sock.connect_ex((host.strip("[]"), int(port)))
+        if failed not in (0, errno.EINPROGRESS):
+            answers[i] = Answer(error=os.strerror(failed))
+            sock.close()
+            continue
+        selector.register(sock, selectors.EVENT_WRITE, i)
+    deadline = time.monotonic() + timeout
+    while selector.get_map() and (left := deadline - time.monotonic()) > 0:
+        for key, events in selector.select(left):
+            sock, i = key.fileobj, key.data
+            _, path, whole = targets[i]
+            if events & selectors.EVENT_WRITE:
+                failed = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if failed or path is None:
+                    done(i, sock, Answer(error=os.strerror(failed) if failed else ""))
+                    continue
+                try:
+                    sock.send(f"GET {path} HTTP/1.0\r\nHost: {targets[i][0]}\r\nUser-Agent: diploi-monitor\r\n\r\n".encode())
+                except OSError as e:
+                    done(i, sock, Answer(error=e.strerror or str(e)))
+                    continue
+                received[i] = bytearray()
+                selector.modify(sock, selectors.EVENT_READ, i)
+                continue
+            try:
+                chunk = sock.recv(65536)
+            except OSError as e:
+                done(i, sock, Answer(error=e.strerror or str(e)))
+                continue
+            data = received[i]
+            data += chunk
+            head, _, body = bytes(data).partition(b"\r\n\r\n")
+            if chunk and (not _ or whole and len(body) <= MAX_STATUS_BYTES):
+                continue  # more to come: the headers, or the body it wants
+            done(i, sock, _http_answer(head, body[: MAX_STATUS_BYTES + 1] if whole else b""))
+    for key in list(selector.get_map().values()):
+        done(key.data, key.fileobj, Answer(error="timed out"))
+    selector.close()
+    return [a or Answer(error="not looked at") for a in answers]
+
+
+def _http_answer(head: bytes, body: bytes) -> Answer:
+    status_line = head.split(b"\r\n", 1)[0].split()
+    if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/") or not status_line[1].isdigit():
+        return Answer(error="the answer is not HTTP")
+    return Answer(status=int(status_line[1]), body=body)
+
+
 STATUS_GRACE = 30.0  # red items of a component this young are shown as pending, as Diploi does
 MAX_STATUS_BYTES = 64 * 1024
 MAX_STATUS_ITEMS = 50
 _STATUS_COLOURS = {"green": Colour.GREEN, "yellow": Colour.YELLOW, "red": Colour.RED}
 
 
-def status_items(service: ServiceSpec, address: str, started: float) -> list[ItemState]:
+def status_items(service: ServiceSpec, answer: Answer, started: float) -> list[ItemState]:
     """The items the component serves in Diploi's status format at its status path; a malformed or
     missing answer is one yellow item saying what was wrong."""
-    url = f"http://{address}{service.status_path}"
     name = f"{service.identifier}/status"
-    try:
-        with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT) as r:
-            body = r.read(MAX_STATUS_BYTES + 1)
-    except urllib.error.HTTPError as e:
-        return [ItemState(name, Colour.YELLOW, f"its status at {service.status_path} answered HTTP {e.code}")]
-    except (urllib.error.URLError, OSError) as e:
-        return [ItemState(name, Colour.YELLOW, f"its status at {service.status_path} did not answer ({getattr(e, 'reason', e)})")]
-    items, problem = parse_status(body)
+    if answer.error:
+        return [ItemState(name, Colour.YELLOW, f"its status at {service.status_path} did not answer ({answer.error})")]
+    if answer.status >= 400:
+        return [ItemState(name, Colour.YELLOW, f"its status at {service.status_path} answered HTTP {answer.status}")]
+    items, problem = parse_status(answer.body)
     if problem:
         return [ItemState(name, Colour.YELLOW, f"its status at {service.status_path} {problem}")]
     young = started and time.time() - started < STATUS_GRACE
@@ -247,23 +321,16 @@ def _size(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def health(service: ServiceSpec, address: str) -> ItemState:
-    host, port = address.rsplit(":", 1)
+def health(service: ServiceSpec, address: str, answer: Answer) -> ItemState:
+    port = address.rsplit(":", 1)[1]
     path = service.health.get("http") if isinstance(service.health, dict) else None
+    if path and not answer.error:
+        return ItemState(service.identifier, Colour.YELLOW if answer.status >= 500 else Colour.GREEN, f"HTTP {answer.status} on {path}")
     if path:
-        try:
-            with urllib.request.urlopen(f"http://{address}{path}", timeout=HEALTH_TIMEOUT) as r:
-                return ItemState(service.identifier, Colour.GREEN, f"HTTP {r.status} on {path}")
-        except urllib.error.HTTPError as e:
-            colour = Colour.YELLOW if e.code >= 500 else Colour.GREEN
-            return ItemState(service.identifier, colour, f"HTTP {e.code} on {path}")
-        except (urllib.error.URLError, OSError) as e:
-            return ItemState(service.identifier, Colour.RED, f"not answering on port {port} ({getattr(e, 'reason', e)})")
-    try:
-        with socket.create_connection((host, int(port)), timeout=HEALTH_TIMEOUT):
-            return ItemState(service.identifier, Colour.GREEN, f"accepting connections on port {port}")
-    except OSError as e:
-        return ItemState(service.identifier, Colour.RED, f"not accepting connections on port {port} ({e.strerror or e})")
+        return ItemState(service.identifier, Colour.RED, f"not answering on port {port} ({answer.error})")
+    if answer.error:
+        return ItemState(service.identifier, Colour.RED, f"not accepting connections on port {port} ({answer.error})")
+    return ItemState(service.identifier, Colour.GREEN, f"accepting connections on port {port}")
 
 
 def processes_of(home: Path) -> list[psutil.Process]:

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import psutil
 from supervisor.xmlrpc import SupervisorTransport, UnixStreamHTTPConnection
@@ -49,6 +50,45 @@ def socket_path(data_dir: Path, suffix: str = "") -> Path:
     return Path(tempfile.gettempdir()) / f"diploi-{digest}{suffix}.sock"
 
 
+class _TreeReader:
+    """xmlrpc.client's parser and unmarshaller in one, on ElementTree's C parser: supervisord's answer about
+    a thousand processes is read several times faster than with xmlrpc's Python callback per element."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.result: tuple | None = None
+
+    def feed(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def close(self) -> tuple:
+        if self.result is None:
+            root = ElementTree.fromstring(b"".join(self.data))
+            fault = root.find("fault/value")
+            if fault is not None:
+                found = _value(fault)
+                raise xmlrpc.client.Fault(found["faultCode"], found["faultString"])
+            self.result = tuple(_value(v) for v in root.iterfind("params/param/value"))
+        return self.result
+
+
+_SCALARS = {"int": int, "i4": int, "i8": int, "double": float, "boolean": lambda t: t == "1", "string": str}
+
+
+def _value(element: ElementTree.Element) -> Any:
+    """One XML-RPC <value>, as xmlrpc.client reads it (dates and binary stay text: supervisord sends none)."""
+    typed = next(iter(element), None)
+    if typed is None:
+        return element.text or ""
+    if typed.tag == "struct":
+        return {m.findtext("name"): _value(m.find("value")) for m in typed}
+    if typed.tag == "array":
+        return [_value(v) for v in typed.iterfind("data/value")]
+    if typed.tag == "nil":
+        return None
+    return _SCALARS.get(typed.tag, str)(typed.text or "")
+
+
 def rpc_at(sock: Path) -> Any:
     """The XML-RPC interface of the supervisord at `sock`, every call bounded by RPC_TIMEOUT (a
     supervisor that hangs makes the call fail, never the caller wait forever)."""
@@ -60,6 +100,7 @@ def rpc_at(sock: Path) -> Any:
         return conn
 
     transport._get_connection = connection
+    transport.getparser = lambda: (reader := _TreeReader(), reader)
     return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
 
 
