@@ -1,14 +1,15 @@
 """How long from "create" to a page that answers, and what one observe() costs as deployments grow.
 
-    uv run python bench/provision.py [--deployments 1,10,50] [--repeat 5]
+    uv run python bench/provision.py [--deployments 1,10,50,100] [--repeat 5]
 
 Runs in a temporary data directory with its own SQLite database and process supervisor, and
 prints figures with baselines measured in the same run:
 - create → endpoint answering, for a development and a production deployment of the sample
   project, next to the sample app started by hand (python3 app.py, no Diploi) as the baseline, and
   confined (the sandbox) next to unconfined (DIPLOI_CONFINE=off);
-- observe() for 1, 10 and 50 running development deployments: ms per call, ms per deployment,
-  and the number of supervisor calls per observe (batched: one, whatever the count).
+- observe() for 1, 10, 50 and 100 running development deployments: ms per call, ms per deployment (wall
+  time, and the CPU time of the monitor and supervisord), and the number of supervisor calls per observe
+  (batched: one, whatever the count).
 """
 
 import argparse
@@ -21,6 +22,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+import psutil
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
@@ -88,7 +91,7 @@ def create_and_answer(project: Project, user: User, name: str, stage: str) -> tu
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--deployments", default="1,10,50")
+    parser.add_argument("--deployments", default="1,10,50,100")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     counts = [int(n) for n in args.deployments.split(",")]
@@ -127,21 +130,24 @@ def main() -> None:
             return real()
 
         runtime.supervisor.process_info = counted
+        supervisord = psutil.Process(int((DATA / "data" / "runtime" / "supervisord.pid").read_text()))
         per_one = None
         for n in counts:
             specs = [current_spec(d) for d in deployments[:n]]
             runtime.observe(specs)  # warm: CPU sampling needs a first reading
-            samples = []
+            samples, cpu = [], []
             calls["n"] = 0
             for _ in range(args.repeat):
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time() + sum(supervisord.cpu_times()[:2])
                 runtime.observe(specs)
                 samples.append(time.perf_counter() - t)
-            ms = statistics.median(samples) * 1000
+                cpu.append(time.process_time() + sum(supervisord.cpu_times()[:2]) - c)
+            ms, cpu_ms = statistics.median(samples) * 1000, statistics.median(cpu) * 1000
             per_one = per_one or ms / n
             print(
                 f"observe() with {n:>3} deployments: {ms:8.1f} ms/call, {ms / n:6.2f} ms/deployment "
-                f"({ms / n / per_one:.2f}× the 1-deployment cost), {calls['n'] // args.repeat} supervisor call(s) per observe"
+                f"({ms / n / per_one:.2f}× the 1-deployment cost; CPU of the monitor and supervisord {cpu_ms / n:5.2f} ms/deployment, "
+                f"the rest is waiting for the deployments' health answers), {calls['n'] // args.repeat} supervisor call(s) per observe"
             )
     finally:
         for d in Deployment.objects.all():

@@ -4,7 +4,9 @@ with Redis away a lookup misses and the caller reads or renders for itself, as i
 cache."""
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 from django.conf import settings
@@ -54,6 +56,60 @@ def get(key: str) -> Any | None:
     except Exception as e:  # noqa: BLE001 - a cache that is away is a miss
         _away(e)
         return None
+
+
+class _Recent:
+    """The last values this process read or rendered under content-addressed keys, each until its TTL."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.values: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: str) -> Any | None:
+        with self.lock:
+            found = self.values.get(key)
+            if found is None or found[0] < time.monotonic():
+                return None
+            self.values.move_to_end(key)
+            return found[1]
+
+    def put(self, key: str, value: Any, ttl: float) -> None:
+        with self.lock:
+            self.values[key] = (time.monotonic() + ttl, value)
+            self.values.move_to_end(key)
+            while len(self.values) > self.size:
+                self.values.popitem(last=False)
+
+
+_recent = _Recent(256)
+
+
+def get_rendered(key: str) -> Any | None:
+    """`get` for a key named by everything its value shows (a digest of the facts a page or fragment
+    renders): the same key always holds the same value, so this process keeps the ones it used last
+    and asks the shared cache only for the others."""
+    value = _recent.get(key)
+    if value is None:
+        value = get(key)
+        if value is not None:
+            _recent.put(key, value, RENDERED_FOR)
+    return value
+
+
+def put_rendered(key: str, value: Any, ttl: float) -> bool:
+    _recent.put(key, value, min(ttl, RENDERED_FOR))
+    return put(key, value, ttl)
+
+
+def clear() -> None:
+    """Nothing cached any more, in this process or in the shared cache (tests start from nothing)."""
+    with _recent.lock:
+        _recent.values.clear()
+    _cache().clear()
+
+
+RENDERED_FOR = 60.0  # seconds this process keeps a rendered value it read (the shared cache keeps it longer)
 
 
 def get_many(keys: list[str]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import pytest
 from django.test import Client
 
 from accounts.models import User
+from diploi import shared
 from projects.models import Membership, Project, Role
 from projects.sample import create_sample_repository
 from projects.stack import refresh_stack
@@ -91,6 +92,7 @@ def fresh_fragments(settings) -> None:
     between tests on SQLite), in this process's memory rather than the shared Redis."""
     locmem = "django.core.cache.backends.locmem.LocMemCache"
     settings.CACHES = {"default": {"BACKEND": locmem}, "shared": {"BACKEND": locmem, "LOCATION": uuid.uuid4().hex}}
+    shared.clear()
 
 
 @pytest.fixture(autouse=True)

@@ -129,8 +129,9 @@ async def test_many_sockets_share_one_render_per_event(cast, dev, runtime, redis
     sockets only fetch it and each gets its role's fragment; without it, they render it once."""
     from asgiref.sync import sync_to_async
 
-    from deployments.live import consumers, fragments, shared
+    from deployments.live import consumers, fragments
     from deployments.live.events import publish
+    from diploi import shared
 
     calls, produced, delivered = [], [], []
     real = consumers.deployment_snapshot

@@ -8,12 +8,12 @@ import re
 from datetime import timedelta
 
 import pytest
-from django.core.cache import caches
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from deployments.models import Build, Deployment, Domain, EnvVar, Sample, Stage, State
+from diploi import shared
 
 GREEN = {"colour": "green", "reason": "Running", "tree": {"containers": [["web", "green", "up"]], "services": [["web", "green", "up"]]}}
 PAGES = [
@@ -84,7 +84,7 @@ def test_pages_read_a_constant_number_of_queries_and_write_nothing(cast, untouch
         found = {}
         for page in pages:
             if cold:
-                caches["shared"].clear()
+                shared.clear()
             with CaptureQueriesContext(connection) as queries:
                 response = client.get(page)
             assert response.status_code == 200, (page, response.status_code)
@@ -147,7 +147,6 @@ def test_pages_and_sign_in_work_with_the_shared_cache_away(cast, settings, monke
     """Redis gone: the fragments render without the cache (not looked up again for a while), and
     signing in (whose rate limits use the default, per-process cache) still works."""
     from diploi import settings as configured
-    from diploi import shared
     from tests.conftest import free_port
 
     assert configured.CACHES["default"]["BACKEND"].endswith("LocMemCache")  # never Redis: it must answer with Redis away

@@ -67,7 +67,7 @@ def test_a_reader_that_read_the_session_just_before_a_log_out_does_not_bring_it_
         return row
 
     monkeypatch.setattr(SessionStore, "_get_session_from_db", read_then_log_out)
-    shared._cache().clear()  # the reader finds no copy, so it reads the database
+    shared.clear()  # the reader finds no copy, so it reads the database
     client.get(PAGE)  # the racing reader: it read the row before the log out, and caches it after
     assert not signed_in(client)
 
