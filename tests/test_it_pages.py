@@ -12,6 +12,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from deployments.live.fragments import TOKEN
 from deployments.models import Build, Deployment, Domain, EnvVar, Sample, Stage, State
 from diploi import shared
 
@@ -360,3 +361,35 @@ def test_a_web_process_serves_many_requests_at_once_from_a_small_pool(cast, data
     # the pool's connections (at least its first one, once the statistics have it), none per request
     opened = wait_until(lambda: sessions_opened() - before or None, timeout=10, what="the statistics")
     assert opened <= 2, opened
+
+
+def test_the_page_around_a_cached_page_is_each_viewers_own(cast, untouchable_runtime, settings, monkeypatch) -> None:
+    """The whole page is cached too; what is not the content still shows at once: the viewer's name, a
+    message waiting for them (once), and the banners."""
+    import time
+
+    from django.contrib.messages import INFO
+    from django.contrib.messages.storage.base import Message
+    from django.contrib.messages.storage.cookie import CookieStorage
+    from django.http import HttpRequest
+
+    from deployments.web import health
+
+    Deployment.objects.create(project=cast.project, name="Prod", slug="prod", branch="main", state=State.RUNNING, status=GREEN)
+    page = "/projects/shop/d/prod/"
+    owner, developer = cast.client(cast.owner), cast.client(cast.developer)
+    assert ">owner</a>" in without_tokens(owner.get(page)) and ">developer</a>" in without_tokens(developer.get(page))
+    assert ">developer</a>" in without_tokens(developer.get(page))  # from the cache, with its own name
+
+    owner.cookies["messages"] = CookieStorage(HttpRequest())._encode([Message(INFO, "Something to say once")])
+    assert "Something to say once" in without_tokens(owner.get(page))
+    assert "Something to say once" not in without_tokens(owner.get(page))
+
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    monkeypatch.setattr(health, "_queue", {"at": time.monotonic(), "down": True})
+    assert health.QUEUE_DOWN in without_tokens(owner.get(page))
+    monkeypatch.setattr(health, "_queue", {"at": time.monotonic(), "down": False})
+    assert health.QUEUE_DOWN not in without_tokens(owner.get(page))
+
+    response = owner.get(page).content.decode()
+    assert TOKEN not in response and re.search(r'"X-CSRFToken": "\w{64}"', response)  # the viewer's own token

@@ -221,7 +221,7 @@ TOKEN = "csrf-token-of-the-request-7d1c"  # stands for the viewer's CSRF token i
 @functools.cache
 def templates_version() -> str:
     """Changes when the templates do (an upgrade never serves pages rendered by the old ones)."""
-    folders = [Path(settings.BASE_DIR) / "templates" / name for name in ("deployments", "projects")]
+    folders = [Path(settings.BASE_DIR) / "templates" / name for name in ("", "includes", "deployments", "projects")]
     return digest(sorted((str(p), p.stat().st_mtime_ns) for folder in folders for p in folder.glob("*.html")))
 
 

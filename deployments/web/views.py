@@ -10,6 +10,7 @@ from django.forms import Form
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.middleware.csrf import get_token
 from django.shortcuts import get_object_or_404
+from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -19,20 +20,24 @@ from deployments.access import get_deployment_for_user
 from deployments.domains import CHALLENGE_LABEL, challenge_value, cname_target
 from deployments.live.fragments import (
     LOG_LINES,
+    PAGE_TTL,
     TOKEN,
     LogStream,
     components,
+    digest,
     live_fragment,
     log_streams,
     overview_page,
     parameters,
     project_page,
+    templates_version,
 )
 from deployments.models import Deployment, Domain, EnvVar
 from deployments.provisioning.connections import stored_connections
 from deployments.provisioning.spec import current_spec
 from deployments.runtimes import get_runtime
 from deployments.runtimes.base import DeploymentSpec, RuntimeFailure, UnknownService
+from deployments.tenancy import single_user_banner
 from deployments.web.forms import (
     BranchForm,
     CloneForm,
@@ -43,14 +48,27 @@ from deployments.web.forms import (
     parameter_values,
     regenerated,
 )
+from deployments.web.health import platform_events
+from diploi import shared
 from diploi.http import redirect_to
 from projects.access import get_project_for_user
 from projects.stack import branches
 
 
-def cached_page_response(request: HttpRequest, template: str, title: str, content: str) -> TemplateResponse:
-    """A page whose content came from `cached_page`: the viewer's own CSRF token goes in."""
-    return TemplateResponse(request, template, {"title": title, "content": mark_safe(content.replace(TOKEN, get_token(request)))})
+def cached_page_response(request: HttpRequest, template: str, title: str, content: str) -> HttpResponse:
+    """A page whose content came from `cached_page`, inside the page around it (the viewer's name, the
+    banners), which is cached as well while no message waits to be shown; the viewer's own CSRF token
+    goes in last."""
+    token = get_token(request)
+    if len(messages.get_messages(request)):  # shown once: this view is not like the next one
+        return TemplateResponse(request, template, {"title": title, "content": mark_safe(content.replace(TOKEN, token))})
+    around = (template, title, request.user.username, single_user_banner(request), platform_events(request))
+    key = "whole:" + digest((templates_version(), around, content))
+    html = shared.get_rendered(key)
+    if html is None:
+        html = render_to_string(template, {"title": title, "content": mark_safe(content), "csrf_token": TOKEN}, request)
+        shared.put_rendered(key, html, PAGE_TTL)
+    return HttpResponse(html.replace(TOKEN, token))
 
 
 @login_required
