@@ -289,6 +289,7 @@ def test_a_cached_project_page_changes_with_every_fact_it_shows(cast, untouchabl
         ("a sample", lambda: Sample.objects.create(deployment=first, cpu_percent=37.5, memory_bytes=1), "37.5%"),
         ("a build", lambda: Build.objects.create(deployment=first, commit="c" * 40, status="failed"), ">failed<"),
         ("a row", lambda: Deployment.objects.filter(pk=first.pk).update(branch="feature/cache"), "feature/cache"),
+        ("the stored colour", lambda: Deployment.objects.filter(pk=first.pk).update(status={**GREEN, "colour": "red"}), '"dot red"'),
         (
             "an endpoint",
             lambda: Deployment.objects.filter(pk=first.pk).update(endpoints={"web": "http://alpha.example"}),
