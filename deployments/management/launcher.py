@@ -33,7 +33,7 @@ from typing import Any
 import psutil
 
 from deployments.management import embedded_redis
-from deployments.runtimes.local.supervisor import answers, rpc_at, socket_path, supervisord
+from deployments.runtimes.local.supervisor import answers, rpc_at, socket_path, supervisord_command
 
 PR_SET_PDEATHSIG = 1
 EVENTS_KEPT = 50
@@ -337,7 +337,7 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 
     def _start_supervisord(self, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
-            [supervisord(), "--configuration", str(self.dir / "supervisord.conf")],
+            [*supervisord_command(), "--configuration", str(self.dir / "supervisord.conf")],
             env=env,
             cwd=self.base_dir,
             stdin=subprocess.DEVNULL,

@@ -12,7 +12,6 @@ import hashlib
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -158,7 +157,7 @@ files={self.data_dir / "deployments"}/*/supervisor.conf
     def foreground_command(self) -> list[str]:
         """For `manage.py supervisor` (which `up` runs): supervisord in the foreground."""
         self.write_conf()
-        return [supervisord(), "--nodaemon", "--configuration", str(self.conf)]
+        return [*supervisord_command(), "--nodaemon", "--configuration", str(self.conf)]
 
     def rpc(self) -> Any:
         return rpc_at(self.sock)
@@ -209,7 +208,7 @@ files={self.data_dir / "deployments"}/*/supervisor.conf
             self.write_conf()
             self.end_orphans()
             subprocess.run(
-                [supervisord(), "--configuration", str(self.conf)],
+                [*supervisord_command(), "--configuration", str(self.conf)],
                 cwd=BASE_DIR,
                 check=False,
                 stdin=subprocess.DEVNULL,
@@ -304,6 +303,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def supervisord() -> str:
-    found = Path(sys.executable).parent / "supervisord"
-    return str(found) if found.exists() else (shutil.which("supervisord") or "supervisord")
+def supervisord_command() -> list[str]:
+    """supervisord, as supervisor_daemon.py runs it (writing its answers in large pieces). -P: the script's
+    folder is not put on the import path (this module would stand in for the supervisor package)."""
+    return [sys.executable, "-P", str(Path(__file__).with_name("supervisor_daemon.py"))]
