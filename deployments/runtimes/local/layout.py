@@ -9,7 +9,7 @@ Under DIPLOI_DATA_DIR/deployments/<project>.<deployment>/:
   run/<service>.json     what exec.py runs (env included, mode 0600)
   ports.json             host ports allocated to the deployment (stable across applies)
   problems.json          why a service could not be started on this machine
-  supervisor.conf        the deployment's programs, included by supervisord
+  supervisor.conf        the deployment's programs (supervisord loads them all from runtime/programs.conf)
 """
 
 import json

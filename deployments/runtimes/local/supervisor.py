@@ -29,6 +29,7 @@ import psutil
 from supervisor.xmlrpc import SupervisorTransport, UnixStreamHTTPConnection
 
 from deployments.runtimes.base import TransientFailure
+from deployments.runtimes.local.layout import write_atomic
 
 BASE_DIR = Path(__file__).resolve().parents[3]
 EXEC = BASE_DIR / "deployments" / "runtimes" / "local" / "exec.py"  # what supervisord runs for each service
@@ -117,6 +118,7 @@ class Supervisor:
         self.conf = self.dir / "supervisord.conf"
         self.sock = socket_path(data_dir)
         self.restarts_file = self.dir / "restarts.json"
+        self.programs = self.dir / "programs.conf"
 
     def restarts(self) -> dict[str, int]:
         """How often each program ("group:name") was restarted after an unexpected exit."""
@@ -149,10 +151,23 @@ autorestart=true
 stderr_logfile={self.dir / "events.log"}
 
 [include]
-files={self.data_dir / "deployments"}/*/supervisor.conf
+files={self.programs}
 """
         if not self.conf.exists() or self.conf.read_text() != text:
             self.conf.write_text(text)
+        self.write_programs()
+
+    def write_programs(self) -> None:
+        """Every deployment's programs (its own supervisor.conf) in the one file supervisord includes.
+        supervisord reads each included file by parsing again every section read before it: with one
+        file per deployment, a reload took 3.5 s of its CPU with 1,000 deployments (0.4 s with one)."""
+        parts = []
+        for conf in sorted((self.data_dir / "deployments").glob("*/supervisor.conf")):
+            with contextlib.suppress(FileNotFoundError):  # removed meanwhile: it is not loaded
+                parts.append(conf.read_text())
+        text = "\n".join(parts)
+        if not self.programs.exists() or self.programs.read_text() != text:
+            write_atomic(self.programs, text, 0o600)
 
     def foreground_command(self) -> list[str]:
         """For `manage.py supervisor` (which `up` runs): supervisord in the foreground."""
@@ -243,6 +258,7 @@ files={self.data_dir / "deployments"}/*/supervisor.conf
     def update(self) -> None:
         """Load added, changed and removed deployment configs (what `supervisorctl update` does)."""
         with self.lock():
+            self.write_programs()
             rpc = self.rpc()
             try:
                 [[added, changed, removed]] = rpc.reloadConfig()
