@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from deployments.runtimes.base import Colour, ServiceSpec
+from deployments.runtimes.local import observe
 from deployments.runtimes.local.observe import MAX_STATUS_BYTES, health, probe
 
 
@@ -67,7 +68,9 @@ def refused() -> str:
         return f"127.0.0.1:{s.getsockname()[1]}"  # nothing listens there once it is closed
 
 
-def test_many_addresses_are_looked_at_together_and_each_gets_its_own_answer(http: str) -> None:
+@pytest.mark.parametrize("at_once", [observe.OPEN_AT_ONCE, 3])  # 3: most checks wait for others to finish
+def test_many_addresses_are_looked_at_together_and_each_gets_its_own_answer(http: str, at_once: int, monkeypatch) -> None:
+    monkeypatch.setattr(observe, "OPEN_AT_ONCE", at_once)
     silent, quiet = listener(None)
     garbage, noise = listener(b"SSH-2.0-OpenSSH\r\n\r\n")
     closed = refused()

@@ -158,33 +158,42 @@ class Answer:
     error: str = ""
 
 
+OPEN_AT_ONCE = 256  # checks in flight together (file descriptors are limited, 1,024 by default)
+
+
 def probe(targets: list[tuple[str, str | None, bool]], timeout: float = HEALTH_TIMEOUT) -> list[Answer]:
-    """Each (host:port, path, body wanted) looked at, all at once from this thread, within `timeout` for all:
-    without a path, whether a connection is accepted; with one, the answer to an HTTP GET (its status, and
-    at most MAX_STATUS_BYTES + 1 bytes of its body when wanted). A thread and an HTTP client per check cost
-    more than the checks themselves."""
+    """Each (host:port, path, body wanted) looked at from this thread, OPEN_AT_ONCE at a time, each
+    within `timeout`: without a path, whether a connection is accepted; with one, the answer to an HTTP
+    GET (its status, and at most MAX_STATUS_BYTES + 1 bytes of its body when wanted). A thread and an
+    HTTP client per check cost more than the checks themselves."""
     answers: list[Answer | None] = [None] * len(targets)
     received: dict[int, bytearray] = {}
+    deadlines: dict[int, float] = {}
+    waiting = iter(range(len(targets)))
     selector = selectors.DefaultSelector()
 
     def done(i: int, sock: socket.socket, answer: Answer) -> None:
         answers[i] = answer
         selector.unregister(sock)
         sock.close()
+        del deadlines[i]
 
-    for i, (address, _, _) in enumerate(targets):
-        host, port = address.rsplit(":", 1)
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        sock.setblocking(False)
-        failed = sock.connect_ex((host.strip("[]"), int(port)))
-        if failed not in (0, errno.EINPROGRESS):
-            answers[i] = Answer(error=os.strerror(failed))
-            sock.close()
-            continue
-        selector.register(sock, selectors.EVENT_WRITE, i)
-    deadline = time.monotonic() + timeout
-    while selector.get_map() and (left := deadline - time.monotonic()) > 0:
-        for key, events in selector.select(left):
+    def open_more() -> None:
+        while len(deadlines) < OPEN_AT_ONCE and (i := next(waiting, None)) is not None:
+            host, port = targets[i][0].rsplit(":", 1)
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            sock.setblocking(False)
+            failed = sock.connect_ex((host.strip("[]"), int(port)))
+            if failed not in (0, errno.EINPROGRESS):
+                answers[i] = Answer(error=os.strerror(failed))
+                sock.close()
+                continue
+            selector.register(sock, selectors.EVENT_WRITE, i)
+            deadlines[i] = time.monotonic() + timeout
+
+    open_more()
+    while deadlines:
+        for key, events in selector.select(max(0.0, min(deadlines.values()) - time.monotonic())):
             sock, i = key.fileobj, key.data
             _, path, whole = targets[i]
             if events & selectors.EVENT_WRITE:
@@ -207,12 +216,14 @@ def probe(targets: list[tuple[str, str | None, bool]], timeout: float = HEALTH_T
                 continue
             data = received[i]
             data += chunk
-            head, _, body = bytes(data).partition(b"\r\n\r\n")
-            if chunk and (not _ or whole and len(body) <= MAX_STATUS_BYTES):
+            head, complete, body = bytes(data).partition(b"\r\n\r\n")
+            if chunk and (not complete or whole and len(body) <= MAX_STATUS_BYTES):
                 continue  # more to come: the headers, or the body it wants
             done(i, sock, _http_answer(head, body[: MAX_STATUS_BYTES + 1] if whole else b""))
-    for key in list(selector.get_map().values()):
-        done(key.data, key.fileobj, Answer(error="timed out"))
+        now = time.monotonic()
+        for key in [k for k in selector.get_map().values() if deadlines[k.data] <= now]:
+            done(key.data, key.fileobj, Answer(error="timed out"))
+        open_more()
     selector.close()
     return [a or Answer(error="not looked at") for a in answers]
 

@@ -1,5 +1,6 @@
 """What supervisord runs for each service: ports, environment, the run file and the program entry."""
 
+import fcntl
 import grp
 import hashlib
 import json
@@ -31,21 +32,25 @@ def postgres_bin_dir() -> Path | None:
 
 
 def allocate_ports(layout: Layout, spec: DeploymentSpec) -> Ports:
-    """Host ports per service and port name, allocated once and kept in ports.json."""
+    """Host ports per service and port name, allocated once and kept in ports.json (one allocation at a
+    time on the machine: two workers provisioning together never pick the same port)."""
     path = layout.home(spec) / "ports.json"
-    ports: Ports = layout.read_json(spec, "ports.json")
-    taken = {p for f in layout.deployments.glob("*/ports.json") for svc in json.loads(f.read_text()).values() for p in svc.values()}
-    changed = False
-    for service in spec.services:
-        own = ports.setdefault(service.identifier, {})
-        for port in service.ports:
-            if port.name not in own:
-                own[port.name] = _free_port(taken)
-                taken.add(own[port.name])
-                changed = True
-    if changed:
-        write_atomic(path, json.dumps(ports))
-    return ports
+    layout.deployments.mkdir(parents=True, exist_ok=True)
+    with open(layout.deployments / ".ports.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ports: Ports = layout.read_json(spec, "ports.json")
+        taken = {p for f in layout.deployments.glob("*/ports.json") for svc in _read_ports(f).values() for p in svc.values()}
+        changed = False
+        for service in spec.services:
+            own = ports.setdefault(service.identifier, {})
+            for port in service.ports:
+                if port.name not in own:
+                    own[port.name] = _free_port(taken)
+                    taken.add(own[port.name])
+                    changed = True
+        if changed:
+            write_atomic(path, json.dumps(ports))
+        return ports
 
 
 def check_ports_free(spec: DeploymentSpec, ports: Ports, running: set[str]) -> None:
@@ -221,6 +226,13 @@ def _first_untraversable(path: Path, user: str) -> Path | None:
         if not allowed:
             return parent
     return None
+
+
+def _read_ports(path: Path) -> Ports:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:  # its deployment was removed meanwhile
+        return {}
 
 
 def _free_port(taken: set[int]) -> int:
