@@ -372,7 +372,12 @@ def run_light(project: Project, owner: User, count: int) -> list[int]:
 
     have = list(Deployment.objects.filter(project=project).values_list("pk", flat=True))
     with ThreadPoolExecutor(CREATE_AT_ONCE) as pool:  # as several workers would: each waits for its one to answer
-        return have + list(pool.map(create, range(len(have), count)))
+        have += pool.map(create, range(len(have), count))
+    # A deployment the worker took first (its task was queued on create) is still on its way.
+    deadline = time.monotonic() + 60 + count
+    while Deployment.objects.filter(pk__in=have, state__in=(State.PENDING, State.PROVISIONING)).exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return have
 
 
 def monitor_cost(project: Project, owner: User, counts: list[int]) -> list[int]:
@@ -523,9 +528,9 @@ def main() -> None:
                 stop(proc)
         from deployments.provisioning import tasks
 
+        runtime.supervisor.shutdown()  # every deployment's processes stopped at once, before their folders go
         for pk in Deployment.objects.filter(project__slug="light").values_list("pk", flat=True):
             tasks.destroy(pk)
-        runtime.supervisor.shutdown()
         from django.db import connections
 
         connections.close_all()

@@ -639,3 +639,30 @@ def test_under_up_a_worker_waits_for_the_supervisor_instead_of_starting_a_second
     with pytest.raises(TransientFailure, match="restarting"):
         Supervisor(tmp_path / "data").ensure_running(timeout=1)
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+
+
+def test_updates_asked_for_together_reload_supervisord_once(cast, runtime, monkeypatch) -> None:
+    """A reload reads every program; an update that finds the programs loaded as they are now (another
+    caller's reload covered its change while it waited) does not reload again."""
+    d = deploy(cast, "Dev")
+    reloads = []
+    real_rpc = runtime.supervisor.rpc
+
+    class Counted:
+        def __init__(self, rpc) -> None:
+            self.rpc = rpc
+
+        def __getattr__(self, name: str):
+            if name == "reloadConfig":
+                reloads.append(name)
+            return getattr(self.rpc, name)
+
+    monkeypatch.setattr(runtime.supervisor, "rpc", lambda: Counted(real_rpc()))
+    runtime.supervisor.update()
+    assert reloads == []  # the deploy's own update loaded them
+    conf = runtime.home(current_spec(d)) / "supervisor.conf"
+    conf.write_text(conf.read_text() + "\n; changed\n")
+    runtime.supervisor.update()
+    runtime.supervisor.update()
+    assert len(reloads) == 1
+    assert "visits" in http_get(d.endpoints["web"])  # still running, untouched

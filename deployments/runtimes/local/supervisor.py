@@ -120,6 +120,7 @@ class Supervisor:
         self.sock = socket_path(data_dir)
         self.restarts_file = self.dir / "restarts.json"
         self.programs = self.dir / "programs.conf"
+        self.loaded = self.dir / "programs.loaded"  # "<supervisord's pid> <digest>" of the programs it loaded last
 
     def restarts(self) -> dict[str, int]:
         """How often each program ("group:name") was restarted after an unexpected exit."""
@@ -159,7 +160,7 @@ files={self.programs}
             self.conf.write_text(text)
         self.write_programs()
 
-    def write_programs(self) -> None:
+    def write_programs(self) -> str:
         """Every deployment's programs (its own supervisor.conf) in the one file supervisord includes.
         supervisord reads each included file by parsing again every section read before it: with one
         file per deployment, a reload took 3.5 s of its CPU with 1,000 deployments (0.4 s with one)."""
@@ -170,6 +171,7 @@ files={self.programs}
         text = "\n".join(parts)
         if not self.programs.exists() or self.programs.read_text() != text:
             write_atomic(self.programs, text, 0o600)
+        return text
 
     def foreground_command(self) -> list[str]:
         """For `manage.py supervisor` (which `up` runs): supervisord in the foreground."""
@@ -258,11 +260,17 @@ files={self.programs}
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def update(self) -> None:
-        """Load added, changed and removed deployment configs (what `supervisorctl update` does)."""
+        """Load added, changed and removed deployment configs (what `supervisorctl update` does). Updates
+        asked for together coalesce: one that finds this supervisord has loaded the programs as they are
+        now (another's reload covered its change while it waited for the lock) does nothing — a reload
+        reads every program, about a second with 1,000 deployments."""
         with self.lock():
-            self.write_programs()
+            text = self.write_programs()
             rpc = self.rpc()
             try:
+                loaded = f"{rpc.getPID()} {hashlib.sha256(text.encode()).hexdigest()}"
+                if self.loaded.exists() and self.loaded.read_text() == loaded:
+                    return
                 [[added, changed, removed]] = rpc.reloadConfig()
                 for group in removed + changed:
                     _call(rpc.stopProcessGroup, group)
@@ -271,6 +279,7 @@ files={self.programs}
                     _call(rpc.addProcessGroup, group)
             except (OSError, http.client.HTTPException) as e:
                 raise TransientFailure(f"the process supervisor is not answering ({e})") from None
+            self.loaded.write_text(loaded)
 
     def process_info(self) -> dict[str, dict]:
         """Every process supervisord knows, by "group:name" (one call whatever the number)."""
