@@ -666,3 +666,31 @@ def test_updates_asked_for_together_reload_supervisord_once(cast, runtime, monke
     runtime.supervisor.update()
     assert len(reloads) == 1
     assert "visits" in http_get(d.endpoints["web"])  # still running, untouched
+
+
+def test_a_few_deployments_are_observed_alone_as_all_of_them_would_be(cast, runtime, monkeypatch) -> None:
+    """observe() of a few deployments asks supervisord about their programs and reads their process trees;
+    of many, it lists everything once. Both say the same."""
+    from deployments.runtimes.local import runtime as local
+
+    d = deploy(cast, "Dev")
+    spec = current_spec(d)
+    runtime.observe([spec])  # CPU figures need a reading before
+
+    def looked(few: int) -> list[tuple]:
+        monkeypatch.setattr(local, "FEW", few)
+        o = runtime.observe([spec])[d.pk]
+        return [(i.name, i.colour, i.message, i.memory_bytes is not None, i.cpu_percent is not None) for i in o.containers + o.services]
+
+    alone, with_all = looked(8), looked(0)
+    assert alone == with_all
+    assert all(memory and cpu for *_, memory, cpu in alone if _[1] == "web")  # the component's figures, from its tree
+
+
+def test_a_checkout_shares_no_file_with_the_projects_repository(cast, runtime, sample_repo: Path) -> None:
+    """A local clone hardlinks the repository's objects by default: handing the checkout to the
+    deployment's user would then hand it the platform's repository (and every other checkout's) too."""
+    d = deploy(cast, "Dev")
+    source = {(f.stat().st_dev, f.stat().st_ino) for f in (sample_repo / ".git" / "objects").rglob("*") if f.is_file()}
+    checkout = {(f.stat().st_dev, f.stat().st_ino) for f in (runtime.home(current_spec(d)) / "code" / ".git").rglob("*") if f.is_file()}
+    assert source and checkout and not source & checkout

@@ -37,7 +37,7 @@ def checkout(spec: DeploymentSpec, code: Path) -> bool:
     tmp = code.with_name("code.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        git("clone", "--quiet", "--branch", spec.branch, "--", spec.repository, str(tmp))
+        git("clone", "--quiet", "--no-hardlinks", "--branch", spec.branch, "--", spec.repository, str(tmp))
         if spec.commit:
             git("checkout", "--quiet", spec.commit, cwd=tmp)
             git("checkout", "--quiet", "-B", spec.branch, cwd=tmp)
@@ -119,7 +119,7 @@ def build_release(spec: DeploymentSpec, releases: Path, launcher: Launcher, prog
     try:
         progress("clone", 0, f"Checking out {spec.commit[:10]} of {spec.branch}")
         try:
-            git("clone", "--quiet", "--no-checkout", "--", spec.repository, str(tmp))
+            git("clone", "--quiet", "--no-hardlinks", "--no-checkout", "--", spec.repository, str(tmp))
             git("checkout", "--quiet", "--detach", spec.commit, cwd=tmp)
         except GitFailed as e:
             raise BuildFailed("clone", str(e)) from None

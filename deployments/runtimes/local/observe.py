@@ -1,6 +1,7 @@
 """One batched look at local deployments: supervisord's process table, CPU and memory from psutil,
 volume sizes and health checks (all at once, from one thread)."""
 
+import contextlib
 import errno
 import json
 import os
@@ -42,9 +43,10 @@ class Usage:
         self._children: dict[int, list[int]] = {}
         self._at = self._since = 0.0
 
-    def refresh(self) -> None:
+    def refresh(self, roots: list[int] | None = None) -> None:
+        """Read the process table; only the trees under `roots` when given (a few deployments)."""
         stats, children = {}, defaultdict(list)
-        for pid, ppid, cpu, rss in _process_table():
+        for pid, ppid, cpu, rss in _process_table() if roots is None else _process_trees(roots):
             stats[pid] = (cpu, rss)
             children[ppid].append(pid)
         self._before, self._since = self._stats, self._at
@@ -80,8 +82,39 @@ def _process_table() -> Iterator[tuple[int, int, float, int]]:
                 raw = f.read()
         except OSError:  # gone meanwhile
             continue
-        fields = raw[raw.rindex(b")") + 2 :].split()  # after "pid (command) "; the command may hold spaces
-        yield int(entry.name), int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS, int(fields[21]) * _PAGE
+        yield _row(int(entry.name), raw)
+
+
+def _process_trees(roots: list[int]) -> Iterator[tuple[int, int, float, int]]:
+    """`_process_table`'s rows for the processes under `roots`, found through each one's children."""
+    if not Path("/proc/self/stat").exists():
+        for root in roots:
+            try:
+                tree = [psutil.Process(root), *psutil.Process(root).children(recursive=True)]
+            except psutil.Error:
+                continue
+            for p in tree:
+                with contextlib.suppress(psutil.Error):
+                    times, memory = p.cpu_times(), p.memory_info()
+                    yield p.pid, p.ppid(), times.user + times.system, memory.rss
+        return
+    queue = list(roots)
+    while queue:
+        pid = queue.pop()
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                raw = f.read()
+            kids = [int(k) for task in os.scandir(f"/proc/{pid}/task") for k in Path(task.path, "children").read_text().split()]
+        except OSError:  # gone meanwhile
+            continue
+        yield _row(pid, raw)
+        queue += kids
+
+
+def _row(pid: int, stat: bytes) -> tuple[int, int, float, int]:
+    """(pid, parent pid, CPU seconds, resident bytes) from /proc/<pid>/stat."""
+    fields = stat[stat.rindex(b")") + 2 :].split()  # after "pid (command) "; the command may hold spaces
+    return pid, int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS, int(fields[21]) * _PAGE
 
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100

@@ -51,6 +51,7 @@ from deployments.runtimes.local.supervisor import Supervisor
 
 DISK_MEASURE_SECONDS = 60
 
+FEW = 8  # deployments observe() looks at alone, not in one pass over every process (see observe)
 ACTIVE = ("RUNNING", "STARTING", "BACKOFF")
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 
@@ -140,7 +141,7 @@ class LocalRuntime(Runtime):
         elif not spec.release or not (self.layout.releases(spec) / spec.release).is_dir():
             raise RuntimeFailure("there is no release to run yet; build one first")
 
-        info = self.supervisor.process_info()
+        info = self.supervisor.process_info(self._programs([spec]))
         running = {s.identifier for s in spec.services if info.get(self.layout.program(spec, s.identifier), {}).get("statename") in ACTIVE}
         programs.check_ports_free(spec, ports, running)
         problems: dict[str, str] = {}
@@ -230,7 +231,7 @@ class LocalRuntime(Runtime):
             return [("State", "not set up yet: it has not been provisioned")]
         run = json.loads(run_path.read_text())
         program = self.layout.program(spec, service)
-        proc = self.supervisor.process_info().get(program, {})
+        proc = self.supervisor.process_info([program]).get(program, {})
         started = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(proc["start"])) if proc.get("start") else "—"
         limits = "none (this machine gives deployments no cgroup)"
         if run.get("cgroups"):
@@ -295,13 +296,16 @@ class LocalRuntime(Runtime):
     # --- observe ------------------------------------------------------------------------------
 
     def observe(self, specs: list[DeploymentSpec]) -> dict[int, Observation]:
+        """A few deployments (a deployment waiting to answer, a page's Describe) are looked at alone: their
+        programs' states and process trees; more (the monitor's tick), in one pass over everything."""
+        few = len(specs) <= FEW
         try:
-            info: dict[str, dict] | None = self.supervisor.process_info()
+            info: dict[str, dict] | None = self.supervisor.process_info(self._programs(specs) if few else None)
         except TransientFailure:
             info = None  # every container is reported red below, with the reason
         restarts = self.supervisor.restarts()
         if specs:
-            self.usage.refresh()
+            self.usage.refresh([p["pid"] for p in (info or {}).values() if p.get("pid")] if few else None)
         checks = []
         partial = {}
         for spec in specs:
@@ -327,6 +331,9 @@ class LocalRuntime(Runtime):
         return {
             spec.id: Observation(storage=partial[spec.id][0], containers=partial[spec.id][1], services=services[spec.id]) for spec in specs
         }
+
+    def _programs(self, specs: list[DeploymentSpec]) -> list[str]:
+        return [self.layout.program(spec, s.identifier) for spec in specs for s in spec.services]
 
     def _volume_state(self, spec: DeploymentSpec, service: ServiceSpec, volume: VolumeSpec) -> ItemState:
         """Present or missing at every look; what it holds measured at most once a minute (it walks the files)."""
