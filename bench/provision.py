@@ -125,9 +125,9 @@ def main() -> None:
         calls = {"n": 0}
         real = runtime.supervisor.process_info
 
-        def counted():
+        def counted(names: list[str] | None = None) -> dict:
             calls["n"] += 1
-            return real()
+            return real(names)
 
         runtime.supervisor.process_info = counted
         supervisord = psutil.Process(int((DATA / "data" / "runtime" / "supervisord.pid").read_text()))

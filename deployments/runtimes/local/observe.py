@@ -1,5 +1,5 @@
 """One batched look at local deployments: supervisord's process table, CPU and memory from psutil,
-volume sizes and health checks (all at once, from one thread)."""
+volume sizes and health checks (from one thread, many at a time)."""
 
 import contextlib
 import errno
