@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -214,6 +215,7 @@ def live_fragment(d: Deployment, fresh: bool = False) -> str:
     return html
 
 
+Rendered = TypeVar("Rendered")
 PAGE_TTL = 300  # seconds a rendered page is kept for the next view of the same facts
 TOKEN = "csrf-token-of-the-request-7d1c"  # stands for the viewer's CSRF token in a cached page
 
@@ -225,9 +227,9 @@ def templates_version() -> str:
     return digest(sorted((str(p), p.stat().st_mtime_ns) for folder in folders for p in folder.glob("*.html")))
 
 
-def cached_page(kind: str, facts: tuple, render: Callable[[], tuple[str, str]]) -> tuple[str, str]:
-    """A page's title and content, looked up by the facts it shows; `render` runs only when one of them
-    changed. The content has TOKEN where each viewer's CSRF token goes."""
+def cached_page(kind: str, facts: tuple, render: Callable[[], Rendered]) -> Rendered:
+    """A page (or its title and content), looked up by the facts it shows; `render` runs only when one of
+    them changed. What it renders has TOKEN where each viewer's CSRF token goes."""
     key = f"{kind}:" + digest((templates_version(), facts))
     page = shared.get_rendered(key)
     if page is None:

@@ -20,17 +20,15 @@ from deployments.access import get_deployment_for_user
 from deployments.domains import CHALLENGE_LABEL, challenge_value, cname_target
 from deployments.live.fragments import (
     LOG_LINES,
-    PAGE_TTL,
     TOKEN,
     LogStream,
+    cached_page,
     components,
-    digest,
     live_fragment,
     log_streams,
     overview_page,
     parameters,
     project_page,
-    templates_version,
 )
 from deployments.models import Deployment, Domain, EnvVar
 from deployments.provisioning.connections import stored_connections
@@ -49,7 +47,6 @@ from deployments.web.forms import (
     regenerated,
 )
 from deployments.web.health import platform_events
-from diploi import shared
 from diploi.http import redirect_to
 from projects.access import get_project_for_user
 from projects.stack import branches
@@ -63,11 +60,8 @@ def cached_page_response(request: HttpRequest, template: str, title: str, conten
     if len(messages.get_messages(request)):  # shown once: this view is not like the next one
         return TemplateResponse(request, template, {"title": title, "content": mark_safe(content.replace(TOKEN, token))})
     around = (template, title, request.user.username, single_user_banner(request), platform_events(request))
-    key = "whole:" + digest((templates_version(), around, content))
-    html = shared.get_rendered(key)
-    if html is None:
-        html = render_to_string(template, {"title": title, "content": mark_safe(content), "csrf_token": TOKEN}, request)
-        shared.put_rendered(key, html, PAGE_TTL)
+    context = {"title": title, "content": mark_safe(content), "csrf_token": TOKEN}
+    html = cached_page("whole", (around, content), lambda: render_to_string(template, context, request))
     return HttpResponse(html.replace(TOKEN, token))
 
 
