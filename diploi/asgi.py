@@ -12,6 +12,9 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from deployments.live.routing import websocket_urlpatterns  # noqa: E402
+from diploi.webserver import write_at_once  # noqa: E402
+
+write_at_once()  # daphne's connections send without waiting for the reactor's next pass
 
 application = ProtocolTypeRouter(
     {

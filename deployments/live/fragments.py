@@ -292,7 +292,8 @@ def per_role(project: Project, render: Callable[[], str]) -> dict[bool, str]:
 
 
 def deployment_snapshot(deployment_id: int, fresh: bool = False) -> Snapshot | None:
-    d = deployments_shown().select_related("project").filter(pk=deployment_id).first()
+    live = deployments_shown().select_related("project").defer("credentials", "connections")  # secrets decrypt on load
+    d = live.filter(pk=deployment_id).first()
     if d is None:
         return None
     return Snapshot(members_of(d.project_id), per_role(d.project, lambda: live_fragment(d, fresh)))
