@@ -240,6 +240,26 @@ def test_with_redis_gone_pages_render_and_producers_carry_on(cast, runtime, sett
         channel_layers.backends.clear()
 
 
+def test_producers_publish_over_one_connection_also_in_a_forked_process(cast, dev, redis_layer) -> None:
+    """A producer keeps one loop, so one connection to the layer, for all its events; a forked child
+    (a worker's pool process) makes its own."""
+    import os
+
+    import redis
+
+    from deployments.live.events import STATUS, publish
+
+    server = redis.Redis.from_url(redis_layer)
+    assert publish(dev.pk, STATUS)
+    before = server.info("stats")["total_connections_received"]
+    assert all(publish(dev.pk, STATUS) for _ in range(20))
+    assert server.info("stats")["total_connections_received"] - before <= 1
+    child = os.fork()
+    if child == 0:  # nobody watches the group: the child only publishes (no database)
+        os._exit(0 if publish(dev.pk, STATUS) else 1)
+    assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
+
+
 def test_a_crash_is_announced_at_once(cast, data_dir, redis_url, monkeypatch) -> None:
     import psutil
     import redis
