@@ -43,9 +43,8 @@ reactor.run()
 
 @pytest.mark.parametrize("mode", ["at-once", "twisted"])
 def test_writes_leave_at_once_whole_and_in_order(mode: str) -> None:
-    server = subprocess.Popen(
-        [sys.executable, "-c", SERVER, mode], cwd=BASE_DIR, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(BASE_DIR))
-    )
+    env = dict(os.environ, PYTHONPATH=str(BASE_DIR))
+    server = subprocess.Popen([sys.executable, "-c", SERVER, mode], cwd=BASE_DIR, stdout=subprocess.PIPE, text=True, env=env)
     try:
         port = int(server.stdout.readline())
         received = bytearray()
