@@ -33,36 +33,62 @@ STATE_COLOUR = {
 
 
 class Usage:
-    """CPU % and resident memory of process trees, from one pass over the process table per look
-    (`refresh`): CPU % is the CPU time a process used since the previous look over the time passed
-    (0 the first time a process is seen, as psutil's own cpu_percent)."""
+    """CPU % and resident memory of process trees. Each look (`read`) is one pass over the process table,
+    or over a few trees; a process's CPU % is the CPU time it used since it was last read (at least
+    SHORTEST before) over the time passed; 0 the first time it is seen, as psutil's own cpu_percent.
+    Looks may run in several threads at once (the runtime is one per process): each has its own figures."""
+
+    SEEN_LIMIT = 4096  # processes remembered from looks at a few trees before the oldest are forgotten
+    SHORTEST = 0.25  # seconds: CPU time is counted in ticks of 10 ms, so a figure covers at least this long
 
     def __init__(self) -> None:
-        self._stats: dict[int, tuple[float, int]] = {}  # pid → (CPU seconds, resident bytes)
-        self._before: dict[int, tuple[float, int]] = {}
-        self._children: dict[int, list[int]] = {}
-        self._at = self._since = 0.0
+        self._seen: dict[int, tuple[float, float]] = {}  # pid → (CPU seconds, when) at its last look
+        self._lock = threading.Lock()
 
-    def refresh(self, roots: list[int] | None = None) -> None:
+    def read(self, roots: list[int] | None = None) -> "Reading":
         """Read the process table; only the trees under `roots` when given (a few deployments)."""
-        stats, children = {}, defaultdict(list)
+        stats: dict[int, tuple[float, int]] = {}
+        children: defaultdict[int, list[int]] = defaultdict(list)
         for pid, ppid, cpu, rss in _process_table() if roots is None else _process_trees(roots):
             stats[pid] = (cpu, rss)
             children[ppid].append(pid)
-        self._before, self._since = self._stats, self._at
-        self._stats, self._children, self._at = stats, children, time.monotonic()
+        at = time.monotonic()
+        with self._lock:
+            before = {pid: self._seen[pid] for pid in stats if pid in self._seen}
+            young = {pid for pid, (_, when) in before.items() if at - when < self.SHORTEST}  # kept: a figure over a few ms is noise
+            seen = {pid: before[pid] if pid in young else (cpu, at) for pid, (cpu, _) in stats.items()}
+            if roots is None:
+                self._seen = seen
+            else:
+                self._seen.update(seen)
+                if len(self._seen) > self.SEEN_LIMIT:
+                    newest = sorted(self._seen.items(), key=lambda item: item[1][1])[-self.SEEN_LIMIT // 2 :]
+                    self._seen = dict(newest)
+        return Reading(stats, children, before, at)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One look at the processes (`Usage.read`)."""
+
+    stats: dict[int, tuple[float, int]]  # pid → (CPU seconds, resident bytes)
+    children: dict[int, list[int]]
+    before: dict[int, tuple[float, float]]  # pid → (CPU seconds, when) at the look before
+    at: float
 
     def of(self, pid: int) -> tuple[float | None, int | None]:
-        if pid not in self._stats:
+        """CPU % and resident bytes of `pid` and every process under it."""
+        if pid not in self.stats:
             return None, None
         tree, i = [pid], 0
         while i < len(tree):
-            tree += self._children.get(tree[i], ())
+            tree += self.children.get(tree[i], ())
             i += 1
-        elapsed = self._at - self._since
-        used = sum(self._stats[p][0] - self._before.get(p, self._stats[p])[0] for p in tree)
-        cpu = max(0.0, used / elapsed * 100) if self._before and elapsed > 0 else 0.0
-        return round(cpu, 1), sum(self._stats[p][1] for p in tree)
+        cpu = 0.0
+        for p in tree:
+            if p in self.before and self.at > self.before[p][1]:
+                cpu += (self.stats[p][0] - self.before[p][0]) / (self.at - self.before[p][1])
+        return round(max(0.0, cpu * 100), 1), sum(self.stats[p][1] for p in tree)
 
 
 def _process_table() -> Iterator[tuple[int, int, float, int]]:
@@ -125,7 +151,9 @@ CRASHED = ("FATAL", "BACKOFF", "EXITED")
 LAST_WORDS = 3  # log lines shown in the status of a process that crashed
 
 
-def container_state(service: ServiceSpec, proc: dict | None, problem: str | None, restarts: int, enabled: bool, usage: Usage) -> ItemState:
+def container_state(
+    service: ServiceSpec, proc: dict | None, problem: str | None, restarts: int, enabled: bool, usage: Reading
+) -> ItemState:
     if problem:
         return ItemState(service.identifier, Colour.RED, problem)
     if proc is None:

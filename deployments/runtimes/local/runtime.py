@@ -304,8 +304,7 @@ class LocalRuntime(Runtime):
         except TransientFailure:
             info = None  # every container is reported red below, with the reason
         restarts = self.supervisor.restarts()
-        if specs:
-            self.usage.refresh([p["pid"] for p in (info or {}).values() if p.get("pid")] if few else None)
+        usage = self.usage.read([p["pid"] for p in (info or {}).values() if p.get("pid")] if few else None) if specs else None
         checks = []
         partial = {}
         for spec in specs:
@@ -316,7 +315,7 @@ class LocalRuntime(Runtime):
                 name = self.layout.program(spec, service.identifier)
                 proc = (info or {}).get(name)
                 problem = problems.get(service.identifier) or (None if info is not None else "the process supervisor is not running")
-                state = container_state(service, proc, problem, restarts.get(name, 0), spec.enabled, self.usage)
+                state = container_state(service, proc, problem, restarts.get(name, 0), spec.enabled, usage)
                 if proc and proc["statename"] in CRASHED:  # what the process said last, not "see the log"
                     state = with_last_words(state, self.layout.log_file(spec, service.identifier))
                 containers.append(state)
