@@ -6,6 +6,7 @@ import re
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -666,6 +667,26 @@ def test_updates_asked_for_together_reload_supervisord_once(cast, runtime, monke
     runtime.supervisor.update()
     assert len(reloads) == 1
     assert "visits" in http_get(d.endpoints["web"])  # still running, untouched
+
+    # Two callers wait while another holds the lock; a third config changes while the first of them
+    # reloads. The second was covered by that reload: it does not reload for the third's change.
+    real_write = runtime.supervisor.write_programs
+
+    def write_and_meanwhile_another_changes() -> str:
+        text = real_write()
+        conf.write_text(conf.read_text() + f"\n; changed {len(text)}\n")
+        return text
+
+    monkeypatch.setattr(runtime.supervisor, "write_programs", write_and_meanwhile_another_changes)
+    conf.write_text(conf.read_text() + "\n; changed again\n")
+    with runtime.supervisor.lock():
+        waiting = [threading.Thread(target=runtime.supervisor.update) for _ in range(2)]
+        for t in waiting:
+            t.start()
+        time.sleep(0.5)
+    for t in waiting:
+        t.join(timeout=60)
+    assert len(reloads) == 2
 
 
 def test_a_few_deployments_are_observed_alone_as_all_of_them_would_be(cast, runtime, monkeypatch) -> None:

@@ -8,6 +8,7 @@ on one deployment is logged and the others carry on; an unreachable runtime skip
 import logging
 import time
 
+from django.db import transaction
 from django.db.models import OuterRef, Prefetch, Subquery
 from django.utils import timezone
 
@@ -24,6 +25,7 @@ from deployments.status.samples import forget_old, sample_due, sample_of
 log = logging.getLogger(__name__)
 OBSERVED = (State.RUNNING, State.STOPPED)
 RECONCILE_EVERY = 30.0  # seconds
+STATUS_BATCH = 500  # status trees written per statement
 
 
 class Monitor:
@@ -78,6 +80,7 @@ class Monitor:
         now = timezone.now()
         samples: list[Sample] = []
         changed: list[Deployment] = []
+        moved_rows: list[Deployment] = []
         for d in deployments:
             if d.pk not in observations:
                 continue
@@ -86,13 +89,16 @@ class Monitor:
                 status = store.to_json(tree)
                 moved, due = status != d.status, sample_due(d.last_sample, now)
                 if moved:
-                    Deployment.objects.filter(pk=d.pk).update(status=status)
+                    d.status = status
+                    moved_rows.append(d)
                 if due:
                     samples.append(sample_of(d, tree, now))
                 if moved or due:  # the colour, the tree or the CPU figure changed
                     changed.append(d)
             except Exception:  # noqa: BLE001
                 log.exception("monitor: cannot update deployment %s", d.pk)
+        with transaction.atomic():  # one statement per few hundred rows, not one per deployment
+            Deployment.objects.bulk_update(moved_rows, ["status"], batch_size=STATUS_BATCH)
         if samples:
             Sample.objects.bulk_create(samples)
             forget_old([s.deployment_id for s in samples], now)

@@ -120,7 +120,8 @@ class Supervisor:
         self.sock = socket_path(data_dir)
         self.restarts_file = self.dir / "restarts.json"
         self.programs = self.dir / "programs.conf"
-        self.loaded = self.dir / "programs.loaded"  # "<supervisord's pid> <digest>" of the programs it loaded last
+        # "<supervisord's pid> <digest> <when>" of the programs it loaded last, read at <when> (time.monotonic())
+        self.loaded = self.dir / "programs.loaded"
 
     def restarts(self) -> dict[str, int]:
         """How often each program ("group:name") was restarted after an unexpected exit."""
@@ -260,26 +261,31 @@ files={self.programs}
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def update(self) -> None:
-        """Load added, changed and removed deployment configs (what `supervisorctl update` does). Updates
-        asked for together coalesce: one that finds this supervisord has loaded the programs as they are
-        now (another's reload covered its change while it waited for the lock) does nothing — a reload
-        reads every program, about a second with 1,000 deployments."""
+        """Load added, changed and removed deployment configs (what `supervisorctl update` does), for a
+        caller that has written its deployment's config. Updates asked for together share reloads (a
+        reload reads every program, about a second with 1,000 deployments): one that finds a reload of
+        this supervisord started after it was asked for (so it read the caller's config) returns, as does
+        one that finds the programs loaded as they are now."""
+        asked = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the machine
         with self.lock():
-            text = self.write_programs()
             rpc = self.rpc()
             try:
-                loaded = f"{rpc.getPID()} {hashlib.sha256(text.encode()).hexdigest()}"
-                if self.loaded.exists() and self.loaded.read_text() == loaded:
+                pid = rpc.getPID()
+                last = self.loaded.read_text().split() if self.loaded.exists() else []
+                if len(last) == 3 and last[0] == str(pid) and float(last[2]) >= asked:
                     return
-                [[added, changed, removed]] = rpc.reloadConfig()
-                for group in removed + changed:
-                    _call(rpc.stopProcessGroup, group)
-                    _call(rpc.removeProcessGroup, group)
-                for group in changed + added:
-                    _call(rpc.addProcessGroup, group)
+                started = time.monotonic()
+                digest = hashlib.sha256(self.write_programs().encode()).hexdigest()
+                if last[:2] != [str(pid), digest]:
+                    [[added, changed, removed]] = rpc.reloadConfig()
+                    for group in removed + changed:
+                        _call(rpc.stopProcessGroup, group)
+                        _call(rpc.removeProcessGroup, group)
+                    for group in changed + added:
+                        _call(rpc.addProcessGroup, group)
             except (OSError, http.client.HTTPException) as e:
                 raise TransientFailure(f"the process supervisor is not answering ({e})") from None
-            self.loaded.write_text(loaded)
+            self.loaded.write_text(f"{pid} {digest} {started}")
 
     def process_info(self, names: list[str] | None = None) -> dict[str, dict]:
         """Every process supervisord knows, by "group:name" (one call whatever the number); or only those
