@@ -14,6 +14,7 @@ prints figures with baselines measured in the same run:
 
 import argparse
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -153,6 +154,7 @@ def main() -> None:
         for d in Deployment.objects.all():
             tasks.destroy(d.pk)
         runtime.supervisor.shutdown()
+        shutil.rmtree(DATA, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.cache import BaseCache, caches
@@ -83,6 +84,7 @@ class _Recent:
 
 
 _recent = _Recent(256)
+T = TypeVar("T")
 
 
 def get_rendered(key: str) -> Any | None:
@@ -100,6 +102,17 @@ def get_rendered(key: str) -> Any | None:
 def put_rendered(key: str, value: Any, ttl: float) -> bool:
     _recent.put(key, value, min(ttl, RENDERED_FOR))
     return put(key, value, ttl)
+
+
+def rendered(key: str | None, ttl: float, render: Callable[[], T]) -> T:
+    """What `key` holds (see `get_rendered`), else `render()`, kept for `ttl` seconds; a `key` of None
+    renders without looking (a producer that just changed what it shows)."""
+    value = get_rendered(key) if key else None
+    if value is None:
+        value = render()
+        if key:
+            put_rendered(key, value, ttl)
+    return value
 
 
 def clear() -> None:

@@ -689,6 +689,22 @@ def test_updates_asked_for_together_reload_supervisord_once(cast, runtime, monke
     assert len(reloads) == 2
 
 
+def test_a_components_wrapper_waits_for_it_asleep(cast, runtime) -> None:
+    """The wrapper (exec.py) that runs each component wakes once a second (to look at the code and at
+    a stop's grace period); waiting with `Popen.wait(timeout)` woke it 20 times a second, which kept a
+    core busy with 1,000 idle deployments."""
+    d = deploy(cast, "Dev")
+    pid = runtime.supervisor.process_info()[runtime.layout.program(current_spec(d), "web")]["pid"]
+
+    def wakeups() -> int:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        return sum(int(line.split()[1]) for line in status if line.split(":")[0].endswith("voluntary_ctxt_switches"))
+
+    before = wakeups()
+    time.sleep(3)
+    assert wakeups() - before <= 12, wakeups() - before
+
+
 def test_a_few_deployments_are_observed_alone_as_all_of_them_would_be(cast, runtime, monkeypatch) -> None:
     """observe() of a few deployments asks supervisord about their programs and reads their process trees;
     of many, it lists everything once. Both say the same."""

@@ -205,14 +205,13 @@ def live_fragment(d: Deployment, fresh: bool = False) -> str:
     same state renders once for every viewer of that role in every process. `fresh`: rendered without
     looking it up (a producer that just changed it: its key would cost more than it saves)."""
     key = None if fresh else "live:" + digest((live_state(d), d.project.can_write))
-    html = shared.get_rendered(key) if key else None
-    if html is None:
+
+    def render() -> str:
         if not hasattr(d, "_live_context"):  # read once for every role (the template asks d.project for the role)
             d._live_context = live_context(d)
-        html = render_to_string("deployments/detail.html#live", d._live_context)
-        if key:
-            shared.put_rendered(key, html, FRAGMENT_TTL)
-    return html
+        return render_to_string("deployments/detail.html#live", d._live_context)
+
+    return shared.rendered(key, FRAGMENT_TTL, render)
 
 
 Rendered = TypeVar("Rendered")
@@ -230,12 +229,7 @@ def templates_version() -> str:
 def cached_page(kind: str, facts: tuple, render: Callable[[], Rendered]) -> Rendered:
     """A page (or its title and content), looked up by the facts it shows; `render` runs only when one of
     them changed. What it renders has TOKEN where each viewer's CSRF token goes."""
-    key = f"{kind}:" + digest((templates_version(), facts))
-    page = shared.get_rendered(key)
-    if page is None:
-        page = render()
-        shared.put_rendered(key, page, PAGE_TTL)
-    return page
+    return shared.rendered(f"{kind}:" + digest((templates_version(), facts)), PAGE_TTL, render)
 
 
 def overview_page(user: User, project_slug: str, slug: str) -> tuple[str, str]:
@@ -308,13 +302,13 @@ def list_fragment(project: Project, page: Page) -> str:
     if not hasattr(page, "key_rows"):  # read once for every role
         page.key_rows = tuple(page.object_list.values_list(*LIST_KEY_FIELDS, "cpu", "last_build_status"))
     key = "list:" + digest((project.pk, project.slug, project.can_write, page.number, page.paginator.count, page.key_rows))
-    html = shared.get_rendered(key)
-    if html is None:
+
+    def render() -> str:
         if not isinstance(page.object_list, list):
             page.object_list = list(page.object_list)
-        html = render_to_string("projects/detail.html#deployments", {"project": project, "page": page})
-        shared.put_rendered(key, html, FRAGMENT_TTL)
-    return html
+        return render_to_string("projects/detail.html#deployments", {"project": project, "page": page})
+
+    return shared.rendered(key, FRAGMENT_TTL, render)
 
 
 def project_snapshot(project_id: int, page_number: str | None = None) -> Snapshot | None:

@@ -12,6 +12,7 @@ import ctypes
 import json
 import os
 import pwd
+import select
 import shutil
 import signal
 import subprocess
@@ -95,26 +96,43 @@ def main(run_file: str) -> int:
         _signal_group(child.pid, signal.SIGTERM)
     watched = run.get("watch")  # development: restart the command when the code changes
     seen, next_look = (_signature(watched), time.monotonic() + WATCH_INTERVAL) if watched else (None, 0.0)
-    while True:
-        try:
-            code = child.wait(timeout=0.5)
-            break
-        except subprocess.TimeoutExpired:
-            # Escalate before supervisord's own SIGKILL (stopwaitsecs) would orphan the service.
-            if stop_requested and time.monotonic() - stop_requested[0] > STOP_GRACE:
-                _signal_group(child.pid, signal.SIGKILL)
-            elif watched and not stop_requested and time.monotonic() >= next_look:
-                next_look = time.monotonic() + WATCH_INTERVAL
-                if (now := _signature(watched)) != seen:
-                    seen = now
-                    print("diploi: files changed; restarting", flush=True)
-                    _end(child)
-                    child = subprocess.Popen(argv, cwd=run["cwd"], env=env, start_new_session=True, preexec_fn=preexec)
+    while (code := _exited(child, LOOK_EVERY)) is None:
+        # Escalate before supervisord's own SIGKILL (stopwaitsecs) would orphan the service.
+        if stop_requested and time.monotonic() - stop_requested[0] > STOP_GRACE:
+            _signal_group(child.pid, signal.SIGKILL)
+        elif watched and not stop_requested and time.monotonic() >= next_look:
+            next_look = time.monotonic() + WATCH_INTERVAL
+            if (now := _signature(watched)) != seen:
+                seen = now
+                print("diploi: files changed; restarting", flush=True)
+                _end(child)
+                child = subprocess.Popen(argv, cwd=run["cwd"], env=env, start_new_session=True, preexec_fn=preexec)
     _signal_group(child.pid, signal.SIGKILL)  # whatever the service left behind
     return code if code >= 0 else 128 - code
 
 
 WATCH_INTERVAL = 1.0
+LOOK_EVERY = 1.0  # seconds the wrapper sleeps between looks at a stop's grace period and the code
+
+
+def _exited(child: subprocess.Popen, timeout: float) -> int | None:
+    """The child's exit code once it has exited, else None after `timeout`: asleep on a pidfd meanwhile.
+    (`Popen.wait(timeout)` polls, up to 20 times a second: with 1,000 deployments, their idle wrappers
+    kept a core busy.)"""
+    try:
+        pidfd = os.pidfd_open(child.pid)
+    except (AttributeError, OSError):  # no pidfd here (Linux before 5.3, another system)
+        try:
+            return child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+    try:
+        select.select([pidfd], [], [], timeout)  # readable once the child has exited; a signal's handler runs meanwhile
+    finally:
+        os.close(pidfd)
+    return child.poll()
+
+
 WATCH_LIMIT = 20_000  # files looked at per pass; past them changes go unnoticed
 NOT_WATCHED = {".git", "node_modules", ".venv", "venv", "__pycache__", ".next", ".cache", ".pytest_cache"}
 
