@@ -579,21 +579,6 @@ def test_services_a_dead_supervisor_left_are_ended_before_a_new_one_starts(tmp_p
                 os.killpg(p.pid, signal.SIGKILL)
 
 
-def test_a_provision_task_whose_changes_are_done_makes_no_pass(cast, runtime) -> None:
-    """The task queued on create, taken after another ran the pass (or a task delivered twice), does
-    nothing: the deployment does not go to provisioning and back. One left in between states (a worker
-    killed mid-pass) is driven again."""
-    d = deploy(cast, "Dev")
-    before = StateTransition.objects.filter(deployment=d).count()
-    tasks.provision(d.pk)
-    d.refresh_from_db()
-    assert d.state == State.RUNNING and StateTransition.objects.filter(deployment=d).count() == before
-    Deployment.objects.filter(pk=d.pk).update(state=State.PROVISIONING)
-    tasks.provision(d.pk)
-    d.refresh_from_db()
-    assert d.state == State.RUNNING and StateTransition.objects.filter(deployment=d).count() == before + 2
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_burst_of_saves_coalesces_and_a_delete_waits_its_turn(cast, runtime) -> None:
     """Twenty env saves while a worker provisions: their tasks return at once (another holds the
