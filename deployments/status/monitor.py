@@ -8,7 +8,6 @@ on one deployment is logged and the others carry on; an unreachable runtime skip
 import logging
 import time
 
-from django.db import transaction
 from django.db.models import OuterRef, Prefetch, Subquery
 from django.utils import timezone
 
@@ -97,8 +96,7 @@ class Monitor:
                     changed.append(d)
             except Exception:  # noqa: BLE001
                 log.exception("monitor: cannot update deployment %s", d.pk)
-        with transaction.atomic():  # one statement per few hundred rows, not one per deployment
-            Deployment.objects.bulk_update(moved_rows, ["status"], batch_size=STATUS_BATCH)
+        Deployment.objects.bulk_update(moved_rows, ["status"], batch_size=STATUS_BATCH)  # its batches in one transaction
         if samples:
             Sample.objects.bulk_create(samples)
             forget_old([s.deployment_id for s in samples], now)

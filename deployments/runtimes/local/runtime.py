@@ -304,7 +304,7 @@ class LocalRuntime(Runtime):
         except TransientFailure:
             info = None  # every container is reported red below, with the reason
         restarts = self.supervisor.restarts()
-        usage = self.usage.read([p["pid"] for p in (info or {}).values() if p.get("pid")] if few else None) if specs else None
+        usage = self.usage.read([p["pid"] for p in (info or {}).values() if p.get("pid")] if few else None)
         checks = []
         partial = {}
         for spec in specs:
