@@ -12,13 +12,13 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from deployments.live.routing import websocket_urlpatterns  # noqa: E402
-from diploi.webserver import write_at_once  # noqa: E402
+from diploi.webserver import with_connection, write_at_once  # noqa: E402
 
 write_at_once()  # daphne's connections send without waiting for the reactor's next pass
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": with_connection(AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
     }
 )

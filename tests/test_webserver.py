@@ -5,9 +5,12 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from diploi.webserver import Broadcast
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -65,3 +68,53 @@ def test_daphne_applies_it_before_it_serves() -> None:
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="diploi.settings")
     out = subprocess.run([sys.executable, "-c", code], cwd=BASE_DIR, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+
+
+BROADCAST_APP = """
+from diploi.webserver import Broadcast, with_connection
+
+MESSAGES = [Broadcast(text) for text in ("hello", "é" * 100, "x" * 70000)]  # 7-bit, 16-bit and 64-bit frame lengths
+
+
+async def sockets(scope, receive, send):
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    for message in MESSAGES:  # one prepared frame each, written to every connection
+        if not message.send_to(scope):
+            await send({"type": "websocket.send", "text": "not direct"})
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
+application = with_connection(sockets)
+"""
+
+
+def test_daphne_connections_get_one_prepared_frame_each(tmp_path: Path) -> None:
+    """A Broadcast writes straight to daphne's connections: each client receives every message whole."""
+    from websockets.sync.client import connect
+
+    (tmp_path / "broadcast_app.py").write_text(BROADCAST_APP)
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}:{BASE_DIR}")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "broadcast_app:application"], env=env)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        clients = [connect(f"ws://127.0.0.1:{port}/", max_size=2**20, open_timeout=10) for _ in range(2)]
+        for client in clients:
+            assert [client.recv(timeout=10) for _ in range(3)] == ["hello", "é" * 100, "x" * 70000]
+            client.close()
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_without_daphne_broadcast_leaves_the_message_to_the_asgi_send() -> None:
+    assert Broadcast("hello").send_to({"type": "websocket"}) is False

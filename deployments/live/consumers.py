@@ -29,6 +29,7 @@ from deployments.provisioning.spec import current_spec
 from deployments.runtimes import get_runtime
 from deployments.runtimes.base import RuntimeFailure
 from diploi import shared
+from diploi.webserver import Broadcast
 from projects.access import get_project_for_user
 
 log = logging.getLogger(__name__)
@@ -118,9 +119,10 @@ class Hub:
                 published = event.get("snapshot") if variant == sockets[0].published_variant else None
                 snapshot = await off_thread(partial(sockets[0].event_snapshot, published, renew))()
                 renew = False
+                messages: dict[str, Broadcast] = {}  # each fragment framed once for all the sockets it goes to
                 for socket in sockets:
                     try:
-                        await socket.push(snapshot)
+                        await socket.push(snapshot, messages)
                     except Exception:  # noqa: BLE001 - one broken socket does not keep the event from the others
                         log.exception("live event not delivered to one socket of %s", group_name)
 
@@ -160,6 +162,7 @@ class LiveConsumer(Consumer):
             await self.close(code=NOT_FOUND)  # anonymous users and outsiders alike: nothing to see here
             return
         self.group = self.group_name(self.ident)
+        self.user_id = self.scope["user"].pk  # read once: the scope's user is a lazy object, slow to ask per event
         self.hub = hub_for(self.channel_layer)
         await self.hub.join(self)
         await self.accept()
@@ -185,13 +188,16 @@ class LiveConsumer(Consumer):
         """What else than the group the fragment depends on (sockets that share it share a snapshot)."""
         return None
 
-    async def push(self, snapshot: Snapshot | None) -> None:
-        fragment = snapshot.fragment_for(self.scope["user"]) if snapshot else None
+    async def push(self, snapshot: Snapshot | None, messages: dict[str, Broadcast] | None = None) -> None:
+        """Sends the user's fragment of `snapshot` if it changed (`messages`: the event's, shared by its sockets)."""
+        fragment = snapshot.fragment_for(self.user_id) if snapshot else None
         if fragment is None:
             await self.close(code=GONE)
         elif fragment != self.last:
             self.last = fragment
-            await self.send(text_data=fragment)
+            message = messages.setdefault(fragment, Broadcast(fragment)) if messages is not None else Broadcast(fragment)
+            if not message.send_to(self.scope):
+                await self.send(text_data=fragment)
 
 
 class DeploymentConsumer(LiveConsumer):

@@ -148,8 +148,8 @@ class Snapshot:
     members: dict[int, str]  # user id → role
     html: dict[bool, str]  # can write → fragment
 
-    def fragment_for(self, user) -> str | None:
-        role = self.members.get(user.pk)
+    def fragment_for(self, user_id: int) -> str | None:
+        role = self.members.get(user_id)
         return None if role is None else self.html[role in WRITE_ROLES]
 
 
@@ -286,8 +286,9 @@ def per_role(project: Project, render: Callable[[], str]) -> dict[bool, str]:
 
 
 def deployment_snapshot(deployment_id: int, fresh: bool = False) -> Snapshot | None:
-    live = deployments_shown().select_related("project").defer("credentials", "connections")  # secrets decrypt on load
-    d = live.filter(pk=deployment_id).first()
+    # secrets decrypt on load; the project's parsed stack is not shown here
+    live = deployments_shown().select_related("project").defer("credentials", "connections", "project__stack", "project__stack_errors")
+    d = next(iter(live.filter(pk=deployment_id)), None)
     if d is None:
         return None
     return Snapshot(members_of(d.project_id), per_role(d.project, lambda: live_fragment(d, fresh)))
