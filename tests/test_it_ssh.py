@@ -223,14 +223,15 @@ def test_sftp_edits_the_running_code_and_cannot_leave_it(cast, dev, runtime, gat
     async def session() -> dict:
         found = {}
         async with client(g.port, key) as conn, conn.start_sftp_client() as sftp:
-            found["listing"] = sorted(await sftp.listdir("/"))
-            async with sftp.open("web/app.py") as f:
-                source = await f.read()
-            async with sftp.open("web/app.py", "w") as f:
-                await f.write(source.replace("Visits:", "Visitors:"))
             found["cwd"] = await sftp.realpath(".")
-            platform = (str(runtime.data_dir / "diploi.sqlite3"), str(runtime.data_dir / "ssh_host_ed25519_key"), "web/outside/shadow")
-            for path in ("../../../../etc/passwd", "/etc/passwd", "web/outside/passwd", "web/../../../ports.json", *platform):
+            found["up"] = sorted(await sftp.listdir(".."))
+            async with sftp.open("app.py") as f:  # where `ssh … cat app.py` reads it: the component's folder
+                source = await f.read()
+            async with sftp.open("app.py", "w") as f:
+                await f.write(source.replace("Visits:", "Visitors:"))
+            found["listing"] = sorted(await sftp.listdir(found["cwd"] + "/.."))
+            platform = (str(runtime.data_dir / "diploi.sqlite3"), str(runtime.data_dir / "ssh_host_ed25519_key"), "outside/shadow")
+            for path in ("../../../../etc/passwd", "/etc/passwd", "outside/passwd", "../../ports.json", "../../../ports.json", *platform):
                 try:
                     await sftp.stat(path)
                     found[path] = "reachable"
@@ -239,18 +240,22 @@ def test_sftp_edits_the_running_code_and_cannot_leave_it(cast, dev, runtime, gat
         return found
 
     found = asyncio.run(asyncio.wait_for(session(), 60))
+    assert "web" in found["up"] and "diploi.yaml" in found["up"]  # `..` reaches the rest of the code
+    assert found["listing"] == found["up"]
     if runtime.sftp_command:
-        # Confined: SFTP runs in the deployment's sandbox, starting at its files; nothing of the
-        # platform or the machine is there to reach, whatever the path or symlink.
-        assert found["cwd"] == str(root)
-        for path in ("web/../../../ports.json", str(runtime.data_dir / "diploi.sqlite3"), str(runtime.data_dir / "ssh_host_ed25519_key")):
+        # Confined: SFTP runs in the deployment's sandbox, starting in the component's folder; nothing
+        # of the platform or the machine is there to reach, whatever the path or symlink.
+        assert found["cwd"] == str(root / "web")
+        platform_files = (str(runtime.data_dir / "diploi.sqlite3"), str(runtime.data_dir / "ssh_host_ed25519_key"))
+        for path in ("../../ports.json", "../../../ports.json", *platform_files):
             assert found[path] in ("SFTPNoSuchFile", "SFTPPermissionDenied"), (path, found[path])
-        assert found["web/outside/shadow"] in ("SFTPNoSuchFile", "SFTPPermissionDenied")  # the sandbox's own /etc
+        assert found["outside/shadow"] in ("SFTPNoSuchFile", "SFTPPermissionDenied")  # the sandbox's own /etc
     else:
         # Unconfined: the gateway serves the files itself, chrooted to them.
-        assert "web" in found["listing"] and "diploi.yaml" in found["listing"] and "etc" not in found["listing"]
-        assert found["web/outside/passwd"] == "SFTPPermissionDenied"
-        for path in ("../../../../etc/passwd", "/etc/passwd", "web/../../../ports.json"):
+        assert found["cwd"] == "/web"
+        assert "etc" not in found["up"]
+        assert found["outside/passwd"] == "SFTPPermissionDenied"
+        for path in ("../../../../etc/passwd", "/etc/passwd", "../../ports.json", "../../../ports.json"):
             assert found[path] in ("SFTPNoSuchFile", "SFTPPermissionDenied"), (path, found[path])
     wait_until(lambda: "Visitors:" in http_get(dev.endpoints["web"]), timeout=30, what="the dev server to reload the edit")
     assert SSHSession.objects.filter(kind="sftp", deployment=dev).exists()

@@ -347,6 +347,10 @@ class Runtime(ABC):
         """The folder SFTP serves for `service`: the code of a development deployment, else the
         service's own files. Nothing outside it may be reached."""
 
+    def files_start(self, spec: DeploymentSpec, service: str) -> str:
+        """Where in `files_root` SFTP starts, relative to it: the folder a shell session starts in."""
+        return ""
+
     @abstractmethod
     def open_forward(self, spec: DeploymentSpec, service: str, host: str, port: int) -> Tunnel:
         """A connection for `ssh -L …:host:port` from a session on `service`: `port` must be a port

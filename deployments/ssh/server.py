@@ -347,12 +347,13 @@ class Gateway:
             target = conn.target
             spec = await db(spec_of)(target)
             root = os.path.realpath(self.runtime.files_root(spec, target.component))
+            start = self.runtime.files_start(spec, target.component)
             started = await self.begin(conn, SSHSession.Kind.SFTP)
         except (Refused, RuntimeFailure) as e:
             log.info("ssh: sftp refused for %s: %s", conn.address, e)
             chan.close()
             raise
-        return ConfinedSFTP(chan, self, conn, root, started)
+        return ConfinedSFTP(chan, self, conn, root, start, started)
 
     def forward(self, conn: Connection, target: Target, host: str, port: int) -> Awaitable:
         async def open_forward() -> asyncssh.SSHTCPSession:

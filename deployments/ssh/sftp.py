@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import posixpath
 from typing import TYPE_CHECKING
 
 import asyncssh
@@ -14,17 +15,22 @@ if TYPE_CHECKING:
 
 
 class ConfinedSFTP(asyncssh.SFTPServer):
-    """SFTP (and scp) inside the target's files: `..`, absolute paths and symlinks that lead
-    outside are refused — every path is resolved on disk and must stay under the root."""
+    """SFTP (and scp) inside the target's files, starting where a shell session starts (`start`,
+    relative to the root): relative paths are read from there, `..` leads up to the root, and what
+    leads outside — `..` past the root, absolute paths, symlinks — is refused: every path is
+    resolved on disk and must stay under the root."""
 
-    def __init__(self, chan: asyncssh.SSHServerChannel, gateway: Gateway, conn: Connection, root: str, started: tuple[Target, int]) -> None:
+    def __init__(
+        self, chan: asyncssh.SSHServerChannel, gateway: Gateway, conn: Connection, root: str, start: str, started: tuple[Target, int]
+    ) -> None:
         self.gateway, self.conn, self.started = gateway, conn, started
         self.root = root.encode()
+        self.start = b"/" + start.encode()
         super().__init__(chan, chroot=self.root)
 
     def map_path(self, path: bytes) -> bytes:
         self.conn.touch()
-        local = super().map_path(path)
+        local = super().map_path(posixpath.join(self.start, path))  # an absolute path replaces the start
         real = os.path.realpath(local)
         if real != self.root and not real.startswith(self.root + b"/"):
             raise asyncssh.SFTPPermissionDenied("Outside this deployment's files")

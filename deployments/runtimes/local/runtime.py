@@ -368,8 +368,7 @@ class LocalRuntime(Runtime):
 
     def open_shell(self, spec: DeploymentSpec, service: str, command: str | None, pty: bool) -> LocalShell:
         svc = spec.service(service)
-        # SFTP starts at the service's files, as the gateway's own SFTP server does; sessions in its folder
-        cwd = self.layout.files_root(spec, svc) if command == SFTP_SERVER else self.layout.working_dir(spec, svc)
+        cwd = self.layout.working_dir(spec, svc)  # SFTP too: `ssh … cat app.py` and `sftp … get app.py` name the same file
         if not cwd.is_dir():
             raise RuntimeFailure(f"{service} has no working directory yet; is the deployment running?")
         argv = ["/bin/sh", "-c", command] if command else ["/bin/sh", "-i" if pty else "-s"]
@@ -385,6 +384,11 @@ class LocalRuntime(Runtime):
         if not root.is_dir():
             raise RuntimeFailure(f"{service} has no files yet; is the deployment running?")
         return root
+
+    def files_start(self, spec: DeploymentSpec, service: str) -> str:
+        svc = spec.service(service)
+        folder = self.layout.working_dir(spec, svc).relative_to(self.layout.files_root(spec, svc))
+        return "" if folder == Path(".") else str(folder)
 
     def open_forward(self, spec: DeploymentSpec, service: str, host: str, port: int) -> SocketTunnel:
         """The declared port is the deployment's own allocated port on this machine."""
