@@ -4,6 +4,8 @@
 
 Runs in a temporary data directory with its own SQLite database and process supervisor, and
 prints figures with baselines measured in the same run:
+- `manage.py up` until it shows the URL, on a fresh data directory and again on the prepared one,
+  next to one daphne serving the dashboard (the least a start takes);
 - create → endpoint answering, for a development and a production deployment of the sample
   project, next to the sample app started by hand (python3 app.py, no Diploi) as the baseline, and
   confined (the sandbox) next to unconfined (DIPLOI_CONFINE=off);
@@ -81,6 +83,46 @@ def baseline_start(repo: Path) -> float:
         proc.wait()
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def up_start(data_dir: Path) -> float:
+    """`manage.py up` as a user starts it: seconds until it says where the dashboard is; then stopped."""
+    env = dict(os.environ, DIPLOI_SSH_PORT=str(free_port()))
+    argv = [sys.executable, "manage.py", "up", "--port", str(free_port()), "--data-dir", str(data_dir)]
+    t = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:
+            if "Diploi is running at" in line:
+                return time.perf_counter() - t
+        raise SystemExit(f"up stopped before it was running (see {data_dir}/platform/logs)")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=120)
+
+
+def daphne_start() -> float:
+    """The baseline: one daphne serving the dashboard, until /healthz answers (no migration, no other process)."""
+    port = free_port()
+    t = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "diploi.asgi:application"],
+        cwd=BASE_DIR,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/healthz")
+        return time.perf_counter() - t
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def create_and_answer(project: Project, user: User, name: str, stage: str) -> tuple[float, Deployment]:
     t = time.perf_counter()
     d = do_create_deployment(project, name, stage, "main", actor=user)
@@ -96,6 +138,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     counts = [int(n) for n in args.deployments.split(",")]
+
+    base = daphne_start()
+    print(f"baseline: one daphne serving the dashboard, first answer {base * 1000:8.0f} ms")
+    for which in ("first start (fresh data directory)", "second start (prepared)   "):
+        took = up_start(DATA / "up")
+        print(f"`manage.py up`, {which} until the URL   {took * 1000:8.0f} ms   ({took / base:.1f}× baseline)")
 
     user, project = sample_project(DATA)
     runtime = get_runtime()

@@ -49,7 +49,7 @@ class Up:
         env.update(DIPLOI_SSH_PORT=str(free_port()), DIPLOI_RECONCILE_AFTER="30", DIPLOI_MONITOR_INTERVAL="2")
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", "up", "--port", str(free_port()), "--data-dir", str(DATA)],
+            [sys.executable, "manage.py", "up", "--port", str(free_port()), "--data-dir", str(DATA), "--verbose"],  # it follows the worker
             cwd=BASE_DIR,
             env=env,
             stdout=subprocess.PIPE,

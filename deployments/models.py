@@ -84,10 +84,10 @@ class Deployment(models.Model):
         return reverse("deployments:detail", args=[self.project.slug, self.slug])
 
     @property
-    def summary(self) -> tuple[str, str]:
-        """Colour and word for lists: from the state, and the monitor's last status tree when stored."""
-        colour, word = tree.summary(self.state, self.enabled, self.state_reason, store.stored_colour(self.status))
-        return colour.value, word
+    def headline(self) -> tree.Headline:
+        """Its word, colour and reason, as every surface shows them: from the state, else the monitor's
+        last status tree (stored)."""
+        return tree.headline(store.from_json(self.status), self.state, self.enabled, self.state_reason)
 
     @property
     def builds_releases(self) -> bool:

@@ -114,8 +114,8 @@ def _project_facts_sql(vendor: str) -> str:
     members = joined("mm.user_id", "mm.role", "u.username")
     cpu = f"(SELECT s.cpu_percent FROM {table['Sample']} s WHERE s.deployment_id = d.id ORDER BY s.at DESC LIMIT 1)"
     built = f"(SELECT b.status FROM {table['Build']} b WHERE b.deployment_id = d.id ORDER BY b.created DESC, b.id DESC LIMIT 1)"
-    colour = "d.status ->> 'colour'" if vendor == "postgresql" else "json_extract(d.status, '$.colour')"  # the tree is not listed
-    shown = ("d.id", "d.name", "d.slug", "d.stage", "d.branch", "d.state", "d.enabled", "d.state_reason", colour, "d.endpoints")
+    # the stored tree whole: the list's status word is read from its items
+    shown = ("d.id", "d.name", "d.slug", "d.stage", "d.branch", "d.state", "d.enabled", "d.state_reason", "d.status", "d.endpoints")
     row = _concat(*shown, f"COALESCE({cpu}, -1)", f"COALESCE({built}, '')")
     return f"""
 SELECT m.role, {_columns(Project, "p")},

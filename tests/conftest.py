@@ -178,7 +178,7 @@ def port_free(port: int) -> bool:
 
 
 class Platform:
-    def __init__(self, data_dir: Path, port: int, teams: bool = False, env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int, teams: bool = False, env: dict[str, str] | None = None, verbose: bool = True) -> None:
         drop = ("REDIS_URL", "DATABASE_URL", "DIPLOI_DATA_DIR", "DIPLOI_ALLOW_UNCONFINED")
         env = {**{k: v for k, v in os.environ.items() if k not in drop}, **(env or {})}
         if teams:  # the operator allows sign-up and members although deployments are not confined
@@ -191,7 +191,8 @@ class Platform:
         self.port = port
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", "up", "--port", str(port), "--data-dir", str(data_dir)],
+            # --verbose: the tests follow the processes' own output (a worker ready, a restart)
+            [sys.executable, "manage.py", "up", "--port", str(port), "--data-dir", str(data_dir), *(["--verbose"] if verbose else [])],
             cwd=BASE_DIR,
             env=env,
             stdout=subprocess.PIPE,

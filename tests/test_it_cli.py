@@ -59,7 +59,7 @@ def test_create_saves_and_queues(cast) -> None:
     out = cli("--user", "developer", "create", "shop", "Feature X", "--stage", "staging")
     d = Deployment.objects.get()
     assert (d.slug, d.stage, d.state, d.created_by) == ("feature-x", "staging", State.PENDING, cast.developer)
-    assert out.strip() == "shop/feature-x: pending"
+    assert out.strip() == "shop/feature-x: Starting — Making its processes and storage"
 
 
 def test_releases_deploy_rollback_and_promote_from_the_command_line(cast) -> None:

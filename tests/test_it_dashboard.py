@@ -155,7 +155,7 @@ def test_delete_asks_for_the_name_then_goes_to_deleting(cast, dev, runtime, djan
     assert r.status_code == 302 and r["Location"] == "/projects/shop/"
     assert Deployment.objects.get(pk=dev.pk).state == State.DELETING
     assert sum("tasks.destroy" in repr(c) for c in callbacks) == 1  # queued on commit (beside the live-update event)
-    assert "Deleting…" in client.get("/projects/shop/").content.decode()
+    assert ">Deleting<" in client.get("/projects/shop/").content.decode()
 
 
 def test_the_new_deployment_form_explains_problems(cast, runtime) -> None:
@@ -178,13 +178,16 @@ def test_the_new_deployment_form_explains_problems(cast, runtime) -> None:
 @pytest.mark.parametrize("count", [1, 50])
 def test_the_project_page_has_bounded_queries(cast, runtime, count) -> None:
     for i in range(count):
-        d = Deployment.objects.create(project=cast.project, name=f"d{i}", slug=f"d{i}", branch="main", state=State.RUNNING)
+        green = {"colour": "green", "reason": "", "tree": {"containers": [["web", "green", "up"]]}}
+        d = Deployment.objects.create(project=cast.project, name=f"d{i}", slug=f"d{i}", branch="main", state=State.RUNNING, status=green)
         Sample.objects.create(deployment=d, cpu_percent=i, memory_bytes=1)
         Build.objects.create(deployment=d, commit="a" * 40, status="succeeded")
     client = cast.client(cast.viewer)
     with CaptureQueriesContext(connection) as queries:
         page = client.get("/projects/shop/").content.decode()
-    assert page.count('<span class="dot green" aria-hidden="true"></span>Running') == count
+    assert (
+        page.count('<span class="dot green" aria-hidden="true"></span><span title="Every process runs and answers">Running</span>') == count
+    )
     assert f"{count - 1}.0%" in page and "succeeded" in page
     assert len(queries) <= 8, [q["sql"] for q in queries]
 

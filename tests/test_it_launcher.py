@@ -95,17 +95,28 @@ def test_it_stops_everything_under_load(platform: Platform) -> None:
     assert_all_gone(procs)
 
 
-def test_the_demo_account_is_created_once(tmp_path: Path) -> None:
+def test_up_says_little_and_the_demo_account_is_created_once(tmp_path: Path) -> None:
+    """Without --verbose, `up` prints a few progress lines and a box with the URL and, on the first
+    start only, the demo login; every process's output is in its log file instead."""
     data = tmp_path / "data"
-    first = Platform(data, free_port())
+    first = Platform(data, free_port(), verbose=False)
     try:
         first.wait_for(r"Diploi is running at")
-        assert "password:" in first.output()
+        login = first.wait_for(r"│  Log in with username: demo password: (\S+)\s+│")
+        before_box = first.output().split("╭")[0].strip().splitlines()
+        assert len(before_box) <= 4, before_box  # the confinement, the processes, the database
+        assert any("starting" in line and "web, worker, monitor, ssh" in line for line in before_box), before_box
+        assert "Applying" not in first.output() and "celery@" not in first.output()
+        logs = data / "platform" / "logs"
+        assert "Applying accounts.0001_initial" in (logs / "setup.log").read_text()
+        assert re.search(r"celery@\S+ ready", (logs / "worker.log").read_text())  # the box waited for the worker
+        assert log_in(first.port, "demo", login.group(1))
         first.stop()
-        second = Platform(data, free_port())
+        second = Platform(data, free_port(), verbose=False)
         try:
             second.wait_for(r"Diploi is running at")
             assert "password:" not in second.output()
+            assert "the demo password was shown on the first start" in second.output()
             second.stop()
         finally:
             second.kill()
@@ -158,7 +169,7 @@ def test_the_sample_project_deploys_from_a_fresh_install(platform: Platform, tmp
         assert r.returncode == 0, r.stderr
         return r.stdout
 
-    assert "pending" in cli("create", "diploi-sample", "dev")
+    assert "Starting" in cli("create", "diploi-sample", "dev")
     cli("create", "diploi-sample", "prod", "--stage", "production")
 
     pages = {}

@@ -147,13 +147,13 @@ async def test_many_sockets_share_one_render_per_event(cast, dev, runtime, redis
     assert len(hub.sockets[f"deployment.{dev.pk}"]) == 10  # the process's hub is the group's one member
     assert all("Nothing running yet" in f for f in firsts)
 
-    async def change(reason: str) -> list[str]:
-        status = {"colour": "red", "reason": reason, "tree": {"containers": [["web", "red", "exited"]]}}
+    async def change(message: str) -> list[str]:
+        status = {"colour": "red", "reason": f"web: {message}", "tree": {"containers": [["web", "red", message]]}}
         await sync_to_async(Deployment.objects.filter(pk=dev.pk).update)(status=status)
         await sync_to_async(publish)(dev.pk, "status")
         return [await s.receive_from(timeout=10) for s in sockets]
 
-    updates = await change("web: exited")
+    updates = await change("exited")
     assert (len(produced), len(calls)) == (1, 10)  # rendered once, by the producer, for all ten sockets
     assert len(delivered) == 1  # the event reached the process once, not once per socket
     assert all("web: exited" in u for u in updates)
@@ -162,7 +162,7 @@ async def test_many_sockets_share_one_render_per_event(cast, dev, runtime, redis
     assert all([await s.receive_nothing(timeout=0.5) for s in sockets])
 
     monkeypatch.setattr(shared, "get", lambda key: None)  # the snapshot is gone (Redis away, expired)
-    updates = await change("web: crashed again")
+    updates = await change("crashed again")
     assert len(calls) == 11 and all("web: crashed again" in u for u in updates)  # the sockets rendered it, once
     for s in sockets:
         await s.disconnect()
@@ -186,7 +186,7 @@ async def test_the_monitor_stores_status_and_pushes_it_live(cast, runtime, redis
     def green() -> bool:
         monitor.tick()
         status = Deployment.objects.get(pk=d.pk).status
-        return status.get("colour") == "green" and status["reason"] == "Running" and status
+        return status.get("colour") == "green" and status["reason"] == "Every process runs and answers" and status
 
     status = await sync_to_async(wait_until)(green, what="the monitor to store green")
     assert [c["name"] for c in status["tree"]["containers"]] == ["web", "redis"]
@@ -374,8 +374,10 @@ def test_the_live_fragment_follows_every_change_it_shows(cast, runtime, monkeypa
     assert "line 19" in tail and "line 8\n" in tail and "line 7\n" not in tail  # the last twelve, as the build prints them
     Domain.objects.create(deployment=d, name="shop.example.com")
     assert "https://shop.example.com" in fragment()
-    Deployment.objects.filter(pk=d.pk).update(status={"colour": "red", "reason": "web: exited", "tree": {}})
-    assert "<strong>Error</strong> — web: exited" in fragment()
+    Deployment.objects.filter(pk=d.pk).update(
+        status={"colour": "red", "reason": "web: exited", "tree": {"containers": [["web", "red", "exited"]]}}
+    )
+    assert "<strong>Failed</strong> — web: exited" in fragment()
 
 
 @pytest.mark.asyncio

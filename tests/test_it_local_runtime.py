@@ -373,7 +373,7 @@ def test_cli_status_shows_the_colour_and_the_reason(cast, runtime) -> None:
         return json.loads(out.getvalue())
 
     s = wait_until(lambda: (s := status())["colour"] == "green" and s, what="green")
-    assert s["reason"] == "Running"
+    assert s["reason"] == "Every process runs and answers"
     assert {(i["branch"], i["name"]) for i in s["items"]} == {
         ("storage", "redis/data"),
         ("storage", "disk"),

@@ -122,12 +122,68 @@ def test_the_overview_shows_the_stored_state_and_how_old_it_is(cast, untouchable
     )
     client = cast.client(cast.viewer)
     page = client.get("/projects/shop/d/prod/").content.decode()
-    assert "<strong>Error</strong> — web: exited" in page and "As observed <time" not in page  # nothing sampled yet
+    assert "<strong>Failed</strong> — web: exited" in page and "As observed <time" not in page  # nothing sampled yet
     sample = Sample.objects.create(deployment=prod, cpu_percent=3.5, memory_bytes=1 << 20)
     page = client.get("/projects/shop/d/prod/").content.decode()
     assert f'datetime="{sample.at.isoformat()}"' in page
     assert "3.5%" in page and "is the monitor" in page  # the note the page shows once the sample is old
     assert Sample.objects.filter(deployment=prod).count() == 1  # reading kept no sample of its own
+
+
+UNHEALTHY = {**GREEN, "tree": {"containers": [["web", "green", "up"]], "services": [["web", "red", "no answer on /"]]}}
+WORD_CASES = [  # (word, state, enabled, state reason, stored tree)
+    ("Running", State.RUNNING, True, "", GREEN),
+    ("Starting", State.RUNNING, True, "", None),  # before the monitor's first look
+    ("Starting", State.PROVISIONING, True, "", None),
+    ("Updating", State.PROVISIONING, True, "", GREEN),
+    ("Building", State.BUILDING, True, "", GREEN),
+    ("Unhealthy", State.RUNNING, True, "", UNHEALTHY),
+    ("Stopped", State.RUNNING, False, "", GREEN),
+    ("Stopped", State.STOPPED, True, "", None),
+    ("Failed", State.FAILED, True, "stack file broken", GREEN),
+    ("Deleting", State.DELETING, True, "", GREEN),
+]
+
+
+def test_every_surface_says_the_same_word_for_each_state(cast, untouchable_runtime) -> None:
+    """The Overview, the project page and the command line (list) say the same word, colour and reason."""
+    import html
+    import json
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from deployments.status.tree import VOCABULARY
+
+    client = cast.client(cast.viewer)
+    for i, (word, state, enabled, reason, status) in enumerate(WORD_CASES):
+        slug = f"d{i}"
+        Deployment.objects.create(
+            project=cast.project,
+            name=slug,
+            slug=slug,
+            branch="main",
+            state=state,
+            enabled=enabled,
+            state_reason=reason,
+            status=status or {},
+        )
+        overview = client.get(f"/projects/shop/d/{slug}/").content.decode()
+        said = re.search(
+            r'<p class="overall"><span class="dot (\w+)" aria-hidden="true"></span><strong>(\w+)</strong> — ([^<]+)</p>', overview
+        )
+        listed = client.get("/projects/shop/").content.decode()
+        row = re.search(
+            rf'>{slug}</a></td>.*?<span class="dot (\w+)" aria-hidden="true"></span><span title="([^"]+)">(\w+)</span>', listed, re.S
+        )
+        out = StringIO()
+        call_command("deployments", "--user", "viewer", "list", "--json", stdout=out)
+        cli = next(r for r in json.loads(out.getvalue()) if r["slug"] == slug)
+        colour = {"pending": "grey"}.get(VOCABULARY[word][0].value, VOCABULARY[word][0].value)
+        assert (said[2], said[1]) == (word, colour), (word, state)
+        assert (row[3], row[1], row[2]) == (word, colour, said[3])
+        assert (cli["status"], cli["colour"], cli["reason"]) == (word, VOCABULARY[word][0].value, html.unescape(said[3]))
+    assert {case[0] for case in WORD_CASES} == set(VOCABULARY)  # every word of the table is shown somewhere
 
 
 def test_ages_in_a_shared_fragment_are_kept_current_by_the_page(cast, untouchable_runtime) -> None:
@@ -289,7 +345,11 @@ def test_a_cached_project_page_changes_with_every_fact_it_shows(cast, untouchabl
         ("a sample", lambda: Sample.objects.create(deployment=first, cpu_percent=37.5, memory_bytes=1), "37.5%"),
         ("a build", lambda: Build.objects.create(deployment=first, commit="c" * 40, status="failed"), ">failed<"),
         ("a row", lambda: Deployment.objects.filter(pk=first.pk).update(branch="feature/cache"), "feature/cache"),
-        ("the stored colour", lambda: Deployment.objects.filter(pk=first.pk).update(status={**GREEN, "colour": "red"}), '"dot red"'),
+        (
+            "the stored tree",
+            lambda: Deployment.objects.filter(pk=first.pk).update(status={**GREEN, "tree": {"containers": [["web", "red", "exited"]]}}),
+            '"dot red"',
+        ),
         (
             "an endpoint",
             lambda: Deployment.objects.filter(pk=first.pk).update(endpoints={"web": "http://alpha.example"}),

@@ -1,9 +1,11 @@
 """The status tree and overall colour, derived without any runtime."""
 
+import re
+
 import pytest
 
 from deployments.runtimes.base import Colour, ItemState, Observation
-from deployments.status.tree import BuildInfo, derive
+from deployments.status.tree import VOCABULARY, BuildInfo, Headline, derive, headline
 
 G, Y, R, P = Colour.GREEN, Colour.YELLOW, Colour.RED, Colour.PENDING
 
@@ -17,34 +19,37 @@ def obs(containers=(("web", G), ("redis", G)), services=(("web", G), ("redis", G
 
 
 @pytest.mark.parametrize(
-    "observation, state, enabled, reason, builds, colour, why",
+    "observation, state, enabled, reason, builds, word, why",
     [
-        (obs(), "running", True, "", (), G, "Running"),
-        (obs(containers=(("web", R), ("redis", G))), "running", True, "", (), R, "web: web is red"),
-        (obs(containers=(("web", P), ("redis", G))), "running", True, "", (), Y, "web: web is pending"),
-        (obs(services=(("web", Y), ("redis", G))), "running", True, "", (), Y, "web: web answers yellow"),
-        (obs(services=(("web", R), ("redis", G))), "running", True, "", (), Y, "web: web answers red"),
-        (obs(storage=(("redis/data", R),)), "running", True, "", (), R, "storage redis/data: m"),
+        (obs(), "running", True, "", (), "Running", "Every process runs and answers"),
+        (obs(containers=(("web", R), ("redis", G))), "running", True, "", (), "Failed", "web: web is red"),
+        (obs(containers=(("web", P), ("redis", G))), "running", True, "", (), "Starting", "web: web is pending"),
+        (obs(services=(("web", Y), ("redis", G))), "running", True, "", (), "Unhealthy", "web: web answers yellow"),
+        (obs(services=(("web", R), ("redis", G))), "running", True, "", (), "Unhealthy", "web: web answers red"),
+        (obs(storage=(("redis/data", R),)), "running", True, "", (), "Failed", "storage redis/data: m"),
         (
             obs(),
             "running",
             True,
             "",
             (BuildInfo("b" * 40, "failed", 30, "install failed: pip"), BuildInfo("a" * 40, "succeeded", 100, is_release=True)),
-            Y,
+            "Running",
             "The latest build failed (install failed: pip); the previous release is still running",
         ),
-        (obs(), "running", True, "could not fetch; still running abc", (), Y, "could not fetch; still running abc"),
-        (obs(), "failed", True, "stack file broken", (), R, "stack file broken"),
-        (obs(), "building", True, "", (BuildInfo("c" * 40, "running", 45),), P, "Building cccccccccc (45%)"),
-        (obs(), "provisioning", True, "", (), P, "Provisioning…"),
-        (obs(containers=(("web", P), ("redis", P))), "stopped", False, "", (), P, "Stopped"),
-        (obs(containers=(("web", R),)), "deleting", True, "", (), P, "Deleting…"),
+        (obs(), "running", True, "could not fetch; still running abc", (), "Running", "could not fetch; still running abc"),
+        (obs(), "failed", True, "stack file broken", (), "Failed", "stack file broken"),
+        (obs(), "building", True, "", (BuildInfo("c" * 40, "running", 45),), "Building", "Commit cccccccccc: building, 45%"),
+        (obs(), "provisioning", True, "", (), "Updating", "Applying the change"),  # what runs keeps serving meanwhile
+        (obs(containers=()), "provisioning", True, "", (), "Starting", "Making its processes and storage"),
+        (obs(containers=(("web", P), ("redis", P))), "stopped", False, "", (), "Stopped", "Disabled: enable it to start it again"),
+        (obs(containers=(("web", R),)), "deleting", True, "", (), "Deleting", "Removing its processes, storage and routes"),
     ],
 )
-def test_it_derives_the_colour_and_the_reason(observation, state, enabled, reason, builds, colour, why) -> None:
+def test_one_word_colour_and_reason_for_each_state(observation, state, enabled, reason, builds, word, why) -> None:
     tree = derive(observation, state, enabled, reason, builds)
-    assert (tree.colour, tree.reason) == (colour, why)
+    said = headline(tree, state, enabled, reason)
+    assert (said.word, said.reason) == (word, why)
+    assert (tree.colour, tree.reason) == (VOCABULARY[word][0], why)  # what the monitor stores says the same
     assert tree.containers == observation.containers and tree.storage == observation.storage
 
 
@@ -94,33 +99,35 @@ def test_trees_stored_in_the_earlier_positional_format_still_read() -> None:
     assert (tree.colour, tree.reason) == (Y, "web: starting")
     assert tree.containers == (ItemState("web", P, "starting"),)
     assert tree.storage == (ItemState("d", G, "ok", restarts=1, started_at=5.0),)
-    assert store.from_json(None) == store.from_json({}) and store.from_json(None).reason == "Waiting for the monitor"
+    assert store.from_json(None) == store.from_json({}) and store.from_json(None).reason == "Waiting for the monitor's first look"
 
 
-@pytest.mark.parametrize(
-    "state, enabled, reason, stored, expected",
-    [
-        ("deleting", True, "", G, (P, "Deleting…")),
-        ("failed", True, "stack file broken", G, (R, "Error")),
-        ("pending", True, "", None, (P, "Provisioning…")),
-        ("provisioning", True, "", G, (P, "Provisioning…")),
-        ("building", True, "", G, (P, "Building…")),
-        ("stopped", False, "", G, (P, "Stopped")),
-        ("running", False, "", G, (P, "Stopped")),
-        ("running", True, "", G, (G, "Running")),
-        ("running", True, "", Y, (Y, "Possible issues")),
-        ("running", True, "", R, (R, "Error")),
-        ("running", True, "", None, (G, "Running")),
-        ("running", True, "fetch failed; still running abc", None, (Y, "Possible issues")),
-        ("running", True, "", P, (G, "Running")),
-    ],
-)
-def test_lists_and_the_overview_follow_one_colour_ladder(state, enabled, reason, stored, expected) -> None:
-    from deployments.status.tree import WORDS, summary
+@pytest.mark.parametrize("state", ["pending", "provisioning", "building", "running", "stopped", "failed", "deleting"])
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_stored_tree_says_what_the_monitor_derived_whatever_the_state_now(state, enabled) -> None:
+    """The Overview and the lists read the stored tree with the state as it is now: while the state has
+    not changed since the monitor's look, they say what the monitor said; once it has, the state decides."""
+    from deployments.status import store
 
-    assert summary(state, enabled, reason, stored) == expected
-    # the Overview's colour for the same state agrees with the list's, whatever the observation says
-    tree = derive(obs(containers=(("web", R),)), state, enabled, reason)
-    if expected[0] == P or state == "failed":
-        assert tree.colour == expected[0]
-    assert set(WORDS) == {G, Y, R}
+    observed = obs(containers=(("web", G), ("redis", R)))
+    stored = store.from_json(store.to_json(derive(observed, "running", True)))
+    now = headline(stored, state, enabled)
+    assert now == headline(derive(observed, state, enabled), state, enabled)
+    if state == "running" and enabled:
+        assert (now.word, now.reason) == ("Failed", "redis: redis is red")
+
+
+def test_before_the_monitors_first_look_a_running_deployment_is_starting() -> None:
+    from deployments.status import store
+
+    assert headline(store.from_json(None), "running", True) == Headline("Starting", "Waiting for the monitor's first look")
+    assert headline(store.from_json({}), "stopped", True).word == "Stopped"
+
+
+def test_the_readme_lists_every_word_with_its_colour_and_meaning() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = re.findall(r"^\| \*\*(\w+)\*\* \| (\w+) \| (.+?) \|$", readme, re.M)
+    dots = {Colour.GREEN: "green", Colour.YELLOW: "yellow", Colour.RED: "red", Colour.PENDING: "grey"}
+    assert rows == [(word, dots[colour], meaning) for word, (colour, meaning) in VOCABULARY.items()]

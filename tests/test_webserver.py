@@ -1,6 +1,7 @@
 """daphne's connections write at once (diploi/webserver.py): a real Twisted server on the asyncio
 reactor, in a process of its own, and a real client socket."""
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -107,10 +108,10 @@ def test_daphne_connections_get_one_prepared_frame_each(tmp_path: Path) -> None:
                 break
             except OSError:
                 time.sleep(0.1)
-        clients = [connect(f"ws://127.0.0.1:{port}/", max_size=2**20, open_timeout=10) for _ in range(2)]
-        for client in clients:
-            assert [client.recv(timeout=10) for _ in range(3)] == ["hello", "é" * 100, "x" * 70000]
-            client.close()
+        with contextlib.ExitStack() as stack:
+            clients = [stack.enter_context(connect(f"ws://127.0.0.1:{port}/", max_size=2**20, open_timeout=10)) for _ in range(2)]
+            for client in clients:
+                assert [client.recv(timeout=10) for _ in range(3)] == ["hello", "é" * 100, "x" * 70000]
     finally:
         server.terminate()
         server.wait(10)

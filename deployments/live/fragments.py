@@ -27,6 +27,7 @@ from deployments.queries import PAGE_SIZE, RELEASES_SHOWN, SESSIONS_SHOWN, deplo
 from deployments.ssh.hostkey import host_key_fingerprint
 from deployments.ssh.naming import ssh_username
 from deployments.status import store
+from deployments.status.tree import headline
 from diploi import shared
 from projects.access import get_project_for_user
 from projects.models import WRITE_ROLES, Membership, Project, Role
@@ -105,6 +106,7 @@ def promote_targets(d: Deployment) -> list[Deployment]:
 def live_context(d: Deployment) -> dict:
     """What the live part of the Overview shows, from what is stored (the monitor's status tree and
     samples): no runtime call, no write, however many look."""
+    tree = store.from_json(d.status)
     samples = list(
         Sample.objects.filter(deployment=d, at__gte=timezone.now() - CHART_WINDOW).values_list("cpu_percent", "memory_bytes", "at")
     )
@@ -112,7 +114,8 @@ def live_context(d: Deployment) -> dict:
     return {
         "d": d,
         "project": d.project,
-        "tree": store.from_json(d.status),
+        "tree": tree,
+        "status": headline(tree, d.state, d.enabled, d.state_reason),
         "observed": observed if d.state in (State.RUNNING, State.STOPPED) else None,
         "stale_after": STALE_AFTER,
         "cpu": cpu,
@@ -294,7 +297,7 @@ def deployment_snapshot(deployment_id: int, fresh: bool = False) -> Snapshot | N
     return Snapshot(members_of(d.project_id), per_role(d.project, lambda: live_fragment(d, fresh)))
 
 
-LIST_KEY_FIELDS = ("pk", "name", "slug", "stage", "branch", "state", "enabled", "state_reason", "status__colour", "endpoints")
+LIST_KEY_FIELDS = ("pk", "name", "slug", "stage", "branch", "state", "enabled", "state_reason", "status", "endpoints")
 
 
 def list_fragment(project: Project, page: Page) -> str:

@@ -42,6 +42,8 @@ WEB_DB_POOL = 8  # PostgreSQL connections each web process keeps (DIPLOI_DB_POOL
 EXITED = re.compile(r" exited: (\S+) \((.+?); not expected\)")
 GAVE_UP = re.compile(r" gave up: (\S+) entered FATAL state")
 RUNNING = re.compile(r" success: (\S+) entered RUNNING state")
+WORKER_READY = re.compile(r"celery@\S+ ready")
+LOGIN = re.compile(r"username: \S+ password: \S+")  # what bootstrap says once, on the first start
 _print_lock = threading.Lock()
 
 
@@ -202,8 +204,11 @@ class Launcher:
         extra: list[tuple[str, list[str]]],
         retry_after: float = 60,
         web_processes: int = 1,
+        verbose: bool = False,
     ) -> None:
         self.host = host
+        self.verbose = verbose  # every process's output on the terminal too, not only in its log file
+        self.worker_ready = False
         self.web_processes = web_processes
         self.retry_after = retry_after  # seconds before `up` starts again a program supervisord gave up on
         self.port = port
@@ -246,19 +251,17 @@ class Launcher:
         try:
             self._configure(env)
             self._start_supervisord(env)
+            processes = [process for program in self.programs for process in program.processes]
+            say("up", f"starting {len(processes)} processes: {', '.join(processes)}")
             if "redis" in self._names():
                 self._start("redis")
                 embedded_redis.wait_until_ready(env["REDIS_URL"])
                 url_file = self.data_dir / "redis" / "url"
-                say("up", f"embedded Redis on port {self.redis_port}, with a password; REDIS_URL=$(cat {url_file})")
-            for step in (["migrate", "--noinput"], ["bootstrap"]):
-                result = subprocess.run(self.manage(*step), env=env, cwd=self.base_dir, capture_output=True, text=True)
-                for line in (result.stdout + result.stderr).splitlines():
-                    say(step[0], line)
-                if result.returncode != 0:
-                    raise LaunchError(f"manage.py {step[0]} failed with exit code {result.returncode}")
-                if self.stopping:
-                    return 0
+                self._detail("up", f"embedded Redis on port {self.redis_port}, with a password; REDIS_URL=$(cat {url_file})")
+            say("up", "preparing the database")
+            login = self._prepare(env)
+            if self.stopping:
+                return 0
             if "agent" in self._names():
                 self._start("agent")
                 self._wait(lambda: answers(rpc_at(socket_path(self.data_dir))), "agent", 30)
@@ -266,12 +269,51 @@ class Launcher:
                 if program.priority >= 300:
                     self._start(program.name)
             self._wait(lambda: _answers_tcp(self.host, self.port), "web", 60)
+            with contextlib.suppress(LaunchError):  # a slow worker only delays the tasks, not the dashboard
+                self._wait(lambda: self.worker_ready, "worker", 60)
             if self.stopping:
                 return 0
-            say("up", f"Diploi is running at {url}  (Ctrl-C to stop)")
+            self._announce(url, login)
             return self._watch()
         finally:
             self.shutdown()
+
+    def _detail(self, name: str, line: str) -> None:
+        """A line of a process's own output: on the terminal only with --verbose (it is in its log file)."""
+        if WORKER_READY.search(line):
+            self.worker_ready = True
+        if self.verbose:
+            say(name, line)
+
+    def _prepare(self, env: dict[str, str]) -> str:
+        """The database migrated and, on the first start, the demo account and project made (bootstrap);
+        their output goes to logs/setup.log. Returns the demo login bootstrap printed, if it did."""
+        result = subprocess.run(self.manage("bootstrap"), env=env, cwd=self.base_dir, capture_output=True, text=True)
+        output = result.stdout + result.stderr
+        log = self.dir / "logs" / "setup.log"
+        with open(log, "a") as f:
+            f.write(f"--- {datetime.now(UTC).isoformat(timespec='seconds')}\n{output}")
+        for line in output.splitlines():
+            self._detail("setup", line)
+        if result.returncode != 0:
+            last = "\n".join(output.splitlines()[-15:])
+            raise LaunchError(f"preparing the database failed (exit code {result.returncode}); from {log}:\n{last}")
+        found = LOGIN.search(result.stdout)
+        return found[0] if found else ""
+
+    def _announce(self, url: str, login: str) -> None:
+        """Where the dashboard is and how to log in, in a box after the few progress lines."""
+        lines = [f"Diploi is running at {url}"]
+        if login:
+            lines += [f"Log in with {login}", "(shown once: change it under your name, top right)"]
+        else:
+            lines.append("Log in with your account (the demo password was shown on the first start)")
+        lines += [f"Logs: {self.dir / 'logs'}", "Ctrl-C stops everything"]
+        width = max(len(line) for line in lines)
+        box = [f"╭{'─' * (width + 4)}╮", *(f"│  {line:<{width}}  │" for line in lines), f"╰{'─' * (width + 4)}╯"]
+        with _print_lock:
+            sys.stdout.write("\n" + "\n".join(box) + "\n\n")
+            sys.stdout.flush()
 
     def _configure(self, env: dict[str, str]) -> None:
         """The programs and supervisord's configuration. The embedded Redis keeps its port and
@@ -291,7 +333,7 @@ class Launcher:
             url_file.write_text(env["REDIS_URL"] + "\n")
             url_file.chmod(0o600)
         if Supervisor(self.data_dir).running():
-            say("up", "using the process supervisor already running for this data directory (it stays when Diploi stops)")
+            self._detail("up", "using the process supervisor already running for this data directory (it stays when Diploi stops)")
         else:  # it stops the deployments, with more time
             self.programs.append(Program("agent", self.manage("supervisor"), 200, self.grace + 15))
             env["DIPLOI_SUPERVISOR_MANAGED"] = "1"  # nobody else starts one while it restarts
@@ -327,7 +369,7 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 
 """
         (self.dir / "supervisord.conf").write_text(text + "\n".join(p.section(logs) for p in self.programs))
-        self.tails = [LogTail(name, logs / f"{name}.log") for p in self.programs for name in p.processes]
+        self.tails = [LogTail(name, logs / f"{name}.log", self._detail) for p in self.programs for name in p.processes]
         self.tails.append(LogTail("up", self.dir / "supervisord.log", self._supervisord_said))
         for tail in self.tails:
             tail.skip_existing()  # a previous run's lines were shown then

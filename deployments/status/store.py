@@ -11,10 +11,9 @@ same item format.
 from typing import Any
 
 from deployments.runtimes.base import Colour, ItemState
-from deployments.status.tree import BRANCHES, StatusTree
+from deployments.status.tree import BRANCHES, WAITING, StatusTree
 
 FIELDS = ("name", "colour", "message", "restarts", "started_at")
-WAITING = "Waiting for the monitor"
 
 
 def item_to_json(item: ItemState) -> dict[str, Any]:
@@ -44,14 +43,9 @@ def to_json(tree: StatusTree) -> dict[str, Any]:
 
 
 def from_json(status: dict | None) -> StatusTree:
-    """The stored tree; before the monitor's first look, an empty pending one."""
+    """The stored tree; before the monitor's first look, an empty pending one (not `observed`)."""
     status = status or {}
     branches = status.get("tree", {})
     colour = Colour(status["colour"]) if status.get("colour") else Colour.PENDING
     items = {branch: tuple(item_from_json(row) for row in branches.get(branch, [])) for branch in BRANCHES}
-    return StatusTree(colour, status.get("reason", WAITING), **items)
-
-
-def stored_colour(status: dict | None) -> Colour | None:
-    colour = (status or {}).get("colour")
-    return Colour(colour) if colour else None
+    return StatusTree(colour, status.get("reason", WAITING), **items, observed=bool(status))

@@ -1,16 +1,30 @@
-"""From what the runtime observed (and the latest builds) to the status tree and one overall colour.
+"""From what the runtime observed (and the latest builds) to the status tree, and the one word every
+surface says of a deployment.
 
-Pure functions: no database, no runtime. The one colour rule lives here: `by_state` decides while
-the deployment's state says it all (deleting, failed, provisioning, building, stopped); otherwise
-the observation does (`derive`). Lists show the same colour with a word (`summary`).
+Pure functions: no database, no runtime. The one rule lives in `headline`: the deployment's state
+decides while it says it all (deleting, failed, building, starting or updating, stopped); otherwise
+the monitor's last look (the tree) does. The Overview, the project list, the CLI and the API all show
+`headline`'s word, with its colour and one line of reason.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from deployments.runtimes.base import Colour, ItemState, Observation
 
 BRANCHES = ("storage", "builds", "containers", "services")
-WORDS = {Colour.GREEN: "Running", Colour.YELLOW: "Possible issues", Colour.RED: "Error"}
+
+# The words, each with its colour and what it means (README's table is checked against this one).
+VOCABULARY: dict[str, tuple[Colour, str]] = {
+    "Running": (Colour.GREEN, "Every process runs and every service answers its health check."),
+    "Starting": (Colour.YELLOW, "Its processes and storage are being made or are coming up; nothing serves yet."),
+    "Updating": (Colour.YELLOW, "A change (a restart, a new release, new settings) is being applied to what runs."),
+    "Building": (Colour.YELLOW, "A release is being built; what ran before keeps running."),
+    "Unhealthy": (Colour.YELLOW, "It runs, but a service does not answer its health check."),
+    "Stopped": (Colour.PENDING, "Disabled or stopped: nothing runs until it is enabled again."),
+    "Failed": (Colour.RED, "It could not be started, or a process or its storage is down."),
+    "Deleting": (Colour.PENDING, "Its processes, storage and routes are being removed."),
+}
+WAITING = "Waiting for the monitor's first look"
 
 
 @dataclass(frozen=True)
@@ -31,6 +45,19 @@ class StatusTree:
     containers: tuple[ItemState, ...] = ()
     services: tuple[ItemState, ...] = ()
     branches: tuple[str, ...] = BRANCHES
+    observed: bool = True  # False: the monitor has not looked yet (nothing stored)
+
+
+@dataclass(frozen=True)
+class Headline:
+    """One word of the vocabulary and one line of why."""
+
+    word: str
+    reason: str
+
+    @property
+    def colour(self) -> Colour:
+        return VOCABULARY[self.word][0]
 
 
 def build_item(build: BuildInfo) -> ItemState:
@@ -42,57 +69,53 @@ def build_item(build: BuildInfo) -> ItemState:
     return ItemState(name, Colour.GREEN, "current release" if build.is_release else "built")
 
 
-def by_state(state: str, enabled: bool, state_reason: str = "", latest: BuildInfo | None = None) -> tuple[Colour, str] | None:
-    """The colour and reason when the deployment's state decides them; None when it runs and the
-    observation must."""
+def by_state(state: str, enabled: bool, state_reason: str, tree: StatusTree) -> Headline | None:
+    """The headline when the deployment's state decides it; None when it runs and the tree must."""
     if state == "deleting":
-        return Colour.PENDING, "Deleting…"
+        return Headline("Deleting", state_reason or "Removing its processes, storage and routes")
     if state == "failed":
-        return Colour.RED, state_reason or "Failed"
+        return Headline("Failed", state_reason or "It could not be started")
     if state == "building":
-        return Colour.PENDING, f"Building {latest.commit[:10]} ({latest.progress}%)" if latest else "Building…"
+        latest = tree.builds[0] if tree.builds and tree.builds[0].colour == Colour.PENDING else None
+        return Headline("Building", f"Commit {latest.name.removeprefix('build ')}: {latest.message}" if latest else "Building the release")
     if state in ("pending", "provisioning"):
-        return Colour.PENDING, "Provisioning…"
+        if any(c.colour == Colour.GREEN for c in tree.containers):  # something serves while the change is applied
+            return Headline("Updating", state_reason or "Applying the change")
+        return Headline("Starting", state_reason or "Making its processes and storage")
     if state == "stopped" or not enabled:
-        return Colour.PENDING, "Stopped"
+        return Headline("Stopped", state_reason or ("Disabled: enable it to start it again" if not enabled else "Stopped"))
     return None
 
 
-def by_observation(observation: Observation, state_reason: str, builds: tuple[BuildInfo, ...]) -> tuple[Colour, str]:
-    """Green: working. Yellow: something is wrong but it still runs. Red: a bigger problem."""
-    down = [c for c in observation.containers if c.colour == Colour.RED]
+def by_observation(tree: StatusTree, state_reason: str) -> Headline:
+    """A running deployment as the monitor saw it: down is Failed, coming up is Starting, a service
+    that does not answer is Unhealthy, else Running (with what else is worth knowing)."""
+    if not tree.observed:
+        return Headline("Starting", WAITING)
+    down = [c for c in tree.containers if c.colour == Colour.RED]
     if down:
-        return Colour.RED, "; ".join(f"{c.name}: {c.message}" for c in down)
-    storage = [s for s in observation.storage if s.colour == Colour.RED]
+        return Headline("Failed", "; ".join(f"{c.name}: {c.message}" for c in down))
+    storage = [s for s in tree.storage if s.colour == Colour.RED]
     if storage:
-        return Colour.RED, "; ".join(f"storage {s.name}: {s.message}" for s in storage)
-    starting = [c for c in observation.containers if c.colour in (Colour.PENDING, Colour.YELLOW)]
+        return Headline("Failed", "; ".join(f"storage {s.name}: {s.message}" for s in storage))
+    starting = [c for c in tree.containers if c.colour in (Colour.PENDING, Colour.YELLOW)]
     if starting:
-        return Colour.YELLOW, "; ".join(f"{c.name}: {c.message}" for c in starting)
-    unhealthy = [s for s in observation.services if s.colour != Colour.GREEN]
+        return Headline("Starting", "; ".join(f"{c.name}: {c.message}" for c in starting))
+    unhealthy = [s for s in tree.services if s.colour != Colour.GREEN]
     if unhealthy:
-        return Colour.YELLOW, "; ".join(f"{s.name}: {s.message}" for s in unhealthy)
-    if builds and builds[0].status == "failed":
-        return Colour.YELLOW, f"The latest build failed ({builds[0].error}); the previous release is still running"
-    if state_reason:
-        return Colour.YELLOW, state_reason
-    return Colour.GREEN, "Running"
+        return Headline("Unhealthy", "; ".join(f"{s.name}: {s.message}" for s in unhealthy))
+    if tree.builds and tree.builds[0].colour == Colour.RED:
+        return Headline("Running", f"The latest build failed ({tree.builds[0].message}); the previous release is still running")
+    return Headline("Running", state_reason or "Every process runs and answers")
+
+
+def headline(tree: StatusTree, state: str, enabled: bool, state_reason: str = "") -> Headline:
+    """What every surface says of a deployment now: from its state, else from the tree."""
+    return by_state(state, enabled, state_reason, tree) or by_observation(tree, state_reason)
 
 
 def derive(observation: Observation, state: str, enabled: bool, state_reason: str = "", builds: tuple[BuildInfo, ...] = ()) -> StatusTree:
-    colour, reason = by_state(state, enabled, state_reason, builds[0] if builds else None) or by_observation(
-        observation, state_reason, builds
-    )
     items = tuple(build_item(b) for b in builds)
-    return StatusTree(colour, reason, observation.storage, items, observation.containers, observation.services)
-
-
-def summary(state: str, enabled: bool, state_reason: str, stored: Colour | None) -> tuple[Colour, str]:
-    """Colour and word for lists: from the state, else the colour the monitor stored last."""
-    decided = by_state(state, enabled, state_reason)
-    if decided:
-        colour, reason = decided
-        return colour, WORDS.get(colour, reason)
-    if stored is None or stored == Colour.PENDING:
-        stored = Colour.YELLOW if state_reason else Colour.GREEN
-    return stored, WORDS[stored]
+    tree = StatusTree(Colour.PENDING, "", observation.storage, items, observation.containers, observation.services)
+    said = headline(tree, state, enabled, state_reason)
+    return replace(tree, colour=said.colour, reason=said.reason)

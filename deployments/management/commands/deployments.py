@@ -14,6 +14,7 @@ from deployments.runtimes import get_runtime
 from deployments.runtimes.base import RuntimeFailure
 from deployments.status import store
 from deployments.status.observe import status_tree
+from deployments.status.tree import headline
 from projects.access import get_project_for_user, projects_for_user
 
 
@@ -88,20 +89,21 @@ class Command(BaseCommand):
             return
         for r in rows:
             self.stdout.write(
-                f"{r['project']}/{r['slug']:<24} {r['stage']:<12} {r['branch']:<20} {r['state']:<13} {r['endpoints'].get('web', '')}"
+                f"{r['project']}/{r['slug']:<24} {r['stage']:<12} {r['branch']:<20} {r['status']:<10} {r['endpoints'].get('web', '')}"
             )
 
     def do_create(self, project: str, name: str, stage: str, branch: str | None, disabled: bool, wait: bool, **_) -> None:
         p = get_project_for_user(self.user, project, write=True)
         d = actions.do_create_deployment(p, name, stage, branch or p.default_branch, actor=self.user, enabled=not disabled, now=wait)
         d.refresh_from_db()
-        self.stdout.write(f"{p.slug}/{d.slug}: {d.state}{' — ' + d.state_reason if d.state_reason else ''}")
+        said = d.headline
+        self.stdout.write(f"{p.slug}/{d.slug}: {said.word} — {said.reason}")
 
     def do_status(self, target: str, json: bool = False, **_) -> None:
         d = self._target(target)
-        tree = status_tree(d)
-        status = _summary(d)
-        status["colour"], status["reason"] = tree.colour.value, tree.reason
+        tree = status_tree(d)  # a look now, not the monitor's last one
+        said = headline(tree, d.state, d.enabled, d.state_reason)
+        status = {**_summary(d), "status": said.word, "colour": said.colour.value, "reason": said.reason}
         status["items"] = [
             {"branch": branch, **store.item_to_json(i), "cpu": i.cpu_percent} for branch in tree.branches for i in getattr(tree, branch)
         ]
@@ -112,8 +114,8 @@ class Command(BaseCommand):
         if json:
             self.stdout.write(_json(status))
             return
-        self.stdout.write(f"{d.project.slug}/{d.slug}  {d.stage}  {d.branch}@{d.commit[:10]}  {d.state}")
-        self.stdout.write(f"{tree.colour.value.upper()}: {tree.reason}")
+        self.stdout.write(f"{d.project.slug}/{d.slug}  {d.stage}  {d.branch}@{d.commit[:10]}")
+        self.stdout.write(f"{said.word} — {said.reason}")
         for url in d.endpoints.values():
             self.stdout.write(f"  {url}")
         for item in status["items"]:
@@ -205,8 +207,18 @@ class Command(BaseCommand):
 
 
 def _summary(d: Deployment) -> dict:
+    """A deployment as `list` and `status` show it: its status word, colour and reason as the dashboard
+    shows them (`state` is the state machine's own value, for scripts)."""
     fields = ("slug", "name", "stage", "branch", "commit", "enabled", "state")
-    return {"project": d.project.slug, **{f: getattr(d, f) for f in fields}, "reason": d.state_reason, "endpoints": d.endpoints}
+    said = d.headline
+    return {
+        "project": d.project.slug,
+        **{f: getattr(d, f) for f in fields},
+        "status": said.word,
+        "colour": said.colour.value,
+        "reason": said.reason,
+        "endpoints": d.endpoints,
+    }
 
 
 def _json(data: object) -> str:

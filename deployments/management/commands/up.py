@@ -24,8 +24,11 @@ class Command(BaseCommand):
             default=settings.DIPLOI_WEB_PROCESSES,
             help="web processes sharing the port (default DIPLOI_WEB_PROCESSES, 1)",
         )
+        parser.add_argument(
+            "--verbose", action="store_true", help="show every process's output here too (it is always in DATA_DIR/platform/logs)"
+        )
 
-    def handle(self, *args, port: int, host: str, data_dir: Path, web_processes: int, **options) -> None:
+    def handle(self, *args, port: int, host: str, data_dir: Path, web_processes: int, verbose: bool, **options) -> None:
         if not 1 <= port <= 65535:
             raise CommandError(f"--port {port} is not a TCP port number")
         if not 1 <= web_processes <= 64:
@@ -44,6 +47,7 @@ class Command(BaseCommand):
             extra=[("monitor", ["monitor"]), ("ssh", ["sshgateway"])],
             retry_after=settings.DIPLOI_PLATFORM_RETRY,
             web_processes=web_processes,
+            verbose=verbose,
         )
         say("up", mode().describe())
         try:

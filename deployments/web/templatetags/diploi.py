@@ -9,14 +9,6 @@ from projects.validators import without_credentials
 
 register = template.Library()
 
-WORDS = {"green": "Running", "yellow": "Possible issues", "red": "Error", "pending": "Pending"}
-
-
-@register.filter
-def colour_word(colour: object) -> str:
-    """The word that goes beside a colour dot: colour is never the only signal."""
-    return WORDS.get(getattr(colour, "value", colour), str(colour))
-
 
 @register.filter
 def credentials_hidden(address: str) -> str:

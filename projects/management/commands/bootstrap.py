@@ -1,8 +1,10 @@
 import secrets
 
 from django.conf import settings
+from django.core.management import call_command
 from django.core.management.base import BaseCommand
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.migrations.executor import MigrationExecutor
 
 from accounts.models import User
 from projects.models import Membership, Project, Role
@@ -13,9 +15,14 @@ DEMO_USERNAME = "demo"
 
 
 class Command(BaseCommand):
-    help = "On first run, create the demo account and the demo project (a Git repository of the sample)."
+    help = (
+        "Migrate the database if it needs it; on first run, create the demo account and the demo project (a Git repository of the sample)."
+    )
 
     def handle(self, *args, **options) -> None:
+        executor = MigrationExecutor(connection)
+        if executor.migration_plan(executor.loader.graph.leaf_nodes()):  # one process for both: `up` starts sooner
+            call_command("migrate", interactive=False, verbosity=options["verbosity"], stdout=self.stdout)
         if User.objects.exists():
             return
         password = secrets.token_urlsafe(12)
