@@ -22,7 +22,7 @@ from deployments.runtimes.local import sandbox
 from projects.git import run_git
 from projects.models import Project
 from projects.sample import commit_all
-from tests.conftest import http_get, session_output, wait_until
+from tests.conftest import http_get, provision_again, session_output, wait_until
 
 HOSTILE = Path(__file__).parent / "hostile"
 PROBES = (
@@ -155,7 +155,7 @@ def run_probes(cast, runtime, data_dir: Path, platform_ports: list[int]) -> dict
     for d in (dev, prod):
         for key, value in targets(runtime, data_dir, other, platform_ports).items():
             EnvVar.objects.create(deployment=d, key=key, value=value)
-        tasks.provision(d.pk)
+        provision_again(d.pk)
         d.refresh_from_db()
         assert d.state == State.RUNNING, d.state_reason
 
@@ -275,7 +275,7 @@ def test_a_build_step_has_a_time_limit(cast, hostile, runtime, settings) -> None
     settings.DIPLOI_BUILD_STEP_TIMEOUT = 2
     d = deploy(cast, "Prod", "production")
     EnvVar.objects.create(deployment=d, key="P_SLOW_BUILD", value="60")
-    tasks.provision(d.pk)
+    provision_again(d.pk)
     d.refresh_from_db()
     build = Build.objects.get(deployment=d)
     assert d.state == State.FAILED and build.status == "failed"

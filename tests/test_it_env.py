@@ -8,7 +8,7 @@ from deployments.actions import do_create_deployment
 from deployments.models import Deployment, EnvVar
 from deployments.provisioning import tasks
 from deployments.provisioning.spec import build_spec, load_stack
-from tests.conftest import http_get, wait_until
+from tests.conftest import http_get, provision_again, wait_until
 
 
 def test_values_are_encrypted_at_rest(cast) -> None:
@@ -57,5 +57,5 @@ def test_a_user_value_reaches_the_running_component(cast, runtime) -> None:
     assert oct(run_file.stat().st_mode & 0o777) == "0o600"
 
     EnvVar.objects.filter(deployment=d, key="GREETING").update(value="Changed")
-    tasks.provision(d.pk)
+    provision_again(d.pk)
     wait_until(lambda: "<h1>Changed</h1>" in http_get(d.endpoints["web"]), what="the component to restart with the new value")

@@ -21,7 +21,7 @@ from deployments.provisioning.spec import current_spec
 from deployments.runtimes.base import Colour
 from deployments.runtimes.local.observe import processes_of
 from projects.sample import commit_all
-from tests.conftest import http_get, wait_until
+from tests.conftest import http_get, provision_again, wait_until
 
 
 def visits(url: str) -> int:
@@ -54,7 +54,7 @@ def test_a_development_deployment_runs_the_branch_and_reloads_edits(cast, runtim
 
     # The edit is the developer's: it survives a restart and another provisioning.
     tasks.restart(d.pk, "web")
-    tasks.provision(d.pk)
+    provision_again(d.pk)
     wait_until(lambda: "Hits:" in http_get(url), what="the page after a restart")
     assert [t.to_state for t in StateTransition.objects.filter(deployment=d)] == ["provisioning", "running", "provisioning", "running"]
 
@@ -247,7 +247,7 @@ def test_a_port_taken_by_another_program_is_a_clear_error(cast, runtime) -> None
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
         Deployment.objects.filter(pk=d.pk).update(enabled=True)
-        tasks.provision(d.pk)
+        provision_again(d.pk)
         d.refresh_from_db()
         assert f"port {port} (web/http) is in use by another program" in d.state_reason
         home = runtime.home(current_spec(d))
@@ -433,7 +433,7 @@ def test_a_clone_gets_a_copy_of_storage_and_env_and_the_source_keeps_running(cas
 
     source = deploy(cast, "Dev")
     EnvVar.objects.create(deployment=source, key="GREETING", value="Cloned greeting")
-    tasks.provision(source.pk)
+    provision_again(source.pk)
     url = source.endpoints["web"]
     count = wait_until(lambda: visits(url), what="the source page")
     app = runtime.home(current_spec(source)) / "code" / "web" / "app.py"
@@ -472,13 +472,13 @@ def test_changing_the_branch_of_a_development_deployment_checks_it_out(cast, run
     code = runtime.home(current_spec(d)) / "code" / "web" / "app.py"
     code.write_text(code.read_text() + "\n# an uncommitted edit\n")
     Deployment.objects.filter(pk=d.pk).update(branch="feature")
-    tasks.provision(d.pk)
+    provision_again(d.pk)
     d.refresh_from_db()
     assert "uncommitted changes on main" in d.state_reason and d.state == State.RUNNING  # nothing lost
     assert "# an uncommitted edit" in code.read_text()
 
     run_git("checkout", "--quiet", "--", ".", cwd=code.parent.parent)
-    tasks.provision(d.pk)
+    provision_again(d.pk)
     d.refresh_from_db()
     assert d.state == State.RUNNING and d.state_reason == ""
     wait_until(lambda: "Feature visits:" in http_get(d.endpoints["web"]), what="the feature branch's page")
@@ -577,6 +577,21 @@ def test_services_a_dead_supervisor_left_are_ended_before_a_new_one_starts(tmp_p
         for p in (orphan, other):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_a_provision_task_whose_changes_are_done_makes_no_pass(cast, runtime) -> None:
+    """The task queued on create, taken after another ran the pass (or a task delivered twice), does
+    nothing: the deployment does not go to provisioning and back. One left in between states (a worker
+    killed mid-pass) is driven again."""
+    d = deploy(cast, "Dev")
+    before = StateTransition.objects.filter(deployment=d).count()
+    tasks.provision(d.pk)
+    d.refresh_from_db()
+    assert d.state == State.RUNNING and StateTransition.objects.filter(deployment=d).count() == before
+    Deployment.objects.filter(pk=d.pk).update(state=State.PROVISIONING)
+    tasks.provision(d.pk)
+    d.refresh_from_db()
+    assert d.state == State.RUNNING and StateTransition.objects.filter(deployment=d).count() == before + 2
 
 
 @pytest.mark.django_db(transaction=True)

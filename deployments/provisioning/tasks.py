@@ -13,6 +13,7 @@ from deployments.provisioning import lease, pipeline
 from deployments.runtimes.base import TransientFailure
 
 log = logging.getLogger(__name__)
+SETTLED = (State.RUNNING, State.STOPPED, State.FAILED)  # an in-between state is driven again (the reconciler)
 RETRY = {"autoretry_for": (TransientFailure,), "retry_backoff": 2, "retry_backoff_max": 120, "retry_jitter": True, "max_retries": 8}
 
 
@@ -26,6 +27,8 @@ def provision(deployment_id: int, actor: str = "task:provision") -> None:
             if not ours:
                 return
             while (deployment := pipeline.get(deployment_id)) is not None and deployment.state != State.DELETING:
+                if deployment.state in SETTLED and deployment.provisioned >= deployment.wanted:
+                    break  # a pass covered every change asked for (this task came after it, or twice)
                 covered = deployment.wanted
                 pipeline.provision(deployment, actor)
                 Deployment.objects.filter(pk=deployment_id, provisioned__lt=covered).update(provisioned=covered)
