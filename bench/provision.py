@@ -62,31 +62,37 @@ def wait_for(url: str, timeout: float = 60) -> None:
     raise SystemExit(f"{url} did not answer within {timeout} s")
 
 
-def baseline_start(repo: Path) -> float:
-    """The sample app alone: start it and wait for its first answer (no Redis, no Diploi)."""
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def first_answer(argv: list[str], cwd: Path, port: int, path: str = "/", env: dict[str, str] | None = None) -> float:
+    """Seconds from starting `argv` to its first answer on `port`; then it is stopped."""
     t = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "app.py"],
-        cwd=repo / "web",
-        env={"PORT": str(port), "REDIS_URL": "redis://127.0.0.1:1/0", "PATH": os.environ["PATH"]},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(f"http://127.0.0.1:{port}/")
+        wait_for(f"http://127.0.0.1:{port}{path}")
         return time.perf_counter() - t
     finally:
         proc.kill()
         proc.wait()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def baseline_start(repo: Path) -> float:
+    """The sample app alone: start it and wait for its first answer (no Redis, no Diploi)."""
+    port = free_port()
+    env = {"PORT": str(port), "REDIS_URL": "redis://127.0.0.1:1/0", "PATH": os.environ["PATH"]}
+    return first_answer([sys.executable, "app.py"], repo / "web", port, env=env)
+
+
+def daphne_start() -> float:
+    """The baseline of a start: one daphne serving the dashboard, until /healthz answers (no migration,
+    no other process)."""
+    port = free_port()
+    daphne = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "diploi.asgi:application"]
+    return first_answer(daphne, BASE_DIR, port, "/healthz")
 
 
 def up_start(data_dir: Path) -> float:
@@ -103,24 +109,6 @@ def up_start(data_dir: Path) -> float:
     finally:
         proc.terminate()
         proc.communicate(timeout=120)
-
-
-def daphne_start() -> float:
-    """The baseline: one daphne serving the dashboard, until /healthz answers (no migration, no other process)."""
-    port = free_port()
-    t = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "diploi.asgi:application"],
-        cwd=BASE_DIR,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for(f"http://127.0.0.1:{port}/healthz")
-        return time.perf_counter() - t
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 def create_and_answer(project: Project, user: User, name: str, stage: str) -> tuple[float, Deployment]:

@@ -109,7 +109,7 @@ def test_up_says_little_and_the_demo_account_is_created_once(tmp_path: Path) -> 
         assert "Applying" not in first.output() and "celery@" not in first.output()
         logs = data / "platform" / "logs"
         assert "Applying accounts.0001_initial" in (logs / "setup.log").read_text()
-        assert re.search(r"celery@\S+ ready", (logs / "worker.log").read_text())  # the box waited for the worker
+        wait_until(lambda: re.search(r"celery@\S+ ready", (logs / "worker.log").read_text()), what="the worker's output in its log")
         assert log_in(first.port, "demo", login.group(1))
         first.stop()
         second = Platform(data, free_port(), verbose=False)

@@ -232,10 +232,26 @@ def templates_version() -> str:
 def cached_page(kind: str, facts: tuple, render: Callable[[], Rendered]) -> Rendered:
     """A page (or its title and content), looked up by the facts it shows; `render` runs only when one of
     them changed. What it renders has TOKEN where each viewer's CSRF token goes."""
-    return shared.rendered(f"{kind}:" + digest((templates_version(), facts)), PAGE_TTL, render)
+    return shared.rendered(page_key(kind, facts), PAGE_TTL, render)
 
 
-def overview_page(user: User, project_slug: str, slug: str) -> tuple[str, str]:
+def page_key(kind: str, facts: tuple) -> str:
+    return f"{kind}:" + digest((templates_version(), facts))
+
+
+@dataclass(frozen=True)
+class PageContent:
+    """A page's title and content, named by the facts they show (`key`) before either is fetched: the
+    whole page around them is looked up by that name, and the content is read only to render it."""
+
+    key: str
+    render: Callable[[], tuple[str, str]]
+
+    def get(self) -> tuple[str, str]:
+        return shared.rendered(self.key, PAGE_TTL, self.render)
+
+
+def overview_page(user: User, project_slug: str, slug: str) -> PageContent:
     """The Overview's title and content for `user` (one statement reads its facts and checks the
     membership: outsiders get 404)."""
     facts = deployment_facts_for_user(user, project_slug, slug)
@@ -246,10 +262,10 @@ def overview_page(user: User, project_slug: str, slug: str) -> tuple[str, str]:
         context = {**overview_context(d, user), "csrf_token": TOKEN}
         return f"{d.name} · {d.project.name}", render_to_string("deployments/detail.html#overview", context)
 
-    return cached_page("overview", (setting, user.pk, facts), render)
+    return PageContent(page_key("overview", (setting, user.pk, facts)), render)
 
 
-def project_page(user: User, project_slug: str, requested: str | None) -> tuple[str, str]:
+def project_page(user: User, project_slug: str, requested: str | None) -> PageContent:
     """The project page's title and content for `user` at the requested page of its list (outsiders get
     404), numbered as the paginator would (not a number: the first page; out of range: the last)."""
     try:
@@ -273,7 +289,7 @@ def project_page(user: User, project_slug: str, requested: str | None) -> tuple[
         }
         return project.name, render_to_string("projects/detail.html#overview", context)
 
-    return cached_page("project", (user.pk, number, facts), render)
+    return PageContent(page_key("project", (user.pk, number, facts)), render)
 
 
 def members_of(project_id: int) -> dict[int, str]:

@@ -42,7 +42,6 @@ WEB_DB_POOL = 8  # PostgreSQL connections each web process keeps (DIPLOI_DB_POOL
 EXITED = re.compile(r" exited: (\S+) \((.+?); not expected\)")
 GAVE_UP = re.compile(r" gave up: (\S+) entered FATAL state")
 RUNNING = re.compile(r" success: (\S+) entered RUNNING state")
-WORKER_READY = re.compile(r"celery@\S+ ready")
 LOGIN = re.compile(r"username: \S+ password: \S+")  # what bootstrap says once, on the first start
 _print_lock = threading.Lock()
 
@@ -208,7 +207,6 @@ class Launcher:
     ) -> None:
         self.host = host
         self.verbose = verbose  # every process's output on the terminal too, not only in its log file
-        self.worker_ready = False
         self.web_processes = web_processes
         self.retry_after = retry_after  # seconds before `up` starts again a program supervisord gave up on
         self.port = port
@@ -268,9 +266,7 @@ class Launcher:
             for program in self.programs:
                 if program.priority >= 300:
                     self._start(program.name)
-            self._wait(lambda: _answers_tcp(self.host, self.port), "web", 60)
-            with contextlib.suppress(LaunchError):  # a slow worker only delays the tasks, not the dashboard
-                self._wait(lambda: self.worker_ready, "worker", 60)
+            self._wait(lambda: _answers_tcp(self.host, self.port), "web", 60)  # the worker may come later: tasks wait for it
             if self.stopping:
                 return 0
             self._announce(url, login)
@@ -280,8 +276,6 @@ class Launcher:
 
     def _detail(self, name: str, line: str) -> None:
         """A line of a process's own output: on the terminal only with --verbose (it is in its log file)."""
-        if WORKER_READY.search(line):
-            self.worker_ready = True
         if self.verbose:
             say(name, line)
 

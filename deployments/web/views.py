@@ -22,6 +22,7 @@ from deployments.live.fragments import (
     LOG_LINES,
     TOKEN,
     LogStream,
+    PageContent,
     cached_page,
     components,
     live_fragment,
@@ -52,16 +53,22 @@ from projects.access import get_project_for_user
 from projects.stack import branches
 
 
-def cached_page_response(request: HttpRequest, template: str, title: str, content: str) -> HttpResponse:
-    """A page whose content came from `cached_page`, inside the page around it (the viewer's name, the
-    banners), which is cached as well while no message waits to be shown; the viewer's own CSRF token
-    goes in last."""
+def cached_page_response(request: HttpRequest, template: str, page: PageContent) -> HttpResponse:
+    """A page's content inside the page around it (the viewer's name, the banners), which is cached as
+    well, under the content's name, while no message waits to be shown: one lookup when neither
+    changed. The viewer's own CSRF token goes in last."""
     token = get_token(request)
     if len(messages.get_messages(request)):  # shown once: this view is not like the next one
+        title, content = page.get()
         return TemplateResponse(request, template, {"title": title, "content": mark_safe(content.replace(TOKEN, token))})
-    around = (template, title, request.user.username, single_user_banner(request), platform_events(request))
-    context = {"title": title, "content": mark_safe(content), "csrf_token": TOKEN}
-    html = cached_page("whole", (around, content), lambda: render_to_string(template, context, request))
+
+    def render() -> str:
+        title, content = page.get()
+        context = {"title": title, "content": mark_safe(content), "csrf_token": TOKEN}
+        return render_to_string(template, context, request)
+
+    around = (template, request.user.username, single_user_banner(request), platform_events(request))
+    html = cached_page("whole", (around, page.key), render)
     return HttpResponse(html.replace(TOKEN, token))
 
 
@@ -69,8 +76,7 @@ def cached_page_response(request: HttpRequest, template: str, title: str, conten
 @require_GET
 def project_detail(request: HttpRequest, project_slug: str) -> HttpResponse:
     """The project page: its deployments (paged, live), members and stack file."""
-    title, content = project_page(request.user, project_slug, request.GET.get("page"))
-    return cached_page_response(request, "projects/detail.html", title, content)
+    return cached_page_response(request, "projects/detail.html", project_page(request.user, project_slug, request.GET.get("page")))
 
 
 def _add_errors(form: Form, error: ValidationError) -> None:
@@ -105,8 +111,7 @@ def deployment_detail(request: HttpRequest, project_slug: str, slug: str) -> Htt
     """The Overview: what the monitor stored, never the runtime's live answer (see live_context)."""
     if request.htmx:  # the Refresh button: the live part alone
         return HttpResponse(live_fragment(get_deployment_for_user(request.user, project_slug, slug)))
-    title, content = overview_page(request.user, project_slug, slug)
-    return cached_page_response(request, "deployments/detail.html", title, content)
+    return cached_page_response(request, "deployments/detail.html", overview_page(request.user, project_slug, slug))
 
 
 @login_required
