@@ -112,8 +112,12 @@ def main() -> int:
     rng = random.Random(args.seed)
 
     up = Up()
-    up.wait_for(r"Diploi is running at")
-    up.wait_for(r"celery@\S+ ready")
+    try:
+        up.wait_for(r"Diploi is running at")
+        up.wait_for(r"celery@\S+ ready")
+    except SystemExit:  # what it started stops with it
+        up.stop()
+        raise
     os.environ.pop("DATABASE_URL", None)  # the platform's own: SQLite in its data directory
     os.environ.update(DIPLOI_DATA_DIR=str(DATA), REDIS_URL=(DATA / "redis" / "url").read_text().strip())
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "diploi.settings")

@@ -131,3 +131,22 @@ def test_the_readme_lists_every_word_with_its_colour_and_meaning() -> None:
     rows = re.findall(r"^\| \*\*(\w+)\*\* \| (\w+) \| (.+?) \|$", readme, re.M)
     dots = {Colour.GREEN: "green", Colour.YELLOW: "yellow", Colour.RED: "red", Colour.PENDING: "grey"}
     assert rows == [(word, dots[colour], meaning) for word, (colour, meaning) in VOCABULARY.items()]
+
+
+@pytest.mark.parametrize(
+    "from_state, to_state, word",
+    [
+        ("pending", "provisioning", "Starting"),
+        ("running", "provisioning", "Updating"),
+        ("building", "pending", "Updating"),
+        ("provisioning", "running", "Running"),
+        ("running", "building", "Building"),
+        ("running", "stopped", "Stopped"),
+        ("provisioning", "failed", "Failed"),
+        ("running", "deleting", "Deleting"),
+    ],
+)
+def test_the_history_names_each_change_with_a_word_of_the_table(from_state, to_state, word) -> None:
+    from deployments.status.tree import transition_word
+
+    assert transition_word(from_state, to_state) == word and word in VOCABULARY

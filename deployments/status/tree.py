@@ -109,6 +109,14 @@ def by_observation(tree: StatusTree, state_reason: str) -> Headline:
     return Headline("Running", state_reason or "Every process runs and answers")
 
 
+def transition_word(from_state: str, to_state: str) -> str:
+    """The word of the vocabulary a state change moved to, as the History lists it (what the monitor
+    then saw is not known there: running is Running)."""
+    if to_state in ("pending", "provisioning"):
+        return "Updating" if from_state in ("running", "building") else "Starting"
+    return {"building": "Building", "stopped": "Stopped", "failed": "Failed", "deleting": "Deleting"}.get(to_state, "Running")
+
+
 def headline(tree: StatusTree, state: str, enabled: bool, state_reason: str = "") -> Headline:
     """What every surface says of a deployment now: from its state, else from the tree."""
     return by_state(state, enabled, state_reason, tree) or by_observation(tree, state_reason)

@@ -5,9 +5,17 @@ from django import template
 from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.utils.html import format_html
 
+from deployments.models import StateTransition
+from deployments.status import tree
 from projects.validators import without_credentials
 
 register = template.Library()
+
+
+@register.filter
+def transition_word(transition: StateTransition) -> str:
+    """What a state change moved the deployment to, in the status words (deployments.status.tree)."""
+    return tree.transition_word(transition.from_state, transition.to_state)
 
 
 @register.filter
