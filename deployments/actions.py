@@ -29,6 +29,7 @@ from deployments.provisioning import releases, tasks
 from deployments.provisioning.outbox import QUEUE_ERRORS
 from deployments.provisioning.spec import StackInvalid, current_spec, fetch_branch, load_stack
 from deployments.triggers.webhooks import Push, canonical
+from projects import demo
 from projects.git import GitError
 from projects.models import Project
 from projects.validators import dns_label_error, validate_branch_name
@@ -435,3 +436,14 @@ def do_record_ci_report(project: Project, data: object, *, actor: Actor = "ci") 
                 releases.queue(d, report.commit, Trigger.REBUILD, actor_label(actor))
             _provision(d.pk, actor=actor)
     return report, waiting
+
+
+# --- the demo ------------------------------------------------------------------------------------
+
+
+def do_try_demo(user: User) -> Deployment:
+    """The user's own copy of the sample project — its own Git repository, so pushes and edits are
+    theirs — with a development deployment on its way to running. Again: the one they have."""
+    project = demo.users_demo(user) or demo.create_demo(user)
+    existing = project.deployments.filter(stage=Stage.DEVELOPMENT).exclude(state=State.DELETING).first()
+    return existing or do_create_deployment(project, "dev", Stage.DEVELOPMENT, project.default_branch, actor=user)

@@ -4,6 +4,7 @@ from django.views.generic import RedirectView
 
 from deployments.ci.api import ci_build_report
 from deployments.triggers.views import receive as receive_webhook
+from deployments.web.views import try_demo
 from diploi.views import healthz
 from projects.urls import invitation_urlpatterns
 
@@ -13,6 +14,7 @@ urlpatterns = [
     path("account/", include("accounts.urls")),
     path("projects/", include("projects.urls")),
     path("invitations/", include(invitation_urlpatterns)),
+    path("demo/", try_demo, name="try_demo"),
     path("projects/", include("deployments.web.urls")),
     path("api/ci/builds/", ci_build_report, name="ci_build_report"),
     path("hooks/<str:token>/", receive_webhook, name="webhook"),

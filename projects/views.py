@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from diploi.http import redirect_to
 from projects import git
 from projects.access import get_invitation_for_user, get_project_for_user, projects_for_user
+from projects.demo import first_steps
 from projects.forms import DeleteProjectForm, InviteForm, ProjectForm, RoleForm, unique_slug
 from projects.invitations import accept, addressed_to
 from projects.models import Invitation, Membership, Project, Role, builds_externally
@@ -33,7 +34,7 @@ def project_list(request: HttpRequest) -> HttpResponse:
     roles = dict(Membership.objects.filter(user=request.user).values_list("project_id", "role"))
     for project in projects:
         project.role = roles.get(project.pk, "")
-    ctx = {"projects": projects, "invitations": addressed_to(request.user)}
+    ctx = {"projects": projects, "invitations": addressed_to(request.user), "checklist": first_steps(request.user)}
     return TemplateResponse(request, "projects/list.html", ctx)
 
 

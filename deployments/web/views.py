@@ -50,6 +50,7 @@ from deployments.web.forms import (
 from deployments.web.health import platform_events
 from diploi.http import redirect_to
 from projects.access import get_project_for_user
+from projects.git import GitError
 from projects.stack import branches
 
 
@@ -404,3 +405,16 @@ def deployment_logs_download(request: HttpRequest, project_slug: str, slug: str,
     response = StreamingHttpResponse((line + "\n" for line in lines), content_type="text/plain; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{d.project.slug}-{d.slug}-{service}.log"'
     return response
+
+
+@login_required
+@require_POST
+def try_demo(request: HttpRequest) -> HttpResponse:
+    """Try the demo: the user's own copy of the sample project and its development deployment."""
+    try:
+        d = actions.do_try_demo(request.user)
+    except (GitError, OSError) as e:
+        messages.error(request, f"The demo could not be copied: {e}")
+        return redirect_to(request, "projects:list")
+    messages.success(request, f"“{d.project.name}” is yours: its own repository and this development deployment, on its way.")
+    return redirect_to(request, d)
