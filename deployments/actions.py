@@ -443,7 +443,10 @@ def do_record_ci_report(project: Project, data: object, *, actor: Actor = "ci") 
 
 def do_try_demo(user: User) -> Deployment:
     """The user's own copy of the sample project — its own Git repository, so pushes and edits are
-    theirs — with a development deployment on its way to running. Again: the one they have."""
-    project = demo.users_demo(user) or demo.create_demo(user)
+    theirs — with a development deployment on its way to running. Again (a double click too): the one
+    they have."""
+    with transaction.atomic():
+        User.objects.select_for_update().filter(pk=user.pk).first()  # one at a time per user
+        project = demo.users_demo(user) or demo.create_demo(user)
     existing = project.deployments.filter(stage=Stage.DEVELOPMENT).exclude(state=State.DELETING).first()
     return existing or do_create_deployment(project, "dev", Stage.DEVELOPMENT, project.default_branch, actor=user)
