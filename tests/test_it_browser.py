@@ -142,7 +142,7 @@ def test_a_new_user_deploys_the_demo_project(platform: Platform, browser, tmp_pa
     page.keyboard.press("Enter")
     page.wait_for_selector("button[data-copy='#ssh-web']:has-text('Copied')")
     command = page.evaluate("navigator.clipboard.readText()")
-    assert command == f"ssh -p {platform.ssh_port} dev@localhost"
+    assert command == f"ssh -p {platform.ssh_port} dev.diploi-sample@localhost"  # her demo copy has a "dev" too
 
     # And it works, pasted into a terminal (with her key and a throwaway known-hosts file).
     if shutil.which("ssh"):
