@@ -78,7 +78,7 @@ def test_a_new_user_deploys_the_demo_project(platform: Platform, browser, tmp_pa
     page.click("button[type=submit]")
     page.wait_for_url("**/projects/")
     # The projects page greets her with first steps, none done yet.
-    assert page.inner_text("#first-steps-title") == "First steps" and page.locator(".steps li.done").count() == 0
+    assert page.inner_text("#first-steps-title") == "First steps" and page.locator(".first-steps li.done").count() == 0
     private = ed25519.Ed25519PrivateKey.generate()
     key_file = tmp_path / "ada_ed25519"
     key_file.write_bytes(
@@ -99,7 +99,7 @@ def test_a_new_user_deploys_the_demo_project(platform: Platform, browser, tmp_pa
     # Back on the projects page the key step has ticked itself; she tries the demo: her own copy,
     # which goes green, after which the first steps are done and gone.
     page.goto("/projects/")
-    assert page.locator(".steps li.done").all_inner_texts()[0].startswith("✓")
+    assert page.locator(".first-steps li.done").all_inner_texts()[0].startswith("✓")
     page.click("button:has-text('Try the demo')")
     page.wait_for_url("**/projects/diploi-sample-ada/d/dev/")
     page.wait_for_function("document.querySelector('.overall strong').textContent === 'Running'", timeout=120_000)
