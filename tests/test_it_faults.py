@@ -76,7 +76,13 @@ def test_what_is_asked_for_while_redis_is_away_is_done_once_it_is_back(tmp_path:
         # A restart asked for while the queue is away is kept (its intent was stored with the
         # request) and carried out once the queue is back: the service's process is a new one.
         def web_process() -> psutil.Process:
-            [web] = [p for p in platform.descendants() if "app.py" in " ".join(p.cmdline()) and p.name().startswith("python")]
+            def is_web(p: psutil.Process) -> bool:
+                try:
+                    return "app.py" in " ".join(p.cmdline()) and p.name().startswith("python")
+                except psutil.NoSuchProcess:  # one that ended while the tree was read (a health check's, a wrapper's)
+                    return False
+
+            [web] = [p for p in platform.descendants() if is_web(p)]
             return web
 
         before = web_process()
