@@ -14,7 +14,7 @@ from deployments.runtimes import get_runtime
 from deployments.runtimes.base import RuntimeFailure
 from deployments.status import store
 from deployments.status.observe import status_tree
-from deployments.status.tree import headline
+from deployments.status.tree import Headline, headline
 from projects.access import get_project_for_user, projects_for_user
 
 
@@ -103,7 +103,7 @@ class Command(BaseCommand):
         d = self._target(target)
         tree = status_tree(d)  # a look now, not the monitor's last one
         said = headline(tree, d.state, d.enabled, d.state_reason)
-        status = {**_summary(d), "status": said.word, "colour": said.colour.value, "reason": said.reason}
+        status = _summary(d, said)
         status["items"] = [
             {"branch": branch, **store.item_to_json(i), "cpu": i.cpu_percent} for branch in tree.branches for i in getattr(tree, branch)
         ]
@@ -206,11 +206,12 @@ class Command(BaseCommand):
         self.stdout.write(f"{d.project.slug}/{d.slug} {'destroyed' if wait else 'is being deleted'}")
 
 
-def _summary(d: Deployment) -> dict:
+def _summary(d: Deployment, said: Headline | None = None) -> dict:
     """A deployment as `list` and `status` show it: its status word, colour and reason as the dashboard
-    shows them (`state` is the state machine's own value, for scripts)."""
+    shows them (`state` is the state machine's own value, for scripts); `said`: from a look just made,
+    else from the monitor's stored tree."""
     fields = ("slug", "name", "stage", "branch", "commit", "enabled", "state")
-    said = d.headline
+    said = said or d.headline
     return {
         "project": d.project.slug,
         **{f: getattr(d, f) for f in fields},
