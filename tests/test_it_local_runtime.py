@@ -342,6 +342,23 @@ def test_logs_tail_and_follow(cast, runtime) -> None:
     wait_until(lambda: http_get(d.endpoints["web"]) and any("GET / HTTP/1.1" in line for line in followed), what="a followed line")
     stop.set()
     assert not any(line.startswith("Listening on port") for line in followed)  # tail=0: only new lines
+    # The wrapper writes the log: supervisord, which supervises every deployment, does not see each line.
+    supervisord = psutil.Process(int((runtime.supervisor.dir / "supervisord.pid").read_text()))
+    assert str(runtime.layout.log_file(spec, "web")) not in {f.path for f in supervisord.open_files()}
+
+
+def test_the_monitors_health_checks_are_not_the_samples_visits(cast, runtime) -> None:
+    """The sample answers the platform's look without counting it or logging it: a new user's counter and
+    log show their own visits only."""
+    d = deploy(cast, "Dev")
+    spec = current_spec(d)
+    first = wait_until(lambda: visits(d.endpoints["web"]), what="the sample page")
+    for _ in range(3):
+        services = runtime.observe([spec])[d.pk].services
+        assert next(s for s in services if s.name == "web").colour == Colour.GREEN
+    assert visits(d.endpoints["web"]) == first + 1
+    requests = [line for line in runtime.logs(spec, "web", tail=1000) if "GET / " in line]
+    assert len(requests) == first + 1, requests
 
 
 def test_provisioning_interrupted_half_way_completes_on_the_next_run(cast, runtime, monkeypatch) -> None:

@@ -3,7 +3,9 @@
 Reads the service's run file (JSON, mode 0600, written by programs.py) so that env values never pass
 through supervisord's config syntax; when the deployment is confined, the commands run inside its
 sandbox (the bubblewrap arguments in the run file) under its own uid. For releases it first makes a
-fresh scratch copy, so every start begins from the immutable release. The command runs in a process group of its own; when it
+fresh scratch copy, so every start begins from the immutable release. It writes the service's output to
+its log file itself (rotated at LOG_MAX_BYTES, LOG_BACKUPS kept): through supervisord, every line woke the
+one process that supervises every deployment, and a chatty service slowed them all. The command runs in a process group of its own; when it
 exits, whatever it left behind in that group is killed, so that no stray process keeps the
 service's port when supervisord starts it again.
 """
@@ -17,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 PR_SET_PDEATHSIG = 1
@@ -72,6 +75,7 @@ def main(run_file: str) -> int:
         return 1
     with open(run_file) as f:
         run = json.load(f)
+    pump = _output_to(run["log"]) if run.get("log") else None
     env = run["env"]
     preexec = _preexec(run.get("user"), run.get("cgroups", []))
     sandbox = run.get("sandbox", [])  # bubblewrap's arguments up to the command, when confined
@@ -83,12 +87,12 @@ def main(run_file: str) -> int:
     os.makedirs(run["cwd"], exist_ok=True)
     for i, command in enumerate(run.get("before", [])):
         if stop_requested:
-            return 1
+            return _ended(1, pump)
         code = subprocess.run([*sandbox, "/bin/sh", "-c", command], cwd=run["cwd"], env=env, preexec_fn=preexec).returncode
         if code != 0:
             # not the command itself: it may hold a password (the add-on's, rendered into it)
             print(f"diploi: preparation step {i + 1} failed with exit code {code}", flush=True)
-            return code
+            return _ended(code, pump)
 
     argv = [*sandbox, "/bin/sh", "-c", run["command"]]
     child = subprocess.Popen(argv, cwd=run["cwd"], env=env, start_new_session=True, preexec_fn=preexec)
@@ -108,7 +112,70 @@ def main(run_file: str) -> int:
                 _end(child)
                 child = subprocess.Popen(argv, cwd=run["cwd"], env=env, start_new_session=True, preexec_fn=preexec)
     _signal_group(child.pid, signal.SIGKILL)  # whatever the service left behind
-    return code if code >= 0 else 128 - code
+    return _ended(code if code >= 0 else 128 - code, pump)
+
+
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 2  # <log>.1 and <log>.2, as supervisord kept them
+
+
+class RotatingLog:
+    """An append-only log file renamed to <log>.1 (and .1 to .2, …) once it would grow past `max_bytes`,
+    as supervisord rotates: a reader following it sees a new file at the same path."""
+
+    def __init__(self, path: str, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS) -> None:
+        self.path, self.max_bytes, self.backups = path, max_bytes, backups
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.size = os.fstat(self.fd).st_size
+
+    def write(self, data: bytes) -> None:
+        if self.size and self.size + len(data) > self.max_bytes:
+            self._rotate()
+        while data:
+            written = os.write(self.fd, data)
+            self.size += written
+            data = data[written:]
+
+    def _rotate(self) -> None:
+        os.close(self.fd)
+        for i in range(self.backups, 0, -1):
+            older = f"{self.path}.{i - 1}" if i > 1 else self.path
+            if os.path.exists(older):
+                os.replace(older, f"{self.path}.{i}")
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o600)
+        self.size = 0
+
+
+def _output_to(path: str) -> threading.Thread:
+    """Points this process's stdout and stderr (and so every command's it starts) at a pipe whose other
+    end a thread copies into the rotating log at `path`."""
+    log = RotatingLog(path)
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(write_end, 1)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def copy() -> None:
+        while chunk := os.read(read_end, 65536):
+            log.write(chunk)
+
+    pump = threading.Thread(target=copy, daemon=True)
+    pump.start()
+    return pump
+
+
+def _ended(code: int, pump: threading.Thread | None) -> int:
+    """`code`, once what was written before the end is in the log (a process that escaped the service's
+    group may keep the pipe open: that is not waited for long)."""
+    if pump is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.close(1)
+        os.close(2)
+        pump.join(timeout=2)
+    return code
 
 
 WATCH_INTERVAL = 1.0

@@ -101,14 +101,8 @@ def _process_table() -> Iterator[tuple[int, int, float, int]]:
                 yield p.pid, p.info["ppid"], times.user + times.system, memory.rss
         return
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                raw = f.read()
-        except OSError:  # gone meanwhile
-            continue
-        yield _row(int(entry.name), raw)
+        if entry.name.isdigit() and (raw := _stat(entry.name)):
+            yield _row(int(entry.name), raw)
 
 
 def _process_trees(roots: list[int]) -> Iterator[tuple[int, int, float, int]]:
@@ -128,13 +122,27 @@ def _process_trees(roots: list[int]) -> Iterator[tuple[int, int, float, int]]:
     while queue:
         pid = queue.pop()
         try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                raw = f.read()
             kids = [int(k) for task in os.scandir(f"/proc/{pid}/task") for k in Path(task.path, "children").read_text().split()]
         except OSError:  # gone meanwhile
             continue
-        yield _row(pid, raw)
+        if raw := _stat(str(pid)):
+            yield _row(pid, raw)
         queue += kids
+
+
+def _stat(pid: str) -> bytes:
+    """/proc/<pid>/stat, or b"" when the process is gone (without a Python file object: this runs for every
+    process on the machine at every tick)."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+    except OSError:
+        return b""
+    try:
+        return os.read(fd, 4096)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
 
 
 def _row(pid: int, stat: bytes) -> tuple[int, int, float, int]:

@@ -130,6 +130,7 @@ def run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: 
         "command": command(layout, spec, service, ports, start),
         "env": environment(layout, spec, service, ports, jail),
         "before": [command(layout, spec, service, ports, before)] if before else [],
+        "log": str(layout.log_file(spec, service.identifier)),  # written by the wrapper, not supervisord
     }
     if jail:
         run["sandbox"] = jail.sandbox(layout.files_root(spec, service), cwd, service=service.identifier).prefix()
@@ -172,9 +173,7 @@ startretries=5
 stopasgroup=true
 killasgroup=true
 stopwaitsecs=10
-stdout_logfile={layout.log_file(spec, service.identifier)}
-stdout_logfile_maxbytes=10MB
-stdout_logfile_backups=2
+stdout_logfile=NONE
 redirect_stderr=true
 priority={100 if service.kind == "addon" else 200}
 """

@@ -85,7 +85,8 @@ def read_log(path: Path, follow: bool, since: int | None, tail: int, stop: threa
     while not path.exists():
         if not follow or stop.wait(0.2):
             return
-    with open(path, "rb") as f:
+    f = open(path, "rb")
+    try:
         if since is not None:
             f.seek(since)
             lines = f.read().splitlines()
@@ -99,14 +100,28 @@ def read_log(path: Path, follow: bool, since: int | None, tail: int, stop: threa
         while not stop.is_set():
             chunk = f.readline()
             if not chunk:
-                if path.stat().st_size < f.tell():  # rotated by supervisord
-                    f.seek(0)
+                if _rotated(path, f):  # what was written before it was renamed has been read: on to the new file
+                    f.close()
+                    f = open(path, "rb")
+                    continue
                 stop.wait(0.2)
                 continue
             buffer += chunk
             if buffer.endswith(b"\n"):
                 yield buffer.rstrip(b"\n").decode(errors="replace")
                 buffer = b""
+    finally:
+        f.close()
+
+
+def _rotated(path: Path, f) -> bool:
+    """Whether `path` is now another file than the open `f` (the log was rotated: renamed, and a new one begun)."""
+    try:
+        now = path.stat()
+    except FileNotFoundError:  # between the rename and the new file
+        return False
+    was = os.fstat(f.fileno())
+    return (now.st_ino, now.st_dev) != (was.st_ino, was.st_dev)
 
 
 def _tail(f, lines: int) -> list[bytes]:
