@@ -315,7 +315,7 @@ class EnvVar(models.Model):
 
 
 class Sample(models.Model):
-    """CPU and memory of a deployment at one moment, for the Overview chart (kept 24 hours)."""
+    """CPU and memory of a deployment (its containers together) at one moment: the latest is its figure (kept an hour)."""
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="samples")
     at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -325,6 +325,23 @@ class Sample(models.Model):
     class Meta:
         indexes = [models.Index(fields=["deployment", "-at"], name="sample_latest")]
         ordering = ["at"]
+
+
+class Usage(models.Model):
+    """CPU and memory of one container of a deployment, for the Overview's resource graphs: a raw point
+    every SAMPLE_EVERY (`step` 10), and averages per minute (60) and per 10 minutes (600), each kept for
+    its own time (deployments/status/usage.py: TIERS)."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="usage")
+    container = models.CharField(max_length=64)
+    step = models.PositiveSmallIntegerField()  # seconds a point stands for
+    at = models.DateTimeField()  # a raw point's moment; an average's bucket start
+    cpu_percent = models.FloatField()
+    memory_bytes = models.BigIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["deployment", "step", "at", "container"], name="usage_point")]
+        indexes = [models.Index(fields=["step", "at"], name="usage_expiry")]
 
 
 class Domain(models.Model):

@@ -50,11 +50,38 @@ def log_in_as_demo(browser, base: str, password: str):
     """A page logged in as the demo account, through the login form."""
     page = browser.new_context(base_url=base).new_page()
     page.goto("/accounts/login/")
+    assert_accessible(page)
     page.fill("input[name=login]", "demo")
     page.fill("input[name=password]", password)
     page.click("button[type=submit]")
     page.wait_for_url("**/projects/")
     return page
+
+
+def assert_accessible(page) -> None:
+    """axe-core finds nothing serious or critical on the page as it is now."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    found = Axe().run(page).response["violations"]
+    bad = [
+        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
+        for v in found
+        if v["impact"] in ("serious", "critical")
+    ]
+    assert not bad, f"{page.url}:\n" + "\n".join(bad)
+
+
+def test_the_accessibility_check_reports_what_is_serious(browser) -> None:
+    """The check the pages pass fails on what axe-core calls serious or critical (and lets a moderate one be)."""
+    page = browser.new_page()
+    page.set_content('<html lang="en"><title>t</title><main><h1>Fine</h1><p style="color:#777;background:#888">faint</p></main></html>')
+    with pytest.raises(AssertionError, match="color-contrast"):
+        assert_accessible(page)
+    page.set_content('<html lang="en"><title>t</title><main><h1>Fine</h1><img src="x.png"></main></html>')
+    with pytest.raises(AssertionError, match="image-alt"):
+        assert_accessible(page)
+    page.set_content('<html lang="en"><title>t</title><main><h1>Fine</h1><h3>skipped a level</h3></main></html>')  # moderate
+    assert_accessible(page)
 
 
 def reload_until(page, text: str, timeout: float = 120) -> None:
@@ -71,6 +98,7 @@ def test_a_new_user_deploys_the_demo_project(platform: Platform, browser, tmp_pa
     ada = browser.new_context(base_url=base, permissions=["clipboard-read", "clipboard-write"], viewport={"width": 1280, "height": 900})
     page = ada.new_page()
     page.goto("/accounts/signup/")
+    assert_accessible(page)
     page.fill("input[name=email]", "ada@example.com")
     page.fill("input[name=username]", "ada")
     page.fill("input[name=password1]", "analytical-engine-1843")
@@ -79,6 +107,7 @@ def test_a_new_user_deploys_the_demo_project(platform: Platform, browser, tmp_pa
     page.wait_for_url("**/projects/")
     # The projects page greets her with first steps, none done yet.
     assert page.inner_text("#first-steps-title") == "First steps" and page.locator(".first-steps li.done").count() == 0
+    assert_accessible(page)
     private = ed25519.Ed25519PrivateKey.generate()
     key_file = tmp_path / "ada_ed25519"
     key_file.write_bytes(
@@ -87,6 +116,7 @@ def test_a_new_user_deploys_the_demo_project(platform: Platform, browser, tmp_pa
     key_file.chmod(0o600)
     key = private.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode() + " ada@laptop"
     page.goto("/account/keys/")
+    assert_accessible(page)
     page.fill("textarea[name=public_key]", key)
     page.click("button:has-text('Continue')")
     # She runs the signing command the page shows, in her own shell, with her key file, and pastes its output.
@@ -103,12 +133,39 @@ def test_a_new_user_deploys_the_demo_project(platform: Platform, browser, tmp_pa
     page.click("button:has-text('Try the demo')")
     page.wait_for_url("**/projects/diploi-sample-ada/d/dev/")
     page.wait_for_function("document.querySelector('.overall strong').textContent === 'Running'", timeout=120_000)
+    assert_accessible(page)
+
+    # The resource graphs fill in while she watches (pushed, no reload), show values under the pointer,
+    # and switch windows, also from the keyboard.
+    graphs = "[data-usage-url]"
+    page.wait_for_function(f"Number(document.querySelector('{graphs}').dataset.points) >= 2", timeout=90_000)
+    for kind in ("cpu", "memory"):
+        assert page.locator(f"{graphs} [data-graph={kind}] canvas").count() == 1
+    over = page.locator(f"{graphs} [data-graph=memory] .u-over")
+    box = over.bounding_box()
+    over.hover(position={"x": box["width"] - 2, "y": box["height"] / 2})
+    legend = page.locator(f"{graphs} [data-graph=memory] .u-legend").text_content()
+    assert "web" in legend and "redis" in legend and re.search(r"\d+\.\d MiB", legend), legend
+    page.click(f"{graphs} button:has-text('7 days')")
+    page.wait_for_function(f"document.querySelector('{graphs}').dataset.shown === '7d'")
+    assert page.get_attribute(f"{graphs} [data-window='7d']", "aria-pressed") == "true"
+    assert int(page.get_attribute(graphs, "data-points")) >= 2  # what is not averaged yet is drawn too
+    for _ in range(80):  # Tab to "1 min", then Enter
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.dataset.window") == "1m":
+            break
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"document.querySelector('{graphs}').dataset.shown === '1m'")
+    assert_accessible(page)
+
     page.goto("/projects/")
     assert page.locator("#first-steps-title").count() == 0 and "diploi-sample-ada" in page.content()
+    assert_accessible(page)
 
     # The demo project's owner invites her as an owner too, and she accepts on her Projects page.
     demo = log_in_as_demo(browser, base, demo_password)
     demo.goto("/projects/diploi-sample/settings/")
+    assert_accessible(demo)
     demo.fill("input[name=who]", "ada")
     demo.select_option("#id_role", "owner")
     demo.click("button:has-text('Invite')")
@@ -123,13 +180,16 @@ def test_a_new_user_deploys_the_demo_project(platform: Platform, browser, tmp_pa
     # She opens the demo project and creates a development deployment.
     page.goto("/projects/")
     page.click("text=Diploi sample")
+    assert_accessible(page)
     page.click("text=New deployment")
+    assert_accessible(page)
     page.fill("input[name=name]", "dev")
     page.select_option("select[name=stage]", "development")
     page.click("button:has-text('Create deployment')")
     page.wait_for_url("**/d/dev/")
     reload_until(page, "<strong>Running</strong>")
     page.wait_for_selector("text=HTTP 200 on /")
+    assert_accessible(page)
 
     # Its endpoint answers.
     endpoint = page.get_attribute(f"#deployment-{_id(page)}-hosts a", "href")
@@ -168,6 +228,7 @@ def test_a_new_user_deploys_the_demo_project(platform: Platform, browser, tmp_pa
 
     # An env var restarts the component with it.
     page.click("nav[aria-label=Deployment] >> text=Options")
+    assert_accessible(page)
     page.fill("#options-env input[name=key]", "GREETING")
     page.fill("#options-env input[name=value]", "Hello from the browser")
     page.click("text=Save and restart")
@@ -257,6 +318,7 @@ def test_the_overview_updates_itself(platform: Platform, browser, tmp_path: Path
     except urllib.error.HTTPError:  # the sample answers 404 to a query string; the request is logged all the same
         pass
     page.wait_for_selector(f"#deployment-{pk}-log >> text=followed-line", timeout=15_000)
+    assert_accessible(page)
 
     # A production build's progress bar advances live to 100. The install step is made slow enough to watch.
     repo = tmp_path / "data" / "repos" / "diploi-sample"

@@ -198,6 +198,8 @@ async def test_the_monitor_stores_status_and_pushes_it_live(cast, runtime, redis
         fragment = await communicator.receive_from(timeout=10)
     assert " · up " in fragment
     assert await sync_to_async(d.samples.count)() >= 1
+    points = await sync_to_async(list)(d.usage.values_list("container", "step", "memory_bytes"))  # the graphs' points, per container
+    assert {(container, step) for container, step, _ in points} == {("web", 10), ("redis", 10)} and all(m > 0 for *_, m in points)
     await communicator.disconnect()
 
 

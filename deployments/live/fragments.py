@@ -7,7 +7,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -16,11 +16,10 @@ from django.conf import settings
 from django.core.paginator import Page
 from django.db.models.functions import Length
 from django.template.loader import render_to_string
-from django.utils import timezone
 
 from accounts.models import User
 from deployments.access import deployment_facts_for_user, get_deployment_for_user, project_facts_for_user
-from deployments.models import Deployment, Sample, Stage, State
+from deployments.models import Deployment, Stage, State, Usage
 from deployments.provisioning.connections import stored_connections
 from deployments.provisioning.spec import deployment_stack
 from deployments.queries import PAGE_SIZE, RELEASES_SHOWN, SESSIONS_SHOWN, deployments_page, deployments_shown
@@ -28,22 +27,25 @@ from deployments.ssh.hostkey import host_key_fingerprint
 from deployments.ssh.naming import ssh_username
 from deployments.status import store
 from deployments.status.tree import headline
+from deployments.status.usage import DEFAULT_WINDOW, RAW, WINDOWS
 from diploi import shared
 from projects.access import get_project_for_user
 from projects.models import WRITE_ROLES, Membership, Project, Role
 
 LOG_LINES = 200
-CHART_WINDOW = timedelta(minutes=15)
 STALE_AFTER = 60  # seconds: an observation older than this says the monitor may not be running
 
 
-def sparkline(values: list[float], width: int = 240, height: int = 40) -> str:
-    """SVG polyline points for `values`, scaled to the box (0 at the bottom)."""
-    if len(values) < 2:
+def latest_point(d: Deployment, at: datetime | None) -> str:
+    """The resource graphs' newest point (the monitor's raw points at `at`, per container), as the JSON the
+    page's graphs append when the live part changes; "" when there is none."""
+    if at is None:
         return ""
-    top = max(max(values), 1.0)
-    step = width / (len(values) - 1)
-    return " ".join(f"{i * step:.1f},{height - (v / top) * height:.1f}" for i, v in enumerate(values))
+    rows = Usage.objects.filter(deployment=d, step=RAW, at=at).values_list("container", "cpu_percent", "memory_bytes")
+    cpu, memory = {}, {}
+    for container, c, m in rows:
+        cpu[container], memory[container] = round(c, 1), m
+    return json.dumps({"t": int(at.timestamp()), "step": RAW, "cpu": cpu, "memory": memory}, sort_keys=True) if cpu else ""
 
 
 def components(d: Deployment) -> list[str]:
@@ -107,10 +109,7 @@ def live_context(d: Deployment) -> dict:
     """What the live part of the Overview shows, from what is stored (the monitor's status tree and
     samples): no runtime call, no write, however many look."""
     tree = store.from_json(d.status)
-    samples = list(
-        Sample.objects.filter(deployment=d, at__gte=timezone.now() - CHART_WINDOW).values_list("cpu_percent", "memory_bytes", "at")
-    )
-    cpu, memory, observed = samples[-1] if samples else (0, 0, None)
+    cpu, memory, observed = d.samples.order_by("-at").values_list("cpu_percent", "memory_bytes", "at").first() or (0, 0, None)
     return {
         "d": d,
         "project": d.project,
@@ -120,7 +119,9 @@ def live_context(d: Deployment) -> dict:
         "stale_after": STALE_AFTER,
         "cpu": cpu,
         "memory": memory,
-        "cpu_points": sparkline([s[0] for s in samples]),
+        "point": latest_point(d, observed),
+        "windows": WINDOWS,  # the graphs' buttons (the graphs themselves stay as they are when the part is replaced)
+        "default_window": DEFAULT_WINDOW,
         "build": d.builds.first(),
         "releases": list(d.builds.select_related("source__deployment")[:RELEASES_SHOWN]) if d.builds_releases else [],
         "promote_targets": promote_targets(d),

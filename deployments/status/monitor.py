@@ -1,8 +1,9 @@
 """The monitor: one batched look at every active deployment per tick.
 
-Each tick stores a deployment's status tree when it changed, keeps a CPU/memory sample when one is
-due, and tells the viewers of what moved, all in a few queries and one publish per tick. A failure
-on one deployment is logged and the others carry on; an unreachable runtime skips the tick.
+Each tick stores a deployment's status tree when it changed, keeps a CPU/memory sample (and a point
+per container for the resource graphs) when one is due, rolls those points up once a minute, and
+tells the viewers of what moved, all in a few queries and one publish per tick. A failure on one
+deployment is logged and the others carry on; an unreachable runtime skips the tick.
 """
 
 import logging
@@ -12,7 +13,7 @@ from django.db.models import OuterRef, Prefetch, Subquery
 from django.utils import timezone
 
 from deployments.live import events
-from deployments.models import Build, Deployment, EnvVar, Sample, State
+from deployments.models import Build, Deployment, EnvVar, Sample, State, Usage
 from deployments.provisioning.reconcile import reconcile
 from deployments.provisioning.spec import current_spec
 from deployments.runtimes import get_runtime
@@ -20,10 +21,12 @@ from deployments.runtimes.base import DeploymentSpec, TransientFailure
 from deployments.status import store
 from deployments.status.observe import RECENT_BUILDS, status_tree
 from deployments.status.samples import forget_old, sample_due, sample_of
+from deployments.status.usage import points_of, roll_up
 
 log = logging.getLogger(__name__)
 OBSERVED = (State.RUNNING, State.STOPPED)
 RECONCILE_EVERY = 30.0  # seconds
+ROLL_UP_EVERY = 60.0  # seconds: the resource graphs' per-minute averages
 STATUS_BATCH = 500  # status trees written per statement
 
 
@@ -33,6 +36,7 @@ class Monitor:
         # Building a spec reads the stack file from git: do it again only when what it depends on changed.
         self._specs: dict[int, tuple[tuple, DeploymentSpec]] = {}
         self._reconciled = float("-inf")
+        self._rolled_up = float("-inf")
 
     def spec(self, d: Deployment) -> DeploymentSpec:
         key = (d.commit, d.release_id, d.enabled, d.branch, d.env_updated)
@@ -52,9 +56,19 @@ class Monitor:
         except Exception as e:  # noqa: BLE001 - the queue being away must not stop the observing
             log.warning("monitor: reconciling failed, tried again later: %s", e)
 
+    def roll_up_if_due(self, now: float) -> None:
+        if now - self._rolled_up < ROLL_UP_EVERY:
+            return
+        self._rolled_up = now
+        try:
+            roll_up()
+        except Exception:  # noqa: BLE001 - the graphs' averages must not stop the observing; tried next minute
+            log.exception("monitor: rolling up resource points failed")
+
     def tick(self) -> int:
         """Observe every active deployment once; returns how many were observed."""
         self.reconcile_if_due(time.monotonic())
+        self.roll_up_if_due(time.monotonic())
         latest_sample = Sample.objects.filter(deployment=OuterRef("pk")).order_by("-at").values("at")[:1]
         env_updated = EnvVar.objects.filter(deployment=OuterRef("pk")).order_by("-updated").values("updated")[:1]
         deployments = list(
@@ -78,6 +92,7 @@ class Monitor:
             return 0
         now = timezone.now()
         samples: list[Sample] = []
+        points: list[Usage] = []
         changed: list[Deployment] = []
         moved_rows: list[Deployment] = []
         for d in deployments:
@@ -92,6 +107,7 @@ class Monitor:
                     moved_rows.append(d)
                 if due:
                     samples.append(sample_of(d, tree, now))
+                    points += points_of(d, tree, now)
                 if moved or due:  # the colour, the tree or the CPU figure changed
                     changed.append(d)
             except Exception:  # noqa: BLE001
@@ -99,6 +115,7 @@ class Monitor:
         Deployment.objects.bulk_update(moved_rows, ["status"], batch_size=STATUS_BATCH)  # its batches in one transaction
         if samples:
             Sample.objects.bulk_create(samples)
+            Usage.objects.bulk_create(points, ignore_conflicts=True)
             forget_old([s.deployment_id for s in samples], now)
         events.publish_many([d.pk for d in changed], sorted({d.project_id for d in changed}))
         self._specs = {pk: v for pk, v in self._specs.items() if pk in specs}

@@ -1,14 +1,13 @@
-"""CPU and memory samples of deployments, for the Overview's chart and the project list."""
+"""CPU and memory samples of deployments (all containers together), for the figures on the Overview and
+the project list: only the latest is read. The graphs' points per container are in usage.py."""
 
 from datetime import datetime, timedelta
-
-from django.utils import timezone
 
 from deployments.models import Deployment, Sample
 from deployments.status.tree import StatusTree
 
 SAMPLE_EVERY = timedelta(seconds=10)
-KEEP_SAMPLES = timedelta(hours=24)
+KEEP_SAMPLES = timedelta(hours=1)
 
 
 def sample_of(d: Deployment, tree: StatusTree, at: datetime) -> Sample:
@@ -18,18 +17,8 @@ def sample_of(d: Deployment, tree: StatusTree, at: datetime) -> Sample:
 
 
 def sample_due(last: datetime | None, now: datetime) -> bool:
-    """One CPU/memory sample per SAMPLE_EVERY is kept for the chart."""
+    """One CPU/memory sample (and graph point) per SAMPLE_EVERY is kept."""
     return last is None or last <= now - SAMPLE_EVERY
-
-
-def record_sample(d: Deployment, tree: StatusTree) -> Sample:
-    """The page's own observation, kept as a sample when one is due; returned either way."""
-    now = timezone.now()
-    sample = sample_of(d, tree, now)
-    if sample_due(Sample.objects.filter(deployment=d).order_by("-at").values_list("at", flat=True).first(), now):
-        sample.save()
-        Sample.objects.filter(deployment=d, at__lt=now - KEEP_SAMPLES).delete()
-    return sample
 
 
 def forget_old(deployment_ids: list[int], now: datetime) -> None:

@@ -24,6 +24,7 @@ urlpatterns = [
     path("<slug:project_slug>/d/<slug:slug>/env/<int:pk>/delete/", views.env_delete, name="env_delete"),
     path("<slug:project_slug>/d/<slug:slug>/restart/<slug:service>/", views.deployment_restart, name="restart"),
     path("<slug:project_slug>/d/<slug:slug>/describe/<slug:service>/", views.deployment_describe, name="describe"),
+    path("<slug:project_slug>/d/<slug:slug>/usage/", views.deployment_usage, name="usage"),
     path("<slug:project_slug>/d/<slug:slug>/domains/", views.domain_add, name="domain_add"),
     path("<slug:project_slug>/d/<slug:slug>/domains/<int:pk>/verify/", views.domain_verify, name="domain_verify"),
     path("<slug:project_slug>/d/<slug:slug>/domains/<int:pk>/remove/", views.domain_remove, name="domain_remove"),

@@ -7,7 +7,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.forms import Form
-from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.middleware.csrf import get_token
 from django.shortcuts import get_object_or_404
 from django.template.loader import render_to_string
@@ -36,6 +36,7 @@ from deployments.provisioning.connections import stored_connections
 from deployments.provisioning.spec import current_spec
 from deployments.runtimes import get_runtime
 from deployments.runtimes.base import DeploymentSpec, RuntimeFailure, UnknownService
+from deployments.status.usage import DEFAULT_WINDOW, WINDOWS, series
 from deployments.tenancy import single_user_banner
 from deployments.web.forms import (
     BranchForm,
@@ -113,6 +114,17 @@ def deployment_detail(request: HttpRequest, project_slug: str, slug: str) -> Htt
     if request.htmx:  # the Refresh button: the live part alone
         return HttpResponse(live_fragment(get_deployment_for_user(request.user, project_slug, slug)))
     return cached_page_response(request, "deployments/detail.html", overview_page(request.user, project_slug, slug))
+
+
+@login_required
+@require_GET
+def deployment_usage(request: HttpRequest, project_slug: str, slug: str) -> JsonResponse:
+    """The resource graphs' points for one window (?window=1m|1h|1d|7d), from what the monitor kept."""
+    d = get_deployment_for_user(request.user, project_slug, slug)
+    window = WINDOWS.get(request.GET.get("window", DEFAULT_WINDOW))
+    if window is None:
+        return JsonResponse({"error": f"window is one of {', '.join(WINDOWS)}"}, status=400)
+    return JsonResponse(series(d, window))
 
 
 @login_required
