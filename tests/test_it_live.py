@@ -406,7 +406,7 @@ async def test_logs_stream_over_the_socket_to_members_only(cast, runtime, redis_
     communicator, connected = await log_socket(cast.viewer)
     assert connected
     first = await communicator.receive_from(timeout=10)
-    assert f'<pre class="log" id="deployment-{d.pk}-log" hx-swap-oob="true">' in first and "Listening on port" in first
+    assert f'<pre class="log" id="deployment-{d.pk}-log" hx-swap-oob="innerHTML">' in first and "Listening on port" in first
 
     def visit() -> None:
         try:

@@ -278,7 +278,7 @@ class LogConsumer(Consumer):
             await asyncio.sleep(0.05)  # gather what arrived together into one message
             while not self.lines.empty():
                 batch.append(self.lines.get_nowait())
-            swap = "true" if first else "beforeend"
+            swap = "innerHTML" if first else "beforeend"  # the page's <pre> keeps its own attributes
             body = "".join(f"<span>{escape(line)}\n</span>" for line in batch[-LOG_LINES:])
             await self.send(text_data=f'<pre class="log" id="deployment-{self.deployment_id}-log" hx-swap-oob="{swap}">{body}</pre>')
             first = False
