@@ -132,7 +132,15 @@ def test_a_new_user_deploys_the_demo_project(platform: Platform, browser, tmp_pa
     assert page.locator(".first-steps li.done").all_inner_texts()[0].startswith("✓")
     page.click("button:has-text('Try the demo')")
     page.wait_for_url("**/projects/diploi-sample-ada/d/dev/")
+    page.evaluate("""window.words = []; setInterval(() => { const w = document.querySelector('.overall strong').textContent;
+        if (window.words.at(-1) !== w) window.words.push(w); }, 50);""")
     page.wait_for_function("document.querySelector('.overall strong').textContent === 'Running'", timeout=120_000)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = dict(re.findall(r"^\| \*\*(\w+)\*\* \| (\w+) \|", readme, re.M))  # "Status words": word → colour
+    for word in page.evaluate("window.words"):  # each word she saw, in its table colour
+        assert word in table, word
+    dot = page.get_attribute(".overall .dot", "class")
+    assert table["Running"] in dot, dot
     assert_accessible(page)
 
     # The resource graphs fill in while she watches (pushed, no reload), show values under the pointer,
@@ -158,6 +166,15 @@ def test_a_new_user_deploys_the_demo_project(platform: Platform, browser, tmp_pa
     page.wait_for_function(f"document.querySelector('{graphs}').dataset.shown === '1m'")
     assert_accessible(page)
 
+    for url in (
+        "/projects/diploi-sample-ada/d/dev/options/",
+        "/projects/diploi-sample-ada/d/dev/clone/",
+        "/projects/diploi-sample-ada/push/",
+        "/projects/diploi-sample-ada/settings/",
+        "/accounts/password/change/",
+    ):
+        page.goto(url)
+        assert_accessible(page)
     page.goto("/projects/")
     assert page.locator("#first-steps-title").count() == 0 and "diploi-sample-ada" in page.content()
     assert_accessible(page)
@@ -391,5 +408,8 @@ def test_a_push_shows_its_build_then_its_release_without_a_reload(browser, tmp_p
             f"{row}:has-text('{pushed[:10]}'):has-text('deploy latest by demo') .badge:text-is('running')", timeout=60_000
         )
         assert page.locator(f"#deployment-{pk}-releases .banner").count() == 0
+        assert_accessible(page)  # with releases, a rollback's history and a build's log
+        page.goto(page.get_attribute(f"{row} a[href*='/releases/']", "href"))
+        assert_accessible(page)
     finally:
         platform.kill()
