@@ -70,3 +70,13 @@ def test_the_wrapper_writes_what_the_service_and_its_steps_print(tmp_path: Path)
     done = subprocess.run([sys.executable, str(EXEC), str(run)], capture_output=True, timeout=30)
     assert done.returncode == 3 and done.stdout == done.stderr == b""
     assert log.read_text().splitlines()[-2:] == ["out", "err"]
+
+
+def test_a_log_that_cannot_be_written_never_blocks_the_service(tmp_path: Path) -> None:
+    """A full disk (here /dev/full) loses the output; the service still runs to its end instead of
+    blocking on a pipe that nobody empties."""
+    run = tmp_path / "web.json"
+    command = "head -c 300000 /dev/zero | tr '\\\\0' x; echo; exit 5"  # several pipe buffers' worth
+    run.write_text(json.dumps({"env": {"PATH": "/usr/bin:/bin"}, "cwd": str(tmp_path / "web"), "command": command, "log": "/dev/full"}))
+    done = subprocess.run([sys.executable, str(EXEC), str(run)], capture_output=True, timeout=30)
+    assert done.returncode == 5

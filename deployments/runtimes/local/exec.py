@@ -5,9 +5,9 @@ through supervisord's config syntax; when the deployment is confined, the comman
 sandbox (the bubblewrap arguments in the run file) under its own uid. For releases it first makes a
 fresh scratch copy, so every start begins from the immutable release. It writes the service's output to
 its log file itself (rotated at LOG_MAX_BYTES, LOG_BACKUPS kept): through supervisord, every line woke the
-one process that supervises every deployment, and a chatty service slowed them all. The command runs in a process group of its own; when it
-exits, whatever it left behind in that group is killed, so that no stray process keeps the
-service's port when supervisord starts it again.
+one process that supervises every deployment, and a chatty service slowed them all. The command runs in
+a process group of its own; when it exits, whatever it left behind in that group is killed, so that no
+stray process keeps the service's port when supervisord starts it again.
 """
 
 import ctypes
@@ -159,7 +159,10 @@ def _output_to(path: str) -> threading.Thread:
 
     def copy() -> None:
         while chunk := os.read(read_end, 65536):
-            log.write(chunk)
+            try:
+                log.write(chunk)
+            except OSError:  # a full disk loses lines; the service must never block on a pipe nobody reads
+                continue
 
     pump = threading.Thread(target=copy, daemon=True)
     pump.start()
