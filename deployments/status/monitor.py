@@ -9,6 +9,7 @@ deployment is logged and the others carry on; an unreachable runtime skips the t
 import logging
 import time
 
+from django.db import transaction
 from django.db.models import OuterRef, Prefetch, Subquery
 from django.utils import timezone
 
@@ -114,8 +115,9 @@ class Monitor:
                 log.exception("monitor: cannot update deployment %s", d.pk)
         Deployment.objects.bulk_update(moved_rows, ["status"], batch_size=STATUS_BATCH)  # its batches in one transaction
         if samples:
-            Sample.objects.bulk_create(samples)
-            Usage.objects.bulk_create(points, ignore_conflicts=True)
+            with transaction.atomic():  # a page that sees the new sample sees its graph points too
+                Sample.objects.bulk_create(samples)
+                Usage.objects.bulk_create(points, ignore_conflicts=True)
             forget_old([s.deployment_id for s in samples], now)
         events.publish_many([d.pk for d in changed], sorted({d.project_id for d in changed}))
         self._specs = {pk: v for pk, v in self._specs.items() if pk in specs}
