@@ -3,10 +3,11 @@
 The monitor keeps a raw point per container every SAMPLE_EVERY (with the deployment's Sample), and once a
 minute rolls complete buckets up into averages: raw points into per-minute ones, per-minute ones into
 per-10-minute ones. Each tier is kept for its own time, so a container has at most ROWS_PER_CONTAINER
-rows (360 raw + 1,440 per minute + 1,008 per 10 minutes = 2,808). A window of the graph reads the one
-tier that covers it.
+rows (360 raw + 1,440 per minute + 1,008 per 10 minutes = 2,808). A window of the graph reads its own
+tier, and the finer ones after that tier's newest point.
 """
 
+import itertools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -24,13 +25,12 @@ RAW = int(SAMPLE_EVERY.total_seconds())
 class Tier:
     step: int  # seconds a point stands for
     keep: timedelta
-    source: int | None  # the tier it is rolled up from (None: written by the monitor)
 
 
-TIERS = (
-    Tier(RAW, timedelta(hours=1), None),
-    Tier(60, timedelta(days=1), RAW),
-    Tier(600, timedelta(days=7), 60),
+TIERS = (  # each after the first is rolled up from the one before it
+    Tier(RAW, timedelta(hours=1)),
+    Tier(60, timedelta(days=1)),
+    Tier(600, timedelta(days=7)),
 )
 ROWS_PER_CONTAINER = sum(int(t.keep.total_seconds()) // t.step for t in TIERS)
 
@@ -70,10 +70,7 @@ def roll_up(now: datetime | None = None) -> int:
     processes at once: a bucket is one row per container (a unique constraint), written once."""
     now = now or timezone.now()
     written = 0
-    for tier in TIERS:
-        if tier.source is None:
-            continue
-        source = next(t for t in TIERS if t.step == tier.source)
+    for source, tier in itertools.pairwise(TIERS):
         first = Usage.objects.filter(step=source.step, at__gte=now - source.keep).aggregate(first=Min("at"))["first"]
         if first is None:
             continue
