@@ -11,6 +11,7 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from deployments.models import Deployment, Domain
+from deployments.runtimes.hostnames import deployment_host
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
@@ -46,6 +47,11 @@ def normalise_domain(raw: str) -> str:
 
 
 def cname_target(deployment: Deployment) -> str:
+    return deployment_host(deployment.slug, deployment.project.slug)
+
+
+def _earlier_target(deployment: Deployment) -> str:
+    """What the CNAME target was before host names became one label (a record made then still counts)."""
     return f"{deployment.slug}.{deployment.project.slug}.{settings.DIPLOI_BASE_DOMAIN}"
 
 
@@ -96,8 +102,8 @@ def check_domain(domain: Domain) -> tuple[bool, str, datetime]:
     target, challenge = cname_target(domain.deployment), challenge_name(domain)
     try:
         found = lookup_cname(domain.name)
-        if found == target:
-            return True, f"CNAME points to {target}", timezone.now()
+        if found in (target, _earlier_target(domain.deployment)):
+            return True, f"CNAME points to {found}", timezone.now()
         if challenge_value(domain.deployment) in lookup_txt(challenge):
             return True, f"TXT record {challenge} holds this deployment's token", timezone.now()
     except dns.exception.DNSException as e:

@@ -51,3 +51,15 @@ def envchoice(name: str, default: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ImproperlyConfigured(f"{name}={value!r} must be one of: {', '.join(choices)}")
     return value
+
+
+def low_ports_allowed() -> bool:
+    """Whether this process (and what it starts) may listen on ports below 1024: as root, or where the
+    kernel lets everyone (net.ipv4.ip_unprivileged_port_start)."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+            return int(f.read()) <= 80
+    except (OSError, ValueError):
+        return False

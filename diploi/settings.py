@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from diploi.env import envbool, envchoice, envint, envlist, envstr
+from diploi.env import envbool, envchoice, envint, envlist, envstr, low_ports_allowed
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -225,6 +225,21 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 DIPLOI_RUNTIME = envchoice("DIPLOI_RUNTIME", "local", ("local", "kubernetes"))
 DIPLOI_BASE_DOMAIN = envstr("DIPLOI_BASE_DOMAIN", "localhost")
+# The local runtime's router (Caddy, started by `up`): every deployment's host names over HTTPS. "off"
+# leaves deployments on their loopback ports (for work on Diploi itself).
+DIPLOI_ROUTER = envchoice("DIPLOI_ROUTER", "caddy", ("caddy", "off"))
+DIPLOI_HTTPS_PORT = envint("DIPLOI_HTTPS_PORT", 443 if low_ports_allowed() else 8443, minimum=1, maximum=65535)
+DIPLOI_HTTP_PORT = envint("DIPLOI_HTTP_PORT", 80 if low_ports_allowed() else 8080, minimum=1, maximum=65535)
+# Where certificates come from: auto is the router's own CA for a private base domain (localhost,
+# .internal, …) and ACME for a public one; custom domains always use ACME.
+DIPLOI_TLS = envchoice("DIPLOI_TLS", "auto", ("auto", "internal", "acme"))
+DIPLOI_ACME_CA = envstr("DIPLOI_ACME_CA", "https://acme-v02.api.letsencrypt.org/directory")
+DIPLOI_ACME_EMAIL = envstr("DIPLOI_ACME_EMAIL")
+DIPLOI_ACME_CA_ROOT = envstr("DIPLOI_ACME_CA_ROOT")  # PEM file: the ACME server's own TLS root, when not a public one
+# The dashboard's address behind the router (`up` sets it to its web port).
+DIPLOI_DASHBOARD_UPSTREAM = envstr("DIPLOI_DASHBOARD_UPSTREAM")
+# Seconds a replaced release keeps running after the router stopped sending it requests (its last ones finish).
+DIPLOI_RELEASE_DRAIN = envint("DIPLOI_RELEASE_DRAIN", 5, minimum=0)
 # The Kubernetes runtime (DIPLOI_RUNTIME=kubernetes): in-cluster configuration when no kubeconfig is given.
 DIPLOI_K8S_KUBECONFIG = envstr("DIPLOI_K8S_KUBECONFIG")
 DIPLOI_K8S_CONTEXT = envstr("DIPLOI_K8S_CONTEXT")

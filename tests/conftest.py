@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ def data_dir(settings, tmp_path: Path) -> Path:
     # Real hashing costs ~0.3 s per password; the launcher test still logs in with the real one.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.DATA_DIR.mkdir()
+    settings.DIPLOI_ROUTER = "off"  # deployments by port; the router's tests start one (the `router` fixture)
     return settings.DATA_DIR
 
 
@@ -196,6 +198,9 @@ class Platform:
         if teams:  # the operator allows sign-up and members although deployments are not confined
             env["DIPLOI_ALLOW_UNCONFINED"] = "1"
         env["DIPLOI_SHUTDOWN_GRACE"] = str(GRACE)
+        env.setdefault("DIPLOI_ROUTER", "off")  # the router's own tests start `up` with it
+        env.setdefault("DIPLOI_HTTPS_PORT", str(free_port()))
+        env.setdefault("DIPLOI_HTTP_PORT", str(free_port()))
         env["DIPLOI_MONITOR_INTERVAL"] = "1"
         # The README's screenshot shows the default SSH port when it is free.
         self.ssh_port = 2222 if os.environ.get("DIPLOI_SCREENSHOT") and port_free(2222) else free_port()
@@ -367,3 +372,142 @@ def dns_server(settings):
     stop.set()
     thread.join()
     sock.close()
+
+
+# --- the router (Caddy) and an ACME server (Pebble) -------------------------------------------
+
+
+def https_request(port: int, host: str, path: str = "/", cafile: Path | None = None, timeout: float = 5.0) -> tuple[int, dict, str]:
+    """GET https://host:port/path from 127.0.0.1 (the system resolver knows no *.localhost), the
+    certificate verified against `cafile` alone (None: the system's CAs). Status, headers, body."""
+    import http.client
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+
+    class Connection(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            self.sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout), server_hostname=host)
+
+    conn = Connection(host, port, timeout=timeout, context=context)
+    try:
+        conn.request("GET", path, headers={"Host": f"{host}:{port}", "User-Agent": "diploi-tests"})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+class RouterProcess:
+    """The router as `up` runs it (Caddy with only its admin API until its routes are loaded)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        from deployments.runtimes.local.router import Router
+
+        self.router = Router(data_dir)
+        self.proc: subprocess.Popen | None = None
+        self.log = data_dir / "router.log"
+
+    def start(self) -> None:
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(self.router.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(self.router.answers, timeout=30, what="the router's admin API")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def router(settings, data_dir: Path):
+    """A running router in front of this test's local runtime, on free ports."""
+    settings.DIPLOI_ROUTER = "caddy"
+    settings.DIPLOI_HTTPS_PORT, settings.DIPLOI_HTTP_PORT = free_port(), free_port()
+    settings.SITE_URL = f"https://localhost:{settings.DIPLOI_HTTPS_PORT}"
+    from deployments.status.monitor import Monitor
+
+    process = RouterProcess(data_dir)
+    process.start()
+    Monitor().sync_routes()  # as the monitor's first tick does under `up`
+    yield process
+    process.kill()
+    print(f"--- the router's log, last part ---\n{process.log.read_text()[-4000:]}")
+
+
+PEBBLE_VERSION = "v2.10.3"
+
+
+def _pebble_binaries() -> tuple[Path, Path]:
+    """pebble and pebble-challtestsrv built from the Go module proxy into a cache (once), and the
+    module's folder (its test certificates)."""
+    cache = Path(os.environ.get("DIPLOI_PEBBLE_CACHE", Path.home() / ".cache" / "diploi-pebble")) / PEBBLE_VERSION
+    module = "github.com/letsencrypt/pebble/v2"
+    if not (cache / "pebble").exists() or not (cache / "pebble-challtestsrv").exists():
+        if not shutil.which("go"):
+            pytest.skip("Go is needed to build Pebble (scripts run by .ci/run have it)")
+        env = {**os.environ, "GOBIN": str(cache), "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"}
+        subprocess.run(["go", "install", f"{module}/cmd/pebble@{PEBBLE_VERSION}", f"{module}/cmd/pebble-challtestsrv@{PEBBLE_VERSION}"], env=env, check=True)
+    found = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True).stdout.strip()
+    return cache, Path(found) / f"{module}@{PEBBLE_VERSION}"
+
+
+@dataclass
+class Pebble:
+    directory: str  # the ACME directory URL
+    ca_root: Path  # Pebble's own TLS root (the ACME client must trust it)
+    management: int  # port of its management interface (the roots of what it issues)
+    challtestsrv: int  # port of pebble-challtestsrv's management API
+
+    def issuing_root(self, path: Path) -> Path:
+        """The root of the certificates Pebble issues (new at each start of Pebble)."""
+        import ssl
+        import urllib.request
+
+        context = ssl.create_default_context(cafile=str(self.ca_root))
+        with urllib.request.urlopen(f"https://127.0.0.1:{self.management}/roots/0", context=context, timeout=5) as r:
+            path.write_bytes(r.read())
+        return path
+
+
+@pytest.fixture
+def pebble(tmp_path: Path, settings):
+    """Let's Encrypt's test ACME server on loopback, checking challenges against the router's ports
+    (call after the ports are chosen: the `router` fixture first), with a DNS server
+    (pebble-challtestsrv) that answers 127.0.0.1 for every name."""
+    import json
+
+    binaries, module = _pebble_binaries()
+    certs = module / "test" / "certs"
+    acme, management, dns_port, challenge_api = free_port(), free_port(), free_port(), free_port()
+    config = {
+        "pebble": {
+            "listenAddress": f"127.0.0.1:{acme}",
+            "managementListenAddress": f"127.0.0.1:{management}",
+            "certificate": str(certs / "localhost" / "cert.pem"),
+            "privateKey": str(certs / "localhost" / "key.pem"),
+            "httpPort": settings.DIPLOI_HTTP_PORT,
+            "tlsPort": settings.DIPLOI_HTTPS_PORT,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": False,
+        }
+    }
+    (tmp_path / "pebble.json").write_text(json.dumps(config))
+    log = open(tmp_path / "pebble.log", "w")  # noqa: SIM115 - closed below
+    dns = subprocess.Popen(
+        [binaries / "pebble-challtestsrv", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "", "-dnsserver", f"127.0.0.1:{dns_port}",
+         "-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", "", "-management", f"127.0.0.1:{challenge_api}"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
+    server = subprocess.Popen(
+        [binaries / "pebble", "-config", tmp_path / "pebble.json", "-dnsserver", f"127.0.0.1:{dns_port}"],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    wait_until(lambda: not port_free(acme), timeout=30, what="Pebble to listen")
+    yield Pebble(f"https://127.0.0.1:{acme}/dir", certs / "pebble.minica.pem", management, challenge_api)
+    for p in (server, dns):
+        p.kill()
+        p.wait()
+    log.close()
+    print(f"--- Pebble's log, last part ---\n{(tmp_path / 'pebble.log').read_text()[-4000:]}")

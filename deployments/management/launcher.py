@@ -31,8 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from django.conf import settings
 
 from deployments.management import embedded_redis
+from deployments.runtimes import hostnames
+from deployments.runtimes.local.router import Router
 from deployments.runtimes.local.supervisor import answers, rpc_at, socket_path, supervisord_command
 
 PR_SET_PDEATHSIG = 1
@@ -222,6 +225,8 @@ class Launcher:
         self.failing: dict[str, float] = {}  # programs supervisord gave up on, and when `up` last retried
         self.proc: subprocess.Popen | None = None  # supervisord
         self.redis_port = 0  # the embedded Redis's, when there is one
+        # The router in front of the local runtime's deployments and the dashboard (Caddy).
+        self.router = Router(data_dir) if settings.DIPLOI_RUNTIME == "local" and settings.DIPLOI_ROUTER == "caddy" else None
         # Set from the signal handler; a threading.Event would deadlock there (its lock is not reentrant).
         self.stopping = False
 
@@ -245,6 +250,16 @@ class Launcher:
         env = dict(os.environ, DIPLOI_DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1")
         shown_host = "localhost" if self.host in ("127.0.0.1", "0.0.0.0") else self.host
         url = f"http://{shown_host}:{self.port}/"
+        if self.router:  # the dashboard is served through it, by name and over HTTPS
+            for port in (settings.DIPLOI_HTTPS_PORT, settings.DIPLOI_HTTP_PORT):
+                if port_in_use("0.0.0.0", port):
+                    raise LaunchError(
+                        f"Port {port} is already in use, and the router needs it. Free it, or choose other ports with "
+                        "DIPLOI_HTTPS_PORT and DIPLOI_HTTP_PORT (or DIPLOI_ROUTER=off to reach deployments by port)"
+                    )
+            url = hostnames.url(settings.DIPLOI_PUBLIC_HOST, "https", settings.DIPLOI_HTTPS_PORT) + "/"
+            upstream = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+            env["DIPLOI_DASHBOARD_UPSTREAM"] = f"{upstream}:{self.port}"
         env.setdefault("DIPLOI_SITE_URL", url.rstrip("/"))
         try:
             self._configure(env)
@@ -264,9 +279,11 @@ class Launcher:
                 self._start("agent")
                 self._wait(lambda: answers(rpc_at(socket_path(self.data_dir))), "agent", 30)
             for program in self.programs:
-                if program.priority >= 300:
+                if program.priority >= 250:  # the router, then web, worker, monitor, SSH
                     self._start(program.name)
             self._wait(lambda: _answers_tcp(self.host, self.port), "web", 60)  # the worker may come later: tasks wait for it
+            if self.router:  # the monitor gives it the routes at its first tick
+                self._wait(lambda: self.router.answers() and self.router.synced(), "monitor", 60)
             if self.stopping:
                 return 0
             self._announce(url, login)
@@ -302,6 +319,11 @@ class Launcher:
             lines += [f"Log in with {login}", "(shown once: change it under your name, top right)"]
         else:
             lines.append("Log in with your account (the demo password was shown on the first start)")
+        if self.router and (settings.DIPLOI_TLS == "internal" or hostnames.is_private(settings.DIPLOI_PUBLIC_HOST)):
+            lines += [
+                f"Its certificates come from its own CA: trust {self.router.root_certificate}",
+                "(e.g. in /usr/local/share/ca-certificates, then update-ca-certificates; or import it in the browser)",
+            ]
         lines += [f"Logs: {self.dir / 'logs'}", "Ctrl-C stops everything"]
         width = max(len(line) for line in lines)
         box = [f"╭{'─' * (width + 4)}╮", *(f"│  {line:<{width}}  │" for line in lines), f"╰{'─' * (width + 4)}╯"]
@@ -331,6 +353,8 @@ class Launcher:
         else:  # it stops the deployments, with more time
             self.programs.append(Program("agent", self.manage("supervisor"), 200, self.grace + 15))
             env["DIPLOI_SUPERVISOR_MANAGED"] = "1"  # nobody else starts one while it restarts
+        if self.router:
+            self.programs.append(Program("router", self.router.command(), 250, self.grace, startsecs=1))
         web = ["-m", "daphne", "-b", self.host, "-p", str(self.port), "diploi.asgi:application"]
         shared = ""
         if self.web_processes > 1:  # supervisord listens and hands the socket to each daphne as its fd 0

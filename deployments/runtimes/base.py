@@ -308,6 +308,11 @@ class Runtime(ABC):
         """Make the deployment's host names (its own, and its verified custom domains in `spec.hosts`)
         reach it."""
 
+    def sync_routes(self, specs: Callable[[], list[DeploymentSpec]]) -> bool:
+        """Give a router that lost its routes (restarted) every deployment's again; whether it did.
+        Runtimes whose routes live elsewhere (Ingress objects) have nothing to do."""
+        return False
+
     @abstractmethod
     def restart(self, spec: DeploymentSpec, service: str) -> None: ...
 

@@ -29,6 +29,7 @@ OBSERVED = (State.RUNNING, State.STOPPED)
 RECONCILE_EVERY = 30.0  # seconds
 ROLL_UP_EVERY = 60.0  # seconds: the resource graphs' per-minute averages
 STATUS_BATCH = 500  # status trees written per statement
+ENV_UPDATED = Subquery(EnvVar.objects.filter(deployment=OuterRef("pk")).order_by("-updated").values("updated")[:1])
 
 
 class Monitor:
@@ -66,16 +67,33 @@ class Monitor:
         except Exception:  # noqa: BLE001 - the graphs' averages must not stop the observing; tried next minute
             log.exception("monitor: rolling up resource points failed")
 
+    def sync_routes(self) -> None:
+        """A router that lost its routes (it restarted) gets every deployment's again from the database."""
+        try:
+            if self.runtime.sync_routes(self.routed_specs):
+                log.info("monitor: the router had no routes; every deployment's was loaded again")
+        except Exception:  # noqa: BLE001 - the router being away must not stop the observing; tried next tick
+            log.exception("monitor: loading the router's routes failed")
+
+    def routed_specs(self) -> list[DeploymentSpec]:
+        specs = []
+        for d in Deployment.objects.exclude(state=State.DELETING).select_related("project", "release").annotate(env_updated=ENV_UPDATED):
+            try:
+                specs.append(self.spec(d))
+            except Exception:  # noqa: BLE001 - one broken deployment must not cost the others their routes
+                log.exception("monitor: cannot describe deployment %s", d.pk)
+        return specs
+
     def tick(self) -> int:
         """Observe every active deployment once; returns how many were observed."""
         self.reconcile_if_due(time.monotonic())
         self.roll_up_if_due(time.monotonic())
+        self.sync_routes()
         latest_sample = Sample.objects.filter(deployment=OuterRef("pk")).order_by("-at").values("at")[:1]
-        env_updated = EnvVar.objects.filter(deployment=OuterRef("pk")).order_by("-updated").values("updated")[:1]
         deployments = list(
             Deployment.objects.filter(state__in=OBSERVED)
             .select_related("project", "release")
-            .annotate(env_updated=Subquery(env_updated), last_sample=Subquery(latest_sample))
+            .annotate(env_updated=ENV_UPDATED, last_sample=Subquery(latest_sample))
             .prefetch_related(
                 Prefetch("builds", queryset=Build.objects.order_by("-created", "-pk")[:RECENT_BUILDS], to_attr="recent_builds")
             )

@@ -4,7 +4,7 @@ Mapping: env and parameters in one Secret per service (its checksum in the pod t
 rolls the workload); storage as PersistentVolumeClaims; add-ons and development components as
 StatefulSets (development: the branch cloned onto a claim by an init container, then the package's
 development command); staging/production components as Deployments of the built image; a Service
-per service; one Ingress per deployment (`<deployment>-<project>.<base domain>` plus custom domains,
+per service; one Ingress per deployment (its host names, hostnames.py, plus custom domains,
 TLS by cert-manager's cluster issuer). Every object carries the managed-by, project, deployment and
 component labels, so observation lists them across all namespaces in a fixed number of calls.
 """
@@ -16,6 +16,7 @@ import re
 
 from django.conf import settings
 
+from deployments.runtimes import hostnames
 from deployments.runtimes.base import DeploymentSpec, ServiceSpec, imported_env
 from deployments.runtimes.placeholders import render
 
@@ -60,12 +61,6 @@ def labels(spec: DeploymentSpec, service: ServiceSpec | None = None) -> dict[str
     if service is not None:
         found[COMPONENT] = service.identifier
     return found
-
-
-def default_host(spec: DeploymentSpec) -> str:
-    """`<deployment>.<project>.<base domain>`: project slugs are unique and deployment slugs unique in
-    their project, and neither holds a dot, so no two deployments get the same host."""
-    return f"{spec.slug}.{spec.project_slug}.{settings.DIPLOI_BASE_DOMAIN}"
 
 
 def _meta(spec: DeploymentSpec, name: str, service: ServiceSpec | None = None, namespaced: bool = True) -> dict:
@@ -238,17 +233,20 @@ def _claim(spec: DeploymentSpec, service: ServiceSpec, name: str, size: str, vol
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": claim}
 
 
-def _ingress(spec: DeploymentSpec, public: ServiceSpec) -> dict:
-    port = next(p for p in public.ports if p.public)
-    hosts = [default_host(spec), *spec.hosts]
-    backend = {"service": {"name": public.identifier, "port": {"number": port.port}}}
+def _ingress(spec: DeploymentSpec) -> dict:
+    """Every public port by its host name (hostnames.py, as on the local runtime); the verified custom
+    domains serve what the deployment's own host serves."""
+    found = hostnames.endpoints(spec)
+    routes = [(e.host, e.service, next(p.port for p in spec.service(e.service).ports if p.name == e.port)) for e in found]
+    routes += [(h, routes[0][1], routes[0][2]) for h in spec.hosts]
     meta = _meta(spec, "web")
     if settings.DIPLOI_K8S_CLUSTER_ISSUER:
         meta["annotations"] = {"cert-manager.io/cluster-issuer": settings.DIPLOI_K8S_CLUSTER_ISSUER}
-    ingress: dict = {
-        "rules": [{"host": h, "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": backend}]}} for h in hosts],
-        "tls": [{"hosts": hosts, "secretName": "web-tls"}],
-    }
+    rules = [
+        {"host": h, "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": svc, "port": {"number": n}}}}]}}
+        for h, svc, n in routes
+    ]
+    ingress: dict = {"rules": rules, "tls": [{"hosts": [h for h, _, _ in routes], "secretName": "web-tls"}]}
     if settings.DIPLOI_K8S_INGRESS_CLASS:
         ingress["ingressClassName"] = settings.DIPLOI_K8S_INGRESS_CLASS
     return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": meta, "spec": ingress}
@@ -285,7 +283,7 @@ def manifests(spec: DeploymentSpec) -> list[dict]:
             )
         objects.append(_workload(spec, service, env))
     if spec.public_components:
-        objects.append(_ingress(spec, spec.public_components[0]))
+        objects.append(_ingress(spec))
     return objects
 
 

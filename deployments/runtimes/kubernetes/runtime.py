@@ -16,6 +16,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from deployments.runtimes import hostnames
 from deployments.runtimes.base import (
     BuildFailed,
     CodeState,
@@ -42,7 +43,6 @@ from deployments.runtimes.kubernetes.manifests import (
     build_name,
     copy_command,
     copy_pod,
-    default_host,
     env_secret,
     environment,
     fence,
@@ -105,8 +105,7 @@ class KubernetesRuntime(Runtime):
 
     def apply(self, spec: DeploymentSpec) -> dict[str, str]:
         self._apply_all(manifests(spec), spec)
-        public = spec.public_components
-        return {public[0].identifier: f"https://{default_host(spec)}"} if public else {}
+        return hostnames.shown_endpoints(spec)
 
     def route(self, spec: DeploymentSpec) -> None:
         """The Ingress again, with the verified domains (or without a removed one)."""

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import psutil
 from django.conf import settings
+from django.urls import reverse
 
+from deployments.runtimes import hostnames
 from deployments.runtimes.base import (
     CodeState,
     Colour,
@@ -45,6 +47,7 @@ from deployments.runtimes.local.observe import (
     volume_state,
     with_last_words,
 )
+from deployments.runtimes.local.router import Router, Site, page
 from deployments.runtimes.local.sandbox import Jail
 from deployments.runtimes.local.shell import LocalShell, read_log
 from deployments.runtimes.local.supervisor import Supervisor
@@ -66,6 +69,11 @@ class LocalRuntime(Runtime):
 
     def home(self, spec: DeploymentSpec) -> Path:
         return self.layout.home(spec)
+
+    @property
+    def router(self) -> Router | None:
+        """The router in front of the deployments (None with DIPLOI_ROUTER=off: they are reached by port)."""
+        return Router(self.data_dir) if settings.DIPLOI_ROUTER == "caddy" else None
 
     @property
     def unsandboxed(self) -> str:
@@ -155,19 +163,44 @@ class LocalRuntime(Runtime):
         write_atomic(home / "supervisor.conf", "\n".join(entries))
         self.supervisor.update()
         self._start_or_stop(spec, spec.enabled)
+        self._publish(spec, ports)
         return self._endpoints(spec, ports)
 
     def _endpoints(self, spec: DeploymentSpec, ports: programs.Ports) -> dict[str, str]:
         """Each public port (each of a package's `hosts`): the first under the component's name, the
-        others as "<component>/<host>"."""
-        endpoints = {}
-        for service in spec.services:
-            if service.kind != "component":
-                continue
-            for i, port in enumerate(p for p in service.ports if p.public):
-                key = service.identifier if i == 0 else f"{service.identifier}/{port.name}"
-                endpoints[key] = f"http://{settings.DIPLOI_PUBLIC_HOST}:{ports[service.identifier][port.name]}"
-        return endpoints
+        others as "<component>/<host>"; through the router by host name, or without it by port."""
+        if self.router:
+            return hostnames.shown_endpoints(spec, "https", settings.DIPLOI_HTTPS_PORT)
+        return {
+            e.key: f"http://{settings.DIPLOI_PUBLIC_HOST}:{ports[e.service][e.port]}"
+            for e in hostnames.endpoints(spec)
+            if e.port in ports.get(e.service, {})
+        }
+
+    # --- routes -------------------------------------------------------------------------------
+
+    def _site(self, spec: DeploymentSpec, ports: programs.Ports) -> Site:
+        """Where its host names lead now: its processes' ports, or the page of a stopped deployment."""
+        found = hostnames.endpoints(spec)
+        upstreams = [(e.host, f"127.0.0.1:{ports.get(e.service, {}).get(e.port, 0)}") for e in found]
+        if found:  # custom domains serve what the deployment's own host serves
+            upstreams += [(host, upstreams[0][1]) for host in spec.hosts]
+        link = settings.SITE_URL + reverse("deployments:detail", args=[spec.project_slug, spec.slug])
+        down = page(f"{spec.slug} is not answering", "It is starting, restarting, or failing: its status and logs are in Diploi.", link)
+        stopped = "" if spec.enabled else page(f"{spec.slug} is stopped", "It was stopped in Diploi; start it there to serve it.", link)
+        return Site(spec.id, tuple(upstreams), page=stopped, down=down)
+
+    def _publish(self, spec: DeploymentSpec, ports: programs.Ports) -> None:
+        if self.router and spec.public_components:
+            self.router.put(self._site(spec, ports))
+
+    def sync_routes(self, specs: Callable[[], list[DeploymentSpec]]) -> bool:
+        """Every deployment's route, when the router does not hold Diploi's routes (it started afresh)."""
+        router = self.router
+        if router is None or not router.answers() or router.synced():
+            return False
+        router.load([self._site(s, self.layout.read_json(s, "ports.json")) for s in specs() if s.public_components])
+        return True
 
     def _start_or_stop(self, spec: DeploymentSpec, on: bool) -> None:
         for group in self.supervisor.groups_with_prefix(self.layout.group(spec)):
@@ -216,7 +249,7 @@ class LocalRuntime(Runtime):
     # --- operate ------------------------------------------------------------------------------
 
     def route(self, spec: DeploymentSpec) -> None:
-        """Local deployments are reached by port; there are no host names to route yet."""
+        self._publish(spec, self.layout.read_json(spec, "ports.json"))
 
     def set_enabled(self, spec: DeploymentSpec, enabled: bool) -> None:
         if spec.services:
@@ -277,6 +310,9 @@ class LocalRuntime(Runtime):
 
     def destroy(self, spec: DeploymentSpec) -> None:
         home = self.home(spec)
+        if router := self.router:
+            link = settings.SITE_URL + reverse("deployments:project", args=[spec.project_slug])
+            router.show_page(spec.id, page(f"{spec.slug} is being deleted", "Its services and storage are being removed.", link))
         if self.supervisor.running():
             for group in self.supervisor.groups_with_prefix(self.layout.group(spec)):
                 self.supervisor.stop_group(group)
@@ -292,6 +328,8 @@ class LocalRuntime(Runtime):
             shutil.rmtree(home)
         if not sandbox.cgroups_available():
             sandbox.remove_cgroup(spec.id)
+        if router:
+            router.remove(spec.id)
 
     # --- observe ------------------------------------------------------------------------------
 

@@ -1,0 +1,153 @@
+"""The local runtime's router: each deployment by name over HTTPS (certificates verified: the
+router's own CA for private names, Pebble's ACME for public ones), its pages for a deployment that does
+not serve, and every route back after the router restarts."""
+
+import ssl
+from pathlib import Path
+
+import pytest
+
+from deployments import actions
+from deployments.models import Deployment, State
+from deployments.provisioning import tasks
+from deployments.runtimes.local.router import Router
+from deployments.status.monitor import Monitor
+from tests.conftest import https_request, wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def deploy(cast, name: str, stage: str = "development") -> Deployment:
+    d = actions.do_create_deployment(cast.project, name, stage, "main", actor=cast.developer)
+    tasks.provision(d.pk)
+    d.refresh_from_db()
+    assert d.state == State.RUNNING, d.state_reason
+    return d
+
+
+def served(port: int, host: str, cafile: Path, marker: str = "Visits:") -> str:
+    return wait_until(
+        lambda: (answer := https_request(port, host, cafile=cafile))[0] == 200 and marker in answer[2] and answer[2],
+        timeout=30,
+        what=f"{host} to serve the deployment",
+    )
+
+
+def not_served(port: int, host: str, cafile: Path) -> bool:
+    """The router has no route for the name: no certificate for it (the usual case once the name is gone
+    from its configuration), or, with one still cached, only its page for names nobody serves."""
+    try:
+        status, _, body = https_request(port, host, cafile=cafile)
+    except ssl.SSLError:
+        return True
+    return status == 404 and "Nothing is deployed here" in body
+
+
+def test_each_public_port_has_a_host_name_served_over_https_with_the_routers_own_ca(cast, runtime, router, settings) -> None:
+    port, root = settings.DIPLOI_HTTPS_PORT, router.router.root_certificate
+    d = deploy(cast, "Dev")
+    assert d.endpoints == {"web": f"https://dev--shop.localhost:{port}"}
+    page = served(port, "dev--shop.localhost", root)
+    assert "Stage: <span id='stage'>development</span>" in page
+    served(port, "web--dev--shop.localhost", root)  # the component's own name
+    with pytest.raises(ssl.SSLCertVerificationError):  # the verification is real: no public CA vouches for it
+        https_request(port, "dev--shop.localhost")
+
+    # Plain HTTP is sent to HTTPS, port and path kept.
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", settings.DIPLOI_HTTP_PORT, timeout=5)
+    conn.request("GET", "/a?b=1", headers={"Host": "dev--shop.localhost"})
+    answer = conn.getresponse()
+    assert answer.status == 308 and answer.getheader("Location") == f"https://dev--shop.localhost:{port}/a?b=1"
+
+    # A name nobody serves gets no certificate, so no page of anybody's.
+    with pytest.raises(ssl.SSLError):
+        https_request(port, "nobody--shop.localhost", cafile=root)
+
+    # Stopped: Diploi's page saying so, with a link to the deployment.
+    actions.do_set_enabled(d, False, actor=cast.developer)
+    tasks.set_enabled(d.pk)
+    status, headers, body = https_request(port, "dev--shop.localhost", cafile=root)
+    assert status == 503 and "dev is stopped" in body and f"https://localhost:{port}/projects/shop/d/dev/" in body
+    assert headers["Content-Type"].startswith("text/html")
+    actions.do_set_enabled(d, True, actor=cast.developer)
+    tasks.set_enabled(d.pk)
+    served(port, "dev--shop.localhost", root)
+
+    # Its process not answering (stopped under the platform's feet): the page says so, no bare 502.
+    for group in runtime.supervisor.groups_with_prefix(runtime.layout.group(_spec(d))):
+        runtime.supervisor.stop_group(group)
+    status, _, body = https_request(port, "dev--shop.localhost", cafile=root)
+    assert status == 502 and "dev is not answering" in body
+
+
+def _spec(d: Deployment):
+    from deployments.provisioning.spec import current_spec
+
+    return current_spec(Deployment.objects.get(pk=d.pk))
+
+
+def test_a_restarted_router_gets_every_route_back_from_the_database(cast, runtime, router, settings) -> None:
+    port, root = settings.DIPLOI_HTTPS_PORT, router.router.root_certificate
+    first, second = deploy(cast, "One"), deploy(cast, "Two")
+    actions.do_set_enabled(second, False, actor=cast.developer)
+    tasks.set_enabled(second.pk)
+    served(port, "one--shop.localhost", root)
+
+    router.kill()  # as a crash would: nothing is saved on the way out
+    router.start()
+    assert not Router(settings.DATA_DIR).synced()
+    with pytest.raises((ssl.SSLError, ConnectionError)):  # only its admin API, until the monitor's tick
+        https_request(port, "one--shop.localhost", cafile=root)
+
+    Monitor().sync_routes()
+    assert Router(settings.DATA_DIR).synced()
+    served(port, "one--shop.localhost", root)
+    status, _, body = https_request(port, "two--shop.localhost", cafile=root)
+    assert status == 503 and "two is stopped" in body
+    assert https_request(port, "localhost", "/healthz", cafile=root)[0] in (200, 503)  # the dashboard's route is back too
+    assert first.pk != second.pk
+
+
+def test_deleting_shows_a_page_then_the_names_go(cast, runtime, router, settings) -> None:
+    port, root = settings.DIPLOI_HTTPS_PORT, router.router.root_certificate
+    d = deploy(cast, "Gone")
+    served(port, "gone--shop.localhost", root)
+    router.router.show_page(d.pk, "<p>being deleted</p>")
+    assert https_request(port, "gone--shop.localhost", cafile=root)[0] == 503
+    actions.do_delete(d, actor=cast.owner)
+    tasks.destroy(d.pk)
+    assert not Deployment.objects.filter(pk=d.pk).exists()
+    assert not_served(port, "gone--shop.localhost", root)
+
+
+def test_acme_certificates_for_a_public_base_domain_and_verified_custom_domains_only(
+    cast, runtime, router, pebble, dns_server, settings, tmp_path
+) -> None:
+    settings.DIPLOI_BASE_DOMAIN = "apps.diploi-test.com"
+    settings.DIPLOI_ACME_CA, settings.DIPLOI_ACME_CA_ROOT = pebble.directory, str(pebble.ca_root)
+    router.kill()  # a router configured for this base domain
+    router.start()
+    Monitor().sync_routes()
+    port = settings.DIPLOI_HTTPS_PORT
+    d = deploy(cast, "Prod")
+    assert d.endpoints == {"web": f"https://prod--shop.apps.diploi-test.com:{port}"}
+    issued_by = pebble.issuing_root(tmp_path / "pebble-root.pem")
+    served(port, "prod--shop.apps.diploi-test.com", issued_by)
+    with pytest.raises(ssl.SSLCertVerificationError):  # not the router's own CA
+        https_request(port, "prod--shop.apps.diploi-test.com", cafile=router.router.root_certificate)
+
+    verified = actions.do_add_domain(d, "www.customer-shop.org", actor=cast.owner)
+    unverified = actions.do_add_domain(d, "shop.someone-else.org", actor=cast.owner)
+    dns_server[("www.customer-shop.org", "CNAME")] = ["prod--shop.apps.diploi-test.com."]
+    assert actions.do_verify_domain(verified, actor=cast.owner).verified
+    assert not actions.do_verify_domain(unverified, actor=cast.owner).verified
+    tasks.route(d.pk)
+    served(port, "www.customer-shop.org", issued_by)
+    with pytest.raises(ssl.SSLError):  # never verified: no certificate asked for, nothing served
+        https_request(port, "shop.someone-else.org", cafile=issued_by)
+
+    actions.do_remove_domain(verified, actor=cast.owner)
+    tasks.route(d.pk)
+    assert not_served(port, "www.customer-shop.org", issued_by)
