@@ -1,13 +1,13 @@
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -447,7 +447,8 @@ def _pebble_binaries() -> tuple[Path, Path]:
         if not shutil.which("go"):
             pytest.skip("Go is needed to build Pebble (scripts run by .ci/run have it)")
         env = {**os.environ, "GOBIN": str(cache), "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"}
-        subprocess.run(["go", "install", f"{module}/cmd/pebble@{PEBBLE_VERSION}", f"{module}/cmd/pebble-challtestsrv@{PEBBLE_VERSION}"], env=env, check=True)
+        commands = [f"{module}/cmd/pebble@{PEBBLE_VERSION}", f"{module}/cmd/pebble-challtestsrv@{PEBBLE_VERSION}"]
+        subprocess.run(["go", "install", *commands], env=env, check=True)
     found = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True).stdout.strip()
     return cache, Path(found) / f"{module}@{PEBBLE_VERSION}"
 
