@@ -289,7 +289,7 @@ def test_domains_are_idna_unique_and_verified_by_dns(cast, dev, runtime, dns_ser
     assert domain.name == "xn--bcher-kva.example.com" and domain.display_name == "bücher.example.com"
     page = html.unescape(client.get("/projects/shop/d/dev/options/").content.decode())
     token = challenge_value(dev)
-    assert "xn--bcher-kva.example.com. CNAME dev.shop.localhost." in page
+    assert "xn--bcher-kva.example.com. CNAME dev--shop.localhost." in page
     assert f'_diploi-challenge.xn--bcher-kva.example.com. TXT "{token}"' in page
 
     other = Deployment.objects.create(project=cast.project, name="Other", slug="other", branch="main")
@@ -307,15 +307,15 @@ def test_domains_are_idna_unique_and_verified_by_dns(cast, dev, runtime, dns_ser
     dns_server[(f"_diploi-challenge.{domain.name}", "TXT")] = ['"diploi-verify=someone-elses-token"']
     checked, queued = verify()
     assert not checked.verified and queued == 0
-    assert checked.check_result.startswith("CNAME points to elsewhere.example.net, not dev.shop.localhost, and no TXT record")
+    assert checked.check_result.startswith("CNAME points to elsewhere.example.net, not dev--shop.localhost, and no TXT record")
     dns_server[(f"_diploi-challenge.{domain.name}", "TXT")] = [f'"{token}"']  # e.g. an apex, which cannot be a CNAME
     checked, queued = verify()
     assert checked.verified and checked.check_result == f"TXT record _diploi-challenge.{domain.name} holds this deployment's token"
     assert queued == 1 and current_spec(dev).hosts == (domain.name,)  # routed now
     del dns_server[(f"_diploi-challenge.{domain.name}", "TXT")]
-    dns_server[(domain.name, "CNAME")] = ["dev.shop.localhost."]
+    dns_server[(domain.name, "CNAME")] = ["dev--shop.localhost."]
     checked, queued = verify()
-    assert checked.verified and checked.check_result == "CNAME points to dev.shop.localhost" and queued == 0
+    assert checked.verified and checked.check_result == "CNAME points to dev--shop.localhost" and queued == 0
 
     assert cast.client(cast.viewer).post(f"/projects/shop/d/dev/domains/{domain.pk}/remove/").status_code == 403
     client.post(f"/projects/shop/d/dev/domains/{domain.pk}/remove/")

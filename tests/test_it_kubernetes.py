@@ -120,7 +120,7 @@ def test_the_sample_stack_runs_on_kubernetes(cast, kube) -> None:
 
     d, spec = sample_spec(cast)
     runtime = get_runtime()
-    assert runtime.apply(spec) == {"web": "https://dev.shop.localhost"}
+    assert runtime.apply(spec) == {"web": "https://dev--shop.localhost"}
     ns = namespace(spec)
     assert kube.get("Namespace", ns)["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "diploi"
     env = kube.get("Secret", "env.web", ns)["data"]
@@ -132,7 +132,7 @@ def test_the_sample_stack_runs_on_kubernetes(cast, kube) -> None:
     assert {s["metadata"]["name"] for s in kube.list("Service", ns)} == {"web", "redis"}
     web = kube.get("StatefulSet", "web", ns)
     assert web["spec"]["template"]["spec"]["initContainers"][0]["name"] == "clone"
-    assert kube.get("Ingress", "web", ns)["spec"]["rules"][0]["host"] == "dev.shop.localhost"
+    assert kube.get("Ingress", "web", ns)["spec"]["rules"][0]["host"] == "dev--shop.localhost"
 
     tree = wait_until(lambda: green(runtime, spec), timeout=90, what="pods Running and ready (simulated by KWOK)")
     assert [c.name for c in tree.containers] == ["web", "redis"] and all(s.colour.value == "green" for s in tree.storage)
@@ -264,7 +264,7 @@ def test_the_api_server_going_away_mid_apply_is_retried_without_duplicates(cast,
 
     tasks.provision(d.pk)  # the retry
     d.refresh_from_db()
-    assert d.state == State.RUNNING and d.endpoints == {"web": "https://dev.shop.localhost"}
+    assert d.state == State.RUNNING and d.endpoints == {"web": "https://dev--shop.localhost"}
     ns = namespace(current_spec(d))
     for kind, names in (
         ("Secret", ["env.redis", "env.web"]),
@@ -728,11 +728,13 @@ def test_names_that_used_to_collide_belong_to_one_deployment_each(cast, kube) ->
     """`shop-prod` + `web` and `shop` + `prod-web` once shared a namespace; the ids keep them apart."""
     from deployments.runtimes import get_runtime
     from deployments.runtimes.base import RuntimeFailure
-    from deployments.runtimes.kubernetes.manifests import DEPLOYMENT_ID, default_host, namespace
+    from deployments.runtimes.hostnames import deployment_host
+    from deployments.runtimes.kubernetes.manifests import DEPLOYMENT_ID, namespace
 
     runtime = get_runtime()
     first, second = spec_of(other_project(cast, "Shop prod", "shop-prod"), "web"), spec_of(cast.project, "prod-web")
-    assert namespace(first) != namespace(second) and default_host(first) != default_host(second)
+    assert namespace(first) != namespace(second)
+    assert deployment_host(first.slug, first.project_slug) != deployment_host(second.slug, second.project_slug)
     for spec in (first, second):
         runtime.apply(spec)
     claims = {c["metadata"]["uid"] for c in kube.list("PersistentVolumeClaim", namespace(second))}
@@ -852,13 +854,14 @@ def test_only_domains_dns_shows_are_theirs_reach_the_ingress(cast, kube, dns_ser
         ingress = kube.get("Ingress", "web", namespace(spec))["spec"]
         return [r["host"] for r in ingress["rules"]], ingress["tls"][0]["hosts"]
 
-    assert hosts() == (["dev.shop.localhost"], ["dev.shop.localhost"])  # added, not verified: not routed
+    own = ["dev--shop.localhost", "web--dev--shop.localhost"]  # the deployment's, and its component's
+    assert hosts() == (own, own)  # added, not verified: not routed
     dns_server[("shop.example.com", "A")] = ["192.0.2.1"]  # pointing at the cluster proves nothing
     assert not do_verify_domain(domain, actor=cast.developer).verified
     dns_server[("_diploi-challenge.shop.example.com", "TXT")] = [f'"{challenge_value(d)}"']
     assert do_verify_domain(domain, actor=cast.developer).verified
     tasks.route(d.pk)  # what the verification queued
-    assert hosts() == (["dev.shop.localhost", "shop.example.com"], ["dev.shop.localhost", "shop.example.com"])
+    assert hosts() == ([*own, "shop.example.com"], [*own, "shop.example.com"])
 
     # A host another Ingress of the cluster serves (anyone's) is refused, and the deployment says so.
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "someone-else"}})
@@ -876,7 +879,7 @@ def test_only_domains_dns_shows_are_theirs_reach_the_ingress(cast, kube, dns_ser
     )
     try:
         taken = do_add_domain(d, "taken.example.com", actor=cast.developer)
-        dns_server[("taken.example.com", "CNAME")] = ["dev.shop.localhost."]
+        dns_server[("taken.example.com", "CNAME")] = ["dev--shop.localhost."]
         assert do_verify_domain(taken, actor=cast.developer).verified
         tasks.route(d.pk)
         d.refresh_from_db()

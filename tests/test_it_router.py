@@ -98,8 +98,8 @@ def test_a_restarted_router_gets_every_route_back_from_the_database(cast, runtim
     router.kill()  # as a crash would: nothing is saved on the way out
     router.start()
     assert not Router(settings.DATA_DIR).synced()
-    with pytest.raises((ssl.SSLError, ConnectionError)):  # only its admin API, until the monitor's tick
-        https_request(port, "one--shop.localhost", cafile=root)
+    with pytest.raises(OSError):  # its ports open but nothing served (no TLS), until the monitor's tick
+        https_request(port, "one--shop.localhost", cafile=root, timeout=2)
 
     Monitor().sync_routes()
     assert Router(settings.DATA_DIR).synced()
@@ -151,3 +151,70 @@ def test_acme_certificates_for_a_public_base_domain_and_verified_custom_domains_
     actions.do_remove_domain(verified, actor=cast.owner)
     tasks.route(d.pk)
     assert not_served(port, "www.customer-shop.org", issued_by)
+
+
+def test_production_releases_and_restarts_switch_without_a_failed_request(cast, runtime, router, settings, sample_repo) -> None:
+    """A client asks continuously while a production deployment rolls to a new release, restarts, and is
+    given a release whose health check fails: every answer is a 200 of a release that passed, and the
+    failing one never answers (it never receives traffic; the old one keeps serving)."""
+    import threading
+
+    from deployments.models import BuildStatus
+    from projects.sample import commit_all
+
+    settings.DIPLOI_RELEASE_DRAIN, settings.DIPLOI_READY_TIMEOUT = 1, 8
+    port, root, host = settings.DIPLOI_HTTPS_PORT, router.router.root_certificate, "prod--shop.localhost"
+    d = deploy(cast, "Prod", stage="production")
+    served(port, host, root)
+    answers: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def ask() -> None:
+        while not stop.is_set() and len(answers) < 50_000:  # bounded, on loopback
+            try:
+                status, _, body = https_request(port, host, cafile=root)
+                answers.append((status, body))
+            except Exception as e:  # noqa: BLE001 - a refused or cut connection is a failed request
+                answers.append((0, repr(e)))
+
+    client = threading.Thread(target=ask, daemon=True)
+    client.start()
+    try:
+        app = sample_repo / "web" / "app.py"
+        app.write_text(app.read_text().replace("<title>Diploi sample</title>", "<title>Second release</title>"))
+        second = commit_all(sample_repo, "Second release")
+        actions.do_deploy(d, actor=cast.owner)
+        tasks.provision(d.pk)
+        d.refresh_from_db()
+        assert d.state == State.RUNNING and d.release.commit == second and not d.state_reason, d.state_reason
+        wait_until(lambda: "Second release" in answers[-1][1], what="the second release to serve")
+
+        tasks.restart(d.pk, "web")  # a restart of a component rolls the same way
+        served(port, host, root, "Second release")
+
+        broken = app.read_text().replace(
+            'self.send_response(200)\n            self.send_header("Content-Length", "0")',
+            'self.send_response(500)\n            self.send_header("Content-Length", "0")',
+        )
+        app.write_text(broken.replace("<title>Second release</title>", "<title>BROKEN release</title>"))
+        commit_all(sample_repo, "A release that fails its health check")
+        actions.do_deploy(d, actor=cast.owner)
+        tasks.provision(d.pk)
+        d.refresh_from_db()
+        assert d.state == State.RUNNING and d.release.commit == second
+        assert "the new release did not pass its health check" in d.state_reason and "previous release keeps serving" in d.state_reason
+        refused = d.builds.order_by("-pk").first()
+        assert refused.status == BuildStatus.FAILED and any(s["name"] == "release" and s["status"] == "failed" for s in refused.steps)
+        Monitor().tick()
+        d.refresh_from_db()
+        assert d.status["colour"] == "yellow" and "did not pass its health check" in d.status["reason"]
+        count = len(answers)
+        wait_until(lambda: len(answers) > count + 20, what="more answers after the refused release")
+    finally:
+        stop.set()
+        client.join(timeout=30)
+    failed = [a for a in answers if a[0] != 200]
+    assert not failed, f"{len(failed)} of {len(answers)} requests failed, e.g. {failed[:3]}"
+    assert not any("BROKEN" in body for _, body in answers)
+    assert len(answers) > 100
+    print(f"{len(answers)} requests, none failed")

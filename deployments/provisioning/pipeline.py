@@ -172,6 +172,8 @@ def _apply(deployment: Deployment, spec: DeploymentSpec, stack: Stack, actor: st
     except TransientFailure:
         raise
     except RuntimeFailure as e:
+        if release is not None and release.pk != deployment.release_id:  # a new release the runtime would not run
+            release.fail("release", str(e))
         settle_after_failure(deployment, actor, str(e))
         return False
     update = {"commit": spec.commit, "endpoints": endpoints}

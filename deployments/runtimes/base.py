@@ -224,6 +224,9 @@ class SocketTunnel:
         self.sock.close()
 
 
+REFUSED_RELEASE = "the new release did not pass its health check"  # what a runtime that kept the old one says
+
+
 class RuntimeFailure(Exception):
     """Base of the errors a runtime raises; the message is fit to show to users."""
 

@@ -9,7 +9,7 @@ the monitor's last look (the tree) does. The Overview, the project list, the CLI
 
 from dataclasses import dataclass, replace
 
-from deployments.runtimes.base import Colour, ItemState, Observation
+from deployments.runtimes.base import REFUSED_RELEASE, Colour, ItemState, Observation
 
 BRANCHES = ("storage", "builds", "containers", "services")
 
@@ -104,6 +104,8 @@ def by_observation(tree: StatusTree, state_reason: str) -> Headline:
     unhealthy = [s for s in tree.services if s.colour != Colour.GREEN]
     if unhealthy:
         return Headline("Unhealthy", "; ".join(f"{s.name}: {s.message}" for s in unhealthy))
+    if tree.builds and tree.builds[0].colour == Colour.RED and REFUSED_RELEASE in tree.builds[0].message:
+        return Headline("Unhealthy", tree.builds[0].message[0].upper() + tree.builds[0].message[1:])
     if tree.builds and tree.builds[0].colour == Colour.RED:
         return Headline("Running", f"The latest build failed ({tree.builds[0].message}); the previous release is still running")
     return Headline("Running", state_reason or "Every process runs and answers")

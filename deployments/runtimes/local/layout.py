@@ -56,19 +56,19 @@ class Layout:
     def code(self, spec: DeploymentSpec) -> Path:
         return self.home(spec) / "code"
 
-    def files_root(self, spec: DeploymentSpec, service: ServiceSpec) -> Path:
+    def files_root(self, spec: DeploymentSpec, service: ServiceSpec, variant: str = "") -> Path:
         """A service's own files: the checkout (development components), the scratch copy of the
-        release (other components) or its storage (add-ons)."""
+        release (other components; the copy a release starts beside it has its own) or its storage (add-ons)."""
         home = self.home(spec)
         if service.kind == "addon":
             return home / "storage" / service.identifier
         if spec.stage == "development":
             return home / "code"
-        return home / "scratch" / service.identifier
+        return home / "scratch" / f"{service.identifier}{variant}"
 
-    def working_dir(self, spec: DeploymentSpec, service: ServiceSpec) -> Path:
+    def working_dir(self, spec: DeploymentSpec, service: ServiceSpec, variant: str = "") -> Path:
         """Where a service's commands run: its folder inside its files."""
-        root = self.files_root(spec, service)
+        root = self.files_root(spec, service, variant)
         return root if service.kind == "addon" else root / service.folder
 
     def read_json(self, spec: DeploymentSpec, name: str) -> dict:

@@ -42,15 +42,31 @@ def allocate_ports(layout: Layout, spec: DeploymentSpec) -> Ports:
         taken = {p for f in layout.deployments.glob("*/ports.json") for svc in _read_ports(f).values() for p in svc.values()}
         changed = False
         for service in spec.services:
-            own = ports.setdefault(service.identifier, {})
-            for port in service.ports:
-                if port.name not in own:
-                    own[port.name] = _free_port(taken)
-                    taken.add(own[port.name])
-                    changed = True
+            for key in (service.identifier, *([service.identifier + NEXT] if rolls(spec, service) else [])):
+                own = ports.setdefault(key, {})
+                for port in service.ports:
+                    if port.name not in own:
+                        own[port.name] = _free_port(taken)
+                        taken.add(own[port.name])
+                        changed = True
         if changed:
             write_atomic(path, json.dumps(ports))
         return ports
+
+
+NEXT = ".next"  # a new release's copy of a component, started beside the running one (its own ports and files)
+
+
+def rolls(spec: DeploymentSpec, service: ServiceSpec) -> bool:
+    """Whether a new release of the service starts beside the running one and takes over its traffic once
+    it answers (staging and production components with a public port); the others restart in place
+    (development servers reload anyway)."""
+    return spec.stage != "development" and service.kind == "component" and any(p.public for p in service.ports)
+
+
+def as_variant(ports: Ports, service: ServiceSpec, variant: str) -> Ports:
+    """`ports` with the variant's own ports as the service's (what its placeholders and $PORT say)."""
+    return {**ports, service.identifier: ports[service.identifier + variant]} if variant else ports
 
 
 def check_ports_free(spec: DeploymentSpec, ports: Ports, running: set[str]) -> None:
@@ -118,8 +134,9 @@ def command(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: P
     return render(service.commands[name], context(layout, spec, service, ports), quote=True)
 
 
-def run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports, jail: Jail | None) -> dict:
-    cwd = layout.working_dir(spec, service)
+def run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports, jail: Jail | None, variant: str = "") -> dict:
+    ports = as_variant(ports, service, variant)
+    cwd = layout.working_dir(spec, service, variant)
     for volume in service.volumes:
         layout.volume_dir(spec, service, volume.name).mkdir(parents=True, exist_ok=True)
     cwd.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +150,7 @@ def run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: 
         "log": str(layout.log_file(spec, service.identifier)),  # written by the wrapper, not supervisord
     }
     if jail:
-        run["sandbox"] = jail.sandbox(layout.files_root(spec, service), cwd, service=service.identifier).prefix()
+        run["sandbox"] = jail.sandbox(layout.files_root(spec, service, variant), cwd, service=service.identifier + variant).prefix()
         run["owner"] = jail.uid  # of the fresh copy of a release
         run["cgroups"] = list(jail.cgroups)
     elif user := unprivileged_user(service):
@@ -142,14 +159,15 @@ def run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: 
         run["watch"] = str(cwd)
     if service.kind == "component" and spec.stage != "development":
         run["fresh_from"] = str(layout.releases(spec) / spec.release)
-        run["scratch"] = str(layout.files_root(spec, service))
+        run["scratch"] = str(layout.files_root(spec, service, variant))
     return run
 
 
-def program_entry(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports, jail: Jail | None) -> str:
-    """Writes the service's run file and returns its supervisord program section."""
-    run = run_file(layout, spec, service, ports, jail)
-    run_path = layout.run_file(spec, service.identifier)
+def program_entry(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports, jail: Jail | None, variant: str = "") -> str:
+    """Writes the service's run file and returns its supervisord program section (of its `variant`,
+    NEXT, when that is what starts)."""
+    run = run_file(layout, spec, service, ports, jail, variant)
+    run_path = layout.run_file(spec, service.identifier + variant)
     write_atomic(run_path, json.dumps(run, sort_keys=True), mode=0o600)
     if user := run.get("user"):
         storage = layout.home(spec) / "storage" / service.identifier
@@ -160,7 +178,7 @@ def program_entry(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, po
     # The digest of the run file is part of the config, so supervisord restarts a service
     # exactly when what it runs (command, env, release) changed.
     digest = hashlib.sha256(run_path.read_bytes()).hexdigest()[:16]
-    group = layout.program(spec, service.identifier).split(":")[0]
+    group = layout.program(spec, service.identifier + variant).split(":")[0]
     return f"""\
 [program:{group}]
 command={sys.executable} {EXEC} {run_path}

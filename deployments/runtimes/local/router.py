@@ -11,9 +11,11 @@ the database at its next tick (`synced` is false until then); each change in bet
 for that deployment's route.
 """
 
+import fcntl
 import html
 import http.client
 import json
+import os
 import shutil
 import socket
 import sys
@@ -27,7 +29,14 @@ from deployments.runtimes.hostnames import is_private
 
 DASHBOARD = "diploi"
 SERVER = "diploi-https"
-STREAM_CLOSE_DELAY = "5m"  # a websocket a configuration change would cut stays open this long (clients reconnect)
+# The ports are opened once, before Caddy starts, and handed to it as these file descriptors: every
+# configuration Caddy loads accepts from the same sockets. (Caddy's own listeners bind a new socket
+# per configuration, with SO_REUSEPORT, and the connections waiting on the old one when it closes are
+# lost: measured, about every request in flight at each change failed.)
+HTTPS_FD, HTTP_FD = 3, 4
+STREAM_CLOSE_DELAY = "5m"
+FAIL_DURATION = "1s"  # how long an address that refused a connection is passed over (see _proxy)
+FAIL_SECONDS = 1  # a websocket a configuration change would cut stays open this long (clients reconnect)
 
 
 @dataclass(frozen=True)
@@ -35,7 +44,8 @@ class Site:
     """What one deployment's host names lead to: each to a loopback address, or all to a page."""
 
     id: int
-    upstreams: tuple[tuple[str, str], ...]  # (host name, "127.0.0.1:<port>")
+    # (host name, its loopback addresses "127.0.0.1:<port>": the first that answers serves, see _proxy)
+    upstreams: tuple[tuple[str, tuple[str, ...]], ...]
     page: str = ""  # HTML served instead of the deployment (stopped, being deleted), as 503
     down: str = ""  # HTML served when the deployment's process does not answer, as 502
     hosts: tuple[str, ...] = field(init=False)
@@ -74,11 +84,13 @@ class Router:
     # --- the process ------------------------------------------------------------------------
 
     def command(self) -> list[str]:
-        """How `up` runs it: with only its admin API, until the monitor loads the routes."""
+        """How `up` runs it: this module opens its ports, then becomes Caddy with only its admin API,
+        until the monitor loads the routes."""
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         boot = self.dir / "boot.json"
         boot.write_text(json.dumps(self._base()))
-        return [caddy_binary(), "run", "--config", str(boot)]
+        ports = (str(settings.DIPLOI_HTTPS_PORT), str(settings.DIPLOI_HTTP_PORT))
+        return [sys.executable, "-m", "deployments.runtimes.local.router", str(boot), *ports]
 
     @property
     def root_certificate(self) -> Path:
@@ -120,7 +132,7 @@ class Router:
             return
         hosts = self._call("GET", f"/id/d{deployment_id}/match/0/host", missing_ok=True)
         if hosts is not None:
-            self._call("PATCH", f"/id/d{deployment_id}", _route(Site(deployment_id, tuple((h, "") for h in json.loads(hosts)), page=body)))
+            self._call("PATCH", f"/id/d{deployment_id}", _route(Site(deployment_id, tuple((h, ()) for h in json.loads(hosts)), page=body)))
 
     def remove(self, deployment_id: int) -> None:
         if not self.answers():
@@ -156,12 +168,14 @@ class Router:
                 "servers": {
                     SERVER: {
                         "@id": SERVER,
-                        "listen": [f":{https}"],
+                        "listen": [f"fd/{HTTPS_FD}"],
+                        "tls_connection_policies": [{}],
+                        "protocols": ["h1", "h2"],  # HTTP/3 would need a UDP socket of its own
                         "routes": routes,
                         "errors": {"routes": errors},
                         "automatic_https": {"disable_redirects": True},
                     },
-                    "diploi-http": {"listen": [f":{http_port}"], "routes": [{"handle": [redirect]}], "automatic_https": {"disable": True}},
+                    "diploi-http": {"listen": [f"fd/{HTTP_FD}"], "routes": [{"handle": [redirect]}], "automatic_https": {"disable": True}},
                 },
             },
             "tls": {"automation": {"policies": _tls_policies()}},
@@ -195,18 +209,31 @@ def caddy_binary() -> str:
     return str(beside) if beside.exists() else (shutil.which("caddy") or "caddy")
 
 
-def _proxy(upstream: str) -> dict:
-    return {"handler": "reverse_proxy", "upstreams": [{"dial": upstream}], "flush_interval": -1, "stream_close_delay": STREAM_CLOSE_DELAY}
+def _proxy(dials: tuple[str, ...]) -> dict:
+    """To the first address that answers. A component with a second one (its release's copy, started
+    beside it) is served without a failed request while either restarts: a refused connection marks an
+    address down for a moment and the request goes to the other (GET requests also when a connection
+    broke); nothing in the router changes, so nothing reloads."""
+    proxy = {
+        "handler": "reverse_proxy",
+        "upstreams": [{"dial": d} for d in dials],
+        "flush_interval": -1,
+        "stream_close_delay": STREAM_CLOSE_DELAY,
+    }
+    if len(dials) > 1:
+        proxy["load_balancing"] = {"selection_policy": {"policy": "first"}, "try_duration": "10s", "try_interval": "50ms"}
+        proxy["health_checks"] = {"passive": {"fail_duration": FAIL_DURATION, "max_fails": 1}}
+    return proxy
 
 
 def _route(site: Site) -> dict:
     if site.page:
         handle = [_html(503, site.page)]
     else:
-        by_upstream: dict[str, list[str]] = {}
-        for host, upstream in site.upstreams:
-            by_upstream.setdefault(upstream, []).append(host)
-        inner = [{"match": [{"host": hosts}], "handle": [_proxy(upstream)]} for upstream, hosts in by_upstream.items()]
+        by_upstream: dict[tuple[str, ...], list[str]] = {}
+        for host, dials in site.upstreams:
+            by_upstream.setdefault(dials, []).append(host)
+        inner = [{"match": [{"host": hosts}], "handle": [_proxy(dials)]} for dials, hosts in by_upstream.items()]
         handle = [{"handler": "subroute", "routes": inner}]
     return {"@id": f"d{site.id}", "match": [{"host": list(site.hosts)}], "handle": handle, "terminal": True}
 
@@ -218,7 +245,8 @@ def _error_route(site: Site) -> dict:
 def _dashboard_route() -> dict:
     """The dashboard at DIPLOI_PUBLIC_HOST (where `up` runs the web), or a route that matches nothing."""
     upstream = settings.DIPLOI_DASHBOARD_UPSTREAM
-    handle = [_proxy(upstream)] if upstream else [_html(503, page("Diploi", "The dashboard is not served through the router here.", "/"))]
+    elsewhere = page("Diploi", "The dashboard is not served through the router here.", "/")
+    handle = [_proxy((upstream,))] if upstream else [_html(503, elsewhere)]
     return {"@id": DASHBOARD, "match": [{"host": [settings.DIPLOI_PUBLIC_HOST]}], "handle": handle, "terminal": True}
 
 
@@ -254,3 +282,27 @@ def _tls_policies() -> list[dict]:
             private.append(settings.DIPLOI_PUBLIC_HOST)
     policies = [{"subjects": list(dict.fromkeys(private)), "issuers": [internal]}] if private else []
     return [*policies, {"issuers": [acme]}]
+
+
+def _listen(port: int) -> socket.socket:
+    """A listening socket on every address (IPv6 and IPv4 where the machine has both)."""
+    if socket.has_dualstack_ipv6():
+        return socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=4096)
+    return socket.create_server(("0.0.0.0", port), backlog=4096)
+
+
+def main(boot: str, https_port: str, http_port: str) -> None:
+    """Open the router's ports as HTTPS_FD and HTTP_FD, then become Caddy."""
+    high = []  # out of the way first: a new socket may well be fd 3 or 4 itself
+    for port in (https_port, http_port):
+        sock = _listen(int(port))
+        high.append(fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD, 100))
+        sock.close()
+    for fd, moved in zip((HTTPS_FD, HTTP_FD), high, strict=True):
+        os.dup2(moved, fd, inheritable=True)
+        os.close(moved)
+    os.execv(caddy_binary(), [caddy_binary(), "run", "--config", boot])
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])

@@ -5,6 +5,7 @@ checkouts and releases in code.py; observation in observe.py; sessions and logs 
 """
 
 import json
+import logging
 import shutil
 import socket
 import threading
@@ -19,6 +20,7 @@ from django.urls import reverse
 
 from deployments.runtimes import hostnames
 from deployments.runtimes.base import (
+    REFUSED_RELEASE,
     CodeState,
     Colour,
     Confinement,
@@ -47,11 +49,12 @@ from deployments.runtimes.local.observe import (
     volume_state,
     with_last_words,
 )
-from deployments.runtimes.local.router import Router, Site, page
+from deployments.runtimes.local.router import FAIL_SECONDS, Router, Site, page
 from deployments.runtimes.local.sandbox import Jail
 from deployments.runtimes.local.shell import LocalShell, read_log
 from deployments.runtimes.local.supervisor import Supervisor
 
+log = logging.getLogger(__name__)
 DISK_MEASURE_SECONDS = 60
 
 FEW = 8  # deployments observe() looks at alone, not in one pass over every process (see observe)
@@ -153,18 +156,97 @@ class LocalRuntime(Runtime):
         running = {s.identifier for s in spec.services if info.get(self.layout.program(spec, s.identifier), {}).get("statename") in ACTIVE}
         programs.check_ports_free(spec, ports, running)
         problems: dict[str, str] = {}
-        entries: list[str] = []
+        entries: dict[str, str] = {}
         for service in spec.services:
             if problem := programs.requirement_problem(self.layout, spec, service, jail):
                 problems[service.identifier] = problem
             else:
-                entries.append(programs.program_entry(self.layout, spec, service, ports, jail))
+                entries[service.identifier] = programs.program_entry(self.layout, spec, service, ports, jail)
         write_atomic(home / "problems.json", json.dumps(problems))
-        write_atomic(home / "supervisor.conf", "\n".join(entries))
-        self.supervisor.update()
+        running_now = self._sections(spec)
+        rolling = [  # a running public component whose program changes, in front of which a router can switch
+            s
+            for s in spec.services
+            if self.router and spec.enabled and programs.rolls(spec, s) and s.identifier in running
+            if running_now.get(s.identifier) not in (None, entries.get(s.identifier))
+        ]
+        if rolling:
+            self._roll(spec, rolling, entries, running_now, ports, jail)
+        self._write_programs(spec, entries)
         self._start_or_stop(spec, spec.enabled)
         self._publish(spec, ports)
         return self._endpoints(spec, ports)
+
+    def _sections(self, spec: DeploymentSpec) -> dict[str, str]:
+        """The program sections supervisord has now for the deployment, by service (NEXT copies left out)."""
+        conf = self.home(spec) / "supervisor.conf"
+        found = {}
+        for section in ("\n" + conf.read_text()).split("\n[program:")[1:] if conf.exists() else []:
+            name = section.split("]", 1)[0].removeprefix(self.layout.group(spec))
+            if not name.endswith(programs.NEXT):
+                found[name] = "[program:" + section.rstrip("\n") + "\n"
+        return found
+
+    def _write_programs(self, spec: DeploymentSpec, entries: dict[str, str], *more: str) -> None:
+        write_atomic(self.home(spec) / "supervisor.conf", "\n".join([*entries.values(), *more]))
+        self.supervisor.update()
+
+    def _roll(
+        self,
+        spec: DeploymentSpec,
+        services: list[ServiceSpec],
+        entries: dict[str, str],
+        before: dict[str, str],
+        ports: programs.Ports,
+        jail: Jail | None,
+        restart: bool = False,
+    ) -> None:
+        """Zero-downtime release of `services`. The router sends their traffic to the first of two addresses
+        that answers: the service's own, then its copy's (NEXT: own ports and files), which is not running
+        between releases. The new release starts as the copy; once it passes its health check the service
+        stops (SIGTERM: it finishes its requests, new ones go to the copy) and starts on the new release;
+        once that answers, and the router has had time to send it the traffic again
+        (DIPLOI_RELEASE_DRAIN), the copy stops. A new release that does not pass never receives a
+        request: the service kept running the whole time; the copy is stopped and RuntimeFailure says
+        why. With `restart`, the same for a restart of what runs. The router's configuration does not
+        change, so nothing else it serves notices."""
+        old = {**entries, **{s.identifier: before[s.identifier] for s in services}}
+        copies = [programs.program_entry(self.layout, spec, s, ports, jail, programs.NEXT) for s in services]
+        self._write_programs(spec, old, *copies)
+        if waiting := self._wait_healthy(spec, services, ports, programs.NEXT):
+            self._write_programs(spec, old)
+            why = "; ".join(waiting)
+            raise RuntimeFailure(f"{REFUSED_RELEASE} ({why}); the previous release keeps serving")
+        self._write_programs(spec, entries, *copies)
+        for service in services if restart else []:
+            self.supervisor.restart_process(self.layout.program(spec, service.identifier))
+        if waiting := self._wait_healthy(spec, services, ports):
+            log.warning("deployment %s: the new release serves from its copy; the restarted service does not answer: %s", spec.id, waiting)
+            return  # the copy keeps serving; the monitor shows what does not answer
+        time.sleep(max(settings.DIPLOI_RELEASE_DRAIN, FAIL_SECONDS + 0.5))
+
+    def _wait_healthy(self, spec: DeploymentSpec, services: list[ServiceSpec], ports: programs.Ports, variant: str = "") -> list[str]:
+        """Wait (at most DIPLOI_READY_TIMEOUT) until each service's `variant` passes its health check;
+        what does not, with why ([] when all do)."""
+        deadline = time.monotonic() + settings.DIPLOI_READY_TIMEOUT
+        while True:
+            info = self.supervisor.process_info([self.layout.program(spec, s.identifier + variant) for s in services])
+            checks, waiting, gone = [], [], False
+            for service in services:
+                proc = info.get(self.layout.program(spec, service.identifier + variant)) or {}
+                if proc.get("statename") == "RUNNING":
+                    port = ports[service.identifier + variant][service.ports[0].name]
+                    checks.append((spec.id, service, f"127.0.0.1:{port}", float(proc.get("start") or 0)))
+                else:
+                    gone = gone or proc.get("statename") in ("FATAL", "EXITED", "STOPPED", None)
+                    waiting.append(f"{service.identifier}: {proc.get('statename', 'not started').lower()}")
+            if checks:
+                states = service_states([spec], checks)[spec.id]
+                checked = {service.identifier for _, service, _, _ in checks}
+                waiting += [f"{st.name}: {st.message}" for st in states if st.name in checked and st.colour != Colour.GREEN]
+            if not waiting or gone or time.monotonic() > deadline:
+                return waiting
+            time.sleep(0.2)
 
     def _endpoints(self, spec: DeploymentSpec, ports: programs.Ports) -> dict[str, str]:
         """Each public port (each of a package's `hosts`): the first under the component's name, the
@@ -180,9 +262,15 @@ class LocalRuntime(Runtime):
     # --- routes -------------------------------------------------------------------------------
 
     def _site(self, spec: DeploymentSpec, ports: programs.Ports) -> Site:
-        """Where its host names lead now: its processes' ports, or the page of a stopped deployment."""
+        """Where its host names lead: its processes' ports (a component whose releases roll: its own, then
+        its copy's, see _roll), or the page of a stopped deployment."""
         found = hostnames.endpoints(spec)
-        upstreams = [(e.host, f"127.0.0.1:{ports.get(e.service, {}).get(e.port, 0)}") for e in found]
+
+        def dials(e: hostnames.Endpoint) -> tuple[str, ...]:
+            copies = [e.service + programs.NEXT] if programs.rolls(spec, spec.service(e.service)) else []
+            return tuple(f"127.0.0.1:{ports.get(key, {}).get(e.port, 0)}" for key in [e.service, *copies])
+
+        upstreams = [(e.host, dials(e)) for e in found]
         if found:  # custom domains serve what the deployment's own host serves
             upstreams += [(host, upstreams[0][1]) for host in spec.hosts]
         link = settings.SITE_URL + reverse("deployments:detail", args=[spec.project_slug, spec.slug])
@@ -293,8 +381,17 @@ class LocalRuntime(Runtime):
         return {s.identifier: programs.context(self.layout, spec, s, ports) for s in spec.services}
 
     def restart(self, spec: DeploymentSpec, service: str) -> None:
-        spec.service(service)
-        self.supervisor.restart_process(self.layout.program(spec, service))
+        """In place; a staging/production component behind the router without a moment of downtime (`_roll`)."""
+        svc = spec.service(service)
+        program = self.layout.program(spec, service)
+        running = self.supervisor.process_info([program]).get(program, {}).get("statename") == "RUNNING"
+        current = self._sections(spec)
+        if self.router and spec.enabled and programs.rolls(spec, svc) and running and service in current:
+            ports = programs.allocate_ports(self.layout, spec)
+            self._roll(spec, [svc], current, current, ports, self.jail(spec, ports), restart=True)
+            self._write_programs(spec, current)
+        else:
+            self.supervisor.restart_process(program)
 
     def copy_storage(self, source: DeploymentSpec, target: DeploymentSpec) -> None:
         parts = ["storage"] + (["code"] if target.stage == "development" and source.stage == "development" else [])

@@ -2,7 +2,9 @@
 
 import html
 import os
+import signal
 import socket
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
@@ -80,5 +82,8 @@ if __name__ == "__main__":
     port = int(os.environ.get("PORT", "8000"))
     server = ThreadingHTTPServer((os.environ.get("HOST", "127.0.0.1"), port), Handler)
     server.allow_reuse_address = True
+    # Stopping (a new release takes over): no new connections, the requests under way are answered.
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print(f"Listening on port {port}", flush=True)
-    server.serve_forever()
+    server.serve_forever(poll_interval=0.05)
+    server.server_close()
