@@ -323,6 +323,10 @@ SESSION_ENGINE = "accounts.sessions"  # database sessions read through the share
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = envbool("DIPLOI_SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# Behind a proxy that ends TLS (the router `up` starts, an Ingress), its X-Forwarded-Proto says the request
+# came over HTTPS (for CSRF's origin check and absolute URLs). Not from a client that reaches the web directly.
+if envbool("DIPLOI_BEHIND_PROXY", bool(envstr("DIPLOI_DASHBOARD_UPSTREAM"))):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 X_FRAME_OPTIONS = "DENY"
 
 LOGGING = {

@@ -5,7 +5,7 @@ from django.views.generic import RedirectView
 from deployments.ci.api import ci_build_report
 from deployments.triggers.views import receive as receive_webhook
 from deployments.web.views import try_demo
-from diploi.views import healthz
+from diploi.views import healthz, router_root
 from projects.urls import invitation_urlpatterns
 
 urlpatterns = [
@@ -20,4 +20,5 @@ urlpatterns = [
     path("hooks/<str:token>/", receive_webhook, name="webhook"),
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    path("router/root.crt", router_root, name="router_root"),
 ]

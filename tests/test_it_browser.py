@@ -413,3 +413,63 @@ def test_a_push_shows_its_build_then_its_release_without_a_reload(browser, tmp_p
         assert_accessible(page)
     finally:
         platform.kill()
+
+
+def test_the_dashboard_and_a_deployment_through_the_router_over_https(tmp_path: Path) -> None:
+    """`up` with its router: the dashboard at https://localhost:<port>, its live updates over the websocket
+    through the router, a deployment at its own name, and every route back after the router is killed;
+    Chromium trusts the router's CA as a user would (it is in its certificate store, nothing is ignored)."""
+    import signal
+
+    import psutil
+    from playwright.sync_api import sync_playwright
+
+    from tests.conftest import https_request
+
+    https_port = free_port()
+    platform = Platform(tmp_path / "data", free_port(), teams=True, env={"DIPLOI_ROUTER": "caddy", "DIPLOI_HTTPS_PORT": str(https_port)})
+    try:
+        base = platform.wait_for(r"Diploi is running at (https://\S+)").group(1).rstrip("/")
+        assert base == f"https://localhost:{https_port}"
+        password = platform.wait_for(r"username: demo password: (\S+)").group(1)
+        root = tmp_path / "data" / "router" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
+        assert str(root) in platform.output()  # the box says what to trust
+        home = tmp_path / "home"
+        (home / ".pki" / "nssdb").mkdir(parents=True)
+        nssdb = f"sql:{home / '.pki' / 'nssdb'}"
+        subprocess.run(["certutil", "-d", nssdb, "-N", "--empty-password"], check=True)
+        subprocess.run(["certutil", "-d", nssdb, "-A", "-t", "C,,", "-n", "diploi", "-i", str(root)], check=True)
+        platform.wait_for(r"celery@\S+ ready")
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, env={**os.environ, "HOME": str(home)})
+            page = log_in_as_demo(browser, base, password)
+            page.goto("/projects/diploi-sample/deployments/new/")
+            page.fill("input[name=name]", "routed")
+            page.click("button:has-text('Create deployment')")
+            page.wait_for_url("**/d/routed/")
+            loads = []
+            page.on("load", lambda: loads.append(1))
+            status = f"#deployment-{_id(page)}-status .overall strong"
+            page.wait_for_function(f"document.querySelector('{status}').textContent === 'Running'", timeout=90_000)
+            assert not loads  # it arrived over the websocket, through the router
+            endpoint = page.locator(f"#deployment-{_id(page)}-hosts a").first.get_attribute("href")
+            assert endpoint == f"https://routed--diploi-sample.localhost:{https_port}"
+            page.screenshot(path=str(tmp_path / "routed-overview.png"), full_page=True)
+            app = browser.new_page()
+            app.goto(endpoint)
+            assert "Visits:" in app.content()
+
+            router = next(c for c in platform.descendants() if "caddy" in " ".join(c.cmdline()))
+            router.send_signal(signal.SIGKILL)  # supervisord starts it again; the monitor gives it its routes
+            psutil.wait_procs([router], timeout=10)
+            wait_until(
+                lambda: https_request(https_port, "routed--diploi-sample.localhost", cafile=root)[0] == 200,
+                timeout=60,
+                what="the route back",
+            )
+            app.goto(endpoint)
+            assert "Visits:" in app.content()
+            browser.close()
+        assert platform.stop() == 0
+    finally:
+        platform.kill()

@@ -53,6 +53,15 @@ def test_each_public_port_has_a_host_name_served_over_https_with_the_routers_own
     with pytest.raises(ssl.SSLCertVerificationError):  # the verification is real: no public CA vouches for it
         https_request(port, "dev--shop.localhost")
 
+    # The Overview says how to trust that CA, and hands out its root (to anyone: it is public).
+    overview = cast.client(cast.viewer).get(d.get_absolute_url()).content.decode()
+    assert 'href="/router/root.crt"' in overview and "update-ca-certificates" in overview
+    download = cast.client(None).get("/router/root.crt")
+    assert download.status_code == 200 and b"".join(download.streaming_content) == root.read_bytes()
+    settings.DIPLOI_TLS = "acme"  # certificates from a public CA: nothing to trust, nothing handed out
+    assert cast.client(None).get("/router/root.crt").status_code == 404
+    settings.DIPLOI_TLS = "auto"
+
     # Plain HTTP is sent to HTTPS, port and path kept.
     import http.client
 

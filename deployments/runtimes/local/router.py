@@ -263,6 +263,11 @@ def _html(status: int, body: str) -> dict:
     }
 
 
+def uses_own_ca() -> bool:
+    """Whether deployments' host names get their certificates from the router's own CA."""
+    return settings.DIPLOI_TLS == "internal" or (settings.DIPLOI_TLS == "auto" and is_private(settings.DIPLOI_BASE_DOMAIN))
+
+
 def _tls_policies() -> list[dict]:
     """The router's own CA for private names (the base domain's and the dashboard's, unless
     DIPLOI_TLS=acme); ACME for the rest (and for everything with DIPLOI_TLS=acme)."""
