@@ -227,3 +227,28 @@ def test_production_releases_and_restarts_switch_without_a_failed_request(cast, 
     assert not any("BROKEN" in body for _, body in answers)
     assert len(answers) > 100
     print(f"{len(answers)} requests, none failed")
+
+
+def test_host_names_are_one_label_each_and_never_shared(settings) -> None:
+    from deployments.runtimes.base import DeploymentSpec, PortSpec, ServiceSpec
+    from deployments.runtimes.hostnames import deployment_host, endpoints, is_private
+
+    def spec(slug: str, project: str, component: str = "web", ports: tuple[str, ...] = ("http",)) -> DeploymentSpec:
+        public = tuple(PortSpec(p, 8000 + i, public=True) for i, p in enumerate(ports))
+        service = ServiceSpec(component, component, "component", "python", "", {}, ports=public)
+        return DeploymentSpec(1, slug, project, "production", "", "main", "", True, services=(service,))
+
+    settings.DIPLOI_BASE_DOMAIN = "apps.example.com"
+    assert [(e.key, e.host) for e in endpoints(spec("prod", "shop", ports=("http", "admin")))] == [
+        ("web", "prod--shop.apps.example.com"),
+        ("web", "web--prod--shop.apps.example.com"),
+        ("web/admin", "admin--web--prod--shop.apps.example.com"),
+    ]
+    # Parts that hold "--" themselves, or a name over 63 characters: hashed, with no "--" left to collide.
+    tricky = [("a--b", "c"), ("a", "b--c"), ("x" * 40, "y" * 30)]
+    names = [deployment_host(slug, project) for slug, project in tricky]
+    labels = [n.removesuffix(".apps.example.com") for n in names]
+    assert len(set(names)) == 3 and all(len(label) <= 63 and "--" not in label and label.startswith("h") for label in labels)
+    assert deployment_host("a", "b--c") != deployment_host("a--b", "c")
+    assert all(is_private(n) for n in ("localhost", "x.localhost", "svc.internal", "app.test", "10.0.0.1", "::1"))
+    assert not any(is_private(n) for n in ("example.com", "apps.diploi-test.com", "localhost.example.org"))

@@ -221,7 +221,7 @@ def _proxy(dials: tuple[str, ...]) -> dict:
         "stream_close_delay": STREAM_CLOSE_DELAY,
     }
     if len(dials) > 1:
-        proxy["load_balancing"] = {"selection_policy": {"policy": "first"}, "try_duration": "10s", "try_interval": "50ms"}
+        proxy["load_balancing"] = {"selection_policy": {"policy": "first"}, "try_duration": "2s", "try_interval": "50ms"}
         proxy["health_checks"] = {"passive": {"fail_duration": FAIL_DURATION, "max_fails": 1}}
     return proxy
 
