@@ -4,8 +4,8 @@ from django.views.generic import RedirectView
 
 from deployments.ci.api import ci_build_report
 from deployments.triggers.views import receive as receive_webhook
-from deployments.web.views import try_demo
-from diploi.views import healthz, router_root
+from deployments.web.views import router_root, try_demo
+from diploi.views import healthz
 from projects.urls import invitation_urlpatterns
 
 urlpatterns = [

@@ -23,7 +23,7 @@ from deployments.models import Deployment, Stage, State, Usage
 from deployments.provisioning.connections import stored_connections
 from deployments.provisioning.spec import deployment_stack
 from deployments.queries import PAGE_SIZE, RELEASES_SHOWN, SESSIONS_SHOWN, deployments_page, deployments_shown
-from deployments.runtimes import get_runtime
+from deployments.runtimes.local.router import trusted_root
 from deployments.ssh.hostkey import host_key_fingerprint
 from deployments.ssh.naming import ssh_username
 from deployments.status import store
@@ -128,7 +128,7 @@ def live_context(d: Deployment) -> dict:
         "promote_targets": promote_targets(d),
         "domains": list(d.domains.all()),
         "component_names": components(d),
-        "own_ca": get_runtime().own_ca,  # the hosts' certificates come from the router's own CA: say how to trust it
+        "own_ca": trusted_root(),  # the hosts' certificates come from the router's own CA: say how to trust it
     }
 
 

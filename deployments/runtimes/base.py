@@ -311,12 +311,6 @@ class Runtime(ABC):
         """Make the deployment's host names (its own, and its verified custom domains in `spec.hosts`)
         reach it."""
 
-    @property
-    def own_ca(self) -> Path | None:
-        """The root certificate that vouches for deployments' host names when no public CA does (clients are
-        told to trust it); None when their certificates come from a public CA."""
-        return None
-
     def sync_routes(self, specs: Callable[[], list[DeploymentSpec]]) -> bool:
         """Give a router that lost its routes (restarted) every deployment's again; whether it did.
         Runtimes whose routes live elsewhere (Ingress objects) have nothing to do."""

@@ -7,7 +7,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.forms import Form
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.middleware.csrf import get_token
 from django.shortcuts import get_object_or_404
 from django.template.loader import render_to_string
@@ -36,6 +36,7 @@ from deployments.provisioning.connections import stored_connections
 from deployments.provisioning.spec import current_spec
 from deployments.runtimes import get_runtime
 from deployments.runtimes.base import DeploymentSpec, RuntimeFailure, UnknownService
+from deployments.runtimes.local.router import trusted_root
 from deployments.status.usage import DEFAULT_WINDOW, WINDOWS, series
 from deployments.tenancy import single_user_banner
 from deployments.web.forms import (
@@ -430,3 +431,12 @@ def try_demo(request: HttpRequest) -> HttpResponse:
         return redirect_to(request, "projects:list")
     messages.success(request, f"“{d.project.name}” is yours: its own repository and this development deployment, on its way.")
     return redirect_to(request, d)
+
+
+@require_GET
+def router_root(request: HttpRequest) -> FileResponse:
+    """The router's own CA certificate (public: a client needs it before it can trust the site)."""
+    path = trusted_root()
+    if path is None or not path.exists():
+        raise Http404("Deployments' certificates here come from a public CA.")
+    return FileResponse(open(path, "rb"), content_type="application/x-x509-ca-cert", as_attachment=True, filename="diploi-root.crt")

@@ -263,9 +263,14 @@ def _html(status: int, body: str) -> dict:
     }
 
 
-def uses_own_ca() -> bool:
-    """Whether deployments' host names get their certificates from the router's own CA."""
-    return settings.DIPLOI_TLS == "internal" or (settings.DIPLOI_TLS == "auto" and is_private(settings.DIPLOI_BASE_DOMAIN))
+def trusted_root() -> Path | None:
+    """The root certificate that vouches for deployments' host names when it is the router's own CA
+    (clients are told to trust it); None when they come from a public CA or no router serves them.
+    From the settings alone: pages may ask."""
+    if settings.DIPLOI_RUNTIME != "local" or settings.DIPLOI_ROUTER != "caddy":
+        return None
+    own = settings.DIPLOI_TLS == "internal" or (settings.DIPLOI_TLS == "auto" and is_private(settings.DIPLOI_BASE_DOMAIN))
+    return Router(settings.DATA_DIR).root_certificate if own else None
 
 
 def _tls_policies() -> list[dict]:

@@ -49,7 +49,7 @@ from deployments.runtimes.local.observe import (
     volume_state,
     with_last_words,
 )
-from deployments.runtimes.local.router import FAIL_SECONDS, Router, Site, page, uses_own_ca
+from deployments.runtimes.local.router import FAIL_SECONDS, Router, Site, page
 from deployments.runtimes.local.sandbox import Jail
 from deployments.runtimes.local.shell import LocalShell, read_log
 from deployments.runtimes.local.supervisor import Supervisor
@@ -281,10 +281,6 @@ class LocalRuntime(Runtime):
     def _publish(self, spec: DeploymentSpec, ports: programs.Ports) -> None:
         if self.router and spec.public_components:
             self.router.put(self._site(spec, ports))
-
-    @property
-    def own_ca(self) -> Path | None:  # type: ignore[override]
-        return self.router.root_certificate if self.router and uses_own_ca() else None
 
     def sync_routes(self, specs: Callable[[], list[DeploymentSpec]]) -> bool:
         """Every deployment's route, when the router does not hold Diploi's routes (it started afresh)."""
