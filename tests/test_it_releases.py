@@ -73,6 +73,37 @@ def test_a_build_its_worker_left_running_is_built_again_then_failed(cast, runtim
     assert d.release == build  # the last good release still runs
 
 
+def test_a_release_built_whose_worker_stopped_before_the_switch_runs_at_the_next_pass(
+    cast, runtime, sample_repo: Path, monkeypatch
+) -> None:
+    from deployments.provisioning import pipeline
+
+    d = deploy(cast, "Staging", "staging")
+    old = d.release
+    commit = push(sample_repo, "change")
+    build = actions.do_deploy(d, actor=cast.developer)
+
+    class WorkerKilled(BaseException):  # what no handler of the pass catches, as a SIGKILL would not be
+        pass
+
+    def killed(*args, **kwargs):
+        raise WorkerKilled
+
+    monkeypatch.setattr(pipeline, "_apply", killed)  # right after the build, before the switch
+    with pytest.raises(WorkerKilled):
+        tasks.provision(d.pk)
+    monkeypatch.undo()
+    build.refresh_from_db()
+    d.refresh_from_db()
+    assert build.status == BuildStatus.SUCCEEDED and d.release == old
+
+    tasks.provision(d.pk)  # the next pass (the reconciler's, or a restarted worker's)
+    d.refresh_from_db()
+    build.refresh_from_db()
+    assert d.release == build and d.commit == commit and build.attempts == 1  # run, not built again
+    wait_until(lambda: serving(d, commit), what="the release to serve")
+
+
 def test_a_failed_build_keeps_the_failing_commands_output(cast, runtime, sample_repo: Path) -> None:
     d = deploy(cast, "Prod", "production")
     (sample_repo / "web" / "requirements.txt").write_text("this is not a requirement !!!\n")

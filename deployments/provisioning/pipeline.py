@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from django.conf import settings
 
-from deployments.models import Build, Deployment, State, Trigger
+from deployments.models import Build, BuildStatus, Deployment, State, Trigger
 from deployments.provisioning import releases
 from deployments.provisioning.connections import store_connections
 from deployments.provisioning.external import take_external_build
@@ -98,6 +98,8 @@ def _fetch_tip(deployment: Deployment) -> str:
 def _release(deployment: Deployment, target: Build, stack: Stack, commit: str, actor: str) -> bool | None:
     """Turn the queued release into an artifact: an earlier one run again, CI's images, or a build
     here. True when it is ready, False when it failed, None while CI has not reported."""
+    if target.status == BuildStatus.SUCCEEDED:  # built already; its worker stopped before it ran
+        return True
     source = target.source
     if source is not None:
         try:

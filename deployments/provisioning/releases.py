@@ -47,11 +47,11 @@ def supersede(deployment_id: int, why: str, newer_than: int | None = None) -> No
 
 
 def take_next(deployment: Deployment) -> Build | None:
-    """The release to run now (with the deployment's lease held): the newest queued one, or a build
-    its worker left running. Whatever is older will not run."""
+    """The release to run now (with the deployment's lease held): the newest queued one, a build its
+    worker left running, or one built whose switch its worker left half-way. Whatever is older will not run."""
     pending = list(Build.objects.filter(deployment=deployment, status__in=PENDING).select_related("source__deployment__project")[:50])
     if not pending:
-        return None
+        return _built_not_running(deployment)
     newest = pending[0]
     supersede(deployment.pk, "superseded by a newer release", newer_than=newest.pk)
     for left in pending[1:]:
@@ -62,6 +62,15 @@ def take_next(deployment: Deployment) -> Build | None:
         newest.fail(_running_step(newest), f"the worker running this build stopped {newest.attempts} times; not trying again")
         return None
     return newest
+
+
+def _built_not_running(deployment: Deployment) -> Build | None:
+    """The newest release when it was built but never ran: its worker stopped between the build and
+    the switch to it (a release the runtime refused is failed, not this)."""
+    newest = Build.objects.filter(deployment=deployment).order_by("-pk").first()
+    if newest is None or newest.status != BuildStatus.SUCCEEDED or newest.pk == deployment.release_id:
+        return None
+    return newest if deployment.release_id is None or newest.pk > deployment.release_id else None
 
 
 def _running_step(build: Build) -> str:
