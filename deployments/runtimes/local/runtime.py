@@ -170,9 +170,8 @@ class LocalRuntime(Runtime):
             if self.router and spec.enabled and programs.rolls(spec, s) and s.identifier in running
             if running_now.get(s.identifier) not in (None, entries.get(s.identifier))
         ]
-        if rolling:
-            self._roll(spec, rolling, entries, running_now, ports, jail)
-        self._write_programs(spec, entries)
+        kept = self._roll(spec, rolling, entries, running_now, ports, jail) if rolling else []
+        self._write_programs(spec, entries, *kept)
         self._start_or_stop(spec, spec.enabled)
         self._publish(spec, ports)
         return self._endpoints(spec, ports)
@@ -200,7 +199,7 @@ class LocalRuntime(Runtime):
         ports: programs.Ports,
         jail: Jail | None,
         restart: bool = False,
-    ) -> None:
+    ) -> list[str]:
         """Zero-downtime release of `services`. The router sends their traffic to the first of two addresses
         that answers: the service's own, then its copy's (NEXT: own ports and files), which is not running
         between releases. The new release starts as the copy; once it passes its health check the service
@@ -209,7 +208,8 @@ class LocalRuntime(Runtime):
         (DIPLOI_RELEASE_DRAIN), the copy stops. A new release that does not pass never receives a
         request: the service kept running the whole time; the copy is stopped and RuntimeFailure says
         why. With `restart`, the same for a restart of what runs. The router's configuration does not
-        change, so nothing else it serves notices."""
+        change, so nothing else it serves notices. Returns the copies' sections to keep: none, or all
+        when the restarted services do not answer (the copies go on serving)."""
         old = {**entries, **{s.identifier: before[s.identifier] for s in services}}
         copies = [programs.program_entry(self.layout, spec, s, ports, jail, programs.NEXT) for s in services]
         self._write_programs(spec, old, *copies)
@@ -222,8 +222,9 @@ class LocalRuntime(Runtime):
             self.supervisor.restart_process(self.layout.program(spec, service.identifier))
         if waiting := self._wait_healthy(spec, services, ports):
             log.warning("deployment %s: the new release serves from its copy; the restarted service does not answer: %s", spec.id, waiting)
-            return  # the copy keeps serving; the monitor shows what does not answer
+            return copies  # the monitor shows what does not answer; the next change stops the copies
         time.sleep(max(settings.DIPLOI_RELEASE_DRAIN, FAIL_SECONDS + 0.5))
+        return []
 
     def _wait_healthy(self, spec: DeploymentSpec, services: list[ServiceSpec], ports: programs.Ports, variant: str = "") -> list[str]:
         """Wait (at most DIPLOI_READY_TIMEOUT) until each service's `variant` passes its health check;
@@ -388,8 +389,8 @@ class LocalRuntime(Runtime):
         current = self._sections(spec)
         if self.router and spec.enabled and programs.rolls(spec, svc) and running and service in current:
             ports = programs.allocate_ports(self.layout, spec)
-            self._roll(spec, [svc], current, current, ports, self.jail(spec, ports), restart=True)
-            self._write_programs(spec, current)
+            kept = self._roll(spec, [svc], current, current, ports, self.jail(spec, ports), restart=True)
+            self._write_programs(spec, current, *kept)
         else:
             self.supervisor.restart_process(program)
 
