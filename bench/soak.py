@@ -47,6 +47,9 @@ class Up:
     def __init__(self) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "DIPLOI_DATA_DIR")}
         env.update(DIPLOI_SSH_PORT=str(free_port()), DIPLOI_RECONCILE_AFTER="30", DIPLOI_MONITOR_INTERVAL="2")
+        # Deployments by port: the soak is about provisioning under faults (the router's own are in
+        # tests/test_it_router.py and the browser test), and leaves the machine's 443 and 80 alone.
+        env.update(DIPLOI_ROUTER="off")
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
             [sys.executable, "manage.py", "up", "--port", str(free_port()), "--data-dir", str(DATA), "--verbose"],  # it follows the worker
