@@ -22,7 +22,7 @@ from deployments.runtimes.local import sandbox
 from projects.git import run_git
 from projects.models import Project
 from projects.sample import commit_all
-from tests.conftest import http_get, provision_again, session_output, wait_until
+from tests.conftest import http_get, port_free, provision_again, session_output, wait_until
 
 HOSTILE = Path(__file__).parent / "hostile"
 PROBES = (
@@ -109,9 +109,13 @@ def platform_ports():
         added = subprocess.run(["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"], capture_output=True).returncode == 0
         metadata = socket.socket()
         metadata.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        metadata.bind(("169.254.169.254", 80))
-        metadata.listen(64)
-        servers.append(metadata)
+        try:
+            metadata.bind(("169.254.169.254", 80))
+            metadata.listen(64)
+            servers.append(metadata)
+        except OSError:  # port 80 is served on every address already (a router): that answers there too
+            metadata.close()
+            assert not port_free(80), "169.254.169.254:80 could not be bound, and nothing answers on port 80"
     yield [s.getsockname()[1] for s in servers[:2]] + [udp.getsockname()[1]]
     stop.set()
     for s in (*servers, udp):
