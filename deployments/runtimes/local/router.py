@@ -3,12 +3,11 @@ every deployment's host names, and the dashboard's, over HTTPS.
 
 It is configured at run time through Caddy's admin API, which listens on a unix socket in
 DATA_DIR/router (mode 0700: no port, nothing a deployment can reach). Its routes are a list: the
-dashboard's (`@id` "diploi", also the mark that the router holds Diploi's routes), one per deployment
-(`@id` "d<id>", matching all its host names), then a page for names nobody serves. A deployment that
-does not answer gets its own page from the server's error routes ("e<id>"). The router keeps no state
-of its own: a router that starts afresh has only the admin API, and the monitor loads every route from
-the database at its next tick (`synced` is false until then); each change in between is one request
-for that deployment's route.
+dashboard's (`@id` "diploi"), one per deployment (`@id` "d<id>", matching all its host names), then a
+page for names nobody serves. A deployment that does not answer gets its own page from the server's
+error routes ("e<id>"). The router keeps no state of its own: a router that starts afresh has only the
+admin API (and no tls app, which is how `synced` tells), and the monitor loads every route from the
+database at its next tick; each change in between is one request for that deployment's route.
 """
 
 import fcntl
@@ -26,17 +25,17 @@ from django.conf import settings
 
 from deployments.runtimes.base import RuntimeFailure, TransientFailure
 from deployments.runtimes.hostnames import is_private
+from deployments.runtimes.local.supervisor import TimedUnixConnection
 
 DASHBOARD = "diploi"
 SERVER = "diploi-https"
 # The ports are opened once, before Caddy starts, and handed to it as these file descriptors: every
-# configuration Caddy loads accepts from the same sockets. (Caddy's own listeners bind a new socket
-# per configuration, with SO_REUSEPORT, and the connections waiting on the old one when it closes are
-# lost: measured, about every request in flight at each change failed.)
+# configuration Caddy loads accepts from the same sockets, and they stay open while it has no routes
+# yet. (It does not save the requests a reload loses: docs/local-runtime.md, "Known limit".)
 HTTPS_FD, HTTP_FD = 3, 4
-STREAM_CLOSE_DELAY = "5m"
+STREAM_CLOSE_DELAY = "5m"  # a websocket a configuration change would cut stays open this long (clients reconnect)
 FAIL_DURATION = "1s"  # how long an address that refused a connection is passed over (see _proxy)
-FAIL_SECONDS = 1  # a websocket a configuration change would cut stays open this long (clients reconnect)
+FAIL_SECONDS = 1
 
 
 @dataclass(frozen=True)
@@ -63,17 +62,6 @@ def page(title: str, reason: str, link: str) -> str:
         f'<h1 style="font-size:1.4rem">{html.escape(title)}</h1><p>{html.escape(reason)}</p>'
         f'<p><a href="{html.escape(link)}">Open it in Diploi</a></p><p style="color:#61707f">Served by Diploi</p></body></html>'
     )
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.path = str(path)
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
 
 
 class Router:
@@ -182,7 +170,8 @@ class Router:
         }
 
     def _call(self, method: str, path: str, body: object = None, missing_ok: bool = False) -> bytes | None:
-        conn = UnixHTTPConnection(self.socket, timeout=30)
+        conn = TimedUnixConnection("localhost")
+        conn.socketfile = str(self.socket)
         try:
             data = json.dumps(body).encode() if body is not None else None
             conn.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})

@@ -37,7 +37,9 @@ EXEC = BASE_DIR / "deployments" / "runtimes" / "local" / "exec.py"  # what super
 RPC_TIMEOUT = 30.0  # seconds one call to supervisord may take (stopping a group waits for its processes)
 
 
-class _TimedUnixConnection(UnixStreamHTTPConnection):
+class TimedUnixConnection(UnixStreamHTTPConnection):
+    """HTTP over the unix socket `socketfile`, each operation bounded by RPC_TIMEOUT."""
+
     def connect(self) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(RPC_TIMEOUT)
@@ -95,8 +97,8 @@ def rpc_at(sock: Path, namespace: str = "supervisor") -> Any:
     supervisor that hangs makes the call fail, never the caller wait forever)."""
     transport = SupervisorTransport(None, None, f"unix://{sock}")
 
-    def connection(serverurl: str | None = None) -> _TimedUnixConnection:
-        conn = _TimedUnixConnection("localhost")
+    def connection(serverurl: str | None = None) -> TimedUnixConnection:
+        conn = TimedUnixConnection("localhost")
         conn.socketfile = str(sock)
         return conn
 
