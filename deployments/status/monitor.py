@@ -76,11 +76,16 @@ class Monitor:
             log.exception("monitor: loading the router's routes failed")
 
     def routed_specs(self) -> list[DeploymentSpec]:
-        specs = []
-        for d in Deployment.objects.exclude(state=State.DELETING).select_related("project", "release").annotate(env_updated=ENV_UPDATED):
+        routed = Deployment.objects.exclude(state=State.DELETING).select_related("project", "release").annotate(env_updated=ENV_UPDATED)
+        return list(self.specs_of(routed).values())
+
+    def specs_of(self, deployments) -> dict[int, DeploymentSpec]:
+        """Each deployment's spec by id; one that cannot be described is logged and left out, not the others."""
+        specs = {}
+        for d in deployments:
             try:
-                specs.append(self.spec(d))
-            except Exception:  # noqa: BLE001 - one broken deployment must not cost the others their routes
+                specs[d.pk] = self.spec(d)
+            except Exception:  # noqa: BLE001 - one broken deployment must not stop the others
                 log.exception("monitor: cannot describe deployment %s", d.pk)
         return specs
 
@@ -98,12 +103,7 @@ class Monitor:
                 Prefetch("builds", queryset=Build.objects.order_by("-created", "-pk")[:RECENT_BUILDS], to_attr="recent_builds")
             )
         )
-        specs = {}
-        for d in deployments:
-            try:
-                specs[d.pk] = self.spec(d)
-            except Exception:  # noqa: BLE001 - one broken deployment must not stop the others
-                log.exception("monitor: cannot describe deployment %s", d.pk)
+        specs = self.specs_of(deployments)
         try:
             observations = self.runtime.observe([s for s in specs.values() if s.services])
         except TransientFailure as e:
