@@ -170,6 +170,23 @@ def forget(key: str) -> None:
     _unforgotten.add(key)
 
 
+def next_number(key: str) -> int:
+    """The next number of a count every process shares, 0 with the cache away. A count that is missing
+    (a Redis restarted empty) starts again from the clock's microseconds, above every number handed out
+    before, so the order holds across a restart and whatever the processes' clocks say otherwise."""
+    if not _here():
+        return 0
+    try:
+        try:
+            return _cache().incr(key)
+        except ValueError:  # not there yet
+            _cache().add(key, time.time_ns() // 1000, None)
+            return _cache().incr(key)
+    except Exception as e:  # noqa: BLE001
+        _away(e)
+        return 0
+
+
 def lookup(key: str) -> Any | None:
     """What `add` or `put` stored under `key`; None when nothing is, or it was forgotten."""
     value = get(key)

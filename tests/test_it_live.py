@@ -170,6 +170,39 @@ async def test_many_sockets_share_one_render_per_event(cast, dev, runtime, redis
 
 
 @pytest.mark.asyncio
+async def test_a_snapshot_read_before_the_one_shown_is_not_shown(cast, dev, runtime, redis_layer) -> None:
+    """Two producers: the monitor reads a deployment at 0 %, a build moves it to 25 % and publishes, then
+    the monitor's event arrives. The socket keeps 25 % (the bar of a build never goes back)."""
+    from asgiref.sync import sync_to_async
+    from channels.layers import get_channel_layer
+
+    from deployments.live import events
+    from deployments.live.fragments import deployment_snapshot
+    from deployments.models import Build
+    from diploi import shared
+
+    build = await sync_to_async(Build.objects.create)(deployment=dev, commit="c0ffee", status="running", progress=0)
+    communicator, connected = await connect(cast.viewer, dev.pk)
+    assert connected
+    assert "· 0%" in await communicator.receive_from(timeout=10)
+    read_early = await sync_to_async(deployment_snapshot)(dev.pk, fresh=True)  # the monitor's read
+
+    await sync_to_async(Build.objects.filter(pk=build.pk).update)(progress=25)
+    await sync_to_async(events.publish)(dev.pk, events.BUILD)
+    assert "· 25%" in await communicator.receive_from(timeout=10)
+
+    await sync_to_async(Build.objects.filter(pk=build.pk).update)(progress=50)  # the early read still says 0 %
+    await sync_to_async(shared.put)("snapshot:early", read_early, 60)
+    event = {"type": "live.event", "group": events.group(dev.pk), "kind": events.STATUS, "seq": "early", "snapshot": "snapshot:early"}
+    await get_channel_layer().group_send(events.group(dev.pk), event)
+    assert await communicator.receive_nothing(timeout=1)
+
+    await sync_to_async(events.publish)(dev.pk, events.BUILD)  # a later read is shown
+    assert "· 50%" in await communicator.receive_from(timeout=10)
+    await communicator.disconnect()
+
+
+@pytest.mark.asyncio
 async def test_the_monitor_stores_status_and_pushes_it_live(cast, runtime, redis_layer) -> None:
     from asgiref.sync import sync_to_async
 

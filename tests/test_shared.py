@@ -20,3 +20,14 @@ def test_the_process_copy_keeps_the_values_used_last(monkeypatch) -> None:
         assert shared.get_rendered("k0") == 0  # used at every step: kept
     shared._cache().clear()
     assert [shared.get_rendered(f"k{i}") for i in range(4)] == [0, None, 2, 3]  # k1 was the least recently used
+
+
+def test_a_shared_count_keeps_its_order_when_the_cache_restarts_empty(redis_url, settings) -> None:
+    """Over the real Redis: numbers go up, also after it lost everything (restarted without persistence)."""
+    settings.CACHES = {**settings.CACHES, "shared": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": redis_url}}
+    shared._cache().delete("count")
+    first, second = shared.next_number("count"), shared.next_number("count")
+    assert second == first + 1
+    shared._cache().clear()  # an empty Redis
+    assert shared.next_number("count") > second
+    shared._cache().delete("count")

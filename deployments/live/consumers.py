@@ -144,6 +144,7 @@ class LiveConsumer(Consumer):
 
     group = ""
     last = ""
+    taken = 0  # the number of the snapshot it shows
 
     def authorise(self) -> int:
         """The id of what the socket watches; Http404/PermissionDenied when the user may not."""
@@ -189,7 +190,12 @@ class LiveConsumer(Consumer):
         return None
 
     async def push(self, snapshot: Snapshot | None, messages: dict[str, Broadcast] | None = None) -> None:
-        """Sends the user's fragment of `snapshot` if it changed (`messages`: the event's, shared by its sockets)."""
+        """Sends the user's fragment of `snapshot` if it changed and is not older than the one shown
+        (`messages`: the event's, shared by its sockets)."""
+        if snapshot is not None and snapshot.taken:
+            if snapshot.taken < self.taken:
+                return  # read before what the socket shows: a later event already brought newer
+            self.taken = snapshot.taken
         fragment = snapshot.fragment_for(self.user_id) if snapshot else None
         if fragment is None:
             await self.close(code=GONE)

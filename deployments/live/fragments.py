@@ -153,6 +153,7 @@ def overview_context(d: Deployment, user: User) -> dict:
 class Snapshot:
     members: dict[int, str]  # user id → role
     html: dict[bool, str]  # can write → fragment
+    taken: int = 0  # when it was read, in the order every process shares (`taken_now`); 0: unknown
 
     def fragment_for(self, user_id: int) -> str | None:
         role = self.members.get(user_id)
@@ -307,13 +308,21 @@ def per_role(project: Project, render: Callable[[], str]) -> dict[bool, str]:
     return html
 
 
+def taken_now() -> int:
+    """A number for a snapshot about to be read: a later read gets a larger one, whichever process reads.
+    Producers' events can arrive out of the order they were read in (the monitor reads a tick's
+    deployments, then sends them all); a socket shows none older than the one it shows."""
+    return shared.next_number("live:taken")
+
+
 def deployment_snapshot(deployment_id: int, fresh: bool = False) -> Snapshot | None:
+    taken = taken_now()
     # secrets decrypt on load; the project's parsed stack is not shown here
     live = deployments_shown().select_related("project").defer("credentials", "connections", "project__stack", "project__stack_errors")
     d = next(iter(live.filter(pk=deployment_id)), None)
     if d is None:
         return None
-    return Snapshot(members_of(d.project_id), per_role(d.project, lambda: live_fragment(d, fresh)))
+    return Snapshot(members_of(d.project_id), per_role(d.project, lambda: live_fragment(d, fresh)), taken)
 
 
 LIST_KEY_FIELDS = ("pk", "name", "slug", "stage", "branch", "state", "enabled", "state_reason", "status", "endpoints")
@@ -335,8 +344,9 @@ def list_fragment(project: Project, page: Page) -> str:
 
 
 def project_snapshot(project_id: int, page_number: str | None = None) -> Snapshot | None:
+    taken = taken_now()
     project = Project.objects.filter(pk=project_id).first()
     if project is None:
         return None
     page = deployments_page(project, page_number)
-    return Snapshot(members_of(project_id), per_role(project, lambda: list_fragment(project, page)))
+    return Snapshot(members_of(project_id), per_role(project, lambda: list_fragment(project, page)), taken)
