@@ -252,6 +252,11 @@ DIPLOI_K8S_DEFAULT_IMAGE = envstr("DIPLOI_K8S_DEFAULT_IMAGE", "debian:bookworm-s
 DIPLOI_K8S_SIZE = envchoice("DIPLOI_K8S_SIZE", "S", ("S", "M", "L", "XL"))
 DIPLOI_K8S_CODE_SIZE = envstr("DIPLOI_K8S_CODE_SIZE", "1Gi")
 DIPLOI_K8S_DELETE_TIMEOUT = envint("DIPLOI_K8S_DELETE_TIMEOUT", 300, minimum=1)
+# Client-side limits per process: requests a second (bursts of DIPLOI_K8S_BURST), writes at once. The API
+# server's priority and fairness sheds what is still too much (429): asked again after its Retry-After.
+DIPLOI_K8S_QPS = envint("DIPLOI_K8S_QPS", 200, minimum=1)
+DIPLOI_K8S_BURST = envint("DIPLOI_K8S_BURST", 400, minimum=1)
+DIPLOI_K8S_CONCURRENCY = envint("DIPLOI_K8S_CONCURRENCY", 16, minimum=1)
 DIPLOI_K8S_BUILDER_IMAGE = envstr("DIPLOI_K8S_BUILDER_IMAGE", "gcr.io/kaniko-project/executor:v1.23.2")
 DIPLOI_K8S_BUILD_TIMEOUT = envint("DIPLOI_K8S_BUILD_TIMEOUT", 1800, minimum=10)
 # "user:password" (or token) for DIPLOI_K8S_REGISTRY: pulling goes to every deployment namespace as an

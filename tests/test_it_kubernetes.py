@@ -202,20 +202,24 @@ def derive_colour(runtime, spec) -> str:
 
 @needs_cluster
 @pytest.mark.django_db
-def test_observe_uses_the_same_calls_for_any_number_of_deployments(cast, kube) -> None:
+def test_observe_without_watches_lists_a_few_namespaces_or_the_whole_cluster(cast, kube) -> None:
+    """A worker looking at its one deployment lists that namespace; more than a few are listed across the
+    cluster in a fixed number of calls (the monitor, which watches, lists nothing: test_it_kubernetes_watch)."""
     from deployments.runtimes import get_runtime
+    from deployments.runtimes.kubernetes.runtime import FEW
 
     runtime = get_runtime()
-    specs = [sample_spec(cast, slug=f"d{i}")[1] for i in range(3)]
+    specs = [sample_spec(cast, slug=f"d{i}")[1] for i in range(FEW + 1)]
     for spec in specs:
         runtime.apply(spec)
     kube = runtime.kube
     kube.calls = 0
-    runtime.observe(specs[:1])
-    one = kube.calls
+    one = runtime.observe(specs[:1])
+    assert kube.calls == 5  # its namespace's four lists and its metrics
     kube.calls = 0
     observed = runtime.observe(specs)
-    assert kube.calls == one == 5 and set(observed) == {s.id for s in specs}  # four lists and the metrics API
+    assert kube.calls == 5 and set(observed) == {s.id for s in specs}  # four lists and the metrics API, whatever the number
+    assert observed[specs[0].id] == one[specs[0].id]
     assert kube.pod_metrics("app.kubernetes.io/managed-by=diploi") is None  # no metrics server in the test cluster
 
 
@@ -247,11 +251,11 @@ def test_the_api_server_going_away_mid_apply_is_retried_without_duplicates(cast,
     runtime = get_runtime()
     real_apply, applied = runtime.kube.apply, []
 
-    def apply_then_lose_the_server(obj: dict) -> dict:
+    def apply_then_lose_the_server(obj: dict, **how) -> dict:
         if len(applied) == 4:  # half-way through the deployment's objects
             subprocess.run([script, "apiserver-stop"], check=True, timeout=60)
         applied.append(obj["kind"])
-        return real_apply(obj)
+        return real_apply(obj, **how)
 
     monkeypatch.setattr(runtime.kube, "apply", apply_then_lose_the_server)
     try:

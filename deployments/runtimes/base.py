@@ -333,6 +333,12 @@ class Runtime(ABC):
     def observe(self, specs: list[DeploymentSpec]) -> dict[int, Observation]:
         """One batched look at many deployments."""
 
+    def watch(self, changed: Callable[[set[int]], None]) -> bool:
+        """Follow the runtime's changes from this process (the monitor): `changed(ids)` is called, from
+        another thread, with the ids of deployments whose observation may have changed. False when the
+        runtime announces its changes otherwise (the local runtime's event listener, over Redis)."""
+        return False
+
     @abstractmethod
     def logs(
         self,

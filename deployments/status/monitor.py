@@ -89,15 +89,19 @@ class Monitor:
                 log.exception("monitor: cannot describe deployment %s", d.pk)
         return specs
 
-    def tick(self) -> int:
-        """Observe every active deployment once; returns how many were observed."""
-        self.reconcile_if_due(time.monotonic())
-        self.roll_up_if_due(time.monotonic())
-        self.sync_routes()
+    def tick(self, only: set[int] | None = None) -> int:
+        """Observe every active deployment once (or `only` those, which the runtime said changed);
+        returns how many were observed."""
+        if only is None:
+            self.reconcile_if_due(time.monotonic())
+            self.roll_up_if_due(time.monotonic())
+            self.sync_routes()
         latest_sample = Sample.objects.filter(deployment=OuterRef("pk")).order_by("-at").values("at")[:1]
+        observed = Deployment.objects.filter(state__in=OBSERVED)
+        if only is not None:
+            observed = observed.filter(pk__in=only)
         deployments = list(
-            Deployment.objects.filter(state__in=OBSERVED)
-            .select_related("project", "release")
+            observed.select_related("project", "release")
             .annotate(env_updated=ENV_UPDATED, last_sample=Subquery(latest_sample))
             .prefetch_related(
                 Prefetch("builds", queryset=Build.objects.order_by("-created", "-pk")[:RECENT_BUILDS], to_attr="recent_builds")
@@ -138,5 +142,6 @@ class Monitor:
                 Usage.objects.bulk_create(points, ignore_conflicts=True)
             forget_old([s.deployment_id for s in samples], now)
         events.publish_many([d.pk for d in changed], sorted({d.project_id for d in changed}))
-        self._specs = {pk: v for pk, v in self._specs.items() if pk in specs}
+        if only is None:
+            self._specs = {pk: v for pk, v in self._specs.items() if pk in specs}
         return len(observations)

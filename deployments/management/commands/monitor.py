@@ -47,6 +47,33 @@ class RuntimeChanges:
             self.pubsub.close()
 
 
+class Changed:
+    """Deployments the runtime said changed (from its watch threads), until the monitor takes them."""
+
+    def __init__(self) -> None:
+        self.ids: set[int] = set()
+        self.lock = threading.Lock()
+        self.event = threading.Event()
+
+    def add(self, ids: set[int]) -> None:
+        with self.lock:
+            self.ids |= ids
+        self.event.set()
+
+    def take(self, timeout: float) -> set[int]:
+        """The ids announced within `timeout` seconds (those of a burst together); empty if none."""
+        if not self.event.wait(timeout):
+            return set()
+        time.sleep(BURST)
+        with self.lock:
+            self.event.clear()
+            taken, self.ids = self.ids, set()
+        return taken
+
+
+BURST = 0.02  # seconds of a burst of changes gathered into one look
+
+
 class Command(BaseCommand):
     help = "Observe all active deployments every few seconds; store status changes and publish live updates."
 
@@ -60,8 +87,11 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, self.on_signal)
         signal.signal(signal.SIGINT, self.on_signal)
         monitor = Monitor()
-        changes = RuntimeChanges(settings.REDIS_URL)
-        self.stdout.write(f"monitor: observing every {interval:g} s{', and at once on process changes' if changes.active else ''}")
+        changed = Changed()
+        watching = monitor.runtime.watch(changed.add)  # Kubernetes: watches in this process
+        changes = RuntimeChanges("" if watching else settings.REDIS_URL)  # local: its event listener, over Redis
+        at_once = " and at once on process changes" if changes.active else " and at once on what the watches see" if watching else ""
+        self.stdout.write(f"monitor: observing every {interval:g} s{at_once}")
         stop_polling = threading.Event()
         if not once and not no_polling:
             threading.Thread(target=polling.run, args=(stop_polling,), name="polling", daemon=True).start()
@@ -74,13 +104,24 @@ class Command(BaseCommand):
                 self.stderr.write(f"monitor: tick failed: {e}")
             if once:
                 return
-            # Wait for the next tick, or less when the runtime announces a change (a crash, a restart).
+            # Wait for the next tick, or less when the runtime announces a change (a crash, a restart);
+            # what the watches announce is looked at alone, at once.
             while not self.stopping and time.monotonic() - started < interval:
-                if changes.wait(0.2):
+                if watching:
+                    ids = changed.take(min(0.2, max(0.0, interval - (time.monotonic() - started))))
+                    if ids:
+                        self.look_at(monitor, ids)
+                elif changes.wait(0.2):
                     break
         stop_polling.set()
         changes.close()
         self.stdout.write("monitor: stopped")
+
+    def look_at(self, monitor: Monitor, ids: set[int]) -> None:
+        try:
+            monitor.tick(only=ids)
+        except Exception as e:  # noqa: BLE001 - as a tick's
+            self.stderr.write(f"monitor: looking at {len(ids)} changed deployment(s) failed: {e}")
 
     def on_signal(self, signum: int, frame: object) -> None:
         self.stopping = True

@@ -4,6 +4,11 @@
 Errors: KubeUnavailable (a TransientFailure: connection refused, timeouts, 429 and 5xx — the callers'
 retries take them) and KubeError (anything else, with the API's message). A 409 AlreadyExists on a
 retried create counts as success.
+
+Load: requests pass a client-side rate limit (a token bucket: `qps` a second, bursts of `burst`), and
+writes run at most `concurrency` at a time (`Kube.parallel`). An API server that sheds load (429 from
+priority and fairness, or 503 with Retry-After) is asked again after the time it names, a few times,
+before the caller sees KubeUnavailable.
 """
 
 import json
@@ -15,6 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import urllib3
 from kubernetes import client, config
@@ -28,6 +34,9 @@ from deployments.runtimes.base import RuntimeFailure, TransientFailure
 log = logging.getLogger(__name__)
 FIELD_MANAGER = "diploi"
 RETRIED = {0, 429, 500, 502, 503, 504}
+SHED = {429, 503}  # answers that may say when to ask again (Retry-After)
+RETRY_AFTER_TIMES = 5  # times a shed request is asked again before the caller is told
+RETRY_AFTER_MAX = 10.0  # seconds waited at most for one Retry-After
 
 # kind → (API path prefix, plural, namespaced)
 KINDS: dict[str, tuple[str, str, bool]] = {
@@ -59,7 +68,7 @@ class KubeError(RuntimeFailure):
 
 
 class KubeUnavailable(KubeError, TransientFailure):
-    pass
+    retry_after: float | None = None  # seconds the API server asked to wait (429/503 with Retry-After)
 
 
 def path(kind: str, namespace: str | None = None, name: str | None = None, subresource: str = "") -> str:
@@ -75,10 +84,34 @@ def path(kind: str, namespace: str | None = None, name: str | None = None, subre
     return "/".join(parts)
 
 
-class Kube:
-    """One API server. `calls` counts requests (the benchmarks report API calls per operation)."""
+class RateLimit:
+    """A token bucket: `qps` tokens a second, at most `burst` saved up; `take` waits for one."""
 
-    def __init__(self, kubeconfig: str = "", context: str = "") -> None:
+    def __init__(self, qps: float, burst: int) -> None:
+        self.qps, self.burst = qps, max(1, burst)
+        self.tokens, self.at = float(self.burst), time.monotonic()
+        self.lock = threading.Lock()
+        self.waited = 0.0  # seconds callers spent waiting (the benchmark reports it)
+
+    def take(self) -> None:
+        if self.qps <= 0:
+            return
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.qps)
+            self.at = now
+            self.tokens -= 1
+            wait = -self.tokens / self.qps if self.tokens < 0 else 0.0
+            self.waited += wait
+        if wait:
+            time.sleep(wait)
+
+
+class Kube:
+    """One API server. `calls` counts requests and `writes` the writes among them (the benchmarks and
+    tests report them per operation)."""
+
+    def __init__(self, kubeconfig: str = "", context: str = "", qps: float = 200, burst: int = 400, concurrency: int = 16) -> None:
         self.configuration = client.Configuration()
         try:
             if kubeconfig or not os.environ.get("KUBERNETES_SERVICE_HOST"):
@@ -87,8 +120,29 @@ class Kube:
                 config.load_incluster_config(client_configuration=self.configuration)
         except (ConfigException, OSError) as e:
             raise RuntimeFailure(f"cannot read the Kubernetes configuration: {e}") from None
+        self.configuration.connection_pool_maxsize = concurrency + 8  # the writers, the watches and the readers
+        # urllib3 would also wait out a Retry-After itself (for reads only): that is `request`'s to do, once
+        self.configuration.retries = urllib3.Retry(total=3, respect_retry_after_header=False)
         self.api = client.ApiClient(self.configuration)
-        self.calls = 0
+        self.calls = self.writes = 0
+        self.counting = threading.Lock()
+        self.limit = RateLimit(qps, burst)
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kube-write")
+
+    def parallel(self, calls: "list") -> "list":
+        """Run the calls (no-argument callables) through the bounded pool; their results in order. The
+        first failure is raised once all have ended (none is left running behind the caller)."""
+        futures = [self.pool.submit(c) for c in calls]
+        results, failure = [], None
+        for f in futures:
+            try:
+                results.append(f.result())
+            except Exception as e:  # noqa: BLE001 - raised below, after the others ended
+                failure = failure or e
+                results.append(None)
+        if failure is not None:
+            raise failure
+        return results
 
     def request(
         self,
@@ -97,10 +151,25 @@ class Kube:
         query: dict | None = None,
         body: object = None,
         content_type: str = "application/json",
-        timeout: float = 30,
+        timeout: float | tuple[float, float] | None = 30,
         stream: bool = False,
     ):
-        self.calls += 1
+        for attempt in range(RETRY_AFTER_TIMES + 1):
+            try:
+                return self._request(method, url, query, body, content_type, timeout, stream)
+            except KubeUnavailable as e:
+                if e.retry_after is None or attempt == RETRY_AFTER_TIMES:
+                    raise
+                log.info("Kubernetes shed %s %s (%s); asking again in %.1f s", method, url, e.status, e.retry_after)
+                time.sleep(e.retry_after)
+        raise AssertionError("unreachable")
+
+    def _request(self, method: str, url: str, query: dict | None, body: object, content_type: str, timeout, stream: bool):
+        if not (stream and query and query.get("watch")):  # a watch is one long request, not a rate
+            self.limit.take()
+        with self.counting:
+            self.calls += 1
+            self.writes += method != "GET"
         params = [(k, v) for k, v in (query or {}).items() if v is not None]
         method, full_url, headers, body, _ = self.api.param_serialize(
             method,
@@ -113,34 +182,40 @@ class Kube:
         try:
             response = self.api.rest_client.request(method, full_url, headers=headers, body=body, _request_timeout=timeout)
         except ApiException as e:
-            raise self._error(e.status or 0, e.body or e.reason) from None
+            raise self._error(e.status or 0, e.body or e.reason, e.headers) from None
         except (OSError, urllib3.exceptions.HTTPError) as e:  # refused, reset, timed out
             raise KubeUnavailable(0, str(e)) from None
         if stream:
             if response.status >= 400:
-                raise self._error(response.status, response.read())
+                raise self._error(response.status, response.read(), response.headers)
             return response.response
         data = response.read()
         if response.status >= 400:
-            raise self._error(response.status, data)
+            raise self._error(response.status, data, response.headers)
         return json.loads(data) if data else None
 
     @staticmethod
-    def _error(status: int, body: object) -> KubeError:
+    def _error(status: int, body: object, headers=None) -> KubeError:
         message = body.decode(errors="replace") if isinstance(body, bytes) else str(body)
         try:
             message = json.loads(message).get("message", message)
         except (ValueError, AttributeError):
             pass
-        return (KubeUnavailable if status in RETRIED else KubeError)(status, message[:500])
+        if status not in RETRIED:
+            return KubeError(status, message[:500])
+        error = KubeUnavailable(status, message[:500])
+        after = (headers or {}).get("Retry-After") if status in SHED else None
+        if after is not None and after.strip().isdigit():
+            error.retry_after = min(float(after), RETRY_AFTER_MAX)
+        return error
 
     # --- objects ---
 
-    def apply(self, obj: dict) -> dict:
-        """Server-side apply: create or update to exactly these fields (idempotent)."""
+    def apply(self, obj: dict, manager: str = FIELD_MANAGER) -> dict:
+        """Server-side apply: create or update to exactly these fields (idempotent), as `manager`."""
         meta = obj["metadata"]
         url = path(obj["kind"], meta.get("namespace"), meta["name"])
-        return self.request("PATCH", url, {"fieldManager": FIELD_MANAGER, "force": "true"}, obj, "application/apply-patch+yaml")
+        return self.request("PATCH", url, {"fieldManager": manager, "force": "true"}, obj, "application/apply-patch+yaml")
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict | None:
         try:
@@ -153,6 +228,30 @@ class Kube:
     def list(self, kind: str, namespace: str | None = None, selector: str | None = None) -> list[dict]:
         """Across all namespaces when `namespace` is None: one call, whatever the number of deployments."""
         return self.request("GET", path(kind, namespace), {"labelSelector": selector}).get("items", [])
+
+    def list_pages(self, kind: str, selector: str | None = None, limit: int = 500) -> "Iterator[tuple[list[dict], str]]":
+        """Across all namespaces, `limit` objects a call (the whole list is never one response in
+        memory); each page with the list's resource version (the same for all of them: one snapshot)."""
+        token = None
+        while True:
+            page = self.request("GET", path(kind), {"labelSelector": selector, "limit": limit, "continue": token})
+            meta = page.get("metadata", {})
+            yield page.get("items", []), meta.get("resourceVersion", "")
+            token = meta.get("continue")
+            if not token:
+                return
+
+    def watch(self, kind: str, version: str, selector: str | None = None, timeout: int = 300) -> "Watch":
+        """The changes after `version` (see Watch), until the server ends the watch after about
+        `timeout` seconds."""
+        query = {
+            "watch": "1",
+            "resourceVersion": version,
+            "labelSelector": selector,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": timeout,
+        }
+        return Watch(kind, self.request("GET", path(kind), query, stream=True, timeout=(10, timeout + 30)))
 
     def events(self, namespace: str, name: str) -> "list[dict]":
         """The events about one object of the namespace (a pod's scheduling, pulls, restarts)."""
@@ -168,10 +267,11 @@ class Kube:
                 return False
             raise
 
-    def pod_metrics(self, selector: str) -> "list[dict] | None":
-        """CPU and memory per pod from metrics.k8s.io, across namespaces; None when the cluster does not serve it."""
+    def pod_metrics(self, selector: str, namespace: str | None = None) -> "list[dict] | None":
+        """CPU and memory per pod from metrics.k8s.io, of a namespace or across them; None when the cluster does not serve it."""
+        where = f"/namespaces/{namespace}" if namespace else ""
         try:
-            return self.request("GET", "/apis/metrics.k8s.io/v1beta1/pods", {"labelSelector": selector}).get("items", [])
+            return self.request("GET", f"/apis/metrics.k8s.io/v1beta1{where}/pods", {"labelSelector": selector}).get("items", [])
         except KubeError as e:
             if e.status in (404, 503):
                 return None
@@ -219,7 +319,8 @@ class Kube:
         return PortForward(self._websocket(path("Pod", namespace, pod, "portforward"), [("ports", str(port))]))
 
     def _websocket(self, url: str, query: "list[tuple[str, str]]"):
-        self.calls += 1
+        with self.counting:
+            self.calls += 1
         _, url, headers, _, _ = self.api.param_serialize("GET", url, query_params=query, auth_settings=["BearerToken"])
         headers = {k.lower(): v for k, v in headers.items()}
         try:
@@ -228,6 +329,37 @@ class Kube:
             raise self._error(e.status_code, e.resp_body or str(e)) from None
         except (OSError, WebSocketException) as e:
             raise KubeUnavailable(0, str(e)) from None
+
+
+class Watch:
+    """One watch request: iterating gives the API's watch events ({"type", "object"}), bookmarks included,
+    until the server ends it; a broken connection raises KubeUnavailable. A version the server no longer
+    has arrives as an ERROR event whose object is a Status with code 410. `close` ends it from any thread."""
+
+    def __init__(self, kind: str, response) -> None:
+        self.kind, self.response, self.closed = kind, response, False
+
+    def __iter__(self) -> Iterator[dict]:
+        buffer = b""
+        try:
+            for chunk in self.response.stream(65536, decode_content=True):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+        except (OSError, urllib3.exceptions.HTTPError, ValueError) as e:  # reset, timed out, cut mid-line
+            if not self.closed:
+                raise KubeUnavailable(0, f"the watch of {self.kind} broke: {e}") from None
+        finally:
+            self.response.release_conn()
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.response.shutdown()  # wakes the thread reading it
+        except (OSError, AttributeError):
+            pass
 
 
 class _Held:

@@ -6,7 +6,8 @@ StatefulSets (development: the branch cloned onto a claim by an init container, 
 development command); staging/production components as Deployments of the built image; a Service
 per service; one Ingress per deployment (its host names, hostnames.py, plus custom domains,
 TLS by cert-manager's cluster issuer). Every object carries the managed-by, project, deployment and
-component labels, so observation lists them across all namespaces in a fixed number of calls.
+component labels, so observation lists and watches them across all namespaces by one selector; the
+Ingress also carries a label per host name (host_label), by which a new host name is checked free.
 """
 
 import base64
@@ -21,6 +22,7 @@ from deployments.runtimes.base import DeploymentSpec, ServiceSpec, imported_env
 from deployments.runtimes.placeholders import render
 
 MANAGED = "app.kubernetes.io/managed-by"
+HOST_LABEL = "host.diploi.io/"  # + a digest of a host name the Ingress serves: found by label, not by listing all
 VOLUME = "diploi.io/volume"
 PROJECT, DEPLOYMENT, DEPLOYMENT_ID, COMPONENT = (
     "diploi.io/project",
@@ -233,6 +235,10 @@ def _claim(spec: DeploymentSpec, service: ServiceSpec, name: str, size: str, vol
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": claim}
 
 
+def host_label(host: str) -> str:
+    return HOST_LABEL + hashlib.sha256(host.encode()).hexdigest()[:40]
+
+
 def _ingress(spec: DeploymentSpec) -> dict:
     """Every public port by its host name (hostnames.py, as on the local runtime); the verified custom
     domains serve what the deployment's own host serves."""
@@ -240,6 +246,7 @@ def _ingress(spec: DeploymentSpec) -> dict:
     routes = [(e.host, e.service, next(p.port for p in spec.service(e.service).ports if p.name == e.port)) for e in found]
     routes += [(h, routes[0][1], routes[0][2]) for h in spec.hosts]
     meta = _meta(spec, "web")
+    meta["labels"].update({host_label(h): "1" for h, _, _ in routes})
     if settings.DIPLOI_K8S_CLUSTER_ISSUER:
         meta["annotations"] = {"cert-manager.io/cluster-issuer": settings.DIPLOI_K8S_CLUSTER_ISSUER}
     rules = [

@@ -1,9 +1,47 @@
-"""A deployment's status items from the objects the cluster lists (pods, claims, workloads, metrics)."""
+"""A deployment's status items from the objects the cluster lists (pods, claims, workloads, metrics),
+and `trim`, which keeps of an object only what these read (what the monitor's cache holds)."""
 
+import sys
 from dataclasses import replace
 
 from deployments.runtimes.base import Colour, DeploymentSpec, ItemState, Observation
-from deployments.runtimes.kubernetes.manifests import COMPONENT, VOLUME
+from deployments.runtimes.kubernetes.manifests import COMPONENT, DEPLOYMENT_ID, VOLUME
+
+OBSERVED_KINDS = ("Pod", "PersistentVolumeClaim", "StatefulSet", "Deployment")
+
+
+def trim(kind: str, obj: dict) -> dict:
+    """`obj` with only the fields `observation` reads, in the same shape; the strings that repeat from
+    object to object (label values, phases, reasons) are interned, held once."""
+    meta = obj.get("metadata", {})
+    labels = meta.get("labels") or {}
+    kept_meta: dict = {
+        "name": meta.get("name", ""),
+        "namespace": sys.intern(meta.get("namespace", "")),
+        "labels": {sys.intern(k): sys.intern(v) for k, v in labels.items() if k in (COMPONENT, DEPLOYMENT_ID, VOLUME)},
+    }
+    if meta.get("deletionTimestamp"):
+        kept_meta["deletionTimestamp"] = meta["deletionTimestamp"]
+    status = obj.get("status") or {}
+    if kind == "Pod":
+        kept_status: dict = {"phase": sys.intern(status.get("phase", "Pending"))}
+        if status.get("reason"):
+            kept_status["reason"] = sys.intern(status["reason"])
+        kept_status["containerStatuses"] = [_container(c) for c in status.get("containerStatuses") or []]
+        return {"metadata": kept_meta, "status": kept_status}
+    if kind == "PersistentVolumeClaim":
+        size = ((obj.get("spec") or {}).get("resources") or {}).get("requests", {}).get("storage", "")
+        claim_status = {"phase": sys.intern(status["phase"])} if status.get("phase") else {}
+        return {"metadata": kept_meta, "spec": {"resources": {"requests": {"storage": sys.intern(size)}}}, "status": claim_status}
+    return {"metadata": kept_meta, "status": {"readyReplicas": status.get("readyReplicas", 0)}}  # a workload
+
+
+def _container(found: dict) -> dict:
+    kept: dict = {"name": sys.intern(found.get("name", "")), "ready": bool(found.get("ready"))}
+    kept["restartCount"] = found.get("restartCount", 0)
+    waiting = (found.get("state") or {}).get("waiting")
+    kept["state"] = {"waiting": {"reason": sys.intern(waiting.get("reason", "")), "message": waiting.get("message", "")}} if waiting else {}
+    return kept
 
 
 def observation(spec: DeploymentSpec, objects: dict[str, list[dict]], usage: dict | None) -> Observation:

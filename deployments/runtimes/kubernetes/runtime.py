@@ -1,10 +1,14 @@
 """The Kubernetes runtime: the same stack files, as objects in one namespace per deployment.
 
-`manifests.manifests(spec)` is what `apply` sends with server-side apply; `observe` lists pods,
-claims and workloads across all namespaces in a fixed number of calls (observe.py turns them into
-status items); logs, shells and port-forwards go through the pod API (client.py).
+`manifests.manifests(spec)` is what `apply` sends with server-side apply: in stages (the namespace,
+its fence, then the rest), each stage's objects in parallel, and not at all when the namespace says
+that exactly this was applied last (a digest of the manifests). The process that calls `watch` (the
+monitor) keeps an informer (informer.py) and `observe` reads it without asking the API; elsewhere
+`observe` lists. Logs, shells and port-forwards go through the pod API (client.py).
 """
 
+import hashlib
+import json
 import logging
 import secrets
 import threading
@@ -31,7 +35,8 @@ from deployments.runtimes.base import (
     Unreachable,
     forward_candidates,
 )
-from deployments.runtimes.kubernetes.client import Kube, KubeError
+from deployments.runtimes.kubernetes.client import Kube, KubeError, KubeUnavailable
+from deployments.runtimes.kubernetes.informer import Informer
 from deployments.runtimes.kubernetes.manifests import (
     COMPONENT,
     COPY_POD,
@@ -46,6 +51,7 @@ from deployments.runtimes.kubernetes.manifests import (
     env_secret,
     environment,
     fence,
+    host_label,
     manifests,
     namespace,
     placeholder_values,
@@ -53,9 +59,16 @@ from deployments.runtimes.kubernetes.manifests import (
     storage_paths,
     workload_kind,
 )
-from deployments.runtimes.kubernetes.observe import observation, usage_of
+from deployments.runtimes.kubernetes.observe import OBSERVED_KINDS, observation, usage_of
 
 log = logging.getLogger(__name__)
+APPLIED = "diploi.io/applied"  # the namespace's annotation: the digest of the manifests applied last
+APPLIED_MANAGER = "diploi-applied"  # its own field manager: the manifests' applies leave it alone
+OURS = f"{MANAGED}=diploi"
+SYNC_TIMEOUT = 60  # seconds observe waits for the informer's first lists
+BROKEN_GRACE = 10  # seconds the watches may be broken before observe says the cluster is not answering
+FEW = 3  # at most this many deployments are observed (without an informer) by listing their namespaces
+STAGES = (("Namespace",), ("NetworkPolicy", "ResourceQuota", "LimitRange", "ServiceAccount"))  # then the rest, workloads last
 
 
 class KubernetesRuntime(Runtime):
@@ -66,7 +79,15 @@ class KubernetesRuntime(Runtime):
     )
 
     def __init__(self, kube: Kube | None = None) -> None:
-        self.kube = kube or Kube(settings.DIPLOI_K8S_KUBECONFIG, settings.DIPLOI_K8S_CONTEXT)
+        self.kube = kube or Kube(
+            settings.DIPLOI_K8S_KUBECONFIG,
+            settings.DIPLOI_K8S_CONTEXT,
+            qps=settings.DIPLOI_K8S_QPS,
+            burst=settings.DIPLOI_K8S_BURST,
+            concurrency=settings.DIPLOI_K8S_CONCURRENCY,
+        )
+        self.informer: Informer | None = None
+        self._metrics: tuple[float, dict | None] | None = None  # (when, usage by pod) of the last metrics read
 
     def confinement(self) -> Confinement:
         """A namespace per deployment named from its id, with a default-deny NetworkPolicy (enforced
@@ -86,17 +107,24 @@ class KubernetesRuntime(Runtime):
         return found
 
     def _apply_all(self, objects: list[dict], spec: DeploymentSpec) -> None:
-        """Apply in order, after checking that the namespace and every host name are the deployment's."""
+        """Apply after checking that the namespace and every host name are the deployment's: the
+        namespace, then its fence (nothing runs in it unfenced), then the rest with the workloads last,
+        each stage's objects at once through the client's bounded pool."""
         self._own_namespace(spec)
         hosts = {rule["host"] for obj in objects if obj["kind"] == "Ingress" for rule in obj["spec"]["rules"]}
         if hosts:
             self._hosts_free(spec, hosts)
-        for obj in objects:
-            self.kube.apply(obj)
+        for stage in _stages(objects):
+            self.kube.parallel([lambda obj=obj: self.kube.apply(obj) for obj in stage])
 
     def _hosts_free(self, spec: DeploymentSpec, hosts: set[str]) -> None:
-        """Refuse host names another Ingress of the cluster serves (another Diploi's, or anyone's)."""
-        for ingress in self.kube.list("Ingress"):
+        """Refuse host names another Ingress of the cluster serves (another Diploi's, or anyone's). Ours
+        carry a label per host name: the API finds them by label, and lists only the Ingresses that are
+        not Diploi's (a few), not every deployment's."""
+        found = self.kube.list("Ingress", selector=f"{MANAGED}!=diploi")
+        for host in sorted(hosts):
+            found += self.kube.list("Ingress", selector=host_label(host))
+        for ingress in found:
             if ingress["metadata"].get("labels", {}).get(DEPLOYMENT_ID) == str(spec.id):
                 continue
             taken = hosts & {rule.get("host") for rule in ingress.get("spec", {}).get("rules", [])}
@@ -104,7 +132,18 @@ class KubernetesRuntime(Runtime):
                 raise RuntimeFailure(f"{', '.join(sorted(taken))} is already served by another Ingress in the cluster; nothing was changed")
 
     def apply(self, spec: DeploymentSpec) -> dict[str, str]:
-        self._apply_all(manifests(spec), spec)
+        """Everything the deployment consists of; no write at all when the namespace records that the
+        same manifests were applied last (a change made by hand in the cluster is not undone then:
+        any change of the deployment applies everything again)."""
+        objects = manifests(spec)
+        digest = hashlib.sha256(json.dumps(objects, sort_keys=True).encode()).hexdigest()
+        found = self._own_namespace(spec)
+        meta = (found or {}).get("metadata", {})
+        if meta.get("annotations", {}).get(APPLIED) == digest and not meta.get("deletionTimestamp"):
+            return hostnames.shown_endpoints(spec)
+        self._apply_all(objects, spec)
+        stamp = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace(spec), "annotations": {APPLIED: digest}}}
+        self.kube.apply(stamp, manager=APPLIED_MANAGER)
         return hostnames.shown_endpoints(spec)
 
     def route(self, spec: DeploymentSpec) -> None:
@@ -112,6 +151,13 @@ class KubernetesRuntime(Runtime):
         ingresses = [obj for obj in manifests(spec) if obj["kind"] == "Ingress"]
         if ingresses and self._own_namespace(spec) is not None:
             self._apply_all(ingresses, spec)
+
+    def watch(self, changed) -> bool:
+        """Follow the cluster's Diploi objects in this process (the monitor): `observe` reads them from
+        then on, and `changed(ids)` hears of each deployment whose objects changed."""
+        if self.informer is None:
+            self.informer = Informer(self.kube, OURS, lambda owners: changed({int(o) for o in owners if o.isdigit()})).start()
+        return True
 
     def set_enabled(self, spec: DeploymentSpec, enabled: bool) -> None:
         """Replicas to zero (or back); claims stay."""
@@ -151,15 +197,40 @@ class KubernetesRuntime(Runtime):
         self.kube.patch(workload_kind(spec, spec.service(service)), service, namespace(spec), stamp)
 
     def observe(self, specs: list[DeploymentSpec]) -> dict[int, Observation]:
-        wanted = {s.id: s for s in specs}
-        found: dict[str, dict[str, list[dict]]] = {}
-        for kind in ("Pod", "PersistentVolumeClaim", "StatefulSet", "Deployment"):
-            found[kind] = defaultdict(list)
-            for obj in self.kube.list(kind, selector=f"{MANAGED}=diploi"):
-                found[kind][obj["metadata"]["labels"].get(DEPLOYMENT_ID, "")].append(obj)
-        metrics = self.kube.pod_metrics(f"{MANAGED}=diploi")
-        usage = None if metrics is None else {(m["metadata"]["namespace"], m["metadata"]["name"]): usage_of(m) for m in metrics}
-        return {pk: observation(spec, {k: v.get(str(pk), []) for k, v in found.items()}, usage) for pk, spec in wanted.items()}
+        """From the informer's objects when this process watches (no API call but the metrics, read at
+        most once per monitor interval); else from lists: of the deployments' namespaces for a few
+        deployments, across the cluster for more."""
+        if self.informer is not None:
+            if not self.informer.wait_synced(SYNC_TIMEOUT):
+                raise KubeUnavailable(0, f"the first lists of the cluster's objects did not finish in {SYNC_TIMEOUT} s")
+            if self.informer.broken_for() > BROKEN_GRACE:
+                raise KubeUnavailable(0, f"the cluster has not been followed for {self.informer.broken_for():.0f} s (its watches broke)")
+            usage = self._usage()
+            return {s.id: observation(s, self.informer.of(str(s.id)), usage) for s in specs}
+        if len(specs) <= FEW:
+            found = {}
+            for spec in specs:
+                objects = {kind: self.kube.list(kind, namespace(spec), OURS) for kind in OBSERVED_KINDS}
+                metrics = self.kube.pod_metrics(OURS, namespace(spec))
+                usage = None if metrics is None else {(m["metadata"]["namespace"], m["metadata"]["name"]): usage_of(m) for m in metrics}
+                found[spec.id] = observation(spec, objects, usage)
+            return found
+        by_deployment: dict[str, dict[str, list[dict]]] = defaultdict(lambda: {kind: [] for kind in OBSERVED_KINDS})
+        for kind in OBSERVED_KINDS:
+            for obj in self.kube.list(kind, selector=OURS):
+                by_deployment[obj["metadata"]["labels"].get(DEPLOYMENT_ID, "")][kind].append(obj)
+        usage = self._usage(fresh=True)
+        return {s.id: observation(s, by_deployment[str(s.id)], usage) for s in specs}
+
+    def _usage(self, fresh: bool = False) -> dict | None:
+        """CPU and memory of every Diploi pod from metrics.k8s.io (None where the cluster does not serve
+        it): one call for all pods, at most once per monitor interval (the ticks a change brings on
+        in between use the last one)."""
+        if fresh or self._metrics is None or time.monotonic() - self._metrics[0] >= settings.DIPLOI_MONITOR_INTERVAL:
+            metrics = self.kube.pod_metrics(OURS)
+            usage = None if metrics is None else {(m["metadata"]["namespace"], m["metadata"]["name"]): usage_of(m) for m in metrics}
+            self._metrics = (time.monotonic(), usage)
+        return self._metrics[1]
 
     def _pod(self, spec: DeploymentSpec, service: str, running: bool = False) -> str | None:
         """The name of one pod of the service (a running one when asked), or None."""
@@ -363,3 +434,11 @@ class PodShell:
         status = self.stream.close()
         self._finish(kill=False)
         return status
+
+
+def _stages(objects: list[dict]) -> list[list[dict]]:
+    """The objects in the order they may be applied in: the namespace, its fence, the rest, the workloads."""
+    first = [[o for o in objects if o["kind"] in kinds] for kinds in STAGES]
+    workloads = [o for o in objects if o["kind"] in ("StatefulSet", "Deployment", "Job", "Pod")]
+    rest = [o for o in objects if all(o is not x for x in workloads) and all(o["kind"] not in kinds for kinds in STAGES)]
+    return [stage for stage in (*first, rest, workloads) if stage]
