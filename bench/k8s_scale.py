@@ -1,24 +1,38 @@
 """The Kubernetes runtime at scale, against a real control plane with KWOK nodes.
 
-    DIPLOI_K8S_STATE=/tmp/diploi-k8s-bench DIPLOI_K8S_NODES=50 scripts/k8s-testenv start
-    DIPLOI_BENCH_KUBECONFIG=/tmp/diploi-k8s-bench/kubeconfig uv run python bench/k8s_scale.py [--counts 100,1000]
+    DIPLOI_K8S_STATE=/tmp/diploi-k8s-bench DIPLOI_K8S_NODES=50 DIPLOI_K8S_NODE_PODS=500 DIPLOI_K8S_CONTROLLER_QPS=200 \\
+        scripts/k8s-testenv start
+    DIPLOI_BENCH_KUBECONFIG=/tmp/diploi-k8s-bench/kubeconfig DIPLOI_K8S_STATE=/tmp/diploi-k8s-bench REDIS_URL=redis://127.0.0.1:6379/5 \\
+        uv run python bench/k8s_scale.py [--counts 100,1000,10000] [--threads 8]
     DIPLOI_K8S_STATE=/tmp/diploi-k8s-bench scripts/k8s-testenv stop
 
-Prints, with a baseline measured in the same run:
-- apply throughput (deployments per minute) for each count, next to the same number of plain GET
-  requests to the API server (its raw round trip);
-- observe() latency and API calls per call for 10 / 100 / 1,000 deployments (all of them applied).
-Deployments are the sample project's development deployment under different names.
+Deployments are the sample project's development deployment (web + Redis: two StatefulSets, two pods,
+ten objects) under different names, each also a row in a SQLite database, as the monitor reads them.
+For each count, with a baseline measured in the same run:
+- apply throughput: new deployments applied by `--threads` threads through one runtime (as a worker's
+  threads would), next to the same number of plain GETs per object sent the same way; then the same
+  deployments applied again, unchanged (writes sent, time);
+- observe() of every deployment from the informer the monitor keeps (latency, API calls), next to
+  observe() by listing the cluster (what every tick did before);
+- resident memory of this process (the monitor: Django, the rows, the informer) and of the API server;
+- the time from a pod being deleted to the monitor storing the change and the live event reaching the
+  deployment's channel-layer group (what the web processes forward to the browsers), while the monitor
+  also runs its full ticks over every deployment.
 """
 
 import argparse
+import gc
 import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+
+import psutil
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
@@ -26,6 +40,7 @@ DATA = Path(tempfile.mkdtemp(prefix="diploi-k8s-bench-"))
 KUBECONFIG = os.environ.get("DIPLOI_BENCH_KUBECONFIG", "")
 if not KUBECONFIG:
     raise SystemExit(__doc__)
+STATE = Path(os.environ.get("DIPLOI_K8S_STATE", str(Path(KUBECONFIG).parent)))
 os.environ.update(
     DIPLOI_DATA_DIR=str(DATA / "data"),
     DJANGO_SETTINGS_MODULE="diploi.settings",
@@ -38,66 +53,201 @@ import django  # noqa: E402
 
 django.setup()
 
+from django.conf import settings  # noqa: E402
 
 from bench.sample import sample_project  # noqa: E402
+from deployments.management.commands.monitor import Changed, RuntimeChanges, follow  # noqa: E402
 from deployments.models import Deployment, State  # noqa: E402
 from deployments.provisioning.spec import current_spec  # noqa: E402
+from deployments.runtimes import get_runtime  # noqa: E402
 from deployments.runtimes.kubernetes.client import Kube  # noqa: E402
 from deployments.runtimes.kubernetes.manifests import MANAGED, manifests, namespace  # noqa: E402
 from deployments.runtimes.kubernetes.runtime import KubernetesRuntime  # noqa: E402
+from deployments.status.monitor import Monitor  # noqa: E402
+
+MIB = 1024 * 1024
 
 
-def sample_spec():
-    user, project = sample_project(DATA)
-    d = Deployment.objects.create(project=project, name="d", slug="d", branch="main", commit=project.stack_commit, state=State.RUNNING)
-    return current_spec(d)
+def rss(pid: int | None = None) -> float:
+    return psutil.Process(pid).memory_info().rss / MIB
+
+
+def apiserver_rss() -> str:
+    try:
+        return f"{rss(int((STATE / 'apiserver.pid').read_text())):.0f} MiB"
+    except (OSError, ValueError, psutil.Error):
+        return "unknown (no apiserver.pid under DIPLOI_K8S_STATE)"
+
+
+def at_once(threads: int, calls: list) -> float:
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        for f in [pool.submit(c) for c in calls]:
+            f.result()
+    return time.perf_counter() - started
+
+
+def rows(project, template, first: int, last: int) -> list:
+    """Deployment rows for specs first..last-1 (what the monitor reads), and their specs."""
+    made = Deployment.objects.bulk_create(
+        Deployment(
+            project=project,
+            name=f"b{i:05}",
+            slug=f"b{i:05}",
+            branch=template.branch,
+            commit=template.commit,
+            state=State.RUNNING,
+            status={},
+        )
+        for i in range(first, last)
+    )
+    return [replace(template, id=d.pk, slug=d.slug) for d in made]
+
+
+def pod_delete_seen(kube: Kube, spec, monitor_running) -> tuple[float, float]:
+    """Seconds from deleting the deployment's web pod to its status being stored, and to the live event
+    reaching the deployment's group."""
+    import asyncio
+
+    from channels.layers import get_channel_layer
+
+    from deployments.live import events
+
+    layer = get_channel_layer()
+    joined, times = threading.Event(), {}
+
+    async def listen() -> None:  # as a web process's hub: a member of the group, in its own loop
+        channel = await layer.new_channel()
+        await layer.group_add(events.group(spec.id), channel)
+        joined.set()
+        try:
+            await asyncio.wait_for(layer.receive(channel), 60)
+            times["published"] = time.perf_counter()
+        finally:
+            await layer.group_discard(events.group(spec.id), channel)
+
+    listener = threading.Thread(target=asyncio.run, args=(listen(),), daemon=True)
+    listener.start()
+    joined.wait(10)
+    before = Deployment.objects.get(pk=spec.id).status
+    pods = kube.list("Pod", namespace(spec), f"{MANAGED}=diploi,diploi.io/component=web")
+    t0 = time.perf_counter()
+    kube.delete("Pod", pods[0]["metadata"]["name"], namespace(spec))
+    stored = None
+    while stored is None and time.perf_counter() < t0 + 60 and monitor_running():
+        if Deployment.objects.filter(pk=spec.id).values_list("status", flat=True).first() != before:
+            stored = time.perf_counter() - t0
+        time.sleep(0.005)
+    listener.join(60)
+    return stored or float("nan"), times.get("published", float("nan")) - t0
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--counts", default="100,1000")
+    parser.add_argument("--counts", default="100,1000,10000")
+    parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args()
     counts = sorted(int(n) for n in args.counts.split(","))
-    kube = Kube(KUBECONFIG)
-    runtime = KubernetesRuntime(kube)
-    template = sample_spec()
+    get_runtime.cache_clear()
+    runtime = get_runtime()  # the monitor's: it will watch
+    assert isinstance(runtime, KubernetesRuntime)
+    kube = runtime.kube
+    plain = Kube(KUBECONFIG)  # the baselines' own client (its calls are not counted with the runtime's)
+    user, project = sample_project(DATA)
+    template = current_spec(Deployment.objects.create(project=project, name="t", slug="t", branch="main", commit=project.stack_commit))
+    Deployment.objects.filter(slug="t").delete()
     per_deployment = len(manifests(template))
-    nodes = len(kube.list("Node"))
-    print(f"control plane: {nodes} KWOK nodes; {per_deployment} objects per deployment; everything on loopback\n")
+    nodes = len(plain.list("Node"))
+    print(
+        f"control plane: {nodes} KWOK nodes, {psutil.cpu_count()} CPUs; {per_deployment} objects per deployment; "
+        f"{args.threads} threads apply; client limits {kube.limit.qps:g} req/s, bursts of {kube.limit.burst}, "
+        f"{kube.pool._max_workers} writes at once; everything on loopback"
+    )
+    print(f"resident memory before anything: this process {rss():.0f} MiB, the API server {apiserver_rss()}\n")
 
-    specs = []
-    print("apply throughput (server-side apply, one deployment after another):")
+    specs: list = []
+    changed = Changed()
+    monitor: Monitor | None = None
+    stopping = threading.Event()
     for n in counts:
-        batch = [replace(template, id=100_000 + i, slug=f"b{i:04}") for i in range(len(specs), n)]
-        t = time.perf_counter()
-        for spec in batch:
-            runtime.apply(spec)
-        took = time.perf_counter() - t
-        specs += batch
-        base_t = time.perf_counter()
-        for _ in range(len(batch) * per_deployment):
-            kube.request("GET", "/version")
-        base = time.perf_counter() - base_t
+        batch = rows(project, template, len(specs), n)
+        print(f"— {n} deployments —")
+        kube.calls = kube.writes = 0
+        took = at_once(args.threads, [lambda s=s: runtime.apply(s) for s in batch])
+        calls, writes = kube.calls, kube.writes
+        base = at_once(args.threads, [lambda: plain.request("GET", "/version") for _ in range(len(batch) * per_deployment)])
         print(
-            f"  {len(batch):>5} more deployments (total {n:>5}): {len(batch) / took * 60:8.0f} deployments/min   "
-            f"({took / len(batch) * 1000:6.1f} ms each; baseline: the same number of plain GETs takes "
-            f"{base / len(batch) * 1000:5.1f} ms per deployment, {took / base:.1f}×)"
+            f"  apply {len(batch)} new: {len(batch) / took * 60:8.0f} deployments/min ({took / len(batch) * 1000:6.1f} ms each, "
+            f"{calls / len(batch):.1f} calls and {writes / len(batch):.1f} writes each)   baseline: {per_deployment} GETs per "
+            f"deployment, {args.threads} threads: {len(batch) / base * 60:8.0f}/min; apply takes {took / base:.2f}× the baseline"
+        )
+        specs += batch
+        again = specs[-min(len(specs), 1000) :]
+        kube.calls = kube.writes = 0
+        took = at_once(args.threads, [lambda s=s: runtime.apply(s) for s in again])
+        print(
+            f"  apply {len(again)} again, unchanged: {len(again) / took * 60:8.0f} deployments/min, "
+            f"{kube.writes} writes, {kube.calls / len(again):.1f} calls each"
         )
 
-    print("\nobserve() (pods, claims, StatefulSets and Deployments listed across namespaces):")
-    for n in [c for c in (10, 100, 1000) if c <= len(specs)]:
+        if monitor is None:
+            before = rss()
+            t = time.perf_counter()
+            monitor = Monitor()
+            runtime.watch(changed.add)
+            runtime.informer.wait_synced(600)
+            print(f"  informer: first lists in {time.perf_counter() - t:.1f} s")
+            loop = (monitor, settings.DIPLOI_MONITOR_INTERVAL, stopping.is_set, changed, RuntimeChanges(""), print)
+            threading.Thread(target=follow, args=loop, daemon=True).start()  # the monitor command's loop
+        else:
+            before = None
+        wait_until_held(runtime, specs)
+        gc.collect()
+        held = runtime.informer.count()
+        growth = f" ({rss() - before:+.0f} MiB with the informer's first lists)" if before is not None else ""
+        print(f"  resident memory: monitor {rss():.0f} MiB{growth}, {held} objects held; the API server {apiserver_rss()}")
+
         samples, calls = [], []
         for _ in range(5):
             kube.calls = 0
             t = time.perf_counter()
-            runtime.observe(specs[:n])
+            runtime.observe(specs)
             samples.append(time.perf_counter() - t)
             calls.append(kube.calls)
-        print(f"  {n:>5} deployments: {statistics.median(samples) * 1000:8.1f} ms/call, {max(calls)} API calls per call")
-    pods = len(kube.list("Pod", selector=f"{MANAGED}=diploi"))
-    print(f"\n({pods} pods exist; deleting the bench's namespaces)")
-    for spec in specs:
-        kube.delete("Namespace", namespace(spec))
+        listing = KubernetesRuntime(plain)
+        plain.calls = 0
+        t = time.perf_counter()
+        listing.observe(specs)
+        listed = time.perf_counter() - t
+        print(
+            f"  observe({len(specs)}): {statistics.median(samples) * 1000:8.1f} ms from the informer, {max(calls)} API calls "
+            f"(the metrics API, at most once per interval)   baseline: by listing the cluster {listed * 1000:8.1f} ms, "
+            f"{plain.calls} calls ({listed / statistics.median(samples):.0f}×)"
+        )
+        seen = [pod_delete_seen(plain, specs[i * len(specs) // 5], lambda: not stopping.is_set()) for i in range(5)]
+        stored = sorted(s for s, _ in seen)
+        published = sorted(p for _, p in seen)
+        print(
+            f"  pod deleted → status stored: median {statistics.median(stored) * 1000:6.0f} ms, max {stored[-1] * 1000:6.0f} ms; "
+            f"→ live event in the group: median {statistics.median(published) * 1000:6.0f} ms, max {published[-1] * 1000:6.0f} ms "
+            f"(monitor full ticks over all {len(specs)} meanwhile)\n"
+        )
+    stopping.set()
+    print("deleting the bench's namespaces")
+    at_once(args.threads, [lambda s=s: plain.delete("Namespace", namespace(s)) for s in specs])
+
+
+def wait_until_held(runtime: KubernetesRuntime, specs: list, timeout: float = 1800) -> None:
+    """Until every deployment's web pod runs (as the cluster reports it, through the informer)."""
+    deadline = time.monotonic() + timeout
+    t = time.perf_counter()
+    while time.monotonic() < deadline:
+        missing = [s for s in specs if not any(p["status"]["phase"] == "Running" for p in runtime.informer.of(str(s.id))["Pod"])]
+        if not missing:
+            print(f"  every deployment's pods run ({time.perf_counter() - t:.0f} s after the applies)")
+            return
+        time.sleep(2)
+    print(f"  {len(missing)} deployments still have no running pod after {timeout:.0f} s")
 
 
 if __name__ == "__main__":

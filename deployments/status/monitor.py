@@ -8,6 +8,7 @@ deployment is logged and the others carry on; an unreachable runtime skips the t
 
 import logging
 import time
+from collections.abc import Callable
 
 from django.db import transaction
 from django.db.models import OuterRef, Prefetch, Subquery
@@ -29,6 +30,7 @@ OBSERVED = (State.RUNNING, State.STOPPED)
 RECONCILE_EVERY = 30.0  # seconds
 ROLL_UP_EVERY = 60.0  # seconds: the resource graphs' per-minute averages
 STATUS_BATCH = 500  # status trees written per statement
+CHUNK = 500  # deployments observed, stored and published together
 ENV_UPDATED = Subquery(EnvVar.objects.filter(deployment=OuterRef("pk")).order_by("-updated").values("updated")[:1])
 
 
@@ -89,30 +91,47 @@ class Monitor:
                 log.exception("monitor: cannot describe deployment %s", d.pk)
         return specs
 
-    def tick(self, only: set[int] | None = None) -> int:
-        """Observe every active deployment once (or `only` those, which the runtime said changed);
-        returns how many were observed."""
+    def tick(self, only: set[int] | None = None, between: Callable[[], None] | None = None) -> int:
+        """Observe every active deployment once (or `only` those, which the runtime said changed), CHUNK
+        at a time, calling `between()` after each chunk (the monitor looks at what its watches saw
+        meanwhile: a change waits for a chunk, not for a whole tick of ten thousand); returns how many
+        were observed."""
         if only is None:
             self.reconcile_if_due(time.monotonic())
             self.roll_up_if_due(time.monotonic())
             self.sync_routes()
-        latest_sample = Sample.objects.filter(deployment=OuterRef("pk")).order_by("-at").values("at")[:1]
         observed = Deployment.objects.filter(state__in=OBSERVED)
         if only is not None:
             observed = observed.filter(pk__in=only)
+        ids = list(observed.order_by("pk").values_list("pk", flat=True))
+        count = 0
+        for start in range(0, len(ids), CHUNK):
+            try:
+                count += self.look(ids[start : start + CHUNK])
+            except TransientFailure as e:
+                log.warning("monitor: runtime not answering, tick skipped: %s", e)
+                return count
+            if between is not None:
+                between()
+        if only is None:
+            kept = set(ids)
+            self._specs = {pk: v for pk, v in self._specs.items() if pk in kept}
+        return count
+
+    def look(self, ids: list[int]) -> int:
+        """Observe these deployments, store what moved and tell their viewers (TransientFailure: the
+        runtime is not answering)."""
+        latest_sample = Sample.objects.filter(deployment=OuterRef("pk")).order_by("-at").values("at")[:1]
         deployments = list(
-            observed.select_related("project", "release")
+            Deployment.objects.filter(pk__in=ids, state__in=OBSERVED)
+            .select_related("project", "release")
             .annotate(env_updated=ENV_UPDATED, last_sample=Subquery(latest_sample))
             .prefetch_related(
                 Prefetch("builds", queryset=Build.objects.order_by("-created", "-pk")[:RECENT_BUILDS], to_attr="recent_builds")
             )
         )
         specs = self.specs_of(deployments)
-        try:
-            observations = self.runtime.observe([s for s in specs.values() if s.services])
-        except TransientFailure as e:
-            log.warning("monitor: runtime not answering, tick skipped: %s", e)
-            return 0
+        observations = self.runtime.observe([s for s in specs.values() if s.services])
         now = timezone.now()
         samples: list[Sample] = []
         points: list[Usage] = []
@@ -142,6 +161,4 @@ class Monitor:
                 Usage.objects.bulk_create(points, ignore_conflicts=True)
             forget_old([s.deployment_id for s in samples], now)
         events.publish_many([d.pk for d in changed], sorted({d.project_id for d in changed}))
-        if only is None:
-            self._specs = {pk: v for pk, v in self._specs.items() if pk in specs}
         return len(observations)

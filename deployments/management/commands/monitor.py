@@ -1,6 +1,7 @@
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 import redis
 from django.conf import settings
@@ -64,7 +65,8 @@ class Changed:
         """The ids announced within `timeout` seconds (those of a burst together); empty if none."""
         if not self.event.wait(timeout):
             return set()
-        time.sleep(BURST)
+        if timeout:
+            time.sleep(BURST)
         with self.lock:
             self.event.clear()
             taken, self.ids = self.ids, set()
@@ -72,6 +74,41 @@ class Changed:
 
 
 BURST = 0.02  # seconds of a burst of changes gathered into one look
+
+
+def follow(
+    monitor: Monitor,
+    interval: float,
+    stopped: Callable[[], bool],
+    changed: Changed | None,
+    changes: RuntimeChanges,
+    report: Callable[[str], object],
+) -> None:
+    """Full ticks every `interval` seconds (at least one), and in between: with watches (`changed`),
+    each deployment they announce is looked at alone at once, also between a full tick's chunks;
+    without, a change the runtime's listener announces (a crash, a restart) brings the next tick on."""
+
+    def look(ids: set[int]) -> None:
+        if ids:
+            try:
+                monitor.tick(only=ids)
+            except Exception as e:  # noqa: BLE001 - as a tick's
+                report(f"monitor: looking at {len(ids)} changed deployment(s) failed: {e}")
+
+    between = (lambda: look(changed.take(0))) if changed is not None else None
+    while True:
+        started = time.monotonic()
+        try:
+            monitor.tick(between=between)
+        except Exception as e:  # noqa: BLE001 - e.g. the database restarting: try again next tick
+            report(f"monitor: tick failed: {e}")
+        while not stopped() and time.monotonic() - started < interval:
+            if changed is not None:
+                look(changed.take(min(0.2, max(0.0, interval - (time.monotonic() - started)))))
+            elif changes.wait(0.2):
+                break
+        if stopped():
+            return
 
 
 class Command(BaseCommand):
@@ -96,32 +133,10 @@ class Command(BaseCommand):
         if not once and not no_polling:
             threading.Thread(target=polling.run, args=(stop_polling,), name="polling", daemon=True).start()
             self.stdout.write(f"monitor: polling followed repositories every {settings.DIPLOI_POLL_INTERVAL} s")
-        while not self.stopping:
-            started = time.monotonic()
-            try:
-                monitor.tick()
-            except Exception as e:  # noqa: BLE001 - e.g. the database restarting: try again next tick
-                self.stderr.write(f"monitor: tick failed: {e}")
-            if once:
-                return
-            # Wait for the next tick, or less when the runtime announces a change (a crash, a restart);
-            # what the watches announce is looked at alone, at once.
-            while not self.stopping and time.monotonic() - started < interval:
-                if watching:
-                    ids = changed.take(min(0.2, max(0.0, interval - (time.monotonic() - started))))
-                    if ids:
-                        self.look_at(monitor, ids)
-                elif changes.wait(0.2):
-                    break
+        follow(monitor, interval, lambda: self.stopping or once, changed if watching else None, changes, self.stderr.write)
         stop_polling.set()
         changes.close()
         self.stdout.write("monitor: stopped")
-
-    def look_at(self, monitor: Monitor, ids: set[int]) -> None:
-        try:
-            monitor.tick(only=ids)
-        except Exception as e:  # noqa: BLE001 - as a tick's
-            self.stderr.write(f"monitor: looking at {len(ids)} changed deployment(s) failed: {e}")
 
     def on_signal(self, signum: int, frame: object) -> None:
         self.stopping = True
