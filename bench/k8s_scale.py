@@ -10,20 +10,23 @@ Deployments are the sample project's development deployment (web + Redis: two St
 ten objects) under different names, each also a row in a SQLite database, as the monitor reads them.
 For each count, with a baseline measured in the same run:
 - apply throughput: new deployments applied by `--threads` threads through one runtime (as a worker's
-  threads would), next to the same number of plain GETs per object sent the same way; then the same
-  deployments applied again, unchanged (writes sent, time);
-- observe() of every deployment from the informer the monitor keeps (latency, API calls), next to
-  observe() by listing the cluster (what every tick did before);
-- resident memory of this process (the monitor: Django, the rows, the informer) and of the API server;
-- the time from a pod being deleted to the monitor storing the change and the live event reaching the
-  deployment's channel-layer group (what the web processes forward to the browsers), while the monitor
-  also runs its full ticks over every deployment.
+  threads would), next to the same number of plain GETs per object, sent one after another (the API's
+  round trip, the issue's baseline) and sent by as many threads; then deployments applied again
+  unchanged, and with one env var changed (writes sent, time);
+- observe() of every deployment from an informer (latency, API calls), next to observe() by listing
+  the cluster (what every tick did before), and the memory the informer's objects take;
+- resident memory of the monitor (the real `manage.py monitor`, started after the first count) and of
+  the API server;
+- the time from a pod being deleted to that monitor storing the change and its live event reaching the
+  deployment's channel-layer group (what the web processes forward to the browsers), while it also runs
+  its full ticks over every deployment.
 """
 
 import argparse
 import gc
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -53,23 +56,35 @@ import django  # noqa: E402
 
 django.setup()
 
-from django.conf import settings  # noqa: E402
 
 from bench.sample import sample_project  # noqa: E402
-from deployments.management.commands.monitor import Changed, RuntimeChanges, follow  # noqa: E402
 from deployments.models import Deployment, State  # noqa: E402
 from deployments.provisioning.spec import current_spec  # noqa: E402
 from deployments.runtimes import get_runtime  # noqa: E402
 from deployments.runtimes.kubernetes.client import Kube  # noqa: E402
 from deployments.runtimes.kubernetes.manifests import MANAGED, manifests, namespace  # noqa: E402
 from deployments.runtimes.kubernetes.runtime import KubernetesRuntime  # noqa: E402
-from deployments.status.monitor import Monitor  # noqa: E402
 
 MIB = 1024 * 1024
 
 
 def rss(pid: int | None = None) -> float:
     return psutil.Process(pid).memory_info().rss / MIB
+
+
+PARTS = ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler", "kwok")
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU time used so far by the control plane's processes, and by this one (the client)."""
+    used = {"bench": sum(psutil.Process().cpu_times()[:2])}
+    for p in psutil.process_iter(["name"]):
+        if p.info["name"] in PARTS:
+            try:
+                used[p.info["name"]] = used.get(p.info["name"], 0.0) + sum(p.cpu_times()[:2])
+            except psutil.Error:
+                pass
+    return used
 
 
 def apiserver_rss() -> str:
@@ -104,7 +119,7 @@ def rows(project, template, first: int, last: int) -> list:
     return [replace(template, id=d.pk, slug=d.slug) for d in made]
 
 
-def pod_delete_seen(kube: Kube, spec, monitor_running) -> tuple[float, float]:
+def pod_delete_seen(kube: Kube, spec, monitor: subprocess.Popen) -> tuple[float, float]:
     """Seconds from deleting the deployment's web pod to its status being stored, and to the live event
     reaching the deployment's group."""
     import asyncio
@@ -134,7 +149,7 @@ def pod_delete_seen(kube: Kube, spec, monitor_running) -> tuple[float, float]:
     t0 = time.perf_counter()
     kube.delete("Pod", pods[0]["metadata"]["name"], namespace(spec))
     stored = None
-    while stored is None and time.perf_counter() < t0 + 60 and monitor_running():
+    while stored is None and time.perf_counter() < t0 + 60 and monitor.poll() is None:
         if Deployment.objects.filter(pk=spec.id).values_list("status", flat=True).first() != before:
             stored = time.perf_counter() - t0
         time.sleep(0.005)
@@ -166,75 +181,127 @@ def main() -> None:
     print(f"resident memory before anything: this process {rss():.0f} MiB, the API server {apiserver_rss()}\n")
 
     specs: list = []
-    changed = Changed()
-    monitor: Monitor | None = None
-    stopping = threading.Event()
-    for n in counts:
-        batch = rows(project, template, len(specs), n)
-        print(f"— {n} deployments —")
-        kube.calls = kube.writes = 0
-        took = at_once(args.threads, [lambda s=s: runtime.apply(s) for s in batch])
-        calls, writes = kube.calls, kube.writes
-        base = at_once(args.threads, [lambda: plain.request("GET", "/version") for _ in range(len(batch) * per_deployment)])
-        print(
-            f"  apply {len(batch)} new: {len(batch) / took * 60:8.0f} deployments/min ({took / len(batch) * 1000:6.1f} ms each, "
-            f"{calls / len(batch):.1f} calls and {writes / len(batch):.1f} writes each)   baseline: {per_deployment} GETs per "
-            f"deployment, {args.threads} threads: {len(batch) / base * 60:8.0f}/min; apply takes {took / base:.2f}× the baseline"
-        )
-        specs += batch
-        again = specs[-min(len(specs), 1000) :]
-        kube.calls = kube.writes = 0
-        took = at_once(args.threads, [lambda s=s: runtime.apply(s) for s in again])
-        print(
-            f"  apply {len(again)} again, unchanged: {len(again) / took * 60:8.0f} deployments/min, "
-            f"{kube.writes} writes, {kube.calls / len(again):.1f} calls each"
-        )
+    monitor: subprocess.Popen | None = None
+    log = open(DATA / "monitor.log", "w")  # noqa: SIM115 - the monitor's output, for as long as it runs
+    try:
+        for n in counts:
+            batch = rows(project, template, len(specs), n)
+            print(f"— {n} deployments —")
+            kube.calls = kube.writes = 0
+            cpu = cpu_seconds()
+            took = at_once(args.threads, [lambda s=s: runtime.apply(s) for s in batch])
+            calls, writes = kube.calls, kube.writes
+            cpu = {k: (v - cpu.get(k, 0.0)) / len(batch) * 1000 for k, v in cpu_seconds().items()}
+            gets = len(batch) * per_deployment
+            one_by_one = at_once(1, [lambda: plain.request("GET", "/version") for _ in range(min(gets, 2000))]) * gets / min(gets, 2000)
+            threaded = at_once(args.threads, [lambda: plain.request("GET", "/version") for _ in range(gets)])
+            print(
+                f"  apply {len(batch)} new: {len(batch) / took * 60:6.0f} deployments/min ({took / len(batch) * 1000:5.1f} ms each; "
+                f"{calls / len(batch):.1f} calls, {writes / len(batch):.1f} writes each)\n"
+                f"    baseline, {per_deployment} GETs per deployment: one after another {len(batch) / one_by_one * 60:6.0f}/min "
+                f"(apply takes {took / one_by_one:.2f}× that), {args.threads} threads {len(batch) / threaded * 60:6.0f}/min "
+                f"(apply takes {took / threaded:.2f}× that)\n"
+                f"    CPU per deployment applied: {', '.join(f'{k} {v:.0f} ms' for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]))} "
+                f"(of {psutil.cpu_count()} CPUs: at most {psutil.cpu_count() * 60_000 / sum(cpu.values()):.0f} deployments/min here)"
+            )
+            specs += batch
+            again = specs[-min(len(specs), 200) :]
+            for label, applied in (("unchanged", again), ("one env var changed", [with_env(s) for s in again])):
+                kube.calls = kube.writes = 0
+                took = at_once(args.threads, [lambda s=s: runtime.apply(s) for s in applied])
+                print(
+                    f"  apply {len(again)} again, {label}: {len(again) / took * 60:6.0f} deployments/min, "
+                    f"{kube.writes / len(again):.1f} writes and {kube.calls / len(again):.1f} calls each"
+                )
+            at_once(args.threads, [lambda s=s: runtime.apply(s) for s in again])  # as they were (not measured)
 
-        if monitor is None:
-            before = rss()
-            t = time.perf_counter()
-            monitor = Monitor()
-            runtime.watch(changed.add)
-            runtime.informer.wait_synced(600)
-            print(f"  informer: first lists in {time.perf_counter() - t:.1f} s")
-            loop = (monitor, settings.DIPLOI_MONITOR_INTERVAL, stopping.is_set, changed, RuntimeChanges(""), print)
-            threading.Thread(target=follow, args=loop, daemon=True).start()  # the monitor command's loop
-        else:
-            before = None
-        wait_until_held(runtime, specs)
-        gc.collect()
-        held = runtime.informer.count()
-        growth = f" ({rss() - before:+.0f} MiB with the informer's first lists)" if before is not None else ""
-        print(f"  resident memory: monitor {rss():.0f} MiB{growth}, {held} objects held; the API server {apiserver_rss()}")
+            if runtime.informer is None:
+                runtime.watch(lambda ids: None)
+            wait_until_held(runtime, specs)
+            gc.collect()
+            held = runtime.informer.count()
+            size = held_bytes(runtime.informer)
+            if monitor is None:
+                monitor = subprocess.Popen(
+                    [sys.executable, "manage.py", "monitor", "--no-polling"], cwd=BASE_DIR, stdout=log, stderr=subprocess.STDOUT
+                )
+            settle(monitor, specs)
+            print(
+                f"  memory: the informer's {held} objects take {size / MIB:.1f} MiB ({size / held:.0f} bytes each); resident: "
+                f"the monitor {rss(monitor.pid):.0f} MiB, the API server {apiserver_rss()}"
+            )
 
-        samples, calls = [], []
-        for _ in range(5):
-            kube.calls = 0
+            samples, calls = [], []
+            for _ in range(5):
+                kube.calls = 0
+                t = time.perf_counter()
+                runtime.observe(specs)
+                samples.append(time.perf_counter() - t)
+                calls.append(kube.calls)
+            listing = KubernetesRuntime(plain)
+            plain.calls = 0
             t = time.perf_counter()
-            runtime.observe(specs)
-            samples.append(time.perf_counter() - t)
-            calls.append(kube.calls)
-        listing = KubernetesRuntime(plain)
-        plain.calls = 0
-        t = time.perf_counter()
-        listing.observe(specs)
-        listed = time.perf_counter() - t
-        print(
-            f"  observe({len(specs)}): {statistics.median(samples) * 1000:8.1f} ms from the informer, {max(calls)} API calls "
-            f"(the metrics API, at most once per interval)   baseline: by listing the cluster {listed * 1000:8.1f} ms, "
-            f"{plain.calls} calls ({listed / statistics.median(samples):.0f}×)"
-        )
-        seen = [pod_delete_seen(plain, specs[i * len(specs) // 5], lambda: not stopping.is_set()) for i in range(5)]
-        stored = sorted(s for s, _ in seen)
-        published = sorted(p for _, p in seen)
-        print(
-            f"  pod deleted → status stored: median {statistics.median(stored) * 1000:6.0f} ms, max {stored[-1] * 1000:6.0f} ms; "
-            f"→ live event in the group: median {statistics.median(published) * 1000:6.0f} ms, max {published[-1] * 1000:6.0f} ms "
-            f"(monitor full ticks over all {len(specs)} meanwhile)\n"
-        )
-    stopping.set()
+            listing.observe(specs)
+            listed = time.perf_counter() - t
+            print(
+                f"  observe({len(specs)}): {statistics.median(samples) * 1000:7.1f} ms from the informer, {max(calls)} API calls "
+                f"(the metrics API, at most once per interval)   baseline: by listing the cluster {listed * 1000:7.1f} ms, "
+                f"{plain.calls} calls ({listed / statistics.median(samples):.0f}×)"
+            )
+            seen = [pod_delete_seen(plain, specs[i * len(specs) // 5], monitor) for i in range(5)]
+            stored = sorted(s for s, _ in seen)
+            published = sorted(p for _, p in seen)
+            print(
+                f"  pod deleted → status stored: median {statistics.median(stored) * 1000:5.0f} ms, max {stored[-1] * 1000:5.0f} ms; "
+                f"→ live event in the group: median {statistics.median(published) * 1000:5.0f} ms, max {published[-1] * 1000:5.0f} ms "
+                f"(the monitor's full ticks cover all {len(specs)} meanwhile)\n"
+            )
+    finally:
+        if monitor is not None:
+            monitor.terminate()
+            monitor.wait(30)
     print("deleting the bench's namespaces")
     at_once(args.threads, [lambda s=s: plain.delete("Namespace", namespace(s)) for s in specs])
+
+
+def with_env(spec):
+    """The spec with one more env var for its web component."""
+    return replace(spec, services=tuple(replace(s, env={**s.env, "BENCH": "1"}) if s.identifier == "web" else s for s in spec.services))
+
+
+def held_bytes(informer) -> int:
+    """The memory of the informer's objects, every Python object counted once (interned strings too)."""
+    seen: set[int] = set()
+    total = 0
+    with informer.lock:
+        stack: list = [informer.objects, informer.index]
+        while stack:
+            obj = stack.pop()
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            total += sys.getsizeof(obj)
+            if isinstance(obj, dict):
+                stack.extend(obj.keys())
+                stack.extend(obj.values())
+            elif isinstance(obj, list | tuple | set):
+                stack.extend(obj)
+    return total
+
+
+def settle(monitor: subprocess.Popen, specs: list, timeout: float = 1800) -> None:
+    """Until the monitor has stored a green status for every deployment (its first full ticks done)."""
+    deadline = time.monotonic() + timeout
+    t = time.perf_counter()
+    ids = [s.id for s in specs]
+    while time.monotonic() < deadline and monitor.poll() is None:
+        statuses = Deployment.objects.filter(pk__in=ids).values_list("status", flat=True)
+        green = sum(1 for status in statuses if status.get("colour") == "green")
+        if green == len(ids):
+            print(f"  the monitor shows all {len(ids)} green ({time.perf_counter() - t:.0f} s after their pods ran)")
+            return
+        time.sleep(2)
+    print(f"  the monitor did not show every deployment green (its log: {DATA / 'monitor.log'})")
 
 
 def wait_until_held(runtime: KubernetesRuntime, specs: list, timeout: float = 1800) -> None:

@@ -142,6 +142,7 @@ def test_a_version_the_server_no_longer_has_410_is_listed_again(cast, kube, runt
 @needs_cluster
 @pytest.mark.django_db
 def test_an_apply_that_changes_nothing_writes_nothing(cast, kube, runtime) -> None:  # noqa: F811
+    from deployments.runtimes.kubernetes.client import KubeUnavailable
     from deployments.runtimes.kubernetes.manifests import namespace
 
     d, spec = sample_spec(cast, slug="same")
@@ -153,7 +154,7 @@ def test_an_apply_that_changes_nothing_writes_nothing(cast, kube, runtime) -> No
 
     changed = replace(spec, services=tuple(replace(s, env={**s.env, "NEW": "1"}) if s.identifier == "web" else s for s in spec.services))
     runtime.apply(changed)
-    assert client.writes > 1
+    assert 1 < client.writes < 6  # the Secret and the workload whose template holds its checksum, and the record
     secret = kube.get("Secret", "env.web", namespace(spec))
     assert "NEW" in secret["data"]  # the change did reach the cluster
     client.writes = 0
@@ -163,6 +164,25 @@ def test_an_apply_that_changes_nothing_writes_nothing(cast, kube, runtime) -> No
     kube.patch("StatefulSet", "web", namespace(spec), {"metadata": {"annotations": {"diploi.io/applied": "x"}}})
     runtime.apply(changed)  # an annotation on another object says nothing: still nothing to write
     assert client.writes == 0
+
+    # Back to the first spec, failing half-way (the API server refuses the workload): the Secret is the
+    # first spec's again, the StatefulSet still the changed one's. Applying the changed spec again must
+    # write what the failed apply left half-done, not trust that it is still there.
+    real = client.apply
+
+    def refuse_workloads(obj: dict, **how) -> dict:
+        if obj["kind"] == "StatefulSet":
+            raise KubeUnavailable(503, "refused by the test")
+        return real(obj, **how)
+
+    client.apply = refuse_workloads
+    with pytest.raises(KubeUnavailable):
+        runtime.apply(spec)
+    client.apply = real
+    assert "NEW" not in kube.get("Secret", "env.web", namespace(spec))["data"]
+    client.writes = 0
+    runtime.apply(changed)
+    assert client.writes >= 2 and "NEW" in kube.get("Secret", "env.web", namespace(spec))["data"]
 
 
 class Shedding(http.server.BaseHTTPRequestHandler):
@@ -216,3 +236,45 @@ def test_429_is_asked_again_after_retry_after_then_reported(tmp_path, refusals) 
             assert raised.value.status == 429 and len(Shedding.seen) == module.RETRY_AFTER_TIMES + 1
     finally:
         server.shutdown()
+
+
+@needs_cluster
+@pytest.mark.django_db
+def test_a_deleted_pod_is_looked_at_alone_and_stored_without_listing(cast, kube) -> None:  # noqa: F811
+    """The monitor's path for what its watches see: the deployment is announced, looked at alone (no list,
+    no other deployment), and its new status stored and published."""
+    from deployments.management.commands.monitor import Changed
+    from deployments.models import Deployment
+    from deployments.runtimes.kubernetes.manifests import namespace
+    from deployments.status.monitor import Monitor
+
+    d, spec = sample_spec(cast, slug="seen")
+    monitor = Monitor()
+    monitor.runtime.apply(spec)
+    changed = Changed()
+    try:
+        assert monitor.runtime.watch(changed.add)
+
+        def green() -> bool:
+            monitor.tick()
+            return Deployment.objects.get(pk=d.pk).status.get("colour") == "green"
+
+        wait_until(green, timeout=90, what="the deployment to run")
+        changed.take(0)
+        kube.patch("StatefulSet", "web", namespace(spec), {"spec": {"replicas": 0}})  # its pod goes, and stays away
+        client, looks = monitor.runtime.kube, []
+
+        def looked_at_alone() -> bool:
+            announced = changed.take(1)
+            if not announced:
+                return False
+            assert announced == {d.pk}
+            calls = client.calls
+            assert monitor.tick(only=announced) == 1
+            looks.append(client.calls - calls)
+            return Deployment.objects.get(pk=d.pk).status.get("colour") != "green"
+
+        wait_until(looked_at_alone, timeout=60, what="the pod's going to be stored")
+        assert max(looks) <= 1  # no list: the metrics API at most
+    finally:
+        monitor.runtime.informer.stop()

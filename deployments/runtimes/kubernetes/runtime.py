@@ -1,8 +1,8 @@
 """The Kubernetes runtime: the same stack files, as objects in one namespace per deployment.
 
 `manifests.manifests(spec)` is what `apply` sends with server-side apply: in stages (the namespace,
-its fence, then the rest), each stage's objects in parallel, and not at all when the namespace says
-that exactly this was applied last (a digest of the manifests). The process that calls `watch` (the
+its fence, then the rest), each stage's objects in parallel, and only the objects whose digest differs
+from the one the namespace recorded when they were applied last. The process that calls `watch` (the
 monitor) keeps an informer (informer.py) and `observe` reads it without asking the API; elsewhere
 `observe` lists. Logs, shells and port-forwards go through the pod API (client.py).
 """
@@ -62,7 +62,7 @@ from deployments.runtimes.kubernetes.manifests import (
 from deployments.runtimes.kubernetes.observe import OBSERVED_KINDS, observation, usage_of
 
 log = logging.getLogger(__name__)
-APPLIED = "diploi.io/applied"  # the namespace's annotation: the digest of the manifests applied last
+APPLIED = "diploi.io/applied"  # the namespace's annotation: each object's digest, as applied last
 APPLIED_MANAGER = "diploi-applied"  # its own field manager: the manifests' applies leave it alone
 OURS = f"{MANAGED}=diploi"
 SYNC_TIMEOUT = 60  # seconds observe waits for the informer's first lists
@@ -106,11 +106,12 @@ class KubernetesRuntime(Runtime):
             )
         return found
 
-    def _apply_all(self, objects: list[dict], spec: DeploymentSpec) -> None:
-        """Apply after checking that the namespace and every host name are the deployment's: the
-        namespace, then its fence (nothing runs in it unfenced), then the rest with the workloads last,
-        each stage's objects at once through the client's bounded pool."""
-        self._own_namespace(spec)
+    def _apply_all(self, objects: list[dict], spec: DeploymentSpec, owned: bool = False) -> None:
+        """Apply after checking that the namespace (unless the caller did: `owned`) and every host name
+        are the deployment's: the namespace, then its fence (nothing runs in it unfenced), then the rest
+        with the workloads last, each stage's objects at once through the client's bounded pool."""
+        if not owned:
+            self._own_namespace(spec)
         hosts = {rule["host"] for obj in objects if obj["kind"] == "Ingress" for rule in obj["spec"]["rules"]}
         if hosts:
             self._hosts_free(spec, hosts)
@@ -132,19 +133,31 @@ class KubernetesRuntime(Runtime):
                 raise RuntimeFailure(f"{', '.join(sorted(taken))} is already served by another Ingress in the cluster; nothing was changed")
 
     def apply(self, spec: DeploymentSpec) -> dict[str, str]:
-        """Everything the deployment consists of; no write at all when the namespace records that the
-        same manifests were applied last (a change made by hand in the cluster is not undone then:
-        any change of the deployment applies everything again)."""
+        """Everything the deployment consists of that differs from what was applied last: the namespace
+        records a digest per object once all are applied (annotation APPLIED, under its own field
+        manager), so an unchanged deployment costs one read and no write, and a changed env var rewrites
+        its Secret and workload only. A change made by hand in the cluster is not undone until the
+        object itself changes in the deployment."""
         objects = manifests(spec)
-        digest = hashlib.sha256(json.dumps(objects, sort_keys=True).encode()).hexdigest()
-        found = self._own_namespace(spec)
-        meta = (found or {}).get("metadata", {})
-        if meta.get("annotations", {}).get(APPLIED) == digest and not meta.get("deletionTimestamp"):
-            return hostnames.shown_endpoints(spec)
-        self._apply_all(objects, spec)
-        stamp = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace(spec), "annotations": {APPLIED: digest}}}
-        self.kube.apply(stamp, manager=APPLIED_MANAGER)
+        digests = {_name(obj): _digest(obj) for obj in objects}
+        meta = (self._own_namespace(spec) or {}).get("metadata", {})
+        try:
+            applied = json.loads(meta.get("annotations", {}).get(APPLIED, "{}")) if not meta.get("deletionTimestamp") else {}
+        except ValueError:
+            applied = {}
+        changed = [obj for obj in objects if applied.get(_name(obj)) != digests[_name(obj)]]
+        if changed and applied:  # first forget what is about to change: an apply that fails half-way
+            kept = {name: digest for name, digest in applied.items() if all(name != _name(obj) for obj in changed)}
+            self._stamp(spec, kept)  # leaves no digest saying the half-written object is the old one
+        if changed:
+            self._apply_all(changed, spec, owned=True)
+        if applied != digests:
+            self._stamp(spec, digests)
         return hostnames.shown_endpoints(spec)
+
+    def _stamp(self, spec: DeploymentSpec, digests: dict[str, str]) -> None:
+        stamp = {"name": namespace(spec), "annotations": {APPLIED: json.dumps(digests, sort_keys=True)}}
+        self.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": stamp}, manager=APPLIED_MANAGER)
 
     def route(self, spec: DeploymentSpec) -> None:
         """The Ingress again, with the verified domains (or without a removed one)."""
@@ -434,6 +447,14 @@ class PodShell:
         status = self.stream.close()
         self._finish(kill=False)
         return status
+
+
+def _name(obj: dict) -> str:
+    return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def _digest(obj: dict) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _stages(objects: list[dict]) -> list[list[dict]]:
