@@ -140,20 +140,20 @@ class KubernetesRuntime(Runtime):
         object itself changes in the deployment."""
         objects = manifests(spec)
         digests = {_name(obj): _digest(obj) for obj in objects}
-        meta = (self._own_namespace(spec) or {}).get("metadata", {})
-        try:
-            applied = json.loads(meta.get("annotations", {}).get(APPLIED, "{}")) if not meta.get("deletionTimestamp") else {}
-        except ValueError:
-            applied = {}
+        applied = _applied(self._own_namespace(spec))
         changed = [obj for obj in objects if applied.get(_name(obj)) != digests[_name(obj)]]
-        if changed and applied:  # first forget what is about to change: an apply that fails half-way
-            kept = {name: digest for name, digest in applied.items() if all(name != _name(obj) for obj in changed)}
-            self._stamp(spec, kept)  # leaves no digest saying the half-written object is the old one
         if changed:
+            self._forget(spec, applied, {_name(obj) for obj in changed})
             self._apply_all(changed, spec, owned=True)
         if applied != digests:
             self._stamp(spec, digests)
         return hostnames.shown_endpoints(spec)
+
+    def _forget(self, spec: DeploymentSpec, applied: dict[str, str], names: set[str]) -> None:
+        """Before writing these objects, the record no longer vouches for them: an apply that fails
+        half-way leaves no digest saying a half-written object is what it was."""
+        if applied and names & applied.keys():
+            self._stamp(spec, {name: digest for name, digest in applied.items() if name not in names})
 
     def _stamp(self, spec: DeploymentSpec, digests: dict[str, str]) -> None:
         stamp = {"name": namespace(spec), "annotations": {APPLIED: json.dumps(digests, sort_keys=True)}}
@@ -162,8 +162,10 @@ class KubernetesRuntime(Runtime):
     def route(self, spec: DeploymentSpec) -> None:
         """The Ingress again, with the verified domains (or without a removed one)."""
         ingresses = [obj for obj in manifests(spec) if obj["kind"] == "Ingress"]
-        if ingresses and self._own_namespace(spec) is not None:
-            self._apply_all(ingresses, spec)
+        found = self._own_namespace(spec)
+        if ingresses and found is not None:
+            self._forget(spec, _applied(found), {_name(obj) for obj in ingresses})  # the next apply writes it as it is then
+            self._apply_all(ingresses, spec, owned=True)
 
     def watch(self, changed) -> bool:
         """Follow the cluster's Diploi objects in this process (the monitor): `observe` reads them from
@@ -447,6 +449,18 @@ class PodShell:
         status = self.stream.close()
         self._finish(kill=False)
         return status
+
+
+def _applied(namespace_found: dict | None) -> dict[str, str]:
+    """What the namespace records as applied last (nothing for one missing or being deleted)."""
+    meta = (namespace_found or {}).get("metadata", {})
+    if meta.get("deletionTimestamp"):
+        return {}
+    try:
+        found = json.loads(meta.get("annotations", {}).get(APPLIED, "{}"))
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _name(obj: dict) -> str:
