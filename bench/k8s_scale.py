@@ -39,7 +39,10 @@ import psutil
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
-DATA = Path(tempfile.mkdtemp(prefix="diploi-k8s-bench-"))
+# --attach=<data dir> --monitor=<pid>: measure what an interrupted run left (its rows, its namespaces, its
+# monitor still running): observation, memory and a pod's deletion at the size it reached.
+ATTACH = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--attach=")), "")
+DATA = Path(ATTACH).parent if ATTACH else Path(tempfile.mkdtemp(prefix="diploi-k8s-bench-"))
 KUBECONFIG = os.environ.get("DIPLOI_BENCH_KUBECONFIG", "")
 if not KUBECONFIG:
     raise SystemExit(__doc__)
@@ -119,7 +122,7 @@ def rows(project, template, first: int, last: int) -> list:
     return [replace(template, id=d.pk, slug=d.slug) for d in made]
 
 
-def pod_delete_seen(kube: Kube, spec, monitor: subprocess.Popen) -> tuple[float, float]:
+def pod_delete_seen(kube: Kube, spec, monitor: psutil.Process) -> tuple[float, float]:
     """Seconds from deleting the deployment's web pod to its status being stored, and to the live event
     reaching the deployment's group."""
     import asyncio
@@ -149,7 +152,7 @@ def pod_delete_seen(kube: Kube, spec, monitor: subprocess.Popen) -> tuple[float,
     t0 = time.perf_counter()
     kube.delete("Pod", pods[0]["metadata"]["name"], namespace(spec))
     stored = None
-    while stored is None and time.perf_counter() < t0 + 60 and monitor.poll() is None:
+    while stored is None and time.perf_counter() < t0 + 60 and monitor.is_running():
         if Deployment.objects.filter(pk=spec.id).values_list("status", flat=True).first() != before:
             stored = time.perf_counter() - t0
         time.sleep(0.005)
@@ -161,7 +164,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--counts", default="100,1000,10000")
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--attach", help="the data directory of an interrupted run (see ATTACH)")
+    parser.add_argument("--monitor", type=int, help="with --attach: the pid of that run's monitor")
     args = parser.parse_args()
+    if args.attach:
+        attach(args.monitor)
+        return
     counts = sorted(int(n) for n in args.counts.split(","))
     get_runtime.cache_clear()
     runtime = get_runtime()  # the monitor's: it will watch
@@ -215,53 +223,73 @@ def main() -> None:
                 )
             at_once(args.threads, [lambda s=s: runtime.apply(s) for s in again])  # as they were (not measured)
 
-            if runtime.informer is None:
-                runtime.watch(lambda ids: None)
-            wait_until_held(runtime, specs)
-            gc.collect()
-            held = runtime.informer.count()
-            size = held_bytes(runtime.informer)
             if monitor is None:
                 monitor = subprocess.Popen(
                     [sys.executable, "manage.py", "monitor", "--no-polling"], cwd=BASE_DIR, stdout=log, stderr=subprocess.STDOUT
                 )
-            settle(monitor, specs)
-            print(
-                f"  memory: the informer's {held} objects take {size / MIB:.1f} MiB ({size / held:.0f} bytes each); resident: "
-                f"the monitor {rss(monitor.pid):.0f} MiB, the API server {apiserver_rss()}"
-            )
-
-            samples, calls = [], []
-            for _ in range(5):
-                kube.calls = 0
-                t = time.perf_counter()
-                runtime.observe(specs)
-                samples.append(time.perf_counter() - t)
-                calls.append(kube.calls)
-            listing = KubernetesRuntime(plain)
-            plain.calls = 0
-            t = time.perf_counter()
-            listing.observe(specs)
-            listed = time.perf_counter() - t
-            print(
-                f"  observe({len(specs)}): {statistics.median(samples) * 1000:7.1f} ms from the informer, {max(calls)} API calls "
-                f"(the metrics API, at most once per interval)   baseline: by listing the cluster {listed * 1000:7.1f} ms, "
-                f"{plain.calls} calls ({listed / statistics.median(samples):.0f}×)"
-            )
-            seen = [pod_delete_seen(plain, specs[i * len(specs) // 5], monitor) for i in range(5)]
-            stored = sorted(s for s, _ in seen)
-            published = sorted(p for _, p in seen)
-            print(
-                f"  pod deleted → status stored: median {statistics.median(stored) * 1000:5.0f} ms, max {stored[-1] * 1000:5.0f} ms; "
-                f"→ live event in the group: median {statistics.median(published) * 1000:5.0f} ms, max {published[-1] * 1000:5.0f} ms "
-                f"(the monitor's full ticks cover all {len(specs)} meanwhile)\n"
-            )
+            measure(runtime, plain, specs, psutil.Process(monitor.pid))
     finally:
         if monitor is not None:
             monitor.terminate()
             monitor.wait(30)
     print("deleting the bench's namespaces")
     at_once(args.threads, [lambda s=s: plain.delete("Namespace", namespace(s)) for s in specs])
+
+
+def measure(runtime: KubernetesRuntime, plain: Kube, specs: list, monitor: psutil.Process, patience: float = 1800) -> None:
+    """Observation from the informer and by listing, memory, and a pod's deletion seen by the monitor."""
+    kube = runtime.kube
+    if runtime.informer is None:
+        t = time.perf_counter()
+        runtime.watch(lambda ids: None)
+        runtime.informer.wait_synced(600)
+        print(f"  the informer's first lists: {time.perf_counter() - t:.1f} s")
+    wait_until_held(runtime, specs, patience)
+    gc.collect()
+    held = runtime.informer.count()
+    size = held_bytes(runtime.informer)
+    settle(monitor, specs, patience)
+    print(
+        f"  memory: the informer's {held} objects take {size / MIB:.1f} MiB ({size / held:.0f} bytes each); resident: "
+        f"the monitor {rss(monitor.pid):.0f} MiB, the API server {apiserver_rss()}"
+    )
+    samples, calls = [], []
+    for _ in range(5):
+        kube.calls = 0
+        t = time.perf_counter()
+        runtime.observe(specs)
+        samples.append(time.perf_counter() - t)
+        calls.append(kube.calls)
+    listing = KubernetesRuntime(plain)
+    plain.calls = 0
+    t = time.perf_counter()
+    listing.observe(specs)
+    listed = time.perf_counter() - t
+    print(
+        f"  observe({len(specs)}): {statistics.median(samples) * 1000:7.1f} ms from the informer, {max(calls)} API calls "
+        f"(the metrics API, at most once per interval; this cluster does not serve it)   baseline: by listing the cluster "
+        f"{listed * 1000:7.1f} ms, {plain.calls} calls ({listed / statistics.median(samples):.0f}×)"
+    )
+    seen = [pod_delete_seen(plain, specs[i * len(specs) // 5], monitor) for i in range(5)]
+    stored = sorted(s for s, _ in seen)
+    published = sorted(p for _, p in seen)
+    print(
+        f"  pod deleted → status stored: median {statistics.median(stored) * 1000:5.0f} ms, max {stored[-1] * 1000:5.0f} ms; "
+        f"→ live event in the group: median {statistics.median(published) * 1000:5.0f} ms, max {published[-1] * 1000:5.0f} ms "
+        f"(the monitor's full ticks cover all {len(specs)} meanwhile)\n"
+    )
+
+
+def attach(monitor_pid: int) -> None:
+    """What an interrupted run left: every row whose namespace exists, measured with its running monitor."""
+    plain = Kube(KUBECONFIG)
+    present = {ns["metadata"]["name"] for items, _ in plain.list_pages("Namespace", f"{MANAGED}=diploi") for ns in items}
+    rows_found = [d for d in Deployment.objects.select_related("project").order_by("pk") if f"diploi-d{d.pk}" in present]
+    template = current_spec(rows_found[0])
+    specs = [replace(template, id=d.pk, slug=d.slug) for d in rows_found]
+    print(f"— attached: {len(specs)} deployments applied of {Deployment.objects.count()} rows —")
+    runtime = KubernetesRuntime(Kube(KUBECONFIG))
+    measure(runtime, plain, specs, psutil.Process(monitor_pid), patience=300)
 
 
 def with_env(spec):
@@ -289,12 +317,12 @@ def held_bytes(informer) -> int:
     return total
 
 
-def settle(monitor: subprocess.Popen, specs: list, timeout: float = 1800) -> None:
+def settle(monitor: psutil.Process, specs: list, timeout: float = 1800) -> None:
     """Until the monitor has stored a green status for every deployment (its first full ticks done)."""
     deadline = time.monotonic() + timeout
     t = time.perf_counter()
     ids = [s.id for s in specs]
-    while time.monotonic() < deadline and monitor.poll() is None:
+    while time.monotonic() < deadline and monitor.is_running():
         statuses = Deployment.objects.filter(pk__in=ids).values_list("status", flat=True)
         green = sum(1 for status in statuses if status.get("colour") == "green")
         if green == len(ids):

@@ -2,6 +2,7 @@
 commit, moved only when a user asks, their problems told on the project page — and a Diploi starter
 made of such a package and Diploi's official add-on URL runs on the local runtime."""
 
+import base64
 import html
 import json
 import socket
@@ -424,7 +425,7 @@ def test_a_package_without_a_local_recipe_runs_its_image_on_kubernetes_only(
     }
     assert claims == {"data.web.files": "300Mi", "data.redis.data": "1024Mi"}  # sizeMiB; an image has no code claim
     secret = next(o for (kind, name), o in objects.items() if kind == "Secret" and o["metadata"]["name"].startswith("env"))
-    assert len(secret["stringData"]["TOKEN"]) == 20
+    assert len(base64.b64decode(secret["data"]["TOKEN"])) == 20
     import kubernetes_validate
 
     for version in ("1.30.0", "1.37.0"):

@@ -67,10 +67,10 @@ class Informer:
         return 0.0 if since is None else time.monotonic() - since
 
     def of(self, deployment_id: str) -> dict[str, list[dict]]:
-        """The kept objects of one deployment, by kind."""
+        """The kept objects of one deployment, by kind, in the order a list gives them (by name)."""
         with self.lock:
             found = self.index.get(deployment_id, {})
-            return {kind: list(found.get(kind, {}).values()) for kind in OBSERVED_KINDS}
+            return {kind: [obj for _, obj in sorted(found.get(kind, {}).items())] for kind in OBSERVED_KINDS}
 
     def count(self) -> int:
         with self.lock:

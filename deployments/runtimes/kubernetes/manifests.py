@@ -121,8 +121,14 @@ def registry_secret(spec: DeploymentSpec, name: str, auth: str) -> dict:
         "kind": "Secret",
         "metadata": _meta(spec, name),
         "type": "kubernetes.io/dockerconfigjson",
-        "stringData": {".dockerconfigjson": json.dumps(config)},
+        "data": _encoded({".dockerconfigjson": json.dumps(config)}),
     }
+
+
+def _encoded(values: dict[str, str]) -> dict[str, str]:
+    """A Secret's `data`. Not `stringData`: the API server folds that into `data` without recording who
+    set each key, so server-side apply would never remove a key dropped from it (an env var removed)."""
+    return {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}
 
 
 def _image(spec: DeploymentSpec, service: ServiceSpec) -> str:
@@ -272,7 +278,7 @@ def manifests(spec: DeploymentSpec) -> list[dict]:
                 "kind": "Secret",
                 "metadata": _meta(spec, env_secret(service), service),
                 "type": "Opaque",
-                "stringData": env,
+                "data": _encoded(env),
             }
         )
         objects += [_claim(spec, service, claim_name(service, v.name), v.size, v.name) for v in service.volumes]
