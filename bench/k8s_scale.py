@@ -337,7 +337,7 @@ def wait_until_held(runtime: KubernetesRuntime, specs: list, timeout: float = 18
     deadline = time.monotonic() + timeout
     t = time.perf_counter()
     while time.monotonic() < deadline:
-        missing = [s for s in specs if not any(p["status"]["phase"] == "Running" for p in runtime.informer.of(str(s.id))["Pod"])]
+        missing = [s for s in specs if not any(p["status"]["phase"] == "Running" for p in runtime.informer.of(str(s.id))[1]["Pod"])]
         if not missing:
             print(f"  every deployment's pods run ({time.perf_counter() - t:.0f} s after the applies)")
             return

@@ -30,7 +30,7 @@ OBSERVED = (State.RUNNING, State.STOPPED)
 RECONCILE_EVERY = 30.0  # seconds
 ROLL_UP_EVERY = 60.0  # seconds: the resource graphs' per-minute averages
 STATUS_BATCH = 500  # status trees written per statement
-CHUNK = 500  # deployments observed, stored and published together
+CHUNK = 100  # deployments observed, stored and published together (a change announced meanwhile waits for one chunk)
 ENV_UPDATED = Subquery(EnvVar.objects.filter(deployment=OuterRef("pk")).order_by("-updated").values("updated")[:1])
 
 

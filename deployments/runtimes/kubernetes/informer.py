@@ -37,6 +37,7 @@ class Informer:
         self.lock = threading.Lock()
         self.objects: dict[str, dict[Key, dict]] = {kind: {} for kind in OBSERVED_KINDS}
         self.index: dict[str, dict[str, dict[Key, dict]]] = {}  # deployment id → kind → key → object
+        self.generations: dict[str, int] = {}  # deployment id → how many times its kept objects changed
         self.versions: dict[str, str] = {}
         self.synced = {kind: threading.Event() for kind in OBSERVED_KINDS}
         self.broken_since: dict[str, float] = {}  # kind → when its watch broke (until it watches again)
@@ -66,11 +67,16 @@ class Informer:
         since = min(self.broken_since.values(), default=None)
         return 0.0 if since is None else time.monotonic() - since
 
-    def of(self, deployment_id: str) -> dict[str, list[dict]]:
-        """The kept objects of one deployment, by kind, in the order a list gives them (by name)."""
+    def of(self, deployment_id: str) -> tuple[int, dict[str, list[dict]]]:
+        """The kept objects of one deployment, by kind, in the order a list gives them (by name), and
+        their generation (it moves whenever they change: what was derived from an equal one holds)."""
         with self.lock:
             found = self.index.get(deployment_id, {})
-            return {kind: [obj for _, obj in sorted(found.get(kind, {}).items())] for kind in OBSERVED_KINDS}
+            objects = {kind: [obj for _, obj in sorted(found.get(kind, {}).items())] for kind in OBSERVED_KINDS}
+            return self.generations.get(deployment_id, 0), objects
+
+    def generation(self, deployment_id: str) -> int:
+        return self.generations.get(deployment_id, 0)
 
     def count(self) -> int:
         with self.lock:
@@ -124,6 +130,7 @@ class Informer:
             for key, obj in fresh.items():
                 self.index.setdefault(_owner(obj), {}).setdefault(kind, {})[key] = obj
             self._forget_empty(moved)
+            self._moved(moved)
             self.versions[kind] = version
             self.lists[kind] += 1
         self.broken_since.pop(kind, None)
@@ -165,8 +172,14 @@ class Informer:
                 self.index.setdefault(owner, {}).setdefault(kind, {})[key] = kept
             if version:
                 self.versions[kind] = version
+            if moved:
+                self._moved({owner})
         if moved:
             self._announce({owner})
+
+    def _moved(self, owners: set[str]) -> None:
+        for owner in owners:
+            self.generations[owner] = self.generations.get(owner, 0) + 1
 
     def _forget_empty(self, owners: set[str]) -> None:
         for owner in owners:

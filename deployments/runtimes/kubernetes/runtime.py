@@ -87,6 +87,8 @@ class KubernetesRuntime(Runtime):
             concurrency=settings.DIPLOI_K8S_CONCURRENCY,
         )
         self.informer: Informer | None = None
+        # deployment id → (its objects' generation, the spec, the usage, what was observed from them)
+        self._observed: dict[int, tuple[int, DeploymentSpec, dict | None, Observation]] = {}
         self._metrics: tuple[float, dict | None] | None = None  # (when, usage by pod) of the last metrics read
 
     def confinement(self) -> Confinement:
@@ -220,8 +222,7 @@ class KubernetesRuntime(Runtime):
                 raise KubeUnavailable(0, f"the first lists of the cluster's objects did not finish in {SYNC_TIMEOUT} s")
             if self.informer.broken_for() > BROKEN_GRACE:
                 raise KubeUnavailable(0, f"the cluster has not been followed for {self.informer.broken_for():.0f} s (its watches broke)")
-            usage = self._usage()
-            return {s.id: observation(s, self.informer.of(str(s.id)), usage) for s in specs}
+            return self._from_informer(specs, self._usage())
         if len(specs) <= FEW:
             found = {}
             for spec in specs:
@@ -236,6 +237,22 @@ class KubernetesRuntime(Runtime):
                 by_deployment[obj["metadata"]["labels"].get(DEPLOYMENT_ID, "")][kind].append(obj)
         usage = self._usage(fresh=True)
         return {s.id: observation(s, by_deployment[str(s.id)], usage) for s in specs}
+
+    def _from_informer(self, specs: list[DeploymentSpec], usage: dict | None) -> dict[int, Observation]:
+        """Each deployment's observation, derived again only when its objects, its spec (the monitor
+        keeps one object per deployment until it changes) or the metrics read changed since."""
+        found = {}
+        for spec in specs:
+            kept = self._observed.get(spec.id)
+            if kept is not None and kept[0] == self.informer.generation(str(spec.id)) and kept[1] is spec and kept[2] is usage:
+                found[spec.id] = kept[3]
+                continue
+            generation, objects = self.informer.of(str(spec.id))
+            found[spec.id] = observation(spec, objects, usage)
+            self._observed[spec.id] = (generation, spec, usage, found[spec.id])
+        if len(self._observed) > 2 * len(self.informer.index) + 1000:  # deployments long gone
+            self._observed = {pk: v for pk, v in self._observed.items() if str(pk) in self.informer.index}
+        return found
 
     def _usage(self, fresh: bool = False) -> dict | None:
         """CPU and memory of every Diploi pod from metrics.k8s.io (None where the cluster does not serve
