@@ -5,6 +5,7 @@
     DIPLOI_BENCH_KUBECONFIG=/tmp/diploi-k8s-bench/kubeconfig DIPLOI_K8S_STATE=/tmp/diploi-k8s-bench REDIS_URL=redis://127.0.0.1:6379/5 \\
         uv run python bench/k8s_scale.py [--counts 100,1000,10000] [--threads 8]
     DIPLOI_K8S_STATE=/tmp/diploi-k8s-bench scripts/k8s-testenv stop
+    uv run python bench/k8s_scale.py --derive 10000   # observe()'s derivation alone, no cluster
 
 Deployments are the sample project's development deployment (web + Redis: two StatefulSets, two pods,
 ten objects) under different names, each also a row in a SQLite database, as the monitor reads them.
@@ -44,7 +45,7 @@ sys.path.insert(0, str(BASE_DIR))
 ATTACH = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--attach=")), "")
 DATA = Path(ATTACH).parent if ATTACH else Path(tempfile.mkdtemp(prefix="diploi-k8s-bench-"))
 KUBECONFIG = os.environ.get("DIPLOI_BENCH_KUBECONFIG", "")
-if not KUBECONFIG:
+if not KUBECONFIG and not any(a.startswith("--derive") for a in sys.argv):
     raise SystemExit(__doc__)
 STATE = Path(os.environ.get("DIPLOI_K8S_STATE", str(Path(KUBECONFIG).parent)))
 os.environ.update(
