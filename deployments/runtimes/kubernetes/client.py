@@ -91,7 +91,6 @@ class RateLimit:
         self.qps, self.burst = qps, max(1, burst)
         self.tokens, self.at = float(self.burst), time.monotonic()
         self.lock = threading.Lock()
-        self.waited = 0.0  # seconds callers spent waiting (the benchmark reports it)
 
     def take(self) -> None:
         if self.qps <= 0:
@@ -102,7 +101,6 @@ class RateLimit:
             self.at = now
             self.tokens -= 1
             wait = -self.tokens / self.qps if self.tokens < 0 else 0.0
-            self.waited += wait
         if wait:
             time.sleep(wait)
 
