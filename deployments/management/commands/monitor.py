@@ -127,7 +127,7 @@ class Command(BaseCommand):
         changed = Changed()
         watching = monitor.runtime.watch(changed.add)  # Kubernetes: watches in this process
         changes = RuntimeChanges("" if watching else settings.REDIS_URL)  # local: its event listener, over Redis
-        at_once = " and at once on process changes" if changes.active else " and at once on what the watches see" if watching else ""
+        at_once = ", and at once on process changes" if changes.active else ", and at once on what the watches see" if watching else ""
         self.stdout.write(f"monitor: observing every {interval:g} s{at_once}")
         stop_polling = threading.Event()
         if not once and not no_polling:
