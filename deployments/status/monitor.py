@@ -92,10 +92,10 @@ class Monitor:
         return specs
 
     def tick(self, only: set[int] | None = None, between: Callable[[], None] | None = None) -> int:
-        """Observe every active deployment once (or `only` those, which the runtime said changed), CHUNK
-        at a time, calling `between()` after each chunk (the monitor looks at what its watches saw
-        meanwhile: a change waits for a chunk, not for a whole tick of ten thousand); returns how many
-        were observed."""
+        """Observe every active deployment once (or `only` those, which the runtime said changed); with
+        `between`, CHUNK at a time, calling it after each chunk (the monitor looks at what its watches
+        saw meanwhile: a change waits for a chunk, not for a whole tick of ten thousand); returns how
+        many were observed."""
         if only is None:
             self.reconcile_if_due(time.monotonic())
             self.roll_up_if_due(time.monotonic())
@@ -104,10 +104,11 @@ class Monitor:
         if only is not None:
             observed = observed.filter(pk__in=only)
         ids = list(observed.order_by("pk").values_list("pk", flat=True))
+        size = CHUNK if between is not None else max(1, len(ids))  # without watches, one batched look
         count = 0
-        for start in range(0, len(ids), CHUNK):
+        for start in range(0, len(ids), size):
             try:
-                count += self.look(ids[start : start + CHUNK])
+                count += self.look(ids[start : start + size])
             except TransientFailure as e:
                 log.warning("monitor: runtime not answering, tick skipped: %s", e)
                 return count
