@@ -67,6 +67,11 @@ def observation(spec: DeploymentSpec, objects: dict[str, list[dict]], usage: dic
     return Observation(storage=storage, containers=tuple(containers), services=tuple(services))
 
 
+def usage_by_pod(metrics: list[dict] | None) -> dict | None:
+    """metrics.k8s.io's pod list as (namespace, pod) → usage_of; None when the cluster does not serve it."""
+    return None if metrics is None else {(m["metadata"]["namespace"], m["metadata"]["name"]): usage_of(m) for m in metrics}
+
+
 def usage_of(metrics: dict) -> tuple[float, int]:
     """metrics.k8s.io quantities ("12345678n" CPU, "2048Ki" memory) as CPU percent of one core and bytes."""
     cpu = memory = 0.0

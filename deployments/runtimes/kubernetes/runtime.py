@@ -59,7 +59,7 @@ from deployments.runtimes.kubernetes.manifests import (
     storage_paths,
     workload_kind,
 )
-from deployments.runtimes.kubernetes.observe import OBSERVED_KINDS, observation, usage_of
+from deployments.runtimes.kubernetes.observe import OBSERVED_KINDS, observation, usage_by_pod
 
 log = logging.getLogger(__name__)
 APPLIED = "diploi.io/applied"  # the namespace's annotation: each object's digest, as applied last
@@ -68,7 +68,15 @@ OURS = f"{MANAGED}=diploi"
 SYNC_TIMEOUT = 60  # seconds observe waits for the informer's first lists
 BROKEN_GRACE = 10  # seconds the watches may be broken before observe says the cluster is not answering
 FEW = 3  # at most this many deployments are observed (without an informer) by listing their namespaces
-STAGES = (("Namespace",), ("NetworkPolicy", "ResourceQuota", "LimitRange", "ServiceAccount"))  # then the rest, workloads last
+# The order objects are applied in: the namespace, its fence (nothing runs in it unfenced), everything
+# not named here, the workloads.
+STAGES = (
+    ("Namespace",),
+    ("NetworkPolicy", "ResourceQuota", "LimitRange", "ServiceAccount"),
+    (),
+    ("StatefulSet", "Deployment", "Job", "Pod"),
+)
+REST = 2
 
 
 class KubernetesRuntime(Runtime):
@@ -227,9 +235,7 @@ class KubernetesRuntime(Runtime):
             found = {}
             for spec in specs:
                 objects = {kind: self.kube.list(kind, namespace(spec), OURS) for kind in OBSERVED_KINDS}
-                metrics = self.kube.pod_metrics(OURS, namespace(spec))
-                usage = None if metrics is None else {(m["metadata"]["namespace"], m["metadata"]["name"]): usage_of(m) for m in metrics}
-                found[spec.id] = observation(spec, objects, usage)
+                found[spec.id] = observation(spec, objects, usage_by_pod(self.kube.pod_metrics(OURS, namespace(spec))))
             return found
         by_deployment: dict[str, dict[str, list[dict]]] = defaultdict(lambda: {kind: [] for kind in OBSERVED_KINDS})
         for kind in OBSERVED_KINDS:
@@ -259,9 +265,7 @@ class KubernetesRuntime(Runtime):
         it): one call for all pods, at most once per monitor interval (the ticks a change brings on
         in between use the last one)."""
         if fresh or self._metrics is None or time.monotonic() - self._metrics[0] >= settings.DIPLOI_MONITOR_INTERVAL:
-            metrics = self.kube.pod_metrics(OURS)
-            usage = None if metrics is None else {(m["metadata"]["namespace"], m["metadata"]["name"]): usage_of(m) for m in metrics}
-            self._metrics = (time.monotonic(), usage)
+            self._metrics = (time.monotonic(), usage_by_pod(self.kube.pod_metrics(OURS)))
         return self._metrics[1]
 
     def _pod(self, spec: DeploymentSpec, service: str, running: bool = False) -> str | None:
@@ -489,8 +493,8 @@ def _digest(obj: dict) -> str:
 
 
 def _stages(objects: list[dict]) -> list[list[dict]]:
-    """The objects in the order they may be applied in: the namespace, its fence, the rest, the workloads."""
-    first = [[o for o in objects if o["kind"] in kinds] for kinds in STAGES]
-    workloads = [o for o in objects if o["kind"] in ("StatefulSet", "Deployment", "Job", "Pod")]
-    rest = [o for o in objects if all(o is not x for x in workloads) and all(o["kind"] not in kinds for kinds in STAGES)]
-    return [stage for stage in (*first, rest, workloads) if stage]
+    """The objects by STAGES, each stage in the order given, the empty ones left out."""
+    stages: list[list[dict]] = [[] for _ in STAGES]
+    for obj in objects:
+        stages[next((i for i, kinds in enumerate(STAGES) if obj["kind"] in kinds), REST)].append(obj)
+    return [stage for stage in stages if stage]
