@@ -40,8 +40,9 @@ import psutil
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
-# --attach=<data dir> --monitor=<pid>: measure what an interrupted run left (its rows, its namespaces, its
-# monitor still running): observation, memory and a pod's deletion at the size it reached.
+# --attach=<data dir> [--more=N] [--monitor=<pid>]: what a run left (its rows, its namespaces): N new
+# deployments applied beside them; with its monitor still running, observation, memory and a pod's
+# deletion at the size it reached.
 ATTACH = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--attach=")), "")
 DATA = Path(ATTACH).parent if ATTACH else Path(tempfile.mkdtemp(prefix="diploi-k8s-bench-"))
 KUBECONFIG = os.environ.get("DIPLOI_BENCH_KUBECONFIG", "")
@@ -167,13 +168,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--attach", help="the data directory of an interrupted run (see ATTACH)")
     parser.add_argument("--monitor", type=int, help="with --attach: the pid of that run's monitor")
+    parser.add_argument("--more", type=int, default=0, help="with --attach: first apply this many new deployments beside those")
     parser.add_argument("--derive", type=int, help="only time observe()'s derivation over this many deployments (no cluster)")
     args = parser.parse_args()
     if args.derive:
         derive(args.derive)
         return
     if args.attach:
-        attach(args.monitor)
+        attach(args.monitor, args.more, args.threads)
         return
     counts = sorted(int(n) for n in args.counts.split(","))
     get_runtime.cache_clear()
@@ -200,23 +202,7 @@ def main() -> None:
         for n in counts:
             batch = rows(project, template, len(specs), n)
             print(f"— {n} deployments —")
-            kube.calls = kube.writes = 0
-            cpu = cpu_seconds()
-            took = at_once(args.threads, [lambda s=s: runtime.apply(s) for s in batch])
-            calls, writes = kube.calls, kube.writes
-            cpu = {k: (v - cpu.get(k, 0.0)) / len(batch) * 1000 for k, v in cpu_seconds().items()}
-            gets = len(batch) * per_deployment
-            one_by_one = at_once(1, [lambda: plain.request("GET", "/version") for _ in range(min(gets, 2000))]) * gets / min(gets, 2000)
-            threaded = at_once(args.threads, [lambda: plain.request("GET", "/version") for _ in range(gets)])
-            print(
-                f"  apply {len(batch)} new: {len(batch) / took * 60:6.0f} deployments/min ({took / len(batch) * 1000:5.1f} ms each; "
-                f"{calls / len(batch):.1f} calls, {writes / len(batch):.1f} writes each)\n"
-                f"    baseline, {per_deployment} GETs per deployment: one after another {len(batch) / one_by_one * 60:6.0f}/min "
-                f"(apply takes {took / one_by_one:.2f}× that), {args.threads} threads {len(batch) / threaded * 60:6.0f}/min "
-                f"(apply takes {took / threaded:.2f}× that)\n"
-                f"    CPU per deployment applied: {', '.join(f'{k} {v:.0f} ms' for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]))} "
-                f"(of {psutil.cpu_count()} CPUs: at most {psutil.cpu_count() * 60_000 / sum(cpu.values()):.0f} deployments/min here)"
-            )
+            apply_new(runtime, plain, batch, args.threads)
             specs += batch
             again = specs[-min(len(specs), 200) :]
             for label, applied in (("unchanged", again), ("one env var changed", [with_env(s) for s in again])):
@@ -241,6 +227,31 @@ def main() -> None:
     at_once(args.threads, [lambda s=s: plain.delete("Namespace", namespace(s)) for s in specs])
 
 
+def apply_new(runtime: KubernetesRuntime, plain: Kube, batch: list, threads: int) -> None:
+    """New deployments applied by `threads` threads: the rate, next to as many plain GETs (one after
+    another, and by as many threads), and the control plane's CPU per deployment."""
+    kube = runtime.kube
+    per_deployment = len(manifests(batch[0]))
+    kube.calls = kube.writes = 0
+    cpu = cpu_seconds()
+    took = at_once(threads, [lambda s=s: runtime.apply(s) for s in batch])
+    calls, writes = kube.calls, kube.writes
+    cpu = {k: (v - cpu.get(k, 0.0)) / len(batch) * 1000 for k, v in cpu_seconds().items()}
+    gets = len(batch) * per_deployment
+    one_by_one = at_once(1, [lambda: plain.request("GET", "/version") for _ in range(min(gets, 2000))]) * gets / min(gets, 2000)
+    sample = min(gets, 20_000)  # GETs take the same time at any count: a sample, scaled
+    threaded = at_once(threads, [lambda: plain.request("GET", "/version") for _ in range(sample)]) * gets / sample
+    print(
+        f"  apply {len(batch)} new: {len(batch) / took * 60:6.0f} deployments/min ({took / len(batch) * 1000:5.1f} ms each; "
+        f"{calls / len(batch):.1f} calls, {writes / len(batch):.1f} writes each)\n"
+        f"    baseline, {per_deployment} GETs per deployment: one after another {len(batch) / one_by_one * 60:6.0f}/min "
+        f"(apply takes {took / one_by_one:.2f}× that), {threads} threads {len(batch) / threaded * 60:6.0f}/min "
+        f"(apply takes {took / threaded:.2f}× that)\n"
+        f"    CPU per deployment applied: {', '.join(f'{k} {v:.0f} ms' for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]))} "
+        f"(of {psutil.cpu_count()} CPUs: at most {psutil.cpu_count() * 60_000 / sum(cpu.values()):.0f} deployments/min here)"
+    )
+
+
 def measure(runtime: KubernetesRuntime, plain: Kube, specs: list, monitor: psutil.Process, patience: float = 1800) -> None:
     """Observation from the informer and by listing, memory, and a pod's deletion seen by the monitor."""
     kube = runtime.kube
@@ -250,10 +261,10 @@ def measure(runtime: KubernetesRuntime, plain: Kube, specs: list, monitor: psuti
         runtime.informer.wait_synced(600)
         print(f"  the informer's first lists: {time.perf_counter() - t:.1f} s")
     wait_until_held(runtime, specs, patience)
+    settle(monitor, specs, patience)
     gc.collect()
     held = runtime.informer.count()
     size = held_bytes(runtime.informer)
-    settle(monitor, specs, patience)
     print(
         f"  memory: the informer's {held} objects take {size / MIB:.1f} MiB ({size / held:.0f} bytes each); resident: "
         f"the monitor {rss(monitor.pid):.0f} MiB, the API server {apiserver_rss()}"
@@ -285,16 +296,24 @@ def measure(runtime: KubernetesRuntime, plain: Kube, specs: list, monitor: psuti
     )
 
 
-def attach(monitor_pid: int) -> None:
-    """What an interrupted run left: every row whose namespace exists, measured with its running monitor."""
+def attach(monitor_pid: int | None, more: int, threads: int) -> None:
+    """What an interrupted (or finished, stopped before it deleted) run left: every row whose namespace
+    exists. With `more`, that many new deployments are applied beside them first (the apply rate at
+    that size, with this checkout's manifests); with the run's monitor, everything is measured."""
     plain = Kube(KUBECONFIG)
     present = {ns["metadata"]["name"] for items, _ in plain.list_pages("Namespace", f"{MANAGED}=diploi") for ns in items}
     rows_found = [d for d in Deployment.objects.select_related("project").order_by("pk") if f"diploi-d{d.pk}" in present]
     template = current_spec(rows_found[0])
     specs = [replace(template, id=d.pk, slug=d.slug) for d in rows_found]
     print(f"— attached: {len(specs)} deployments applied of {Deployment.objects.count()} rows —")
-    runtime = KubernetesRuntime(Kube(KUBECONFIG))
-    measure(runtime, plain, specs, psutil.Process(monitor_pid), patience=300)
+    runtime = KubernetesRuntime()  # the client as configured, as in a full run
+    if more:
+        first = Deployment.objects.count()
+        batch = rows(rows_found[0].project, template, first, first + more)
+        apply_new(runtime, plain, batch, threads)
+        specs += batch
+    if monitor_pid:
+        measure(runtime, plain, specs, psutil.Process(monitor_pid), patience=300)
 
 
 def derive(n: int) -> None:
@@ -342,7 +361,7 @@ def held_bytes(informer) -> int:
     seen: set[int] = set()
     total = 0
     with informer.lock:
-        stack: list = [informer.objects, informer.index]
+        stack: list = [informer.index]
         while stack:
             obj = stack.pop()
             if id(obj) in seen:

@@ -194,6 +194,35 @@ def test_env_restart_disable_enable_and_destroy(cast, kube) -> None:
     runtime.destroy(changed)  # again: nothing left, no error
 
 
+@needs_cluster
+@pytest.mark.django_db
+def test_a_service_made_with_a_virtual_ip_becomes_headless_in_place(cast, kube) -> None:
+    from deployments.runtimes import get_runtime
+    from deployments.runtimes.kubernetes.manifests import manifests, namespace
+
+    _, spec = sample_spec(cast, slug="headless")
+    runtime = get_runtime()
+    runtime.apply(spec)
+    ns = namespace(spec)
+    assert {s["metadata"]["name"]: s["spec"]["clusterIP"] for s in kube.list("Service", ns)} == {"web": "None", "redis": "None"}
+
+    # as an earlier Diploi left it: the redis Service with a virtual IP, recorded as applied so
+    old = next(o for o in manifests(spec) if o["kind"] == "Service" and o["metadata"]["name"] == "redis")
+    old = {**old, "spec": {k: v for k, v in old["spec"].items() if k != "clusterIP"}}
+    kube.delete("Service", "redis", ns)
+    kube.wait_gone("Service", "redis", ns)
+    kube.apply(old)
+    assert kube.get("Service", "redis", ns)["spec"]["clusterIP"] != "None"
+    recorded = json.loads(kube.get("Namespace", ns)["metadata"]["annotations"]["diploi.io/applied"])
+    runtime._stamp(spec, {**recorded, "Service/redis": "earlier"})
+
+    runtime.apply(spec)
+    assert kube.get("Service", "redis", ns)["spec"]["clusterIP"] == "None"
+    runtime.kube.writes = 0
+    runtime.apply(spec)  # and recorded: nothing left to do
+    assert runtime.kube.writes == 0
+
+
 def derive_colour(runtime, spec) -> str:
     from deployments.status.tree import derive
 
@@ -306,6 +335,8 @@ def test_a_production_deployment_builds_in_jobs_then_runs_its_image(cast, kube, 
     assert dockerfile.startswith("FROM python:3.12-slim") and "RUN if [ -f requirements.txt ]" in dockerfile
     web = kube.get("Deployment", "web", ns)
     assert web["spec"]["template"]["spec"]["containers"][0]["image"] == pinned  # the digest, not the tag
+    assert kube.get("Service", "web", ns)["spec"]["clusterIP"] != "None"  # a release's pods change behind one address
+    assert kube.get("Service", "redis", ns)["spec"]["clusterIP"] == "None"  # a StatefulSet's name resolves to its pod
 
 
 @needs_cluster

@@ -34,8 +34,9 @@ def listed(client) -> dict[str, dict]:
 
 
 def held(runtime) -> dict[str, dict]:
-    with runtime.informer.lock:
-        return {kind: dict(objects) for kind, objects in runtime.informer.objects.items()}
+    from deployments.runtimes.kubernetes.observe import OBSERVED_KINDS
+
+    return {kind: runtime.informer.held(kind) for kind in OBSERVED_KINDS}
 
 
 def matches_a_full_list(runtime, client) -> bool:
@@ -72,6 +73,9 @@ def test_a_watch_fed_observation_matches_a_full_list_after_a_burst(cast, kube, r
 
     wait_until(lambda: matches_a_full_list(runtime, kube), timeout=60, what="the informer to hold what a full list shows")
     assert {s.id for s in specs[1:]} <= set().union(*announced)  # each changed deployment was announced
+    gone = str(specs[3].id)  # once its namespace's objects are all deleted, nothing is kept for it
+    wait_until(lambda: gone not in runtime.informer.index, timeout=120, what="the deleted deployment to be forgotten")
+    assert runtime.informer.generation(gone) == 0 and not any(kube.list(kind, namespace(specs[3]), OURS) for kind in ("Pod", "StatefulSet"))
     runtime.kube.calls = 0
     runtime.observe(specs)
     assert runtime.kube.calls <= 1  # the metrics API at most: nothing is listed

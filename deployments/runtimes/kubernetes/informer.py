@@ -35,9 +35,11 @@ class Informer:
     def __init__(self, kube: Kube, selector: str, changed: Callable[[set[str]], None] | None = None) -> None:
         self.kube, self.selector, self.changed = kube, selector, changed
         self.lock = threading.Lock()
-        self.objects: dict[str, dict[Key, dict]] = {kind: {} for kind in OBSERVED_KINDS}
         self.index: dict[str, dict[str, dict[Key, dict]]] = {}  # deployment id → kind → key → object
-        self.generations: dict[str, int] = {}  # deployment id → how many times its kept objects changed
+        # deployment id → a number drawn anew whenever its kept objects change (none: it has none). Never
+        # reused, so a deployment gone and back is not mistaken for what it was.
+        self.generations: dict[str, int] = {}
+        self.drawn = 0
         self.versions: dict[str, str] = {}
         self.synced = {kind: threading.Event() for kind in OBSERVED_KINDS}
         self.broken_since: dict[str, float] = {}  # kind → when its watch broke (until it watches again)
@@ -80,7 +82,12 @@ class Informer:
 
     def count(self) -> int:
         with self.lock:
-            return sum(len(objects) for objects in self.objects.values())
+            return sum(len(objects) for found in self.index.values() for objects in found.values())
+
+    def held(self, kind: str) -> dict[Key, dict]:
+        """Every kept object of one kind, by key."""
+        with self.lock:
+            return {key: obj for found in self.index.values() for key, obj in found.get(kind, {}).items()}
 
     # --- the watch threads ---
 
@@ -120,16 +127,14 @@ class Informer:
             for obj in items:
                 kept = trim(kind, obj)
                 fresh[_key(kept)] = kept
+        before = self.held(kind)
         with self.lock:
-            before = self.objects[kind]
             moved = {_owner(o) for k, o in before.items() if fresh.get(k) != o}
             moved |= {_owner(o) for k, o in fresh.items() if before.get(k) != o}
-            self.objects[kind] = fresh
             for found in self.index.values():
                 found.pop(kind, None)
             for key, obj in fresh.items():
                 self.index.setdefault(_owner(obj), {}).setdefault(kind, {})[key] = obj
-            self._forget_empty(moved)
             self._moved(moved)
             self.versions[kind] = version
             self.lists[kind] += 1
@@ -163,13 +168,11 @@ class Informer:
         key, owner = _key(kept), _owner(kept)
         with self.lock:
             if kind_of_event == "DELETED":
-                moved = self.objects[kind].pop(key, None) is not None
-                self.index.get(owner, {}).get(kind, {}).pop(key, None)
-                self._forget_empty({owner})
+                moved = self.index.get(owner, {}).get(kind, {}).pop(key, None) is not None
             else:
-                moved = self.objects[kind].get(key) != kept
-                self.objects[kind][key] = kept
-                self.index.setdefault(owner, {}).setdefault(kind, {})[key] = kept
+                found = self.index.setdefault(owner, {}).setdefault(kind, {})
+                moved = found.get(key) != kept
+                found[key] = kept
             if version:
                 self.versions[kind] = version
             if moved:
@@ -178,13 +181,14 @@ class Informer:
             self._announce({owner})
 
     def _moved(self, owners: set[str]) -> None:
+        """A new generation for each owner that still has objects; the others are forgotten."""
         for owner in owners:
-            self.generations[owner] = self.generations.get(owner, 0) + 1
-
-    def _forget_empty(self, owners: set[str]) -> None:
-        for owner in owners:
-            if owner in self.index and not any(self.index[owner].values()):
-                del self.index[owner]
+            if any(self.index.get(owner, {}).values()):
+                self.drawn += 1
+                self.generations[owner] = self.drawn
+            else:
+                self.index.pop(owner, None)
+                self.generations.pop(owner, None)
 
     def _announce(self, owners: set[str]) -> None:
         owners.discard("")

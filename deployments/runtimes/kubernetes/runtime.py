@@ -126,7 +126,22 @@ class KubernetesRuntime(Runtime):
         if hosts:
             self._hosts_free(spec, hosts)
         for stage in _stages(objects):
-            self.kube.parallel([lambda obj=obj: self.kube.apply(obj) for obj in stage])
+            self.kube.parallel([lambda obj=obj: self._put(obj) for obj in stage])
+
+    def _put(self, obj: dict) -> None:
+        """Apply one object. A Service's cluster IP cannot change in place (one made with a virtual IP
+        by an earlier Diploi, now headless): that Service is deleted and made anew, the name
+        unresolvable for that moment."""
+        try:
+            self.kube.apply(obj)
+        except KubeError as e:
+            if obj["kind"] != "Service" or e.status != 422 or "clusterIP" not in str(e):
+                raise
+            name, ns = obj["metadata"]["name"], obj["metadata"]["namespace"]
+            log.info("the Service %s/%s changes its cluster IP: made anew", ns, name)
+            self.kube.delete("Service", name, ns)
+            self.kube.wait_gone("Service", name, ns)
+            self.kube.apply(obj)
 
     def _hosts_free(self, spec: DeploymentSpec, hosts: set[str]) -> None:
         """Refuse host names another Ingress of the cluster serves (another Diploi's, or anyone's). Ours
