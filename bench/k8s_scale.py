@@ -6,14 +6,16 @@
         uv run python bench/k8s_scale.py [--counts 100,1000,10000] [--threads 8]
     DIPLOI_K8S_STATE=/tmp/diploi-k8s-bench scripts/k8s-testenv stop
     uv run python bench/k8s_scale.py --derive 10000   # observe()'s derivation alone, no cluster
+    uv run python bench/k8s_scale.py --attach=<a run's data dir> --more 300   # apply 300 beside what it left
 
 Deployments are the sample project's development deployment (web + Redis: two StatefulSets, two pods,
 ten objects) under different names, each also a row in a SQLite database, as the monitor reads them.
 For each count, with a baseline measured in the same run:
 - apply throughput: new deployments applied by `--threads` threads through one runtime (as a worker's
   threads would), next to the same number of plain GETs per object, sent one after another (the API's
-  round trip, the issue's baseline) and sent by as many threads; then deployments applied again
-  unchanged, and with one env var changed (writes sent, time);
+  round trip, the issue's baseline; timed on up to 2,000 of them and scaled) and sent by as many threads
+  (up to 20,000); then deployments applied again unchanged, and with one env var changed (writes
+  sent, time);
 - observe() of every deployment from an informer (latency, API calls), next to observe() by listing
   the cluster (what every tick did before), and the memory the informer's objects take;
 - resident memory of the monitor (the real `manage.py monitor`, started after the first count) and of
