@@ -323,27 +323,28 @@ def derive(n: int) -> None:
     derivation alone, first (every deployment derived: the baseline), then again with nothing changed,
     then with one deployment's objects changed."""
     from deployments.runtimes.kubernetes.informer import Informer
-    from deployments.runtimes.kubernetes.observe import trim
 
     informer = Informer(Kube.__new__(Kube), f"{MANAGED}=diploi")
     project = sample_project(DATA)[1]
     template = current_spec(Deployment.objects.create(project=project, name="t", slug="t", branch="main", commit=project.stack_commit))
     assert [s.identifier for s in template.services] == ["web", "redis"]
     specs = [replace(template, id=i) for i in range(n)]
+
+    def pod(spec, component: str, restarts: int = 0) -> dict:  # as a watch event brings it
+        labels = {"diploi.io/component": component, "diploi.io/deployment-id": str(spec.id)}
+        status = {"phase": "Running", "containerStatuses": [{"name": component, "ready": True, "restartCount": restarts, "state": {}}]}
+        meta = {"name": f"{component}-0", "namespace": namespace(spec), "labels": labels}
+        return {"type": "MODIFIED", "object": {"metadata": meta, "status": status}}
+
     for spec in specs:
-        ns = namespace(spec)
         for component in ("web", "redis"):
-            labels = {"diploi.io/component": component, "diploi.io/deployment-id": str(spec.id)}
-            status = {"phase": "Running", "containerStatuses": [{"name": component, "ready": True, "restartCount": 0, "state": {}}]}
-            pod = trim("Pod", {"metadata": {"name": f"{component}-0", "namespace": ns, "labels": labels}, "status": status})
-            informer.index.setdefault(str(spec.id), {}).setdefault("Pod", {})[(ns, f"{component}-0")] = pod
-        informer.generations[str(spec.id)] = 1
+            informer._apply("Pod", pod(spec, component))
     runtime = KubernetesRuntime.__new__(KubernetesRuntime)
     runtime.informer, runtime._observed = informer, {}
     figures = []
     for change in (False, False, True):
         if change:
-            informer.generations["0"] += 1
+            informer._apply("Pod", pod(specs[0], "web", restarts=1))
         t = time.perf_counter()
         runtime._from_informer(specs, None)
         figures.append(time.perf_counter() - t)
