@@ -7,6 +7,8 @@ each other."""
 
 import os
 import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 NO_CREDENTIALS_SSH = (
@@ -14,8 +16,9 @@ NO_CREDENTIALS_SSH = (
 )
 
 
-def environment() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+def environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """`base` (the platform's own environment when None) with git's settings of this module."""
+    env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("GIT_")}
     env.update(
         GIT_TERMINAL_PROMPT="0",
         GIT_ALLOW_PROTOCOL="file:git:http:https:ssh",
@@ -30,14 +33,32 @@ def environment() -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class Confined:
+    """Where git runs when it works on a tenant's files: the sandbox's command prefix (up to "--"),
+    the whole environment it gets, and what the process that starts it does first (cgroups)."""
+
+    prefix: list[str]
+    env: dict[str, str]
+    preexec: Callable[[], None] | None = None
+
+
 class Failed(Exception):
     """git did not do it; the message is one sentence, fit to show."""
 
 
-def output(args: tuple[str, ...], cwd: Path | None, timeout: float) -> bytes:
-    """What git with `args` prints; Failed when it times out, cannot run (git or `cwd` missing) or fails."""
+def output(args: tuple[str, ...], cwd: Path | None, timeout: float, confined: "Confined | None" = None) -> bytes:
+    """What git with `args` prints; Failed when it times out, cannot run (git or `cwd` missing) or fails.
+    `confined`: run inside a sandbox (its command prefix) with only the given environment, and git
+    trusting only the repositories the sandbox's own configuration names."""
+    argv, env, preexec = ["git", *args], environment(), None
+    if confined is not None:
+        argv = [*confined.prefix, *argv]
+        env = {k: v for k, v in environment(confined.env).items() if not k.startswith("GIT_CONFIG_")}
+        env.update(GIT_CONFIG_GLOBAL="/dev/null")
+        preexec = confined.preexec
     try:
-        result = subprocess.run(["git", *args], cwd=cwd, env=environment(), capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, preexec_fn=preexec)
     except subprocess.TimeoutExpired:
         raise Failed(f"git {args[0]} timed out after {timeout:g} s") from None
     except OSError as e:

@@ -139,8 +139,6 @@ DIPLOI_LOCAL_PROCESSES = envint("DIPLOI_LOCAL_PROCESSES", 512, minimum=16)
 DIPLOI_LOCAL_DISK_MIB = envint("DIPLOI_LOCAL_DISK_MIB", 10240, minimum=64)
 # Seconds one build step (install, build) may take before it fails.
 DIPLOI_BUILD_STEP_TIMEOUT = envint("DIPLOI_BUILD_STEP_TIMEOUT", 1800, minimum=1)
-# As root, deployment N runs as uid/gid DIPLOI_UID_BASE + N (kept for its life, gone with it).
-DIPLOI_UID_BASE = envint("DIPLOI_UID_BASE", 1_000_000, minimum=1000)
 # Asked by the project pages (which do not import deployments) before a member is added.
 DIPLOI_MEMBERS_REFUSED = "deployments.tenancy.refuse_new_members"
 ACCOUNT_LOGIN_METHODS = {"username", "email"}

@@ -78,6 +78,14 @@ def resolve_branch(mirror: Path, branch: str) -> str:
         raise BranchNotFound(f"Branch “{branch}” does not exist in the repository.") from None
 
 
+def has_branch(mirror: Path, branch: str) -> bool:
+    try:
+        resolve_branch(mirror, branch)
+        return True
+    except GitError:
+        return False
+
+
 def list_branches(mirror: Path) -> list[str]:
     out = run_git("for-each-ref", "--format=%(refname:strip=2)", "refs/heads/", cwd=mirror)
     return sorted(out.decode().split())

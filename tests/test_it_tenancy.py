@@ -23,7 +23,7 @@ def test_each_runtime_says_what_it_does_not_confine(settings) -> None:
     if sandbox.available():
         expected = list(CONFINEMENT_PARTS)
     else:
-        network = sandbox.network_limits() or sandbox.firewall(settings.DIPLOI_UID_BASE)
+        network = sandbox.network_limits() or sandbox.firewall()
         expected = (["network"] if network else []) + (["resources"] if sandbox.cgroups_available() else [])
     assert [part for part, _ in local.missing] == expected
     assert local.describe().startswith(f"deployments are NOT confined: {expected[0]}: " if expected else "deployments are confined: ")

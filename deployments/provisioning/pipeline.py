@@ -126,6 +126,8 @@ def _provision_code(deployment: Deployment, actor: str) -> None:
     developer's is in the way, and otherwise the deployment says how far behind it is and why."""
     try:
         commit = deployment.commit or _fetch_tip(deployment)
+        if not git.has_branch(project_mirror(deployment.project), deployment.branch):
+            fetch_branch(deployment)  # a branch it follows now: the checkout switches to it from the mirror
         stack = load_stack(deployment, commit)
     except (GitError, StackInvalid) as e:
         settle_after_failure(deployment, actor, str(e))
@@ -135,6 +137,8 @@ def _provision_code(deployment: Deployment, actor: str) -> None:
         return
     pull = Deployment.objects.filter(pk=deployment.pk, pull_wanted=True).update(pull_wanted=False) > 0
     try:
+        if pull:  # the checkout fetches from the project's mirror: up to date first
+            fetch_branch(deployment)
         state = get_runtime().update_code(spec, pull)
         if state.head != commit and _fetched(deployment, state.head):
             commit, stack = state.head, load_stack(deployment, state.head)

@@ -176,6 +176,7 @@ def minimal_spec(deployment: Deployment) -> DeploymentSpec:
         project_slug=deployment.project.slug,
         stage=deployment.stage,
         repository=deployment.project.repository,
+        mirror=str(project_mirror(deployment.project)),
         branch=deployment.branch,
         commit=deployment.commit,
         enabled=deployment.enabled,

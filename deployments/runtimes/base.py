@@ -105,6 +105,7 @@ class DeploymentSpec:
     commit: str
     enabled: bool
     services: tuple[ServiceSpec, ...] = ()
+    mirror: str = ""  # the platform's read-only copy of the repository on this machine (every commit built or checked out is there)
     hosts: tuple[str, ...] = ()
     release: str = ""  # staging/production: the release (build) to run
     images: tuple[tuple[str, str], ...] = ()  # component → image CI built for the release (external build mode)

@@ -5,6 +5,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from deployments.management.launcher import Launcher, LaunchError, say
+from deployments.runtimes.local import sandbox
 from deployments.tenancy import mode
 
 
@@ -39,6 +40,10 @@ class Command(BaseCommand):
         data_dir = data_dir.resolve()
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         data_dir.chmod(0o700)
+        try:  # no other running installation gives its deployments the same uids and cgroups
+            held = sandbox.hold_range(data_dir, sandbox.uid_base(data_dir))
+        except sandbox.RangeInUse as e:
+            raise CommandError(str(e)) from None
         launcher = Launcher(
             host,
             port,
@@ -54,5 +59,8 @@ class Command(BaseCommand):
             code = launcher.run()
         except LaunchError as e:
             raise CommandError(str(e)) from None
+        finally:
+            if held:
+                held.close()
         if code:
             raise SystemExit(code)

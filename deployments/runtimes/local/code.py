@@ -7,11 +7,12 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gitsafe
 from deployments.runtimes.base import BuildFailed, CodeState, DeploymentSpec, Progress, RuntimeFailure, ServiceSpec
+from deployments.runtimes.local.sandbox import Jail, copy_tree
 
 GIT_TIMEOUT = 600
 SHOWN_IN_THE_WAY = 20  # files named when edits keep the code from its branch's tip
@@ -21,26 +22,50 @@ class GitFailed(RuntimeFailure):
     pass
 
 
-def git(*args: str, cwd: Path | None = None) -> bytes:
-    """git with no credentials of the platform's (gitsafe)."""
-    try:
-        return gitsafe.output(args, cwd, GIT_TIMEOUT)
-    except gitsafe.Failed as e:
-        raise GitFailed(str(e)) from None
+@dataclass(frozen=True)
+class Git:
+    """git on one deployment's files. Its checkout is the tenant's (its config, hooks, attributes, its
+    fsmonitor): confined, git runs in the deployment's sandbox as its uid, seeing only the folder it
+    works on and, read-only, the project's mirror (where every commit comes from). Unconfined, the
+    deployment's code runs as the platform's user anyway, and so does git."""
+
+    mirror: Path
+    jail: Jail | None = None
+    env: dict[str, str] = field(default_factory=dict)  # the sandbox's whole environment
+
+    def __call__(self, *args: str, cwd: Path, folder: Path | None = None) -> bytes:
+        """git `args` in `cwd`, which may write in `folder` (default: `cwd`) only."""
+        confined = None
+        if self.jail is not None:
+            box = self.jail.tool(folder or cwd, cwd, readable=(self.mirror, *self.jail.readable))
+            confined = gitsafe.Confined(box.prefix(), self.env, self.jail.preexec())
+        try:
+            return gitsafe.output(args, cwd, GIT_TIMEOUT, confined)
+        except gitsafe.Failed as e:
+            raise GitFailed(str(e)) from None
+
+    def new_folder(self, path: Path) -> None:
+        """An empty folder for git to fill, the deployment's own (what a failed attempt left removed)."""
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(mode=0o755)
+        if self.jail is not None and self.jail.uid is not None:
+            os.chown(path, self.jail.uid, self.jail.uid)
 
 
-def checkout(spec: DeploymentSpec, code: Path) -> bool:
+def checkout(spec: DeploymentSpec, code: Path, git: Git) -> bool:
     """The development checkout: cloned once, then the developer's (it survives every apply).
     True when the platform wrote files into it (a clone, another branch)."""
     if (code / ".git").exists():
-        return switch_branch(code, spec.branch)
+        return switch_branch(code, spec.branch, git)
     tmp = code.with_name("code.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    git.new_folder(tmp)
     try:
-        git("clone", "--quiet", "--no-hardlinks", "--branch", spec.branch, "--", spec.repository, str(tmp))
+        git("clone", "--quiet", "--no-hardlinks", "--branch", spec.branch, "--", str(git.mirror), ".", cwd=tmp)
         if spec.commit:
             git("checkout", "--quiet", spec.commit, cwd=tmp)
             git("checkout", "--quiet", "-B", spec.branch, cwd=tmp)
+        # the developer's pulls and pushes go to the project's repository, not to the platform's mirror
+        git("remote", "set-url", "origin", "--", spec.repository, cwd=tmp)
     except GitFailed as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RuntimeFailure(f"could not check out {spec.branch}: {e}") from None
@@ -48,7 +73,12 @@ def checkout(spec: DeploymentSpec, code: Path) -> bool:
     return True
 
 
-def switch_branch(code: Path, branch: str) -> bool:
+def _fetch(git: Git, code: Path, branch: str) -> None:
+    """The branch's tip from the platform's mirror (synced just before) into origin's remote-tracking ref."""
+    git("fetch", "--quiet", "--no-write-fetch-head", "--", str(git.mirror), f"+refs/heads/{branch}:refs/remotes/origin/{branch}", cwd=code)
+
+
+def switch_branch(code: Path, branch: str, git: Git) -> bool:
     """Follow a new branch; refuse rather than lose uncommitted edits. True when it switched."""
     current = git("rev-parse", "--abbrev-ref", "HEAD", cwd=code).decode().strip()
     if current == branch:
@@ -58,14 +88,14 @@ def switch_branch(code: Path, branch: str) -> bool:
             f"the code has uncommitted changes on {current}; commit or discard them (over SSH) before switching to {branch}"
         )
     try:
-        git("fetch", "--quiet", "origin", f"+refs/heads/{branch}:refs/remotes/origin/{branch}", cwd=code)
+        _fetch(git, code, branch)
         git("checkout", "--quiet", "-B", branch, f"origin/{branch}", cwd=code)
     except GitFailed as e:
         raise RuntimeFailure(f"could not check out {branch}: {e}") from None
     return True
 
 
-def fast_forward(code: Path, branch: str, pull: bool) -> CodeState:
+def fast_forward(code: Path, branch: str, pull: bool, git: Git) -> CodeState:
     """The checkout's state; with `pull`, fetch the branch and fast-forward to its tip when the
     developer has nothing in the way: no uncommitted change, no commit that is not on the branch.
     Otherwise nothing is touched and the state says how far behind it is and what is in the way."""
@@ -74,7 +104,7 @@ def fast_forward(code: Path, branch: str, pull: bool) -> CodeState:
         return CodeState(head)
     remote = f"refs/remotes/origin/{branch}"
     try:
-        git("fetch", "--quiet", "origin", f"+refs/heads/{branch}:{remote}", cwd=code)
+        _fetch(git, code, branch)
     except GitFailed as e:
         raise RuntimeFailure(f"could not fetch {branch}: {e}") from None
     behind = int(git("rev-list", "--count", f"HEAD..{remote}", cwd=code))
@@ -110,16 +140,16 @@ class Launch:
 Launcher = Callable[[str, ServiceSpec, Path], Launch | None]
 
 
-def build_release(spec: DeploymentSpec, releases: Path, launcher: Launcher, progress: Progress) -> str:
+def build_release(spec: DeploymentSpec, releases: Path, launcher: Launcher, progress: Progress, git: Git) -> str:
     """Check spec.commit out into a new release, run the components' install and build commands in
     it, and keep it under releases/<commit> (the platform prunes older ones: prune)."""
     releases.mkdir(parents=True, exist_ok=True)
     tmp = releases / f".{spec.commit}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         progress("clone", 0, f"Checking out {spec.commit[:10]} of {spec.branch}")
-        try:
-            git("clone", "--quiet", "--no-hardlinks", "--no-checkout", "--", spec.repository, str(tmp))
+        git.new_folder(tmp)
+        try:  # --shared: the mirror's objects are read where they are, not copied (.git goes next)
+            git("clone", "--quiet", "--shared", "--no-checkout", "--", str(git.mirror), ".", cwd=tmp)
             git("checkout", "--quiet", "--detach", spec.commit, cwd=tmp)
         except GitFailed as e:
             raise BuildFailed("clone", str(e)) from None
@@ -194,8 +224,9 @@ def prune(releases: Path, keep: set[str]) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def import_release(source: Path, releases: Path, commit: str) -> None:
-    """A copy of another deployment's release `source` as releases/<commit> (kept if already there)."""
+def import_release(source: Path, releases: Path, commit: str, uid: int | None) -> None:
+    """A copy of another deployment's release `source` as releases/<commit> (kept if already there),
+    owned by `uid` (copy_tree: its build steps wrote it, so links are not followed)."""
     final = releases / commit
     if final.is_dir():
         return
@@ -204,5 +235,5 @@ def import_release(source: Path, releases: Path, commit: str) -> None:
     releases.mkdir(parents=True, exist_ok=True)
     tmp = releases / f".{commit}.import"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp, symlinks=True)
+    copy_tree(source, tmp, uid)
     tmp.rename(final)

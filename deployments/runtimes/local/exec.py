@@ -46,13 +46,6 @@ def _preexec(user: str | None, cgroups: list[str]):
     return setup
 
 
-def _own(path: str, uid: int) -> None:
-    for root, dirs, files in os.walk(path):
-        os.lchown(root, uid, uid)
-        for name in files + dirs:
-            os.lchown(os.path.join(root, name), uid, uid)
-
-
 def main(run_file: str) -> int:
     # Signal handlers go in before the child exists: a stop that arrives while it is being spawned
     # must still reach it (`sh -c` forks the real server, which the death signal does not cover).
@@ -81,9 +74,16 @@ def main(run_file: str) -> int:
     sandbox = run.get("sandbox", [])  # bubblewrap's arguments up to the command, when confined
     if run.get("fresh_from"):
         shutil.rmtree(run["scratch"], ignore_errors=True)
-        shutil.copytree(run["fresh_from"], run["scratch"], symlinks=True)
-        if run.get("owner") is not None:
-            _own(run["scratch"], run["owner"])
+        if run.get("copy"):  # confined: copied inside the deployment's sandbox, as its uid (its build wrote the release)
+            os.mkdir(run["scratch"], 0o755)
+            if run.get("owner") is not None:
+                os.chown(run["scratch"], run["owner"], run["owner"])
+            code = subprocess.run(run["copy"], env={"PATH": "/usr/bin:/bin"}, preexec_fn=preexec).returncode
+            if code != 0:
+                print(f"diploi: copying the release failed with exit code {code}", flush=True)
+                return _ended(code, pump)
+        else:
+            shutil.copytree(run["fresh_from"], run["scratch"], symlinks=True)
     os.makedirs(run["cwd"], exist_ok=True)
     for i, command in enumerate(run.get("before", [])):
         if stop_requested:

@@ -158,8 +158,12 @@ def run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: 
     if service.kind == "component" and spec.stage == "development" and service.reload:
         run["watch"] = str(cwd)
     if service.kind == "component" and spec.stage != "development":
-        run["fresh_from"] = str(layout.releases(spec) / spec.release)
-        run["scratch"] = str(layout.files_root(spec, service, variant))
+        release, scratch = layout.releases(spec) / spec.release, layout.files_root(spec, service, variant)
+        run["fresh_from"], run["scratch"] = str(release), str(scratch)
+        if jail:
+            # links copied as links (-P), times kept, and no setuid/setgid bit (mode not preserved)
+            copy = ["cp", "-R", "-P", "--preserve=timestamps,links", "--", f"{release}/.", f"{scratch}/"]
+            run["copy"] = jail.tool(scratch, scratch, readable=(release,)).argv(copy)
     return run
 
 

@@ -90,25 +90,29 @@ class LocalRuntime(Runtime):
         if self.unsandboxed:
             return None
         network = {} if sandbox.network_limits() else {"ports": ports, "outbound": tuple(settings.DIPLOI_OUTBOUND_PORTS)}
+        uid = self._uid(spec)
         cgroups: tuple[str, ...] = ()
-        if not sandbox.cgroups_available():
+        if uid is not None and not sandbox.cgroups_available():
             limits = sandbox.Limits(
                 memory_bytes=settings.DIPLOI_LOCAL_MEMORY_MIB * 1024 * 1024,
                 cpu_percent=settings.DIPLOI_LOCAL_CPU_PERCENT,
                 processes=settings.DIPLOI_LOCAL_PROCESSES,
             )
-            cgroups = tuple(str(p) for p in sandbox.prepare_cgroup(spec.id, limits))
-        uid = self._uid(spec)
+            cgroups = tuple(str(p) for p in sandbox.prepare_cgroup(uid, limits))
         disk = _disk_allowance()
+        # a local repository, read-only: the developer's `git pull` in a development checkout reaches it
+        origin = Path(spec.repository)
+        readable = (origin,) if spec.stage == "development" and origin.is_absolute() and origin.is_dir() else ()
         if uid is None:
-            return Jail(cgroups=cgroups, file_bytes=disk, **network)
-        sandbox.firewall(settings.DIPLOI_UID_BASE)  # in place before any of its processes starts
-        identity = sandbox.identity_files(self.home(spec) / "etc", uid, f"d{spec.id}")
-        return Jail(uid=uid, identity=identity, cgroups=cgroups, file_bytes=disk, **network)
+            return Jail(cgroups=cgroups, file_bytes=disk, readable=readable, **network)
+        sandbox.firewall()  # in place before any of its processes starts
+        safe = (*readable, *(r / ".git" for r in readable), *([Path(spec.mirror)] if spec.mirror else []))
+        identity = sandbox.identity_files(self.home(spec) / "etc", uid, f"d{spec.id}", safe)
+        return Jail(uid=uid, identity=identity, cgroups=cgroups, file_bytes=disk, readable=readable, **network)
 
     def _uid(self, spec: DeploymentSpec) -> int | None:
         """The deployment's own uid (confined, as root), which owns its folders."""
-        return None if self.unsandboxed else sandbox.uid_of(spec.id, settings.DIPLOI_UID_BASE)
+        return None if self.unsandboxed else sandbox.uid_of(spec.id, sandbox.uid_base(self.data_dir))
 
     @property
     def sftp_command(self) -> str | None:  # type: ignore[override]
@@ -121,7 +125,7 @@ class LocalRuntime(Runtime):
         network = ""
         if unlimited:
             network = f"they can connect to the platform's Redis, database and web server ({unlimited})"
-        elif firewall := sandbox.firewall(settings.DIPLOI_UID_BASE):
+        elif firewall := sandbox.firewall():
             network = (
                 "TCP goes only to their own services and to DIPLOI_OUTBOUND_PORTS, but on those ports any host "
                 f"answers (cloud metadata at 169.254.169.254 too), and UDP is not limited ({firewall})"
@@ -146,9 +150,7 @@ class LocalRuntime(Runtime):
         ports = programs.allocate_ports(self.layout, spec)
         jail = self.jail(spec, ports)
         if spec.stage == "development":
-            written = code.checkout(spec, self.layout.code(spec))
-            if jail:
-                sandbox.give([self.layout.code(spec)], jail.uid, force=written)
+            code.checkout(spec, self.layout.code(spec), self._git(spec, jail))
         elif not spec.release or not (self.layout.releases(spec) / spec.release).is_dir():
             raise RuntimeFailure("there is no release to run yet; build one first")
 
@@ -312,16 +314,23 @@ class LocalRuntime(Runtime):
             command = programs.command(self.layout, spec, service, ports, step)
             argv = ["/bin/sh", "-c", command]
             if jail:
-                sandbox.give([release], jail.uid)
                 argv = jail.sandbox(release, release / service.folder).argv(argv)
             env = programs.environment(self.layout, spec, service, ports, jail)
             return code.Launch(command, argv, env, jail.preexec() if jail else None, settings.DIPLOI_BUILD_STEP_TIMEOUT)
 
-        code.build_release(spec, self.layout.releases(spec), launch, progress)
+        code.build_release(spec, self.layout.releases(spec), launch, progress, self._git(spec, jail))
         return {}  # the release is a folder of this machine
 
+    def _git(self, spec: DeploymentSpec, jail: Jail | None) -> code.Git:
+        """git on the deployment's files, as the deployment (code.Git)."""
+        if not spec.mirror:
+            raise RuntimeFailure("the project's repository has not been read yet")
+        env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
+        return code.Git(Path(spec.mirror), jail, env)
+
     def import_release(self, source: DeploymentSpec, target: DeploymentSpec) -> None:
-        code.import_release(self.layout.releases(source) / source.release, self.layout.releases(target), source.release)
+        releases = self.layout.releases(source)
+        code.import_release(releases / source.release, self.layout.releases(target), source.release, self._uid(target))
 
     def prune_releases(self, spec: DeploymentSpec, keep: set[str]) -> None:
         code.prune(self.layout.releases(spec), keep)
@@ -330,10 +339,8 @@ class LocalRuntime(Runtime):
         checkout = self.layout.code(spec)
         if not (checkout / ".git").exists():
             return CodeState(spec.commit)
-        state = code.fast_forward(checkout, spec.branch, pull)
-        if state.head != spec.commit and (uid := self._uid(spec)) is not None:
-            sandbox.give([checkout], uid, force=True)  # what the merge wrote is the developer's
-        return state
+        ports = programs.allocate_ports(self.layout, spec)
+        return code.fast_forward(checkout, spec.branch, pull, self._git(spec, self.jail(spec, ports)))
 
     # --- operate ------------------------------------------------------------------------------
 
@@ -402,8 +409,7 @@ class LocalRuntime(Runtime):
                 continue
             tmp = dst.with_name(f".{part}.copy")
             shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(src, tmp, symlinks=True)
-            sandbox.give([tmp], self._uid(target))
+            sandbox.copy_tree(src, tmp, self._uid(target))
             tmp.rename(dst)
 
     def destroy(self, spec: DeploymentSpec) -> None:
@@ -424,8 +430,8 @@ class LocalRuntime(Runtime):
         if home.exists():  # something was still writing into it
             _kill_processes_of(home)
             shutil.rmtree(home)
-        if not sandbox.cgroups_available():
-            sandbox.remove_cgroup(spec.id)
+        if not sandbox.cgroups_available() and (uid := self._uid(spec)) is not None:
+            sandbox.remove_cgroup(uid)
         if router:
             router.remove(spec.id)
 

@@ -5,15 +5,23 @@ SSH sessions and SFTP — starts inside a sandbox that sees only:
   - the system, read-only: /usr (and the /bin, /lib… links into it), a short list of files of /etc,
     and the folders of the runtimes the platform provides (the embedded Valkey);
   - its own folder, read-write: the code, the release's copy or the storage it works on;
-  - a private /tmp, its own /proc (a PID namespace: no other process is visible or reachable by a
-    signal) and a minimal /dev.
+  - a private, writable, size-limited /tmp (also its HOME), its own /proc (a PID namespace: no other
+    process is visible or reachable by a signal) and a minimal /dev.
 The platform's data directory, its keys and database, the supervisor's socket and every other
 deployment are simply not there. When Diploi runs as root, each deployment also runs under a uid of
-its own (DIPLOI_UID_BASE + its id), which owns its folders, without capabilities (setpriv).
+its own (the installation's uid base + its id), which owns its folders, without capabilities
+(setpriv). The last step inside (inside.py) installs a seccomp filter (no namespaces, mounts, keyrings,
+bpf…) and, where the kernel has it, Landlock's TCP port rules.
+
+The platform's own tools that work on a deployment's files — git on its checkout, the copy of a release
+it starts from — run in the same kind of sandbox as its uid (Jail.tool), never as the platform.
 """
 
+import contextlib
+import fcntl
 import os
 import shutil
+import stat
 import subprocess
 from dataclasses import dataclass
 from functools import cache
@@ -43,11 +51,14 @@ ETC = (
     "alternatives",
     "mime.types",
     "postgresql-common",
+    "gitconfig",
 )
+IDENTITY = ("passwd", "group", "gitconfig")  # the deployment's own, not the machine's
 SYSTEM_LINKS = ("bin", "lib", "lib64", "sbin", "lib32", "libx32")
-LANDLOCK = Path(__file__).with_name("landlock.py")
-LANDLOCK_INSIDE = "/run/diploi/landlock.py"
+INSIDE = Path(__file__).with_name("inside.py")
+INSIDE_PATH = "/run/diploi/inside.py"
 PYTHON = "/usr/bin/python3"  # the machine's own, inside the sandbox
+TMP_BYTES = 512 * 1024 * 1024  # the private /tmp (a tmpfs: its pages count as the deployment's memory)
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,7 @@ class Sandbox:
     connect: tuple[int, ...] | None = None
     bind: tuple[int, ...] = ()
     file_bytes: int | None = None
+    tmp_bytes: int = TMP_BYTES
 
     def prefix(self) -> list[str]:
         """bubblewrap's arguments up to the command (ending in "--")."""
@@ -82,10 +94,10 @@ class Sandbox:
                 args += ["--ro-bind", str(target), str(target)]
         args += ["--perms", "0755", "--dir", "/etc"]
         for name in ETC:
-            own = self.identity / name if self.identity and name in ("passwd", "group") else None
+            own = self.identity / name if self.identity and name in IDENTITY else None
             args += ["--ro-bind-try", str(own or f"/etc/{name}"), f"/etc/{name}"]
-        # a private /tmp first: the folders bound next may live under /tmp themselves
-        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        # a private /tmp first (its HOME, writable by it): the folders bound next may live under /tmp themselves
+        args += ["--proc", "/proc", "--dev", "/dev", "--size", str(self.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
         made: set[Path] = {Path("/"), Path("/tmp")}
         for option, paths in (("--ro-bind", (*runtime_folders(), *self.readable)), ("--bind", self.writable)):
             for path in paths:
@@ -97,13 +109,13 @@ class Sandbox:
                         args += ["--perms", "0555", "--dir", str(parent)]
                         made.add(parent)
                 args += [option, str(path), str(path)]
-        if self.connect is not None:
-            args += ["--perms", "0755", "--dir", "/run/diploi", "--ro-bind", str(LANDLOCK), LANDLOCK_INSIDE]
+        args += ["--perms", "0755", "--dir", "/run/diploi", "--ro-bind", str(INSIDE), INSIDE_PATH]
         # The sandbox's own root (where /etc and the folders above are made) is read-only too.
         args += ["--remount-ro", "/", "--chdir", str(self.cwd)]
+        ports = []
         if self.connect is not None:
             ports = ["--connect", ",".join(map(str, sorted(self.connect))), "--bind", ",".join(map(str, sorted(self.bind)))]
-            command = [PYTHON, LANDLOCK_INSIDE, *ports, "--", *command]
+        command = [PYTHON, INSIDE_PATH, *ports, "--", *command]
         if self.file_bytes is not None:  # no file larger than the deployment's whole disk allowance
             command = ["prlimit", f"--fsize={self.file_bytes}", "--", *command]
         if self.uid is not None:
@@ -127,6 +139,7 @@ class Jail:
     outbound: tuple[int, ...] = ()
     cgroups: tuple[str, ...] = ()  # where its processes go, with the deployment's limits
     file_bytes: int | None = None  # the largest file a process may write (RLIMIT_FSIZE)
+    readable: tuple[Path, ...] = ()  # besides its own folder: the project's repository when it is a local path
 
     def preexec(self):
         """For the process that starts the sandbox: into the deployment's cgroups (None: none)."""
@@ -143,22 +156,38 @@ class Jail:
             cwd=cwd,
             uid=self.uid,
             identity=self.identity,
+            readable=self.readable,
             terminal=terminal,
             connect=connect,
             bind=bind or (),
             file_bytes=self.file_bytes,
         )
 
+    def tool(self, writable: Path, cwd: Path, readable: tuple[Path, ...] = ()) -> Sandbox:
+        """The sandbox in which the platform runs a tool on the deployment's files (git on its checkout, a
+        copy of its release): as the deployment's uid, with `writable` and `readable` only, no network."""
+        return Sandbox(
+            writable=(writable,),
+            cwd=cwd,
+            uid=self.uid,
+            identity=self.identity,
+            readable=readable,
+            connect=() if self.ports is not None else None,
+            file_bytes=self.file_bytes,
+        )
 
-def identity_files(folder: Path, uid: int, name: str) -> Path:
-    """passwd and group files that know the deployment's uid (initdb and others look themselves up)."""
+
+def identity_files(folder: Path, uid: int, name: str, safe: tuple[Path, ...] = ()) -> Path:
+    """passwd and group files that know the deployment's uid (initdb and others look themselves up), and
+    a gitconfig that lets its git read the repositories in `safe` (the platform's, read-only)."""
     folder.mkdir(parents=True, exist_ok=True)
     nologin = "/usr/sbin/nologin"
     passwd = (
         f"root:x:0:0:root:/root:{nologin}\nnobody:x:65534:65534:nobody:/nonexistent:{nologin}\n{name}:x:{uid}:{uid}:{name}:/tmp:/bin/sh\n"
     )
     group = f"root:x:0:\nnogroup:x:65534:\n{name}:x:{uid}:\n"
-    for file, text in (("passwd", passwd), ("group", group)):
+    gitconfig = "".join(f"[safe]\n\tdirectory = {path}\n" for path in safe)
+    for file, text in (("passwd", passwd), ("group", group), ("gitconfig", gitconfig)):
         path = folder / file
         if not path.exists() or path.read_text() != text:
             tmp = path.with_suffix(".tmp")
@@ -178,6 +207,8 @@ def available() -> str:
     """Why processes cannot be sandboxed on this machine ("" when they can)."""
     if shutil.which("bwrap") is None:
         return "bubblewrap is not installed (apt-get install bubblewrap)"
+    if not Path(PYTHON).exists():
+        return f"{PYTHON} is missing (it applies the limits inside the sandbox)"
     probe = Sandbox(writable=(), cwd=Path("/")).argv(["/bin/true"])
     try:
         result = subprocess.run(probe, capture_output=True, text=True, timeout=20, env={"PATH": "/usr/bin:/bin"})
@@ -191,10 +222,8 @@ def available() -> str:
 @cache
 def network_limits() -> str:
     """Why TCP cannot be limited to a deployment's own ports here ("" when it can)."""
-    if not Path(PYTHON).exists():
-        return f"{PYTHON} is missing (it applies the limits inside the sandbox)"
     result = subprocess.run(
-        [PYTHON, "-c", "import sys; sys.path[:0] = [sys.argv[1]]; import landlock; print(landlock.abi())", str(LANDLOCK.parent)],
+        [PYTHON, "-c", "import sys; sys.path[:0] = [sys.argv[1]]; import inside; print(inside.abi())", str(INSIDE.parent)],
         capture_output=True,
         text=True,
         timeout=20,
@@ -203,24 +232,170 @@ def network_limits() -> str:
     return "" if version >= 4 else f"the kernel's Landlock has no network rules (ABI {version}; 4 or later is needed)"
 
 
-def uid_of(deployment_id: int, base: int) -> int | None:
+def uid_of(deployment_id: int, base: int | None) -> int | None:
     """The deployment's own uid when the platform runs as root (None otherwise)."""
-    return base + deployment_id if os.geteuid() == 0 else None
+    return base + deployment_id if os.geteuid() == 0 and base is not None else None
 
 
 def give(paths: list[Path], uid: int | None, force: bool = False) -> None:
     """Make the deployment's uid the owner of its folders and what is in them. A folder that is
-    already its own is left as it is unless `force` (the platform wrote into it); its top is changed
-    last, so an interrupted run is redone."""
+    already its own is left as it is unless `force`; its top is changed last, so an interrupted run is
+    redone. Walked by file descriptors, never following a symlink: a tenant who swaps a folder for a
+    link meanwhile changes nothing outside (a path-based walk would chown the link's target). chown
+    also clears any setuid bit."""
     if uid is None:
         return
     for path in paths:
-        if not path.exists() or (path.lstat().st_uid == uid and not force):
+        try:
+            top = path.lstat()
+        except FileNotFoundError:
             continue
-        for root, dirs, files in os.walk(path, topdown=False):
+        if stat.S_ISLNK(top.st_mode) or (top.st_uid == uid and not force):
+            continue
+        for _, dirs, files, fd in os.fwalk(path, topdown=False, follow_symlinks=False):
             for name in dirs + files:
-                os.lchown(os.path.join(root, name), uid, uid)
-        os.lchown(path, uid, uid)
+                with contextlib.suppress(FileNotFoundError):
+                    os.chown(name, uid, uid, dir_fd=fd, follow_symlinks=False)
+        os.chown(path, uid, uid, follow_symlinks=False)
+
+
+NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def copy_tree(source: Path, target: Path, uid: int | None) -> None:
+    """`target` (new) a copy of the folder `source`, which a tenant may be writing meanwhile: symlinks
+    are copied as links and never followed, files opened without following links and checked to be
+    regular files, FIFOs, sockets and devices left out, setuid/setgid bits dropped, a file that
+    vanishes meanwhile skipped; everything owned by `uid` (None: the platform's user)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.mkdir(target, 0o700)
+    src = os.open(source, NOFOLLOW_DIR)
+    dst = os.open(target, NOFOLLOW_DIR)
+    try:
+        _copy_folder(src, dst, uid)
+        os.chmod(dst, stat.S_IMODE(os.fstat(src).st_mode) & 0o1777)
+        if uid is not None:
+            os.chown(dst, uid, uid)
+    finally:
+        os.close(src)
+        os.close(dst)
+
+
+def _copy_folder(src: int, dst: int, uid: int | None) -> None:
+    for entry in os.scandir(src):
+        name = entry.name
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                os.mkdir(name, 0o700, dir_fd=dst)
+                child_src, child_dst = os.open(name, NOFOLLOW_DIR, dir_fd=src), os.open(name, NOFOLLOW_DIR, dir_fd=dst)
+                try:
+                    _copy_folder(child_src, child_dst, uid)
+                    _finish(child_dst, os.fstat(child_src), uid)
+                finally:
+                    os.close(child_src)
+                    os.close(child_dst)
+            elif stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
+                if uid is not None:
+                    os.chown(name, uid, uid, dir_fd=dst, follow_symlinks=False)
+            elif stat.S_ISREG(st.st_mode):
+                _copy_file(name, src, dst, uid)
+        except FileNotFoundError:  # gone while being copied (a database's temporary file)
+            continue
+
+
+def _copy_file(name: str, src: int, dst: int, uid: int | None) -> None:
+    fin = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=src)
+    try:
+        st = os.fstat(fin)
+        if not stat.S_ISREG(st.st_mode):  # swapped for a FIFO or device since it was listed
+            return
+        fout = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dst)
+        try:
+            while os.sendfile(fout, fin, None, 1 << 30):
+                pass
+            _finish(fout, st, uid)
+        finally:
+            os.close(fout)
+    finally:
+        os.close(fin)
+
+
+def _finish(fd: int, st: os.stat_result, uid: int | None) -> None:
+    """Owner, mode (no setuid/setgid) and times of a copied file or folder, by its descriptor."""
+    if uid is not None:
+        os.fchown(fd, uid, uid)
+    os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o1777)
+    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+# --- the installation: uids and cgroups of its own -------------------------------------------------
+
+UID_RANGE = 1_000_000  # deployment ids a uid range covers
+UID_SLOTS = range(1, 4000)  # installation n's deployments run as uids n·UID_RANGE + id (below 2³²)
+RANGES = Path("/var/lib/diploi/uid-ranges")  # which data directory holds which range, one file each
+RUNNING = Path("/run/diploi")  # a lock per range, held by the `up` that runs it
+
+
+class RangeInUse(Exception):
+    pass
+
+
+def uid_base(data_dir: Path) -> int | None:
+    """The first uid of this installation's range (None when Diploi is not root: no uids of its own).
+    Chosen at the first start, the lowest range no other data directory on this machine holds, and kept
+    in the data directory: two installations never give their deployments the same uid (or cgroup)."""
+    if os.geteuid() != 0:
+        return None
+    own = data_dir / "uid-base"
+    if own.exists():
+        return int(own.read_text())
+    RANGES.mkdir(parents=True, exist_ok=True)
+    with open(RANGES / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if own.exists():
+            return int(own.read_text())
+        holder = data_dir.resolve()
+        for slot in UID_SLOTS:
+            claim = RANGES / str(slot * UID_RANGE)
+            if claim.exists():
+                try:
+                    other = Path(claim.read_text())
+                except OSError:
+                    continue
+                # a range whose data directory is gone is free again; one still there is not
+                if other == holder or not (other / "uid-base").exists():
+                    claim.unlink()
+                else:
+                    continue
+            claim.write_text(str(holder))
+            own.write_text(str(slot * UID_RANGE))
+            return slot * UID_RANGE
+    raise RangeInUse("every uid range of this machine is held by another Diploi data directory")
+
+
+def hold_range(data_dir: Path, base: int | None):
+    """For `up`: a lock on the installation's uid range while it runs (an open file; None when not root).
+    RangeInUse when another running installation holds the same range (a copied data directory)."""
+    if base is None:
+        return None
+    RUNNING.mkdir(parents=True, exist_ok=True)
+    lock = open(RUNNING / f"uids-{base}.lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        other = lock.read().strip() or "another data directory"
+        lock.close()
+        raise RangeInUse(
+            f"uids {base}–{base + UID_RANGE - 1} are in use by another running Diploi ({other}); "
+            f"stop it, or give this one a data directory of its own"
+        ) from None
+    lock.truncate(0)
+    lock.write(f"{data_dir.resolve()} (pid {os.getpid()})")
+    lock.flush()
+    return lock
 
 
 # --- resources: one cgroup per deployment (memory, CPU, process count) -----------------------------
@@ -262,15 +437,16 @@ def cgroups_available() -> str:
     return ""
 
 
-def cgroup_dirs(deployment_id: int) -> list[Path]:
+def cgroup_dirs(uid: int) -> list[Path]:
+    """Named by the deployment's uid, which no other installation on this machine uses (uid_base)."""
     if _cgroup_v2():
-        return [CGROUP_ROOT / "diploi" / f"d{deployment_id}"]
-    return [CGROUP_ROOT / controller / "diploi" / f"d{deployment_id}" for controller in CONTROLLERS]
+        return [CGROUP_ROOT / "diploi" / f"u{uid}"]
+    return [CGROUP_ROOT / controller / "diploi" / f"u{uid}" for controller in CONTROLLERS]
 
 
-def prepare_cgroup(deployment_id: int, limits: Limits) -> list[Path]:
+def prepare_cgroup(uid: int, limits: Limits) -> list[Path]:
     """The deployment's cgroup(s), created with its limits (written again each time: they may change)."""
-    dirs = cgroup_dirs(deployment_id)
+    dirs = cgroup_dirs(uid)
     for path in dirs:
         path.mkdir(exist_ok=True)
     quota = limits.cpu_percent * 1000  # µs per 100 ms period
@@ -298,8 +474,8 @@ def enter(dirs: list[str]):
     return move
 
 
-def remove_cgroup(deployment_id: int) -> None:
-    for path in cgroup_dirs(deployment_id):
+def remove_cgroup(uid: int) -> None:
+    for path in cgroup_dirs(uid):
         try:
             path.rmdir()
         except FileNotFoundError:
@@ -315,7 +491,6 @@ def remove_cgroup(deployment_id: int) -> None:
 
 # --- network: what Landlock's port rules cannot say -------------------------------------------------
 
-UID_RANGE = 1_000_000  # deployment ids a uid range covers
 FIREWALL = (
     # (command, rule): cloud metadata and other link-local addresses; UDP but DNS
     ("iptables", ["-d", "169.254.0.0/16", "-j", "REJECT"]),
@@ -327,13 +502,13 @@ FIREWALL = (
 
 
 @cache
-def firewall(uid_base: int) -> str:
-    """Reject, for every deployment's uid, what Landlock cannot: link-local addresses (cloud
-    metadata) and UDP other than DNS. Rules are added once and kept (checked first: idempotent).
-    Returns why this cannot be done here ("" when it is in place)."""
+def firewall() -> str:
+    """Reject, for every deployment's uid (of every installation on this machine), what Landlock cannot:
+    link-local addresses (cloud metadata) and UDP other than DNS. Rules are added once and kept (checked
+    first: idempotent). Returns why this cannot be done here ("" when it is in place)."""
     if os.geteuid() != 0:
         return "address rules need Diploi to run as root"
-    owner = ["-m", "owner", "--uid-owner", f"{uid_base}-{uid_base + UID_RANGE - 1}"]
+    owner = ["-m", "owner", "--uid-owner", f"{UID_SLOTS.start * UID_RANGE}-{UID_SLOTS.stop * UID_RANGE - 1}"]
     for command, rule in FIREWALL:
         if shutil.which(command) is None:
             return f"{command} is not installed (apt-get install iptables)"

@@ -1,0 +1,216 @@
+"""The last step inside a deployment's sandbox: restrict what the command may ask of the kernel, then
+exec it.
+
+    python3 inside.py [--connect 80,443,41234 --bind 41234] -- /bin/sh -c '…'
+
+- seccomp (always): no new namespaces (so no `unshare -Ur` root of its own), no mounts, no kernel
+  keyrings, bpf, perf events, modules, kexec, swap, clock or reboot; what Docker's default profile
+  refuses a container, as a filter built here (no libseccomp needed).
+- Landlock (with --connect/--bind): TCP connections go only to the listed ports (its deployment's own
+  services, and the usual ports of the outside world), it listens only on its own ports, and — where
+  the kernel has Landlock ABI 6 — it can neither signal processes outside its sandbox nor reach
+  abstract unix sockets outside it.
+Standard library only: it runs under the machine's python3 inside the sandbox.
+"""
+
+import ctypes
+import errno
+import os
+import platform
+import struct
+import sys
+
+SYS_CREATE_RULESET, SYS_ADD_RULE, SYS_RESTRICT_SELF = 444, 445, 446
+CREATE_RULESET_VERSION = 1
+RULE_NET_PORT = 2
+BIND_TCP, CONNECT_TCP = 1 << 0, 1 << 1
+SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1
+PR_SET_NO_NEW_PRIVS = 38
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+
+
+def abi() -> int:
+    """The kernel's Landlock ABI version (0: none)."""
+    version = libc.syscall(SYS_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(CREATE_RULESET_VERSION))
+    return max(int(version), 0)
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"landlock {what}: {os.strerror(err)}")
+    return result
+
+
+def restrict(connect: set[int], bind: set[int]) -> None:
+    version = abi()
+    if version < 4:
+        raise OSError(f"Landlock ABI {version} has no network rules (4 or later is needed)")
+    scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if version >= 6 else 0
+    attr = struct.pack("=QQQ", 0, BIND_TCP | CONNECT_TCP, scoped) if version >= 6 else struct.pack("=QQ", 0, BIND_TCP | CONNECT_TCP)
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    fd = _check(libc.syscall(SYS_CREATE_RULESET, buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0)), "create_ruleset")
+    for port in sorted(connect | bind):
+        access = (CONNECT_TCP if port in connect else 0) | (BIND_TCP if port in bind else 0)
+        rule = ctypes.create_string_buffer(struct.pack("=QQ", access, port), 16)
+        _check(libc.syscall(SYS_ADD_RULE, ctypes.c_int(fd), ctypes.c_int(RULE_NET_PORT), rule, ctypes.c_uint32(0)), "add_rule")
+    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    _check(libc.syscall(SYS_RESTRICT_SELF, ctypes.c_int(fd), ctypes.c_uint32(0)), "restrict_self")
+    os.close(fd)
+
+
+# --- seccomp ---------------------------------------------------------------------------------------
+
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+RET_ALLOW, RET_KILL_PROCESS = 0x7FFF0000, 0x80000000
+LD_ABS_W, JEQ_K, JSET_K, JGE_K, RET_K = 0x20, 0x15, 0x45, 0x35, 0x06
+# Every flag of clone() that makes a namespace (user, mount, PID, network, UTS, IPC, cgroup).
+CLONE_NEW = 0x10000000 | 0x00020000 | 0x20000000 | 0x40000000 | 0x04000000 | 0x08000000 | 0x02000000
+X32_BIT = 0x40000000
+
+# Per architecture: its audit value and the numbers of clone, clone3 and what is refused (EPERM).
+SYSCALLS = {
+    "x86_64": (
+        0xC000003E,
+        dict(
+            clone=56,
+            clone3=435,
+            unshare=272,
+            setns=308,
+            mount=165,
+            umount2=166,
+            pivot_root=155,
+            fsopen=430,
+            fsconfig=431,
+            fsmount=432,
+            move_mount=429,
+            open_tree=428,
+            mount_setattr=442,
+            keyctl=250,
+            add_key=248,
+            request_key=249,
+            bpf=321,
+            perf_event_open=298,
+            userfaultfd=323,
+            open_by_handle_at=304,
+            name_to_handle_at=303,
+            init_module=175,
+            finit_module=313,
+            delete_module=176,
+            kexec_load=246,
+            kexec_file_load=320,
+            swapon=167,
+            swapoff=168,
+            reboot=169,
+            acct=163,
+            settimeofday=164,
+            clock_settime=227,
+            syslog=103,
+            quotactl=179,
+            io_uring_setup=425,
+            io_uring_enter=426,
+            io_uring_register=427,
+        ),
+    ),
+    "aarch64": (
+        0xC00000B7,
+        dict(
+            clone=220,
+            clone3=435,
+            unshare=97,
+            setns=268,
+            mount=40,
+            umount2=39,
+            pivot_root=41,
+            fsopen=430,
+            fsconfig=431,
+            fsmount=432,
+            move_mount=429,
+            open_tree=428,
+            mount_setattr=442,
+            keyctl=219,
+            add_key=217,
+            request_key=218,
+            bpf=280,
+            perf_event_open=241,
+            userfaultfd=282,
+            open_by_handle_at=265,
+            name_to_handle_at=264,
+            init_module=105,
+            finit_module=273,
+            delete_module=106,
+            kexec_load=104,
+            kexec_file_load=294,
+            swapon=224,
+            swapoff=225,
+            reboot=142,
+            acct=89,
+            settimeofday=170,
+            clock_settime=112,
+            syslog=116,
+            quotactl=60,
+            io_uring_setup=425,
+            io_uring_enter=426,
+            io_uring_register=427,
+        ),
+    ),
+}
+
+
+REFUSED = [name for name in SYSCALLS["x86_64"][1] if name not in ("clone", "clone3")]
+
+
+def _insn(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
+    return struct.pack("=HBBI", code, jt, jf, k)
+
+
+def seccomp_program(machine: str) -> bytes:
+    """The filter for `machine` (platform.machine()): a classic BPF program over seccomp_data."""
+    arch, numbers = SYSCALLS[machine]
+    eperm = RET_K, 0x00050000 | errno.EPERM
+    prog = [_insn(LD_ABS_W, 4), _insn(JEQ_K, arch, 1, 0), _insn(RET_K, RET_KILL_PROCESS), _insn(LD_ABS_W, 0)]
+    if machine == "x86_64":  # the x32 calling convention: none of its numbers are checked below
+        prog += [_insn(JGE_K, X32_BIT, 0, 1), _insn(*eperm)]
+    for name in REFUSED:
+        prog += [_insn(JEQ_K, numbers[name], 0, 1), _insn(*eperm)]
+    # clone3 passes its flags in memory, which a filter cannot read: "not implemented" makes the C
+    # library fall back to clone, whose flags are checked.
+    prog += [_insn(JEQ_K, numbers["clone3"], 0, 1), _insn(RET_K, 0x00050000 | errno.ENOSYS)]
+    prog += [_insn(JEQ_K, numbers["clone"], 1, 0), _insn(RET_K, RET_ALLOW)]
+    prog += [_insn(LD_ABS_W, 16), _insn(JSET_K, CLONE_NEW, 0, 1), _insn(*eperm), _insn(RET_K, RET_ALLOW)]
+    return b"".join(prog)
+
+
+class _Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def seccomp() -> None:
+    machine = platform.machine()
+    if machine not in SYSCALLS:
+        raise OSError(f"no seccomp filter for {machine}")
+    program = seccomp_program(machine)
+    buf = ctypes.create_string_buffer(program, len(program))
+    fprog = _Fprog(len(program) // 8, ctypes.addressof(buf))
+    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    _check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp")
+
+
+def ports(text: str) -> set[int]:
+    return {int(p) for p in text.split(",") if p}
+
+
+def main(argv: list[str]) -> None:
+    split = argv.index("--")
+    options, command = argv[:split], argv[split + 1 :]
+    values = dict(zip(options[::2], options[1::2], strict=True))
+    if "--connect" in values:
+        restrict(ports(values["--connect"]), ports(values.get("--bind", "")))
+    seccomp()
+    os.execvp(command[0], command)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
