@@ -5,6 +5,7 @@ cannot run commands (ext:: and fd:: are refused by GIT_ALLOW_PROTOCOL).
 """
 
 import fcntl
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,13 +58,29 @@ def sync_mirror(repository: str, mirror: Path) -> None:
             except GitError as e:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise GitError(f"Could not read the repository: {e}") from None
+            share(tmp)
             tmp.rename(mirror)
             return
         try:
             run_git("remote", "set-url", "origin", "--", repository, cwd=mirror)
+            share(mirror)
             run_git("fetch", "--prune", "--quiet", "origin", cwd=mirror)
         except GitError as e:
             raise GitError(f"Could not read the repository: {e}") from None
+
+
+def share(git_dir: Path) -> None:
+    """Keep a repository of the platform's readable by every user, whatever the umask: a deployment's
+    git (its own uid, in its sandbox) reads it there, read-only. Its folders above stay private to the
+    platform; a sandbox has only its own project's repositories bound in."""
+    if run_git("config", "--default", "", "core.sharedRepository", cwd=git_dir).strip() == b"0644":
+        return
+    run_git("config", "core.sharedRepository", "0644", cwd=git_dir)
+    for root, _, files in os.walk(git_dir):
+        os.chmod(root, os.stat(root).st_mode | 0o555)
+        for name in files:
+            path = os.path.join(root, name)
+            os.chmod(path, os.stat(path).st_mode | 0o444)
 
 
 def remote_branches(repository: str) -> list[str]:

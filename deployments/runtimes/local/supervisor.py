@@ -30,6 +30,7 @@ import psutil
 from supervisor.xmlrpc import SupervisorTransport, UnixStreamHTTPConnection
 
 from deployments.runtimes.base import TransientFailure
+from deployments.runtimes.local import disks
 from deployments.runtimes.local.layout import write_atomic
 
 BASE_DIR = Path(__file__).resolve().parents[3]
@@ -229,6 +230,7 @@ files={self.programs}
                 return
             self.write_conf()
             self.end_orphans()
+            disks.mount_all(self.data_dir / "deployments")
             subprocess.run(
                 [*supervisord_command(), "--configuration", str(self.conf)],
                 cwd=BASE_DIR,
