@@ -153,6 +153,11 @@ def test_git_traps_in_a_development_checkout_run_only_as_the_deployment(cast, ho
     git_inside = "git config --unset remote.origin.uploadpack; git status --porcelain --untracked-files=no && git log -1 --format=%H"
     status, out = session_output(runtime, spec, "web", f"{git_inside} && git pull --ff-only -q origin other 2>&1 && echo pulled")
     assert status == 0 and other in out and "pulled" in out, out
+    # …and its push to the repository on this machine goes through the platform's receiver
+    edit = "echo edited >> index.html && git -c user.name=Dev -c user.email=dev@example.com commit -qam 'An edit over SSH'"
+    status, out = session_output(runtime, spec, "web", f"{edit} && git push -q origin other 2>&1 && git rev-parse HEAD")
+    assert status == 0, out
+    assert run_git("rev-parse", "other", cwd=repo).decode().strip() == out.split()[-1]
     assert "still serving" in wait_until(lambda: http_get(d.endpoints["web"] + "/index.html"), what="the hostile page")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import gitsafe
 from deployments.runtimes.base import BuildFailed, CodeState, DeploymentSpec, Progress, RuntimeFailure, ServiceSpec
-from deployments.runtimes.local.sandbox import Jail, copy_tree
+from deployments.runtimes.local.sandbox import PUSH_PATH, Jail, copy_tree
 
 GIT_TIMEOUT = 600
 SHOWN_IN_THE_WAY = 20  # files named when edits keep the code from its branch's tip
@@ -66,6 +66,8 @@ def checkout(spec: DeploymentSpec, code: Path, git: Git) -> bool:
             git("checkout", "--quiet", "-B", spec.branch, cwd=tmp)
         # the developer's pulls and pushes go to the project's repository, not to the platform's mirror
         git("remote", "set-url", "origin", "--", spec.repository, cwd=tmp)
+        if git.jail is not None and git.jail.push_socket:  # a repository on this machine: pushes go through the platform
+            git("config", "remote.origin.receivepack", f"python3 {PUSH_PATH}", cwd=tmp)
     except GitFailed as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RuntimeFailure(f"could not check out {spec.branch}: {e}") from None

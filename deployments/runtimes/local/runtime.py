@@ -8,6 +8,7 @@ import json
 import logging
 import shutil
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -53,11 +54,12 @@ from deployments.runtimes.local.observe import (
 from deployments.runtimes.local.router import FAIL_SECONDS, Router, Site, page
 from deployments.runtimes.local.sandbox import Jail
 from deployments.runtimes.local.shell import LocalShell, read_log
-from deployments.runtimes.local.supervisor import Supervisor
+from deployments.runtimes.local.supervisor import BASE_DIR, Supervisor
 
 log = logging.getLogger(__name__)
 DISK_MEASURE_SECONDS = 60
 
+RECEIVER = "_git-receiver"  # the program that takes a development deployment's pushes to a local repository
 FEW = 8  # deployments observe() looks at alone, not in one pass over every process (see observe)
 ACTIVE = ("RUNNING", "STARTING", "BACKOFF")
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
@@ -101,15 +103,36 @@ class LocalRuntime(Runtime):
             )
             cgroups = tuple(str(p) for p in sandbox.prepare_cgroup(uid, limits))
         disk = _disk_allowance()
-        # a local repository, read-only: the developer's `git pull` in a development checkout reaches it
-        origin = Path(spec.repository)
-        readable = (origin,) if spec.stage == "development" and origin.is_absolute() and origin.is_dir() else ()
+        # a repository on this machine: read-only for the developer's `git pull` in a development
+        # checkout; a push goes through the platform's receiver (receive.py)
+        readable = (Path(spec.repository),) if self._pushes_here(spec) else ()
+        push = {"push_socket": self.push_socket(spec)} if readable else {}
         if uid is None:
-            return Jail(cgroups=cgroups, file_bytes=disk, readable=readable, **network)
+            return Jail(cgroups=cgroups, file_bytes=disk, readable=readable, **push, **network)
         sandbox.firewall()  # in place before any of its processes starts
         safe = (*readable, *(r / ".git" for r in readable), *([Path(spec.mirror)] if spec.mirror else []))
         identity = sandbox.identity_files(self.home(spec) / "etc", uid, f"d{spec.id}", safe)
-        return Jail(uid=uid, identity=identity, cgroups=cgroups, file_bytes=disk, readable=readable, **network)
+        return Jail(uid=uid, identity=identity, cgroups=cgroups, file_bytes=disk, readable=readable, **push, **network)
+
+    def _pushes_here(self, spec: DeploymentSpec) -> bool:
+        """Whether a confined development deployment's origin is a repository on this machine (which
+        its sandbox has read-only, and pushes to through the platform's receiver)."""
+        origin = Path(spec.repository)
+        return not self.unsandboxed and spec.stage == "development" and origin.is_absolute() and origin.is_dir()
+
+    def push_socket(self, spec: DeploymentSpec) -> Path:
+        return self.home(spec) / "run" / "git.sock"
+
+    def _receiver(self, spec: DeploymentSpec) -> list[str]:
+        """The program section of the deployment's git receiver, when it has one."""
+        if not self._pushes_here(spec):
+            return []
+        name = f"{self.layout.group(spec)}{RECEIVER}"
+        command = f"{sys.executable} -m deployments.runtimes.local.receive {self.push_socket(spec)} {spec.repository}"
+        return [
+            f"[program:{name}]\ncommand={command}\ndirectory={BASE_DIR}\nautostart={'true' if spec.enabled else 'false'}\n"
+            f"autorestart=true\nstopasgroup=true\nkillasgroup=true\nstdout_logfile=NONE\nredirect_stderr=true\n"
+        ]
 
     def _uid(self, spec: DeploymentSpec) -> int | None:
         """The deployment's own uid (confined, as root), which owns its folders."""
@@ -188,12 +211,12 @@ class LocalRuntime(Runtime):
         found = {}
         for section in ("\n" + conf.read_text()).split("\n[program:")[1:] if conf.exists() else []:
             name = section.split("]", 1)[0].removeprefix(self.layout.group(spec))
-            if not name.endswith(programs.NEXT):
+            if not name.endswith(programs.NEXT) and name != RECEIVER:
                 found[name] = "[program:" + section.rstrip("\n") + "\n"
         return found
 
     def _write_programs(self, spec: DeploymentSpec, entries: dict[str, str], *more: str) -> None:
-        write_atomic(self.home(spec) / "supervisor.conf", "\n".join([*entries.values(), *more]))
+        write_atomic(self.home(spec) / "supervisor.conf", "\n".join([*entries.values(), *more, *self._receiver(spec)]))
         self.supervisor.update()
 
     def _roll(

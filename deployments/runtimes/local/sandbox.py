@@ -59,6 +59,9 @@ IDENTITY = ("passwd", "group", "gitconfig")  # the deployment's own, not the mac
 SYSTEM_LINKS = ("bin", "lib", "lib64", "sbin", "lib32", "libx32")
 INSIDE = Path(__file__).with_name("inside.py")
 INSIDE_PATH = "/run/diploi/inside.py"
+PUSH = Path(__file__).with_name("push.py")  # git's receive-pack inside, for a repository on this machine
+PUSH_PATH = "/run/diploi/push.py"
+PUSH_SOCKET = "/run/diploi/git.sock"
 PYTHON = "/usr/bin/python3"  # the machine's own, inside the sandbox
 TMP_BYTES = 512 * 1024 * 1024  # the private /tmp (a tmpfs: its pages count as the deployment's memory)
 
@@ -78,6 +81,7 @@ class Sandbox:
     bind: tuple[int, ...] = ()
     file_bytes: int | None = None
     tmp_bytes: int = TMP_BYTES
+    push_socket: Path | None = None  # the platform's end of a push to a repository on this machine (receive.py)
 
     def prefix(self) -> list[str]:
         """bubblewrap's arguments up to the command (ending in "--")."""
@@ -112,6 +116,8 @@ class Sandbox:
                         made.add(parent)
                 args += [option, str(path), str(path)]
         args += ["--perms", "0755", "--dir", "/run/diploi", "--ro-bind", str(INSIDE), INSIDE_PATH]
+        if self.push_socket:
+            args += ["--ro-bind", str(PUSH), PUSH_PATH, "--bind-try", str(self.push_socket), PUSH_SOCKET]
         # The sandbox's own root (where /etc and the folders above are made) is read-only too.
         args += ["--remount-ro", "/", "--chdir", str(self.cwd)]
         ports = []
@@ -142,6 +148,7 @@ class Jail:
     cgroups: tuple[str, ...] = ()  # where its processes go, with the deployment's limits
     file_bytes: int | None = None  # the largest file a process may write (RLIMIT_FSIZE)
     readable: tuple[Path, ...] = ()  # besides its own folder: the project's repository when it is a local path
+    push_socket: Path | None = None  # …and where a push to it goes (receive.py)
 
     def preexec(self):
         """For the process that starts the sandbox: into the deployment's cgroups (None: none)."""
@@ -159,6 +166,7 @@ class Jail:
             uid=self.uid,
             identity=self.identity,
             readable=self.readable,
+            push_socket=self.push_socket,
             terminal=terminal,
             connect=connect,
             bind=bind or (),

@@ -1,0 +1,45 @@
+"""The receiving end of a development deployment's `git push` to a repository on this machine (the
+demo's, a local project's). The deployment's sandbox has that repository read-only; a push from it goes
+through a unix socket bound into the sandbox (push.py is git's receive-pack there) to this program,
+which supervisord runs for the deployment, and which runs `git receive-pack` as the platform — as a git
+host does: the tenant sends a pack over a pipe, objects are checked (receive.fsckObjects), and nothing
+of the tenant's (config, hooks) is in the repository it writes to.
+
+    python -m deployments.runtimes.local.receive <socket> <repository>
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import gitsafe
+
+PUSH_TIMEOUT = 600
+
+
+def serve(path: str, repository: str) -> None:
+    if os.path.exists(path):
+        os.unlink(path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    os.chmod(path, 0o666)  # only the deployment's sandboxes have it bound in (its uid connects)
+    server.listen(8)
+    while True:
+        conn, _ = server.accept()
+        threading.Thread(target=receive, args=(conn, repository), daemon=True).start()
+
+
+def receive(conn: socket.socket, repository: str) -> None:
+    with conn:
+        argv = ["git", "-c", "receive.fsckObjects=true", "-c", "core.hooksPath=/dev/null", "receive-pack", repository]
+        pipe = {"stdin": conn.fileno(), "stdout": conn.fileno(), "stderr": subprocess.DEVNULL}
+        try:
+            subprocess.run(argv, **pipe, env=gitsafe.environment(), timeout=PUSH_TIMEOUT, cwd="/")
+        except subprocess.TimeoutExpired:
+            pass
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], sys.argv[2])
