@@ -1,6 +1,7 @@
 """Each user's own copy of the sample project ("Try the demo" on the projects page)."""
 
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from django.db import transaction
 
 from accounts.models import User
 from projects.forms import unique_slug
+from projects.git import run_git, share
 from projects.models import Membership, Project, Role
 from projects.sample import create_sample_repository
 from projects.stack import refresh_stack
@@ -30,10 +32,15 @@ def users_demo(user: User) -> Project | None:
 def create_demo(user: User) -> Project:
     """A new Git repository of the sample for `user` (theirs to push to) and a project of it they own."""
     repo = demo_repository(user)
-    if not (repo / ".git").exists():
+    if not (repo / "HEAD").exists() and not (repo / ".git").exists():  # (earlier demos had a work tree)
         shutil.rmtree(repo, ignore_errors=True)  # what an attempt that died half-way left
         repo.parent.mkdir(parents=True, exist_ok=True)
-        create_sample_repository(repo)
+        # bare, as a git host keeps it: the development deployment's pushes land on any branch
+        with tempfile.TemporaryDirectory() as tmp:
+            create_sample_repository(Path(tmp) / "sample")
+            run_git("clone", "--bare", "--quiet", "--", str(Path(tmp) / "sample"), str(repo))
+        run_git("remote", "remove", "origin", cwd=repo)
+        share(repo)
     with transaction.atomic():
         slug = unique_slug(f"{DEMO_NAME} {user.username}")
         project = Project.objects.create(name=DEMO_NAME, slug=slug, repository=str(repo), default_branch="main", created_by=user)

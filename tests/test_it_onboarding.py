@@ -5,6 +5,7 @@ from pathlib import Path
 
 from accounts.models import SSHKey, User
 from deployments.models import Deployment, State
+from projects.git import run_git
 from projects.models import Project, Role
 
 
@@ -31,7 +32,12 @@ def test_the_checklist_ticks_itself_and_the_demo_is_the_users_own(cast, django_c
     assert any("tasks.provision" in repr(c) for c in queued)  # on its way to running
     assert project.memberships.get().user == ada and project.memberships.get().role == Role.OWNER
     repo = Path(project.repository)
-    assert (repo / ".git").is_dir() and (repo / "diploi.yaml").is_file() and repo != Path(cast.project.repository)
+    # bare, as a git host keeps it (its development deployment pushes to any branch through the platform)
+    assert (
+        (repo / "HEAD").is_file()
+        and run_git("cat-file", "-e", "HEAD:diploi.yaml", cwd=repo) == b""
+        and repo != Path(cast.project.repository)
+    )
     assert project.stack and not project.stack_errors
     assert "First steps" not in client.get("/projects/").content.decode()  # a key and the demo: done
 
