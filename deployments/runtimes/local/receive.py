@@ -17,6 +17,7 @@ import threading
 import gitsafe
 
 PUSH_TIMEOUT = 600
+AT_ONCE = threading.BoundedSemaphore(4)  # pushes received together; more wait their turn
 
 
 def serve(path: str, repository: str) -> None:
@@ -32,7 +33,7 @@ def serve(path: str, repository: str) -> None:
 
 
 def receive(conn: socket.socket, repository: str) -> None:
-    with conn:
+    with conn, AT_ONCE:
         argv = ["git", "-c", "receive.fsckObjects=true", "-c", "core.hooksPath=/dev/null", "receive-pack", repository]
         pipe = {"stdin": conn.fileno(), "stdout": conn.fileno(), "stderr": subprocess.DEVNULL}
         try:
