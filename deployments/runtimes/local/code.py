@@ -33,11 +33,11 @@ class Git:
     jail: Jail | None = None
     env: dict[str, str] = field(default_factory=dict)  # the sandbox's whole environment
 
-    def __call__(self, *args: str, cwd: Path, folder: Path | None = None) -> bytes:
-        """git `args` in `cwd`, which may write in `folder` (default: `cwd`) only."""
+    def __call__(self, *args: str, cwd: Path) -> bytes:
+        """git `args` in `cwd`, the only folder it may write in."""
         confined = None
         if self.jail is not None:
-            box = self.jail.tool(folder or cwd, cwd, readable=(self.mirror, *self.jail.readable))
+            box = self.jail.tool(cwd, cwd, readable=(self.mirror, *self.jail.readable))
             confined = gitsafe.Confined(box.prefix(), self.env, self.jail.preexec())
         try:
             return gitsafe.output(args, cwd, GIT_TIMEOUT, confined)
@@ -52,11 +52,11 @@ class Git:
             os.chown(path, self.jail.uid, self.jail.uid)
 
 
-def checkout(spec: DeploymentSpec, code: Path, git: Git) -> bool:
-    """The development checkout: cloned once, then the developer's (it survives every apply).
-    True when the platform wrote files into it (a clone, another branch)."""
+def checkout(spec: DeploymentSpec, code: Path, git: Git) -> None:
+    """The development checkout: cloned once, then the developer's (it survives every apply)."""
     if (code / ".git").exists():
-        return switch_branch(code, spec.branch, git)
+        switch_branch(code, spec.branch, git)
+        return
     tmp = code.with_name("code.tmp")
     git.new_folder(tmp)
     try:
@@ -72,7 +72,6 @@ def checkout(spec: DeploymentSpec, code: Path, git: Git) -> bool:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RuntimeFailure(f"could not check out {spec.branch}: {e}") from None
     tmp.rename(code)
-    return True
 
 
 def _fetch(git: Git, code: Path, branch: str) -> None:
@@ -80,11 +79,11 @@ def _fetch(git: Git, code: Path, branch: str) -> None:
     git("fetch", "--quiet", "--no-write-fetch-head", "--", str(git.mirror), f"+refs/heads/{branch}:refs/remotes/origin/{branch}", cwd=code)
 
 
-def switch_branch(code: Path, branch: str, git: Git) -> bool:
-    """Follow a new branch; refuse rather than lose uncommitted edits. True when it switched."""
+def switch_branch(code: Path, branch: str, git: Git) -> None:
+    """Follow a new branch; refuse rather than lose uncommitted edits."""
     current = git("rev-parse", "--abbrev-ref", "HEAD", cwd=code).decode().strip()
     if current == branch:
-        return False
+        return
     if git("status", "--porcelain", cwd=code).strip():
         raise RuntimeFailure(
             f"the code has uncommitted changes on {current}; commit or discard them (over SSH) before switching to {branch}"
@@ -94,7 +93,6 @@ def switch_branch(code: Path, branch: str, git: Git) -> bool:
         git("checkout", "--quiet", "-B", branch, f"origin/{branch}", cwd=code)
     except GitFailed as e:
         raise RuntimeFailure(f"could not check out {branch}: {e}") from None
-    return True
 
 
 def fast_forward(code: Path, branch: str, pull: bool, git: Git) -> CodeState:

@@ -214,6 +214,8 @@ NOT_WATCHED = {".git", "node_modules", ".venv", "venv", "__pycache__", ".next", 
 def _signature(folder: str) -> tuple[int, int]:
     """(files, newest modification) of the code, without dependency and cache folders."""
     count = newest = 0
+    if not os.path.isdir(folder):
+        return count, newest
     # by descriptors: a folder the tenant swaps for a link meanwhile is not followed
     for _, dirs, files, fd in os.fwalk(folder, follow_symlinks=False):
         dirs[:] = [d for d in dirs if d not in NOT_WATCHED]

@@ -361,6 +361,8 @@ def _tree_bytes(path: Path, limit: int, on_disk: bool) -> tuple[int, bool]:
     """The bytes under `path` — what the files hold, or (`on_disk`) what files and folders take on
     disk — and whether all of it was counted (at most `limit` entries are looked at)."""
     used = count = 0
+    if not path.is_dir():  # (not made yet)
+        return used, True
     # by descriptors: a folder the tenant swaps for a link meanwhile is not followed
     for _, dirs, files, fd in os.fwalk(path, follow_symlinks=False):
         for name in (*dirs, *files) if on_disk else files:

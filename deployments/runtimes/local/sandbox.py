@@ -247,10 +247,9 @@ def uid_of(deployment_id: int, base: int | None) -> int | None:
     return base + deployment_id if os.geteuid() == 0 and base is not None else None
 
 
-def give(paths: list[Path], uid: int | None, force: bool = False) -> None:
+def give(paths: list[Path], uid: int | None) -> None:
     """Make the deployment's uid the owner of its folders and what is in them. A folder that is
-    already its own is left as it is unless `force`; its top is changed last, so an interrupted run is
-    redone. Walked by file descriptors, never following a symlink: a tenant who swaps a folder for a
+    already its own is left as it is; its top is changed last, so an interrupted run is redone. Walked by file descriptors, never following a symlink: a tenant who swaps a folder for a
     link meanwhile changes nothing outside (a path-based walk would chown the link's target). chown
     also clears any setuid bit."""
     if uid is None:
@@ -260,7 +259,7 @@ def give(paths: list[Path], uid: int | None, force: bool = False) -> None:
             top = path.lstat()
         except FileNotFoundError:
             continue
-        if stat.S_ISLNK(top.st_mode) or (top.st_uid == uid and not force):
+        if stat.S_ISLNK(top.st_mode) or top.st_uid == uid:
             continue
         for _, dirs, files, fd in os.fwalk(path, topdown=False, follow_symlinks=False):
             for name in dirs + files:
