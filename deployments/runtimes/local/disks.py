@@ -7,8 +7,9 @@ root, so the platform can still write the deployment's run files and logs when t
 filled its part. Images live in deployments/.disks/ (sparse: they take what is written), are mounted
 again before the deployments' supervisor starts (after a reboot), and go with the deployment.
 
-A deployment whose folder existed before this (not empty, not a mount) keeps running unlimited, and
-its disk item says so. Not root: no images; the dashboard measures use against the allowance instead.
+A deployment whose folder existed before this (not empty, not a mount) keeps running unlimited. A
+changed allowance applies to deployments created after the change (online growth was refused by
+this machine's kernel: resize2fs "Permission denied"). Not root: no images; the dashboard measures use against the allowance instead.
 """
 
 import contextlib

@@ -196,7 +196,8 @@ def identity_files(folder: Path, uid: int, name: str, safe: tuple[Path, ...] = (
         f"root:x:0:0:root:/root:{nologin}\nnobody:x:65534:65534:nobody:/nonexistent:{nologin}\n{name}:x:{uid}:{uid}:{name}:/tmp:/bin/sh\n"
     )
     group = f"root:x:0:\nnogroup:x:65534:\n{name}:x:{uid}:\n"
-    gitconfig = "".join(f"[safe]\n\tdirectory = {path}\n" for path in safe)
+    quoted = (str(path).replace("\\", "\\\\").replace('"', '\\"') for path in safe)
+    gitconfig = "".join(f'[safe]\n\tdirectory = "{path}"\n' for path in quoted)
     for file, text in (("passwd", passwd), ("group", group), ("gitconfig", gitconfig)):
         path = folder / file
         if not path.exists() or path.read_text() != text:
@@ -249,9 +250,10 @@ def uid_of(deployment_id: int, base: int | None) -> int | None:
 
 def give(paths: list[Path], uid: int | None) -> None:
     """Make the deployment's uid the owner of its folders and what is in them. A folder that is
-    already its own is left as it is; its top is changed last, so an interrupted run is redone. Walked by file descriptors, never following a symlink: a tenant who swaps a folder for a
-    link meanwhile changes nothing outside (a path-based walk would chown the link's target). chown
-    also clears any setuid bit."""
+    already its own is left as it is; its top is changed last, so an interrupted run is redone.
+    Walked by file descriptors, never following a symlink: a tenant who swaps a folder for a link
+    meanwhile changes nothing outside (a path-based walk would chown the link's target). chown also
+    clears any setuid bit."""
     if uid is None:
         return
     for path in paths:
