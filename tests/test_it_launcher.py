@@ -188,7 +188,13 @@ def test_the_sample_project_deploys_from_a_fresh_install(platform: Platform, tmp
     # The deployments' supervisor killed: the platform's restarts it, and it starts the deployments
     # again, after ending what the dead one left (nothing keeps a port, nothing runs unsupervised).
     def apps() -> list[psutil.Process]:
-        return [p for p in platform.descendants() if p.name().startswith("python") and "app.py" in " ".join(p.cmdline())]
+        def is_app(p: psutil.Process) -> bool:
+            try:
+                return p.name().startswith("python") and "app.py" in " ".join(p.cmdline())
+            except psutil.Error:  # one that ended while the tree was read (a wrapper, a health check's)
+                return False
+
+        return [p for p in platform.descendants() if is_app(p)]
 
     before = apps()
     assert len(before) == 2

@@ -8,7 +8,9 @@ of the tenant's (config, hooks) is in the repository it writes to.
     python -m deployments.runtimes.local.receive <socket> <repository>
 """
 
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import threading
 import gitsafe
 
 PUSH_TIMEOUT = 600
+PR_SET_PDEATHSIG = 1
 AT_ONCE = threading.BoundedSemaphore(4)  # pushes received together; more wait their turn
 
 
@@ -43,4 +46,6 @@ def receive(conn: socket.socket, repository: str) -> None:
 
 
 if __name__ == "__main__":
+    # it ends with the supervisord that started it (a new one starts its own on the same socket)
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     serve(sys.argv[1], sys.argv[2])
