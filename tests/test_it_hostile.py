@@ -15,7 +15,9 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
 import stat
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -226,6 +228,52 @@ def test_a_deployment_has_a_writable_private_tmp_and_home_and_no_namespaces(cast
     assert size_kib == sandbox.TMP_BYTES // 1024
     # the host's /tmp is not where it wrote
     assert not Path("/tmp/.npmrc").exists()
+
+
+EVIL_LIBRARY = r"""
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((constructor)) static void mark(void) {
+    FILE *f = fopen(MARKS, "a");
+    if (f) { fprintf(f, "%d\n", (int) getuid()); fclose(f); }
+    FILE *g = fopen(PWNED, "w");
+    if (g) fclose(g);
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (the planted library)")
+def test_the_deployments_environment_reaches_only_its_own_command(cast, hostile, runtime, data_dir, tmp_path) -> None:  # noqa: F811
+    """Env vars are the deployment's to set (a developer can): LD_PRELOAD naming a library in its code
+    and PATH naming its own folder first. They must reach its command, never a program the platform runs
+    before the deployment's limits are in place (bubblewrap as root, setpriv, prlimit, inside.py)."""
+    d = deploy(cast, data_dir, "Dev", plant=False)
+    spec = current_spec(d)
+    code = runtime.layout.code(spec)
+    uid = own_uid(runtime, d)
+    marks, pwned = code / "loaded-by", data_dir / "pwned-environment"
+    source = tmp_path / "evil.c"
+    source.write_text(EVIL_LIBRARY)
+    defines = [f'-DMARKS="{marks}"', f'-DPWNED="{pwned}"']
+    subprocess.run(["cc", "-shared", "-fPIC", *defines, "-o", str(code / "evil.so"), str(source)], check=True)
+    (code / "bin").mkdir()
+    for name in ("bwrap", "setpriv", "prlimit", "python3", "env"):  # what a chain would look up on PATH
+        fake = code / "bin" / name
+        fake.write_text(f'#!/bin/sh\necho "$(id -u) {name}" >> {marks}.path\ntouch {pwned}-{name}\nexec /usr/bin/{name} "$@"\n')
+        fake.chmod(0o755)
+    for path in [code, *code.rglob("*")]:  # as the tenant would have written them
+        os.lchown(path, uid, uid)
+    for key, value in (("LD_PRELOAD", str(code / "evil.so")), ("PATH", f"{code / 'bin'}:/usr/bin:/bin")):
+        EnvVar.objects.create(deployment=d, key=key, value=value)
+    provision_again(d.pk)
+    d.refresh_from_db()
+    assert d.state == State.RUNNING, d.state_reason
+    status, out = session_output(runtime, current_spec(d), "web", "echo $LD_PRELOAD; echo $PATH")
+    assert status == 0 and str(code / "evil.so") in out and str(code / "bin") in out, out  # its command has them
+    loaded = {int(line) for line in _read(marks).split()}
+    assert loaded == {uid}, loaded  # the library ran, as the deployment only
+    assert {line.split()[0] for line in _read(Path(f"{marks}.path")).splitlines()} <= {str(uid)}
+    assert sorted(p.name for p in data_dir.glob("pwned-*")) == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a uid range per installation exists only when Diploi runs as root")

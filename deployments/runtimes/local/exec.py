@@ -69,7 +69,7 @@ def main(run_file: str) -> int:
     with open(run_file) as f:
         run = json.load(f)
     pump = _output_to(run["log"]) if run.get("log") else None
-    env = run["env"]
+    env = run.get("outer_env") or run["env"]  # sandboxed, the command's own is read inside (sandbox.OUTER_ENV)
     preexec = _preexec(run.get("user"), run.get("cgroups", []))
     sandbox = run.get("sandbox", [])  # bubblewrap's arguments up to the command, when confined
     if run.get("fresh_from"):

@@ -1,7 +1,7 @@
 """The last step inside a deployment's sandbox: restrict what the command may ask of the kernel, then
 exec it.
 
-    python3 inside.py [--connect 80,443,41234 --bind 41234] -- /bin/sh -c '…'
+    python3 -I -S inside.py [--env FILE] [--connect 80,443,41234 --bind 41234] -- /bin/sh -c '…'
 
 - seccomp (always): no new namespaces (so no `unshare -Ur` root of its own), no mounts, no kernel
   keyrings, bpf, perf events, modules, kexec, swap, clock or reboot; what Docker's default profile
@@ -15,6 +15,7 @@ Standard library only: it runs under the machine's python3 inside the sandbox.
 
 import ctypes
 import errno
+import json
 import os
 import platform
 import struct
@@ -206,10 +207,14 @@ def main(argv: list[str]) -> None:
     split = argv.index("--")
     options, command = argv[:split], argv[split + 1 :]
     values = dict(zip(options[::2], options[1::2], strict=True))
+    env = dict(os.environ)
+    if "--env" in values:  # the deployment's own environment, only for its command (see sandbox.OUTER_ENV)
+        with open(values["--env"]) as f:
+            env = json.load(f)
     if "--connect" in values:
         restrict(ports(values["--connect"]), ports(values.get("--bind", "")))
     seccomp()
-    os.execvp(command[0], command)
+    os.execvpe(command[0], command, env)
 
 
 if __name__ == "__main__":

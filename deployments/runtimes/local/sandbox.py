@@ -19,6 +19,7 @@ it starts from — run in the same kind of sandbox as its uid (Jail.tool), never
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import stat
@@ -62,6 +63,10 @@ INSIDE_PATH = "/run/diploi/inside.py"
 PUSH = Path(__file__).with_name("push.py")  # git's receive-pack inside, for a repository on this machine
 PUSH_PATH = "/run/diploi/push.py"
 PUSH_SOCKET = "/run/diploi/git.sock"
+ENV_PATH = "/run/diploi/env"  # the command's environment, which inside.py gives it last (env_file)
+# What the programs before the command get (bubblewrap as root, setpriv, prlimit, inside.py): nothing
+# the deployment chose. Its own environment (LD_PRELOAD, PATH…) would run its code in them.
+OUTER_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 PYTHON = "/usr/bin/python3"  # the machine's own, inside the sandbox
 TMP_BYTES = 512 * 1024 * 1024  # the private /tmp (a tmpfs: its pages count as the deployment's memory)
 
@@ -82,6 +87,7 @@ class Sandbox:
     file_bytes: int | None = None
     tmp_bytes: int = TMP_BYTES
     push_socket: Path | None = None  # the platform's end of a push to a repository on this machine (receive.py)
+    env_file: Path | None = None  # the command's environment (write_env); without, it gets OUTER_ENV
 
     def prefix(self) -> list[str]:
         """bubblewrap's arguments up to the command (ending in "--")."""
@@ -118,12 +124,15 @@ class Sandbox:
         args += ["--perms", "0755", "--dir", "/run/diploi", "--ro-bind", str(INSIDE), INSIDE_PATH]
         if self.push_socket:
             args += ["--ro-bind", str(PUSH), PUSH_PATH, "--bind-try", str(self.push_socket), PUSH_SOCKET]
+        if self.env_file:
+            args += ["--ro-bind", str(self.env_file), ENV_PATH]
         # The sandbox's own root (where /etc and the folders above are made) is read-only too.
         args += ["--remount-ro", "/", "--chdir", str(self.cwd)]
-        ports = []
+        ports = ["--env", ENV_PATH] if self.env_file else []
         if self.connect is not None:
-            ports = ["--connect", ",".join(map(str, sorted(self.connect))), "--bind", ",".join(map(str, sorted(self.bind)))]
-        command = [PYTHON, INSIDE_PATH, *ports, "--", *command]
+            ports += ["--connect", ",".join(map(str, sorted(self.connect))), "--bind", ",".join(map(str, sorted(self.bind)))]
+        # -I -S: none of the environment the deployment chose (PYTHONPATH…) reaches it before its limits do
+        command = [PYTHON, "-I", "-S", INSIDE_PATH, *ports, "--", *command]
         if self.file_bytes is not None:  # no file larger than the deployment's whole disk allowance
             command = ["prlimit", f"--fsize={self.file_bytes}", "--", *command]
         if self.uid is not None:
@@ -154,8 +163,11 @@ class Jail:
         """For the process that starts the sandbox: into the deployment's cgroups (None: none)."""
         return enter(list(self.cgroups)) if self.cgroups else None
 
-    def sandbox(self, writable: Path, cwd: Path, service: str | None = None, terminal: bool = False) -> Sandbox:
-        """The sandbox of a process of `service` (None: a build step, which listens on nothing)."""
+    def sandbox(
+        self, writable: Path, cwd: Path, service: str | None = None, terminal: bool = False, env_file: Path | None = None
+    ) -> Sandbox:
+        """The sandbox of a process of `service` (None: a build step, which listens on nothing), whose
+        command gets the environment in `env_file` (write_env)."""
         connect = bind = None
         if self.ports is not None:
             connect = tuple(sorted({p for own in self.ports.values() for p in own.values()} | set(self.outbound)))
@@ -167,6 +179,7 @@ class Jail:
             identity=self.identity,
             readable=self.readable,
             push_socket=self.push_socket,
+            env_file=env_file,
             terminal=terminal,
             connect=connect,
             bind=bind or (),
@@ -185,6 +198,21 @@ class Jail:
             connect=() if self.ports is not None else None,
             file_bytes=self.file_bytes,
         )
+
+
+def write_env(path: Path, env: dict[str, str], uid: int | None) -> Path:
+    """The environment of a sandboxed command, as a file inside.py reads (bound in at ENV_PATH) once
+    the command runs as the deployment: readable by its uid, by nobody else."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(env, f)
+    if uid is not None:
+        os.chown(tmp, 0, uid)
+        os.chmod(tmp, 0o640)
+    os.replace(tmp, path)
+    return path
 
 
 def identity_files(folder: Path, uid: int, name: str, safe: tuple[Path, ...] = ()) -> Path:
