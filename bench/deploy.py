@@ -41,6 +41,7 @@ from deployments import actions  # noqa: E402
 from deployments.models import Deployment  # noqa: E402
 from deployments.provisioning import tasks  # noqa: E402
 from deployments.runtimes import get_runtime  # noqa: E402
+from deployments.runtimes.local import disks  # noqa: E402
 from projects.sample import commit_all  # noqa: E402
 
 
@@ -124,6 +125,7 @@ def main() -> None:
                     actions.do_set_auto_deploy(d, True, actor=user)
     finally:
         get_runtime().supervisor.shutdown()
+        disks.unmount_under(DATA)  # the deployments' own filesystems (as root)
 
     median = {name: statistics.median(values) for name, values in figures.items()}
     width = max(map(len, median))

@@ -95,6 +95,7 @@ from deployments.live import events  # noqa: E402
 from deployments.management.launcher import WEB_DB_POOL  # noqa: E402
 from deployments.models import Deployment, Sample, Stage, State  # noqa: E402
 from deployments.runtimes import get_runtime  # noqa: E402
+from deployments.runtimes.local import disks  # noqa: E402
 from deployments.status.monitor import OBSERVED, Monitor  # noqa: E402
 from projects.models import Project  # noqa: E402
 
@@ -537,6 +538,7 @@ def main() -> None:
 
         connections.close_all()
         drop_database(ADMIN_URL)
+        disks.unmount_under(DATA)  # the deployments' own filesystems (as root)
         shutil.rmtree(DATA, ignore_errors=True)
 
 

@@ -48,6 +48,7 @@ from deployments.models import Deployment  # noqa: E402
 from deployments.provisioning import tasks  # noqa: E402
 from deployments.provisioning.spec import current_spec  # noqa: E402
 from deployments.runtimes import get_runtime  # noqa: E402
+from deployments.runtimes.local import disks  # noqa: E402
 from projects.models import Project  # noqa: E402
 
 
@@ -190,6 +191,7 @@ def main() -> None:
         for d in Deployment.objects.all():
             tasks.destroy(d.pk)
         runtime.supervisor.shutdown()
+        disks.unmount_under(DATA)  # the deployments' own filesystems (as root)
         shutil.rmtree(DATA, ignore_errors=True)
 
 

@@ -129,6 +129,7 @@ def main() -> int:
     django.setup()
     from deployments.actions import do_create_deployment, do_delete
     from deployments.models import Deployment, State
+    from deployments.runtimes.local import disks
     from deployments.runtimes.local.layout import Layout
     from deployments.runtimes.local.supervisor import Supervisor
     from projects.models import Project
@@ -185,6 +186,7 @@ def main() -> int:
         not_running = [d.slug for d in Deployment.objects.exclude(state=State.RUNNING)]
     finally:
         up.stop()
+        disks.unmount_under(DATA)  # the kept deployments' own filesystems (as root)
     wait(lambda: not service_processes(DATA), 10)
     left = [" ".join(p.info["cmdline"])[-120:] for p in service_processes(DATA)]
 
