@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import stat
 import subprocess
@@ -204,7 +205,7 @@ def write_env(path: Path, env: dict[str, str], uid: int | None) -> Path:
     """The environment of a sandboxed command, as a file inside.py reads (bound in at ENV_PATH) once
     the command runs as the deployment: readable by its uid, by nobody else."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")  # (sessions start side by side)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(env, f)
