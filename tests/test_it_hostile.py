@@ -230,6 +230,30 @@ def test_a_deployment_has_a_writable_private_tmp_and_home_and_no_namespaces(cast
     assert not Path("/tmp/.npmrc").exists()
 
 
+def test_a_push_from_inside_reaches_a_repository_on_this_machine_from_a_deep_data_directory(cast, settings, tmp_path) -> None:
+    """The receiver's socket lives in the deployment's folder, whose path may be longer than a unix
+    socket's may be (107 bytes)."""
+    from deployments.runtimes import get_runtime
+
+    settings.DATA_DIR = tmp_path / ("a-data-directory-deep-enough-for-a-long-socket-path-" * 2) / "data"
+    settings.DATA_DIR.mkdir(parents=True)
+    get_runtime.cache_clear()
+    runtime = get_runtime()
+    try:
+        d = actions.do_create_deployment(cast.project, "Dev", "development", "main", actor=cast.developer)
+        tasks.provision(d.pk)
+        d = Deployment.objects.get(pk=d.pk)
+        assert d.state == State.RUNNING, d.state_reason
+        assert len(str(runtime.push_socket(current_spec(d)))) > 107
+        edit = "echo '# edited' >> app.py && git -c user.name=Dev -c user.email=dev@example.com commit -qam 'An edit'"
+        run_git("checkout", "--quiet", "-b", "elsewhere", cwd=Path(cast.project.repository))  # (main is checked out there)
+        status, out = session_output(runtime, current_spec(d), "web", f"{edit} && git push -q origin main 2>&1 && git rev-parse HEAD")
+        assert status == 0, out
+        assert run_git("rev-parse", "main", cwd=Path(cast.project.repository)).decode().strip() == out.split()[-1]
+    finally:
+        runtime.supervisor.shutdown()
+
+
 EVIL_LIBRARY = r"""
 #include <stdio.h>
 #include <unistd.h>

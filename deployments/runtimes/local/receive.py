@@ -24,11 +24,14 @@ AT_ONCE = threading.BoundedSemaphore(4)  # pushes received together; more wait t
 
 
 def serve(path: str, repository: str) -> None:
-    if os.path.exists(path):
-        os.unlink(path)
+    # bound by its name from its folder: a unix socket's path may not be longer than 107 bytes
+    os.chdir(os.path.dirname(path))
+    name = os.path.basename(path)
+    if os.path.exists(name):
+        os.unlink(name)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
-    os.chmod(path, 0o666)  # only the deployment's sandboxes have it bound in (its uid connects)
+    server.bind(name)
+    os.chmod(name, 0o666)  # only the deployment's sandboxes have it bound in (its uid connects)
     server.listen(8)
     while True:
         conn, _ = server.accept()
