@@ -124,10 +124,12 @@ def _release(deployment: Deployment, target: Build, stack: Stack, commit: str, a
 def _provision_code(deployment: Deployment, actor: str) -> None:
     """Development: the checkout runs as it is; a trigger's pull fast-forwards it when nothing of the
     developer's is in the way, and otherwise the deployment says how far behind it is and why."""
+    synced = not deployment.commit  # (_fetch_tip syncs the project's mirror, which the checkout fetches from)
     try:
         commit = deployment.commit or _fetch_tip(deployment)
-        if not git.has_branch(project_mirror(deployment.project), deployment.branch):
+        if not synced and not git.has_branch(project_mirror(deployment.project), deployment.branch):
             fetch_branch(deployment)  # a branch it follows now: the checkout switches to it from the mirror
+            synced = True
         stack = load_stack(deployment, commit)
     except (GitError, StackInvalid) as e:
         settle_after_failure(deployment, actor, str(e))
@@ -137,7 +139,7 @@ def _provision_code(deployment: Deployment, actor: str) -> None:
         return
     pull = Deployment.objects.filter(pk=deployment.pk, pull_wanted=True).update(pull_wanted=False) > 0
     try:
-        if pull:  # the checkout fetches from the project's mirror: up to date first
+        if pull and not synced:  # the checkout fetches from the project's mirror: up to date first
             fetch_branch(deployment)
         state = get_runtime().update_code(spec, pull)
         if state.head != commit and _fetched(deployment, state.head):

@@ -9,7 +9,8 @@ again before the deployments' supervisor starts (after a reboot), and go with th
 
 A deployment whose folder existed before this (not empty, not a mount) keeps running unlimited. A
 changed allowance applies to deployments created after the change (online growth was refused by
-this machine's kernel: resize2fs "Permission denied"). Not root: no images; the dashboard measures use against the allowance instead.
+this machine's kernel: resize2fs "Permission denied"). Not root: no images; the dashboard measures
+use against the allowance instead.
 """
 
 import contextlib

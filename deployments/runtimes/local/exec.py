@@ -78,7 +78,7 @@ def main(run_file: str) -> int:
             os.mkdir(run["scratch"], 0o755)
             if run.get("owner") is not None:
                 os.chown(run["scratch"], run["owner"], run["owner"])
-            code = subprocess.run(run["copy"], env={"PATH": "/usr/bin:/bin"}, preexec_fn=preexec).returncode
+            code = subprocess.run(run["copy"], env=env, preexec_fn=preexec).returncode
             if code != 0:
                 print(f"diploi: copying the release failed with exit code {code}", flush=True)
                 return _ended(code, pump)

@@ -355,8 +355,7 @@ class LocalRuntime(Runtime):
         """git on the deployment's files, as the deployment (code.Git)."""
         if not spec.mirror:
             raise RuntimeFailure("the project's repository has not been read yet")
-        env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
-        return code.Git(Path(spec.mirror), jail, env)
+        return code.Git(Path(spec.mirror), jail, {**sandbox.OUTER_ENV, "HOME": "/tmp"})
 
     def import_release(self, source: DeploymentSpec, target: DeploymentSpec) -> None:
         releases = self.layout.releases(source)
