@@ -2,7 +2,7 @@
 service, its build step and an SSH session: confined, every attempt is refused while the deployment
 still serves; with confinement switched off, every attempt succeeds (so the test cannot pass for
 nothing). The network probes reach for the platform's ports, another deployment's add-on, a cloud's
-metadata address and a UDP service; resource limits have tests of their own below."""
+metadata address, a UDP service and a UDP port to hold; resource limits have tests of their own below."""
 
 import json
 import os
@@ -46,6 +46,7 @@ PROBES = (
     "other_addon",
     "cloud_metadata",
     "udp",
+    "udp_bind",
 )
 
 pytestmark = pytest.mark.skipif(sandbox.available() != "", reason=f"no sandbox on this machine: {sandbox.available()}")
@@ -75,9 +76,10 @@ def deploy(cast, name: str, stage: str = "development") -> Deployment:
     return d
 
 
-# What only root can refuse (iptables): as a regular user the platform names these gaps and serves one
-# user only (tests/test_it_tenancy.py). There, no metadata stand-in can be set up either.
-ROOT_ONLY = () if os.geteuid() == 0 else ("cloud_metadata", "udp")
+# What only root refuses (iptables; UDP sockets where a deployment has a uid of its own): as a regular
+# user the platform names these gaps and serves one user only (tests/test_it_tenancy.py). There, no
+# metadata stand-in can be set up either.
+ROOT_ONLY = () if os.geteuid() == 0 else ("cloud_metadata", "udp", "udp_bind")
 
 
 @pytest.fixture
@@ -138,7 +140,14 @@ def targets(runtime, data_dir: Path, other: Deployment, platform_ports: list[int
         "P_WEB_PORT": str(platform_ports[1]),
         "P_OTHER_REDIS_PORT": str(other_ports["redis"]["redis"]),
         "P_UDP_PORT": str(platform_ports[2]),
+        "P_FREE_UDP_PORT": str(free_udp_port()),
     }
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("0.0.0.0", 0))
+        return s.getsockname()[1]
 
 
 def results(text: str, where: str) -> dict[str, str]:

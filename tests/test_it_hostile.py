@@ -16,8 +16,10 @@ import hmac
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 
@@ -228,6 +230,63 @@ def test_a_deployment_has_a_writable_private_tmp_and_home_and_no_namespaces(cast
     assert size_kib == sandbox.TMP_BYTES // 1024
     # the host's /tmp is not where it wrote
     assert not Path("/tmp/.npmrc").exists()
+
+
+@pytest.fixture
+def tcp_resolver(monkeypatch, tmp_path):
+    """The machine's resolver, as the sandbox sees it: a DNS server on port 53 of a loopback address that
+    answers over TCP only (it knows one name)."""
+    import dns.message
+    import dns.rrset
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        server.bind(("127.0.0.153", 53))
+    except OSError as e:
+        pytest.skip(f"port 53 of 127.0.0.153: {e}")
+    server.listen(8)
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                query = dns.message.from_wire(conn.recv(2 + 512)[2:])
+                response = dns.message.make_response(query)
+                if query.question[0].name.to_text() == "app.example.test." and query.question[0].rdtype == 1:
+                    response.answer.append(dns.rrset.from_text("app.example.test.", 60, "IN", "A", "192.0.2.7"))
+                wire = response.to_wire()
+                conn.sendall(len(wire).to_bytes(2, "big") + wire)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.153\n")
+    monkeypatch.setattr(sandbox, "RESOLV_CONF", resolv)
+    yield
+    stop.set()
+    thread.join()
+    server.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a regular user's sandbox keeps UDP (one user: nothing to keep apart)")
+def test_a_deployment_has_no_udp_and_resolves_names_over_tcp(cast, hostile, runtime, data_dir, tcp_resolver) -> None:  # noqa: F811
+    """No UDP socket at all (so no UDP port of any number held), while names still resolve: the
+    sandbox's resolv.conf asks for TCP."""
+    d = deploy(cast, data_dir, "Dev", plant=False)
+    command = (
+        "python3 -c 'import socket; socket.socket(socket.AF_INET6, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)' 2>&1 | tail -1;"
+        " python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)' 2>&1 | tail -1;"  # MPTCP
+        " python3 -c 'import socket; print(\"resolved\", socket.gethostbyname(\"app.example.test\"))'"
+    )
+    status, out = session_output(runtime, current_spec(d), "web", command)
+    assert out.count("PermissionError") == 2, out
+    assert "resolved 192.0.2.7" in out, out
 
 
 def test_a_push_from_inside_reaches_a_repository_on_this_machine_from_a_deep_data_directory(cast, settings, tmp_path) -> None:

@@ -1,11 +1,13 @@
 """The last step inside a deployment's sandbox: restrict what the command may ask of the kernel, then
 exec it.
 
-    python3 -I -S inside.py [--env FILE] [--connect 80,443,41234 --bind 41234] -- /bin/sh -c '…'
+    python3 -I -S inside.py [--env FILE] [--connect 80,443,41234 --bind 41234] [--inet tcp] -- /bin/sh -c '…'
 
 - seccomp (always): no new namespaces (so no `unshare -Ur` root of its own), no mounts, no kernel
   keyrings, bpf, perf events, modules, kexec, swap, clock or reboot; what Docker's default profile
-  refuses a container, as a filter built here (no libseccomp needed).
+  refuses a container, as a filter built here (no libseccomp needed). With `--inet tcp`, an internet
+  socket can only be TCP: no UDP (so no UDP port of any number bound; names resolve over TCP, which
+  the sandbox's resolv.conf asks for), no SCTP or MPTCP, which Landlock's TCP rules do not cover.
 - Landlock (with --connect/--bind): TCP connections go only to the listed ports (its deployment's own
   services, and the usual ports of the outside world), it listens only on its own ports, and — where
   the kernel has Landlock ABI 6 — it can neither signal processes outside its sandbox nor reach
@@ -66,7 +68,8 @@ def restrict(connect: set[int], bind: set[int]) -> None:
 
 PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 RET_ALLOW, RET_KILL_PROCESS = 0x7FFF0000, 0x80000000
-LD_ABS_W, JEQ_K, JSET_K, JGE_K, RET_K = 0x20, 0x15, 0x45, 0x35, 0x06
+LD_ABS_W, JEQ_K, JSET_K, JGE_K, AND_K, RET_K = 0x20, 0x15, 0x45, 0x35, 0x54, 0x06
+AF_INET, AF_INET6, SOCK_STREAM, SOCK_TYPE_MASK, IPPROTO_TCP = 2, 10, 1, 0xF, 6
 # Every flag of clone() that makes a namespace (user, mount, PID, network, UTS, IPC, cgroup).
 CLONE_NEW = 0x10000000 | 0x00020000 | 0x20000000 | 0x40000000 | 0x04000000 | 0x08000000 | 0x02000000
 X32_BIT = 0x40000000
@@ -78,6 +81,7 @@ SYSCALLS = {
         dict(
             clone=56,
             clone3=435,
+            socket=41,
             unshare=272,
             setns=308,
             mount=165,
@@ -120,6 +124,7 @@ SYSCALLS = {
         dict(
             clone=220,
             clone3=435,
+            socket=198,
             unshare=97,
             setns=268,
             mount=40,
@@ -160,22 +165,39 @@ SYSCALLS = {
 }
 
 
-REFUSED = [name for name in SYSCALLS["x86_64"][1] if name not in ("clone", "clone3")]
+REFUSED = [name for name in SYSCALLS["x86_64"][1] if name not in ("clone", "clone3", "socket")]
 
 
 def _insn(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
     return struct.pack("=HBBI", code, jt, jf, k)
 
 
-def seccomp_program(machine: str) -> bytes:
-    """The filter for `machine` (platform.machine()): a classic BPF program over seccomp_data."""
+def seccomp_program(machine: str, tcp_only: bool = False) -> bytes:
+    """The filter for `machine` (platform.machine()): a classic BPF program over seccomp_data (its
+    syscall number at 0, its architecture at 4, its arguments' low words at 16, 24, 32…)."""
     arch, numbers = SYSCALLS[machine]
     eperm = RET_K, 0x00050000 | errno.EPERM
+    eacces = RET_K, 0x00050000 | errno.EACCES
     prog = [_insn(LD_ABS_W, 4), _insn(JEQ_K, arch, 1, 0), _insn(RET_K, RET_KILL_PROCESS), _insn(LD_ABS_W, 0)]
     if machine == "x86_64":  # the x32 calling convention: none of its numbers are checked below
         prog += [_insn(JGE_K, X32_BIT, 0, 1), _insn(*eperm)]
     for name in REFUSED:
         prog += [_insn(JEQ_K, numbers[name], 0, 1), _insn(*eperm)]
+    if tcp_only:  # socket(domain, type, protocol): an internet socket only of TCP
+        prog += [
+            _insn(JEQ_K, numbers["socket"], 0, 11),
+            _insn(LD_ABS_W, 16),
+            _insn(JEQ_K, AF_INET, 1, 0),
+            _insn(JEQ_K, AF_INET6, 0, 7),  # another family (unix…): allowed
+            _insn(LD_ABS_W, 24),
+            _insn(AND_K, SOCK_TYPE_MASK),  # without SOCK_NONBLOCK / SOCK_CLOEXEC
+            _insn(JEQ_K, SOCK_STREAM, 0, 3),
+            _insn(LD_ABS_W, 32),
+            _insn(JEQ_K, 0, 2, 0),
+            _insn(JEQ_K, IPPROTO_TCP, 1, 0),
+            _insn(*eacces),
+            _insn(RET_K, RET_ALLOW),
+        ]
     # clone3 passes its flags in memory, which a filter cannot read: "not implemented" makes the C
     # library fall back to clone, whose flags are checked.
     prog += [_insn(JEQ_K, numbers["clone3"], 0, 1), _insn(RET_K, 0x00050000 | errno.ENOSYS)]
@@ -188,11 +210,11 @@ class _Fprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def seccomp() -> None:
+def seccomp(tcp_only: bool) -> None:
     machine = platform.machine()
     if machine not in SYSCALLS:
         raise OSError(f"no seccomp filter for {machine}")
-    program = seccomp_program(machine)
+    program = seccomp_program(machine, tcp_only)
     buf = ctypes.create_string_buffer(program, len(program))
     fprog = _Fprog(len(program) // 8, ctypes.addressof(buf))
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
@@ -213,7 +235,7 @@ def main(argv: list[str]) -> None:
             env = json.load(f)
     if "--connect" in values:
         restrict(ports(values["--connect"]), ports(values.get("--bind", "")))
-    seccomp()
+    seccomp(values.get("--inet") == "tcp")
     os.execvpe(command[0], command, env)
 
 

@@ -57,7 +57,7 @@ ETC = (
     "postgresql-common",
     "gitconfig",
 )
-IDENTITY = ("passwd", "group", "gitconfig")  # the deployment's own, not the machine's
+IDENTITY = ("passwd", "group", "gitconfig", "resolv.conf")  # the deployment's own, not the machine's
 SYSTEM_LINKS = ("bin", "lib", "lib64", "sbin", "lib32", "libx32")
 INSIDE = Path(__file__).with_name("inside.py")
 INSIDE_PATH = "/run/diploi/inside.py"
@@ -68,6 +68,7 @@ ENV_PATH = "/run/diploi/env"  # the command's environment, which inside.py gives
 # What the programs before the command get (bubblewrap as root, setpriv, prlimit, inside.py): nothing
 # the deployment chose. Its own environment (LD_PRELOAD, PATH…) would run its code in them.
 OUTER_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+RESOLV_CONF = Path("/etc/resolv.conf")  # the machine's resolver, which the sandbox reaches over TCP
 PYTHON = "/usr/bin/python3"  # the machine's own, inside the sandbox
 TMP_BYTES = 512 * 1024 * 1024  # the private /tmp (a tmpfs: its pages count as the deployment's memory)
 
@@ -79,7 +80,9 @@ class Sandbox:
     writable: tuple[Path, ...]
     cwd: Path
     uid: int | None = None  # as root: the deployment's own uid, which the command runs as
-    identity: Path | None = None  # a folder with the passwd and group files that name that uid
+    # a folder with the passwd and group files that name that uid, and its resolv.conf; with it, its
+    # internet sockets are TCP only (inside.py: no UDP port bound, names resolved over TCP)
+    identity: Path | None = None
     readable: tuple[Path, ...] = ()
     terminal: bool = False  # an interactive SSH session keeps its own terminal's session
     # TCP ports it may connect to and listen on (Landlock); None: the network is not restricted
@@ -132,6 +135,8 @@ class Sandbox:
         ports = ["--env", ENV_PATH] if self.env_file else []
         if self.connect is not None:
             ports += ["--connect", ",".join(map(str, sorted(self.connect))), "--bind", ",".join(map(str, sorted(self.bind)))]
+        if self.identity:
+            ports += ["--inet", "tcp"]
         # -I -S: none of the environment the deployment chose (PYTHONPATH…) reaches it before its limits do
         command = [PYTHON, "-I", "-S", INSIDE_PATH, *ports, "--", *command]
         if self.file_bytes is not None:  # no file larger than the deployment's whole disk allowance
@@ -217,8 +222,9 @@ def write_env(path: Path, env: dict[str, str], uid: int | None) -> Path:
 
 
 def identity_files(folder: Path, uid: int, name: str, safe: tuple[Path, ...] = ()) -> Path:
-    """passwd and group files that know the deployment's uid (initdb and others look themselves up), and
-    a gitconfig that lets its git read the repositories in `safe` (the platform's, read-only)."""
+    """passwd and group files that know the deployment's uid (initdb and others look themselves up), a
+    gitconfig that lets its git read the repositories in `safe` (the platform's, read-only), and the
+    machine's resolv.conf asking for TCP (`use-vc`: the sandbox has no UDP)."""
     folder.mkdir(parents=True, exist_ok=True)
     nologin = "/usr/sbin/nologin"
     passwd = (
@@ -227,7 +233,8 @@ def identity_files(folder: Path, uid: int, name: str, safe: tuple[Path, ...] = (
     group = f"root:x:0:\nnogroup:x:65534:\n{name}:x:{uid}:\n"
     quoted = (str(path).replace("\\", "\\\\").replace('"', '\\"') for path in safe)
     gitconfig = "".join(f'[safe]\n\tdirectory = "{path}"\n' for path in quoted)
-    for file, text in (("passwd", passwd), ("group", group), ("gitconfig", gitconfig)):
+    resolv = "".join(f"{line}\n" for line in _read(RESOLV_CONF).splitlines()) + "options use-vc\n"
+    for file, text in (("passwd", passwd), ("group", group), ("gitconfig", gitconfig), ("resolv.conf", resolv)):
         path = folder / file
         if not path.exists() or path.read_text() != text:
             tmp = path.with_suffix(".tmp")
@@ -235,6 +242,13 @@ def identity_files(folder: Path, uid: int, name: str, safe: tuple[Path, ...] = (
             tmp.chmod(0o644)
             tmp.replace(path)
     return folder
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 def runtime_folders() -> tuple[Path, ...]:

@@ -1,8 +1,9 @@
 # Each line says whether one way out of this deployment reached its target. The targets come from
 # the test, as env vars: P_DATA (the platform's data directory), P_DB (its database file), P_OTHER
 # (another deployment's folder), P_PID (a process of the platform), P_REDIS_PORT and P_WEB_PORT (ports
-# the platform listens on), P_OTHER_REDIS_PORT (another deployment's add-on) and P_UDP_PORT (a UDP
-# service of the machine); 169.254.169.254:80 stands for a cloud's metadata service.
+# the platform listens on), P_OTHER_REDIS_PORT (another deployment's add-on), P_UDP_PORT (a UDP
+# service of the machine) and P_FREE_UDP_PORT (a UDP port nobody holds, to take); 169.254.169.254:80
+# stands for a cloud's metadata service.
 where=$1
 if [ "$where" = build ] && [ -n "$P_SLOW_BUILD" ]; then sleep "$P_SLOW_BUILD"; fi
 check() {
@@ -32,6 +33,9 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(3)
 s.sendto(b"ping", ("127.0.0.1", int(sys.argv[1])))
 sys.exit(0 if s.recv(16) == b"pong" else 1)' "$P_UDP_PORT"
+check udp_bind python3 -c '
+import socket, sys
+socket.socket(socket.AF_INET, socket.SOCK_DGRAM).bind(("0.0.0.0", int(sys.argv[1])))' "$P_FREE_UDP_PORT"
 # its own add-on, through the address it was given: this one must answer (once it has started; a
 # first build runs before the add-ons do)
 own_port=$(echo "$REDIS_URL" | sed 's/.*:\([0-9]*\)\/.*/\1/')
