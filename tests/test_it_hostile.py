@@ -282,7 +282,7 @@ def test_a_deployment_has_no_udp_and_resolves_names_over_tcp(cast, hostile, runt
     command = (
         "python3 -c 'import socket; socket.socket(socket.AF_INET6, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)' 2>&1 | tail -1;"
         " python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)' 2>&1 | tail -1;"  # MPTCP
-        " python3 -c 'import socket; print(\"resolved\", socket.gethostbyname(\"app.example.test\"))'"
+        ' python3 -c \'import socket; print("resolved", socket.gethostbyname("app.example.test"))\''
     )
     status, out = session_output(runtime, current_spec(d), "web", command)
     assert out.count("PermissionError") == 2, out
