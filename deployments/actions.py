@@ -214,8 +214,9 @@ def do_regenerate(deployment: Deployment, service: str, keys: list[str], *, acto
     with transaction.atomic():
         locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
         stored = json.loads(locked.credentials or "{}")
-        for key in keys:
-            stored.pop(f"{service}/{key}", None)
+        for key in keys:  # (a second generator in one value is kept as "<service>/<KEY>#2")
+            for name in [n for n in stored if n == f"{service}/{key}" or n.startswith(f"{service}/{key}#")]:
+                del stored[name]
         locked.credentials = json.dumps(stored)
         locked.save(update_fields=["credentials"])
         EnvVar.objects.filter(deployment=deployment, service=service, key__in=keys).delete()

@@ -158,7 +158,7 @@ def parse_package(text: str | bytes, file: str, source: str) -> tuple[Package | 
     storage = _storage(p, data.get("storage"), local.get("storage", {}))
 
     templates = {q.key: q.default for q in parameters}
-    for where, err in values.check(templates, local_names=local.get("placeholders", set())):
+    for where, err in values.check(templates, local.get("placeholders", set()), tuple(h.identifier for h in hosts)):
         p.add(f"parameterGroups.{where}", err)
     strings = _connection_strings(p, data.get("connectionStrings"), set(templates))
     logs, images = _logs(p, data.get("logs")), _images(p, data.get("images"))

@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from projects import values
 from projects.builtins import recipe_for
 from projects.git import GitError
 from projects.legacy import LEGACY_PACKAGE_FILE, parse_legacy_package
@@ -324,6 +325,10 @@ def _include(p: Problems, entry: object, where: str) -> EnvInclude | None:
         else:
             raw = entry["value"]
             text = "" if raw is None else str(raw).lower() if isinstance(raw, bool) else str(raw)
+            for problem in values.check_text(text):
+                p.add(f"{where}.value", problem)
+            if "${generate-jwt:" in text:  # (a literal has no parameters to sign with)
+                p.add(f"{where}.value", "generate-jwt signs with a parameter of a package: declare it in the package's parameterGroups")
             return EnvInclude(identifier="", name=name, value=text)
         return None
     if not isinstance(entry, str):

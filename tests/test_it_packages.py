@@ -16,7 +16,7 @@ import pytest
 
 from deployments import actions
 from deployments.actions import do_create_deployment
-from deployments.models import State
+from deployments.models import Deployment, State
 from deployments.provisioning import tasks
 from deployments.provisioning.spec import build_spec, load_stack
 from deployments.runtimes.base import Colour
@@ -323,6 +323,91 @@ def test_a_diploi_starter_runs_on_the_local_runtime(db, cast, git_daemon, tmp_pa
     env = environment(spec, web)
     assert env["CACHE_SECRET"] == password and env["REDIS_HOST"] == "redis" and env["REDIS_PORT"] == "6379"
     assert env["SITE_URL"] == "http://web:8000/one"
+
+
+SUPABASE_LIKE = """
+diploiVersion: v1.0
+type: component
+name: Auth server
+hosts:
+  - {name: API, identifier: app, port: 8000}
+parameterGroups:
+  - name: Keys
+    identifier: admin
+    parameters:
+      - {name: JWT secret, identifier: JWT_SECRET, defaultValue: '${generate-random-password:32}', type: secret}
+      - name: Anon key
+        identifier: ANON_KEY
+        defaultValue: '${generate-jwt:JWT_SECRET:role=anon&iss=supabase&exp=126144000}'
+        type: string
+      - {name: App key, identifier: APP_KEY, defaultValue: 'base64:${generate-random-bytes:32}', type: secret}
+local:
+  start: python3 -u app.py
+"""
+
+WEB_APP_STARTER = """
+diploiVersion: v1.0
+type: starter
+name: Web app
+components:
+  - name: React
+    identifier: react
+    package: {url}#v1
+    env:
+      include:
+        - supabase.APP_ENDPOINT:SUPABASE_URL
+        - supabase.ANON_KEY:SUPABASE_ANON_KEY
+        - name: LOGIN_SECRET
+          value: "base64:${{generate-random-bytes:32}}"
+  - name: Supabase
+    identifier: supabase
+    package: {auth}#v1
+addons: []
+"""
+
+
+def test_diploi_generators_and_host_endpoints_reach_the_components(db, cast, git_daemon, tmp_path: Path, local_repositories) -> None:
+    """starter-web-app's shape: a JWT signed with another generated parameter, random bytes behind
+    `base64:` (in a package and in the project file's literal), another component's APP_ENDPOINT —
+    generated per deployment, kept, never the literal text."""
+    import hashlib
+    import hmac
+
+    base, server = git_daemon
+    publish(base, "echo", {"diploi.yaml": PACKAGE.replace("__MODE__", "one")}, tag="v1")
+    publish(base, "auth", {"diploi.yaml": SUPABASE_LIKE}, tag="v1")
+    project = project_with(tmp_path, WEB_APP_STARTER.format(url=f"{server}/echo.git", auth=f"{server}/auth.git"), cast.owner)
+    refresh_stack(project)
+    assert project.stack_errors == [], project.stack_errors
+
+    def envs(d) -> tuple[dict[str, str], dict[str, str]]:
+        spec = build_spec(d, load_stack(d, project.stack_commit), project.stack_commit)
+        return environment(spec, spec.service("react")), environment(spec, spec.service("supabase"))
+
+    dev = do_create_deployment(project, "Dev", "development", "main", actor=cast.owner)
+    prod = do_create_deployment(project, "Prod", "production", "main", actor=cast.owner)
+    react, supabase = envs(dev)
+    assert react["SUPABASE_URL"] == supabase["APP_ENDPOINT"] == "https://supabase--dev--echo.localhost"
+    assert react["SUPABASE_ANON_KEY"] == supabase["ANON_KEY"]
+    head, body, signature = supabase["ANON_KEY"].split(".")
+    claims = json.loads(base64.urlsafe_b64decode(body + "=="))
+    assert claims["role"] == "anon" and claims["iss"] == "supabase" and claims["exp"] - claims["iat"] == 126144000
+    signed = hmac.new(supabase["JWT_SECRET"].encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    assert base64.urlsafe_b64decode(signature + "=") == signed
+    for value in (supabase["APP_KEY"], react["LOGIN_SECRET"]):
+        assert value.startswith("base64:") and len(base64.b64decode(value.removeprefix("base64:"))) == 32
+    assert envs(Deployment.objects.get(pk=dev.pk)) == (react, supabase)  # kept
+    other_react, other_supabase = envs(prod)
+    for key in ("JWT_SECRET", "ANON_KEY", "APP_KEY"):
+        assert other_supabase[key] != supabase[key], key
+    assert other_react["LOGIN_SECRET"] != react["LOGIN_SECRET"]
+    # Regenerating the secret from Options signs the anon key again with the new one.
+    from deployments.actions import do_regenerate
+
+    do_regenerate(dev, "supabase", ["JWT_SECRET"], actor=cast.owner)
+    _, renewed = envs(Deployment.objects.get(pk=dev.pk))
+    assert renewed["JWT_SECRET"] != supabase["JWT_SECRET"] and renewed["ANON_KEY"] != supabase["ANON_KEY"]
+    assert renewed["APP_KEY"] == supabase["APP_KEY"]
 
 
 def test_cycles_in_a_deployments_own_values_are_refused_with_the_cycle(db, cast, git_daemon, tmp_path: Path, local_repositories) -> None:

@@ -185,15 +185,79 @@ def test_values_resolve_in_dependency_order_and_generate_passwords_once() -> Non
     stack, _ = parse_stack(GOOD, REPO)
     cache = stack.addons[1].package
     asked = []
-    resolved = values.resolve(cache.env, {}, lambda key, n: asked.append((key, n)) or "p" * n)
-    assert asked == [("CACHE_PASSWORD", 24)]
+    resolved = values.resolve(cache.env, {}, lambda key, i, g, secret: asked.append((key, i, g.kind, g.size)) or "p" * g.size)
+    assert asked == [("CACHE_PASSWORD", 0, "password", 24)]
     assert resolved["CACHE_URL"] == f"cache://:{'p' * 24}@{{host}}:7000"  # {host}: filled by each runtime
     # A deployment's own value replaces the default, and what refers to it follows.
-    assert values.resolve(cache.env, {"CACHE_PORT": "7100"}, lambda k, n: "x")["CACHE_URL"] == "cache://:x@{host}:7100"
+    assert values.resolve(cache.env, {"CACHE_PORT": "7100"}, lambda *_: "x")["CACHE_URL"] == "cache://:x@{host}:7100"
     uri = values.fill(cache.connection_strings[0].value, resolved)
     assert uri == f"cache://:{'p' * 24}@{{host}}:7000/{{namespace}}"
     with pytest.raises(values.Cycle, match="A → B → A"):
-        values.resolve({"A": "${B}", "B": "${A}"}, {}, lambda k, n: "")
+        values.resolve({"A": "${B}", "B": "${A}"}, {}, lambda *_: "")
+
+
+def test_every_generator_of_diploi_files_and_host_endpoints() -> None:
+    """What Diploi's published files use: random passwords and bytes (Laravel's `base64:` key), JWTs
+    signed with another parameter (Supabase's anon and service keys), `${<HOST>_ENDPOINT}`."""
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    templates = {
+        "APP_KEY": "base64:${generate-random-bytes:32}",
+        "JWT_SECRET": "${generate-random-password:32}",
+        "ANON_KEY": "${generate-jwt:JWT_SECRET:role=anon&iss=supabase&exp=126144000}",
+        "SITE": "${APP_ENDPOINT}/auth",
+    }
+    assert values.check(templates, hosts=("app",)) == []
+    asked = []
+
+    def generate(key: str, index: int, found: values.Generator, secret: str) -> str:
+        asked.append((key, found.kind, secret))
+        if found.kind == "jwt":
+            return values.jwt(secret, found.claims, 1_700_000_000)
+        return "s3cret-value-of-32-characters-xx" if found.kind == "password" else "Ynl0ZXM="
+
+    resolved = values.resolve(templates, {}, generate, values.endpoint_variables(["app"]))
+    assert resolved["APP_KEY"] == "base64:Ynl0ZXM=" and resolved["SITE"] == "{endpoint.app}/auth"
+    assert ("ANON_KEY", "jwt", "s3cret-value-of-32-characters-xx") in asked  # signed with the secret's own value
+    head, body, signature = resolved["ANON_KEY"].split(".")
+    claims = json.loads(base64.urlsafe_b64decode(body + "=="))
+    assert claims == {"iat": 1_700_000_000, "role": "anon", "iss": "supabase", "exp": 1_700_000_000 + 126144000}
+    expected = hmac.new(b"s3cret-value-of-32-characters-xx", f"{head}.{body}".encode(), hashlib.sha256).digest()
+    assert base64.urlsafe_b64decode(signature + "=") == expected
+    # a user's own secret: the JWT follows it
+    again = values.resolve(templates, {"JWT_SECRET": "mine"}, generate)
+    assert again["ANON_KEY"].split(".")[2] != signature
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("${generate-random-bytes:2}", "generate-random-bytes:N} with N from 8 to 1024"),
+        ("${generate-random-bytes:many}", "generate-random-bytes:N} with N from 8 to 1024"),
+        ("${generate-jwt:MISSING:role=anon}", "MISSING is not a parameter of this package"),
+        ("${generate-jwt:SECRET_KEY}", "write ${generate-jwt:SECRET_PARAMETER:claim=value&exp=SECONDS}"),
+        ("${generate-jwt:SECRET_KEY:exp=soon}", "write ${generate-jwt:SECRET_PARAMETER:claim=value&exp=SECONDS}"),
+        ("${generate-uuid}", "unknown generator"),
+        ("${WEB_ENDPOINT}", "neither a parameter of this package nor one of"),
+    ],
+)
+def test_a_malformed_generator_names_file_field_and_reason(value: str, message: str) -> None:
+    text = replace("        defaultValue: 2", f"        defaultValue: '{value}'", WEB_PACKAGE)
+    package, errors = parse_package(text, "pkgs/web/diploi.yaml", "./pkgs/web")
+    assert package is None
+    found = [(e.file, e.field, e.message) for e in errors]
+    assert any((f, w) == ("pkgs/web/diploi.yaml", "parameterGroups.WORKERS") and message in m for f, w, m in found), found
+
+
+def test_a_generator_in_a_project_files_literal_is_checked() -> None:
+    text = replace("          value: true\n", "          value: 'base64:${generate-random-bytes:4}'\n")
+    stack, errors = parse_stack(text, REPO)
+    assert stack is None
+    found = [(e.field, e.message) for e in errors]
+    assert any(f == "components[0].env.include[3].value" and "N from 8 to 1024" in m for f, m in found), found
 
 
 def test_the_built_in_packages_and_the_sample_are_in_diploi_format() -> None:

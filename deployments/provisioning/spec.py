@@ -1,8 +1,10 @@
 """From the database and the stack file to the plain DeploymentSpec the runtime works from."""
 
+import base64
 import json
 import secrets
 import string
+import time
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -59,8 +61,10 @@ def deployment_stack(deployment: Deployment) -> Stack | None:
 
 class Secrets:
     """The deployment's generated secrets (encrypted in `Deployment.credentials`): one password per
-    add-on for first-format packages ({password}), and each `${generate-random-password:N}` parameter
-    as "<service>/<PARAMETER>" — generated once, kept across restarts and clones."""
+    add-on for first-format packages ({password}), and each `${generate-…}` of a parameter as
+    "<service>/<PARAMETER>" ("…#2" for a second one in the same value; a project file's literal env
+    value as "<service>/env:<NAME>") — generated once, kept across restarts and clones. A JWT keeps
+    only when it was issued: it is signed again from its secret's current value."""
 
     def __init__(self, deployment: Deployment) -> None:
         self.deployment = deployment
@@ -68,8 +72,19 @@ class Secrets:
         self.changed = False
 
     def get(self, key: str, length: int, fallback: str = "") -> str:
+        return self._kept(key, lambda: fallback or "".join(secrets.choice(_ALPHABET) for _ in range(length)))
+
+    def generate(self, key: str, found: values.Generator, secret: str) -> str:
+        if found.kind == "password":
+            return self.get(key, found.size)
+        if found.kind == "bytes":
+            return self._kept(key, lambda: base64.b64encode(secrets.token_bytes(found.size)).decode())
+        issued = self._kept(key, lambda: str(int(time.time())))
+        return values.jwt(secret, found.claims, int(issued))
+
+    def _kept(self, key: str, make) -> str:
         if key not in self.values:
-            self.values[key] = fallback or "".join(secrets.choice(_ALPHABET) for _ in range(length))
+            self.values[key] = make()
             self.changed = True
         return self.values[key]
 
@@ -83,21 +98,43 @@ class Secrets:
 _ALPHABET = string.ascii_letters + string.digits
 
 
+def stored_key(service: str, key: str, index: int) -> str:
+    return f"{service}/{key}" + (f"#{index + 1}" if index else "")
+
+
 def resolve_parameters(service: Service, overrides: dict[str, str], store: Secrets) -> dict[str, str]:
     """The service's parameters as templates for the runtime: defaults or the deployment's saved
-    values, generated passwords filled in (an add-on's first one is its first-format password, so a
-    database initialised before keeps working), references to other parameters substituted."""
+    values, generated values filled in (an add-on's first generated password is its first-format
+    password, so a database initialised before keeps working), references to other parameters
+    substituted, `${<HOST>_ENDPOINT}` as the runtime's placeholder of that host's URL."""
     legacy = store.values.get(service.identifier, "") if service.kind == "addon" else ""
-    generated: list[str] = []
+    passwords: list[str] = []
 
-    def password(key: str, length: int) -> str:
-        generated.append(key)
-        return store.get(f"{service.identifier}/{key}", length, legacy if len(generated) == 1 else "")
+    def generate(key: str, index: int, found: values.Generator, secret: str) -> str:
+        name = stored_key(service.identifier, key, index)
+        if found.kind == "password":
+            passwords.append(name)
+            return store.get(name, found.size, legacy if len(passwords) == 1 else "")
+        return store.generate(name, found, secret)
 
     try:
-        return values.resolve(dict(service.package.env), overrides, password)
+        return values.resolve(dict(service.package.env), overrides, generate, endpoint_variables(service))
     except values.Cycle as e:
         raise StackInvalid([StackError("parameters", service.identifier, str(e))]) from None
+
+
+def literal_env(service: Service, store: Secrets) -> dict[str, str]:
+    """The project file's literal env values of a component, generators filled in (kept per deployment)."""
+
+    def generate(name: str, index: int, found: values.Generator, _secret: str) -> str:
+        return store.generate(stored_key(service.identifier, f"env:{name}", index), found, "")
+
+    return {e.name: values.generate_in(e.value, e.name, generate) for e in service.env_include if e.value is not None}
+
+
+def endpoint_variables(service: Service) -> dict[str, str]:
+    """`<HOST>_ENDPOINT` per public port (host) of the service's package → its URL's placeholder."""
+    return values.endpoint_variables([p.name for p in service.package.ports if p.public])
 
 
 def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build | None = None) -> DeploymentSpec:
@@ -127,8 +164,10 @@ def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build
             exports[s.identifier] = resolve_parameters(s, {k: v for k, v in own.items() if k in params}, store)
             own = {k: v for k, v in own.items() if k not in params}
             env[s.identifier] = {}
-        if s.kind == "component":
-            env[s.identifier].update({e.name: e.value for e in s.env_include if e.value is not None})
+        if s.kind == "component":  # Diploi's <HOST>_ENDPOINT per host, which other components may include
+            for name, placeholder in endpoint_variables(s).items():
+                exports[s.identifier].setdefault(name, "{" + placeholder + "}")
+            env[s.identifier].update(literal_env(s, store))
             env[s.identifier].update(user_env.get("", {}))
         env[s.identifier].update(own)
         env[s.identifier].update(platform_env)

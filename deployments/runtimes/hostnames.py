@@ -70,6 +70,14 @@ def shown_endpoints(spec: DeploymentSpec, scheme: str = "https", port: int = 443
     return shown
 
 
+def port_urls(spec: DeploymentSpec, scheme: str = "https", port: int = 443) -> dict[tuple[str, str], str]:
+    """(component, port name) → the URL its users open (the first of its host names)."""
+    found: dict[tuple[str, str], str] = {}
+    for endpoint in endpoints(spec):
+        found.setdefault((endpoint.service, endpoint.port), url(endpoint.host, scheme, port))
+    return found
+
+
 def url(host: str, scheme: str = "https", port: int = 443) -> str:
     default = 443 if scheme == "https" else 80
     return f"{scheme}://{host}" if port == default else f"{scheme}://{host}:{port}"

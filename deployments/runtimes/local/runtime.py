@@ -281,13 +281,8 @@ class LocalRuntime(Runtime):
     def _endpoints(self, spec: DeploymentSpec, ports: programs.Ports) -> dict[str, str]:
         """Each public port (each of a package's `hosts`): the first under the component's name, the
         others as "<component>/<host>"; through the router by host name, or without it by port."""
-        if self.router:
-            return hostnames.shown_endpoints(spec, "https", settings.DIPLOI_HTTPS_PORT)
-        return {
-            e.key: f"http://{settings.DIPLOI_PUBLIC_HOST}:{ports[e.service][e.port]}"
-            for e in hostnames.endpoints(spec)
-            if e.port in ports.get(e.service, {})
-        }
+        urls = programs.public_urls(spec, ports)
+        return {e.key: urls[(e.service, e.port)] for e in hostnames.endpoints(spec) if (e.service, e.port) in urls}
 
     # --- routes -------------------------------------------------------------------------------
 
