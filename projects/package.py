@@ -41,8 +41,11 @@ _TOP = {
     "storage",
     "contexts",
     "supportsAdditionalHosts",
+    "defaultContainer",  # which of its images' containers a shell and logs open first (one process here)
+    "dependencies",
     "local",
 }
+STAGES = ("development", "staging", "production")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,19 @@ class Storage:
     name: str
     path: str
     size: str = "1Gi"
+    stages: tuple[str, ...] = STAGES  # the stages whose deployments have it
+    uid: int | None = None  # who owns its files in a container (the image's user)
+    gid: int | None = None
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """An add-on a component brings with it (Diploi's `dependencies`): created beside it under its
+    own identifier, the listed variables included into the component (`NAME:ALIAS`)."""
+
+    identifier: str
+    package: str
+    includes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,10 +138,16 @@ class Package:
     recipe: str = ""  # the built-in package serving it ("" for a package of the repository's or fetched by URL)
     commit: str = ""  # a package fetched by Git URL: the commit it was read at
     legacy: bool = False  # written in the first format (diploi-package.yaml)
+    dependencies: tuple[Dependency, ...] = ()
 
     @property
     def runs_locally(self) -> bool:
         return "start" in self.commands
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        """A component's `<HOST>_ENDPOINT` per public port (host) → the runtime's placeholder of its URL."""
+        return values.endpoint_variables([p.name for p in self.ports if p.public]) if self.kind == "component" else {}
 
 
 def builtin_names() -> list[str]:
@@ -150,9 +172,7 @@ def parse_package(text: str | bytes, file: str, source: str) -> tuple[Package | 
 
     parameters = _parameter_groups(p, data.get("parameterGroups"))
     parameters += _environment_variables(p, data.get("environmentVariables"), len(parameters))
-    keys = [q.key for q in parameters]
-    for key in sorted({k for k in keys if keys.count(k) > 1}):
-        p.add("parameterGroups", f"{key} is declared more than once")
+    parameters = _without_duplicates(p, parameters)
     hosts = _hosts(p, data.get("hosts"))
     local = _local(p, data.get("local"), kind, hosts)
     storage = _storage(p, data.get("storage"), local.get("storage", {}))
@@ -162,9 +182,10 @@ def parse_package(text: str | bytes, file: str, source: str) -> tuple[Package | 
         p.add(f"parameterGroups.{where}", err)
     strings = _connection_strings(p, data.get("connectionStrings"), set(templates))
     logs, images = _logs(p, data.get("logs")), _images(p, data.get("images"))
+    dependencies = _dependencies(p, data.get("dependencies"), kind)
 
     if p.errors:
-        return None, p.errors
+        return None, p.errors + p.warnings
     return (
         Package(
             name=str(data["name"]),
@@ -183,9 +204,55 @@ def parse_package(text: str | bytes, file: str, source: str) -> tuple[Package | 
             connection_strings=tuple(strings),
             logs=tuple(logs),
             images=tuple(images),
+            dependencies=tuple(dependencies),
         ),
         p.warnings,
     )
+
+
+def _without_duplicates(p: Problems, parameters: list[Parameter]) -> list[Parameter]:
+    """A key declared twice (in parameterGroups and environmentVariables, as Diploi's MariaDB add-on
+    does) is a warning: the first declaration is the one used."""
+    first: dict[str, Parameter] = {}
+    for q in parameters:
+        if q.key not in first:
+            first[q.key] = q
+            continue
+        same = (
+            "with the same default"
+            if q.default == first[q.key].default
+            else f"(default “{first[q.key].default}” is used, not “{q.default}”)"
+        )
+        p.warn(q.group or "environmentVariables", f"{q.key} is declared more than once {same}; the first declaration is used")
+    return list(first.values())
+
+
+def _dependencies(p: Problems, value: object, kind: object) -> list[Dependency]:
+    found = []
+    for i, item in enumerate(_list(p, value, "dependencies", MAX_ITEMS)):
+        where = f"dependencies[{i}]"
+        if not p.mapping(item, where, {"identifier", "package", "env", "name"}, required={"identifier", "package"}, lenient=True):
+            continue
+        ident = _text(item.get("identifier"))
+        if err := dns_label_error(ident):
+            p.add(f"{where}.identifier", f"“{ident}” {err}")
+            continue
+        package = p.string(item.get("package"), f"{where}.package")
+        includes: list[str] = []
+        env = item.get("env")
+        if env is not None and p.mapping(env, f"{where}.env", {"include"}):
+            for j, entry in enumerate(_list(p, env.get("include"), f"{where}.env.include", MAX_PARAMETERS)):
+                text = _text(entry)
+                name, _, alias = text.partition(":")
+                if not isinstance(entry, str) or env_name_error(name) or (alias and env_name_error(alias)):
+                    p.add(f"{where}.env.include[{j}]", f"“{text}” must be NAME or NAME:ALIAS (a variable of the add-on)")
+                    continue
+                includes.append(text)
+        if kind != "component":
+            p.warn(where, "only a component's dependencies are created; this one is not")
+        elif package:
+            found.append(Dependency(ident, package, tuple(includes)))
+    return found
 
 
 def _list(p: Problems, value: object, field: str, cap: int) -> list:
@@ -267,7 +334,7 @@ def _hosts(p: Problems, value: object) -> list[Host]:
     hosts = []
     for i, item in enumerate(_list(p, value, "hosts", MAX_HOSTS)):
         where = f"hosts[{i}]"
-        if not p.mapping(item, where, {"name", "identifier", "port", "urlFormat"}, required={"identifier"}, lenient=True):
+        if not p.mapping(item, where, {"name", "identifier", "port", "urlFormat", "link"}, required={"identifier"}, lenient=True):
             continue
         ident = _text(item.get("identifier"))
         if err := dns_label_error(ident):
@@ -289,8 +356,11 @@ def _connection_strings(p: Problems, value: object, parameters: set[str]) -> lis
             continue
         text = _text(item.get("value"))
         for name in values.references(text):
-            if name not in parameters and not values.is_runtime(name):
-                p.add(f"{where}.value", f"${{{name}}} is neither a parameter of this package nor one of {values.runtime_names()}")
+            if name not in parameters and not values.is_runtime(name):  # (Diploi's MariaDB add-on has one)
+                p.warn(
+                    f"{where}.value",
+                    f"${{{name}}} is neither a parameter of this package nor one of {values.runtime_names()}: left as written",
+                )
         found.append(ConnectionString(_text(item.get("name")), text, _text(item.get("description"))))
     return found
 
@@ -330,7 +400,7 @@ def _storage(p: Problems, value: object, paths: dict[str, str]) -> list[Storage]
     volumes = []
     for i, item in enumerate(_list(p, value, "storage", MAX_ITEMS)):
         where = f"storage[{i}]"
-        if not p.mapping(item, where, {"identifier", "sizeMiB"}, required={"identifier"}, lenient=True):
+        if not p.mapping(item, where, {"identifier", "sizeMiB", "stages", "uid", "gid"}, required={"identifier"}, lenient=True):
             continue
         ident = _text(item.get("identifier"))
         if err := dns_label_error(ident):
@@ -340,7 +410,17 @@ def _storage(p: Problems, value: object, paths: dict[str, str]) -> list[Storage]
         if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 16 * 1024 * 1024:
             p.add(f"{where}.sizeMiB", "must be a whole number of MiB from 1 to 16777216")
             continue
-        volumes.append(Storage(name=ident, path=paths.get(ident, f"/storage/{ident}"), size=f"{size}Mi"))
+        stages = item.get("stages", list(STAGES))
+        if not isinstance(stages, list) or not stages or any(st not in STAGES for st in stages):
+            p.add(f"{where}.stages", f"must be a list of {', '.join(STAGES)}")
+            continue
+        owner = {}
+        for key in ("uid", "gid"):
+            number = item.get(key)
+            if number is not None and (isinstance(number, bool) or not isinstance(number, int) or not 0 <= number < 2**31):
+                p.add(f"{where}.{key}", "must be a number from 0 to 2147483647")
+            owner[key] = number
+        volumes.append(Storage(ident, paths.get(ident, f"/storage/{ident}"), f"{size}Mi", tuple(stages), owner["uid"], owner["gid"]))
     for name in sorted(set(paths) - {v.name for v in volumes}):
         p.add(f"local.storage.{name}", "names no storage entry of this package")
     return volumes

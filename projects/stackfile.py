@@ -127,13 +127,14 @@ def parse_stack(text: bytes | str | None, repo: RepoReader, remote: RemotePackag
     seen: dict[str, str] = {}
     components = _services(p, data.get("components"), "components", "component", seen, packages, shared)
     addons = _services(p, data.get("addons"), "addons", "addon", seen, packages, [])
-    if not components and "components" not in [e.field.split("[")[0] for e in p.errors]:
+    components, addons = _with_dependencies(p, components, addons, seen, packages)
+    if not components and not packages.unchecked and "components" not in [e.field.split("[")[0] for e in p.errors]:
         p.add("components", "at least one component is required")
-    _check_includes(p, [*components, *addons], set(seen))
+    _check_includes(p, [*components, *addons], set(seen), packages.unchecked)
 
     errors = p.errors + packages.errors
     if errors:
-        return None, errors
+        return None, errors + p.warnings + packages.warnings
     stack = Stack(
         version=str(version),
         components=components,
@@ -163,6 +164,7 @@ class _PackageLoader:
         self.cache: dict[str, tuple[Package | None, str | None]] = {}
         self.errors: list[StackError] = []
         self.warnings: list[StackError] = []
+        self.unchecked: set[str] = set()  # services whose package was not fetched (offline)
 
     def load(self, ref: str) -> tuple[Package | None, str | None]:
         """The package, or None and the reason it cannot be used."""
@@ -213,7 +215,7 @@ class _PackageLoader:
             package, _ = load_builtin(recipe)
             return dataclasses.replace(package, source=ref, recipe=recipe), None
         if self.remote is None:
-            return None, "is fetched from its repository only when asked (stack check --fetch); nothing was checked"
+            return None, NOT_FETCHED
         try:
             commit, text = self.remote.fetch(url, version, MAX_PACKAGE_BYTES)
         except TooLarge as e:
@@ -224,6 +226,9 @@ class _PackageLoader:
             return None, f"its repository has no {PACKAGE_FILE} at {version or 'the default branch'} ({commit[:10]})"
         package, reason = self._read(text, f"{url}#{version} {PACKAGE_FILE}" if version else f"{url} {PACKAGE_FILE}", ref)
         return (dataclasses.replace(package, commit=commit) if package else None), reason
+
+
+NOT_FETCHED = "not checked: a package by Git URL is fetched only when asked (stack check --fetch)"
 
 
 def _services(
@@ -255,7 +260,10 @@ def _services(
         package = None
         if ref:
             package, reason = packages.load(ref)
-            if reason:
+            if reason == NOT_FETCHED:  # (offline `stack check`: the rest is checked)
+                p.warn(f"{where}.package", reason)
+                packages.unchecked.add(identifier)
+            elif reason:
                 p.add(f"{where}.package", reason)
             elif package and package.kind != kind:
                 p.add(f"{where}.package", f"“{ref}” is {_ARTICLE[package.kind]} package and cannot be used as {_ARTICLE[kind]}")
@@ -265,6 +273,40 @@ def _services(
             own = tuple(includes) + (tuple(shared) if kind == "component" else ())
             services.append(Service(str(item["name"]), identifier, kind, folder, package, ref or "", prebuild or "", own))
     return services
+
+
+def _with_dependencies(
+    p: Problems, components: list[Service], addons: list[Service], seen: dict[str, str], packages: _PackageLoader
+) -> tuple[list[Service], list[Service]]:
+    """Each component's package `dependencies` as add-ons of the project (one per identifier: an add-on
+    the project declares itself under that identifier is used as it is), their listed variables
+    included into the component before its own includes (which win)."""
+    by_id = {a.identifier: a for a in addons}
+    found: list[Service] = []
+    result = []
+    for c in components:
+        extra: list[EnvInclude] = []
+        for i, dep in enumerate(c.package.dependencies):
+            where = f"{seen.get(c.identifier, c.identifier)}.package: dependencies[{i}]"
+            if dep.identifier not in by_id:
+                if dep.identifier in seen:
+                    p.add(where, f"“{dep.identifier}” is already used by {seen[dep.identifier]}, which is not an add-on")
+                    continue
+                package, reason = packages.load(dep.package)
+                if reason or package is None:
+                    p.add(where, f"“{dep.package}”: {reason}")
+                    continue
+                if package.kind != "addon":
+                    p.add(where, f"“{dep.package}” is {_ARTICLE[package.kind]} package, not an add-on")
+                    continue
+                by_id[dep.identifier] = Service(package.name, dep.identifier, "addon", ".", package, dep.package)
+                seen[dep.identifier] = where
+                found.append(by_id[dep.identifier])
+            for text in dep.includes:
+                name, _, alias = text.partition(":")
+                extra.append(EnvInclude(identifier=dep.identifier, name=name, alias=alias))
+        result.append(dataclasses.replace(c, env_include=(*extra, *c.env_include)) if extra else c)
+    return result, [*addons, *found]
 
 
 def _folder(p: Problems, item: dict, where: str, identifier: str, repo: RepoReader) -> str | None:
@@ -355,10 +397,10 @@ def _include(p: Problems, entry: object, where: str) -> EnvInclude | None:
     return EnvInclude(identifier=ident, name=name, alias=alias)
 
 
-def _check_includes(p: Problems, services: list[Service], identifiers: set[str]) -> None:
+def _check_includes(p: Problems, services: list[Service], identifiers: set[str], unchecked: set[str]) -> None:
     """An include naming no service, or a variable its service does not provide, is a warning:
     the deployment runs without it (as on Diploi), and the project page says so."""
-    exports = {s.identifier: set(s.package.env) for s in services}
+    exports = {s.identifier: set(s.package.env) | set(s.package.endpoints) for s in services}
     for s in services:
         for include in s.env_include:
             if include.value is not None or include.identifier == "*":
@@ -367,6 +409,6 @@ def _check_includes(p: Problems, services: list[Service], identifiers: set[str])
             targets = [i for i in identifiers if fnmatch.fnmatchcase(i, include.identifier)]
             if not targets:
                 p.warn(f"{s.identifier}.env.include", f"“{shown}” names no component or add-on of this project; it includes nothing")
-            elif "*" not in include.name and not any(include.name in exports.get(t, ()) for t in targets):
+            elif "*" not in include.name and not unchecked & set(targets) and not any(include.name in exports.get(t, ()) for t in targets):
                 provided = ", ".join(sorted(exports.get(targets[0], ()))) or "nothing"
                 p.warn(f"{s.identifier}.env.include", f"“{shown}”: {targets[0]} does not provide {include.name} (it provides: {provided})")

@@ -410,6 +410,69 @@ def test_diploi_generators_and_host_endpoints_reach_the_components(db, cast, git
     assert renewed["APP_KEY"] == supabase["APP_KEY"]
 
 
+GHOST_LIKE = """
+diploiVersion: v1.0
+type: component
+name: Blog
+hosts:
+  - {name: Blog, identifier: app, port: 2368}
+environmentVariables:
+  - {identifier: database__client, defaultValue: mysql}
+dependencies:
+  - identifier: db
+    package: {db}#v1
+    env:
+      include:
+        - DB_HOST:database__connection__host
+        - DB_PASSWORD:database__connection__password
+local:
+  start: python3 -u app.py
+"""
+
+DB_ADDON = """
+diploiVersion: v1.0
+type: addon
+name: Database
+parameterGroups:
+  - name: Connection
+    identifier: connection
+    parameters:
+      - {name: Host, identifier: DB_HOST, defaultValue: '${DIPLOI_HOST}', type: string}
+      - {name: Password, identifier: DB_PASSWORD, defaultValue: '${generate-random-password:16}', type: secret}
+storage:
+  - {identifier: data, sizeMiB: 100, stages: [production]}
+local:
+  start: sleep infinity
+  storage: {data: /var/lib/db}
+"""
+
+
+def test_a_components_dependencies_come_with_it(db, cast, git_daemon, tmp_path: Path, local_repositories) -> None:
+    """component-ghost's shape: its package brings an add-on, whose variables the component gets under
+    its own names; storage only in the stages it names."""
+    base, server = git_daemon
+    publish(base, "db", {"diploi.yaml": DB_ADDON}, tag="v1")
+    publish(base, "blog", {"diploi.yaml": GHOST_LIKE.replace("{db}", f"{server}/db.git")}, tag="v1")
+    stack = f"diploiVersion: v1.0\ncomponents:\n  - {{name: Blog, identifier: blog, package: {server}/blog.git#v1}}\n"
+    project = project_with(tmp_path, stack, cast.owner)
+    refresh_stack(project)
+    assert project.stack_errors == [], project.stack_errors
+    for stage, volumes in (("development", ()), ("production", ("data",))):
+        d = do_create_deployment(project, stage.title(), stage, "main", actor=cast.owner)
+        spec = build_spec(d, load_stack(d, project.stack_commit), project.stack_commit)
+        assert [(s.identifier, s.kind) for s in spec.services] == [("blog", "component"), ("db", "addon")]
+        env = environment(spec, spec.service("blog"))
+        assert env["database__connection__host"] == "db" and env["database__client"] == "mysql"
+        assert env["database__connection__password"] == spec.service("db").exports["DB_PASSWORD"]
+        assert tuple(v.name for v in spec.service("db").volumes) == volumes
+    # a dependency that cannot be used is said where it is written
+    publish(base, "blog", {"diploi.yaml": GHOST_LIKE.replace("{db}", f"{server}/blog.git")}, tag="v1")
+    project.package_locks = {}
+    project.save()
+    refresh_stack(project)
+    assert any("dependencies[0]" in e["field"] and "not an add-on" in e["message"] for e in project.stack_errors), project.stack_errors
+
+
 def test_cycles_in_a_deployments_own_values_are_refused_with_the_cycle(db, cast, git_daemon, tmp_path: Path, local_repositories) -> None:
     from deployments.models import EnvVar
     from deployments.provisioning.spec import StackInvalid

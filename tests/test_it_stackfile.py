@@ -324,12 +324,6 @@ MALFORMED = [
     (replace("package: ./pkgs/web", "package: ./pkgs/missing"), "diploi.yaml", "components[0].package", "has no pkgs/missing/diploi.yaml"),
     (replace("package: ./pkgs/web", "package: ./pkgs/broken"), "pkgs/broken/diploi.yaml", "local.start", "unknown placeholder {nope}"),
     (replace("package: ./pkgs/web", "package: ./../etc"), "diploi.yaml", "components[0].package", "must name a folder inside"),
-    (
-        replace("package: ./pkgs/web", "package: https://git.example/shop/web#v1"),
-        "diploi.yaml",
-        "components[0].package",
-        "fetched from its repository only when asked",
-    ),
     (replace("folder: /web", "folder: ../../etc"), "diploi.yaml", "components[0].folder", "points outside the repository"),
     (replace("folder: /web", "folder: /frontend"), "diploi.yaml", "components[0].folder", "does not exist in the repository"),
     (replace("        - cache.*", "        - cache.*:ALL"), "diploi.yaml", "components[0].env.include[1]", "only a single variable"),
@@ -386,10 +380,70 @@ def test_the_add_on_package_checks_its_own_fields() -> None:
         ("  storage: {data: /var/lib/cache}", "  storage: {data: relative}", "local.storage.data", "absolute path"),
         ("  storage: {data: /var/lib/cache}", "  storage: {other: /x}", "local.storage.other", "names no storage entry"),
         ("    type: exec", "    type: metrics", "logs[1].type", "must be log or exec"),
-        ("${DIPLOI_NAMESPACE}", "${NOPE}", "connectionStrings[0].value", "${NOPE} is neither a parameter"),
     ]:
         package, errors = parse_package(replace(old, new, CACHE_PACKAGE), "c.yaml", "./c")
         assert package is None and any(e.field == field and message in e.message for e in errors), (field, [str(e) for e in errors])
+
+
+MARIADB_LIKE = """
+diploiVersion: v1.0
+type: addon
+name: MariaDB
+parameterGroups:
+  - name: Connection
+    identifier: CONNECTION
+    parameters:
+      - {name: User, identifier: MARIADB_USER, defaultValue: mariadb, type: string}
+      - {name: Password, identifier: MARIADB_PASSWORD, defaultValue: '${generate-random-password:16}', type: secret}
+environmentVariables:
+  - {identifier: MARIADB_USER, defaultValue: mariadb, type: string}
+  - {identifier: MARIADB_EXTRA, defaultValue: root}
+  - {identifier: MARIADB_EXTRA, defaultValue: other}
+connectionStrings:
+  - name: Connection URI
+    value: mysql://${MARIADB_USER}:${MARIADB_PASSWORD}@${DIPLOI_HOST}/${MARIADB_DB}
+storage:
+  - {identifier: mariadb, sizeMiB: 6144, stages: [staging, production], uid: 999, gid: 999}
+defaultContainer: mariadb
+local:
+  start: sleep infinity
+  storage: {mariadb: /var/lib/mysql}
+"""
+
+
+def test_offline_a_package_by_url_is_not_checked_and_the_rest_is() -> None:
+    text = replace("package: ./pkgs/web", "package: https://git.example/shop/web#v1")
+    stack, problems = parse_stack(text, REPO)
+    assert stack is not None and [s.identifier for s in stack.components] == ["api"]
+    said = [(w.field, w.message) for w in stack.warnings]
+    assert ("components[0].package", "not checked: a package by Git URL is fetched only when asked (stack check --fetch)") in said
+    assert not any("web" in m and "does not provide" in m for _, m in said), said  # (what it provides is unknown)
+    stack, problems = parse_stack(text.replace("folder: /web", "folder: /frontend"), REPO)
+    assert stack is None and any(e.field == "components[0].folder" and e.severity == "error" for e in problems)
+    assert any(e.severity == "warning" and e.message.startswith("not checked") for e in problems)
+
+
+def test_what_diploi_s_own_files_do_loads_with_warnings() -> None:
+    """A key declared twice (once with another default), a connection string naming no parameter:
+    Diploi's MariaDB add-on does both; it loads, each said as a warning. Storage per stage and owner."""
+    package, problems = parse_package(MARIADB_LIKE, "m.yaml", "./m")
+    assert package is not None
+    said = [f"{e.field}: {e.message}" for e in problems if e.severity == "warning"]
+    assert any("MARIADB_USER is declared more than once with the same default" in m for m in said), said
+    assert any("MARIADB_EXTRA is declared more than once (default “root” is used, not “other”)" in m for m in said), said
+    assert any(m.startswith("connectionStrings[0].value: ${MARIADB_DB} is neither") for m in said), said
+    assert [q.key for q in package.parameters] == ["MARIADB_USER", "MARIADB_PASSWORD", "MARIADB_EXTRA"]
+    assert package.env["MARIADB_EXTRA"] == "root"
+    volume = package.storage[0]
+    assert (volume.stages, volume.uid, volume.gid) == (("staging", "production"), 999, 999)
+    for old, new, field in [
+        ("stages: [staging, production]", "stages: [preview]", "storage[0].stages"),
+        ("uid: 999", "uid: -1", "storage[0].uid"),
+    ]:
+        refused, problems = parse_package(MARIADB_LIKE.replace(old, new), "m.yaml", "./m")
+        assert refused is None and any(e.field == field and e.severity == "error" for e in problems), problems
+        # a refused file's warnings are said too
+        assert any(e.severity == "warning" and "declared more than once" in e.message for e in problems)
 
 
 def test_bounds_hold_for_hostile_files() -> None:

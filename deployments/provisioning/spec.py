@@ -118,7 +118,7 @@ def resolve_parameters(service: Service, overrides: dict[str, str], store: Secre
         return store.generate(name, found, secret)
 
     try:
-        return values.resolve(dict(service.package.env), overrides, generate, endpoint_variables(service))
+        return values.resolve(dict(service.package.env), overrides, generate, service.package.endpoints)
     except values.Cycle as e:
         raise StackInvalid([StackError("parameters", service.identifier, str(e))]) from None
 
@@ -130,11 +130,6 @@ def literal_env(service: Service, store: Secrets) -> dict[str, str]:
         return store.generate(stored_key(service.identifier, f"env:{name}", index), found, "")
 
     return {e.name: values.generate_in(e.value, e.name, generate) for e in service.env_include if e.value is not None}
-
-
-def endpoint_variables(service: Service) -> dict[str, str]:
-    """`<HOST>_ENDPOINT` per public port (host) of the service's package → its URL's placeholder."""
-    return values.endpoint_variables([p.name for p in service.package.ports if p.public])
 
 
 def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build | None = None) -> DeploymentSpec:
@@ -165,7 +160,7 @@ def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build
             own = {k: v for k, v in own.items() if k not in params}
             env[s.identifier] = {}
         if s.kind == "component":  # Diploi's <HOST>_ENDPOINT per host, which other components may include
-            for name, placeholder in endpoint_variables(s).items():
+            for name, placeholder in pkg.endpoints.items():
                 exports[s.identifier].setdefault(name, "{" + placeholder + "}")
             env[s.identifier].update(literal_env(s, store))
             env[s.identifier].update(user_env.get("", {}))
@@ -186,7 +181,7 @@ def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build
                 folder=s.folder,
                 commands=dict(pkg.commands),
                 ports=tuple(PortSpec(p.name, p.port, p.public, p.protocol) for p in pkg.ports),
-                volumes=tuple(VolumeSpec(v.name, v.path, v.size) for v in pkg.storage),
+                volumes=tuple(VolumeSpec(v.name, v.path, v.size) for v in pkg.storage if deployment.stage in v.stages),
                 env=env[s.identifier],
                 exports=exports[s.identifier],
                 imports=_imports(stack, s, exports),
