@@ -23,6 +23,26 @@ from projects.sample import create_sample_repository
 from projects.stack import refresh_stack
 
 
+def _own_redis_database() -> None:
+    """With pytest-xdist, each worker gets a Redis database of its own (its channel layer, its broker,
+    what `redis_layer` empties; database 0 stays a run's without workers), so tests running side by
+    side never see each other's messages. pytest-django gives each worker its own test database."""
+    from django.conf import settings
+
+    from diploi.settings import redis_channel_layer
+
+    worker, url = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("REDIS_URL", "")
+    if not worker.startswith("gw") or not url:
+        return
+    url = re.sub(r"(/\d+)?$", f"/{int(worker[2:]) + 1}", url.rstrip("/"), count=1)
+    os.environ["REDIS_URL"] = settings.REDIS_URL = settings.CELERY_BROKER_URL = url
+    settings.CHANNEL_LAYERS = redis_channel_layer(url)
+    settings.CACHES = {**settings.CACHES, "shared": {**settings.CACHES["shared"], "LOCATION": url}}
+
+
+_own_redis_database()
+
+
 @pytest.fixture(autouse=True)
 def data_dir(settings, tmp_path: Path) -> Path:
     """Each test gets its own data directory (git mirrors, repositories, deployments)."""
@@ -328,10 +348,38 @@ SLOW_MODULES = {
 SLOW_FIXTURES = {"platform", "browser", "kube", "gateway", "redis_layer"}
 
 
+# Tests that share one thing of the machine run on one pytest-xdist worker, one after another: the
+# Kubernetes control plane (a test restarts it; the fixture empties its namespaces) and the cloud metadata
+# stand-in address on the loopback interface.
+SHARED = {"test_it_kubernetes": "kube", "test_it_kubernetes_watch": "kube", "test_it_helm": "kube"}
+SHARED_FIXTURES = {"platform_ports": "metadata"}
+# What the PostgreSQL pass runs (`-m database`): tests of the database's own behaviour — what they
+# store, query, lock, count. Not those whose database is another (`platform` starts `up` on its own
+# SQLite), nor the runtimes' tests, whose subject is processes and clusters (a deployment row is only
+# their input).
+NOT_DATABASE_MODULES = {
+    "test_it_local_runtime",
+    "test_it_confinement",
+    "test_it_hostile",
+    "test_it_image",
+    "test_it_helm",
+    "test_it_kubernetes",
+    "test_it_kubernetes_watch",
+}
+DATABASE_FIXTURES = {"db", "transactional_db", "django_db_setup", "live_server"}
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
-        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if module in SLOW_MODULES or SLOW_FIXTURES & fixtures:
             item.add_marker(pytest.mark.slow)
+        if group := SHARED.get(module) or next((g for f, g in SHARED_FIXTURES.items() if f in fixtures), None):
+            item.add_marker(pytest.mark.xdist_group(group))
+        uses_db = bool(DATABASE_FIXTURES & fixtures) or item.get_closest_marker("django_db") is not None
+        if uses_db and "platform" not in fixtures and module not in NOT_DATABASE_MODULES:
+            item.add_marker(pytest.mark.database)
 
 
 @pytest.fixture

@@ -340,9 +340,9 @@ def test_the_overview_updates_itself(platform: Platform, browser, tmp_path: Path
     # A production build's progress bar advances live to 100. The install step is made slow enough to watch.
     repo = tmp_path / "data" / "repos" / "diploi-sample"
     package = (Path(__file__).parent.parent / "projects" / "packages" / "python.yaml").read_text()
-    install = re.search(r"^  install: .*$", package, re.M).group(0)
+    install = re.search(r"^  install: .*\n(?:    .*\n)*", package, re.M).group(0)  # (with its folded lines)
     (repo / "web" / "diploi.yaml").write_text(
-        package.replace(install, '  install: "for i in 1 2 3 4 5 6; do echo installing $i; sleep 0.5; done"')
+        package.replace(install, '  install: "for i in 1 2 3 4 5 6; do echo installing $i; sleep 0.5; done"\n')
     )
     (repo / "diploi.yaml").write_text((repo / "diploi.yaml").read_text().replace("package: python", "package: ./web"))
     git = ["git", "-C", str(repo), "-c", "user.name=Ada", "-c", "user.email=ada@example.com"]

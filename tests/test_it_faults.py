@@ -115,7 +115,9 @@ def test_a_worker_killed_mid_build_leaves_the_build_retried_not_running(tmp_path
         repo = data / "repos" / "diploi-sample"
         package = (Path(__file__).parent.parent / "projects" / "packages" / "python.yaml").read_text()
         (repo / "slowpy").mkdir()
-        (repo / "slowpy" / "diploi.yaml").write_text(package.replace('install: "', 'install: "sleep 12; ', 1))
+        slow = package.replace("  install: >-\n    ", "  install: >-\n    sleep 12; ", 1)
+        assert slow != package
+        (repo / "slowpy" / "diploi.yaml").write_text(slow)
         (repo / "diploi.yaml").write_text((repo / "diploi.yaml").read_text().replace("package: python", "package: ./slowpy", 1))
         commit_all(repo, "A slow install")
 

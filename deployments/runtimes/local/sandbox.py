@@ -25,6 +25,7 @@ import secrets
 import shutil
 import stat
 import subprocess
+import sys
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -65,6 +66,7 @@ PUSH = Path(__file__).with_name("push.py")  # git's receive-pack inside, for a r
 PUSH_PATH = "/run/diploi/push.py"
 PUSH_SOCKET = "/run/diploi/git.sock"
 ENV_PATH = "/run/diploi/env"  # the command's environment, which inside.py gives it last (env_file)
+TOOLS_PATH = "/run/diploi/bin"  # the platform's own tools a deployment may use (uv), read-only
 # What the programs before the command get (bubblewrap as root, setpriv, prlimit, inside.py): nothing
 # the deployment chose. Its own environment (LD_PRELOAD, PATH…) would run its code in them.
 OUTER_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
@@ -126,6 +128,8 @@ class Sandbox:
                         made.add(parent)
                 args += [option, str(path), str(path)]
         args += ["--perms", "0755", "--dir", "/run/diploi", "--ro-bind", str(INSIDE), INSIDE_PATH]
+        for name, path in tool_binaries().items():
+            args += ["--ro-bind", path, f"{TOOLS_PATH}/{name}"]
         if self.push_socket:
             args += ["--ro-bind", str(PUSH), PUSH_PATH, "--bind-try", str(self.push_socket), PUSH_SOCKET]
         if self.env_file:
@@ -249,6 +253,18 @@ def _read(path: Path) -> str:
         return path.read_text()
     except OSError:
         return ""
+
+
+@cache
+def tool_binaries() -> dict[str, str]:
+    """Programs of the platform's own installation that deployments use: uv (a dependency of the
+    platform; Diploi's Python component installs with it), from the platform's environment."""
+    found = {}
+    for name in ("uv",):
+        path = Path(sys.executable).with_name(name)
+        if os.access(path, os.X_OK):
+            found[name] = os.path.realpath(path)
+    return found
 
 
 def runtime_folders() -> tuple[Path, ...]:
