@@ -348,11 +348,27 @@ SLOW_MODULES = {
 SLOW_FIXTURES = {"platform", "browser", "kube", "gateway", "redis_layer"}
 
 
-# Tests that share one thing of the machine run on one pytest-xdist worker, one after another: the
-# Kubernetes control plane (a test restarts it; the fixture empties its namespaces) and the cloud metadata
-# stand-in address on the loopback interface.
+# Tests that share one thing of the machine never run side by side on two pytest-xdist workers: the
+# Kubernetes control plane's (a test restarts it; the fixture empties its namespaces) go to one worker
+# together (pytest_xdist_make_scheduler); the two that add the cloud metadata stand-in address to the
+# loopback interface take turns (one_at_a_time).
 SHARED = {"test_it_kubernetes": "kube", "test_it_kubernetes_watch": "kube", "test_it_helm": "kube"}
 SHARED_FIXTURES = {"platform_ports": "metadata"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Tests are handed out one by one, but a SHARED module's as one unit (xdist_group markers do not
+    reach pytest-xdist 3.8's scheduler under pytest 9)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+            return SHARED.get(module, nodeid)
+
+    return Scheduling(config, log)
+
+
 # What the PostgreSQL pass runs (`-m database`): tests of the database's own behaviour — what they
 # store, query, lock, count. Not those whose database is another (`platform` starts `up` on its own
 # SQLite), nor the runtimes' tests, whose subject is processes and clusters (a deployment row is only
@@ -369,17 +385,30 @@ NOT_DATABASE_MODULES = {
 DATABASE_FIXTURES = {"db", "transactional_db", "django_db_setup", "live_server"}
 
 
-def pytest_collection_modifyitems(config, items) -> None:
-    for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1]
-        fixtures = set(getattr(item, "fixturenames", ()))
-        if module in SLOW_MODULES or SLOW_FIXTURES & fixtures:
-            item.add_marker(pytest.mark.slow)
-        if group := SHARED.get(module) or next((g for f, g in SHARED_FIXTURES.items() if f in fixtures), None):
-            item.add_marker(pytest.mark.xdist_group(group))
-        uses_db = bool(DATABASE_FIXTURES & fixtures) or item.get_closest_marker("django_db") is not None
-        if uses_db and "platform" not in fixtures and module not in NOT_DATABASE_MODULES:
-            item.add_marker(pytest.mark.database)
+def pytest_itemcollected(item) -> None:
+    module = item.module.__name__.rsplit(".", 1)[-1]
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if module in SLOW_MODULES or SLOW_FIXTURES & fixtures:
+        item.add_marker(pytest.mark.slow)
+    uses_db = bool(DATABASE_FIXTURES & fixtures) or item.get_closest_marker("django_db") is not None
+    if uses_db and "platform" not in fixtures and module not in NOT_DATABASE_MODULES:
+        item.add_marker(pytest.mark.database)
+
+
+@pytest.fixture(autouse=True)
+def one_at_a_time(request):
+    """A test using a SHARED_FIXTURES fixture holds its group's lock (a file of the machine's temporary
+    folder) while it runs."""
+    group = next((g for f, g in SHARED_FIXTURES.items() if f in request.fixturenames), None)
+    if not group:
+        yield
+        return
+    import fcntl
+    import tempfile
+
+    with open(Path(tempfile.gettempdir()) / f"diploi-tests-{os.getuid()}-{group}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture

@@ -382,8 +382,12 @@ def test_the_monitors_health_checks_are_not_the_samples_visits(cast, runtime) ->
         services = runtime.observe([spec])[d.pk].services
         assert next(s for s in services if s.name == "web").colour == Colour.GREEN
     assert visits(d.endpoints["web"]) == first + 1
-    requests = [line for line in runtime.logs(spec, "web", tail=1000) if "GET / " in line]
-    assert len(requests) == first + 1, requests
+
+    def requests() -> list[str]:  # (the wrapper writes the output to the log a moment after it is printed)
+        return [line for line in runtime.logs(spec, "web", tail=1000) if "GET / " in line]
+
+    wait_until(lambda: len(requests()) >= first + 1, what="the visits in the log")
+    assert len(requests()) == first + 1, requests()
 
 
 def test_provisioning_interrupted_half_way_completes_on_the_next_run(cast, runtime, monkeypatch) -> None:
