@@ -279,7 +279,8 @@ def test_several_web_processes_serve_one_port_and_each_takes_over_from_the_other
         webs = wait_until(webs_running, timeout=60, what="two web processes")
         for frozen in webs:
             frozen.suspend()
-            try:
+            try:  # (the other may still be loading when the first answers: once it answers, it answers every time)
+                wait_until(lambda: http_get(f"{url}healthz", timeout=5), timeout=90, what="the other web process")
                 for _ in range(20):  # a new connection each: the kernel hands each to a process waiting in accept()
                     with urllib.request.urlopen(f"{url}healthz", timeout=5) as r:
                         assert r.status == 200
