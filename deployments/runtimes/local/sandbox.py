@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -139,7 +140,7 @@ class Sandbox:
         ports = ["--env", ENV_PATH] if self.env_file else []
         if self.connect is not None:
             ports += ["--connect", ",".join(map(str, sorted(self.connect))), "--bind", ",".join(map(str, sorted(self.bind)))]
-        if self.identity:
+        if self.identity and tcp_dns(RESOLV_CONF):
             ports += ["--inet", "tcp"]
         # -I -S: none of the environment the deployment chose (PYTHONPATH…) reaches it before its limits do
         command = [PYTHON, "-I", "-S", INSIDE_PATH, *ports, "--", *command]
@@ -237,7 +238,7 @@ def identity_files(folder: Path, uid: int, name: str, safe: tuple[Path, ...] = (
     group = f"root:x:0:\nnogroup:x:65534:\n{name}:x:{uid}:\n"
     quoted = (str(path).replace("\\", "\\\\").replace('"', '\\"') for path in safe)
     gitconfig = "".join(f'[safe]\n\tdirectory = "{path}"\n' for path in quoted)
-    resolv = "".join(f"{line}\n" for line in _read(RESOLV_CONF).splitlines()) + "options use-vc\n"
+    resolv = "".join(f"{line}\n" for line in _read(RESOLV_CONF).splitlines()) + ("options use-vc\n" if tcp_dns(RESOLV_CONF) else "")
     for file, text in (("passwd", passwd), ("group", group), ("gitconfig", gitconfig), ("resolv.conf", resolv)):
         path = folder / file
         if not path.exists() or path.read_text() != text:
@@ -246,6 +247,27 @@ def identity_files(folder: Path, uid: int, name: str, safe: tuple[Path, ...] = (
             tmp.chmod(0o644)
             tmp.replace(path)
     return folder
+
+
+@cache
+def tcp_dns(resolv_conf: Path) -> bool:
+    """Whether the machine's first name server answers over TCP (RFC 7766 asks it to; some resolvers
+    of cloud sandboxes do not). Only then do deployments lose UDP: otherwise they could not resolve
+    names, and the platform says UDP is not limited (docs/security.md)."""
+    servers = [line.split()[1] for line in _read(resolv_conf).splitlines() if line.startswith("nameserver") and len(line.split()) > 1]
+    if not servers:
+        return False
+    query = secrets.token_bytes(2) + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"\x00\x00\x02\x00\x01"  # ". NS"
+    try:
+        with socket.create_connection((servers[0], 53), timeout=2) as conn:
+            conn.sendall(len(query).to_bytes(2, "big") + query)
+            answer = b""
+            while (len(answer) < 2 or len(answer) < 2 + int.from_bytes(answer[:2], "big")) and (chunk := conn.recv(4096)):
+                answer += chunk
+    except OSError:
+        return False
+    whole = len(answer) >= 14 and len(answer) == 2 + int.from_bytes(answer[:2], "big")
+    return whole and answer[2:4] == query[:2]  # the whole reply to this query
 
 
 def _read(path: Path) -> str:
