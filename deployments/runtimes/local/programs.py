@@ -56,6 +56,7 @@ def allocate_ports(layout: Layout, spec: DeploymentSpec) -> Ports:
         return ports
 
 
+SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"
 # What a development install follows: a change to one installs again and restarts the component.
 LOCKFILES = (
     "package.json",
@@ -149,6 +150,9 @@ def environment(
         "HOST": "127.0.0.1",
         "DIPLOI_HOME": str(layout.home(spec)),
         "UV_LINK_MODE": "copy",  # (its cache and the code's .venv are on different filesystems)
+        # the machine's certificate authorities (a proxy's too), not the ones uv and Node carry
+        "UV_NATIVE_TLS": "1",
+        **({"NODE_EXTRA_CA_CERTS": SYSTEM_CAS} if os.path.exists(SYSTEM_CAS) else {}),
     }
     if not build_step:  # a build installs devDependencies and sets its own (next build does)
         env["NODE_ENV"] = "development" if spec.stage == "development" else "production"
