@@ -141,7 +141,7 @@ def environment(
     venv_bin = str(Path(sys.executable).parent)
     path_dirs = [d for d in os.environ.get("PATH", "/usr/bin:/bin").split(":") if d and d != venv_bin]
     extra = [str(get_binary_path().parent)] + ([str(pg)] if (pg := postgres_bin_dir()) else [])
-    tools = [TOOLS_PATH] if jail else sorted({str(Path(p).parent) for p in tool_binaries().values()})
+    tools = [TOOLS_PATH] if jail else [str(_tool_links(layout))]
     env = {
         "PATH": ":".join(extra + path_dirs + tools),
         "HOME": "/tmp" if jail else str(layout.home(spec)),
@@ -164,6 +164,18 @@ def environment(
     env.update(service.env)
     env.update(imported_env(spec, service, lambda source: context(layout, spec, source, ports)))
     return env
+
+
+def _tool_links(layout: Layout) -> Path:
+    """Unconfined: a folder of links to the platform's tools (uv), so that PATH does not name the
+    platform's own environment (its python, its Django)."""
+    folder = layout.deployments / ".tools"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, path in tool_binaries().items():
+        link = folder / name
+        if not link.is_symlink():
+            link.symlink_to(path)
+    return folder
 
 
 def command(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports, name: str) -> str:
