@@ -27,7 +27,7 @@ from deployments.ci import reports
 from deployments.models import Build, BuildStatus, CIReport, Delivery, Deployment, Domain, EnvVar, Intent, Stage, State, Trigger, Webhook
 from deployments.provisioning import releases, tasks
 from deployments.provisioning.outbox import QUEUE_ERRORS
-from deployments.provisioning.spec import StackInvalid, current_spec, fetch_branch, load_stack
+from deployments.provisioning.spec import StackInvalid, current_spec, fetch_branch, load_stack, stored_keys
 from deployments.triggers.webhooks import Push, canonical
 from projects import demo
 from projects.git import GitError
@@ -214,8 +214,8 @@ def do_regenerate(deployment: Deployment, service: str, keys: list[str], *, acto
     with transaction.atomic():
         locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
         stored = json.loads(locked.credentials or "{}")
-        for key in keys:  # (a second generator in one value is kept as "<service>/<KEY>#2")
-            for name in [n for n in stored if n == f"{service}/{key}" or n.startswith(f"{service}/{key}#")]:
+        for key in keys:
+            for name in stored_keys(stored, service, key):
                 del stored[name]
         locked.credentials = json.dumps(stored)
         locked.save(update_fields=["credentials"])

@@ -99,7 +99,13 @@ _ALPHABET = string.ascii_letters + string.digits
 
 
 def stored_key(service: str, key: str, index: int) -> str:
+    """Where the `index`th generator of `service`'s parameter `key` keeps its value (Secrets)."""
     return f"{service}/{key}" + (f"#{index + 1}" if index else "")
+
+
+def stored_keys(stored: dict[str, str], service: str, key: str) -> list[str]:
+    """Every generated value kept for `service`'s parameter `key` (stored_key's names)."""
+    return [name for name in stored if name == stored_key(service, key, 0) or name.startswith(stored_key(service, key, 0) + "#")]
 
 
 def resolve_parameters(service: Service, overrides: dict[str, str], store: Secrets) -> dict[str, str]:

@@ -64,10 +64,7 @@ def endpoints(spec: DeploymentSpec) -> list[Endpoint]:
 
 def shown_endpoints(spec: DeploymentSpec, scheme: str = "https", port: int = 443) -> dict[str, str]:
     """Deployment.endpoints: a URL per key, the first host of each (the deployment's own for the first)."""
-    shown: dict[str, str] = {}
-    for endpoint in endpoints(spec):
-        shown.setdefault(endpoint.key, url(endpoint.host, scheme, port))
-    return shown
+    return by_key(spec, port_urls(spec, scheme, port))
 
 
 def port_urls(spec: DeploymentSpec, scheme: str = "https", port: int = 443) -> dict[tuple[str, str], str]:
@@ -76,6 +73,11 @@ def port_urls(spec: DeploymentSpec, scheme: str = "https", port: int = 443) -> d
     for endpoint in endpoints(spec):
         found.setdefault((endpoint.service, endpoint.port), url(endpoint.host, scheme, port))
     return found
+
+
+def by_key(spec: DeploymentSpec, urls: dict[tuple[str, str], str]) -> dict[str, str]:
+    """`urls` (port_urls' shape) as Deployment.endpoints names them: the component, "<component>/<port>"."""
+    return {e.key: urls[(e.service, e.port)] for e in endpoints(spec) if (e.service, e.port) in urls}
 
 
 def url(host: str, scheme: str = "https", port: int = 443) -> str:

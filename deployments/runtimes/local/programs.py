@@ -9,6 +9,7 @@ import pwd
 import shutil
 import socket
 import sys
+from functools import cache
 from pathlib import Path
 
 from django.conf import settings
@@ -141,7 +142,7 @@ def environment(
     venv_bin = str(Path(sys.executable).parent)
     path_dirs = [d for d in os.environ.get("PATH", "/usr/bin:/bin").split(":") if d and d != venv_bin]
     extra = [str(get_binary_path().parent)] + ([str(pg)] if (pg := postgres_bin_dir()) else [])
-    tools = [TOOLS_PATH] if jail else [str(_tool_links(layout))]
+    tools = [TOOLS_PATH] if jail else [str(_tool_links(layout.deployments / ".tools"))]
     env = {
         "PATH": ":".join(extra + path_dirs + tools),
         "HOME": "/tmp" if jail else str(layout.home(spec)),
@@ -166,10 +167,10 @@ def environment(
     return env
 
 
-def _tool_links(layout: Layout) -> Path:
+@cache
+def _tool_links(folder: Path) -> Path:
     """Unconfined: a folder of links to the platform's tools (uv), so that PATH does not name the
-    platform's own environment (its python, its Django)."""
-    folder = layout.deployments / ".tools"
+    platform's own environment (its python, its Django). Made once per process."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, path in tool_binaries().items():
         link = folder / name

@@ -281,8 +281,7 @@ class LocalRuntime(Runtime):
     def _endpoints(self, spec: DeploymentSpec, ports: programs.Ports) -> dict[str, str]:
         """Each public port (each of a package's `hosts`): the first under the component's name, the
         others as "<component>/<host>"; through the router by host name, or without it by port."""
-        urls = programs.public_urls(spec, ports)
-        return {e.key: urls[(e.service, e.port)] for e in hostnames.endpoints(spec) if (e.service, e.port) in urls}
+        return hostnames.by_key(spec, programs.public_urls(spec, ports))
 
     # --- routes -------------------------------------------------------------------------------
 

@@ -253,7 +253,7 @@ def identity_files(folder: Path, uid: int, name: str, safe: tuple[Path, ...] = (
 def tcp_dns(resolv_conf: Path) -> bool:
     """Whether the machine's first name server answers over TCP (RFC 7766 asks it to; some resolvers
     of cloud sandboxes do not). Only then do deployments lose UDP: otherwise they could not resolve
-    names, and the platform says UDP is not limited (docs/security.md)."""
+    names (docs/security.md names that gap)."""
     servers = [line.split()[1] for line in _read(resolv_conf).splitlines() if line.startswith("nameserver") and len(line.split()) > 1]
     if not servers:
         return False
