@@ -9,12 +9,17 @@ import re
 
 OFFICIAL = re.compile(r"^https://github\.com/diploi/(?P<name>[A-Za-z0-9._-]+?)(?:\.git)?/?$", re.IGNORECASE)
 RECIPES = {
-    "component-python": "python",
     "component-nodejs": "node",
     "component-nextjs": "node",
-    "component-node": "node",
+    "component-react-vite": "react-vite",
+    "component-astro": "astro",
+    "component-sveltekit": "sveltekit",
+    "component-static": "static",
+    "component-python": "python",
+    "component-fastapi": "fastapi",
+    "component-flask": "flask",
+    "component-django": "django",
     "addon-postgres": "postgres",
-    "addon-postgresql": "postgres",
     "addon-redis": "redis",
 }
 

@@ -19,7 +19,7 @@ from django.test import Client
 from accounts.models import User
 from diploi import shared
 from projects.models import Membership, Project, Role
-from projects.sample import create_sample_repository
+from projects.sample import commit_all, create_sample_repository
 from projects.stack import refresh_stack
 
 
@@ -178,6 +178,60 @@ def http_get(url: str, timeout: float = 3.0) -> str:
         return r.read().decode()
 
 
+# --- packages and projects served by a real git daemon -------------------------------------
+
+
+def git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def git_daemon(tmp_path: Path, settings):
+    """`git daemon` serving the bare repositories under a folder, over git:// on loopback."""
+    settings.DIPLOI_ALLOW_PRIVATE_REPOSITORIES = True  # loopback is a private address
+    base = tmp_path / "served"
+    base.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}", "--listen=127.0.0.1", f"--port={port}", str(base)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    yield base, f"git://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def publish(base: Path, name: str, files: dict[str, str], tag: str = "") -> str:
+    """Commit `files` to the served repository `name` (created on first use); returns the commit."""
+    work = base.parent / f"work-{name}"
+    if not work.exists():
+        git("init", "--quiet", "--initial-branch", "main", str(work), cwd=base.parent)
+    for path, text in files.items():
+        (work / path).parent.mkdir(parents=True, exist_ok=True)
+        (work / path).write_text(text)
+    commit = commit_all(work, f"Publish {name}")
+    if tag:
+        git("tag", "-f", tag, cwd=work)
+    bare = base / f"{name}.git"
+    if not bare.exists():
+        git("clone", "--quiet", "--bare", str(work), str(bare), cwd=base.parent)
+    else:
+        git("push", "--quiet", "--force", "--tags", str(bare), "main", cwd=work)
+    return commit
+
+
 # --- the whole platform, started as a user would ---------------------------------------------
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -334,6 +388,7 @@ def redis_layer(settings, redis_url: str) -> str:
 # need the Kubernetes control plane. Everything else runs in a few seconds.
 SLOW_MODULES = {
     "test_it_confinement",
+    "test_it_starters",
     "test_it_faults",
     "test_it_browser",
     "test_it_helm",
@@ -375,6 +430,7 @@ def pytest_xdist_make_scheduler(config, log):
 # their input).
 NOT_DATABASE_MODULES = {
     "test_it_local_runtime",
+    "test_it_starters",
     "test_it_confinement",
     "test_it_hostile",
     "test_it_image",

@@ -150,6 +150,7 @@ def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build
         "DIPLOI_PROJECT": deployment.project.slug,
         "DIPLOI_DEPLOYMENT": deployment.slug,
         "DIPLOI_STAGE": deployment.stage,
+        "STAGE": deployment.stage,  # (what Diploi's charts set besides)
         "DIPLOI_BRANCH": deployment.branch,
         "DIPLOI_COMMIT": commit,
     }

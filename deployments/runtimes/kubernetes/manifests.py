@@ -36,9 +36,11 @@ SIZES = {  # requests, limits per component
     "L": ({"cpu": "500m", "memory": "1Gi"}, {"cpu": "2", "memory": "2Gi"}),
     "XL": ({"cpu": "1", "memory": "2Gi"}, {"cpu": "4", "memory": "4Gi"}),
 }
+UV_IMAGE = "ghcr.io/astral-sh/uv:python3.12-bookworm-slim"  # (the Python recipes install with uv, as Diploi's components)
+NODE_IMAGE = "node:22-slim"
 IMAGES = {
-    "python": "ghcr.io/astral-sh/uv:python3.12-bookworm-slim",  # (the recipe installs with uv, as Diploi's component)
-    "node": "node:22-slim",
+    **dict.fromkeys(("python", "fastapi", "flask", "django", "static"), UV_IMAGE),
+    **dict.fromkeys(("node", "react-vite", "astro", "sveltekit"), NODE_IMAGE),
     "redis": "valkey/valkey:8",
     "postgres": "postgres:16",
 }
