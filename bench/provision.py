@@ -12,6 +12,14 @@ prints figures with baselines measured in the same run:
 - observe() for 1, 10, 50 and 100 running development deployments: ms per call, ms per deployment (wall
   time, and the CPU time of the monitor and supervisord), and the number of supervisor calls per observe
   (batched: one, whatever the count).
+
+    uv run python bench/provision.py --starters
+
+- only this: two projects written for Diploi (tests/starters: Next.js + PostgreSQL + Redis, and a uv
+  FastAPI app), create → answering in development and production with the deployment's package cache
+  empty (cold), then warm (a production rebuild, a development restart), next to the recipe's own commands
+  run by hand in a copy of the code (install, build, start; no sandbox, no add-ons), with an empty and
+  with a filled package cache. npm's registry and PyPI are reached over the network.
 """
 
 import argparse
@@ -23,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -43,23 +52,34 @@ from django.conf import settings  # noqa: E402
 
 from accounts.models import User  # noqa: E402
 from bench.sample import sample_project  # noqa: E402
-from deployments.actions import do_create_deployment  # noqa: E402
+from deployments.actions import do_create_deployment, do_rebuild, do_restart  # noqa: E402
 from deployments.models import Deployment  # noqa: E402
 from deployments.provisioning import tasks  # noqa: E402
 from deployments.provisioning.spec import current_spec  # noqa: E402
 from deployments.runtimes import get_runtime  # noqa: E402
 from deployments.runtimes.local import disks  # noqa: E402
-from projects.models import Project  # noqa: E402
+from deployments.runtimes.local.programs import cache_env  # noqa: E402
+from projects.models import Membership, Project, Role  # noqa: E402
+from projects.package import load_builtin  # noqa: E402
+from projects.sample import commit_all  # noqa: E402
+from projects.stack import refresh_stack  # noqa: E402
+
+STARTERS = {"next-postgres-redis": ("next", "node"), "fastapi": ("fastapi", "fastapi")}  # component, recipe
 
 
-def wait_for(url: str, timeout: float = 60) -> None:
+def wait_for(url: str, timeout: float = 60, any_status: bool = False) -> None:
+    """Until `url` answers 200 (any HTTP status with `any_status`)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(url, timeout=1).read()
+            urllib.request.urlopen(url, timeout=5).read()
             return
+        except urllib.error.HTTPError:
+            if any_status:
+                return
+            time.sleep(0.05)
         except OSError:
-            time.sleep(0.02)
+            time.sleep(0.05)
     raise SystemExit(f"{url} did not answer within {timeout} s")
 
 
@@ -121,11 +141,102 @@ def create_and_answer(project: Project, user: User, name: str, stage: str) -> tu
     return time.perf_counter() - t, d
 
 
+def by_hand(name: str, stage: str, cache: Path) -> float:
+    """The recipe's commands run by hand in a fresh copy of the starter's component (install, then
+    build and start, or the development server), with `cache` as the package cache: seconds until the
+    app answers HTTP (any status: no add-ons run beside it)."""
+    component, recipe = STARTERS[name]
+    source = BASE_DIR / "tests" / "starters" / name
+    work = Path(tempfile.mkdtemp(dir=DATA, prefix="by-hand-"))
+    shutil.copytree(source / component if (source / component).is_dir() else source, work, dirs_exist_ok=True)
+    commands = load_builtin(recipe)[0].commands
+    port = free_port()
+    env = {
+        **os.environ,
+        **cache_env(cache),
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "DIPLOI_STAGE": stage,
+        "NODE_ENV": stage,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",  # uv
+    }
+    t = time.perf_counter()
+    steps = [commands["install"]] + ([commands["build"]] if stage != "development" and "build" in commands else [])
+    step_env = {k: v for k, v in env.items() if k != "NODE_ENV"}  # (as the platform's build steps)
+    for step in steps:
+        subprocess.run(["/bin/sh", "-c", step], cwd=work, env=step_env, check=True, capture_output=True)
+    server = commands["development" if stage == "development" else "start"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    proc = subprocess.Popen(["/bin/sh", "-c", server], cwd=work, env=env, start_new_session=True, **quiet)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/", timeout=300, any_status=True)
+        return time.perf_counter() - t
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def starter_project(user: User, name: str) -> Project:
+    """The starter as a repository on this machine, and a project made of it."""
+    repo = DATA / "repos" / name
+    shutil.copytree(BASE_DIR / "tests" / "starters" / name, repo)
+    subprocess.run(["git", "init", "--quiet", "--initial-branch", "main"], cwd=repo, check=True)
+    commit_all(repo, "A starter written for Diploi")
+    project = Project.objects.create(name=name, slug=name, repository=str(repo), default_branch="main")
+    Membership.objects.create(project=project, user=user, role=Role.OWNER)
+    refresh_stack(project)
+    assert not project.stack_errors, project.stack_errors
+    return project
+
+
+def starters() -> None:
+    settings.DIPLOI_LOCAL_REPOSITORIES = [str(DATA / "repos")]
+    settings.DIPLOI_ROUTER = "off"  # reached by port, as the by-hand runs are
+    user, _ = sample_project(DATA)
+    runtime = get_runtime()
+    try:
+        for name, (component, _) in STARTERS.items():
+            project = starter_project(user, name)
+            for stage in ("development", "production"):
+                cache = Path(tempfile.mkdtemp(dir=DATA, prefix="cache-"))
+                cold, warm = by_hand(name, stage, cache), by_hand(name, stage, cache)
+                t = time.perf_counter()
+                d = do_create_deployment(project, stage.title(), stage, "main", actor=user)
+                tasks.provision(d.pk)
+                d.refresh_from_db()
+                wait_for(d.endpoints[component], timeout=300)
+                created = time.perf_counter() - t
+                t = time.perf_counter()
+                if stage == "development":  # the install again (its node_modules / .venv in place), then the server
+                    do_restart(d, component, actor=user, now=True)
+                    time.sleep(0.5)
+                else:  # a new release of the same commit: a fresh copy, installed from the warm cache, built, switched to
+                    do_rebuild(d, actor=user, now=True)
+                wait_for(d.endpoints[component], timeout=300)
+                again = time.perf_counter() - t
+                print(
+                    f"{name:<20} {stage:<12} by hand: cold {cold:6.1f} s, warm {warm:6.1f} s | "
+                    f"Diploi: create → answering (cold) {created:6.1f} s ({created / cold:.2f}× by hand), "
+                    f"{'restart' if stage == 'development' else 'rebuild'} → answering (warm) {again:6.1f} s ({again / warm:.2f}× by hand)"
+                )
+    finally:
+        for d in Deployment.objects.all():
+            tasks.destroy(d.pk)
+        runtime.supervisor.shutdown()
+        disks.unmount_under(DATA)
+        shutil.rmtree(DATA, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--deployments", default="1,10,50,100")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--starters", action="store_true", help="only the two starters written for Diploi")
     args = parser.parse_args()
+    if args.starters:
+        starters()
+        return
     counts = [int(n) for n in args.deployments.split(",")]
 
     base = daphne_start()

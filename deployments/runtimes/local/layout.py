@@ -6,6 +6,7 @@ Under DIPLOI_DATA_DIR/deployments/<project>.<deployment>/:
   scratch/<service>/     a fresh copy of the release, remade at every start
   storage/<service>/<volume>/   persistent volumes of add-ons
   logs/<service>.log     output of each process
+  cache/                 its package managers' downloads (npm, uv, pip), kept between installs
   run/<service>.json     what exec.py runs (env included, mode 0600)
   ports.json             host ports allocated to the deployment (stable across applies)
   problems.json          why a service could not be started on this machine
@@ -55,6 +56,9 @@ class Layout:
 
     def code(self, spec: DeploymentSpec) -> Path:
         return self.home(spec) / "code"
+
+    def cache(self, spec: DeploymentSpec) -> Path:
+        return self.home(spec) / "cache"
 
     def files_root(self, spec: DeploymentSpec, service: ServiceSpec, variant: str = "") -> Path:
         """A service's own files: the checkout (development components), the scratch copy of the

@@ -154,6 +154,7 @@ def environment(
         # the machine's certificate authorities (a proxy's too), not the ones uv and Node carry
         "UV_NATIVE_TLS": "1",
         **({"NODE_EXTRA_CA_CERTS": SYSTEM_CAS} if os.path.exists(SYSTEM_CAS) else {}),
+        **cache_env(layout.cache(spec)),
     }
     if not build_step:  # a build installs devDependencies and sets its own (next build does)
         env["NODE_ENV"] = "development" if spec.stage == "development" else "production"
@@ -165,6 +166,20 @@ def environment(
     env.update(service.env)
     env.update(imported_env(spec, service, lambda source: context(layout, spec, source, ports)))
     return env
+
+
+def cache_env(folder: Path) -> dict[str, str]:
+    """Where npm, yarn, pnpm, uv and pip keep their downloads: the deployment's cache, which outlives
+    /tmp, so that the next install of the same lockfile downloads nothing."""
+    return {
+        "XDG_CACHE_HOME": str(folder),
+        "npm_config_cache": str(folder / "npm"),
+        "YARN_CACHE_FOLDER": str(folder / "yarn"),
+        "npm_config_store_dir": str(folder / "pnpm"),
+        "COREPACK_HOME": str(folder / "corepack"),
+        "UV_CACHE_DIR": str(folder / "uv"),
+        "PIP_CACHE_DIR": str(folder / "pip"),
+    }
 
 
 @cache

@@ -6,6 +6,7 @@ checkouts and releases in code.py; observation in observe.py; sessions and logs 
 
 import json
 import logging
+import os
 import shutil
 import socket
 import sys
@@ -103,16 +104,26 @@ class LocalRuntime(Runtime):
             )
             cgroups = tuple(str(p) for p in sandbox.prepare_cgroup(uid, limits))
         disk = _disk_allowance()
+        cache = self._cache(spec, uid)
         # a repository on this machine: read-only for the developer's `git pull` in a development
         # checkout; a push goes through the platform's receiver (receive.py)
         readable = (Path(spec.repository),) if self._pushes_here(spec) else ()
         push = {"push_socket": self.push_socket(spec)} if readable else {}
         if uid is None:
-            return Jail(cgroups=cgroups, file_bytes=disk, readable=readable, **push, **network)
+            return Jail(cgroups=cgroups, file_bytes=disk, readable=readable, cache=cache, **push, **network)
         sandbox.firewall()  # in place before any of its processes starts
         safe = (*readable, *(r / ".git" for r in readable), *([Path(spec.mirror)] if spec.mirror else []))
         identity = sandbox.identity_files(self.home(spec) / "etc", uid, f"d{spec.id}", safe)
-        return Jail(uid=uid, identity=identity, cgroups=cgroups, file_bytes=disk, readable=readable, **push, **network)
+        return Jail(uid=uid, identity=identity, cgroups=cgroups, file_bytes=disk, readable=readable, cache=cache, **push, **network)
+
+    def _cache(self, spec: DeploymentSpec, uid: int | None) -> Path:
+        """The deployment's own package cache (no other deployment reads or writes it: a shared one
+        would let one tenant plant what another installs), owned by its uid."""
+        cache = self.layout.cache(spec)
+        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if uid is not None:
+            os.chown(cache, uid, uid, follow_symlinks=False)
+        return cache
 
     def _pushes_here(self, spec: DeploymentSpec) -> bool:
         """Whether a confined development deployment's origin is a repository on this machine (which

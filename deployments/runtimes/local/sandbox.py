@@ -171,6 +171,7 @@ class Jail:
     file_bytes: int | None = None  # the largest file a process may write (RLIMIT_FSIZE)
     readable: tuple[Path, ...] = ()  # besides its own folder: the project's repository when it is a local path
     push_socket: Path | None = None  # …and where a push to it goes (receive.py)
+    cache: Path | None = None  # its package managers' downloads (npm, uv, pip), writable by all its processes
 
     def preexec(self):
         """For the process that starts the sandbox: into the deployment's cgroups (None: none)."""
@@ -186,7 +187,7 @@ class Jail:
             connect = tuple(sorted({p for own in self.ports.values() for p in own.values()} | set(self.outbound)))
             bind = tuple(self.ports.get(service, {}).values()) if service else ()
         return Sandbox(
-            writable=(writable,),
+            writable=(writable, self.cache) if self.cache else (writable,),
             cwd=cwd,
             uid=self.uid,
             identity=self.identity,
