@@ -557,3 +557,70 @@ def test_a_release_keeps_the_package_commits_it_was_built_with(db, cast, git_dae
     d = type(d).objects.get(pk=d.pk)
     assert current_spec(d).service("web").exports["MODE"] == "two"
     assert wait_until(lambda: json.loads(http_get(d.endpoints["web"]))["MODE"] == "two" and "two", what="the new release") == "two"
+
+
+TWO_SERVERS = """
+diploiVersion: v1.0
+type: component
+name: Two servers
+hosts:
+  - {name: Web, identifier: web, port: 8000}
+local:
+  ports:
+    - {name: vite, port: 5173, protocol: http}
+  start: python3 -u app.py
+  development: >-
+    node -e "require('net').createServer().listen(5173, '127.0.0.1')";
+    exec python3 -u -c "$SERVER"
+"""
+
+SERVER = """
+import asyncio, json, os
+
+async def main():
+    said = {}
+    for name, port in (("undeclared", 5173), ("declared", int(os.environ["PORT_VITE"]))):
+        try:
+            await asyncio.start_server(lambda r, w: None, "127.0.0.1", port)
+            said[name] = "listening"
+        except OSError as e:
+            print(e, flush=True)
+            said[name] = "refused"
+    body = json.dumps(said).encode()
+
+    async def answer(reader, writer):
+        await reader.readline()
+        writer.write(b"HTTP/1.0 200 OK\\r\\nContent-Type: application/json\\r\\n\\r\\n" + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", int(os.environ["PORT"]))
+    await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+def test_a_port_its_package_does_not_declare_is_refused_with_a_line_that_says_how_to_declare_it(
+    db, cast, git_daemon, tmp_path: Path, local_repositories, runtime
+) -> None:
+    base, server = git_daemon
+    publish(base, "two", {"diploi.yaml": TWO_SERVERS})
+    stack = f"diploiVersion: v1.0\ncomponents:\n  - {{name: Web, identifier: web, package: '{server}/two.git#main'}}\n"
+    project = project_with(tmp_path, stack, cast.owner)
+    refresh_stack(project)
+    assert project.stack_errors == [], project.stack_errors
+    d = do_create_deployment(project, "Dev", "development", "main", actor=cast.owner)
+    actions.do_save_env(d, "web", {"SERVER": (SERVER, False)}, actor=cast.owner)
+    tasks.provision(d.pk)
+    d.refresh_from_db()
+    seen = wait_until(lambda: json.loads(http_get(d.endpoints["web"])), what="the component")
+    # Vite's own port, declared in the package, is given as $PORT_VITE; 5173 itself is not this machine's to give.
+    assert seen == {"undeclared": "refused", "declared": "listening"}
+    spec = build_spec(d, load_stack(d, d.commit), d.commit)
+    log = (runtime.home(spec) / "logs" / "web.log").read_text()
+    note = "diploi: port 5173 is not one of this component's ports, so it may not listen on it"
+    assert log.count(note) == 1, log  # once, though both Node and Python were refused it
+    assert "declare this one in the package: a host with a port, or local.ports" in log
+    assert "listen EACCES: permission denied 127.0.0.1:5173" in log

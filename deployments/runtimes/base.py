@@ -380,3 +380,9 @@ class Runtime(ABC):
     @abstractmethod
     def destroy(self, spec: DeploymentSpec) -> None:
         """Remove everything of the deployment, storage included; safe to call again."""
+
+
+def port_names(own: dict[str, int]) -> dict[str, str]:
+    """$PORT_<NAME> for each of a service's ports (hosts and local.ports): where a second server (a dev
+    server's own, an admin page) listens."""
+    return {"PORT_" + name.upper().replace("-", "_"): str(port) for name, port in own.items()}

@@ -18,7 +18,7 @@ import re
 from django.conf import settings
 
 from deployments.runtimes import hostnames
-from deployments.runtimes.base import DeploymentSpec, ServiceSpec, imported_env
+from deployments.runtimes.base import DeploymentSpec, ServiceSpec, imported_env, port_names
 from deployments.runtimes.placeholders import render
 
 MANAGED = "app.kubernetes.io/managed-by"
@@ -101,6 +101,7 @@ def environment(spec: DeploymentSpec, service: ServiceSpec) -> dict[str, str]:
     env = {"HOST": "0.0.0.0", "PYTHONUNBUFFERED": "1", "DIPLOI_STAGE": spec.stage, "DIPLOI_COMMIT": spec.commit}
     if service.ports:
         env["PORT"] = str(service.ports[0].port)
+    env.update(port_names({p.name: p.port for p in service.ports}))
     own = placeholder_values(spec, service)
     env.update({name: render(value, own) for name, value in service.exports.items()})  # its own parameters
     env.update(service.env)  # literal values, as the local runtime sets them

@@ -14,6 +14,7 @@ import ctypes
 import json
 import os
 import pwd
+import re
 import select
 import shutil
 import signal
@@ -68,7 +69,7 @@ def main(run_file: str) -> int:
         return 1
     with open(run_file) as f:
         run = json.load(f)
-    pump = _output_to(run["log"]) if run.get("log") else None
+    pump = _output_to(run["log"], run.get("own_ports")) if run.get("log") else None
     env = run.get("outer_env") or run["env"]  # sandboxed, the command's own is read inside (sandbox.OUTER_ENV)
     preexec = _preexec(run.get("user"), run.get("cgroups", []))
     sandbox = run.get("sandbox", [])  # bubblewrap's arguments up to the command, when confined
@@ -163,10 +164,50 @@ class RotatingLog:
         self.size = 0
 
 
-def _output_to(path: str) -> threading.Thread:
+# What a server prints when the sandbox refused it a port: Node, Python's asyncio, Go.
+REFUSED_BIND = re.compile(
+    rb"listen EACCES: permission denied \S*?:(\d{1,5})\b"
+    rb"|attempting to bind on address \('[^']*', (\d{1,5})\)[^\n]*permission denied"
+    rb"|listen tcp \S*?:(\d{1,5}): bind: permission denied",
+    re.IGNORECASE,
+)
+
+
+class RefusedBinds:
+    """Reads a confined service's output for a port the sandbox refused it (it may listen only on the
+    ports its package declares, which this machine allocates) and says, once per port, which port it
+    was and how to declare it."""
+
+    def __init__(self, own: dict[str, int]) -> None:
+        self.own, self.told, self.tail = own, set(), b""
+
+    def notes(self, chunk: bytes) -> bytes:
+        lines = (self.tail + chunk).split(b"\n")
+        self.tail = lines.pop()[-4096:]  # a partial line waits for its end (bounded: output is the tenant's)
+        said = b""
+        for line in lines:
+            if not (m := REFUSED_BIND.search(line)):
+                continue
+            port = int(next(g for g in m.groups() if g))
+            if port in self.own.values() or port in self.told:
+                continue
+            self.told.add(port)
+            own = ", ".join(f"{name} on {number}" for name, number in self.own.items()) or "none"
+            said += (
+                f"diploi: port {port} is not one of this component's ports, so it may not listen on it "
+                f"(its ports: {own}; the first is $PORT, each is $PORT_<NAME>). Listen on the port Diploi gives, "
+                f"or declare this one in the package: a host with a port, or local.ports with a name and a port; "
+                f"it then gets a port of this machine in $PORT_<NAME>.\n"
+            ).encode()
+        return said
+
+
+def _output_to(path: str, own_ports: dict[str, int] | None = None) -> threading.Thread:
     """Points this process's stdout and stderr (and so every command's it starts) at a pipe whose other
-    end a thread copies into the rotating log at `path`."""
+    end a thread copies into the rotating log at `path` (with `own_ports`, the ports a confined service
+    may listen on: a note when it was refused another, RefusedBinds)."""
     log = RotatingLog(path)
+    watch = RefusedBinds(own_ports) if own_ports is not None else None
     read_end, write_end = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -178,6 +219,8 @@ def _output_to(path: str) -> threading.Thread:
         while chunk := os.read(read_end, 65536):
             try:
                 log.write(chunk)
+                if watch and (note := watch.notes(chunk)):
+                    log.write(note)
             except OSError:  # a full disk loses lines; the service must never block on a pipe nobody reads
                 continue
 

