@@ -624,3 +624,44 @@ def test_a_port_its_package_does_not_declare_is_refused_with_a_line_that_says_ho
     assert log.count(note) == 1, log  # once, though both Node and Python were refused it
     assert "declare this one in the package: a host with a port, or local.ports" in log
     assert "listen EACCES: permission denied 127.0.0.1:5173" in log
+
+
+SLOW_INSTALL = """
+diploiVersion: v1.0
+type: component
+name: Slow install
+hosts:
+  - {name: Web, identifier: web, port: 8000}
+local:
+  install: echo installing; while [ ! -f installed ]; do sleep 0.1; done; echo installed
+  start: python3 -u app.py
+  development: python3 -u app.py
+  health: {http: /}
+"""
+
+
+@pytest.mark.slow
+def test_a_development_install_shows_on_the_overview_while_it_runs(
+    db, cast, git_daemon, tmp_path: Path, local_repositories, runtime, settings
+) -> None:
+    base, server = git_daemon
+    publish(base, "slow", {"diploi.yaml": SLOW_INSTALL})
+    stack = f"diploiVersion: v1.0\ncomponents:\n  - {{name: Web, identifier: web, package: '{server}/slow.git#main'}}\n"
+    project = project_with(tmp_path, stack, cast.owner)
+    refresh_stack(project)
+    settings.DIPLOI_READY_TIMEOUT = 1  # it does not answer until its install is let through
+    d = do_create_deployment(project, "Dev", "development", "main", actor=cast.owner)
+    tasks.provision(d.pk)
+    d.refresh_from_db()
+    spec = build_spec(d, load_stack(d, d.commit), d.commit)
+
+    def web():
+        return next(c for c in runtime.observe([spec])[d.pk].containers if c.name == "web")
+
+    installing = wait_until(lambda: "installing dependencies" in web().message and web(), what="the install to show")
+    assert installing.colour == Colour.PENDING and installing.message == "installing dependencies… (its log shows the output)"
+    (runtime.home(spec) / "code" / "web" / "installed").touch()
+    wait_until(lambda: json.loads(http_get(d.endpoints["web"])), what="the app after its install")
+    assert web().colour == Colour.GREEN and web().message == "running"
+    log = (runtime.home(spec) / "logs" / "web.log").read_text()
+    assert log.index("installing\n") < log.index("installed\n")

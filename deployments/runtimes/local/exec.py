@@ -10,6 +10,7 @@ a process group of its own; when it exits, whatever it left behind in that group
 stray process keeps the service's port when supervisord starts it again.
 """
 
+import contextlib
 import ctypes
 import json
 import os
@@ -92,16 +93,27 @@ def main(run_file: str) -> int:
         os.makedirs(cwd, exist_ok=True)
 
     def prepare() -> int:
-        """The preparation steps (an add-on's set-up, a development install), in order; 0 when all succeed."""
-        for i, command in enumerate(run.get("before", [])):
-            if stop_requested:
-                return 1
-            code = subprocess.run([*sandbox, "/bin/sh", "-c", command], cwd=cwd, env=env, preexec_fn=preexec).returncode
-            if code != 0:
-                # not the command itself: it may hold a password (the add-on's, rendered into it)
-                print(f"diploi: preparation step {i + 1} failed with exit code {code}", flush=True)
-                return code
-        return 0
+        """The preparation steps (an add-on's set-up, a development install), in order; 0 when all succeed.
+        While they run, the phase file says what is happening (the Overview shows it)."""
+        steps = run.get("before", [])
+        phase, doing = run.get("phase") or ("", "")
+        if steps and phase:
+            with open(phase, "w") as f:
+                f.write(doing)
+        try:
+            for i, command in enumerate(steps):
+                if stop_requested:
+                    return 1
+                code = subprocess.run([*sandbox, "/bin/sh", "-c", command], cwd=cwd, env=env, preexec_fn=preexec).returncode
+                if code != 0:
+                    # not the command itself: it may hold a password (the add-on's, rendered into it)
+                    print(f"diploi: preparation step {i + 1} failed with exit code {code}", flush=True)
+                    return code
+            return 0
+        finally:
+            if steps and phase:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(phase)
 
     if code := prepare():
         return _ended(code, pump)

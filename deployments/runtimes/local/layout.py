@@ -8,6 +8,7 @@ Under DIPLOI_DATA_DIR/deployments/<project>.<deployment>/:
   logs/<service>.log     output of each process
   cache/                 its package managers' downloads (npm, uv, pip), kept between installs
   run/<service>.json     what exec.py runs (env included, mode 0600)
+  run/<service>.phase    while its preparation runs: what it is doing (the Overview shows it)
   ports.json             host ports allocated to the deployment (stable across applies)
   problems.json          why a service could not be started on this machine
   supervisor.conf        the deployment's programs (supervisord loads them all from runtime/programs.conf)
@@ -44,6 +45,10 @@ class Layout:
 
     def log_file(self, spec: DeploymentSpec, identifier: str) -> Path:
         return self.home(spec) / "logs" / f"{identifier}.log"
+
+    def phase_file(self, spec: DeploymentSpec, identifier: str) -> Path:
+        """Present while a service's preparation (an install, an add-on's set-up) runs: what it is doing."""
+        return self.home(spec) / "run" / f"{identifier}.phase"
 
     def run_file(self, spec: DeploymentSpec, identifier: str) -> Path:
         return self.home(spec) / "run" / f"{identifier}.json"

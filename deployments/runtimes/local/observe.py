@@ -183,6 +183,15 @@ def container_state(
     return ItemState(service.identifier, colour, message, restarts=restarts, cpu_percent=cpu, memory_bytes=memory, started_at=started)
 
 
+def preparing(state: ItemState, phase_file: Path) -> ItemState:
+    """A running service still in its preparation (exec.py's phase file): pending, saying what it does."""
+    try:
+        doing = phase_file.read_text()[:100]
+    except OSError:
+        return state
+    return replace(state, colour=Colour.PENDING, message=f"{doing}… (its log shows the output)")
+
+
 def with_last_words(state: ItemState, log_file: Path) -> ItemState:
     """The crashed process's last log lines in its status, instead of supervisord's "process log may have details"."""
     lines = [ln.strip() for ln in read_log(log_file, False, None, LAST_WORDS, threading.Event()) if ln.strip()]

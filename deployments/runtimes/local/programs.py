@@ -220,6 +220,7 @@ def run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: 
         "command": command(layout, spec, service, ports, start),
         "env": environment(layout, spec, service, ports, jail),
         "before": [command(layout, spec, service, ports, before)] if before else [],
+        "phase": [str(layout.phase_file(spec, service.identifier)), "setting up" if service.kind == "addon" else "installing dependencies"],
         "log": str(layout.log_file(spec, service.identifier)),  # written by the wrapper, not supervisord
     }
     if jail:  # its environment reaches only its command, inside (sandbox.OUTER_ENV)

@@ -47,6 +47,7 @@ from deployments.runtimes.local.observe import (
     container_state,
     disk_state,
     filesystem_state,
+    preparing,
     processes_of,
     service_states,
     volume_state,
@@ -496,6 +497,8 @@ class LocalRuntime(Runtime):
                 state = container_state(service, proc, problem, restarts.get(name, 0), spec.enabled, usage)
                 if proc and proc["statename"] in CRASHED:  # what the process said last, not "see the log"
                     state = with_last_words(state, self.layout.log_file(spec, service.identifier))
+                elif proc and proc["statename"] == "RUNNING":
+                    state = preparing(state, self.layout.phase_file(spec, service.identifier))
                 containers.append(state)
                 for volume in service.volumes:
                     storage.append(self._volume_state(spec, service, volume))
