@@ -3,6 +3,13 @@
 #   worker   celery -A diploi worker
 #   monitor  python manage.py monitor
 #   ssh      python manage.py sshgateway --host 0.0.0.0
+#
+# Helm renders the Kubernetes objects of packages that bring a chart (.diploi/helm/); built from source
+# in a stage of its own (the version scripts/k8s-testenv tests with), so that the image needs no Go.
+FROM golang:1.25-bookworm AS helm
+ARG HELM_VERSION=3.22.0
+RUN CGO_ENABLED=0 GOBIN=/out go install "helm.sh/helm/v3/cmd/helm@v${HELM_VERSION}"
+
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONUNBUFFERED=1 \
@@ -19,6 +26,7 @@ RUN apt-get update \
     && useradd --create-home --uid 10001 diploi \
     && mkdir /data && chown diploi /data
 
+COPY --from=helm /out/helm /usr/local/bin/helm
 WORKDIR /app
 COPY pyproject.toml uv.lock ./
 RUN uv sync --frozen --no-dev --no-install-project

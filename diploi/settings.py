@@ -248,6 +248,8 @@ DIPLOI_K8S_REGISTRY = envstr("DIPLOI_K8S_REGISTRY", "registry.localhost:5000")
 DIPLOI_K8S_GIT_IMAGE = envstr("DIPLOI_K8S_GIT_IMAGE", "alpine/git:2.47.2")
 DIPLOI_K8S_DEFAULT_IMAGE = envstr("DIPLOI_K8S_DEFAULT_IMAGE", "debian:bookworm-slim")
 DIPLOI_K8S_SIZE = envchoice("DIPLOI_K8S_SIZE", "S", ("S", "M", "L", "XL"))
+# Helm, which renders the Kubernetes objects of packages that bring a chart (.diploi/helm/)
+DIPLOI_HELM = envstr("DIPLOI_HELM", "helm")
 DIPLOI_K8S_CODE_SIZE = envstr("DIPLOI_K8S_CODE_SIZE", "1Gi")
 DIPLOI_K8S_DELETE_TIMEOUT = envint("DIPLOI_K8S_DELETE_TIMEOUT", 300, minimum=1)
 # Client-side limits per process: requests a second (bursts of DIPLOI_K8S_BURST), writes at once. The API

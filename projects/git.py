@@ -122,6 +122,20 @@ def read_file(mirror: Path, commit: str, path: str, limit: int | None = None) ->
     return run_git("cat-file", "blob", f"{commit}:{path}", cwd=mirror)
 
 
+def list_files(mirror: Path, commit: str, path: str) -> list[str]:
+    """The names of the files directly in the folder `path` at `commit` ([] when there is no such folder)."""
+    try:
+        out = run_git("ls-tree", "-z", f"{commit}:{path}", cwd=mirror)
+    except GitError:
+        return []
+    names = []
+    for entry in out.split(b"\0"):
+        meta, _, name = entry.partition(b"\t")
+        if meta.split(b" ")[1:2] == [b"blob"]:
+            names.append(name.decode(errors="replace"))
+    return sorted(names)
+
+
 def resolve_ref(mirror: Path, ref: str) -> str:
     """The commit a package's `#ref` names: a branch, a tag, or a commit id; the default branch when empty."""
     candidates = [f"refs/heads/{ref}", f"refs/tags/{ref}", ref] if ref else ["HEAD"]

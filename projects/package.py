@@ -20,6 +20,9 @@ from projects.stackerrors import Problems, StackError
 from projects.validators import dns_label_error, env_name_error
 
 PACKAGE_FILE = "diploi.yaml"
+CHART_FOLDER = ".diploi/helm"  # Diploi's: the package's Kubernetes objects, as Helm templates
+MAX_CHART_FILES = 30
+MAX_CHART_BYTES = 256 * 1024  # all of them together (they are kept with the project's stack)
 BUILTIN_DIR = Path(__file__).parent / "packages"
 KINDS = ("component", "addon")
 COMMANDS = ("install", "build", "start", "development")
@@ -138,6 +141,7 @@ class Package:
     recipe: str = ""  # the built-in package serving it ("" for a package of the repository's or fetched by URL)
     commit: str = ""  # a package fetched by Git URL: the commit it was read at
     legacy: bool = False  # written in the first format (diploi-package.yaml)
+    chart: tuple[tuple[str, str], ...] = ()  # its Helm templates (.diploi/helm/): what it is on Kubernetes
     dependencies: tuple[Dependency, ...] = ()
 
     @property

@@ -8,7 +8,7 @@ from pathlib import Path
 from django.core.exceptions import ValidationError
 
 from projects import git
-from projects.package import PACKAGE_FILE
+from projects.package import CHART_FOLDER, MAX_CHART_BYTES, MAX_CHART_FILES, PACKAGE_FILE
 from projects.validators import validate_repository
 
 
@@ -38,3 +38,15 @@ class GitPackages:
             commit = commit if commit and git.has_commit(mirror, commit) else git.resolve_ref(mirror, ref)
         self.resolved[key] = commit
         return commit, git.read_file(mirror, commit, PACKAGE_FILE, limit)
+
+    def chart(self, url: str, commit: str, limit: int) -> tuple[tuple[str, str], ...]:
+        """The package's Helm templates (`.diploi/helm/*.yaml`) at `commit`: (name, text) pairs, at most
+        MAX_CHART_FILES of at most `limit` bytes each (TooLarge above)."""
+        mirror = mirror_for(url)
+        names = [n for n in git.list_files(mirror, commit, CHART_FOLDER) if n.endswith((".yaml", ".yml", ".tpl"))]
+        if len(names) > MAX_CHART_FILES:
+            raise git.GitError(f"its {CHART_FOLDER} has {len(names)} files; a chart may have at most {MAX_CHART_FILES}")
+        files = tuple((name, git.read_file(mirror, commit, f"{CHART_FOLDER}/{name}", limit) or b"") for name in names)
+        if (total := sum(len(text) for _, text in files)) > MAX_CHART_BYTES:
+            raise git.GitError(f"its {CHART_FOLDER} holds {total} bytes; a chart may hold at most {MAX_CHART_BYTES // 1024} KiB")
+        return tuple((name, text.decode(errors="replace")) for name, text in files)

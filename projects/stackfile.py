@@ -12,7 +12,7 @@ from projects import values
 from projects.builtins import recipe_for
 from projects.git import GitError
 from projects.legacy import LEGACY_PACKAGE_FILE, parse_legacy_package
-from projects.package import PACKAGE_FILE, Package, builtin_names, load_builtin, parse_package
+from projects.package import CHART_FOLDER, PACKAGE_FILE, Package, builtin_names, load_builtin, parse_package
 from projects.stackerrors import Problems, StackError, TooLarge
 from projects.validators import dns_label_error, env_name_error, safe_relative_folder
 
@@ -90,6 +90,8 @@ class RemotePackages(Protocol):
     """Packages named by Git URL: (commit, package file text or None), or GitError/TooLarge."""
 
     def fetch(self, url: str, ref: str, limit: int) -> tuple[str, bytes | None]: ...
+
+    def chart(self, url: str, commit: str, limit: int) -> tuple[tuple[str, str], ...]: ...
 
 
 def parse_stack(text: bytes | str | None, repo: RepoReader, remote: RemotePackages | None = None) -> tuple[Stack | None, list[StackError]]:
@@ -225,7 +227,15 @@ class _PackageLoader:
         if text is None:
             return None, f"its repository has no {PACKAGE_FILE} at {version or 'the default branch'} ({commit[:10]})"
         package, reason = self._read(text, f"{url}#{version} {PACKAGE_FILE}" if version else f"{url} {PACKAGE_FILE}", ref)
-        return (dataclasses.replace(package, commit=commit) if package else None), reason
+        if package is None:
+            return None, reason
+        try:
+            chart = self.remote.chart(url, commit, MAX_PACKAGE_BYTES)
+        except TooLarge as e:
+            return None, f"a file of its {CHART_FOLDER} {e}; each may be at most {MAX_PACKAGE_BYTES // 1024} KiB"
+        except GitError as e:
+            return None, str(e)
+        return dataclasses.replace(package, commit=commit, chart=chart), None
 
 
 NOT_FETCHED = "not checked: a package by Git URL is fetched only when asked (stack check --fetch)"

@@ -922,3 +922,204 @@ def test_only_domains_dns_shows_are_theirs_reach_the_ingress(cast, kube, dns_ser
         assert "taken.example.com" not in hosts()[0]  # nothing was changed
     finally:
         kube.delete("Namespace", "someone-else")
+
+
+# --- a package's own chart (.diploi/helm/), written as Diploi's are ------------------------------
+
+CHARTED = """
+diploiVersion: v1.0
+type: component
+name: Charted
+hosts:
+  - {name: App, identifier: app, port: 8000, urlFormat: '[label].[default-domain]'}
+images:
+  - {identifier: app, prebuildImage: 'ghcr.io/example/charted:[tag]'}
+parameterGroups:
+  - name: App
+    identifier: app
+    parameters:
+      - {name: Greeting, identifier: GREETING, defaultValue: hello, type: string}
+storage:
+  - {identifier: data, sizeMiB: 1024}
+"""
+
+CHART_APP = """
+apiVersion: apps/v1
+{{- if eq .Values.stage "development" }}
+kind: StatefulSet
+{{- else }}
+kind: Deployment
+{{- end }}
+metadata:
+  name: app
+  labels:
+    app: app
+spec:
+  selector:
+    matchLabels:
+      app: app
+  {{- if eq .Values.stage "development" }}
+  serviceName: app
+  {{- end }}
+  replicas: {{ ternary 1 0 .Values.enabled }}
+  template:
+    metadata:
+      labels:
+        app: app
+    spec:
+      imagePullSecrets:
+        - name: diploi-pull-secret
+      containers:
+        - name: app
+          image: {{ .Values.images.app }}
+          ports:
+            - containerPort: 8000
+          env:
+            {{- range .Values.env }}
+            - name: {{ .identifier }}
+              value: {{ .value | quote }}
+            {{- end }}
+            - name: APP_PUBLIC_URL
+              value: {{ .Values.hosts.app }}
+          workingDir: /app{{ .Values.folder }}
+          volumeMounts:
+            {{- if hasKey .Values.storage "data" }}
+            - name: data
+              mountPath: /data
+            {{- end }}
+      volumes:
+        {{- if hasKey .Values.storage "data" }}
+        - name: data
+          hostPath:
+            path: {{ .Values.storage.data.hostPath }}
+        {{- end }}
+"""
+
+CHART_SERVICE = """
+apiVersion: v1
+kind: Service
+metadata:
+  name: app
+spec:
+  ports:
+    - port: 8000
+      targetPort: 8000
+  selector:
+    app: app
+"""
+
+CHART_INGRESS = """
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: ingress
+  annotations:
+    kubernetes.io/ingress.class: traefik
+spec:
+  tls:
+    - hosts:
+        - {{ .Values.hosts.app }}
+      secretName: tls-secret
+  rules:
+    - host: {{ .Values.hosts.app }}
+      http:
+        paths:
+          - path: /
+            pathType: Prefix
+            backend:
+              service:
+                name: app
+                port:
+                  number: 8000
+"""
+
+CLUSTER_ROLE = """
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: log-reader
+rules:
+  - apiGroups: [""]
+    resources: [pods/log]
+    verbs: [get]
+"""
+
+ELSEWHERE = CHART_SERVICE.replace("  name: app\n", "  name: app\n  namespace: kube-system\n")
+
+
+def charted_spec(cast, git_daemon, tmp_path, settings, extra: dict[str, str] | None = None):
+    """A project whose one component is a package by URL with a chart, and its development spec."""
+    from projects.stack import refresh_stack
+    from tests.conftest import publish
+    from tests.test_it_helm import HELM
+    from tests.test_it_packages import project_with
+
+    if HELM is None:
+        pytest.skip("no helm binary: scripts/k8s-testenv build makes one")
+    settings.DIPLOI_HELM = HELM
+    base, server = git_daemon
+    files = {"diploi.yaml": CHARTED, ".diploi/helm/app.yaml": CHART_APP, ".diploi/helm/service.yaml": CHART_SERVICE}
+    publish(base, "charted", {**files, ".diploi/helm/ingress.yaml": CHART_INGRESS, **(extra or {})})
+    stack = f"diploiVersion: v1.0\ncomponents:\n  - {{name: App, identifier: site, package: '{server}/charted.git#main'}}\n"
+    project = project_with(tmp_path, stack, cast.owner)
+    refresh_stack(project)
+    assert project.stack_errors == [], project.stack_errors
+    cast.project = project
+    return sample_spec(cast)
+
+
+@needs_cluster
+def test_a_package_chart_is_rendered_with_diploi_values_wrapped_and_applied(
+    cast, kube, git_daemon, tmp_path, settings, local_repositories
+) -> None:
+    import kubernetes_validate
+
+    from deployments.runtimes import get_runtime
+    from deployments.runtimes.kubernetes.manifests import manifests, namespace
+
+    _, spec = charted_spec(cast, git_daemon, tmp_path, settings)
+    for obj in manifests(spec):
+        kubernetes_validate.validate(obj, "1.36.0", strict=True)
+    get_runtime().apply(spec)
+    ns = namespace(spec)
+    app = kube.get("StatefulSet", "app", ns)  # the chart's own kind and name, for the development stage
+    assert app["metadata"]["labels"]["diploi.io/component"] == "site" and app["spec"]["replicas"] == 1
+    pod = app["spec"]["template"]["spec"]
+    assert app["spec"]["template"]["metadata"]["labels"]["diploi.io/deployment-id"] == str(spec.id)
+    container = pod["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert container["image"] == "ghcr.io/example/charted:main" and env["GREETING"] == "hello"
+    assert env["APP_PUBLIC_URL"] == "dev--shop.localhost" and env["DIPLOI_STAGE"] == "development"
+    assert pod["volumes"] == [{"name": "data", "persistentVolumeClaim": {"claimName": "data.site.data"}}]  # its hostPath, now its claim
+    assert kube.get("PersistentVolumeClaim", "data.site.data", ns)["spec"]["resources"]["requests"]["storage"] == "1024Mi"
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"} and pod["automountServiceAccountToken"] is False
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False and pod.get("imagePullSecrets", []) == []
+    ingress = kube.get("Ingress", "ingress", ns)
+    assert ingress["spec"]["ingressClassName"] == settings.DIPLOI_K8S_INGRESS_CLASS
+    assert "kubernetes.io/ingress.class" not in ingress["metadata"].get("annotations", {})
+    assert ingress["spec"]["tls"] == [{"hosts": ["dev--shop.localhost"], "secretName": "ingress-tls"}]
+    assert {s["metadata"]["name"] for s in kube.list("Service", ns)} == {"app"}  # the chart's, not one of ours besides
+    assert kube.get("Ingress", "web", ns) is None  # the chart routes its component itself
+
+
+@needs_cluster
+@pytest.mark.parametrize(
+    "extra, refused",
+    [
+        ({".diploi/helm/role.yaml": CLUSTER_ROLE}, "its chart's ClusterRole “log-reader” is refused"),
+        ({".diploi/helm/service.yaml": ELSEWHERE}, "it names the namespace kube-system, not the deployment's"),
+        ({".diploi/helm/app.yaml": CHART_APP.replace("    spec:\n", "    spec:\n      hostNetwork: true\n", 1)}, "pods set hostNetwork"),
+    ],
+)
+def test_a_chart_that_reaches_beyond_its_namespace_is_refused_and_nothing_applied(
+    cast, kube, git_daemon, tmp_path, settings, local_repositories, extra, refused
+) -> None:
+    from deployments.runtimes import get_runtime
+    from deployments.runtimes.kubernetes.charts import ChartRefused
+    from deployments.runtimes.kubernetes.manifests import namespace
+
+    _, spec = charted_spec(cast, git_daemon, tmp_path, settings, extra)
+    with pytest.raises(ChartRefused) as e:
+        get_runtime().apply(spec)
+    assert refused in str(e.value)
+    assert kube.get("Namespace", namespace(spec)) is None

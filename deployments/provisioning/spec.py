@@ -197,6 +197,8 @@ def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build
                 status_path=pkg.status,
                 reload=pkg.reload,
                 image=package_image(s),
+                images=tuple(sorted(package_images(s).items())),
+                chart=pkg.chart,
             )
         )
     return replace(
@@ -247,11 +249,14 @@ def package_image(service: Service) -> str:
     if not images:
         return ""
     hosts = {h.identifier for h in service.package.hosts}
-    chosen = next((i for i in images if i.identifier in hosts), images[0])
-    if chosen.image:
-        return chosen.image
+    return package_images(service)[next((i for i in images if i.identifier in hosts), images[0]).identifier]
+
+
+def package_images(service: Service) -> dict[str, str]:
+    """Each of the package's images by its identifier: `image` as written, or `prebuildImage` with its
+    `[tag]` filled with the package's ref."""
     tag = split_package_ref(service.package_ref or service.package.source)[1] or "main"
-    return chosen.prebuild.replace("[tag]", tag) if "[tag]" in chosen.prebuild else chosen.prebuild
+    return {i.identifier: i.image or i.prebuild.replace("[tag]", tag) for i in service.package.images}
 
 
 def _imports(stack: Stack, service: Service, exports: dict[str, dict[str, str]]) -> tuple[EnvImport, ...]:

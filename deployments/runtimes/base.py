@@ -73,6 +73,8 @@ class ServiceSpec:
     status_path: str = ""  # where the component serves Diploi's status items, if it does
     reload: bool = False  # development: the runtime restarts the command when the code changes
     image: str = ""  # the package's own image (Diploi's `images`), for a package with no commands of ours
+    images: tuple[tuple[str, str], ...] = ()  # each of the package's images by identifier (its chart's .Values.images)
+    chart: tuple[tuple[str, str], ...] = ()  # the package's Helm templates: what it is on Kubernetes
 
     @property
     def built(self) -> bool:

@@ -19,6 +19,7 @@ from django.conf import settings
 
 from deployments.runtimes import hostnames
 from deployments.runtimes.base import DeploymentSpec, ServiceSpec, imported_env, port_names
+from deployments.runtimes.kubernetes import charts
 from deployments.runtimes.placeholders import render
 
 MANAGED = "app.kubernetes.io/managed-by"
@@ -269,7 +270,7 @@ def host_label(host: str) -> str:
 def _ingress(spec: DeploymentSpec) -> dict:
     """Every public port by its host name (hostnames.py, as on the local runtime); the verified custom
     domains serve what the deployment's own host serves."""
-    found = hostnames.endpoints(spec)
+    found = [e for e in hostnames.endpoints(spec) if not from_chart(spec.service(e.service))]  # a chart routes its own
     routes = [(e.host, e.service, next(p.port for p in spec.service(e.service).ports if p.name == e.port)) for e in found]
     routes += [(h, routes[0][1], routes[0][2]) for h in spec.hosts]
     meta = _meta(spec, "web")
@@ -305,17 +306,41 @@ def manifests(spec: DeploymentSpec) -> list[dict]:
         objects += [_claim(spec, service, claim_name(service, v.name), v.size, v.name) for v in service.volumes]
         if service.built and spec.stage == "development":
             objects.append(_claim(spec, service, code_claim(service), settings.DIPLOI_K8S_CODE_SIZE, "code"))
+        if from_chart(service):
+            objects += chart_objects(spec, service, env)
+            continue
         if service.ports:
             objects.append(_service(spec, service))
         objects.append(_workload(spec, service, env))
-    if spec.public_components:
+    if any(not from_chart(s) for s in spec.public_components):
         objects.append(_ingress(spec))
     return objects
 
 
+def from_chart(service: ServiceSpec) -> bool:
+    """A package with a chart and no commands of ours is its chart's objects (charts.py)."""
+    return bool(service.chart) and not service.commands
+
+
+def chart_objects(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -> list[dict]:
+    ns = namespace(spec)
+    tenancy = charts.Tenancy(
+        namespace=ns,
+        labels=labels(spec, service),
+        claims={v.name: claim_name(service, v.name) for v in service.volumes},
+        pull_secret=PULL_SECRET if settings.DIPLOI_K8S_REGISTRY_PULL_AUTH else "",
+        host_label=host_label,
+    )
+    return charts.wrap(charts.render(spec, service, env, ns), spec, service, tenancy)
+
+
 def fence(spec: DeploymentSpec) -> list[dict]:
-    """The namespace and what keeps it to itself: applied first, by builds and clones' copies too."""
-    return [{"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(spec, namespace(spec), namespaced=False)}, *boundary(spec)]
+    """The namespace and what keeps it to itself: applied first, by builds and clones' copies too. The
+    API server itself refuses privileged pods, host namespaces and hostPath in it (Pod Security
+    "baseline"), whatever a package's chart says."""
+    meta = _meta(spec, namespace(spec), namespaced=False)
+    meta["labels"].update({"pod-security.kubernetes.io/enforce": "baseline", "pod-security.kubernetes.io/enforce-version": "latest"})
+    return [{"apiVersion": "v1", "kind": "Namespace", "metadata": meta}, *boundary(spec)]
 
 
 def _cidr_rule(everything: str, blocked: list[str]) -> dict:

@@ -1,0 +1,200 @@
+"""A package's own Kubernetes objects: its Helm templates (`.diploi/helm/`, Diploi's charts) rendered
+with the values Diploi's charts read, then wrapped in this platform's tenancy.
+
+The values (every one the published charts read; ../docs/kubernetes.md lists them): `stage`,
+`enabled`, `identifier`, `folder`, `images.<id>`, `env[]`, `envMap.<NAME>.value`,
+`parameterGroups[]`, `parameterGroupsMap.<NAME>`, `parameterGroupsEnabled`, `storage.<id>.hostPath`,
+`containerCommands`, `hosts.<host>`, `endpoints[]`, `ports[]`.
+
+The wrapping: only the kinds a deployment may have (workloads, Services, Ingresses, ConfigMaps,
+Secrets, claims — no cluster-scoped object, no RBAC, no NetworkPolicy that would open its fence), all
+in the deployment's namespace (an object naming another is refused); the deployment's labels on every
+object and pod; `hostPath` only where the chart was given one for its storage, and that replaced by the
+deployment's claim; containers without privileges; Diploi's fixed names (the `traefik` class, the
+`tls-secret` certificate, `diploi-pull-secret`) mapped to this cluster's.
+
+Rendering runs `helm template` (DIPLOI_HELM: the binary; scripts/k8s-testenv builds one, the platform's
+image carries one). The local runtime never needs it.
+"""
+
+import copy
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from django.conf import settings
+
+from deployments.runtimes import hostnames
+from deployments.runtimes.base import DeploymentSpec, RuntimeFailure, ServiceSpec
+
+HOST_PATH = "/diploi/storage/"  # what the chart is given as storage.<id>.hostPath; replaced by the claim
+ALLOWED = {
+    ("apps/v1", "Deployment"),
+    ("apps/v1", "StatefulSet"),
+    ("batch/v1", "Job"),
+    ("batch/v1", "CronJob"),
+    ("v1", "Service"),
+    ("v1", "ConfigMap"),
+    ("v1", "Secret"),
+    ("v1", "PersistentVolumeClaim"),
+    ("networking.k8s.io/v1", "Ingress"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+}
+POD_FIELDS_REFUSED = ("hostNetwork", "hostPID", "hostIPC", "nodeName", "serviceAccountName", "serviceAccount")
+DIPLOI_PULL_SECRET = "diploi-pull-secret"
+DIPLOI_INGRESS_CLASS = "kubernetes.io/ingress.class"
+
+
+class ChartRefused(RuntimeFailure):
+    """The package's chart renders objects a deployment may not have, or does not render."""
+
+
+def values(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -> dict:
+    """What Diploi's charts read, for this deployment's `service` (env: its whole environment)."""
+    found = [e for e in hostnames.endpoints(spec) if e.service == service.identifier]
+    ports = {p.name: p.port for p in service.ports}
+    by_host: dict[str, str] = {}
+    for e in found:
+        by_host.setdefault(e.port, e.host)  # the component's own name first (endpoints() lists it first)
+    items = [{"identifier": k, "value": v, "contexts": f"label={service.identifier},label=app"} for k, v in sorted(env.items())]
+    return {
+        "stage": spec.stage,
+        "enabled": spec.enabled,
+        "identifier": service.identifier,
+        "folder": "" if service.folder in ("", ".") else "/" + service.folder.strip("/"),
+        "images": {name: ref for name, ref in service.images} | ({"app": service.image} if service.image else {}),
+        "env": items,
+        "envMap": {k: {"value": v} for k, v in env.items()},
+        "parameterGroups": [{"identifier": k, "value": v} for k, v in sorted(env.items())],
+        "parameterGroupsMap": dict(env),
+        "parameterGroupsEnabled": {},
+        "storage": {v.name: {"hostPath": HOST_PATH + v.name} for v in service.volumes},
+        "containerCommands": {},
+        "hosts": by_host,
+        "endpoints": [{"url": e.host, "serviceName": service.identifier, "port": ports.get(e.port)} for e in found],
+        "ports": [{"identifier": p.name, "port": p.port, "serviceName": service.identifier} for p in service.ports],
+    }
+
+
+def render(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str], namespace: str) -> list[dict]:
+    """`helm template` of the package's templates with `values()`; ChartRefused when it fails."""
+    with tempfile.TemporaryDirectory(prefix="diploi-chart-") as folder:
+        root = Path(folder)
+        (root / "templates").mkdir()
+        (root / "Chart.yaml").write_text(yaml.safe_dump({"apiVersion": "v2", "name": service.identifier, "version": "0.0.0"}))
+        for name, text in service.chart:
+            # only what Helm renders: its own files beside them (.html, .conf) are read by none of the values above
+            (root / "templates" / Path(name).name).write_text(text)
+        (root / "values.yaml").write_text(yaml.safe_dump(values(spec, service, env)))
+        argv = [settings.DIPLOI_HELM, "template", service.identifier, str(root), "--namespace", namespace]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise ChartRefused(f"{service.identifier}: its chart could not be rendered ({settings.DIPLOI_HELM}: {e})") from None
+    if done.returncode != 0:
+        raise ChartRefused(f"{service.identifier}: its chart does not render: {done.stderr.strip()[-500:]}")
+    return [obj for obj in yaml.safe_load_all(done.stdout) if obj]
+
+
+@dataclass(frozen=True)
+class Tenancy:
+    """What makes an object the deployment's (manifests.py knows these names)."""
+
+    namespace: str
+    labels: dict[str, str]
+    claims: dict[str, str]  # storage identifier → the deployment's claim
+    pull_secret: str  # "" when the cluster needs none
+    host_label: Callable[[str], str]  # the label that says an Ingress serves a host name
+
+
+def wrap(objects: list[dict], spec: DeploymentSpec, service: ServiceSpec, tenancy: Tenancy) -> list[dict]:
+    """The rendered objects, checked and made the deployment's (see the module's docstring); the
+    first refusal is raised as ChartRefused naming the object and why."""
+    namespace, labels = tenancy.namespace, tenancy.labels
+    wrapped = []
+    for original in objects:
+        obj = copy.deepcopy(original)
+        kind, api = obj.get("kind"), obj.get("apiVersion")
+        meta = obj.setdefault("metadata", {})
+        what = f"{service.identifier}: its chart's {kind or 'object'} “{meta.get('name', '?')}”"
+        if (api, kind) not in ALLOWED:
+            raise ChartRefused(f"{what} is refused: a package may create {', '.join(sorted({k for _, k in ALLOWED}))} only")
+        if meta.get("namespace") not in (None, namespace):
+            raise ChartRefused(f"{what} is refused: it names the namespace {meta['namespace']}, not the deployment's")
+        meta["namespace"] = namespace
+        meta["labels"] = {**(meta.get("labels") or {}), **labels}
+        if kind == "Service" and (kind_of := obj.get("spec", {}).get("type", "ClusterIP")) != "ClusterIP":
+            raise ChartRefused(f"{what} is refused: a Service of type {kind_of}; the deployment's hosts are published by Ingresses")
+        if kind == "Ingress":
+            _ingress(obj, spec, tenancy)
+        for pod_meta, pod in _pods(obj):
+            pod_meta["labels"] = {**(pod_meta.get("labels") or {}), **labels}
+            _pod(pod, what, tenancy)
+        wrapped.append(obj)
+    return wrapped
+
+
+def _pods(obj: dict) -> list[tuple[dict, dict]]:
+    """The pod templates of a workload: (its metadata, its spec)."""
+    spec = obj.get("spec") or {}
+    if obj["kind"] in ("Deployment", "StatefulSet", "Job"):
+        template = spec.setdefault("template", {})
+    elif obj["kind"] == "CronJob":
+        template = spec.setdefault("jobTemplate", {}).setdefault("spec", {}).setdefault("template", {})
+    else:
+        return []
+    return [(template.setdefault("metadata", {}), template.setdefault("spec", {}))]
+
+
+def _pod(pod: dict, what: str, tenancy: Tenancy) -> None:
+    claims = tenancy.claims
+    for name in POD_FIELDS_REFUSED:
+        if pod.get(name):
+            raise ChartRefused(f"{what} is refused: its pods set {name}")
+    for volume in pod.get("volumes") or []:
+        if "hostPath" in volume:
+            path = str(volume["hostPath"].get("path", ""))
+            storage = path.removeprefix(HOST_PATH)
+            if not path.startswith(HOST_PATH) or storage not in claims:
+                raise ChartRefused(f"{what} is refused: a hostPath volume ({path}) that is not one of its storage.<id>.hostPath")
+            volume.pop("hostPath")
+            volume["persistentVolumeClaim"] = {"claimName": claims[storage]}
+    security = pod.setdefault("securityContext", {}) or {}
+    pod["securityContext"] = {**security, "seccompProfile": {"type": "RuntimeDefault"}}
+    pod["automountServiceAccountToken"] = False
+    pod["enableServiceLinks"] = False
+    secrets = [s for s in pod.get("imagePullSecrets") or [] if s.get("name") != DIPLOI_PULL_SECRET]
+    if tenancy.pull_secret and len(secrets) != len(pod.get("imagePullSecrets") or []):
+        secrets.append({"name": tenancy.pull_secret})
+    pod["imagePullSecrets"] = secrets
+    for container in [*(pod.get("initContainers") or []), *(pod.get("containers") or [])]:
+        own = container.get("securityContext") or {}
+        if own.get("privileged") or (own.get("capabilities") or {}).get("add"):
+            raise ChartRefused(f"{what} is refused: its container {container.get('name')} asks for privileges")
+        container["securityContext"] = {**own, "allowPrivilegeEscalation": False, "privileged": False}
+
+
+def _ingress(obj: dict, spec: DeploymentSpec, tenancy: Tenancy) -> None:
+    """Diploi's fixed Ingress class and certificate name, as this cluster has them; only the
+    deployment's own host names (checked again, with every Ingress, before anything is applied)."""
+    annotations = obj["metadata"].get("annotations") or {}
+    annotations.pop(DIPLOI_INGRESS_CLASS, None)
+    if settings.DIPLOI_K8S_CLUSTER_ISSUER:
+        annotations["cert-manager.io/cluster-issuer"] = settings.DIPLOI_K8S_CLUSTER_ISSUER
+    obj["metadata"]["annotations"] = annotations
+    body = obj.setdefault("spec", {})
+    body.pop("ingressClassName", None)
+    if settings.DIPLOI_K8S_INGRESS_CLASS:
+        body["ingressClassName"] = settings.DIPLOI_K8S_INGRESS_CLASS
+    name = obj["metadata"].get("name", "ingress")
+    for tls in body.get("tls") or []:
+        tls["secretName"] = f"{name}-tls"
+    own = {e.host for e in hostnames.endpoints(spec)} | set(spec.hosts)
+    for rule in body.get("rules") or []:
+        if rule.get("host") not in own:
+            raise ChartRefused(f"its chart's Ingress “{name}” is refused: the host {rule.get('host')!r} is not one of the deployment's")
+        obj["metadata"]["labels"][tenancy.host_label(rule["host"])] = "1"
