@@ -1089,15 +1089,15 @@ def test_a_package_chart_is_rendered_with_diploi_values_wrapped_and_applied(
     container = pod["containers"][0]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert container["image"] == "ghcr.io/example/charted:main" and env["GREETING"] == "hello"
-    assert env["APP_PUBLIC_URL"] == "dev--shop.localhost" and env["DIPLOI_STAGE"] == "development"
+    assert env["APP_PUBLIC_URL"] == "dev--echo.localhost" and env["DIPLOI_STAGE"] == "development"
     assert pod["volumes"] == [{"name": "data", "persistentVolumeClaim": {"claimName": "data.site.data"}}]  # its hostPath, now its claim
-    assert kube.get("PersistentVolumeClaim", "data.site.data", ns)["spec"]["resources"]["requests"]["storage"] == "1024Mi"
+    assert kube.get("PersistentVolumeClaim", "data.site.data", ns)["spec"]["resources"]["requests"]["storage"] == "1Gi"
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"} and pod["automountServiceAccountToken"] is False
     assert container["securityContext"]["allowPrivilegeEscalation"] is False and pod.get("imagePullSecrets", []) == []
     ingress = kube.get("Ingress", "ingress", ns)
     assert ingress["spec"]["ingressClassName"] == settings.DIPLOI_K8S_INGRESS_CLASS
     assert "kubernetes.io/ingress.class" not in ingress["metadata"].get("annotations", {})
-    assert ingress["spec"]["tls"] == [{"hosts": ["dev--shop.localhost"], "secretName": "ingress-tls"}]
+    assert ingress["spec"]["tls"] == [{"hosts": ["dev--echo.localhost"], "secretName": "ingress-tls"}]
     assert {s["metadata"]["name"] for s in kube.list("Service", ns)} == {"app"}  # the chart's, not one of ours besides
     assert kube.get("Ingress", "web", ns) is None  # the chart routes its component itself
 
