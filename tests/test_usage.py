@@ -61,4 +61,7 @@ def test_looks_from_several_threads_each_keep_their_own_figures(busy_and_idle) -
     busy_figures = [f for i, r in enumerate(results) if i % 2 == 0 for f in r]
     idle_figures = [f for i, r in enumerate(results) if i % 2 == 1 for f in r]
     assert max(idle_figures) < 50, max(idle_figures)
-    assert sorted(busy_figures)[len(busy_figures) // 2] > 20, sorted(busy_figures)
+    # the busy process's share of a core depends on the machine's load (CI runs tests side by side):
+    # well above the idle one's, whatever the load
+    busy_median, idle_median = sorted(busy_figures)[len(busy_figures) // 2], sorted(idle_figures)[len(idle_figures) // 2]
+    assert busy_median > 5 and busy_median > 4 * idle_median, (sorted(busy_figures), sorted(idle_figures))

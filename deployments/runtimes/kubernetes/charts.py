@@ -18,6 +18,7 @@ image carries one). The local runtime never needs it.
 """
 
 import copy
+import os
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -29,7 +30,9 @@ from django.conf import settings
 
 from deployments.runtimes import hostnames
 from deployments.runtimes.base import DeploymentSpec, RuntimeFailure, ServiceSpec
+from safeyaml import BoundedLoader
 
+MAX_RENDERED = 2 * 1024 * 1024
 HOST_PATH = "/diploi/storage/"  # what the chart is given as storage.<id>.hostPath; replaced by the claim
 ALLOWED = {
     ("apps/v1", "Deployment"),
@@ -91,13 +94,28 @@ def render(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str], name
             (root / "templates" / Path(name).name).write_text(text)
         (root / "values.yaml").write_text(yaml.safe_dump(values(spec, service, env)))
         argv = [settings.DIPLOI_HELM, "template", service.identifier, str(root), "--namespace", namespace]
+        # the package's text runs in Helm's template language: without the platform's environment (no
+        # kubeconfig, no credentials), its own folders in the temporary one, a time limit
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": folder, "HELM_CACHE_HOME": folder, "HELM_CONFIG_HOME": folder}
+        env["HELM_DATA_HOME"], env["KUBECONFIG"] = folder, os.devnull
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, cwd=folder)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise ChartRefused(f"{service.identifier}: its chart could not be rendered ({settings.DIPLOI_HELM}: {e})") from None
     if done.returncode != 0:
         raise ChartRefused(f"{service.identifier}: its chart does not render: {done.stderr.strip()[-500:]}")
-    return [obj for obj in yaml.safe_load_all(done.stdout) if obj]
+    if len(done.stdout) > MAX_RENDERED:
+        raise ChartRefused(f"{service.identifier}: its chart renders {len(done.stdout)} characters; at most {MAX_RENDERED} are applied")
+    try:
+        return [obj for obj in yaml.load_all(done.stdout, Loader=RenderedLoader) if obj]  # noqa: S506 — a SafeLoader
+    except yaml.YAMLError as e:
+        raise ChartRefused(f"{service.identifier}: its chart renders something that is not Kubernetes objects: {e}") from None
+
+
+class RenderedLoader(BoundedLoader):
+    """What a chart rendered: no aliases (which would multiply when applied), a bounded number of values."""
+
+    max_nodes = 100_000
 
 
 @dataclass(frozen=True)
