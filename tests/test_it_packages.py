@@ -665,3 +665,38 @@ def test_a_development_install_shows_on_the_overview_while_it_runs(
     assert web().colour == Colour.GREEN and web().message == "running"
     log = (runtime.home(spec) / "logs" / "web.log").read_text()
     assert log.index("installing\n") < log.index("installed\n")
+
+
+FAILING_INSTALL = SLOW_INSTALL.replace(
+    "install: echo installing; while [ ! -f installed ]; do sleep 0.1; done; echo installed",
+    "install: grep -q ok package-lock.json || { echo 'npm error 404 Not Found - left-pad@9.9.9'; exit 3; }",
+)
+
+
+@pytest.mark.slow
+def test_a_failed_development_install_is_red_with_its_error_and_runs_again_when_the_lockfile_changes(
+    db, cast, git_daemon, tmp_path: Path, local_repositories, runtime, settings
+) -> None:
+    base, server = git_daemon
+    publish(base, "failing", {"diploi.yaml": FAILING_INSTALL})
+    stack = f"diploiVersion: v1.0\ncomponents:\n  - {{name: Web, identifier: web, package: '{server}/failing.git#main'}}\n"
+    project = project_with(tmp_path, stack, cast.owner)
+    refresh_stack(project)
+    settings.DIPLOI_READY_TIMEOUT = 1
+    d = do_create_deployment(project, "Dev", "development", "main", actor=cast.owner)
+    tasks.provision(d.pk)
+    d.refresh_from_db()
+    spec = build_spec(d, load_stack(d, d.commit), d.commit)
+
+    def web():
+        return next(c for c in runtime.observe([spec])[d.pk].containers if c.name == "web")
+
+    failed = wait_until(lambda: web().colour == Colour.RED and web(), what="the failed install to show")
+    assert failed.message.startswith("installing dependencies failed (exit code 3); it runs again when a lockfile changes, or on Restart")
+    assert "npm error 404 Not Found - left-pad@9.9.9" in failed.message  # what the install said last
+    time.sleep(3)
+    log = (runtime.home(spec) / "logs" / "web.log").read_text()
+    assert log.count("npm error 404") == 1 and web().restarts == 0  # not retried in a loop (each try would fetch again)
+    (runtime.home(spec) / "code" / "web" / "package-lock.json").write_text("ok")  # the developer fixes the lockfile
+    wait_until(lambda: json.loads(http_get(d.endpoints["web"])), what="the app after the install ran again")
+    assert web().colour == Colour.GREEN

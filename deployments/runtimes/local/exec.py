@@ -94,28 +94,39 @@ def main(run_file: str) -> int:
 
     def prepare() -> int:
         """The preparation steps (an add-on's set-up, a development install), in order; 0 when all succeed.
-        While they run, the phase file says what is happening (the Overview shows it)."""
+        While they run, the phase file says what is happening, and after a failure that it failed (the
+        Overview shows it)."""
         steps = run.get("before", [])
         phase, doing = run.get("phase") or ("", "")
-        if steps and phase:
-            with open(phase, "w") as f:
-                f.write(doing)
-        try:
-            for i, command in enumerate(steps):
-                if stop_requested:
-                    return 1
-                code = subprocess.run([*sandbox, "/bin/sh", "-c", command], cwd=cwd, env=env, preexec_fn=preexec).returncode
-                if code != 0:
-                    # not the command itself: it may hold a password (the add-on's, rendered into it)
-                    print(f"diploi: preparation step {i + 1} failed with exit code {code}", flush=True)
-                    return code
-            return 0
-        finally:
-            if steps and phase:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(phase)
+        _write_phase(phase if steps else "", doing)
+        for i, command in enumerate(steps):
+            if stop_requested:
+                return 1
+            code = subprocess.run([*sandbox, "/bin/sh", "-c", command], cwd=cwd, env=env, preexec_fn=preexec).returncode
+            if code != 0:
+                # not the command itself: it may hold a password (the add-on's, rendered into it)
+                print(f"diploi: preparation step {i + 1} failed with exit code {code}", flush=True)
+                _write_phase(phase, f"{FAILED}{doing} failed (exit code {code})")
+                return code
+        _write_phase(phase if steps else "", None)
+        return 0
 
-    if code := prepare():
+    def prepared() -> int:
+        """prepare(); a development install that failed is not retried in a loop (each try would fetch
+        again): it waits, its failure on the Overview, until a lockfile changes (then it runs again), or
+        until it is stopped or restarted."""
+        code = prepare()
+        lockfiles = run.get("reinstall_on", [])
+        stamps = _stamps(lockfiles)
+        while code and lockfiles and not stop_requested:
+            time.sleep(LOOK_EVERY)
+            if (now := _stamps(lockfiles)) != stamps:
+                stamps = now
+                print("diploi: dependencies changed; installing again", flush=True)
+                code = prepare()
+        return code
+
+    if code := prepared():
         return _ended(code, pump)
     argv = [*sandbox, "/bin/sh", "-c", run["command"]]
     child = subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True, preexec_fn=preexec)
@@ -138,11 +149,26 @@ def main(run_file: str) -> int:
                 seen, locked = now_seen, now_locked
                 print("diploi: dependencies changed; installing again" if reinstall else "diploi: files changed; restarting", flush=True)
                 _end(child)
-                if reinstall and (code := prepare()):
+                if reinstall and (code := prepared()):
                     return _ended(code, pump)
                 child = subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True, preexec_fn=preexec)
     _signal_group(child.pid, signal.SIGKILL)  # whatever the service left behind
     return _ended(code if code >= 0 else 128 - code, pump)
+
+
+FAILED = "failed:"  # a phase file saying the preparation failed (observe.preparing)
+
+
+def _write_phase(path: str, doing: str | None) -> None:
+    """What the service's preparation is doing (None: nothing, the file goes)."""
+    if not path:
+        return
+    if doing is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    with open(path, "w") as f:
+        f.write(doing)
 
 
 LOG_MAX_BYTES = 10 * 1024 * 1024

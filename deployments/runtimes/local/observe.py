@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 
 from deployments.runtimes.base import Colour, DeploymentSpec, ItemState, ServiceSpec
+from deployments.runtimes.local.exec import FAILED
 from deployments.runtimes.local.shell import read_log
 
 HEALTH_TIMEOUT = 1.0
@@ -184,11 +185,15 @@ def container_state(
 
 
 def preparing(state: ItemState, phase_file: Path) -> ItemState:
-    """A running service still in its preparation (exec.py's phase file): pending, saying what it does."""
+    """A running service still in its preparation (exec.py's phase file): pending, saying what it does;
+    red when it failed (it waits for a fix: a lockfile changed, or a restart)."""
     try:
-        doing = phase_file.read_text()[:100]
+        doing = phase_file.read_text()[:200]
     except OSError:
         return state
+    if doing.startswith(FAILED):
+        failed = doing.removeprefix(FAILED)
+        return replace(state, colour=Colour.RED, message=f"{failed}; it runs again when a lockfile changes, or on Restart")
     return replace(state, colour=Colour.PENDING, message=f"{doing}… (its log shows the output)")
 
 

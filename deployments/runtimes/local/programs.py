@@ -176,7 +176,7 @@ def cache_env(folder: Path) -> dict[str, str]:
         "XDG_CACHE_HOME": str(folder),
         "npm_config_cache": str(folder / "npm"),
         "YARN_CACHE_FOLDER": str(folder / "yarn"),
-        "npm_config_store_dir": str(folder / "pnpm"),
+        "XDG_DATA_HOME": str(folder / "share"),  # pnpm's store (and uv's Pythons)
         "COREPACK_HOME": str(folder / "corepack"),
         "UV_CACHE_DIR": str(folder / "uv"),
         "PIP_CACHE_DIR": str(folder / "pip"),

@@ -499,6 +499,8 @@ class LocalRuntime(Runtime):
                     state = with_last_words(state, self.layout.log_file(spec, service.identifier))
                 elif proc and proc["statename"] == "RUNNING":
                     state = preparing(state, self.layout.phase_file(spec, service.identifier))
+                    if state.colour == Colour.RED:  # its install failed: what it said last
+                        state = with_last_words(state, self.layout.log_file(spec, service.identifier))
                 containers.append(state)
                 for volume in service.volumes:
                     storage.append(self._volume_state(spec, service, volume))
