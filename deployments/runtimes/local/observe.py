@@ -158,6 +158,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 CRASHED = ("FATAL", "BACKOFF", "EXITED")
 LAST_WORDS = 3  # log lines shown in the status of a process that crashed
+LOOKED_BACK = 20  # …read from its last lines
 
 
 def container_state(
@@ -198,8 +199,13 @@ def preparing(state: ItemState, phase_file: Path) -> ItemState:
 
 
 def with_last_words(state: ItemState, log_file: Path) -> ItemState:
-    """The crashed process's last log lines in its status, instead of supervisord's "process log may have details"."""
-    lines = [ln.strip() for ln in read_log(log_file, False, None, LAST_WORDS, threading.Event()) if ln.strip()]
+    """The crashed process's last log lines in its status, instead of supervisord's "process log may
+    have details": its first line saying "error" among the last few, then its last line (the
+    platform's own "diploi:" lines left out: the status says that already)."""
+    tail = [ln.strip() for ln in read_log(log_file, False, None, LOOKED_BACK, threading.Event())]
+    tail = [ln for ln in tail if ln and not ln.startswith("diploi: ")]
+    first_error = next((ln for ln in tail if "error" in ln.lower()), None)
+    lines = [first_error, tail[-1]] if first_error and first_error != tail[-1] else tail[-LAST_WORDS:]
     if not lines:
         return state
     message = state.message.replace(" (process log may have details)", "")
