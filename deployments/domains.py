@@ -34,7 +34,7 @@ def normalise_domain(raw: str) -> str:
     except UnicodeError:
         raise ValidationError(f"“{raw}” is not a valid international domain name.") from None
     labels = ascii_name.split(".")
-    if len(labels) < 2 or len(ascii_name) > 253 or not all(_LABEL.match(label) for label in labels):
+    if len(labels) < 2 or len(ascii_name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
         raise ValidationError(f"“{raw}” is not a valid domain name.")
     if labels[-1].isdigit():
         raise ValidationError("Enter a domain name, not an IP address.")

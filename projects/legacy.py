@@ -124,7 +124,7 @@ def _storage(p: Problems, value: object) -> list[Storage]:
         if err := mount_path_error(str(item.get("path", ""))):
             p.add(f"{where}.path", err)
         size = str(item.get("size", "1Gi"))
-        if not _SIZE.match(size):
+        if not _SIZE.fullmatch(size):
             p.add(f"{where}.size", "must be a size like 512Mi, 1Gi or 2Ti")
         volumes.append(Storage(name=str(item.get("name")), path=str(item.get("path")), size=size))
     return volumes

@@ -386,7 +386,7 @@ def _include(p: Problems, entry: object, where: str) -> EnvInclude | None:
     if not isinstance(entry, str):
         p.add(where, f"must be {_SHAPES}")
         return None
-    m = _INCLUDE.match(entry)
+    m = _INCLUDE.fullmatch(entry)
     if not m:
         p.add(where, f"“{entry}” must be {_SHAPES}")
         return None

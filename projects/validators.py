@@ -26,7 +26,7 @@ def dns_label_error(value: str) -> str | None:
         return "must not be empty"
     if len(value) > 63:
         return "must be at most 63 characters"
-    if not _DNS_LABEL.match(value):
+    if not _DNS_LABEL.fullmatch(value):
         return "may contain only lowercase letters, digits and '-', and must start and end with a letter or digit"
     return None
 
@@ -37,7 +37,7 @@ def validate_dns_label(value: str) -> None:
 
 
 def env_name_error(value: str) -> str | None:
-    if not _ENV_NAME.match(value or ""):
+    if not _ENV_NAME.fullmatch(value or ""):
         return "must be letters, digits and '_', not starting with a digit"
     return None
 
@@ -73,12 +73,12 @@ def validate_repository(value: str) -> None:
     allows, and a server on this machine or a private network only when the operator allows it:
     otherwise a project could read the platform's own files or reach its internal services.
     """
-    if value.startswith("-") or _TRANSPORT.match(value) or "\n" in value:
+    if value.startswith("-") or _TRANSPORT.match(value) or any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValidationError("This repository address is not allowed.")
     if value.startswith(("/", "file://")):
         _check_local(value.removeprefix("file://"))
         return
-    match = _URL.match(value) or _SCP_LIKE.match(value)
+    match = _URL.fullmatch(value) or _SCP_LIKE.fullmatch(value)
     if not match:
         raise ValidationError("Enter a Git URL (https://…, ssh://…, git@host:path) or the absolute path of a repository on this machine.")
     _check_host(match.group("host"))

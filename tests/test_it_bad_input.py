@@ -89,3 +89,32 @@ def test_a_project_whose_repository_went_away_still_renders_and_can_be_moved_or_
     assert r.status_code == 302 and Project.objects.get(pk=cast.project.pk).repository == str(moved)
     assert client.post("/projects/shop/delete/", {"confirm": "Shop"}).status_code == 302
     assert not Project.objects.filter(pk=cast.project.pk).exists()
+
+
+def test_a_repository_address_with_a_control_character_is_refused_with_a_sentence(cast) -> None:
+    client = cast.client(cast.owner)
+    for address in ("/tmp/repo\x00", "https://example.com/a\x00b.git", "https://example.com/a\tb.git"):
+        r = client.post("/projects/new/", {"name": "Nul", "repository": address, "default_branch": "main"})
+        page = r.content.decode()
+        assert r.status_code == 200 and ("This repository address is not allowed." in page or "Null characters are not allowed." in page), (
+            address
+        )
+    assert not Project.objects.filter(name="Nul").exists()
+
+
+def test_a_form_in_another_charset_is_refused_before_it_is_read(cast) -> None:
+    client = cast.client(cast.owner)
+    body = "name=Shop&repository=x"  # the test client encodes it in the charset named
+    r = client.post("/projects/new/", data=body, content_type="application/x-www-form-urlencoded; charset=utf-16")
+    assert r.status_code == 415 and "UTF-8" in r.content.decode()
+    r = client.post("/accounts/login/", data=body, content_type="application/x-www-form-urlencoded; charset=UTF-16")
+    assert r.status_code == 415
+    ok = client.post("/projects/new/", data=b"name=", content_type="application/x-www-form-urlencoded; charset=UTF-8")
+    assert ok.status_code == 200  # UTF-8, said or not, is read as before
+
+
+def test_the_sandbox_starts_bubblewrap_by_its_path() -> None:
+    from deployments.runtimes.local.sandbox import Sandbox
+
+    argv = Sandbox(writable=(), cwd=Path("/")).argv(["true"])
+    assert argv[0].startswith("/") and argv[0].endswith("/bwrap")  # never looked up on a PATH a deployment set

@@ -81,6 +81,10 @@ def test_reports_without_a_valid_token_are_refused_alike(cast, client) -> None:
         (good(image="Registry.example.com/Shop/web:1 ; rm -rf /"), "image", "pinned by digest"),
         (good(url="ftp://ci.example.com/run"), "url", "http(s) URL"),
         (good(message=["not", "text"]), "message", "Must be a string"),
+        (good(commit=COMMIT + "\n"), "commit", "40-character"),  # a trailing newline is not part of it
+        (good(component="web\n"), "component", "“web\n”"),
+        (good(image=f"registry.example.com/shop/web@sha256:{'a' * 64}\n"), "image", "pinned by digest"),
+        ("[" * 5_000 + "]" * 5_000, None, "nests too deeply"),
     ],
 )
 def test_malformed_reports_are_refused_with_the_reason_and_store_nothing(cast, client, body, field, says) -> None:

@@ -250,3 +250,31 @@ def test_a_real_git_push_through_a_post_receive_hook(cast, hook, staging, live_s
     assert f"deploying staging \\u2190 {pushed[:10]}" in out.stderr, out.stderr  # the server's answer, through git
     [build] = Build.objects.filter(deployment=staging)
     assert (build.commit, build.trigger, build.via, build.status) == (pushed, Trigger.PUSH, "github", BuildStatus.QUEUED)
+
+
+@pytest.mark.parametrize(
+    "host, body, says",
+    [
+        ("github", b"[" * 100_000 + b"]" * 100_000, "nests too deeply"),
+        (
+            "bitbucket",
+            b'{"repository": {}, "push": {"changes": [{"new": {"type": "branch", "name": "main", "target": "x"}}]}}',
+            "not a commit id",
+        ),
+        (
+            "bitbucket",
+            b'{"repository": {}, "push": {"changes": [{"new": {"type": "branch", "name": "main", "target": [1]}}]}}',
+            "not a commit id",
+        ),
+    ],
+)
+def test_a_signed_body_of_the_wrong_shape_is_refused_with_the_field_not_a_500(host, body, says, cast, hook, staging, client) -> None:
+    response = post(client, hook, body, headers(host, body, hook.secret))
+    assert response.status_code == 400 and says in response.content.decode(), response.content[:300]
+    assert not Build.objects.filter(deployment=staging).exists()
+
+
+def test_bitbucket_data_center_changes_of_the_wrong_type_are_skipped(cast, hook, staging, client) -> None:
+    body = json.dumps({"repository": {}, "changes": [{"ref": "main", "toHash": SHA}, "text", {"ref": {"type": "BRANCH"}}]}).encode()
+    response = post(client, hook, body, headers("bitbucket", body, hook.secret, event="repo:refs_changed"))
+    assert response.status_code < 300 and not Build.objects.filter(deployment=staging).exists()

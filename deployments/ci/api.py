@@ -30,6 +30,8 @@ def ci_build_report(request: HttpRequest) -> JsonResponse:
         data = json.loads(request.body or b"null")
     except ValueError as e:
         return JsonResponse({"error": f"The body is not JSON: {e}"}, status=400)
+    except RecursionError:
+        return JsonResponse({"error": "The body nests too deeply to be a report."}, status=400)
     try:
         report, waiting = actions.do_record_ci_report(project, data)
     except ValidationError as e:

@@ -43,7 +43,7 @@ def record_report(project: Project, data: Any) -> CIReport:
         raise ValidationError(errors)
     commit, component, status = fields["commit"] or "", fields["component"] or "", fields["status"] or ""
     image, url, message = fields["image"] or "", fields["url"] or "", (fields["message"] or "")[:500]
-    if not COMMIT.match(commit):
+    if not COMMIT.fullmatch(commit):
         errors["commit"] = "The full 40-character commit id, in lower case."
     if error := dns_label_error(component):
         errors["component"] = f"“{component[:63]}” {error}."
@@ -51,7 +51,7 @@ def record_report(project: Project, data: Any) -> CIReport:
         errors["status"] = f"One of {', '.join(REPORTED)}."
     if status == BuildStatus.SUCCEEDED and not image:
         errors["image"] = "A succeeded build names its image."
-    elif image and (len(image) > 500 or not IMAGE.match(image)):
+    elif image and (len(image) > 500 or not IMAGE.fullmatch(image)):
         errors["image"] = (
             f"“{image[:100]}” is not an image reference pinned by digest (registry.example.com/shop/web@sha256:…, a tag "
             "may stand before the @); a tag alone can move. `docker buildx build --push --metadata-file` or `crane digest` gives it."

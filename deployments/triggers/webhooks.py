@@ -79,6 +79,8 @@ def pushes(host: Host, body: bytes) -> list[Push]:
         data = json.loads(body)
     except ValueError as e:
         raise Malformed(f"the body is not JSON ({e})") from None
+    except RecursionError:
+        raise Malformed("the body nests too deeply to be a push event") from None
     if not isinstance(data, dict):
         raise Malformed("the body is not a JSON object")
     if host.name == "bitbucket":
@@ -109,7 +111,8 @@ def _bitbucket(data: dict) -> list[Push]:
             new = change.get("new") if isinstance(change, dict) else None
             if not isinstance(new, dict) or new.get("type") != "branch":
                 continue  # a deleted branch, a tag
-            commit = str((new.get("target") or {}).get("hash", "")).lower()
+            target = new.get("target")
+            commit = str(target.get("hash", "")).lower() if isinstance(target, dict) else ""
             if not SHA.fullmatch(commit):
                 raise Malformed("push.changes[].new.target.hash is not a commit id")
             found.append(Push(_canonical_set(addresses), str(new.get("name", "")), commit))
@@ -117,7 +120,7 @@ def _bitbucket(data: dict) -> list[Push]:
     for change in _field(data, "changes", list):  # Bitbucket Data Center: repo:refs_changed
         if not isinstance(change, dict) or change.get("type") == "DELETE":
             continue
-        ref = change.get("ref") or {}
+        ref = change.get("ref") if isinstance(change.get("ref"), dict) else {}
         commit = str(change.get("toHash", "")).lower()
         if ref.get("type") == "BRANCH" and SHA.fullmatch(commit):
             found.append(Push(_canonical_set(addresses), str(ref.get("displayId", "")), commit))

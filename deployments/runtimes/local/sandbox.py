@@ -73,6 +73,7 @@ TOOLS_PATH = "/run/diploi/bin"  # the platform's own tools a deployment may use 
 OUTER_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 RESOLV_CONF = Path("/etc/resolv.conf")  # the machine's resolver, which the sandbox reaches over TCP
 PYTHON = "/usr/bin/python3"  # the machine's own, inside the sandbox
+BWRAP = shutil.which("bwrap", path=OUTER_ENV["PATH"]) or "/usr/bin/bwrap"  # by its path: never looked up on a PATH a deployment set
 TMP_BYTES = 512 * 1024 * 1024  # the private /tmp (a tmpfs: its pages count as the deployment's memory)
 
 
@@ -101,7 +102,7 @@ class Sandbox:
         return self.argv([])
 
     def argv(self, command: list[str]) -> list[str]:
-        args = ["bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+        args = [BWRAP, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
         if not self.terminal:
             args.append("--new-session")  # no way to push keystrokes into a terminal it was started from
         args += ["--ro-bind", "/usr", "/usr"]
