@@ -1,10 +1,12 @@
 """Custom domains: validation of the name, the CNAME target, and the DNS check."""
 
 import re
+import unicodedata
 from datetime import datetime
 
 import dns.exception
 import dns.resolver
+import idna
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils import timezone
@@ -25,13 +27,14 @@ def normalise_domain(raw: str) -> str:
         raise ValidationError("Wildcard domains are not supported; add each host name.")
     if "://" in name or "/" in name or ":" in name:
         raise ValidationError("Enter only the host name, like www.example.com (no scheme, port or path).")
+    if any(unicodedata.category(c) == "Cf" for c in name):  # zero-width and other invisible characters
+        raise ValidationError(f"“{raw}” is not a valid international domain name: it holds an invisible character.")
     try:
-        ascii_name = name.encode("idna").decode()
-    except UnicodeError:
-        raise ValidationError(f"“{raw}” is not a valid international domain name.") from None
-    try:  # an xn-- label must be valid punycode of a valid name ("xn--zz" is not)
-        ascii_name.encode().decode("idna")
-    except UnicodeError:
+        # IDNA 2008 with UTS #46 mapping, as browsers resolve names: ß stays ß (xn--zca), a zero-width
+        # character is refused rather than dropped (Python's "idna" codec is IDNA 2003, which does both)
+        ascii_name = idna.encode(name, uts46=True).decode()
+        idna.decode(ascii_name)  # an xn-- label must be valid punycode of a valid name ("xn--zz" is not)
+    except (idna.IDNAError, UnicodeError):
         raise ValidationError(f"“{raw}” is not a valid international domain name.") from None
     labels = ascii_name.split(".")
     if len(labels) < 2 or len(ascii_name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):

@@ -1,3 +1,4 @@
+import idna
 from django.conf import settings
 from django.db import models, transaction
 from django.urls import reverse
@@ -364,8 +365,8 @@ class Domain(models.Model):
     @property
     def display_name(self) -> str:
         try:
-            return self.name.encode().decode("idna")
-        except UnicodeError:
+            return idna.decode(self.name)
+        except (idna.IDNAError, UnicodeError):
             return self.name
 
 

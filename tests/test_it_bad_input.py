@@ -63,6 +63,22 @@ def test_a_punycode_label_must_decode(cast, dev, name: str) -> None:
     assert not dev.domains.exists()
 
 
+@pytest.mark.parametrize(
+    "name, stored",
+    [
+        ("straße.de", "xn--strae-oqa.de"),  # IDNA 2008 keeps ß (IDNA 2003 made it strasse.de, another owner's name)
+        ("exa\u200bmple.com", None),  # a zero-width space is refused, not dropped
+        ("exa\u200dmple.com", None),  # a zero-width joiner outside the scripts that use it
+    ],
+)
+def test_domains_follow_idna_2008(cast, dev, name: str, stored: str | None) -> None:
+    r = cast.client(cast.developer).post("/projects/shop/d/dev/domains/", {"name": name}, headers={"HX-Request": "true"})
+    if stored is None:
+        assert "is not a valid international domain name" in page_text(r) and not dev.domains.exists()
+    else:
+        assert [d.name for d in dev.domains.all()] == [stored] and dev.domains.get().display_name == name
+
+
 def test_an_unreadable_repository_is_refused_at_creation_with_a_sentence(cast, tmp_path: Path, local_repositories) -> None:
     client = cast.client(cast.owner)
     r = client.post("/projects/new/", {"name": "Gone", "repository": str(tmp_path / "missing"), "default_branch": "main"})
