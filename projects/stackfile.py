@@ -14,7 +14,7 @@ from projects.git import GitError
 from projects.legacy import LEGACY_PACKAGE_FILE, parse_legacy_package
 from projects.package import CHART_FOLDER, PACKAGE_FILE, Package, builtin_names, load_builtin, parse_package
 from projects.stackerrors import Problems, StackError, TooLarge
-from projects.validators import dns_label_error, env_name_error, safe_relative_folder
+from projects.validators import dns_label_error, env_name_error, own_env_name_error, safe_relative_folder
 
 STACK_FILE = "diploi.yaml"
 SUPPORTED_VERSIONS = ("v1.0",)
@@ -370,7 +370,7 @@ def _include(p: Problems, entry: object, where: str) -> EnvInclude | None:
         if not p.mapping(entry, where, {"name", "value"}, required={"name"}):
             return None
         name = str(entry.get("name"))
-        if err := env_name_error(name):
+        if err := own_env_name_error(name):
             p.add(f"{where}.name", f"“{name}” {err}")
         elif "value" not in entry:
             p.add(f"{where}.value", "is required")
@@ -398,7 +398,7 @@ def _include(p: Problems, entry: object, where: str) -> EnvInclude | None:
         if "*" in name:
             p.add(where, f"“{entry}”: only a single variable can be renamed")
             return None
-        if err := env_name_error(alias):
+        if err := own_env_name_error(alias):
             p.add(where, f"alias “{alias}” {err}")
             return None
     if "*" not in name and (err := env_name_error(name)):

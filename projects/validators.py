@@ -42,6 +42,16 @@ def env_name_error(value: str) -> str | None:
     return None
 
 
+def own_env_name_error(value: str) -> str | None:
+    """A variable a user or a project file sets: a valid name, and not one of Diploi's (DIPLOI_…),
+    which the platform and each runtime set."""
+    if err := env_name_error(value):
+        return err
+    if value.upper().startswith("DIPLOI_"):
+        return "starts with DIPLOI_: those names are set by Diploi"
+    return None
+
+
 def validate_branch_name(value: str) -> None:
     """The rules of `git check-ref-format --branch`, checked without running git."""
     reason = None

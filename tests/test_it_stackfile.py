@@ -576,3 +576,18 @@ def test_a_starters_preview_images_are_served_from_its_diploi_folder(cast, sampl
     assert viewer.get("/projects/shop/preview/3/").status_code == 404  # not an image
     assert viewer.get("/projects/shop/preview/9/").status_code == 404
     assert cast.client(cast.outsider).get("/projects/shop/preview/0/").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "old, new, field",
+    [
+        ("        - name: FEATURE_ON\n", "        - name: DIPLOI_HOST\n", "components[0].env.include[3].name"),
+        ("postgres.POSTGRES_USER:DB_USER", "postgres.POSTGRES_USER:DIPLOI_STAGE", "components[0].env.include[0]"),
+        ("{path: postgres.POSTGRES_DB, name: DB_NAME}", "{path: postgres.POSTGRES_DB, name: diploi_port}", "components[0].env.include[2]"),
+    ],
+)
+def test_a_project_file_may_not_set_diploi_own_variables(old: str, new: str, field: str) -> None:
+    stack, errors = parse_stack(replace(old, new), REPO)
+    assert stack is None
+    found = [(e.field, e.message) for e in errors]
+    assert any(f == field and "starts with DIPLOI_: those names are set by Diploi" in m for f, m in found), found

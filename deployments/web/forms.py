@@ -1,12 +1,10 @@
-import re
-
 from django import forms
 
 from deployments.models import Deployment, EnvVar, Stage
 from projects import values
 from projects.models import Project
 from projects.stack import branches, check_branch
-from projects.validators import env_name_error
+from projects.validators import own_env_name_error
 
 MAX_ENV_VALUE = 32 * 1024
 
@@ -50,10 +48,8 @@ class EnvVarForm(forms.Form):
 
     def clean_key(self) -> str:
         key = self.cleaned_data["key"].strip()
-        if err := env_name_error(key):
+        if err := own_env_name_error(key):
             raise forms.ValidationError(f"“{key}” {err}.")
-        if re.match(r"^DIPLOI_", key):
-            raise forms.ValidationError("Names starting with DIPLOI_ are set by Diploi.")
         return key
 
     def clean_value(self) -> str:
