@@ -5,11 +5,12 @@ from django.views.generic import RedirectView
 from deployments.ci.api import ci_build_report
 from deployments.triggers.views import receive as receive_webhook
 from deployments.web.views import router_root, try_demo
-from diploi.views import healthz
+from diploi.views import favicon, healthz
 from projects.urls import invitation_urlpatterns
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="projects:list", permanent=False)),
+    path("favicon.ico", favicon),
     path("accounts/", include("allauth.urls")),
     path("account/", include("accounts.urls")),
     path("projects/", include("projects.urls")),

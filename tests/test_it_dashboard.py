@@ -409,3 +409,15 @@ def test_pages_show_the_deployments_own_stack_not_the_default_branchs(cast, runt
     assert "api-dev@" not in client.get("/projects/shop/d/dev/").content.decode()
     assert client.post("/projects/shop/d/dev/parameters/api/", {"LOG_LEVEL": "debug"}).status_code == 404
     assert main.env_vars.count() == 0
+
+
+def test_viewers_are_not_asked_for_an_ssh_key_they_could_not_use(cast, dev) -> None:
+    overview = f"/projects/{cast.project.slug}/d/{dev.slug}/"
+    seen = cast.client(cast.viewer).get(overview).content.decode()
+    assert "Add an SSH key to connect" not in seen and "Viewers cannot connect" in seen
+    assert "Add an SSH key to connect" in cast.client(cast.developer).get(overview).content.decode()
+
+
+def test_the_favicon_browsers_ask_for_is_the_pages_icon(client) -> None:
+    r = client.get("/favicon.ico")
+    assert r.status_code == 301 and r["Location"].endswith("/img/favicon.svg")

@@ -46,6 +46,7 @@ def test_it_starts_everything_logs_in_and_stops_cleanly(platform: Platform) -> N
     url = platform.wait_for(r"Diploi is running at (http://\S+)").group(1)
     assert url == f"http://localhost:{platform.port}/"
     m = platform.wait_for(r"username: (\S+) password: (\S+)")
+    platform.wait_for(rf"SSH into deployments: port {platform.ssh_port} ")
     platform.wait_for(r"celery@\S+ ready")
 
     opener = log_in(platform.port, m.group(1), m.group(2))

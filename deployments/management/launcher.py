@@ -324,6 +324,7 @@ class Launcher:
                 f"Its certificates come from its own CA: trust {self.router.root_certificate}",
                 "(e.g. in /usr/local/share/ca-certificates, then update-ca-certificates; or import it in the browser)",
             ]
+        lines.append(f"SSH into deployments: port {settings.DIPLOI_SSH_PORT} (each Overview shows its command)")
         lines += [f"Logs: {self.dir / 'logs'}", "Ctrl-C stops everything"]
         width = max(len(line) for line in lines)
         box = [f"╭{'─' * (width + 4)}╮", *(f"│  {line:<{width}}  │" for line in lines), f"╰{'─' * (width + 4)}╯"]
