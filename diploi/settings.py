@@ -144,7 +144,6 @@ DIPLOI_BUILD_STEP_TIMEOUT = envint("DIPLOI_BUILD_STEP_TIMEOUT", 1800, minimum=1)
 DIPLOI_MEMBERS_REFUSED = "deployments.tenancy.refuse_new_members"
 ACCOUNT_LOGIN_METHODS = {"username", "email"}
 ACCOUNT_SIGNUP_FIELDS = ["email*", "username*", "password1*", "password2*"]
-ACCOUNT_EMAIL_VERIFICATION = envchoice("DIPLOI_EMAIL_VERIFICATION", "optional", ("none", "optional", "mandatory"))
 ACCOUNT_LOGOUT_ON_GET = False
 ACCOUNT_PREVENT_ENUMERATION = True
 
@@ -169,6 +168,8 @@ else:
     # Without a mail server, password-reset and verification mails are printed by the web process.
     EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 DEFAULT_FROM_EMAIL = envstr("DIPLOI_EMAIL_FROM", "diploi@localhost")
+# Confirmation mails only where mail goes out: without a mail server, sign-up would say one was sent.
+ACCOUNT_EMAIL_VERIFICATION = envchoice("DIPLOI_EMAIL_VERIFICATION", "optional" if EMAIL_HOST else "none", ("none", "optional", "mandatory"))
 
 # Redis carries Celery's queue and the Channels layer. `manage.py up` starts an embedded server and
 # sets REDIS_URL for its children when it is not set; processes started by hand need it set.

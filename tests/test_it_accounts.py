@@ -14,7 +14,10 @@ def test_it_signs_up_logs_out_and_in(db, teams) -> None:
     )
     assert r.status_code == 302
     assert User.objects.filter(username="ada").exists()
-    assert client.get("/projects/").status_code == 200
+    page = client.get("/projects/")
+    assert page.status_code == 200
+    # no mail server here: no word of a confirmation mail that nobody would receive
+    assert "confirm" not in page.content.decode().lower() and len(mail.outbox) == 0
 
     client.post("/accounts/logout/")
     assert client.get("/projects/").status_code == 302
