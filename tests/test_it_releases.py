@@ -113,6 +113,8 @@ def test_a_failed_build_keeps_the_failing_commands_output(cast, runtime, sample_
     page = cast.client(cast.viewer).get(f"/projects/shop/d/{d.slug}/releases/{build.pk}/").content.decode()
     assert "Failed" in page and "exited with code" in page
     assert "requirements.txt" in page or "Invalid requirement" in page  # pip's own words, after the build
+    build.refresh_from_db()  # the reason shown with the release quotes the installer's error, not its command
+    assert build.error.startswith("install failed: web: exited with code") and "error: " in build.error.lower(), build.error
 
 
 def test_rollback_runs_an_old_release_without_a_build_and_pins(cast, runtime, sample_repo: Path) -> None:

@@ -6,12 +6,14 @@ import shutil
 import signal
 import subprocess
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gitsafe
 from deployments.runtimes.base import BuildFailed, CodeState, DeploymentSpec, Progress, RuntimeFailure, ServiceSpec
+from deployments.runtimes.local.observe import LOOKED_BACK, telling
 from deployments.runtimes.local.sandbox import PUSH_PATH, Jail, copy_tree
 
 GIT_TIMEOUT = 600
@@ -200,10 +202,13 @@ def _run_step(step: str, service: ServiceSpec, launch: Launch, progress: Progres
     timer = threading.Timer(launch.timeout, stop) if launch.timeout else None
     if timer:
         timer.start()
+    said: deque[str] = deque(maxlen=LOOKED_BACK)  # what the failure message quotes
     try:
         assert proc.stdout
         for raw in proc.stdout:
-            progress(step, percent, raw.decode(errors="replace").rstrip("\n"))
+            line = raw.decode(errors="replace").rstrip("\n")
+            said.append(line)
+            progress(step, percent, line)
         code = proc.wait()
     finally:
         if timer:
@@ -213,7 +218,9 @@ def _run_step(step: str, service: ServiceSpec, launch: Launch, progress: Progres
             step, f"`{launch.command}` in {service.identifier} did not finish within {launch.timeout:.0f} s (DIPLOI_BUILD_STEP_TIMEOUT)"
         )
     if code != 0:
-        raise BuildFailed(step, f"`{launch.command}` in {service.identifier} exited with code {code}")
+        # what the command said (pip's or npm's error), not the command itself (the log has it)
+        quoted = " / ".join(line[:200] for line in telling(list(said)))
+        raise BuildFailed(step, f"{service.identifier}: exited with code {code}" + (f" — {quoted}" if quoted else ""))
 
 
 def prune(releases: Path, keep: set[str]) -> None:

@@ -198,14 +198,20 @@ def preparing(state: ItemState, phase_file: Path) -> ItemState:
     return replace(state, colour=Colour.PENDING, message=f"{doing}… (its log shows the output)")
 
 
+def telling(output: list[str]) -> list[str]:
+    """What a failed command's last lines say best: the first of them that says "error", then its last
+    line (else its last LAST_WORDS lines); the platform's own "diploi:" lines left out."""
+    tail = [ln.strip() for ln in output[-LOOKED_BACK:]]
+    tail = [ln for ln in tail if ln and not ln.startswith("diploi: ")]
+    first_error = next((ln for ln in tail if "error" in ln.lower()), None)
+    return [first_error, tail[-1]] if first_error and first_error != tail[-1] else tail[-LAST_WORDS:]
+
+
 def with_last_words(state: ItemState, log_file: Path) -> ItemState:
     """The crashed process's last log lines in its status, instead of supervisord's "process log may
     have details": its first line saying "error" among the last few, then its last line (the
     platform's own "diploi:" lines left out: the status says that already)."""
-    tail = [ln.strip() for ln in read_log(log_file, False, None, LOOKED_BACK, threading.Event())]
-    tail = [ln for ln in tail if ln and not ln.startswith("diploi: ")]
-    first_error = next((ln for ln in tail if "error" in ln.lower()), None)
-    lines = [first_error, tail[-1]] if first_error and first_error != tail[-1] else tail[-LAST_WORDS:]
+    lines = telling(list(read_log(log_file, False, None, LOOKED_BACK, threading.Event())))
     if not lines:
         return state
     message = state.message.replace(" (process log may have details)", "")
