@@ -141,6 +141,15 @@ def create_and_answer(project: Project, user: User, name: str, stage: str) -> tu
     return time.perf_counter() - t, d
 
 
+def clean_up(runtime) -> None:
+    """Every deployment the run made, destroyed, and its temporary folder gone."""
+    for d in Deployment.objects.all():
+        tasks.destroy(d.pk)
+    runtime.supervisor.shutdown()
+    disks.unmount_under(DATA)  # the deployments' own filesystems (as root)
+    shutil.rmtree(DATA, ignore_errors=True)
+
+
 def by_hand(name: str, stage: str, cache: Path) -> float:
     """The recipe's commands run by hand in a fresh copy of the starter's component (install, then
     build and start, or the development server), with `cache` as the package cache: seconds until the
@@ -221,11 +230,7 @@ def starters() -> None:
                     f"{'restart' if stage == 'development' else 'rebuild'} → answering (warm) {again:6.1f} s ({again / warm:.2f}× by hand)"
                 )
     finally:
-        for d in Deployment.objects.all():
-            tasks.destroy(d.pk)
-        runtime.supervisor.shutdown()
-        disks.unmount_under(DATA)
-        shutil.rmtree(DATA, ignore_errors=True)
+        clean_up(runtime)
 
 
 def main() -> None:
@@ -299,11 +304,7 @@ def main() -> None:
                 f"the rest is waiting for the deployments' health answers), {calls['n'] // args.repeat} supervisor call(s) per observe"
             )
     finally:
-        for d in Deployment.objects.all():
-            tasks.destroy(d.pk)
-        runtime.supervisor.shutdown()
-        disks.unmount_under(DATA)  # the deployments' own filesystems (as root)
-        shutil.rmtree(DATA, ignore_errors=True)
+        clean_up(runtime)
 
 
 if __name__ == "__main__":

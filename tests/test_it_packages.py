@@ -559,6 +559,27 @@ def test_a_release_keeps_the_package_commits_it_was_built_with(db, cast, git_dae
     assert wait_until(lambda: json.loads(http_get(d.endpoints["web"]))["MODE"] == "two" and "two", what="the new release") == "two"
 
 
+def development_of(git_daemon, tmp_path: Path, owner, package: str, env: dict[str, str] | None = None) -> tuple[Deployment, object]:
+    """A project whose one component, web, is `package` served by the git daemon: a development
+    deployment of it, provisioned, and its spec."""
+    base, server = git_daemon
+    publish(base, "web", {"diploi.yaml": package})
+    stack = f"diploiVersion: v1.0\ncomponents:\n  - {{name: Web, identifier: web, package: '{server}/web.git#main'}}\n"
+    project = project_with(tmp_path, stack, owner)
+    refresh_stack(project)
+    assert project.stack_errors == [], project.stack_errors
+    d = do_create_deployment(project, "Dev", "development", "main", actor=owner)
+    if env:
+        actions.do_save_env(d, "web", {k: (v, False) for k, v in env.items()}, actor=owner)
+    tasks.provision(d.pk)
+    d.refresh_from_db()
+    return d, build_spec(d, load_stack(d, d.commit), d.commit)
+
+
+def container(runtime, d: Deployment, spec, name: str = "web"):
+    return next(c for c in runtime.observe([spec])[d.pk].containers if c.name == name)
+
+
 TWO_SERVERS = """
 diploiVersion: v1.0
 type: component
@@ -605,20 +626,10 @@ asyncio.run(main())
 def test_a_port_its_package_does_not_declare_is_refused_with_a_line_that_says_how_to_declare_it(
     db, cast, git_daemon, tmp_path: Path, local_repositories, runtime
 ) -> None:
-    base, server = git_daemon
-    publish(base, "two", {"diploi.yaml": TWO_SERVERS})
-    stack = f"diploiVersion: v1.0\ncomponents:\n  - {{name: Web, identifier: web, package: '{server}/two.git#main'}}\n"
-    project = project_with(tmp_path, stack, cast.owner)
-    refresh_stack(project)
-    assert project.stack_errors == [], project.stack_errors
-    d = do_create_deployment(project, "Dev", "development", "main", actor=cast.owner)
-    actions.do_save_env(d, "web", {"SERVER": (SERVER, False)}, actor=cast.owner)
-    tasks.provision(d.pk)
-    d.refresh_from_db()
+    d, spec = development_of(git_daemon, tmp_path, cast.owner, TWO_SERVERS, env={"SERVER": SERVER})
     seen = wait_until(lambda: json.loads(http_get(d.endpoints["web"])), what="the component")
     # Vite's own port, declared in the package, is given as $PORT_VITE; 5173 itself is not this machine's to give.
     assert seen == {"undeclared": "refused", "declared": "listening"}
-    spec = build_spec(d, load_stack(d, d.commit), d.commit)
     log = (runtime.home(spec) / "logs" / "web.log").read_text()
     note = "diploi: port 5173 is not one of this component's ports, so it may not listen on it"
     assert log.count(note) == 1, log  # once, though both Node and Python were refused it
@@ -644,19 +655,11 @@ local:
 def test_a_development_install_shows_on_the_overview_while_it_runs(
     db, cast, git_daemon, tmp_path: Path, local_repositories, runtime, settings
 ) -> None:
-    base, server = git_daemon
-    publish(base, "slow", {"diploi.yaml": SLOW_INSTALL})
-    stack = f"diploiVersion: v1.0\ncomponents:\n  - {{name: Web, identifier: web, package: '{server}/slow.git#main'}}\n"
-    project = project_with(tmp_path, stack, cast.owner)
-    refresh_stack(project)
     settings.DIPLOI_READY_TIMEOUT = 1  # it does not answer until its install is let through
-    d = do_create_deployment(project, "Dev", "development", "main", actor=cast.owner)
-    tasks.provision(d.pk)
-    d.refresh_from_db()
-    spec = build_spec(d, load_stack(d, d.commit), d.commit)
+    d, spec = development_of(git_daemon, tmp_path, cast.owner, SLOW_INSTALL)
 
     def web():
-        return next(c for c in runtime.observe([spec])[d.pk].containers if c.name == "web")
+        return container(runtime, d, spec)
 
     installing = wait_until(lambda: "installing dependencies" in web().message and web(), what="the install to show")
     assert installing.colour == Colour.PENDING and installing.message == "installing dependencies… (its log shows the output)"
@@ -677,19 +680,11 @@ FAILING_INSTALL = SLOW_INSTALL.replace(
 def test_a_failed_development_install_is_red_with_its_error_and_runs_again_when_the_lockfile_changes(
     db, cast, git_daemon, tmp_path: Path, local_repositories, runtime, settings
 ) -> None:
-    base, server = git_daemon
-    publish(base, "failing", {"diploi.yaml": FAILING_INSTALL})
-    stack = f"diploiVersion: v1.0\ncomponents:\n  - {{name: Web, identifier: web, package: '{server}/failing.git#main'}}\n"
-    project = project_with(tmp_path, stack, cast.owner)
-    refresh_stack(project)
     settings.DIPLOI_READY_TIMEOUT = 1
-    d = do_create_deployment(project, "Dev", "development", "main", actor=cast.owner)
-    tasks.provision(d.pk)
-    d.refresh_from_db()
-    spec = build_spec(d, load_stack(d, d.commit), d.commit)
+    d, spec = development_of(git_daemon, tmp_path, cast.owner, FAILING_INSTALL)
 
     def web():
-        return next(c for c in runtime.observe([spec])[d.pk].containers if c.name == "web")
+        return container(runtime, d, spec)
 
     failed = wait_until(lambda: web().colour == Colour.RED and web(), what="the failed install to show")
     assert failed.message.startswith("installing dependencies failed (exit code 3); it runs again when a lockfile changes, or on Restart")
