@@ -32,8 +32,9 @@ def normalise_domain(raw: str) -> str:
     try:
         # IDNA 2008 with UTS #46 mapping, as browsers resolve names: ß stays ß (xn--zca), a zero-width
         # character is refused rather than dropped (Python's "idna" codec is IDNA 2003, which does both)
-        ascii_name = idna.encode(name, uts46=True).decode()
-        idna.decode(ascii_name)  # an xn-- label must be valid punycode of a valid name ("xn--zz" is not)
+        ascii_name = name if name.isascii() else idna.encode(name, uts46=True).decode()  # (plain labels: checked below)
+        if "xn--" in ascii_name:
+            idna.decode(ascii_name)  # an xn-- label must be valid punycode of a valid name ("xn--zz" is not)
     except (idna.IDNAError, UnicodeError):
         raise ValidationError(f"“{raw}” is not a valid international domain name.") from None
     labels = ascii_name.split(".")

@@ -138,6 +138,10 @@ DIPLOI_LOCAL_CPU_PERCENT = envint("DIPLOI_LOCAL_CPU_PERCENT", 100, minimum=10)
 DIPLOI_LOCAL_PROCESSES = envint("DIPLOI_LOCAL_PROCESSES", 512, minimum=16)
 # Disk per deployment (code, releases, storage): no file may be larger, and the dashboard turns red past it.
 DIPLOI_LOCAL_DISK_MIB = envint("DIPLOI_LOCAL_DISK_MIB", 10240, minimum=64)
+# The host ports the local runtime gives deployments' services: below the kernel's ephemeral range
+# (32768–60999 on Linux), so that no outgoing connection of the machine takes one while its service is down.
+DIPLOI_LOCAL_PORT_FIRST = envint("DIPLOI_LOCAL_PORT_FIRST", 20000, minimum=1024, maximum=65535)
+DIPLOI_LOCAL_PORT_LAST = envint("DIPLOI_LOCAL_PORT_LAST", 29999, minimum=1024, maximum=65535)
 # Seconds one build step (install, build) may take before it fails.
 DIPLOI_BUILD_STEP_TIMEOUT = envint("DIPLOI_BUILD_STEP_TIMEOUT", 1800, minimum=1)
 # Asked by the project pages (which do not import deployments) before a member is added.

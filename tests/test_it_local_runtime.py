@@ -792,3 +792,21 @@ def test_a_checkout_shares_no_file_with_the_projects_repository(cast, runtime, s
     source = {(f.stat().st_dev, f.stat().st_ino) for f in (sample_repo / ".git" / "objects").rglob("*") if f.is_file()}
     checkout = {(f.stat().st_dev, f.stat().st_ino) for f in (runtime.home(current_spec(d)) / "code" / ".git").rglob("*") if f.is_file()}
     assert source and checkout and not source & checkout
+
+
+def test_ports_come_from_the_configured_range_outside_the_ephemeral_one(cast, runtime, settings) -> None:
+    from deployments.runtimes.base import RuntimeFailure
+    from deployments.runtimes.local.programs import allocate_ports
+
+    settings.DIPLOI_LOCAL_PORT_FIRST, settings.DIPLOI_LOCAL_PORT_LAST = 24000, 24002
+    with socket.socket() as busy:  # something of the machine's listens on one of them: never given
+        busy.bind(("127.0.0.1", 24001))
+        busy.listen()
+        d = Deployment.objects.create(project=cast.project, name="A", slug="a", branch="main", commit=cast.project.stack_commit)
+        runtime.home(current_spec(d)).mkdir(parents=True)
+        given = allocate_ports(runtime.layout, current_spec(d))  # the sample: web and redis, one port each
+        assert sorted(p for svc in given.values() for p in svc.values()) == [24000, 24002]
+        other = Deployment.objects.create(project=cast.project, name="B", slug="b", branch="main", commit=cast.project.stack_commit)
+        runtime.home(current_spec(other)).mkdir(parents=True)
+        with pytest.raises(RuntimeFailure, match="no free port left in 24000–24002"):
+            allocate_ports(runtime.layout, current_spec(other))

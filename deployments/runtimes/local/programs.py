@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import pwd
+import random
 import shutil
 import socket
 import sys
@@ -337,9 +338,16 @@ def _read_ports(path: Path) -> Ports:
 
 
 def _free_port(taken: set[int]) -> int:
-    while True:
+    """A port of DIPLOI_LOCAL_PORT_FIRST…_LAST that no deployment holds and nothing listens on now
+    (outside the ephemeral range: an outgoing connection never takes it while its service is down)."""
+    first, last = settings.DIPLOI_LOCAL_PORT_FIRST, settings.DIPLOI_LOCAL_PORT_LAST
+    candidates = [p for p in range(first, last + 1) if p not in taken]
+    random.shuffle(candidates)
+    for port in candidates:
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in taken:
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeFailure(f"no free port left in {first}–{last} (DIPLOI_LOCAL_PORT_FIRST/_LAST)")
