@@ -150,3 +150,21 @@ def test_the_history_names_each_change_with_a_word_of_the_table(from_state, to_s
     from deployments.status.tree import transition_word
 
     assert transition_word(from_state, to_state) == word and word in VOCABULARY
+
+
+@pytest.mark.django_db
+def test_a_containers_restarts_are_said_once_on_the_overview(cast) -> None:
+    from deployments.models import Deployment, State
+    from deployments.status import store
+
+    base = derive(obs(), "running", True, "", ())
+    items = (
+        ItemState("web", G, "running, restarted 3×", restarts=3),
+        ItemState("redis", Colour.PENDING, "starting", restarts=2),
+    )
+    tree = base.__class__(**{**base.__dict__, "containers": items})
+    d = Deployment.objects.create(project=cast.project, name="Dev", slug="dev", branch="main", state=State.RUNNING)
+    Deployment.objects.filter(pk=d.pk).update(status=store.to_json(tree))
+    page = cast.client(cast.owner).get(f"/projects/{cast.project.slug}/d/dev/").content.decode()
+    assert "running, restarted 3×" in page and "3 restarts" not in page  # not "restarted 3× · 3 restarts"
+    assert "starting · 2 restarts" in page  # where the message does not say it, the count does
