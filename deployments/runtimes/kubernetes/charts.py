@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -85,15 +86,27 @@ def values(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -> d
 
 def render(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str], namespace: str) -> list[dict]:
     """`helm template` of the package's templates with `values()`; ChartRefused when it fails."""
+    values_text = yaml.safe_dump(values(spec, service, env))
+    rendered = _template(settings.DIPLOI_HELM, service.identifier, service.chart, values_text, namespace)
+    try:
+        return [obj for obj in yaml.load_all(rendered, Loader=RenderedLoader) if obj]  # noqa: S506 — a SafeLoader
+    except yaml.YAMLError as e:
+        raise ChartRefused(f"{service.identifier}: its chart renders something that is not Kubernetes objects: {e}") from None
+
+
+@lru_cache(maxsize=256)
+def _template(helm: str, identifier: str, chart: tuple[tuple[str, str], ...], values_text: str, namespace: str) -> str:
+    """What Helm renders, once per input: every apply, route and clone asks for the deployment's
+    objects, and an unchanged deployment's chart renders the same (a run of Helm is ~0.1 s)."""
     with tempfile.TemporaryDirectory(prefix="diploi-chart-") as folder:
         root = Path(folder)
         (root / "templates").mkdir()
-        (root / "Chart.yaml").write_text(yaml.safe_dump({"apiVersion": "v2", "name": service.identifier, "version": "0.0.0"}))
-        for name, text in service.chart:
+        (root / "Chart.yaml").write_text(yaml.safe_dump({"apiVersion": "v2", "name": identifier, "version": "0.0.0"}))
+        for name, text in chart:
             # only what Helm renders: its own files beside them (.html, .conf) are read by none of the values above
             (root / "templates" / Path(name).name).write_text(text)
-        (root / "values.yaml").write_text(yaml.safe_dump(values(spec, service, env)))
-        argv = [settings.DIPLOI_HELM, "template", service.identifier, str(root), "--namespace", namespace]
+        (root / "values.yaml").write_text(values_text)
+        argv = [helm, "template", identifier, str(root), "--namespace", namespace]
         # the package's text runs in Helm's template language: without the platform's environment (no
         # kubeconfig, no credentials), its own folders in the temporary one, a time limit
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": folder, "HELM_CACHE_HOME": folder, "HELM_CONFIG_HOME": folder}
@@ -101,15 +114,12 @@ def render(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str], name
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, cwd=folder)
         except (OSError, subprocess.TimeoutExpired) as e:
-            raise ChartRefused(f"{service.identifier}: its chart could not be rendered ({settings.DIPLOI_HELM}: {e})") from None
+            raise ChartRefused(f"{identifier}: its chart could not be rendered ({helm}: {e})") from None
     if done.returncode != 0:
-        raise ChartRefused(f"{service.identifier}: its chart does not render: {done.stderr.strip()[-500:]}")
-    if len(done.stdout) > MAX_RENDERED:
-        raise ChartRefused(f"{service.identifier}: its chart renders {len(done.stdout)} characters; at most {MAX_RENDERED} are applied")
-    try:
-        return [obj for obj in yaml.load_all(done.stdout, Loader=RenderedLoader) if obj]  # noqa: S506 — a SafeLoader
-    except yaml.YAMLError as e:
-        raise ChartRefused(f"{service.identifier}: its chart renders something that is not Kubernetes objects: {e}") from None
+        raise ChartRefused(f"{identifier}: its chart does not render: {done.stderr.strip()[-500:]}")
+    if len(done.stdout) > MAX_RENDERED:  # (before it is kept)
+        raise ChartRefused(f"{identifier}: its chart renders {len(done.stdout)} characters; at most {MAX_RENDERED} are applied")
+    return done.stdout
 
 
 class RenderedLoader(BoundedLoader):
