@@ -118,7 +118,8 @@ class Sandbox:
             args += ["--ro-bind-try", str(own or f"/etc/{name}"), f"/etc/{name}"]
         # a private /tmp first (its HOME, writable by it): the folders bound next may live under /tmp themselves
         args += ["--proc", "/proc", "--dev", "/dev", "--size", str(self.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
-        # POSIX shared memory and semaphores (Python's multiprocessing, Flask's debugger), from the same allowance
+        # POSIX shared memory and semaphores (Python's multiprocessing, Flask's debugger): a tmpfs of /tmp's size,
+        # its pages the deployment's memory too
         args += ["--size", str(self.tmp_bytes), "--perms", "1777", "--tmpfs", "/dev/shm"]
         made: set[Path] = {Path("/"), Path("/tmp")}
         for option, paths in (("--ro-bind", (*runtime_folders(), *self.readable)), ("--bind", self.writable)):
