@@ -17,7 +17,7 @@ from typing import Any
 
 from projects import values
 from projects.stackerrors import Problems, StackError
-from projects.validators import dns_label_error, env_name_error
+from projects.validators import dns_label_error, env_name_error, has_control_character
 
 PACKAGE_FILE = "diploi.yaml"
 CHART_FOLDER = ".diploi/helm"  # Diploi's: the package's Kubernetes objects, as Helm templates
@@ -500,6 +500,6 @@ def mount_path_error(path: str) -> str | None:
         return "must be an absolute path below / (like /data)"
     if any(part in (".", "..") for part in path.split("/")):
         return "must not contain . or .. parts"
-    if any(ord(c) < 32 or ord(c) == 127 for c in path) or len(path) > 255:
+    if has_control_character(path) or len(path) > 255:
         return "must be at most 255 characters, without control characters"
     return None

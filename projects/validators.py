@@ -42,6 +42,11 @@ def env_name_error(value: str) -> str | None:
     return None
 
 
+def has_control_character(text: str) -> bool:
+    """A character below space, or DEL: nothing a name, path or address of ours may hold."""
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
 def own_env_name_error(value: str) -> str | None:
     """A variable a user or a project file sets: a valid name, and not one of Diploi's (DIPLOI_…),
     which the platform and each runtime set."""
@@ -83,7 +88,7 @@ def validate_repository(value: str) -> None:
     allows, and a server on this machine or a private network only when the operator allows it:
     otherwise a project could read the platform's own files or reach its internal services.
     """
-    if value.startswith("-") or _TRANSPORT.match(value) or any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if value.startswith("-") or _TRANSPORT.match(value) or has_control_character(value):
         raise ValidationError("This repository address is not allowed.")
     if value.startswith(("/", "file://")):
         _check_local(value.removeprefix("file://"))
