@@ -77,9 +77,9 @@ def wait_for(url: str, timeout: float = 60, any_status: bool = False) -> None:
         except urllib.error.HTTPError:
             if any_status:
                 return
-            time.sleep(0.05)
+            time.sleep(0.02)
         except OSError:
-            time.sleep(0.05)
+            time.sleep(0.02)
     raise SystemExit(f"{url} did not answer within {timeout} s")
 
 
