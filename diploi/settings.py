@@ -140,6 +140,9 @@ DIPLOI_LOCAL_PROCESSES = envint("DIPLOI_LOCAL_PROCESSES", 512, minimum=16)
 DIPLOI_LOCAL_DISK_MIB = envint("DIPLOI_LOCAL_DISK_MIB", 10240, minimum=64)
 # The host ports the local runtime gives deployments' services: below the kernel's ephemeral range
 # (32768–60999 on Linux), so that no outgoing connection of the machine takes one while its service is down.
+# A folder of image archives (`podman save`) every deployment's container storage starts with: base
+# images for a machine that reaches no registry ("" : none).
+DIPLOI_CONTAINER_IMAGES = os.environ.get("DIPLOI_CONTAINER_IMAGES", "")
 DIPLOI_LOCAL_PORT_FIRST = envint("DIPLOI_LOCAL_PORT_FIRST", 20000, minimum=1024, maximum=65535)
 DIPLOI_LOCAL_PORT_LAST = envint("DIPLOI_LOCAL_PORT_LAST", 29999, minimum=1024, maximum=65535)
 # Seconds one build step (install, build) may take before it fails.

@@ -143,10 +143,12 @@ class Package:
     legacy: bool = False  # written in the first format (diploi-package.yaml)
     chart: tuple[tuple[str, str], ...] = ()  # its Helm templates (.diploi/helm/): what it is on Kubernetes
     dependencies: tuple[Dependency, ...] = ()
+    # local.container: (Dockerfile, development Dockerfile) in the component's folder, built and run with podman
+    container: tuple[str, str] = ()
 
     @property
     def runs_locally(self) -> bool:
-        return "start" in self.commands
+        return "start" in self.commands or bool(self.container)
 
     @property
     def endpoints(self) -> dict[str, str]:
@@ -204,6 +206,7 @@ def parse_package(text: str | bytes, file: str, source: str) -> tuple[Package | 
             health=local.get("health", {}),
             status=local.get("status", ""),
             reload=local.get("reload", False),
+            container=local.get("container", ()),
             hosts=tuple(hosts),
             connection_strings=tuple(strings),
             logs=tuple(logs),
@@ -434,8 +437,9 @@ def _local(p: Problems, value: object, kind: object, hosts: list[Host]) -> dict[
     """Our block: how the package runs as local processes."""
     if value is None:
         return {}
-    known = {"install", "build", "start", "development", "ports", "health", "storage", "status", "reload"}
-    if not p.mapping(value, "local", known, required={"start"}):
+    known = {"install", "build", "start", "development", "ports", "health", "storage", "status", "reload", "container"}
+    container = _container(p, value.get("container")) if isinstance(value, dict) else ()
+    if not p.mapping(value, "local", known, required=set() if container else {"start"}):
         return {}
     commands = {}
     for key in COMMANDS:
@@ -480,7 +484,24 @@ def _local(p: Problems, value: object, kind: object, hosts: list[Host]) -> dict[
         status = ""
     paths = {str(k): str(v) for k, v in storage.items()}
     found = {"commands": commands, "ports": ports, "health": health, "storage": paths, "placeholders": placeholders}
-    return {**found, "status": status, "reload": value.get("reload") is True}
+    return {**found, "status": status, "reload": value.get("reload") is True, "container": container}
+
+
+def _container(p: Problems, value: object) -> tuple[str, str]:
+    """`local.container`: the Dockerfile (and the development one, used when the folder has it), paths
+    inside the component's folder."""
+    if value is None:
+        return ()
+    if not p.mapping(value, "local.container", {"dockerfile", "development"}):
+        return ()
+    paths = []
+    for key, default in (("dockerfile", "Dockerfile"), ("development", "Dockerfile.dev")):
+        path = value.get(key, default)
+        if not isinstance(path, str) or not path or path.startswith("/") or ".." in path.split("/") or has_control_character(path):
+            p.add(f"local.container.{key}", "must be a path inside the component's folder (like Dockerfile)")
+            return ()
+        paths.append(path)
+    return (paths[0], paths[1])
 
 
 def health_check(p: Problems, value: object, field: str) -> dict[str, Any]:

@@ -389,6 +389,7 @@ def redis_layer(settings, redis_url: str) -> str:
 SLOW_MODULES = {
     "test_it_confinement",
     "test_it_starters",
+    "test_it_containers",
     "test_it_faults",
     "test_it_browser",
     "test_it_helm",
@@ -431,6 +432,7 @@ def pytest_xdist_make_scheduler(config, log):
 NOT_DATABASE_MODULES = {
     "test_it_local_runtime",
     "test_it_starters",
+    "test_it_containers",
     "test_it_confinement",
     "test_it_hostile",
     "test_it_image",

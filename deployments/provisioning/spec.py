@@ -199,6 +199,7 @@ def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build
                 image=package_image(s),
                 images=tuple(sorted(package_images(s).items())),
                 chart=pkg.chart,
+                container=pkg.container,
             )
         )
     return replace(

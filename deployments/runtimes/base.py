@@ -75,6 +75,7 @@ class ServiceSpec:
     image: str = ""  # the package's own image (Diploi's `images`), for a package with no commands of ours
     images: tuple[tuple[str, str], ...] = ()  # each of the package's images by identifier (its chart's .Values.images)
     chart: tuple[tuple[str, str], ...] = ()  # the package's Helm templates: what it is on Kubernetes
+    container: tuple[str, str] = ()  # on this machine: (Dockerfile, development Dockerfile) it is built from and run as, with podman
 
     @property
     def built(self) -> bool:

@@ -39,7 +39,8 @@ class Command(BaseCommand):
         os.umask(0o077)
         data_dir = data_dir.resolve()
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        data_dir.chmod(0o700)
+        # (traversable, not listable, once deployments run containers: their podman reaches their folder, containers.open_paths)
+        data_dir.chmod(0o711 if (data_dir / "containers").is_dir() else 0o700)
         try:  # no other running installation gives its deployments the same uids and cgroups
             held = sandbox.hold_range(data_dir, sandbox.uid_base(data_dir))
         except sandbox.RangeInUse as e:

@@ -96,13 +96,14 @@ def main(run_file: str) -> int:
         """The preparation steps (an add-on's set-up, a development install), in order; 0 when all succeed.
         While they run, the phase file says what is happening, and after a failure that it failed (the
         Overview shows it)."""
-        steps = run.get("before", [])
+        # (a container's steps are whole commands: podman as the deployment, containers.py)
+        steps = [[*sandbox, "/bin/sh", "-c", command] for command in run.get("before", [])] + run.get("steps", [])
         phase, doing = run.get("phase") or ("", "")
         _write_phase(phase if steps else "", doing)
-        for i, command in enumerate(steps):
+        for i, argv in enumerate(steps):
             if stop_requested:
                 return 1
-            code = subprocess.run([*sandbox, "/bin/sh", "-c", command], cwd=cwd, env=env, preexec_fn=preexec).returncode
+            code = subprocess.run(argv, cwd=cwd, env=env, preexec_fn=preexec).returncode
             if code != 0:
                 # not the command itself: it may hold a password (the add-on's, rendered into it)
                 print(f"diploi: preparation step {i + 1} failed with exit code {code}", flush=True)
@@ -126,9 +127,15 @@ def main(run_file: str) -> int:
                 code = prepare()
         return code
 
+    def cleaned() -> None:
+        """After the command: what it leaves behind outside its process group (a container)."""
+        if run.get("after"):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                subprocess.run(run["after"], cwd=cwd, env=env, preexec_fn=preexec, timeout=30, stdout=subprocess.DEVNULL)
+
     if code := prepared():
         return _ended(code, pump)
-    argv = [*sandbox, "/bin/sh", "-c", run["command"]]
+    argv = run.get("argv") or [*sandbox, "/bin/sh", "-c", run["command"]]
     child = subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True, preexec_fn=preexec)
     if stop_requested:
         _signal_group(child.pid, signal.SIGTERM)
@@ -149,10 +156,12 @@ def main(run_file: str) -> int:
                 seen, locked = now_seen, now_locked
                 print("diploi: dependencies changed; installing again" if reinstall else "diploi: files changed; restarting", flush=True)
                 _end(child)
+                cleaned()
                 if reinstall and (code := prepared()):
                     return _ended(code, pump)
                 child = subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True, preexec_fn=preexec)
     _signal_group(child.pid, signal.SIGKILL)  # whatever the service left behind
+    cleaned()
     return _ended(code if code >= 0 else 128 - code, pump)
 
 

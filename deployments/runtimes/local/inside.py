@@ -2,6 +2,12 @@
 exec it.
 
     python3 -I -S inside.py [--env FILE] [--connect 80,443,41234 --bind 41234] [--inet tcp] -- /bin/sh -c '…'
+    python3 -I -S inside.py --podman yes --connect … --bind '' -- slirp4netns …
+
+With `--podman yes` (containers.py: the network of a deployment's containers, slirp4netns, which podman
+starts as the deployment's uid) only the Landlock port rules apply: slirp4netns makes namespaces of its
+own. What the containers connect to leaves through it: they reach the machine's loopback only on their
+own deployment's ports, and the outside world on DIPLOI_OUTBOUND_PORTS.
 
 - seccomp (always): no new namespaces (so no `unshare -Ur` root of its own), no mounts, no kernel
   keyrings, bpf, perf events, modules, kexec, swap, clock or reboot; what Docker's default profile
@@ -47,11 +53,11 @@ def _check(result: int, what: str) -> int:
     return result
 
 
-def restrict(connect: set[int], bind: set[int]) -> None:
+def restrict(connect: set[int], bind: set[int], scope: bool = True) -> None:
     version = abi()
     if version < 4:
         raise OSError(f"Landlock ABI {version} has no network rules (4 or later is needed)")
-    scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if version >= 6 else 0
+    scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if version >= 6 and scope else 0
     attr = struct.pack("=QQQ", 0, BIND_TCP | CONNECT_TCP, scoped) if version >= 6 else struct.pack("=QQ", 0, BIND_TCP | CONNECT_TCP)
     buf = ctypes.create_string_buffer(attr, len(attr))
     fd = _check(libc.syscall(SYS_CREATE_RULESET, buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0)), "create_ruleset")
@@ -233,9 +239,11 @@ def main(argv: list[str]) -> None:
     if "--env" in values:  # the deployment's own environment, only for its command (see sandbox.OUTER_ENV)
         with open(values["--env"]) as f:
             env = json.load(f)
+    containers = values.get("--podman") == "yes"  # slirp4netns: it makes namespaces of its own
     if "--connect" in values:
-        restrict(ports(values["--connect"]), ports(values.get("--bind", "")))
-    seccomp(values.get("--inet") == "tcp")
+        restrict(ports(values["--connect"]), ports(values.get("--bind", "")), scope=not containers)
+    if not containers:
+        seccomp(values.get("--inet") == "tcp")
     os.execvpe(command[0], command, env)
 
 

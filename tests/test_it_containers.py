@@ -1,0 +1,275 @@
+"""Components built from their own Dockerfile and run as containers with podman, rootless, as their
+deployment: beside a PostgreSQL add-on, in development (the code mounted at /app, Dockerfile.dev) and
+in production (an image per release: build, rollback, promote), reached over SSH's session path, and
+deleted without a trace. No registry is reachable here: the base image is a static busybox, imported
+and saved into the folder DIPLOI_CONTAINER_IMAGES names."""
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tarfile
+import threading
+from pathlib import Path
+
+import psutil
+import pytest
+
+from deployments.actions import do_create_deployment, do_delete, do_deploy, do_promote, do_rollback
+from deployments.models import Build, BuildStatus, Deployment, State
+from deployments.provisioning import tasks
+from deployments.provisioning.spec import current_spec
+from deployments.runtimes.local import containers, sandbox
+from tests.conftest import http_get, publish, wait_until
+from tests.test_it_starters import import_starter, told
+
+BUSYBOX = Path("/bin/busybox")
+pytestmark = pytest.mark.skipif(
+    bool(containers.available()) or not BUSYBOX.exists(), reason=containers.available() or "busybox-static is needed for the base image"
+)
+TOOLS = ("sh", "httpd", "nc", "cat", "id", "echo", "chmod", "ls", "date", "wget", "sleep", "env")
+
+
+@pytest.fixture(scope="session")
+def base_images(tmp_path_factory) -> Path:
+    """`localhost/busybox` as a `podman save` archive: a static busybox with the usual folders."""
+    work = tmp_path_factory.mktemp("busybox")
+    root = work / "rootfs"
+    for folder in ("bin", "proc", "sys", "dev", "etc", "tmp", "app", "root", "run", "var"):
+        (root / folder).mkdir(parents=True)
+    (root / "tmp").chmod(0o1777)
+    shutil.copy(BUSYBOX, root / "bin" / "busybox")
+    for tool in TOOLS:
+        (root / "bin" / tool).symlink_to("busybox")
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n")
+    with tarfile.open(work / "rootfs.tar", "w") as tar:
+        tar.add(root, arcname=".", filter=lambda info: (setattr(info, "uid", 0), setattr(info, "gid", 0), info)[-1])
+    conf = work / "containers.conf"
+    conf.write_text("[containers]\ndefault_ulimits = []\n")
+    podman = ["podman", "--runtime", "runc", "--root", str(work / "store"), "--runroot", str(work / "run")]
+    env = {"PATH": containers.OUTER_PATH, "CONTAINERS_CONF": str(conf), "HOME": str(work)}
+    images = work / "images"
+    images.mkdir()
+    subprocess.run(
+        [*podman, "import", "-q", str(work / "rootfs.tar"), "localhost/busybox:latest"], check=True, env=env, capture_output=True
+    )
+    subprocess.run(
+        [*podman, "save", "-q", "-o", str(images / "busybox.tar"), "localhost/busybox:latest"], check=True, env=env, capture_output=True
+    )
+    images.chmod(0o755)
+    (images / "busybox.tar").chmod(0o644)
+    return images
+
+
+@pytest.fixture
+def container_runtime(runtime, settings, git_daemon, base_images, tmp_path):
+    """The runtime, its data directory where a deployment's podman can pass through (not under pytest's
+    private folder)."""
+    settings.DIPLOI_CONTAINER_IMAGES = str(base_images)
+    yield runtime
+    # What a failed test left: its deployments' containers and accounts (a delete removes them itself).
+    runtime.supervisor.shutdown()
+    base = sandbox.uid_base(runtime.data_dir)
+    for entry in pwd.getpwall():
+        if entry.pw_name == containers.account_name(entry.pw_uid) and base <= entry.pw_uid < base + sandbox.UID_RANGE:
+            containers.remove_account(entry.pw_uid)
+
+
+@pytest.fixture
+def data_dir(settings, tmp_path):
+    """(overrides the suite's) a data directory whose parents other users may pass through."""
+    top = Path("/var/tmp/diploi-containers-tests")
+    top.mkdir(mode=0o711, exist_ok=True)
+    os.chmod(top, 0o711)
+    folder = top / tmp_path.name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(mode=0o711)
+    settings.DATA_DIR = folder / "data"
+    settings.DATA_DIR.mkdir(mode=0o700)
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.DIPLOI_ROUTER = "off"
+    yield settings.DATA_DIR
+    from deployments.runtimes.local import disks
+
+    disks.unmount_under(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def started(project, stage: str, owner, runtime, name: str = "") -> Deployment:
+    d = do_create_deployment(project, name or stage.title(), stage, "main", actor=owner)
+    tasks.provision(d.pk)
+    d.refresh_from_db()
+    assert d.state == State.RUNNING, f"{stage}: {d.state} — {d.state_reason}\n{told(d, runtime)}"
+    return d
+
+
+def page(d: Deployment, path: str, runtime, timeout: float = 60) -> str:
+    try:
+        return wait_until(lambda: http_get(d.endpoints["web"].rstrip("/") + path, timeout=10), timeout=timeout, what=path)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{told(d, runtime)}") from None
+
+
+def database_reached(d: Deployment, runtime) -> str:
+    """The component's status page once it reaches its database (the add-on may still be starting when
+    the component answers first, as it may be anywhere)."""
+
+    def status() -> str | None:
+        text = page(d, "/cgi-bin/status.cgi", runtime)
+        return text if "database=reachable" in text else None
+
+    return wait_until(status, timeout=60, what="the database from the container")
+
+
+def shell(runtime, d: Deployment, command: str) -> str:
+    """What `ssh web@… <command>` runs: a command in the component's running container."""
+    session = runtime.open_shell(current_spec(d), "web", command, pty=False)
+    out = b""
+    while chunk := session.read():
+        out += chunk
+    err = session.read_stderr()
+    assert session.close() == 0, err
+    return out.decode()
+
+
+def uid_of(runtime, d: Deployment) -> int:
+    return sandbox.uid_of(d.pk, sandbox.uid_base(runtime.data_dir))
+
+
+def test_a_dockerfile_component_with_postgres_runs_in_development(db, cast, git_daemon, container_runtime) -> None:
+    base, server = git_daemon
+    project = import_starter(base, server, "dockerfile-postgres", cast.owner)
+    d = started(project, "development", cast.owner, container_runtime)
+    assert "Hello from a Dockerfile" in page(d, "/index.html", container_runtime)
+    status = database_reached(d, container_runtime)
+    # $PORT is the container's own port; PostgreSQL (a process of the deployment) answers at its address
+    assert "stage=development" in status and "port=8080" in status and "database=reachable" in status
+    # The code is mounted at /app: a file written into the checkout is served as it is, unbuilt.
+    checkout = container_runtime.layout.code(current_spec(d)) / "web"
+    (checkout / "fresh.txt").write_text("written after the start\n")
+    assert page(d, "/fresh.txt", container_runtime) == "written after the start\n"
+    # Inside, the container's root is the deployment's own uid on this machine, never root.
+    uid = uid_of(container_runtime, d)
+    httpd = [p for p in psutil.process_iter(["name", "uids"]) if p.info["name"] == "httpd" and p.info["uids"].real == uid]
+    assert httpd, "the container's server runs as the deployment's uid"
+    assert shell(container_runtime, d, "id -u; pwd").split() == ["0", "/app/web"]
+
+
+def test_a_dockerfile_component_is_built_per_release_rolled_back_and_promoted(db, cast, git_daemon, container_runtime) -> None:
+    base, server = git_daemon
+    project = import_starter(base, server, "dockerfile-postgres", cast.owner)
+    prod = started(project, "production", cast.owner, container_runtime)
+    assert "Hello from a Dockerfile" in page(prod, "/index.html", container_runtime)
+    assert page(prod, "/built.txt", container_runtime) == "built as 0\n"  # RUN ran at build, as the image's root
+    database_reached(prod, container_runtime)
+    first = Build.objects.filter(deployment=prod, status=BuildStatus.SUCCEEDED).latest("pk")
+
+    publish(base, "dockerfile-postgres", {"web/index.html": "<h1>Second release</h1>\n"})
+    do_deploy(prod, actor=cast.owner)
+    tasks.provision(prod.pk)
+    prod.refresh_from_db()
+    assert prod.state == State.RUNNING, told(prod, container_runtime)
+    assert "Second release" in page(prod, "/index.html", container_runtime), told(prod, container_runtime)
+    images = containers.Podman(
+        container_runtime.data_dir, container_runtime.home(current_spec(prod)), uid_of(container_runtime, prod)
+    ).images()
+    assert {f"localhost/web:{first.commit}", f"localhost/web:{prod.commit}"} <= set(images)
+
+    # A rollback runs the first release's image again, unbuilt.
+    do_rollback(prod, first.pk, actor=cast.owner)
+    tasks.provision(prod.pk)
+    prod.refresh_from_db()
+    wait_until(
+        lambda: "Hello from a Dockerfile" in http_get(prod.endpoints["web"].rstrip("/") + "/index.html", timeout=10), what="the rollback"
+    )
+    assert Build.objects.filter(deployment=prod, trigger="rollback").latest("pk").log.count("podman build") == 0
+
+    # A staging release promoted to another production deployment runs its image there, copied, not rebuilt.
+    staging = started(project, "staging", cast.owner, container_runtime)
+    release = Build.objects.filter(deployment=staging, status=BuildStatus.SUCCEEDED).latest("pk")
+    other = started(project, "production", cast.owner, container_runtime, name="Second production")
+    do_promote(staging, release.pk, other, actor=cast.owner)
+    tasks.provision(other.pk)
+    other.refresh_from_db()
+    assert other.commit == release.commit and other.state == State.RUNNING, told(other, container_runtime)
+    assert "Second release" in page(other, "/index.html", container_runtime)
+
+
+def test_a_container_reaches_its_own_services_only_and_its_delete_leaves_nothing(
+    db, cast, git_daemon, container_runtime, redis_url
+) -> None:
+    base, server = git_daemon
+    project = import_starter(base, server, "dockerfile-postgres", cast.owner)
+    d = started(project, "development", cast.owner, container_runtime)
+    database_reached(d, container_runtime)
+    spec = current_spec(d)
+    uid, home = uid_of(container_runtime, d), container_runtime.home(spec)
+    ports = container_runtime.layout.read_json(spec, "ports.json")
+    pg = ports["postgres"]["postgres"] if "postgres" in ports["postgres"] else next(iter(ports["postgres"].values()))
+
+    # As an attacker with a shell in the container: the deployment's database answers; the platform's
+    # Redis, the machine's other ports and its files do not.
+    redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    probe = "for p in {}; do if nc -w 2 10.0.2.2 $p </dev/null; then echo open $p; else echo closed $p; fi; done"
+    seen = shell(container_runtime, d, probe.format(f"{pg} {redis_port} 22"))
+    assert f"open {pg}" in seen and f"closed {redis_port}" in seen and "closed 22" in seen, seen
+    listing = shell(container_runtime, d, f"ls {container_runtime.data_dir} 2>&1; ls /app; cat /proc/1/cmdline")
+    assert "No such file" in listing and "httpd" in listing  # its own PID 1, not the machine's
+    # As the deployment's uid on this machine (what podman runs as): its own folder, nothing else of the platform's.
+    others = [p for p in container_runtime.data_dir.iterdir() if p.name not in ("deployments", "containers")]
+    for path in [*others, *[h for h in container_runtime.layout.deployments.iterdir() if h != home]]:
+        assert not path.stat().st_mode & 0o007, f"{path} is open to the deployment's uid"
+    assert (
+        subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "ls", str(home)], capture_output=True).returncode
+        == 0
+    )
+
+    name = containers.account_name(uid)
+    assert pwd.getpwuid(uid).pw_name == name and name in Path("/etc/subuid").read_text()
+    do_delete(d, actor=cast.owner)
+    tasks.destroy(d.pk)
+    assert not Deployment.objects.filter(pk=d.pk).exists()
+    # No container, image, volume, network or process of it is left, nor its account and ids.
+    assert not home.exists()
+    with pytest.raises(KeyError):
+        pwd.getpwuid(uid)
+    assert name not in Path("/etc/subuid").read_text() and name not in Path("/etc/subgid").read_text()
+    left = lambda: [
+        p
+        for p in psutil.process_iter(["uids", "status"])
+        if p.info["uids"] and p.info["uids"].real == uid and p.info["status"] != psutil.STATUS_ZOMBIE
+    ]  # noqa: E731
+    assert not left(), left()  # (killed ones this machine's init has not reaped yet hold nothing)
+    assert not [line for line in Path("/proc/mounts").read_text().splitlines() if str(home) in line]
+
+
+def test_a_dockerfile_that_reaches_for_the_machine_is_refused_or_confined(
+    db, cast, git_daemon, container_runtime, redis_url, settings
+) -> None:
+    base, server = git_daemon
+    project = import_starter(base, server, "dockerfile-postgres", cast.owner)
+    # A bind mount of the machine's files in a RUN step is refused before podman sees it, with its reason.
+    reaching = "FROM localhost/busybox\nRUN --mount=type=bind,source=/etc,target=/x \\\n  cat /x/shadow\n"
+    publish(base, "dockerfile-postgres", {"web/Dockerfile": reaching})
+    d = do_create_deployment(project, "Production", "production", "main", actor=cast.owner)
+    tasks.provision(d.pk)
+    build = Build.objects.filter(deployment=d).latest("pk")
+    assert build.status == BuildStatus.FAILED and "RUN --mount=type=bind is not supported here" in build.error, build.error
+    # A RUN step's network is the containers' own: it reaches the ports a deployment may (a listener on
+    # one of DIPLOI_OUTBOUND_PORTS, here), not the platform's Redis on this machine.
+    redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        allowed = listener.getsockname()[1]
+        threading.Thread(target=lambda: [c.close() for c, _ in iter(listener.accept, None)], daemon=True).start()
+        settings.DIPLOI_OUTBOUND_PORTS = [*settings.DIPLOI_OUTBOUND_PORTS, allowed]
+        probe = "for p in {} {}; do if nc -w 2 10.0.2.2 $p </dev/null; then echo reached-$p; else echo refused-$p; fi; done"
+        step = probe.format(allowed, redis_port)
+        publish(base, "dockerfile-postgres", {"web/Dockerfile": f'FROM localhost/busybox\nRUN {step}\nCMD ["sleep", "1000"]\n'})
+        do_deploy(d, actor=cast.owner)
+        tasks.provision(d.pk)
+    build = Build.objects.filter(deployment=d).latest("pk")
+    assert build.status == BuildStatus.SUCCEEDED, build.log
+    assert f"reached-{allowed}" in build.log and f"refused-{redis_port}" in build.log, build.log
+    assert containers.dockerfile_problem("FROM docker-archive:/root/secret.tar\n")
+    assert containers.dockerfile_problem("FROM busybox\nRUN echo hi\nCOPY --from=builder /a /b\n") is None
