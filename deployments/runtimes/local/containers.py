@@ -35,7 +35,7 @@ from pathlib import Path
 import psutil
 
 from deployments.runtimes.base import RuntimeFailure, ServiceSpec
-from deployments.runtimes.local.sandbox import INSIDE, PYTHON
+from deployments.runtimes.local.sandbox import INSIDE
 
 OUTER_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 PODMAN = shutil.which("podman", path=OUTER_PATH) or "/usr/bin/podman"
