@@ -153,6 +153,13 @@ def test_a_dockerfile_component_with_postgres_runs_in_development(db, cast, git_
     uid = uid_of(container_runtime, d)
     httpd = [p for p in psutil.process_iter(["name", "uids"]) if p.info["name"] == "httpd" and p.info["uids"].real == uid]
     assert httpd, "the container's server runs as the deployment's uid"
+    # …in the deployment's cgroup (its limits) and below its supervised program (its CPU and memory figures)
+    if not sandbox.cgroups_available():
+        assert f"/diploi/u{uid}" in Path(f"/proc/{httpd[0].pid}/cgroup").read_text()
+    program = container_runtime.layout.program(current_spec(d), "web")
+    pid = container_runtime.supervisor.process_info([program])[program]["pid"]
+    assert any(p.pid == pid for p in httpd[0].parents()), "the container's processes stay below the service's program"
+    assert ("Container", f"web, image localhost/web:development (podman, rootless, as uid {uid})") in container_runtime.describe(current_spec(d), "web")
     assert shell(container_runtime, d, "id -u; pwd").split() == ["0", "/app/web"]
 
 

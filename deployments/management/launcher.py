@@ -325,6 +325,7 @@ class Launcher:
                 "(e.g. in /usr/local/share/ca-certificates, then update-ca-certificates; or import it in the browser)",
             ]
         lines.append(f"SSH into deployments: port {settings.DIPLOI_SSH_PORT} (each Overview shows its command)")
+        lines.append(_containers_line(self.dir))
         lines += [f"Logs: {self.dir / 'logs'}", "Ctrl-C stops everything"]
         width = max(len(line) for line in lines)
         box = [f"╭{'─' * (width + 4)}╮", *(f"│  {line:<{width}}  │" for line in lines), f"╰{'─' * (width + 4)}╯"]
@@ -501,6 +502,15 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
                 p.kill()
         self._pump()
         say("up", "stopped")
+
+
+def _containers_line(data_dir: Path) -> str:
+    """Whether components built from a Dockerfile can run here, and what would let them."""
+    from deployments.runtimes.local import containers
+
+    if why := containers.available() or containers.reach_problem(data_dir):
+        return f"Dockerfile components: cannot run here — {why}"
+    return "Dockerfile components: run as containers (podman, rootless, one account per deployment)"
 
 
 def _answers_tcp(host: str, port: int) -> bool:

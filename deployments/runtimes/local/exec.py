@@ -25,6 +25,7 @@ import threading
 import time
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 STOP_GRACE = 7  # seconds; supervisord's stopwaitsecs is 10
 
 
@@ -70,6 +71,10 @@ def main(run_file: str) -> int:
         return 1
     with open(run_file) as f:
         run = json.load(f)
+    if run.get("container"):
+        # podman's conmon leaves its parent: it stays below this wrapper, with the container's processes
+        # (the service's CPU and memory are its process tree's), and is reaped here (_reap)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
     pump = _output_to(run["log"], run.get("own_ports")) if run.get("log") else None
     env = run.get("outer_env") or run["env"]  # sandboxed, the command's own is read inside (sandbox.OUTER_ENV)
     preexec = _preexec(run.get("user"), run.get("cgroups", []))
@@ -145,6 +150,7 @@ def main(run_file: str) -> int:
     locked = _stamps(lockfiles)
     next_look = time.monotonic() + WATCH_INTERVAL
     while (code := _exited(child, LOOK_EVERY)) is None:
+        _reap(child.pid)
         # Escalate before supervisord's own SIGKILL (stopwaitsecs) would orphan the service.
         if stop_requested and time.monotonic() - stop_requested[0] > STOP_GRACE:
             _signal_group(child.pid, signal.SIGKILL)
@@ -294,6 +300,18 @@ def _ended(code: int, pump: threading.Thread | None) -> int:
 
 WATCH_INTERVAL = 1.0
 LOOK_EVERY = 1.0  # seconds the wrapper sleeps between looks at a stop's grace period and the code
+
+
+def _reap(keep: int) -> None:
+    """Collect the processes that ended below this wrapper, but `keep` (its command, which Popen waits for)."""
+    while True:
+        try:
+            ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if ended is None or ended.si_pid == keep:
+            return
+        os.waitpid(ended.si_pid, 0)
 
 
 def _exited(child: subprocess.Popen, timeout: float) -> int | None:
