@@ -21,7 +21,7 @@ from deployments.models import Build, BuildStatus, Deployment, State
 from deployments.provisioning import tasks
 from deployments.provisioning.spec import current_spec
 from deployments.runtimes.local import containers, sandbox
-from tests.conftest import http_get, publish, wait_until
+from tests.conftest import http_get, https_request, publish, wait_until
 from tests.test_it_starters import import_starter, told
 
 BUSYBOX = Path("/bin/busybox")
@@ -159,7 +159,9 @@ def test_a_dockerfile_component_with_postgres_runs_in_development(db, cast, git_
     program = container_runtime.layout.program(current_spec(d), "web")
     pid = container_runtime.supervisor.process_info([program])[program]["pid"]
     assert any(p.pid == pid for p in httpd[0].parents()), "the container's processes stay below the service's program"
-    assert ("Container", f"web, image localhost/web:development (podman, rootless, as uid {uid})") in container_runtime.describe(current_spec(d), "web")
+    assert ("Container", f"web, image localhost/web:development (podman, rootless, as uid {uid})") in container_runtime.describe(
+        current_spec(d), "web"
+    )
     assert shell(container_runtime, d, "id -u; pwd").split() == ["0", "/app/web"]
 
 
@@ -280,3 +282,46 @@ def test_a_dockerfile_that_reaches_for_the_machine_is_refused_or_confined(
     assert f"reached-{allowed}" in build.log and f"refused-{redis_port}" in build.log, build.log
     assert containers.dockerfile_problem("FROM docker-archive:/root/secret.tar\n")
     assert containers.dockerfile_problem("FROM busybox\nRUN echo hi\nCOPY --from=builder /a /b\n") is None
+
+
+def test_a_new_release_of_a_container_takes_over_without_a_failed_request(
+    db, cast, git_daemon, container_runtime, router, settings
+) -> None:
+    """Behind the router, a client asks continuously while production rolls to a new release's image and
+    restarts: every answer is a 200 of a release that passed its health check."""
+    settings.DIPLOI_RELEASE_DRAIN, settings.DIPLOI_READY_TIMEOUT = 1, 30
+    base, server = git_daemon
+    project = import_starter(base, server, "dockerfile-postgres", cast.owner)
+    d = started(project, "production", cast.owner, container_runtime)
+    port, root = settings.DIPLOI_HTTPS_PORT, router.router.root_certificate
+    host = d.endpoints["web"].split("//", 1)[1].split(":", 1)[0]
+    wait_until(lambda: https_request(port, host, "/index.html", cafile=root)[0] == 200, what="the first release behind the router")
+    answers: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def ask() -> None:
+        while not stop.is_set() and len(answers) < 50_000:
+            try:
+                status, _, body = https_request(port, host, "/index.html", cafile=root)
+                answers.append((status, body))
+            except Exception as e:  # noqa: BLE001 - a refused or cut connection is a failed request
+                answers.append((0, repr(e)))
+
+    client = threading.Thread(target=ask, daemon=True)
+    client.start()
+    try:
+        publish(base, "dockerfile-postgres", {"web/index.html": "<h1>Second release</h1>\n"})
+        do_deploy(d, actor=cast.owner)
+        tasks.provision(d.pk)
+        d.refresh_from_db()
+        assert d.state == State.RUNNING and not d.state_reason, f"{d.state_reason}\n{told(d, container_runtime)}"
+        wait_until(lambda: "Second release" in answers[-1][1], what="the second release to serve")
+        tasks.restart(d.pk, "web")  # a restart of the component rolls the same way
+        count = len(answers)
+        wait_until(lambda: len(answers) > count + 20, what="answers after the restart")
+    finally:
+        stop.set()
+        client.join(timeout=30)
+    failed = [a for a in answers if a[0] != 200]
+    assert not failed, f"{len(failed)} of {len(answers)} requests failed, e.g. {failed[:3]}"
+    assert len(answers) > 50

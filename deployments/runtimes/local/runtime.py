@@ -457,14 +457,21 @@ class LocalRuntime(Runtime):
         exits = f"restarted {self.supervisor.restarts().get(program, 0)}× by the supervisor"
         if proc.get("exitstatus") or proc.get("spawnerr"):
             exits += f"; last exit status {proc.get('exitstatus')}{' — ' + proc['spawnerr'] if proc.get('spawnerr') else ''}"
-        container = [("Container", f"{run['container']['name']}, image {run['container']['image']} (podman, rootless, as uid {self._uid(spec)})")] if run.get("container") else []
+        container = (
+            [("Container", f"{run['container']['name']}, image {run['container']['image']} (podman, rootless, as uid {self._uid(spec)})")]
+            if run.get("container")
+            else []
+        )
         return [
             *container,
             ("Command", run["command"]),
             ("Runs before it", "; ".join(run.get("before", [])) or ("building the image" if run.get("steps") else "—")),
             ("Working folder", run["cwd"]),
             ("Environment", ", ".join(sorted(run["env"]))),
-            ("Confinement", f"sandboxed as uid {run['owner']}" if run.get("sandbox") else "in its container" if container else "not sandboxed"),
+            (
+                "Confinement",
+                f"sandboxed as uid {run['owner']}" if run.get("sandbox") else "in its container" if container else "not sandboxed",
+            ),
             ("Limits", limits),
             ("State", f"{proc.get('statename', 'unknown')} — {proc.get('description', '')}".rstrip(" —")),
             ("PID", str(proc.get("pid") or "—")),
