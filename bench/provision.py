@@ -14,12 +14,20 @@ prints figures with baselines measured in the same run:
   (batched: one, whatever the count).
 
     uv run python bench/provision.py --starters
+    uv run python bench/provision.py --containers
 
 - only this: two projects written for Diploi (tests/starters: Next.js + PostgreSQL + Redis, and a uv
   FastAPI app), create → answering in development and production with the deployment's package cache
   empty (cold), then warm (a production rebuild, a development restart), next to the recipe's own commands
   run by hand in a copy of the code (install, build, start; no sandbox, no add-ons), with an empty and
   with a filled package cache. npm's registry and PyPI are reached over the network.
+
+- only this (as root, with podman): a component built from its Dockerfile (tests/starters/dockerfile-postgres,
+  on a static busybox base image, without its add-on) in production: create → answering (account, base image, build, start)
+  next to `podman build` + `podman run` of the same Dockerfile by hand (rootful, no Diploi), and a restart
+  → answering next to `podman stop` + `podman run` of the built image by hand; then the memory of the running
+  container's process tree next to the same files served by a recipe (the static package) in the same
+  deployment.
 """
 
 import argparse
@@ -186,10 +194,12 @@ def by_hand(name: str, stage: str, cache: Path) -> float:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def starter_project(user: User, name: str) -> Project:
-    """The starter as a repository on this machine, and a project made of it."""
+def starter_project(user: User, name: str, stack: str = "") -> Project:
+    """The starter as a repository on this machine (its diploi.yaml `stack` when given), and a project made of it."""
     repo = DATA / "repos" / name
     shutil.copytree(BASE_DIR / "tests" / "starters" / name, repo)
+    if stack:
+        (repo / "diploi.yaml").write_text(stack)
     subprocess.run(["git", "init", "--quiet", "--initial-branch", "main"], cwd=repo, check=True)
     commit_all(repo, "A starter written for Diploi")
     project = Project.objects.create(name=name, slug=name, repository=str(repo), default_branch="main")
@@ -233,14 +243,123 @@ def starters() -> None:
         clean_up(runtime)
 
 
+def tree_rss(pid: int) -> dict[str, int]:
+    """Resident memory of a process and everything below it, by process name (bytes)."""
+    found: dict[str, int] = {}
+    root = psutil.Process(pid)
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            name = p.name()
+            found[name] = found.get(name, 0) + p.memory_info().rss
+        except psutil.Error:
+            continue
+    return found
+
+
+def podman_by_hand(context: Path) -> tuple[float, float]:
+    """`podman build` then `podman run` of the Dockerfile in `context`, rootful, in a store of its own
+    with the base image loaded: (build + run → answering, run of the built image → answering) seconds."""
+    from tests.images import PATH
+
+    work = Path(tempfile.mkdtemp(dir=DATA, prefix="podman-by-hand-"))
+    conf = work / "containers.conf"
+    conf.write_text("[containers]\ndefault_ulimits = []\n")
+    env = {"PATH": PATH, "CONTAINERS_CONF": str(conf), "HOME": str(work)}
+    runroot = tempfile.mkdtemp(prefix="podman-run-")  # (podman wants a short path)
+    podman = ["podman", "--runtime", "runc", "--root", str(work / "store"), "--runroot", runroot]
+    subprocess.run(
+        [*podman, "load", "-q", "-i", f"{settings.DIPLOI_CONTAINER_IMAGES}/busybox.tar"], env=env, check=True, capture_output=True
+    )
+
+    port = free_port()
+
+    def run() -> float:
+        t = time.perf_counter()
+        argv = [*podman, "run", "-d", "--rm", "--init", "--name", "by-hand", "-e", "PORT=8080", "-p", f"127.0.0.1:{port}:8080", "by-hand"]
+        subprocess.run(argv, env=env, check=True, capture_output=True)
+        wait_for(f"http://127.0.0.1:{port}/index.html")
+        return time.perf_counter() - t
+
+    t = time.perf_counter()
+    subprocess.run([*podman, "build", "-q", "-t", "by-hand", str(context)], env=env, check=True, capture_output=True)
+    cold = time.perf_counter() - t + run()
+    t = time.perf_counter()  # a restart: stop it, run it again
+    subprocess.run([*podman, "stop", "by-hand"], env=env, check=True, capture_output=True)
+    warm = time.perf_counter() - t + run()
+    subprocess.run([*podman, "rm", "-f", "-t", "0", "by-hand"], env=env, capture_output=True)
+    subprocess.run([*podman, "system", "reset", "--force"], env=env, capture_output=True)
+    shutil.rmtree(runroot, ignore_errors=True)
+    return cold, warm
+
+
+# The starter's Dockerfile component without its add-on (what is timed is the component), and the same
+# files served by a recipe beside it (what its memory is compared with).
+DOCKERFILE_BESIDE_RECIPE = """\
+diploiVersion: v1.0
+type: starter
+name: Dockerfile beside a recipe
+components:
+  - {name: Web, identifier: web, folder: /web, package: dockerfile}
+  - {name: Site, identifier: site, folder: /web, package: static}
+addons: []
+"""
+
+
+def containers_bench() -> None:
+    from deployments.runtimes.local import containers
+    from tests.images import busybox_archive
+
+    if why := containers.available():
+        raise SystemExit(f"containers cannot run here: {why}")
+    DATA.chmod(0o711)  # (a deployment's podman passes through it)
+    settings.DIPLOI_LOCAL_REPOSITORIES = [str(DATA / "repos")]
+    settings.DIPLOI_ROUTER = "off"  # reached by port, as the by-hand runs are
+    settings.DIPLOI_CONTAINER_IMAGES = str(busybox_archive(Path(tempfile.mkdtemp(dir=DATA, prefix="images-"))))
+    user, _ = sample_project(DATA)
+    runtime = get_runtime()
+    try:
+        project = starter_project(user, "dockerfile-postgres", DOCKERFILE_BESIDE_RECIPE)
+        cold_by_hand, warm_by_hand = podman_by_hand(BASE_DIR / "tests" / "starters" / "dockerfile-postgres" / "web")
+        t = time.perf_counter()
+        d = do_create_deployment(project, "Production", "production", "main", actor=user)
+        tasks.provision(d.pk)
+        d.refresh_from_db()
+        wait_for(d.endpoints["web"] + "/index.html", timeout=300)
+        created = time.perf_counter() - t
+        t = time.perf_counter()
+        do_restart(d, "web", actor=user, now=True)  # (the old container is gone when it returns)
+        wait_for(d.endpoints["web"] + "/index.html", timeout=300)
+        again = time.perf_counter() - t
+        print(
+            f"Dockerfile component, production: create → answering {created:5.2f} s "
+            f"(podman build + run by hand {cold_by_hand:5.2f} s: {created / cold_by_hand:.2f}×); "
+            f"restart → answering {again:5.2f} s (podman stop + run by hand {warm_by_hand:5.2f} s: {again / warm_by_hand:.2f}×)"
+        )
+        spec = current_spec(d)
+        info = runtime.supervisor.process_info([runtime.layout.program(spec, s) for s in ("web", "site")])
+        trees = {s: tree_rss(info[runtime.layout.program(spec, s)]["pid"]) for s in ("web", "site")}
+        mib = {s: sum(tree.values()) / 2**20 for s, tree in trees.items()}
+        parts = ", ".join(f"{name} {rss / 2**20:.1f}" for name, rss in sorted(trees["web"].items(), key=lambda kv: -kv[1]))
+        print(
+            f"memory of a running service's process tree: container {mib['web']:.1f} MiB ({parts}) | "
+            f"recipe (static, the same files) {mib['site']:.1f} MiB: {mib['web'] / mib['site']:.2f}×"
+        )
+    finally:
+        clean_up(runtime)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--deployments", default="1,10,50,100")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--starters", action="store_true", help="only the two starters written for Diploi")
+    parser.add_argument("--containers", action="store_true", help="only a component built from its Dockerfile (root, podman)")
     args = parser.parse_args()
     if args.starters:
         starters()
+        return
+    if args.containers:
+        containers_bench()
         return
     counts = [int(n) for n in args.deployments.split(",")]
 

@@ -9,7 +9,6 @@ import pwd
 import shutil
 import socket
 import subprocess
-import tarfile
 import threading
 from pathlib import Path
 
@@ -22,44 +21,17 @@ from deployments.provisioning import tasks
 from deployments.provisioning.spec import current_spec
 from deployments.runtimes.local import containers, sandbox
 from tests.conftest import http_get, https_request, publish, wait_until
+from tests.images import BUSYBOX, busybox_archive
 from tests.test_it_starters import import_starter, told
 
-BUSYBOX = Path("/bin/busybox")
 pytestmark = pytest.mark.skipif(
     bool(containers.available()) or not BUSYBOX.exists(), reason=containers.available() or "busybox-static is needed for the base image"
 )
-TOOLS = ("sh", "httpd", "nc", "cat", "id", "echo", "chmod", "ls", "date", "wget", "sleep", "env")
 
 
 @pytest.fixture(scope="session")
 def base_images(tmp_path_factory) -> Path:
-    """`localhost/busybox` as a `podman save` archive: a static busybox with the usual folders."""
-    work = tmp_path_factory.mktemp("busybox")
-    root = work / "rootfs"
-    for folder in ("bin", "proc", "sys", "dev", "etc", "tmp", "app", "root", "run", "var"):
-        (root / folder).mkdir(parents=True)
-    (root / "tmp").chmod(0o1777)
-    shutil.copy(BUSYBOX, root / "bin" / "busybox")
-    for tool in TOOLS:
-        (root / "bin" / tool).symlink_to("busybox")
-    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n")
-    with tarfile.open(work / "rootfs.tar", "w") as tar:
-        tar.add(root, arcname=".", filter=lambda info: (setattr(info, "uid", 0), setattr(info, "gid", 0), info)[-1])
-    conf = work / "containers.conf"
-    conf.write_text("[containers]\ndefault_ulimits = []\n")
-    podman = ["podman", "--runtime", "runc", "--root", str(work / "store"), "--runroot", str(work / "run")]
-    env = {"PATH": containers.OUTER_PATH, "CONTAINERS_CONF": str(conf), "HOME": str(work)}
-    images = work / "images"
-    images.mkdir()
-    subprocess.run(
-        [*podman, "import", "-q", str(work / "rootfs.tar"), "localhost/busybox:latest"], check=True, env=env, capture_output=True
-    )
-    subprocess.run(
-        [*podman, "save", "-q", "-o", str(images / "busybox.tar"), "localhost/busybox:latest"], check=True, env=env, capture_output=True
-    )
-    images.chmod(0o755)
-    (images / "busybox.tar").chmod(0o644)
-    return images
+    return busybox_archive(tmp_path_factory.mktemp("busybox"))
 
 
 @pytest.fixture
@@ -281,6 +253,9 @@ def test_a_dockerfile_that_reaches_for_the_machine_is_refused_or_confined(
     assert build.status == BuildStatus.SUCCEEDED, build.log
     assert f"reached-{allowed}" in build.log and f"refused-{redis_port}" in build.log, build.log
     assert containers.dockerfile_problem("FROM docker-archive:/root/secret.tar\n")
+    assert containers.dockerfile_problem("FROM 127.0.0.1:6379/x\n") and containers.dockerfile_problem(
+        "COPY --from=localhost:5000/x /a /b\n"
+    )
     assert containers.dockerfile_problem("FROM busybox\nRUN echo hi\nCOPY --from=builder /a /b\n") is None
 
 

@@ -371,12 +371,21 @@ def _free_range() -> int:
     return candidate
 
 
+# An image's registry on this machine's loopback (podman pulls as the deployment, outside its port rules).
+LOOPBACK_REGISTRY = re.compile(
+    r"^\s*(?:FROM\s+(?:--platform=\S+\s+)?|.*--from=)(?:localhost:\d+|127(?:\.\d+){3}(?::\d+)?|0\.0\.0\.0(?::\d+)?|\[::1?\](?::\d+)?)/",
+    re.I | re.M,
+)
+
+
 def dockerfile_problem(text: str) -> str | None:
     """Why this Dockerfile cannot be built here, if it cannot."""
     joined = re.sub(r"[\\`]\r?\n", " ", text)  # continuation lines (either escape character)
     for pattern, why in REFUSED:
         if pattern.search(joined):
             return why
+    if LOOPBACK_REGISTRY.search(joined):
+        return "an image from a registry on this machine's loopback is not supported; name a registry by its host name"
     return None
 
 
@@ -400,11 +409,14 @@ def run_args(
     env: Path,
     workdir: str = "",
     command: str = "",
+    conmon: Path | None = None,
 ) -> list[str]:
-    """`podman run`'s arguments for a service's container in the foreground (its output is the
-    service's log)."""
+    """`podman run`'s arguments for a container of a service: in the foreground (a step), or with
+    `conmon`, detached, its output passed through to the service's log and its conmon's pid written there
+    (no podman process stays beside it: exec.py adopts conmon)."""
     # --init: a small init as PID 1 passes a stop on to the command (which, as PID 1, would ignore it)
-    args = ["run", "--rm", "--replace", "--init", "--name", name, "--network", "slirp4netns", "--log-driver", "none"]
+    args = ["run", "--rm", "--replace", "--init", "--name", name, "--network", "slirp4netns"]
+    args += ["-d", "--log-driver", "passthrough", "--conmon-pidfile", str(conmon)] if conmon else ["--log-driver", "none"]
     args += ["--security-opt", "no-new-privileges", "--env-file", str(env), "--stop-timeout", str(STOP_SECONDS)]
     for host, inside in published:
         args += ["-p", f"127.0.0.1:{host}:{inside}"]

@@ -58,9 +58,9 @@ def main(run_file: str) -> int:
         if not stop_requested:
             stop_requested.append(time.monotonic())
         if child is not None:
-            _signal_group(child.pid, signum)
+            _signal(child, signum)
 
-    child: subprocess.Popen | None = None
+    child: subprocess.Popen | Adopted | None = None
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, on_stop)
     # When supervisord dies, stop as if it had asked: a restarted supervisord must find the port
@@ -132,18 +132,33 @@ def main(run_file: str) -> int:
                 code = prepare()
         return code
 
-    def cleaned() -> None:
-        """After the command: what it leaves behind outside its process group (a container)."""
-        if run.get("after"):
+    def cleaned(code: int) -> None:
+        """After the command: what it leaves behind outside its process group when it was killed (a
+        container: podman removes it itself when it ends on its own, or stopped by a signal it passed on)."""
+        if run.get("after") and code < 0:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 subprocess.run(run["after"], cwd=cwd, env=env, preexec_fn=preexec, timeout=30, stdout=subprocess.DEVNULL)
 
+    argv = run.get("argv") or [*sandbox, "/bin/sh", "-c", run["command"]]
+
+    def start() -> subprocess.Popen | Adopted | int:
+        """The command running (a container: its conmon, once `podman run -d` has started it; or the
+        exit code of a start that failed)."""
+        if not run.get("container"):
+            return subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True, preexec_fn=preexec)
+        pidfile = run["container"]["conmon"]
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pidfile)
+        started = subprocess.run(argv, cwd=cwd, env=env, preexec_fn=preexec, stdout=subprocess.DEVNULL).returncode
+        return Adopted.of(pidfile) if started == 0 else started
+
     if code := prepared():
         return _ended(code, pump)
-    argv = run.get("argv") or [*sandbox, "/bin/sh", "-c", run["command"]]
-    child = subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True, preexec_fn=preexec)
+    if isinstance(launched := start(), int):
+        return _ended(launched, pump)
+    child = launched
     if stop_requested:
-        _signal_group(child.pid, signal.SIGTERM)
+        _signal(child, signal.SIGTERM)
     watched = run.get("watch")  # development: restart the command when the code changes
     lockfiles = run.get("reinstall_on", [])  # development: install again when the dependencies change
     seen = _signature(watched) if watched else None
@@ -153,7 +168,7 @@ def main(run_file: str) -> int:
         _reap(child.pid)
         # Escalate before supervisord's own SIGKILL (stopwaitsecs) would orphan the service.
         if stop_requested and time.monotonic() - stop_requested[0] > STOP_GRACE:
-            _signal_group(child.pid, signal.SIGKILL)
+            _signal(child, signal.SIGKILL)
         elif (watched or lockfiles) and not stop_requested and time.monotonic() >= next_look:
             next_look = time.monotonic() + WATCH_INTERVAL
             now_seen, now_locked = (_signature(watched) if watched else None), _stamps(lockfiles)
@@ -161,13 +176,14 @@ def main(run_file: str) -> int:
             if reinstall or now_seen != seen:
                 seen, locked = now_seen, now_locked
                 print("diploi: dependencies changed; installing again" if reinstall else "diploi: files changed; restarting", flush=True)
-                _end(child)
-                cleaned()
+                cleaned(_end(child))
                 if reinstall and (code := prepared()):
                     return _ended(code, pump)
-                child = subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True, preexec_fn=preexec)
-    _signal_group(child.pid, signal.SIGKILL)  # whatever the service left behind
-    cleaned()
+                if isinstance(launched := start(), int):
+                    return _ended(launched, pump)
+                child = launched
+    _signal(child, signal.SIGKILL)  # whatever the service left behind
+    cleaned(code)
     return _ended(code if code >= 0 else 128 - code, pump)
 
 
@@ -367,15 +383,69 @@ def _stamps(paths: list[str]) -> list[tuple[int, int] | None]:
     return found
 
 
-def _end(child: subprocess.Popen) -> None:
-    """Stop the command and everything it started: TERM, then KILL after the grace period."""
-    _signal_group(child.pid, signal.SIGTERM)
+def _end(child: "subprocess.Popen | Adopted") -> int:
+    """Stop the command and everything it started: TERM, then KILL after the grace period. Its exit code."""
+    _signal(child, signal.SIGTERM)
     try:
         child.wait(timeout=STOP_GRACE)
     except subprocess.TimeoutExpired:
         pass
-    _signal_group(child.pid, signal.SIGKILL)
-    child.wait()
+    _signal(child, signal.SIGKILL)
+    return child.wait()
+
+
+class Adopted:
+    """A container podman started detached (its output passed through to this wrapper's): its conmon,
+    which left podman for this wrapper (a subreaper), stands for it; a stop goes to the container's init."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.returncode = pid, None
+
+    @classmethod
+    def of(cls, pidfile: str) -> "Adopted":
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/stat") as f:  # (only a process below this wrapper is waited for)
+            if int(f.read().rsplit(")", 1)[1].split()[1]) != os.getpid():
+                raise RuntimeError(f"conmon {pid} is not this wrapper's")
+        return cls(pid)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = 0
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"conmon {self.pid}", timeout or 0)
+            time.sleep(0.02)
+        return code
+
+    def signal(self, sig: int) -> None:
+        """To the container's init (conmon's child), which passes it on."""
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                children = [int(p) for p in f.read().split()]
+        except OSError:
+            return
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+
+def _signal(child: "subprocess.Popen | Adopted", sig: int) -> None:
+    if isinstance(child, Adopted):
+        child.signal(sig)
+    else:
+        _signal_group(child.pid, sig)
 
 
 def _signal_group(pgid: int, sig: int) -> None:

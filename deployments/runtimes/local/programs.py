@@ -307,7 +307,8 @@ def container_run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpe
         ref, workdir = containers.image(service, spec.release), ""
     start = "development" if spec.stage == "development" and "development" in service.commands else "start"
     shell = command(layout, spec, service, ports, start) if service.commands.get(start) else ""
-    argv = tool.argv(*containers.run_args(name, ref, published, mounts, env_path, workdir, shell))
+    conmon = tool.runroot / f"{name}.conmon.pid"
+    argv = tool.argv(*containers.run_args(name, ref, published, mounts, env_path, workdir, shell, conmon))
     return {
         **{k: v for k, v in run.items() if v},
         "cwd": "/",
@@ -320,7 +321,7 @@ def container_run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpe
         "phase": [str(layout.phase_file(spec, service.identifier)), "building the image"],
         "log": str(layout.log_file(spec, service.identifier)),
         "cgroups": list(jail.cgroups),
-        "container": {"name": name, "image": ref},
+        "container": {"name": name, "image": ref, "conmon": str(conmon)},
     }
 
 
