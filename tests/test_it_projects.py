@@ -126,3 +126,20 @@ def test_an_htmx_form_that_succeeds_navigates_the_page(cast, sample_repo: Path) 
         "/projects/new/", {"name": "Via htmx", "repository": str(sample_repo), "default_branch": "main"}, headers={"HX-Request": "true"}
     )
     assert r.status_code == 200 and r["HX-Redirect"] == "/projects/via-htmx/"
+
+
+def test_a_dockerfile_component_says_how_it_runs_and_why_this_machine_cannot(cast, sample_repo: Path) -> None:
+    """The project page names the container a Dockerfile component runs as; here, where the test's data
+    directory lies in a folder closed to other users (and perhaps podman is missing), also why it cannot."""
+    from projects.sample import commit_all
+    from projects.stack import refresh_stack
+
+    (sample_repo / "web" / "Dockerfile").write_text('FROM busybox\nCMD ["httpd", "-f", "-p", "8080"]\n')
+    stack = (sample_repo / "diploi.yaml").read_text()
+    (sample_repo / "diploi.yaml").write_text(stack.replace("package: python", "package: dockerfile", 1))
+    commit_all(sample_repo, "The web component as its Dockerfile")
+    refresh_stack(Project.objects.get(pk=cast.project.pk))
+    client = cast.client(cast.viewer)
+    text = " ".join(html.unescape(client.get(f"/projects/{cast.project.slug}/").content.decode()).split())
+    assert "a container built from <code>Dockerfile</code> (podman)" in text
+    assert "this machine cannot run it: " in text

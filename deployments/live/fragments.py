@@ -23,6 +23,7 @@ from deployments.models import Deployment, Stage, State, Usage
 from deployments.provisioning.connections import stored_connections
 from deployments.provisioning.spec import deployment_stack
 from deployments.queries import PAGE_SIZE, RELEASES_SHOWN, SESSIONS_SHOWN, deployments_page, deployments_shown
+from deployments.runtimes import get_runtime
 from deployments.runtimes.local.router import trusted_root
 from deployments.ssh.hostkey import host_key_fingerprint
 from deployments.ssh.naming import ssh_username
@@ -291,6 +292,8 @@ def project_page(user: User, project_slug: str, requested: str | None) -> PageCo
             "members": project.memberships.select_related("user"),
             "csrf_token": TOKEN,
         }
+        if any(s.get("package", {}).get("container") for s in project.stack_services):
+            context["containers_problem"] = get_runtime().containers_problem()
         return project.name, render_to_string("projects/detail.html#overview", context)
 
     return PageContent(page_key("project", (user.pk, number, facts)), render)

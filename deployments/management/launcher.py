@@ -325,7 +325,8 @@ class Launcher:
                 "(e.g. in /usr/local/share/ca-certificates, then update-ca-certificates; or import it in the browser)",
             ]
         lines.append(f"SSH into deployments: port {settings.DIPLOI_SSH_PORT} (each Overview shows its command)")
-        lines.append(_containers_line(self.dir))
+        if settings.DIPLOI_RUNTIME == "local":
+            lines.append(_containers_line(self.data_dir))
         lines += [f"Logs: {self.dir / 'logs'}", "Ctrl-C stops everything"]
         width = max(len(line) for line in lines)
         box = [f"╭{'─' * (width + 4)}╮", *(f"│  {line:<{width}}  │" for line in lines), f"╰{'─' * (width + 4)}╯"]
@@ -509,7 +510,7 @@ def _containers_line(data_dir: Path) -> str:
     from deployments.runtimes.local import containers
 
     if why := containers.available() or containers.reach_problem(data_dir):
-        return f"Dockerfile components: cannot run here — {why}"
+        return f"Dockerfile components cannot run here: {why}"
     return "Dockerfile components: run as containers (podman, rootless, one account per deployment)"
 
 

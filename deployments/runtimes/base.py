@@ -282,6 +282,10 @@ class Runtime(ABC):
     def confinement(self) -> Confinement:
         """What this runtime enforces between deployments and the platform on this machine."""
 
+    def containers_problem(self) -> str:
+        """Why a component built from its Dockerfile (a package's local.container) cannot run here ("" when it can)."""
+        return "this runtime does not build a component's Dockerfile yet"
+
     @abstractmethod
     def apply(self, spec: DeploymentSpec) -> dict[str, str]:
         """Make reality match the spec; idempotent. Returns the public URL of each public component."""

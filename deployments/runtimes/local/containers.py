@@ -126,10 +126,7 @@ def reach_problem(data_dir: Path) -> str:
     that other users may not pass through."""
     for folder in reversed(data_dir.resolve().parents):
         if not folder.stat().st_mode & 0o001:
-            return (
-                f"{folder} is closed to other users, and a deployment's podman runs as the deployment "
-                f"(chmod o+x {folder}, or a data directory elsewhere)"
-            )
+            return f"a deployment's podman (its uid) cannot pass through {folder} (chmod o+x {folder})"
     return ""
 
 

@@ -157,6 +157,11 @@ class LocalRuntime(Runtime):
         serves the files itself."""
         return None if self.unsandboxed else SFTP_SERVER
 
+    def containers_problem(self) -> str:
+        if why := self.unsandboxed or containers.available() or containers.reach_problem(self.data_dir):
+            return why
+        return "" if sandbox.uid_of(0, sandbox.uid_base(self.data_dir)) is not None else "deployments have no uid of their own here"
+
     def confinement(self) -> Confinement:
         unlimited = self.unsandboxed or sandbox.network_limits()
         network = ""
@@ -627,7 +632,9 @@ class LocalRuntime(Runtime):
 
     def open_shell(self, spec: DeploymentSpec, service: str, command: str | None, pty: bool) -> LocalShell:
         svc = spec.service(service)
-        if svc.container and (tool := self._podman(spec)):  # a shell in its running container
+        # a shell in its running container; SFTP (sftp-server, which an image seldom has) on the code its
+        # development container mounts, in the deployment's sandbox as for any component
+        if svc.container and command != self.sftp_command and (tool := self._podman(spec)):
             args = ["exec", "-i", *(["-t"] if pty else []), "-e", "TERM=xterm-256color", containers.container_name(svc), "/bin/sh"]
             argv = tool.argv(*args, *(["-c", command] if command else ["-i"] if pty else []))
             jail = self.jail(spec, programs.allocate_ports(self.layout, spec))
