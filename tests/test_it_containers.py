@@ -135,6 +135,8 @@ def test_a_dockerfile_component_with_postgres_runs_in_development(db, cast, git_
         current_spec(d), "web"
     )
     assert shell(container_runtime, d, "id -u; pwd").split() == ["0", "/app/web"]
+    # What the container prints is the component's log (the Logs tab).
+    assert "web: serving /app/web on port 8080" in "".join(container_runtime.logs(current_spec(d), "web", follow=False))
 
 
 def test_a_dockerfile_component_is_built_per_release_rolled_back_and_promoted(db, cast, git_daemon, container_runtime) -> None:

@@ -149,7 +149,9 @@ def main(run_file: str) -> int:
         pidfile = run["container"]["conmon"]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pidfile)
-        started = subprocess.run(argv, cwd=cwd, env=env, preexec_fn=preexec, stdout=subprocess.DEVNULL).returncode
+        # (its output is the container's: podman's own stdout, the container's ID, goes to the log first)
+        print(f"diploi: starting the container {run['container']['name']} of {run['container']['image']}", flush=True)
+        started = subprocess.run(argv, cwd=cwd, env=env, preexec_fn=preexec).returncode
         return Adopted.of(pidfile) if started == 0 else started
 
     if code := prepared():
