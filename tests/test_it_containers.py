@@ -302,3 +302,19 @@ def test_a_new_release_of_a_container_takes_over_without_a_failed_request(
     failed = [a for a in answers if a[0] != 200]
     assert not failed, f"{len(failed)} of {len(answers)} requests failed, e.g. {failed[:3]}"
     assert len(answers) > 50
+
+
+def test_a_container_package_installs_first_and_restarts_when_the_code_changes(db, cast, git_daemon, container_runtime) -> None:
+    """A package of the repository's own (./pkg) with local.container, an install step and reload: in
+    development the install runs in the image on the mounted code first, and a changed file restarts
+    the container."""
+    base, server = git_daemon
+    project = import_starter(base, server, "container-package", cast.owner)
+    d = started(project, "development", cast.owner, container_runtime)
+    site = lambda path: http_get(d.endpoints["site"].rstrip("/") + path, timeout=10)  # noqa: E731
+    assert wait_until(lambda: site("/installed.txt"), what="the install's file") == "installed by 0 in /app/site\n"
+    first = wait_until(lambda: site("/cgi-bin/started.cgi").strip(), what="the container's start")
+    checkout = container_runtime.layout.code(current_spec(d)) / "site"
+    (checkout / "index.html").write_text("<h1>Second version</h1>\n")
+    again = wait_until(lambda: (s := site("/cgi-bin/started.cgi").strip()) != first and s, timeout=60, what="a restart")
+    assert again != first and "Second version" in site("/index.html")

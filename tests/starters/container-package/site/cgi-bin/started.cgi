@@ -1,0 +1,3 @@
+#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+cat /tmp/started
