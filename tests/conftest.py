@@ -516,6 +516,30 @@ def dns_server(settings):
 # --- the router (Caddy) and an ACME server (Pebble) -------------------------------------------
 
 
+@contextlib.contextmanager
+def asking(port: int, host: str, cafile: Path, path: str = "/"):
+    """A client asking https://host:port/path continuously (on loopback, at most 50,000 times) while the
+    block runs: yields the list of (status, body) it got, 0 and the error for a refused or cut one."""
+    answers: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def ask() -> None:
+        while not stop.is_set() and len(answers) < 50_000:
+            try:
+                status, _, body = https_request(port, host, path, cafile=cafile)
+                answers.append((status, body))
+            except Exception as e:  # noqa: BLE001 - a refused or cut connection is a failed request
+                answers.append((0, repr(e)))
+
+    client = threading.Thread(target=ask, daemon=True)
+    client.start()
+    try:
+        yield answers
+    finally:
+        stop.set()
+        client.join(timeout=30)
+
+
 def https_request(port: int, host: str, path: str = "/", cafile: Path | None = None, timeout: float = 5.0) -> tuple[int, dict, str]:
     """GET https://host:port/path from 127.0.0.1 (the system resolver knows no *.localhost), the
     certificate verified against `cafile` alone (None: the system's CAs). Status, headers, body."""

@@ -20,7 +20,7 @@ from deployments.models import Build, BuildStatus, Deployment, State
 from deployments.provisioning import tasks
 from deployments.provisioning.spec import current_spec
 from deployments.runtimes.local import containers, sandbox
-from tests.conftest import http_get, https_request, publish, wait_until
+from tests.conftest import asking, http_get, https_request, publish, wait_until
 from tests.images import BUSYBOX, busybox_archive
 from tests.test_it_starters import import_starter, told
 
@@ -273,20 +273,7 @@ def test_a_new_release_of_a_container_takes_over_without_a_failed_request(
     port, root = settings.DIPLOI_HTTPS_PORT, router.router.root_certificate
     host = d.endpoints["web"].split("//", 1)[1].split(":", 1)[0]
     wait_until(lambda: https_request(port, host, "/index.html", cafile=root)[0] == 200, what="the first release behind the router")
-    answers: list[tuple[int, str]] = []
-    stop = threading.Event()
-
-    def ask() -> None:
-        while not stop.is_set() and len(answers) < 50_000:
-            try:
-                status, _, body = https_request(port, host, "/index.html", cafile=root)
-                answers.append((status, body))
-            except Exception as e:  # noqa: BLE001 - a refused or cut connection is a failed request
-                answers.append((0, repr(e)))
-
-    client = threading.Thread(target=ask, daemon=True)
-    client.start()
-    try:
+    with asking(port, host, root, "/index.html") as answers:
         publish(base, "dockerfile-postgres", {"web/index.html": "<h1>Second release</h1>\n"})
         do_deploy(d, actor=cast.owner)
         tasks.provision(d.pk)
@@ -296,9 +283,6 @@ def test_a_new_release_of_a_container_takes_over_without_a_failed_request(
         tasks.restart(d.pk, "web")  # a restart of the component rolls the same way
         count = len(answers)
         wait_until(lambda: len(answers) > count + 20, what="answers after the restart")
-    finally:
-        stop.set()
-        client.join(timeout=30)
     failed = [a for a in answers if a[0] != 200]
     assert not failed, f"{len(failed)} of {len(answers)} requests failed, e.g. {failed[:3]}"
     assert len(answers) > 50

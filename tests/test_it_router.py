@@ -12,7 +12,7 @@ from deployments.models import Deployment, State
 from deployments.provisioning import tasks
 from deployments.runtimes.local.router import Router
 from deployments.status.monitor import Monitor
-from tests.conftest import https_request, wait_until
+from tests.conftest import asking, https_request, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -166,8 +166,6 @@ def test_production_releases_and_restarts_switch_without_a_failed_request(cast, 
     """A client asks continuously while a production deployment rolls to a new release, restarts, and is
     given a release whose health check fails: every answer is a 200 of a release that passed, and the
     failing one never answers (it never receives traffic; the old one keeps serving)."""
-    import threading
-
     from deployments.models import BuildStatus
     from projects.sample import commit_all
 
@@ -175,20 +173,7 @@ def test_production_releases_and_restarts_switch_without_a_failed_request(cast, 
     port, root, host = settings.DIPLOI_HTTPS_PORT, router.router.root_certificate, "prod--shop.localhost"
     d = deploy(cast, "Prod", stage="production")
     served(port, host, root)
-    answers: list[tuple[int, str]] = []
-    stop = threading.Event()
-
-    def ask() -> None:
-        while not stop.is_set() and len(answers) < 50_000:  # bounded, on loopback
-            try:
-                status, _, body = https_request(port, host, cafile=root)
-                answers.append((status, body))
-            except Exception as e:  # noqa: BLE001 - a refused or cut connection is a failed request
-                answers.append((0, repr(e)))
-
-    client = threading.Thread(target=ask, daemon=True)
-    client.start()
-    try:
+    with asking(port, host, root) as answers:
         app = sample_repo / "web" / "app.py"
         app.write_text(app.read_text().replace("<title>Diploi sample</title>", "<title>Second release</title>"))
         second = commit_all(sample_repo, "Second release")
@@ -219,9 +204,6 @@ def test_production_releases_and_restarts_switch_without_a_failed_request(cast, 
         assert d.status["colour"] == "yellow" and "did not pass its health check" in d.status["reason"]
         count = len(answers)
         wait_until(lambda: len(answers) > count + 20, what="more answers after the refused release")
-    finally:
-        stop.set()
-        client.join(timeout=30)
     failed = [a for a in answers if a[0] != 200]
     assert not failed, f"{len(failed)} of {len(answers)} requests failed, e.g. {failed[:3]}"
     assert not any("BROKEN" in body for _, body in answers)
