@@ -1123,3 +1123,22 @@ def test_a_chart_that_reaches_beyond_its_namespace_is_refused_and_nothing_applie
         get_runtime().apply(spec)
     assert refused in str(e.value)
     assert kube.get("Namespace", namespace(spec)) is None
+
+
+@needs_cluster
+def test_a_chart_object_the_cluster_would_not_accept_stops_the_apply_before_any_of_it(
+    cast, kube, git_daemon, tmp_path, settings, local_repositories
+) -> None:
+    """An object with a field this cluster does not know (a typo in a chart) is refused by the API
+    server's dry run, named, and none of the deployment's objects beyond its namespace's fence is applied."""
+    from deployments.runtimes import get_runtime
+    from deployments.runtimes.base import RuntimeFailure
+    from deployments.runtimes.kubernetes.manifests import namespace
+
+    typo = {".diploi/helm/app.yaml": CHART_APP.replace("  replicas:", "  replicaz: 1\n  replicas:", 1)}
+    _, spec = charted_spec(cast, git_daemon, tmp_path, settings, typo)
+    with pytest.raises(RuntimeFailure) as e:
+        get_runtime().apply(spec)
+    assert "the StatefulSet “app” is not valid for this cluster" in str(e.value) and "replicaz" in str(e.value), str(e.value)
+    ns = namespace(spec)
+    assert kube.get("Service", "app", ns) is None and kube.get("StatefulSet", "app", ns) is None

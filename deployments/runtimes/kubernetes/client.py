@@ -167,7 +167,7 @@ class Kube:
             self.limit.take()
         with self.counting:
             self.calls += 1
-            self.writes += method != "GET"
+            self.writes += method != "GET" and not (query or {}).get("dryRun")  # (a dry run keeps nothing)
         params = [(k, v) for k, v in (query or {}).items() if v is not None]
         method, full_url, headers, body, _ = self.api.param_serialize(
             method,
@@ -209,11 +209,13 @@ class Kube:
 
     # --- objects ---
 
-    def apply(self, obj: dict, manager: str = FIELD_MANAGER) -> dict:
-        """Server-side apply: create or update to exactly these fields (idempotent), as `manager`."""
+    def apply(self, obj: dict, manager: str = FIELD_MANAGER, dry_run: bool = False) -> dict:
+        """Server-side apply: create or update to exactly these fields (idempotent), as `manager`. With
+        `dry_run`, the API server checks it (unknown fields refused) and keeps nothing."""
         meta = obj["metadata"]
         url = path(obj["kind"], meta.get("namespace"), meta["name"])
-        return self.request("PATCH", url, {"fieldManager": manager, "force": "true"}, obj, "application/apply-patch+yaml")
+        params = {"fieldManager": manager, "force": "true", **({"dryRun": "All", "fieldValidation": "Strict"} if dry_run else {})}
+        return self.request("PATCH", url, params, obj, "application/apply-patch+yaml")
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict | None:
         try:

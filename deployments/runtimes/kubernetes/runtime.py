@@ -125,8 +125,29 @@ class KubernetesRuntime(Runtime):
         hosts = {rule["host"] for obj in objects if obj["kind"] == "Ingress" for rule in obj["spec"]["rules"]}
         if hosts:
             self._hosts_free(spec, hosts)
-        for stage in _stages(objects):
+        stages = _stages(objects)
+        fenced = [obj for stage in stages for obj in stage if obj["kind"] in ("Namespace", *STAGES[1])]
+        for stage in _stages(fenced):
             self.kube.parallel([lambda obj=obj: self._put(obj) for obj in stage])
+        # The rest, a package's chart's objects among them, checked by the API server first (a dry run,
+        # unknown fields refused): an object it refuses stops the apply before anything of it changes.
+        rest = [obj for obj in objects if obj not in fenced]
+        self.kube.parallel([lambda obj=obj: self._checked(obj) for obj in rest])
+        for stage in _stages(rest):
+            self.kube.parallel([lambda obj=obj: self._put(obj) for obj in stage])
+
+    def _checked(self, obj: dict) -> None:
+        try:
+            self.kube.apply(obj, dry_run=True)
+        except KubeError as e:
+            # (server-side apply answers 500 for a field the schema lacks: that is the object's fault, not the cluster's)
+            invalid = e.status in (400, 422) or "failed to create typed patch object" in str(e)
+            if not invalid:
+                raise
+            if obj["kind"] == "Service" and "clusterIP" in str(e):
+                return  # (a Service whose cluster IP changes is made anew: _put)
+            meta = obj["metadata"]
+            raise RuntimeFailure(f"the {obj['kind']} “{meta['name']}” is not valid for this cluster: {e}") from None
 
     def _put(self, obj: dict) -> None:
         """Apply one object. A Service's cluster IP cannot change in place (one made with a virtual IP
