@@ -225,6 +225,10 @@ def test_a_container_reaches_its_own_services_only_and_its_delete_leaves_nothing
     ]  # noqa: E731
     assert not left(), left()  # (killed ones this machine's init has not reaped yet hold nothing)
     assert not [line for line in Path("/proc/mounts").read_text().splitlines() if str(home) in line]
+    assert (
+        not (container_runtime.data_dir / "containers" / "ports" / str(uid)).exists()
+        and not containers.Podman(container_runtime.data_dir, home, uid).runroot.exists()
+    )
 
 
 def test_a_dockerfile_that_reaches_for_the_machine_is_refused_or_confined(

@@ -35,7 +35,7 @@ from pathlib import Path
 import psutil
 
 from deployments.runtimes.base import RuntimeFailure, ServiceSpec
-from deployments.runtimes.local.sandbox import INSIDE
+from deployments.runtimes.local import sandbox
 
 OUTER_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 PODMAN = shutil.which("podman", path=OUTER_PATH) or "/usr/bin/podman"
@@ -89,7 +89,7 @@ def config_files(folder: Path) -> dict[str, str]:
         "storage.conf": '[storage]\ndriver = "overlay"\n',
         "registries.conf": 'unqualified-search-registries = ["docker.io"]\nshort-name-mode = "permissive"\n',
         # slirp4netns, which podman (and buildah, for a build's RUN steps) starts as the deployment
-        NETWORK: NETWORK_WRAPPER.format(inside=INSIDE.parent, ports=folder / "ports", slirp=SLIRP),
+        NETWORK: NETWORK_WRAPPER.format(inside=sandbox.INSIDE.parent, ports=folder / "ports", slirp=SLIRP),
     }
 
 
@@ -107,8 +107,6 @@ MAX_DOCKERFILE_BYTES = 1024 * 1024
 @cache
 def available() -> str:
     """Why components cannot run as containers on this machine ("" when they can)."""
-    from deployments.runtimes.local import sandbox
-
     if os.geteuid() != 0:
         return (
             "Diploi does not run as root (each deployment's containers run rootless under an account of its own, which only root can make)"
@@ -211,7 +209,7 @@ def _seed(podman: Podman) -> None:
 
     folder = Path(settings.DIPLOI_CONTAINER_IMAGES) if settings.DIPLOI_CONTAINER_IMAGES else None
     archives = sorted(folder.glob("*.tar")) if folder and folder.is_dir() else []
-    stamp = podman.folder / "seeded"
+    stamp = podman.data_dir / "containers" / "ports" / f"{podman.uid}.seeded"  # (the platform's folder, not the uid's)
     seen = "\n".join(f"{a.name} {a.stat().st_mtime_ns}" for a in archives)
     if not archives or (stamp.exists() and stamp.read_text() == seen):
         return
@@ -390,11 +388,14 @@ def env_file(path: Path, env: dict[str, str], uid: int) -> Path:
     """The container's environment as podman's --env-file reads it (one KEY=VALUE a line: a value's
     line breaks arrive as \\n), readable by the deployment's uid only."""
     text = "".join(f"{k}={v.replace(chr(10), chr(92) + 'n')}\n" for k, v in env.items())
-    fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
+        os.fchown(fd, uid, uid)  # (by its descriptor: nothing in the uid's folder is followed)
         f.write(text)
-    os.chown(path.with_suffix(".tmp"), uid, uid)
-    os.replace(path.with_suffix(".tmp"), path)
+    os.replace(tmp, path)
     return path
 
 
@@ -465,3 +466,6 @@ def remove(podman: Podman) -> None:
     remove_account(podman.uid)
     shutil.rmtree(podman.folder, ignore_errors=True)
     shutil.rmtree(podman.runroot, ignore_errors=True)
+    for own in (str(podman.uid), f"{podman.uid}.seeded"):  # its port rules and what was loaded into its storage
+        with contextlib.suppress(FileNotFoundError):
+            (podman.data_dir / "containers" / "ports" / own).unlink()
