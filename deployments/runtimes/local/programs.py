@@ -275,7 +275,8 @@ def container_environment(layout: Layout, spec: DeploymentSpec, service: Service
 def container_run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports, jail: Jail, variant: str = "") -> dict:
     """What exec.py runs for a component that is its image: in development the image of its development
     Dockerfile (built at each start; layers are cached), the code mounted at /app, the package's install
-    step first; otherwise the release's image. In the foreground, as the deployment (containers.py)."""
+    step first; otherwise the release's image. Detached, as the deployment (containers.py); exec.py adopts
+    its conmon and stops it."""
     assert jail.uid is not None
     ports = as_variant(ports, service, variant)
     tool = podman(layout, spec, jail.uid, ports)
