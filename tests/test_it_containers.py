@@ -46,6 +46,7 @@ def container_runtime(runtime, settings, git_daemon, base_images, tmp_path):
     for entry in pwd.getpwall():
         if entry.pw_name == containers.account_name(entry.pw_uid) and base <= entry.pw_uid < base + sandbox.UID_RANGE:
             containers.remove_account(entry.pw_uid)
+            shutil.rmtree(containers.RUNROOT / str(entry.pw_uid), ignore_errors=True)
 
 
 @pytest.fixture
