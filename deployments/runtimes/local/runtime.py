@@ -7,6 +7,7 @@ checkouts and releases in code.py; observation in observe.py; sessions and logs 
 import json
 import logging
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -647,10 +648,12 @@ class LocalRuntime(Runtime):
         jail = self.jail(spec, ports)
         env = {**programs.environment(self.layout, spec, svc, ports, jail), "TERM": "xterm-256color"}
         if jail:  # bubblewrap (root) starts from "/" and enters the folder inside; the env reaches only the command
-            env_file = sandbox.write_env(self.home(spec) / "run" / f"{service}.session.env", env, jail.uid)
+            # one file per session: sessions that start together never bind a file another one is replacing
+            env_file = sandbox.write_env(self.home(spec) / "run" / f"{service}.session.{secrets.token_hex(8)}.env", env, jail.uid)
             argv = jail.sandbox(self.layout.files_root(spec, svc), cwd, service=service, terminal=pty, env_file=env_file).argv(argv)
             env = dict(sandbox.OUTER_ENV)
-        return LocalShell(argv, Path("/") if jail else cwd, env, pty, jail.preexec() if jail else None)
+            return LocalShell(argv, Path("/"), env, pty, jail.preexec(), leftover=env_file)
+        return LocalShell(argv, cwd, env, pty)
 
     def files_root(self, spec: DeploymentSpec, service: str) -> Path:
         root = self.layout.files_root(spec, spec.service(service))

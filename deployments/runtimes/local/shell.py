@@ -16,7 +16,16 @@ from pathlib import Path
 class LocalShell:
     """A process in a service's directory and environment, with or without a terminal."""
 
-    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str], use_pty: bool, preexec: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        use_pty: bool,
+        preexec: Callable[[], None] | None = None,
+        leftover: Path | None = None,  # a file of the session's own, removed when it ends (its environment)
+    ) -> None:
+        self.leftover = leftover
         env = {**env, "TERM": env.get("TERM", "xterm-256color")}
         start = {"cwd": cwd, "env": env, "start_new_session": True, "preexec_fn": preexec}
         self._lock = threading.Lock()  # the terminal's descriptor is closed only while nobody writes to it
@@ -76,6 +85,9 @@ class LocalShell:
             if self._master is not None:
                 os.close(self._master)
                 self._master = None
+        if self.leftover:
+            with contextlib.suppress(FileNotFoundError):
+                self.leftover.unlink()
         return code
 
 
