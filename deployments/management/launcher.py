@@ -509,7 +509,7 @@ def _containers_line(data_dir: Path) -> str:
     """Whether components built from a Dockerfile can run here, and what would let them."""
     from deployments.runtimes.local import containers
 
-    if why := containers.available() or containers.reach_problem(data_dir):
+    if why := containers.problem(data_dir):
         return f"Dockerfile components cannot run here: {why}"
     return "Dockerfile components: run as containers (podman, rootless, one account per deployment)"
 

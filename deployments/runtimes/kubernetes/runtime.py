@@ -125,13 +125,12 @@ class KubernetesRuntime(Runtime):
         hosts = {rule["host"] for obj in objects if obj["kind"] == "Ingress" for rule in obj["spec"]["rules"]}
         if hosts:
             self._hosts_free(spec, hosts)
-        stages = _stages(objects)
-        fenced = [obj for stage in stages for obj in stage if obj["kind"] in ("Namespace", *STAGES[1])]
+        fence = {*STAGES[0], *STAGES[1]}
+        fenced, rest = [obj for obj in objects if obj["kind"] in fence], [obj for obj in objects if obj["kind"] not in fence]
         for stage in _stages(fenced):
             self.kube.parallel([lambda obj=obj: self._put(obj) for obj in stage])
         # The rest, a package's chart's objects among them, checked by the API server first (a dry run,
         # unknown fields refused): an object it refuses stops the apply before anything of it changes.
-        rest = [obj for obj in objects if obj not in fenced]
         self.kube.parallel([lambda obj=obj: self._checked(obj) for obj in rest])
         for stage in _stages(rest):
             self.kube.parallel([lambda obj=obj: self._put(obj) for obj in stage])

@@ -33,6 +33,7 @@ from functools import cache
 from pathlib import Path
 
 import psutil
+from django.conf import settings
 
 from deployments.runtimes.base import RuntimeFailure, ServiceSpec
 from deployments.runtimes.local import sandbox
@@ -117,6 +118,11 @@ def available() -> str:
     if why := sandbox.available() or sandbox.network_limits():
         return f"containers would not be confined: {why}"
     return ""
+
+
+def problem(data_dir: Path) -> str:
+    """Why components cannot run as containers with this data directory ("" when they can)."""
+    return available() or reach_problem(data_dir)
 
 
 def reach_problem(data_dir: Path) -> str:
@@ -205,8 +211,6 @@ class Podman:
 def _seed(podman: Podman) -> None:
     """The image archives of DIPLOI_CONTAINER_IMAGES (`podman save` files), loaded into a new storage:
     base images for a machine that reaches no registry. Loaded again when the folder changes."""
-    from django.conf import settings
-
     folder = Path(settings.DIPLOI_CONTAINER_IMAGES) if settings.DIPLOI_CONTAINER_IMAGES else None
     archives = sorted(folder.glob("*.tar")) if folder and folder.is_dir() else []
     stamp = podman.data_dir / "containers" / "ports" / f"{podman.uid}.seeded"  # (the platform's folder, not the uid's)

@@ -71,7 +71,8 @@ def main(run_file: str) -> int:
         return 1
     with open(run_file) as f:
         run = json.load(f)
-    if run.get("container"):
+    adopting = bool(run.get("container"))
+    if adopting:
         # podman's conmon leaves its parent: it stays below this wrapper, with the container's processes
         # (the service's CPU and memory are its process tree's), and is reaped here (_reap)
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -144,7 +145,7 @@ def main(run_file: str) -> int:
     def start() -> subprocess.Popen | Adopted | int:
         """The command running (a container: its conmon, once `podman run -d` has started it; or the
         exit code of a start that failed)."""
-        if not run.get("container"):
+        if not adopting:
             return subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True, preexec_fn=preexec)
         pidfile = run["container"]["conmon"]
         with contextlib.suppress(FileNotFoundError):
@@ -167,7 +168,8 @@ def main(run_file: str) -> int:
     locked = _stamps(lockfiles)
     next_look = time.monotonic() + WATCH_INTERVAL
     while (code := _exited(child, LOOK_EVERY)) is None:
-        _reap(child.pid)
+        if adopting:  # (only a subreaper has other children to collect)
+            _reap(child.pid)
         # Escalate before supervisord's own SIGKILL (stopwaitsecs) would orphan the service.
         if stop_requested and time.monotonic() - stop_requested[0] > STOP_GRACE:
             _signal(child, signal.SIGKILL)

@@ -288,7 +288,7 @@ def container_run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpe
     env_path = containers.env_file(tool.folder / f"{name}.env", env, jail.uid)
     published = [(ports[service.identifier][p.name], p.port) for p in service.ports]
     steps: list[list[str]] = []
-    run: dict = {}
+    run: dict = {}  # development: what it follows
     if spec.stage == "development":
         code, folder = layout.code(spec), layout.working_dir(spec, service)
         dockerfile, development = (folder / f for f in service.container)
@@ -302,7 +302,8 @@ def container_run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpe
                 f"{name}-install", ref, [], mounts, env_path, workdir, command(layout, spec, service, ports, "install")
             )
             steps.append(tool.argv(*install_args))
-        run["watch"] = str(folder) if service.reload else None
+        if service.reload:
+            run["watch"] = str(folder)
         run["reinstall_on"] = [str(folder / f) for f in (*LOCKFILES, *service.container)]
     else:
         ref, workdir = containers.image(service, spec.release), ""
@@ -311,7 +312,7 @@ def container_run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpe
     conmon = tool.runroot / f"{name}.conmon.pid"
     argv = tool.argv(*containers.run_args(name, ref, published, mounts, env_path, workdir, shell, conmon))
     return {
-        **{k: v for k, v in run.items() if v},
+        **run,
         "cwd": "/",
         "command": shell or f"the command of {ref}",
         "env": env,
@@ -364,7 +365,7 @@ def requirement_problem(layout: Layout, spec: DeploymentSpec, service: ServiceSp
     """Why this machine cannot run `service`, if it cannot."""
     if service.container:
         confined = "" if jail and jail.uid is not None else "deployments are not confined here"
-        if why := containers.available() or confined or containers.reach_problem(layout.data_dir):
+        if why := confined or containers.problem(layout.data_dir):
             return f"it runs as a container (its package builds a Dockerfile), which this machine cannot run: {why}"
         return None
     if "start" not in service.commands:

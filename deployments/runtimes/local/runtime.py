@@ -159,9 +159,7 @@ class LocalRuntime(Runtime):
         return None if self.unsandboxed else SFTP_SERVER
 
     def containers_problem(self) -> str:
-        if why := self.unsandboxed or containers.available() or containers.reach_problem(self.data_dir):
-            return why
-        return "" if sandbox.uid_of(0, sandbox.uid_base(self.data_dir)) is not None else "deployments have no uid of their own here"
+        return self.unsandboxed or containers.problem(self.data_dir)  # (not root: containers.available says so)
 
     def confinement(self) -> Confinement:
         unlimited = self.unsandboxed or sandbox.network_limits()
@@ -404,9 +402,8 @@ class LocalRuntime(Runtime):
     def _podman(self, spec: DeploymentSpec) -> containers.Podman | None:
         """Podman for the deployment's own storage, when it has one (its management commands: no ports)."""
         uid = self._uid(spec)
-        if uid is None or not (self.home(spec) / "containers" / "storage").is_dir():
-            return None
-        return containers.Podman(self.data_dir, self.home(spec), uid)
+        tool = containers.Podman(self.data_dir, self.home(spec), uid) if uid is not None else None
+        return tool if tool and (tool.folder / "storage").is_dir() else None
 
     def _git(self, spec: DeploymentSpec, jail: Jail | None) -> code.Git:
         """git on the deployment's files, as the deployment (code.Git)."""
