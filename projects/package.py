@@ -145,6 +145,7 @@ class Package:
     dependencies: tuple[Dependency, ...] = ()
     # local.container: (Dockerfile, development Dockerfile) in the component's folder, built and run with podman
     container: tuple[str, str] = ()
+    toggles: tuple[tuple[str, bool], ...] = ()  # each toggleable parameter group and whether it is on (its default)
 
     @property
     def runs_locally(self) -> bool:
@@ -177,6 +178,7 @@ def parse_package(text: str | bytes, file: str, source: str) -> tuple[Package | 
         p.add("type", f"must be component or addon in a package file (“{kind}” is for a project's own diploi.yaml)")
 
     parameters = _parameter_groups(p, data.get("parameterGroups"))
+    toggles = _toggles(data.get("parameterGroups"))
     parameters += _environment_variables(p, data.get("environmentVariables"), len(parameters))
     parameters = _without_duplicates(p, parameters)
     hosts = _hosts(p, data.get("hosts"))
@@ -207,6 +209,7 @@ def parse_package(text: str | bytes, file: str, source: str) -> tuple[Package | 
             status=local.get("status", ""),
             reload=local.get("reload", False),
             container=local.get("container", ()),
+            toggles=toggles,
             hosts=tuple(hosts),
             connection_strings=tuple(strings),
             logs=tuple(logs),
@@ -298,6 +301,18 @@ def _parameter_groups(p: Problems, value: object) -> list[Parameter]:
             if q := _parameter(p, item, f"{where}.parameters[{i}]", allowed, _text(group.get("name")), _text(group.get("description"))):
                 parameters.append(q)
     return parameters
+
+
+def _toggles(value: object) -> tuple[tuple[str, bool], ...]:
+    """The parameter groups a user may turn on or off (`toggleable`), each with its `defaultValue`
+    (off unless true): a chart reads them as parameterGroupsEnabled. (What is wrong in a group was
+    said by _parameter_groups.)"""
+    groups = value if isinstance(value, list) else []
+    return tuple(
+        (str(g["identifier"]), g.get("defaultValue") in (True, "true"))
+        for g in groups[:MAX_PARAMETERS]
+        if isinstance(g, dict) and g.get("toggleable") is True and isinstance(g.get("identifier"), str) and g["identifier"]
+    )
 
 
 def _environment_variables(p: Problems, value: object, count: int) -> list[Parameter]:

@@ -26,7 +26,9 @@ READ_BUDGET = 10.0  # seconds to read a stack and its packages (fetches included
 _ARTICLE = {"component": "a component", "addon": "an add-on"}
 # `postgres.POSTGRES_USER:DB_USER`, `postgres.POSTGRES_*`, `postgres.*`, `post*`
 _INCLUDE = re.compile(r"^(?P<ident>[a-z0-9*-]+)(?:\.(?P<name>[A-Za-z0-9_*]+)(?::(?P<alias>\S+))?)?$")
-_ENTRY = {"name", "identifier", "package", "folder", "env", "prebuildImage"}
+_ENTRY = {"name", "identifier", "package", "folder", "env", "prebuildImage", "containerCommands"}
+START_COMMANDS = {"developmentStart": "development", "productionStart": "start"}  # containerCommands → our command names
+MAX_COMMAND = 4096
 _URL = re.compile(r"^(https?|ssh|git|file)://|^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:|^/")
 
 
@@ -56,6 +58,8 @@ class Service:
     package_ref: str = ""  # as written in the file
     prebuild_image: str = ""
     env_include: tuple[EnvInclude, ...] = ()
+    # `containerCommands`: the project's own start commands (developmentStart, productionStart)
+    start_commands: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -279,10 +283,28 @@ def _services(
                 p.add(f"{where}.package", f"“{ref}” is {_ARTICLE[package.kind]} package and cannot be used as {_ARTICLE[kind]}")
         prebuild = p.string(item.get("prebuildImage"), f"{where}.prebuildImage") if item.get("prebuildImage") is not None else ""
         includes = _env_include(p, item["env"], f"{where}.env") if item.get("env") is not None else []
+        starts = _start_commands(p, item["containerCommands"], f"{where}.containerCommands") if "containerCommands" in item else ()
         if package and identifier and folder is not None and not any(e.field.startswith(where) for e in p.errors):
             own = tuple(includes) + (tuple(shared) if kind == "component" else ())
-            services.append(Service(str(item["name"]), identifier, kind, folder, package, ref or "", prebuild or "", own))
+            services.append(Service(str(item["name"]), identifier, kind, folder, package, ref or "", prebuild or "", own, starts))
     return services
+
+
+def _start_commands(p: Problems, value: object, where: str) -> tuple[tuple[str, str], ...]:
+    """Diploi's `containerCommands` of a component entry: the shell text that starts it in development
+    (developmentStart) and in staging/production (productionStart), instead of its package's."""
+    if not p.mapping(value, where, set(START_COMMANDS)):
+        return ()
+    found = []
+    for key, text in sorted(value.items()):
+        command = p.string(text, f"{where}.{key}")
+        if command is None:
+            continue
+        if not command.strip() or len(command) > MAX_COMMAND or "\0" in command:
+            p.add(f"{where}.{key}", f"must be a shell command of 1 to {MAX_COMMAND} characters")
+            continue
+        found.append((key, command))
+    return tuple(found)
 
 
 def _with_dependencies(

@@ -629,6 +629,7 @@ def test_the_charts_service_account_may_do_all_the_runtime_does(cast, kube, tmp_
     import yaml
 
     from deployments.runtimes.kubernetes.client import Kube
+    from deployments.runtimes.kubernetes.manifests import namespace
     from deployments.runtimes.kubernetes.runtime import KubernetesRuntime
     from tests.test_it_helm import REQUIRED, render
 
@@ -666,6 +667,13 @@ def test_the_charts_service_account_may_do_all_the_runtime_does(cast, kube, tmp_
         shell = runtime.open_shell(dev, "web", "echo through-exec", False)
         assert shell.read() == b"through-exec\n" and shell.close() == 0
         runtime.open_forward(dev, "web", "localhost", 8000).close()  # the port-forward API let it in
+        review = {"resourceAttributes": {"namespace": namespace(dev), "verb": "get", "resource": "services", "subresource": "proxy"}}
+        answer = runtime.kube.request(
+            "POST",
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            body={"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview", "spec": review},
+        )
+        assert answer["status"]["allowed"] is True  # status items, through the service proxy
         _, prod = sample_spec(cast, "production", "prod")
         assert runtime.build(prod, lambda *args: None) == {
             "web": f"registry.localhost:5000/shop/web@{TEST_DIGEST}"
@@ -939,6 +947,17 @@ parameterGroups:
     identifier: app
     parameters:
       - {name: Greeting, identifier: GREETING, defaultValue: hello, type: string}
+  - name: Cache
+    identifier: cache
+    toggleable: true
+    defaultValue: true
+    parameters:
+      - {name: Size, identifier: CACHE_SIZE, defaultValue: 64, type: integer}
+  - name: Mail
+    identifier: mail
+    toggleable: true
+    parameters:
+      - {name: Sender, identifier: MAIL_FROM, defaultValue: app@example.com, type: string}
 storage:
   - {identifier: data, sizeMiB: 1024}
 """
@@ -972,9 +991,16 @@ spec:
       containers:
         - name: app
           image: {{ .Values.images.app }}
+          {{- if and (eq .Values.stage "development") .Values.containerCommands.developmentStart }}
+          command: ["/bin/sh", "-c", {{ .Values.containerCommands.developmentStart | quote }}]
+          {{- end }}
           ports:
             - containerPort: 8000
           env:
+            - name: CACHE_ON
+              value: {{ .Values.parameterGroupsEnabled.cache | quote }}
+            - name: MAIL_ON
+              value: {{ .Values.parameterGroupsEnabled.mail | quote }}
             {{- range .Values.env }}
             - name: {{ .identifier }}
               value: {{ .value | quote }}
@@ -1060,7 +1086,9 @@ def charted_spec(cast, git_daemon, tmp_path, settings, extra: dict[str, str] | N
     base, server = git_daemon
     files = {"diploi.yaml": CHARTED, ".diploi/helm/app.yaml": CHART_APP, ".diploi/helm/service.yaml": CHART_SERVICE}
     publish(base, "charted", {**files, ".diploi/helm/ingress.yaml": CHART_INGRESS, **(extra or {})})
-    stack = f"diploiVersion: v1.0\ncomponents:\n  - {{name: App, identifier: site, package: '{server}/charted.git#main'}}\n"
+    start = "{developmentStart: 'python -m http.server 8000'}"
+    entry = f"{{name: App, identifier: site, package: '{server}/charted.git#main', containerCommands: {start}}}"
+    stack = f"diploiVersion: v1.0\ncomponents:\n  - {entry}\n"
     project = project_with(tmp_path, stack, cast.owner)
     refresh_stack(project)
     assert project.stack_errors == [], project.stack_errors
@@ -1089,6 +1117,9 @@ def test_a_package_chart_is_rendered_with_diploi_values_wrapped_and_applied(
     container = pod["containers"][0]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert container["image"] == "ghcr.io/example/charted:main" and env["GREETING"] == "hello"
+    # the project's containerCommands and the package's toggleable groups (at their defaults)
+    assert container["command"] == ["/bin/sh", "-c", "python -m http.server 8000"]
+    assert (env["CACHE_ON"], env["MAIL_ON"]) == ("true", "false")
     assert env["APP_PUBLIC_URL"] == "dev--echo.localhost" and env["DIPLOI_STAGE"] == "development"
     assert pod["volumes"] == [{"name": "data", "persistentVolumeClaim": {"claimName": "data.site.data"}}]  # its hostPath, now its claim
     assert kube.get("PersistentVolumeClaim", "data.site.data", ns)["spec"]["resources"]["requests"]["storage"] == "1Gi"
@@ -1142,3 +1173,128 @@ def test_a_chart_object_the_cluster_would_not_accept_stops_the_apply_before_any_
     assert "the StatefulSet “app” is not valid for this cluster" in str(e.value) and "replicaz" in str(e.value), str(e.value)
     ns = namespace(spec)
     assert kube.get("Service", "app", ns) is None and kube.get("StatefulSet", "app", ns) is None
+
+
+@needs_cluster
+@pytest.mark.django_db
+def test_a_dockerfile_component_is_built_in_the_cluster_from_its_own_dockerfile(cast, kube, settings, git_daemon) -> None:
+    """A package's local.container on Kubernetes: production builds the folder's Dockerfile, development
+    its Dockerfile.dev (once per commit) and runs it on the code at /app; neither runs as root."""
+    from deployments.actions import do_create_deployment
+    from deployments.provisioning import tasks
+    from deployments.provisioning.spec import current_spec
+    from deployments.runtimes import get_runtime
+    from deployments.runtimes.base import BuildFailed
+    from deployments.runtimes.kubernetes.manifests import namespace
+    from tests.test_it_starters import import_starter
+
+    settings.DIPLOI_K8S_REGISTRY = "registry.test:5000/diploi"
+    base, server = git_daemon
+    project = import_starter(base, server, "dockerfile-postgres", cast.owner)
+    commit = project.stack_commit
+    image = f"registry.test:5000/diploi/dockerfile-postgres/web@{TEST_DIGEST}"
+
+    def provisioned(stage: str) -> tuple[Deployment, str, dict]:
+        d = do_create_deployment(project, stage.title(), stage, "main", actor=cast.owner)
+        tasks.provision(d.pk)
+        d.refresh_from_db()
+        assert d.state == State.RUNNING, d.state_reason
+        ns = namespace(current_spec(d))
+        job = kube.get("Job", f"build-{commit[:12]}-web", ns)
+        return d, ns, job["spec"]["template"]["spec"]["containers"][0]
+
+    prod, ns, builder = provisioned("production")
+    assert builder["args"][1:] == [
+        "--context-sub-path=web",
+        "--dockerfile=Dockerfile",
+        f"--destination=registry.test:5000/diploi/dockerfile-postgres/web:{commit}",
+        "--digest-file=/dev/termination-log",
+    ]
+    assert kube.get("ConfigMap", f"build-{commit[:12]}-web", ns) is None  # nothing generated: the project's own Dockerfile
+    web = kube.get("Deployment", "web", ns)["spec"]["template"]["spec"]
+    assert web["containers"][0]["image"] == image and "command" not in web["containers"][0]  # the image's own command
+    assert [p["containerPort"] for p in web["containers"][0]["ports"]] == [8080]
+    assert web["securityContext"]["runAsNonRoot"] is True and web["securityContext"]["runAsUser"] != 0
+
+    dev, ns, builder = provisioned("development")
+    assert builder["args"][1:3] == ["--context-sub-path=web", "--dockerfile=Dockerfile.dev"]
+    assert builder["args"][3] == f"--destination=registry.test:5000/diploi/dockerfile-postgres/web:dev-{commit}"
+    web = kube.get("StatefulSet", "web", ns)["spec"]["template"]["spec"]
+    assert web["containers"][0]["image"] == image and web["containers"][0]["workingDir"] == "/app/web"
+    assert {"name": "code", "mountPath": "/app"} in web["containers"][0]["volumeMounts"]
+    assert web["initContainers"][0]["command"][-1] == "/app"  # the branch cloned where the image expects its code
+    # The image is built once per commit: the namespace records it, a later apply builds nothing.
+    kube.delete("Job", f"build-{commit[:12]}-web", ns)
+    wait_until(lambda: kube.get("Job", f"build-{commit[:12]}-web", ns) is None, timeout=30)
+    get_runtime().apply(current_spec(dev))
+    assert kube.get("Job", f"build-{commit[:12]}-web", ns) is None
+    assert kube.get("StatefulSet", "web", ns)["spec"]["template"]["spec"]["containers"][0]["image"] == image
+
+    # A Dockerfile the commit does not have fails the build with its name, before any Job.
+    spec = current_spec(prod)
+    other = ("Containerfile", "Containerfile")
+    missing = replace(spec, services=tuple(replace(s, container=other) if s.container else s for s in spec.services))
+    with pytest.raises(BuildFailed, match=r"web: web/Containerfile is missing"):
+        get_runtime().build(missing, lambda *args: None)
+
+
+@needs_cluster
+@pytest.mark.django_db
+def test_a_components_status_items_are_read_through_the_api_servers_proxy(cast, kube, monkeypatch) -> None:
+    """`local.status` on Kubernetes: the monitor reads the document through the API server's service
+    proxy (the simulated pod's address is given to this machine, and a server of the test's answers
+    there); a component that stops answering is one yellow item saying so."""
+    import http.server
+    import threading
+
+    from deployments.runtimes import get_runtime
+    from deployments.runtimes.kubernetes import runtime as kubernetes_runtime
+    from deployments.runtimes.kubernetes.manifests import namespace
+
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and ip(8) to give the simulated pod's address to this machine")
+    monkeypatch.setattr(kubernetes_runtime, "STATUS_EVERY", 0)  # read at each look, not once per 10 s
+    _, spec = sample_spec(cast)
+    web = replace(spec.service("web"), status_path="/status")
+    spec = replace(spec, services=tuple(web if s.identifier == "web" else s for s in spec.services))
+    runtime = get_runtime()
+    runtime.apply(spec)
+
+    def pod_ip() -> str:
+        pods = kube.list("Pod", namespace(spec), "diploi.io/component=web")
+        return pods[0]["status"].get("podIP", "") if pods else ""
+
+    def items() -> dict[str, tuple[str, str]]:
+        observed = runtime.observe([spec])[spec.id]
+        return {s.name: (s.colour.value, s.message) for s in observed.services if s.name.startswith("web/")}
+
+    wait_until(pod_ip, timeout=60)
+    address = pod_ip()
+    item = {"identifier": "db", "name": "Database", "status": "red", "message": "migrations pending"}
+    document = {"diploiStatusVersion": 1, "items": [item]}
+
+    class Status(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(document).encode() if self.path == "/status" else b"no"
+            self.send_response(200 if self.path == "/status" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    subprocess.run(["ip", "addr", "add", f"{address}/32", "dev", "lo"], check=True)
+    try:
+        server = http.server.ThreadingHTTPServer((address, 8000), Status)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            wait_until(items, timeout=60)  # once the simulated pod is ready
+            assert items() == {"web/db": ("red", "Database — migrations pending")}
+        finally:
+            server.shutdown()
+            server.server_close()
+        colour, message = items()["web/status"]
+        assert colour == "yellow" and message.startswith("its status at /status did not answer") and "refused" in message
+    finally:
+        subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", "lo"], check=False)

@@ -21,7 +21,8 @@ from deployments.provisioning import tasks
 from deployments.provisioning.spec import build_spec, load_stack
 from deployments.runtimes.base import Colour
 from deployments.runtimes.kubernetes.manifests import environment
-from deployments.runtimes.local.observe import probe, status_items
+from deployments.runtimes.local.observe import probe
+from deployments.runtimes.statusitems import status_items
 from projects.models import Membership, Project, Role
 from projects.sample import commit_all
 from projects.stack import refresh_stack

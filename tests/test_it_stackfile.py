@@ -302,6 +302,23 @@ def replace(old: str, new: str, text: str = GOOD) -> str:
     return text.replace(old, new, 1)
 
 
+WITH_START = replace("    folder: /web\n", "    folder: /web\n    containerCommands: {developmentStart: './dev --port 9000'}\n")
+
+
+def test_a_components_own_start_commands_replace_its_packages() -> None:
+    """Diploi's `containerCommands`: the project's start command in development (and production) runs
+    instead of its package's; what a chart reads keeps them as written."""
+    from deployments.provisioning.spec import _commands
+
+    stack, errors = parse_stack(WITH_START, REPO)
+    assert errors == [], errors
+    web, api = stack.components[:2]
+    assert web.start_commands == (("developmentStart", "./dev --port 9000"),)
+    assert _commands(web)["development"] == "./dev --port 9000"
+    assert _commands(web)["start"] == web.package.commands["start"]  # productionStart not given: the package's
+    assert _commands(api) == api.package.commands
+
+
 MALFORMED = [
     ("diploiVersion: v1.0\ncomponents: [\n", "diploi.yaml", "line", "is not valid YAML"),
     ("- just\n- a list\n", "diploi.yaml", "", "must be a mapping, not a list"),
@@ -342,6 +359,14 @@ MALFORMED = [
     # Diploi's own docs page writes `- *`, which YAML reads as an alias with no name.
     (replace("        - cache.*", "        - *"), "diploi.yaml", "line 15", "a lone * must be quoted: '*'"),
     ("diploiVersion: v1.0\ncomponents: []\n" + "# padding\n" * 8000, "diploi.yaml", "", "larger than 64 KiB"),
+    (WITH_START.replace("developmentStart", "devStart"), "diploi.yaml", "components[0].containerCommands.devStart", "unknown field"),
+    (
+        WITH_START.replace("'./dev --port 9000'", "'  '"),
+        "diploi.yaml",
+        "components[0].containerCommands.developmentStart",
+        "a shell command",
+    ),
+    (WITH_START.replace("{developmentStart: './dev --port 9000'}", "[x]"), "diploi.yaml", "components[0].containerCommands", "mapping"),
 ]
 
 

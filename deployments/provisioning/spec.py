@@ -15,7 +15,7 @@ from projects import git, values
 from projects.remote import GitPackages
 from projects.stack import parse_stack_at, project_mirror
 from projects.stackerrors import StackError
-from projects.stackfile import Service, Stack, split_package_ref
+from projects.stackfile import START_COMMANDS, Service, Stack, split_package_ref
 
 
 class StackInvalid(Exception):
@@ -186,7 +186,7 @@ def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build
                 kind=s.kind,
                 package=pkg.recipe or pkg.name,
                 folder=s.folder,
-                commands=dict(pkg.commands),
+                commands=_commands(s),
                 ports=tuple(PortSpec(p.name, p.port, p.public, p.protocol) for p in pkg.ports),
                 volumes=tuple(VolumeSpec(v.name, v.path, v.size) for v in pkg.storage if deployment.stage in v.stages),
                 env=env[s.identifier],
@@ -200,6 +200,8 @@ def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build
                 images=tuple(sorted(package_images(s).items())),
                 chart=pkg.chart,
                 container=pkg.container,
+                start_commands=s.start_commands,
+                toggles=pkg.toggles,
             )
         )
     return replace(
@@ -237,6 +239,16 @@ def current_spec(deployment: Deployment) -> DeploymentSpec:
     except (StackInvalid, git.GitError):
         return minimal_spec(deployment)
     return build_spec(deployment, stack, deployment.commit, release)
+
+
+def _commands(service: Service) -> dict[str, str]:
+    """The package's commands, with the project's own start commands (`containerCommands`) in place
+    of its development and start commands; a package that only gives a chart keeps none (its
+    chart reads them)."""
+    commands = dict(service.package.commands)
+    if service.package.runs_locally:
+        commands.update({START_COMMANDS[key]: text for key, text in service.start_commands})
+    return commands
 
 
 def package_image(service: Service) -> str:

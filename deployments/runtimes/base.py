@@ -75,12 +75,15 @@ class ServiceSpec:
     image: str = ""  # the package's own image (Diploi's `images`), for a package with no commands of ours
     images: tuple[tuple[str, str], ...] = ()  # each of the package's images by identifier (its chart's .Values.images)
     chart: tuple[tuple[str, str], ...] = ()  # the package's Helm templates: what it is on Kubernetes
+    start_commands: tuple[tuple[str, str], ...] = ()  # the project's containerCommands (its chart reads them)
+    toggles: tuple[tuple[str, bool], ...] = ()  # the package's toggleable parameter groups, on or off
     container: tuple[str, str] = ()  # on this machine: (Dockerfile, development Dockerfile) it is built from and run as, with podman
 
     @property
     def built(self) -> bool:
-        """Whether a release builds it (a component with a recipe), rather than running a given image."""
-        return self.kind == "component" and bool(self.commands)
+        """Whether a release builds it (a component with a recipe or its own Dockerfile), rather than
+        running a given image."""
+        return self.kind == "component" and bool(self.commands or self.container)
 
 
 def imported_env(spec: "DeploymentSpec", service: "ServiceSpec", context: Callable[["ServiceSpec"], dict[str, str]]) -> dict[str, str]:
@@ -284,7 +287,7 @@ class Runtime(ABC):
 
     def containers_problem(self) -> str:
         """Why a component built from its Dockerfile (a package's local.container) cannot run here ("" when it can)."""
-        return "this runtime does not build a component's Dockerfile yet"
+        return ""
 
     @abstractmethod
     def apply(self, spec: DeploymentSpec) -> dict[str, str]:

@@ -277,6 +277,17 @@ class Kube:
                 return None
             raise
 
+    def service_get(self, namespace: str, service: str, port: int, path: str, limit: int, timeout: float = 5) -> tuple[int, bytes]:
+        """GET `path` of a Service's port through the API server's proxy: the status and at most `limit`
+        bytes of the body. KubeError when the answer is an error (the proxy's own, e.g. 503 with no
+        endpoint, is a KubeUnavailable)."""
+        url = f"/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy{path}"
+        response = self.request("GET", url, stream=True, timeout=timeout)
+        try:
+            return response.status, response.read(limit)
+        finally:
+            response.release_conn()
+
     def patch(self, kind: str, name: str, namespace: str, patch: dict) -> dict:
         return self.request("PATCH", path(kind, namespace, name), body=patch, content_type="application/merge-patch+json")
 

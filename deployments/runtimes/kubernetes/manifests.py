@@ -48,6 +48,12 @@ IMAGES = {
 COPY_POD, COPY_ROOT = "diploi-copy", "/copy"
 
 
+def code_root(service: ServiceSpec) -> str:
+    """Where a development component's code is: a container built from its Dockerfile finds it where
+    Diploi's images expect it (/app), a recipe's image at /code."""
+    return "/app" if service.container else "/code"
+
+
 def namespace(spec: DeploymentSpec) -> str:
     """From the deployment's id alone: two deployments never share one, whatever their names."""
     return f"diploi-d{spec.id}"
@@ -86,7 +92,7 @@ def placeholder_values(spec: DeploymentSpec, service: ServiceSpec) -> dict[str, 
         "host": service.identifier,
         "port": str(service.ports[0].port) if service.ports else "",
         "password": service.password,
-        "code": f"/code/{service.folder}".rstrip("/") if service.kind == "component" else "",
+        "code": f"{code_root(service)}/{service.folder}".rstrip("/") if service.kind == "component" else "",
         "identifier": service.identifier,
         "deployment": spec.slug,
         "stage": spec.stage,
@@ -144,9 +150,9 @@ def _encoded(values: dict[str, str]) -> dict[str, str]:
 def _image(spec: DeploymentSpec, service: ServiceSpec) -> str:
     """A built component runs its release's image, pinned by digest (what the build or CI recorded);
     a package that gives only an image runs that image."""
-    if not service.commands and service.image:
+    if not service.commands and not service.container and service.image:
         return service.image
-    if service.built and spec.stage != "development":
+    if service.built and (spec.stage != "development" or service.container):
         return spec.image(service.identifier) or f"{pushed_image(spec, service)}:{spec.release or spec.commit}"
     return IMAGES.get(service.package, settings.DIPLOI_K8S_DEFAULT_IMAGE)
 
@@ -212,23 +218,30 @@ def _workload(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -
         "automountServiceAccountToken": False,
         "securityContext": pod_security(RUN_AS.get(service.package, UNPRIVILEGED_UID)),
     }
-    if service.built and not development and settings.DIPLOI_K8S_REGISTRY_PULL_AUTH:
+    if service.built and (not development or service.container) and settings.DIPLOI_K8S_REGISTRY_PULL_AUTH:
         pod["imagePullSecrets"] = [{"name": PULL_SECRET}]
     if development:
+        root = code_root(service)
         container["workingDir"] = placeholder_values(spec, service)["code"]
-        mounts.append({"name": "code", "mountPath": "/code"})
+        mounts.append({"name": "code", "mountPath": root})
         volumes.append({"name": "code", "persistentVolumeClaim": {"claimName": code_claim(service)}})
         pod["initContainers"] = [
             {
                 "name": "clone",
                 "image": settings.DIPLOI_K8S_GIT_IMAGE,
-                "command": clone_command(spec),
+                "command": clone_command(spec, root),
                 "env": [{"name": "HOME", "value": "/tmp"}],
                 "resources": {"requests": requests, "limits": limits},
-                "volumeMounts": [{"name": "code", "mountPath": "/code"}],
+                "volumeMounts": [{"name": "code", "mountPath": root}],
                 "securityContext": CONTAINER_SECURITY,
             }
         ]
+        if service.container and (install := render(service.commands.get("install", ""), placeholder_values(spec, service), quote=True)):
+            # the package's install step, in the component's own image, on its code (Diploi's
+            # charts' install-dependencies)
+            pod["initContainers"].append(
+                {k: v for k, v in container.items() if k != "ports"} | {"name": "install", "command": ["/bin/sh", "-c", install]}
+            )
     checksum = hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()[:16]
     template = {"metadata": {"labels": labels(spec, service), "annotations": {"diploi.io/env-checksum": checksum}}, "spec": pod}
     workload = {
@@ -433,44 +446,56 @@ def build_name(spec: DeploymentSpec, service: ServiceSpec) -> str:
     return f"build-{spec.commit[:12]}-{service.identifier}"[:63].rstrip("-")
 
 
-def build_manifests(spec: DeploymentSpec, service: ServiceSpec) -> list[dict]:
-    """A ConfigMap with the generated Dockerfile and the Job that builds and pushes the image."""
+def build_manifests(spec: DeploymentSpec, service: ServiceSpec, dockerfile: str = "") -> list[dict]:
+    """The Job that builds the component's image and pushes it: from `dockerfile` in the component's
+    folder (a package's local.container), else from a Dockerfile generated here (the package's image,
+    the code, its install and build commands; in a ConfigMap beside the Job)."""
     name = build_name(spec, service)
-    ctx = placeholder_values(spec, service)
-    steps = [render(service.commands[step], ctx) for step in ("install", "build") if service.commands.get(step)]
-    folder = f"/code/{service.folder}".rstrip("/")
-    dockerfile = "\n".join(
-        [
-            f"FROM {IMAGES.get(service.package, settings.DIPLOI_K8S_DEFAULT_IMAGE)}",
-            "COPY . /code/",
-            f"WORKDIR {folder}",
-            *(f"RUN {step}" for step in steps),
-            "",
-        ]
-    )
     repository = spec.repository.split("://", 1)[-1]
+    args = [f"--context=git://{repository}#refs/heads/{spec.branch}#{spec.commit}"]
+    objects = []
+    volumes: list[dict] = []
+    mounts: list[dict] = []
+    if dockerfile:
+        args += [f"--context-sub-path={service.folder}"] if service.folder else []
+        args.append(f"--dockerfile={dockerfile}")
+    else:
+        ctx = placeholder_values(spec, service)
+        steps = [render(service.commands[step], ctx) for step in ("install", "build") if service.commands.get(step)]
+        folder = f"/code/{service.folder}".rstrip("/")
+        generated = "\n".join(
+            [
+                f"FROM {IMAGES.get(service.package, settings.DIPLOI_K8S_DEFAULT_IMAGE)}",
+                "COPY . /code/",
+                f"WORKDIR {folder}",
+                *(f"RUN {step}" for step in steps),
+                "",
+            ]
+        )
+        objects.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(spec, name, service), "data": {"Dockerfile": generated}})
+        args.append("--dockerfile=/build/Dockerfile")
+        volumes.append({"name": "dockerfile", "configMap": {"name": name}})
+        mounts.append({"name": "dockerfile", "mountPath": "/build"})
+    tag = f"dev-{spec.commit}" if spec.stage == "development" else spec.commit
+    args += [
+        f"--destination={pushed_image(spec, service)}:{tag}",
+        "--digest-file=/dev/termination-log",  # the runtime pins the workloads to it
+    ]
     container = {
         "name": "build",
         "image": settings.DIPLOI_K8S_BUILDER_IMAGE,
-        "args": [
-            f"--context=git://{repository}#refs/heads/{spec.branch}#{spec.commit}",
-            "--dockerfile=/build/Dockerfile",
-            f"--destination={pushed_image(spec, service)}:{spec.commit}",
-            "--digest-file=/dev/termination-log",  # the runtime pins the workloads to it
-        ],
-        "volumeMounts": [{"name": "dockerfile", "mountPath": "/build"}],
+        "args": args,
+        "volumeMounts": mounts,
         # The one container that runs as root: the builder unpacks the base image's files with their
         # owners and runs the package's install/build steps as the image's user would. It gets the
         # capabilities that needs, and no more.
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"], "add": BUILDER_CAPABILITIES}},
     }
-    volumes = [{"name": "dockerfile", "configMap": {"name": name}}]
-    objects = []
     if settings.DIPLOI_K8S_REGISTRY_PUSH_AUTH:  # only the builder can push
-        objects.append(registry_secret(spec, PUSH_SECRET, settings.DIPLOI_K8S_REGISTRY_PUSH_AUTH))
+        objects.insert(0, registry_secret(spec, PUSH_SECRET, settings.DIPLOI_K8S_REGISTRY_PUSH_AUTH))
         items = [{"key": ".dockerconfigjson", "path": "config.json"}]
         volumes.append({"name": "push", "secret": {"secretName": PUSH_SECRET, "items": items}})
-        container["volumeMounts"].append({"name": "push", "mountPath": "/kaniko/.docker", "readOnly": True})
+        mounts.append({"name": "push", "mountPath": "/kaniko/.docker", "readOnly": True})
     pod = {
         "restartPolicy": "Never",
         "containers": [container],
@@ -479,11 +504,7 @@ def build_manifests(spec: DeploymentSpec, service: ServiceSpec) -> list[dict]:
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
     }
     job = {"backoffLimit": 0, "ttlSecondsAfterFinished": 3600, "template": {"metadata": {"labels": labels(spec, service)}, "spec": pod}}
-    return [
-        *objects,
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(spec, name, service), "data": {"Dockerfile": dockerfile}},
-        {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(spec, name, service), "spec": job},
-    ]
+    return [*objects, {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(spec, name, service), "spec": job}]
 
 
 def storage_paths(source: DeploymentSpec, target: DeploymentSpec, service: ServiceSpec) -> list[tuple[str, str]]:
@@ -491,7 +512,7 @@ def storage_paths(source: DeploymentSpec, target: DeploymentSpec, service: Servi
     when both are development deployments."""
     found = [(claim_name(service, v.name), v.path) for v in service.volumes]
     if service.built and source.stage == target.stage == "development":
-        found.append((code_claim(service), "/code"))
+        found.append((code_claim(service), code_root(service)))
     return found
 
 

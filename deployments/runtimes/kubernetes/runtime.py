@@ -7,9 +7,11 @@ monitor) keeps an informer (informer.py) and `observe` reads it without asking t
 `observe` lists. Logs, shells and port-forwards go through the pod API (client.py).
 """
 
+import functools
 import hashlib
 import json
 import logging
+import posixpath
 import secrets
 import threading
 import time
@@ -20,16 +22,20 @@ from pathlib import Path
 
 from django.conf import settings
 
+import gitsafe
 from deployments.runtimes import hostnames
 from deployments.runtimes.base import (
     BuildFailed,
     CodeState,
+    Colour,
     Confinement,
     DeploymentSpec,
+    ItemState,
     Observation,
     Progress,
     Runtime,
     RuntimeFailure,
+    ServiceSpec,
     Shell,
     Tunnel,
     Unreachable,
@@ -51,6 +57,7 @@ from deployments.runtimes.kubernetes.manifests import (
     env_secret,
     environment,
     fence,
+    from_chart,
     host_label,
     manifests,
     namespace,
@@ -60,11 +67,15 @@ from deployments.runtimes.kubernetes.manifests import (
     workload_kind,
 )
 from deployments.runtimes.kubernetes.observe import OBSERVED_KINDS, observation, usage_by_pod
+from deployments.runtimes.statusitems import MAX_STATUS_BYTES, Answer, status_items
 
 log = logging.getLogger(__name__)
 APPLIED = "diploi.io/applied"  # the namespace's annotation: each object's digest, as applied last
 APPLIED_MANAGER = "diploi-applied"  # its own field manager: the manifests' applies leave it alone
+DEVELOPMENT_IMAGES = "diploi.io/development-images"  # the namespace's annotation: each development image built
+DEVELOPMENT_IMAGES_MANAGER = "diploi-development-images"
 OURS = f"{MANAGED}=diploi"
+STATUS_EVERY = 10.0  # seconds between two reads of a component's status items
 SYNC_TIMEOUT = 60  # seconds observe waits for the informer's first lists
 BROKEN_GRACE = 10  # seconds the watches may be broken before observe says the cluster is not answering
 FEW = 3  # at most this many deployments are observed (without an informer) by listing their namespaces
@@ -97,6 +108,7 @@ class KubernetesRuntime(Runtime):
         self.informer: Informer | None = None
         # deployment id → (its objects' generation, the spec, the usage, what was observed from them)
         self._observed: dict[int, tuple[int, DeploymentSpec, dict | None, Observation]] = {}
+        self._status: dict[tuple[int, str], tuple[float, tuple[ItemState, ...]]] = {}  # (deployment, component) → (read at, items)
         self._metrics: tuple[float, dict | None] | None = None  # (when, usage by pod) of the last metrics read
 
     def confinement(self) -> Confinement:
@@ -183,6 +195,7 @@ class KubernetesRuntime(Runtime):
         manager), so an unchanged deployment costs one read and no write, and a changed env var rewrites
         its Secret and workload only. A change made by hand in the cluster is not undone until the
         object itself changes in the deployment."""
+        spec = self._development_images(spec)
         objects = manifests(spec)
         digests = {_name(obj): _digest(obj) for obj in objects}
         applied = _applied(self._own_namespace(spec))
@@ -265,19 +278,53 @@ class KubernetesRuntime(Runtime):
                 raise KubeUnavailable(0, f"the first lists of the cluster's objects did not finish in {SYNC_TIMEOUT} s")
             if self.informer.broken_for() > BROKEN_GRACE:
                 raise KubeUnavailable(0, f"the cluster has not been followed for {self.informer.broken_for():.0f} s (its watches broke)")
-            return self._from_informer(specs, self._usage())
+            return self._with_status_items(specs, self._from_informer(specs, self._usage()))
         if len(specs) <= FEW:
             found = {}
             for spec in specs:
                 objects = {kind: self.kube.list(kind, namespace(spec), OURS) for kind in OBSERVED_KINDS}
                 found[spec.id] = observation(spec, objects, usage_by_pod(self.kube.pod_metrics(OURS, namespace(spec))))
-            return found
+            return self._with_status_items(specs, found)
         by_deployment: dict[str, dict[str, list[dict]]] = defaultdict(lambda: {kind: [] for kind in OBSERVED_KINDS})
         for kind in OBSERVED_KINDS:
             for obj in self.kube.list(kind, selector=OURS):
                 by_deployment[obj["metadata"]["labels"].get(DEPLOYMENT_ID, "")][kind].append(obj)
         usage = self._usage(fresh=True)
-        return {s.id: observation(s, by_deployment[str(s.id)], usage) for s in specs}
+        return self._with_status_items(specs, {s.id: observation(s, by_deployment[str(s.id)], usage) for s in specs})
+
+    def _with_status_items(self, specs: list[DeploymentSpec], found: dict[int, Observation]) -> dict[int, Observation]:
+        """The items each ready component with a status path (`local.status`) serves, read through the
+        API server's service proxy (the platform never needs a route into the cluster), at most once per
+        STATUS_EVERY per component; each becomes a line under the component's service."""
+        now = time.monotonic()
+        ready = {
+            (spec.id, service.identifier): (spec, service)
+            for spec in specs
+            if spec.id in found
+            for service in spec.services
+            if service.status_path and service.ports and not from_chart(service)
+            if any(s.name == service.identifier and s.colour == Colour.GREEN for s in found[spec.id].services)
+        }
+        due = [key for key in ready if now - self._status.get(key, (-STATUS_EVERY, ()))[0] >= STATUS_EVERY]
+        answers = self.kube.parallel([functools.partial(self._status_answer, *ready[key]) for key in due])
+        for key, answer in zip(due, answers, strict=True):
+            self._status[key] = (now, tuple(status_items(ready[key][1], answer, 0)))
+        self._status = {key: kept for key, kept in self._status.items() if key in ready}
+        for spec in specs:
+            items = [item for service in spec.services for item in self._status.get((spec.id, service.identifier), (0, ()))[1]]
+            if items:
+                found[spec.id] = replace(found[spec.id], services=found[spec.id].services + tuple(items))
+        return found
+
+    def _status_answer(self, spec: DeploymentSpec, service: ServiceSpec) -> Answer:
+        try:
+            port, path = service.ports[0].port, service.status_path
+            status, body = self.kube.service_get(namespace(spec), service.identifier, port, path, MAX_STATUS_BYTES + 1)
+        except KubeUnavailable as e:  # the proxy found no pod answering
+            return Answer(error=str(e)[:200])
+        except KubeError as e:  # the component's own error status
+            return Answer(status=e.status)
+        return Answer(status=status, body=body)
 
     def _from_informer(self, specs: list[DeploymentSpec], usage: dict | None) -> dict[int, Observation]:
         """Each deployment's observation, derived again only when its objects, its spec (the monitor
@@ -341,20 +388,24 @@ class KubernetesRuntime(Runtime):
         self.kube.wait_gone("Namespace", namespace(spec), timeout=settings.DIPLOI_K8S_DELETE_TIMEOUT)
 
     def build(self, spec: DeploymentSpec, progress: Progress) -> dict[str, str]:
-        """One Job per component: the builder image builds the commit with a generated Dockerfile
-        (the package's image, the code, its install and build commands), pushes it and leaves its
-        digest as the pod's termination message; the workloads run that digest, not the tag. Progress
-        follows the Jobs; a failed Job fails the build with its reason."""
-        components = [s for s in spec.services if s.built]
+        """One Job per component: the builder image builds the commit (from the component's own
+        Dockerfile, or one generated from the package's image, the code, its install and build
+        commands), pushes it and leaves its digest as the pod's termination message; the workloads run
+        that digest, not the tag. Progress follows the Jobs; a failed Job fails the build with its reason."""
         progress("clone", 0, f"Building {spec.commit[:10]} of {spec.branch} in the cluster")
-        self._apply_all(fence(spec) + [obj for service in components for obj in build_manifests(spec, service)], spec)
+        images = self._built(spec, [s for s in spec.services if s.built], progress)
+        progress("release", 100, f"Release {spec.commit[:10]} ready")
+        return images
+
+    def _built(self, spec: DeploymentSpec, components: list[ServiceSpec], progress: Progress) -> dict[str, str]:
+        jobs = [obj for service in components for obj in build_manifests(spec, service, self._dockerfile(spec, service))]
+        self._apply_all(fence(spec) + jobs, spec)
         progress("install", 25, f"{len(components)} build job(s) started")
         deadline = time.monotonic() + settings.DIPLOI_K8S_BUILD_TIMEOUT
-        done: set[str] = set()
         images: dict[str, str] = {}
-        while len(done) < len(components):
+        while len(images) < len(components):
             for service in components:
-                if service.identifier in done:
+                if service.identifier in images:
                     continue
                 job = self.kube.get("Job", build_name(spec, service), namespace(spec)) or {}
                 conditions = {c["type"]: c for c in job.get("status", {}).get("conditions", []) if c.get("status") == "True"}
@@ -363,15 +414,62 @@ class KubernetesRuntime(Runtime):
                         "build", f"{service.identifier}: {conditions['Failed'].get('message') or conditions['Failed'].get('reason')}"
                     )
                 if "Complete" in conditions:
-                    images[service.identifier] = f"{pushed_image(spec, service)}@{self._digest(spec, build_name(spec, service))}"
-                    done.add(service.identifier)
-                    progress("build", 25 + 65 * len(done) // len(components), f"{service.identifier}: pushed {images[service.identifier]}")
-            if len(done) < len(components):
+                    pushed = f"{pushed_image(spec, service)}@{self._digest(spec, build_name(spec, service))}"
+                    images[service.identifier] = pushed
+                    progress("build", 25 + 65 * len(images) // len(components), f"{service.identifier}: pushed {pushed}")
+            if len(images) < len(components):
                 if time.monotonic() > deadline:
                     raise BuildFailed("build", f"not finished after {settings.DIPLOI_K8S_BUILD_TIMEOUT} s")
                 time.sleep(1)
-        progress("release", 100, f"Release {spec.commit[:10]} ready")
         return images
+
+    def _dockerfile(self, spec: DeploymentSpec, service: ServiceSpec) -> str:
+        """Which Dockerfile in the component's folder its image is built from ("" for a recipe's
+        component): a development deployment's is the package's development Dockerfile when the commit
+        has it. Looked up in the platform's own copy of the repository; a missing one fails the build."""
+        if not service.container:
+            return ""
+        dockerfile, development = service.container
+        if spec.stage == "development" and development != dockerfile and self._in_commit(spec, service, development):
+            return development
+        if spec.mirror and not self._in_commit(spec, service, dockerfile):
+            where = posixpath.join(service.folder or ".", dockerfile)
+            raise BuildFailed("build", f"{service.identifier}: {where} is missing (its package builds a Dockerfile)")
+        return dockerfile
+
+    @staticmethod
+    def _in_commit(spec: DeploymentSpec, service: ServiceSpec, name: str) -> bool:
+        if not spec.mirror:
+            return False
+        path = posixpath.join(service.folder, name)
+        try:
+            return gitsafe.output(("cat-file", "-t", f"{spec.commit}:{path}"), Path(spec.mirror), 30).strip() == b"blob"
+        except gitsafe.Failed:
+            return False
+
+    def _development_images(self, spec: DeploymentSpec) -> DeploymentSpec:
+        """A development deployment's components built from their Dockerfile run their development
+        image: built in the cluster once per commit and Dockerfile (the namespace records each one's
+        digest), then reused by every apply."""
+        wanted = [s for s in spec.services if s.container]
+        if spec.stage != "development" or not wanted:
+            return spec
+        recorded = _recorded(self._own_namespace(spec), DEVELOPMENT_IMAGES)
+        images: dict[str, str] = {}
+        missing = []
+        for service in wanted:
+            key = f"{spec.commit}:{self._dockerfile(spec, service)}"
+            entry = recorded.get(service.identifier)
+            if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("image"), str):
+                images[service.identifier] = entry["image"]
+            else:
+                missing.append(service)
+        if missing:
+            images.update(self._built(spec, missing, _logged(spec)))
+            record = {s.identifier: {"key": f"{spec.commit}:{self._dockerfile(spec, s)}", "image": images[s.identifier]} for s in wanted}
+            stamp = {"name": namespace(spec), "annotations": {DEVELOPMENT_IMAGES: json.dumps(record, sort_keys=True)}}
+            self.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": stamp}, manager=DEVELOPMENT_IMAGES_MANAGER)
+        return replace(spec, images=tuple(sorted(images.items())))
 
     def import_release(self, source: DeploymentSpec, target: DeploymentSpec) -> None:
         """A release here is its images, pinned by digest in the registry: the target runs the same
@@ -509,11 +607,26 @@ class PodShell:
 
 def _applied(namespace_found: dict | None) -> dict[str, str]:
     """What the namespace records as applied last (nothing for one missing or being deleted)."""
+    return _recorded(namespace_found, APPLIED)
+
+
+def _logged(spec: DeploymentSpec) -> Progress:
+    """Progress of a build no Build row follows (a development image's): its lines in the log."""
+
+    def progress(step: str, percent: int, line: str | None = None) -> None:
+        if line:
+            log.info("deployment %s: %s", spec.id, line)
+
+    return progress
+
+
+def _recorded(namespace_found: dict | None, annotation: str) -> dict:
+    """What the namespace records in its `annotation` (nothing for one missing or being deleted)."""
     meta = (namespace_found or {}).get("metadata", {})
     if meta.get("deletionTimestamp"):
         return {}
     try:
-        found = json.loads(meta.get("annotations", {}).get(APPLIED, "{}"))
+        found = json.loads(meta.get("annotations", {}).get(annotation, "{}"))
     except ValueError:
         return {}
     return found if isinstance(found, dict) else {}

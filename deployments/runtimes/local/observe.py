@@ -3,7 +3,6 @@ volume sizes and health checks (from one thread, many at a time)."""
 
 import contextlib
 import errno
-import json
 import os
 import selectors
 import socket
@@ -19,6 +18,7 @@ import psutil
 from deployments.runtimes.base import Colour, DeploymentSpec, ItemState, ServiceSpec
 from deployments.runtimes.local.exec import FAILED
 from deployments.runtimes.local.shell import read_log
+from deployments.runtimes.statusitems import MAX_STATUS_BYTES, Answer, status_items
 
 HEALTH_TIMEOUT = 1.0
 STATE_COLOUR = {
@@ -243,16 +243,6 @@ def service_states(specs: list[DeploymentSpec], checks: list[tuple[int, ServiceS
     return result
 
 
-@dataclass(frozen=True)
-class Answer:
-    """What a look at an address found: a connection accepted, an HTTP status and the start of the body, or
-    why there was none (`error`)."""
-
-    status: int = 0
-    body: bytes = b""
-    error: str = ""
-
-
 OPEN_AT_ONCE = 256  # checks in flight together (file descriptors are limited, 1,024 by default)
 
 
@@ -328,55 +318,6 @@ def _http_answer(head: bytes, body: bytes) -> Answer:
     if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/") or not status_line[1].isdigit():
         return Answer(error="the answer is not HTTP")
     return Answer(status=int(status_line[1]), body=body)
-
-
-STATUS_GRACE = 30.0  # red items of a component this young are shown as pending, as Diploi does
-MAX_STATUS_BYTES = 64 * 1024
-MAX_STATUS_ITEMS = 50
-_STATUS_COLOURS = {"green": Colour.GREEN, "yellow": Colour.YELLOW, "red": Colour.RED}
-
-
-def status_items(service: ServiceSpec, answer: Answer, started: float) -> list[ItemState]:
-    """The items the component serves in Diploi's status format at its status path; a malformed or
-    missing answer is one yellow item saying what was wrong."""
-    name = f"{service.identifier}/status"
-    if answer.error:
-        return [ItemState(name, Colour.YELLOW, f"its status at {service.status_path} did not answer ({answer.error})")]
-    if answer.status >= 400:
-        return [ItemState(name, Colour.YELLOW, f"its status at {service.status_path} answered HTTP {answer.status}")]
-    items, problem = parse_status(answer.body)
-    if problem:
-        return [ItemState(name, Colour.YELLOW, f"its status at {service.status_path} {problem}")]
-    young = started and time.time() - started < STATUS_GRACE
-    states = []
-    for item in items:
-        colour = _STATUS_COLOURS[item["status"]]
-        if item.get("isPending") or (colour == Colour.RED and young):
-            colour = Colour.PENDING
-        message = " — ".join(str(item[k]) for k in ("name", "message") if item.get(k)) or item["status"]
-        states.append(ItemState(f"{service.identifier}/{item['identifier']}", colour, message[:300]))
-    return states
-
-
-def parse_status(body: bytes) -> tuple[list[dict], str]:
-    """Diploi's status document → (items, "") or ([], what is wrong with it)."""
-    if len(body) > MAX_STATUS_BYTES:
-        return [], f"is larger than {MAX_STATUS_BYTES // 1024} KiB"
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return [], "is not JSON"
-    if not isinstance(doc, dict) or doc.get("diploiStatusVersion") != 1:
-        return [], "has no diploiStatusVersion: 1"
-    items = doc.get("items")
-    if not isinstance(items, list) or len(items) > MAX_STATUS_ITEMS:
-        return [], f"has no items list (of at most {MAX_STATUS_ITEMS})"
-    for i, item in enumerate(items):
-        if not isinstance(item, dict) or not isinstance(item.get("identifier"), str) or not item["identifier"]:
-            return [], f"item {i} has no identifier"
-        if item.get("status") not in _STATUS_COLOURS:
-            return [], f"item {item['identifier'][:50]}: status must be green, yellow or red"
-    return items, ""
 
 
 VOLUME_WALK_LIMIT = 20_000  # files looked at per volume; past it the figure is a lower bound
