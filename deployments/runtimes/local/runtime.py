@@ -66,6 +66,9 @@ DISK_MEASURE_SECONDS = 60
 RECEIVER = "_git-receiver"  # the program that takes a development deployment's pushes to a local repository
 FEW = 8  # deployments observe() looks at alone, not in one pass over every process (see observe)
 ACTIVE = ("RUNNING", "STARTING", "BACKOFF")
+# Health-checked from its start, not once supervisord deems it started (startsecs): a port that answers
+# is ready a second sooner.
+HEALTH_CHECKED = ("STARTING", "RUNNING")
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 
 
@@ -281,7 +284,7 @@ class LocalRuntime(Runtime):
             checks, waiting, gone = [], [], False
             for service in services:
                 proc = info.get(self.layout.program(spec, service.identifier + variant)) or {}
-                if proc.get("statename") == "RUNNING":
+                if proc.get("statename") in HEALTH_CHECKED:
                     port = ports[service.identifier + variant][service.ports[0].name]
                     checks.append((spec.id, service, f"127.0.0.1:{port}", float(proc.get("start") or 0)))
                 else:
@@ -570,7 +573,7 @@ class LocalRuntime(Runtime):
                 for volume in service.volumes:
                     storage.append(self._volume_state(spec, service, volume))
                 port = service.ports and ports.get(service.identifier, {}).get(service.ports[0].name)
-                if proc and proc["statename"] == "RUNNING" and port:
+                if proc and proc["statename"] in HEALTH_CHECKED and port:
                     checks.append((spec.id, service, f"127.0.0.1:{port}", float(proc.get("start") or 0)))
             storage.append(self._disk_state(spec))
             partial[spec.id] = (tuple(storage), tuple(containers))
