@@ -1,7 +1,7 @@
 from django.http import Http404
 
 from accounts.models import User
-from deployments.models import Deployment
+from deployments.models import Deployment, RegistryCredential
 from deployments.queries import deployments_shown, overview_facts, project_facts
 from projects.access import get_project_for_user
 
@@ -42,3 +42,13 @@ def get_deployment_by_id_for_user(user: User, pk: int, write: bool = False) -> D
     if found is None:
         raise Http404("No such deployment.")
     return get_deployment_for_user(user, found[0], found[1], write=write)
+
+
+def get_registry_credential_for_owner(user: User, project_slug: str, pk: int) -> RegistryCredential:
+    """A registry login of the project, for its owners: outsiders get 404, other members 403."""
+    project = get_project_for_user(user, project_slug, owner=True)
+    credential = RegistryCredential.objects.filter(project=project, pk=pk).first()
+    if credential is None:
+        raise Http404("No such registry login.")
+    credential.project = project
+    return credential

@@ -24,7 +24,21 @@ from django.utils.text import slugify
 from accounts.models import User
 from deployments import domains
 from deployments.ci import reports
-from deployments.models import Build, BuildStatus, CIReport, Delivery, Deployment, Domain, EnvVar, Intent, Stage, State, Trigger, Webhook
+from deployments.models import (
+    Build,
+    BuildStatus,
+    CIReport,
+    Delivery,
+    Deployment,
+    Domain,
+    EnvVar,
+    Intent,
+    RegistryCredential,
+    Stage,
+    State,
+    Trigger,
+    Webhook,
+)
 from deployments.provisioning import releases, tasks
 from deployments.provisioning.outbox import QUEUE_ERRORS
 from deployments.provisioning.spec import StackInvalid, current_spec, fetch_branch, load_stack, stored_keys
@@ -352,6 +366,20 @@ def do_rotate_webhook_secret(project: Project, *, actor: Actor) -> Webhook:
     webhook.save()
     log.info("webhook secret of %s rotated by %s", project.slug, actor_label(actor))
     return webhook
+
+
+def do_set_registry_credential(project: Project, host: str, username: str, password: str, *, actor: Actor) -> RegistryCredential:
+    """The project's login to `host` (made, or replaced); the deployments use it from their next apply
+    or build on."""
+    login = {"username": username, "password": password}
+    credential, _ = RegistryCredential.objects.update_or_create(project=project, host=host, defaults=login)
+    log.info("registry login for %s of %s set by %s", host, project.slug, actor_label(actor))
+    return credential
+
+
+def do_remove_registry_credential(credential: RegistryCredential, *, actor: Actor) -> None:
+    credential.delete()
+    log.info("registry login for %s of %s removed by %s", credential.host, credential.project.slug, actor_label(actor))
 
 
 def do_receive_webhook(webhook: Webhook, host: str, delivery: str, found: list[Push]) -> tuple[str, bool]:

@@ -410,6 +410,26 @@ class Webhook(models.Model):
         return f"webhook of {self.project}"
 
 
+class RegistryCredential(models.Model):
+    """A project's login to an image registry (`host`: `ghcr.io`, `registry.example.com:5000`): podman
+    pulls with it on this machine (a Dockerfile's base image, a package's prebuilt image), and on
+    Kubernetes it is the deployments' pull secret. The password or token is kept encrypted and never
+    shown again."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="registries")
+    host = models.CharField(max_length=253)
+    username = models.CharField(max_length=200)
+    password = EncryptedTextField()
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "host"], name="one_login_per_registry")]
+        ordering = ["host"]
+
+    def __str__(self) -> str:
+        return f"{self.username}@{self.host} for {self.project}"
+
+
 class Delivery(models.Model):
     """A webhook delivery already handled: the same id again is answered without acting twice."""
 

@@ -1,11 +1,13 @@
 """Diploi settings. Configuration comes from environment variables only; .env.example lists them."""
 
 import os
+import re
 import secrets
 import urllib.parse
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from diploi.env import envbool, envchoice, envint, envlist, envstr, low_ports_allowed
 
@@ -143,6 +145,10 @@ DIPLOI_LOCAL_DISK_MIB = envint("DIPLOI_LOCAL_DISK_MIB", 10240, minimum=64)
 # A folder of image archives (`podman save`) every deployment's container storage starts with: base
 # images for a machine that reaches no registry ("" : none).
 DIPLOI_CONTAINER_IMAGES = os.environ.get("DIPLOI_CONTAINER_IMAGES", "")
+# Registries (host:port) podman reaches over plain HTTP: an operator's internal registry without TLS.
+DIPLOI_CONTAINER_INSECURE_REGISTRIES = envlist("DIPLOI_CONTAINER_INSECURE_REGISTRIES", [])
+if bad := [h for h in DIPLOI_CONTAINER_INSECURE_REGISTRIES if not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?", h)]:
+    raise ImproperlyConfigured(f"DIPLOI_CONTAINER_INSECURE_REGISTRIES: {bad[0]!r} is not a host[:port]")
 DIPLOI_LOCAL_PORT_FIRST = envint("DIPLOI_LOCAL_PORT_FIRST", 20000, minimum=1024, maximum=65535)
 DIPLOI_LOCAL_PORT_LAST = envint("DIPLOI_LOCAL_PORT_LAST", 29999, minimum=1024, maximum=65535)
 # Seconds one build step (install, build) may take before it fails.

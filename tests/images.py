@@ -1,6 +1,7 @@
 """Base images for container tests and benchmarks on a machine that reaches no registry: a static busybox
 with the usual folders, imported with podman and saved as an archive (what DIPLOI_CONTAINER_IMAGES loads)."""
 
+import os
 import shutil
 import subprocess
 import tarfile
@@ -46,3 +47,38 @@ def busybox_archive(work: Path) -> Path:
     images.chmod(0o755)
     (images / "busybox.tar").chmod(0o644)
     return images
+
+
+# A real OCI registry for the tests: go-containerregistry's (in memory, no login of its own), built once
+# from the Go module proxy into the user's cache.
+REGISTRY_MODULE = "github.com/google/go-containerregistry/cmd/registry@v0.22.1"
+REGISTRY_BIN = Path.home() / ".cache" / "diploi-test-bin" / "ggcr-registry-v0.22.1" / "registry"
+
+
+def registry_binary() -> Path | None:
+    """The registry binary, built on first use (None where Go is not installed)."""
+    if not REGISTRY_BIN.exists():
+        if shutil.which("go") is None:
+            return None
+        REGISTRY_BIN.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "GOBIN": str(REGISTRY_BIN.parent), "GOFLAGS": "-mod=mod"}
+        subprocess.run(["go", "install", REGISTRY_MODULE], check=True, env=env, capture_output=True, timeout=900)
+    return REGISTRY_BIN
+
+
+def push_archive(archive: Path, reference: str, work: Path) -> None:
+    """Load an image archive (`podman save`) into a store of its own and push it to `reference` over HTTP."""
+    work.mkdir(parents=True, exist_ok=True)
+    conf = work / "containers.conf"
+    conf.write_text("[containers]\ndefault_ulimits = []\n")
+    runroot = tempfile.mkdtemp(prefix="podman-run-")
+    podman = ["podman", "--runtime", "runc", "--root", str(work / "store"), "--runroot", runroot]
+    env = {"PATH": PATH, "CONTAINERS_CONF": str(conf), "HOME": str(work)}
+    try:
+        loaded = subprocess.run([*podman, "load", "-q", "-i", str(archive)], check=True, env=env, capture_output=True, text=True)
+        source = loaded.stdout.strip().rsplit(" ", 1)[-1]  # "Loaded image: localhost/busybox:latest"
+        subprocess.run([*podman, "tag", source, reference], check=True, env=env, capture_output=True)
+        subprocess.run([*podman, "push", "-q", "--tls-verify=false", reference], check=True, env=env, capture_output=True)
+    finally:
+        subprocess.run([*podman, "system", "reset", "--force"], env=env, capture_output=True)
+        shutil.rmtree(runroot, ignore_errors=True)

@@ -307,3 +307,124 @@ def test_a_container_package_installs_first_and_restarts_when_the_code_changes(d
     (checkout / "index.html").write_text("<h1>Second version</h1>\n")
     again = wait_until(lambda: (s := site("/cgi-bin/started.cgi").strip()) != first and s, timeout=60, what="a restart")
     assert again != first and "Second version" in site("/index.html")
+
+
+ROBOT = ("robot", "s3cret-token")
+
+
+@pytest.fixture
+def private_registry(base_images, tmp_path, settings):
+    """A real registry holding `private/base:1` (the busybox image), reached by podman only through a
+    gate that asks for a login (Basic, as a registry with htpasswd does), on this machine's non-loopback
+    address (loopback registries are refused), over HTTP (DIPLOI_CONTAINER_INSECURE_REGISTRIES).
+    Yields (host, the logins the gate saw)."""
+    import base64
+    import http.client
+    import http.server
+
+    from tests.images import push_archive, registry_binary
+
+    binary = registry_binary()
+    if binary is None:
+        pytest.skip("Go is needed to build the test registry")
+    addresses = [a.address for nic in psutil.net_if_addrs().values() for a in nic if a.family == socket.AF_INET]
+    address = next((a for a in addresses if not a.startswith("127.")), None)
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to serve a registry on")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    registry = subprocess.Popen([str(binary), "-port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen: list[str] = []
+    wanted = "Basic " + base64.b64encode(":".join(ROBOT).encode()).decode()
+
+    class Gate(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _relay(self) -> None:
+            given = self.headers.get("Authorization", "")
+            seen.append(given)
+            if given != wanted:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="registry"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            upstream = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("authorization", "host", "connection")}
+            upstream.request(self.command, self.path, headers=headers)
+            answer = upstream.getresponse()
+            body = answer.read()
+            self.send_response(answer.status)
+            for key, value in answer.getheaders():
+                if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+            upstream.close()
+
+        do_GET = do_HEAD = _relay
+
+        def log_message(self, *args) -> None:
+            pass
+
+    gate = http.server.ThreadingHTTPServer((address, 0), Gate)
+    threading.Thread(target=gate.serve_forever, daemon=True).start()
+    host = f"{address}:{gate.server_address[1]}"
+    try:
+        wait_until(lambda: http_get(f"http://127.0.0.1:{port}/v2/", timeout=2) is not None, timeout=30, what="the registry")
+        push_archive(base_images / "busybox.tar", f"127.0.0.1:{port}/private/base:1", tmp_path / "push")
+        settings.DIPLOI_CONTAINER_INSECURE_REGISTRIES = [host]
+        yield host, seen
+    finally:
+        gate.shutdown()
+        gate.server_close()
+        registry.terminate()
+        registry.wait(timeout=10)
+
+
+def test_a_private_base_image_is_pulled_with_the_projects_registry_login(db, cast, git_daemon, container_runtime, private_registry) -> None:
+    from deployments.actions import do_set_registry_credential
+    from projects.models import Membership, Project, Role
+    from projects.stack import refresh_stack
+
+    host, seen = private_registry
+    base, server = git_daemon
+    dockerfile = f'FROM {host}/private/base:1\nCOPY . /app\nWORKDIR /app\nCMD ["sh", "-c", "exec httpd -f -p \\"$PORT\\" -h /app"]\n'
+    publish(
+        base,
+        "private-base",
+        {
+            "diploi.yaml": "diploiVersion: v1.0\ncomponents:\n  - {name: Web, identifier: web, folder: /web, package: dockerfile}\n",
+            "web/Dockerfile": dockerfile,
+            "web/index.html": "<h1>Built on a private image</h1>\n",
+        },
+    )
+    repository = f"{server}/private-base.git"
+    project = Project.objects.create(name="Private base", slug="private-base", repository=repository, default_branch="main")
+    Membership.objects.create(project=project, user=cast.owner, role=Role.OWNER)
+    refresh_stack(project)
+    assert project.stack_errors == [], project.stack_errors
+
+    # Without a login the registry refuses the pull: the build fails and says why.
+    d = do_create_deployment(project, "Production", "production", "main", actor=cast.owner)
+    tasks.provision(d.pk)
+    d.refresh_from_db()
+    build = Build.objects.filter(deployment=d).latest("pk")
+    assert d.state == State.FAILED and build.status == BuildStatus.FAILED, told(d, container_runtime)
+    assert "unauthorized" in build.log.lower() or "authentication required" in build.log.lower(), build.log[-2000:]
+
+    # With the project's login, the same commit builds on it and serves.
+    do_set_registry_credential(project, host, *ROBOT, actor=cast.owner)
+    do_deploy(d, actor=cast.owner)
+    tasks.provision(d.pk)
+    d.refresh_from_db()
+    assert d.state == State.RUNNING, f"{d.state_reason}\n{told(d, container_runtime)}"
+    assert "Built on a private image" in page(d, "/index.html", container_runtime)
+    assert len([s for s in seen if s.startswith("Basic ")]) >= 2  # (the gate let only the project's login through)
+    # The login is the deployment's uid's alone, in its container storage's folder (no container mounts it).
+    auth = containers.Podman(container_runtime.data_dir, container_runtime.home(current_spec(d)), uid_of(container_runtime, d)).auth_file
+    assert (auth.stat().st_uid, auth.stat().st_mode & 0o777) == (uid_of(container_runtime, d), 0o600)
+    assert shell(container_runtime, d, "ls /app").split() == ["Dockerfile", "index.html"]

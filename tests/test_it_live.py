@@ -203,11 +203,18 @@ async def test_a_snapshot_read_before_the_one_shown_is_not_shown(cast, dev, runt
 
 
 @pytest.mark.asyncio
-async def test_the_monitor_stores_status_and_pushes_it_live(cast, runtime, redis_layer) -> None:
+async def test_the_monitor_stores_status_and_pushes_it_live(cast, runtime, redis_layer, monkeypatch) -> None:
+    from datetime import timedelta
+
     from asgiref.sync import sync_to_async
 
+    from deployments.status import samples
     from deployments.status.monitor import Monitor
     from tests.conftest import wait_until
+
+    # a sample a second, not every 10 s: a deployment answers while its processes still start (they have
+    # no figures yet), and the graphs' first points come from a later look
+    monkeypatch.setattr(samples, "SAMPLE_EVERY", timedelta(seconds=1))
 
     d = await sync_to_async(running)(cast)
     communicator, connected = await connect(cast.viewer, d.pk)
@@ -219,7 +226,8 @@ async def test_the_monitor_stores_status_and_pushes_it_live(cast, runtime, redis
     def green() -> bool:
         monitor.tick()
         status = Deployment.objects.get(pk=d.pk).status
-        return status.get("colour") == "green" and status["reason"] == "Every process runs and answers" and status
+        graphed = set(d.usage.values_list("container", flat=True)) == {"web", "redis"}
+        return status.get("colour") == "green" and status["reason"] == "Every process runs and answers" and graphed and status
 
     status = await sync_to_async(wait_until)(green, what="the monitor to store green")
     assert [c["name"] for c in status["tree"]["containers"]] == ["web", "redis"]

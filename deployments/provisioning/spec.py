@@ -9,7 +9,7 @@ from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
-from deployments.models import Build, Deployment, EnvVar
+from deployments.models import Build, Deployment, EnvVar, RegistryCredential
 from deployments.runtimes.base import DeploymentSpec, EnvImport, PortSpec, ServiceSpec, VolumeSpec
 from projects import git, values
 from projects.remote import GitPackages
@@ -211,6 +211,7 @@ def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build
         hosts=tuple(deployment.domains.filter(verified=True).values_list("name", flat=True)),  # only what DNS showed is theirs
         release=release.commit if release else "",
         images=tuple(sorted(release.images.items())) if release else (),
+        registries=tuple(RegistryCredential.objects.filter(project_id=deployment.project_id).values_list("host", "username", "password")),
     )
 
 

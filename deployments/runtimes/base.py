@@ -115,6 +115,7 @@ class DeploymentSpec:
     hosts: tuple[str, ...] = ()
     release: str = ""  # staging/production: the release (build) to run
     images: tuple[tuple[str, str], ...] = ()  # component → image CI built for the release (external build mode)
+    registries: tuple[tuple[str, str, str], ...] = ()  # the project's registry logins: (host, user, password or token)
 
     def image(self, identifier: str) -> str | None:
         return dict(self.images).get(identifier)

@@ -1,10 +1,12 @@
+import re
+
 from django import forms
 
 from deployments.models import Deployment, EnvVar, Stage
 from projects import values
 from projects.models import Project
 from projects.stack import branches, check_branch
-from projects.validators import own_env_name_error
+from projects.validators import has_control_character, own_env_name_error
 
 MAX_ENV_VALUE = 32 * 1024
 
@@ -143,3 +145,39 @@ def parameter_values(parameters: list[dict], form: forms.Form) -> dict[str, tupl
         else:
             found[p["key"]] = ("" if v is None else str(v), False)
     return found
+
+
+# A registry as image references name it: a host name (or IPv4 address) and an optional port; no scheme,
+# no path, no user (`ghcr.io`, `registry.example.com:5000`).
+REGISTRY_HOST = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*(:[0-9]{1,5})?$")
+
+
+class RegistryForm(forms.Form):
+    """A login to an image registry: the host as image references name it, a user and a password or token."""
+
+    host = forms.CharField(max_length=253, help_text="As image references name it: ghcr.io, registry.example.com:5000")
+    username = forms.CharField(max_length=200)
+    password = forms.CharField(max_length=4096, strip=False, widget=forms.PasswordInput, label="Password or token")
+
+    def clean_host(self) -> str:
+        host = self.cleaned_data["host"].strip().lower().removesuffix("/")
+        if "://" in host:
+            raise forms.ValidationError("Give the host only, without https://.")
+        port = host.rsplit(":", 1)[1] if ":" in host else "443"
+        if not REGISTRY_HOST.match(host) or not 0 < int(port) < 65536:
+            raise forms.ValidationError(
+                "Not a registry host: letters, digits, '-' and '.', and an optional :port (ghcr.io, registry.example.com:5000)."
+            )
+        return host
+
+    def clean_username(self) -> str:
+        name = self.cleaned_data["username"]
+        if ":" in name or has_control_character(name):
+            raise forms.ValidationError("A user name has no ':' and no control characters.")
+        return name
+
+    def clean_password(self) -> str:
+        password = self.cleaned_data["password"]
+        if not password.strip() or has_control_character(password):
+            raise forms.ValidationError("A password or token of printable characters is needed.")
+        return password

@@ -12,9 +12,10 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from deployments import actions
-from deployments.access import get_deployment_for_user
-from deployments.models import Build, BuildStatus, Poll, Webhook
+from deployments.access import get_deployment_for_user, get_registry_credential_for_owner
+from deployments.models import Build, BuildStatus, Poll, RegistryCredential, Webhook
 from deployments.triggers import polling
+from deployments.web.forms import RegistryForm
 from diploi.http import redirect_to
 from projects.access import get_project_for_user
 
@@ -106,6 +107,29 @@ def release_detail(request: HttpRequest, project_slug: str, slug: str, pk: int) 
     }
     template = "deployments/release.html#log" if request.htmx else "deployments/release.html"
     return TemplateResponse(request, template, ctx)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def registries(request: HttpRequest, project_slug: str) -> HttpResponse:
+    """The project's registry logins (owners only: they pull private images). A password is never shown back."""
+    project = get_project_for_user(request.user, project_slug, owner=True)
+    form = RegistryForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        actions.do_set_registry_credential(project, data["host"], data["username"], data["password"], actor=request.user)
+        messages.success(request, f"Saved the login for {data['host']}: deployments use it from their next start or build.")
+        return redirect_to(request, "deployments:registries", project.slug)
+    ctx = {"project": project, "form": form, "credentials": RegistryCredential.objects.filter(project=project)}
+    return TemplateResponse(request, "deployments/registries.html", ctx, status=400 if form.errors else 200)
+
+
+@login_required
+@require_POST
+def registry_remove(request: HttpRequest, project_slug: str, pk: int) -> HttpResponse:
+    credential = get_registry_credential_for_owner(request.user, project_slug, pk)
+    actions.do_remove_registry_credential(credential, actor=request.user)
+    return redirect_to(request, "deployments:registries", project_slug)
 
 
 @login_required

@@ -128,10 +128,9 @@ def pushed_image(spec: DeploymentSpec, service: ServiceSpec) -> str:
 PULL_SECRET, PUSH_SECRET = "registry-pull", "registry-push"
 
 
-def registry_secret(spec: DeploymentSpec, name: str, auth: str) -> dict:
-    """A docker config for DIPLOI_K8S_REGISTRY's host with `auth` ("user:password")."""
-    host = settings.DIPLOI_K8S_REGISTRY.split("/", 1)[0]
-    config = {"auths": {host: {"auth": base64.b64encode(auth.encode()).decode()}}}
+def registry_secret(spec: DeploymentSpec, name: str, auths: dict[str, str]) -> dict:
+    """A docker config with a "user:password" (or token) per registry host."""
+    config = {"auths": {host: {"auth": base64.b64encode(auth.encode()).decode()} for host, auth in sorted(auths.items())}}
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -139,6 +138,26 @@ def registry_secret(spec: DeploymentSpec, name: str, auth: str) -> dict:
         "type": "kubernetes.io/dockerconfigjson",
         "data": _encoded({".dockerconfigjson": json.dumps(config)}),
     }
+
+
+def _platform_registry() -> str:
+    return settings.DIPLOI_K8S_REGISTRY.split("/", 1)[0]
+
+
+def pull_auths(spec: DeploymentSpec) -> dict[str, str]:
+    """What the deployment's pods pull with: the platform's registry (where its components' images are
+    built; DIPLOI_K8S_REGISTRY_PULL_AUTH) and the project's own registry logins."""
+    auths = {_platform_registry(): settings.DIPLOI_K8S_REGISTRY_PULL_AUTH} if settings.DIPLOI_K8S_REGISTRY_PULL_AUTH else {}
+    if spec.stage == "development" and not any(s.container for s in spec.services):
+        auths = {}  # (nothing of the platform's registry runs: development runs recipes' public images)
+    return auths | {host: f"{user}:{password}" for host, user, password in spec.registries}
+
+
+def push_auths(spec: DeploymentSpec) -> dict[str, str]:
+    """What a build Job pushes and pulls (its base images) with: DIPLOI_K8S_REGISTRY_PUSH_AUTH and the
+    project's registry logins."""
+    auths = {_platform_registry(): settings.DIPLOI_K8S_REGISTRY_PUSH_AUTH} if settings.DIPLOI_K8S_REGISTRY_PUSH_AUTH else {}
+    return auths | {host: f"{user}:{password}" for host, user, password in spec.registries}
 
 
 def _encoded(values: dict[str, str]) -> dict[str, str]:
@@ -218,7 +237,7 @@ def _workload(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -
         "automountServiceAccountToken": False,
         "securityContext": pod_security(RUN_AS.get(service.package, UNPRIVILEGED_UID)),
     }
-    if service.built and (not development or service.container) and settings.DIPLOI_K8S_REGISTRY_PULL_AUTH:
+    if pull_auths(spec) and (spec.registries or (service.built and (not development or service.container))):
         pod["imagePullSecrets"] = [{"name": PULL_SECRET}]
     if development:
         root = code_root(service)
@@ -303,8 +322,8 @@ def _ingress(spec: DeploymentSpec) -> dict:
 def manifests(spec: DeploymentSpec) -> list[dict]:
     """Everything the deployment consists of, in the order it is applied."""
     objects = fence(spec)
-    if settings.DIPLOI_K8S_REGISTRY_PULL_AUTH and spec.stage != "development":
-        objects.append(registry_secret(spec, PULL_SECRET, settings.DIPLOI_K8S_REGISTRY_PULL_AUTH))
+    if auths := pull_auths(spec):
+        objects.append(registry_secret(spec, PULL_SECRET, auths))
     for service in spec.services:
         env = environment(spec, service)
         objects.append(
@@ -341,7 +360,7 @@ def chart_objects(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str
         namespace=ns,
         labels=labels(spec, service),
         claims={v.name: claim_name(service, v.name) for v in service.volumes},
-        pull_secret=PULL_SECRET if settings.DIPLOI_K8S_REGISTRY_PULL_AUTH else "",
+        pull_secret=PULL_SECRET if pull_auths(spec) else "",
         host_label=host_label,
     )
     return charts.wrap(charts.render(spec, service, env, ns), spec, service, tenancy)
@@ -491,8 +510,8 @@ def build_manifests(spec: DeploymentSpec, service: ServiceSpec, dockerfile: str 
         # capabilities that needs, and no more.
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"], "add": BUILDER_CAPABILITIES}},
     }
-    if settings.DIPLOI_K8S_REGISTRY_PUSH_AUTH:  # only the builder can push
-        objects.insert(0, registry_secret(spec, PUSH_SECRET, settings.DIPLOI_K8S_REGISTRY_PUSH_AUTH))
+    if auths := push_auths(spec):  # only the builder can push
+        objects.insert(0, registry_secret(spec, PUSH_SECRET, auths))
         items = [{"key": ".dockerconfigjson", "path": "config.json"}]
         volumes.append({"name": "push", "secret": {"secretName": PUSH_SECRET, "items": items}})
         mounts.append({"name": "push", "mountPath": "/kaniko/.docker", "readOnly": True})

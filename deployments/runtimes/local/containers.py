@@ -19,15 +19,18 @@ directory is traversable but lists nothing (0711), every other child of it is th
 and each deployment's folder is root:<its uid> 0750 (open_paths).
 """
 
+import base64
 import contextlib
 import fcntl
 import grp
+import json
 import os
 import pwd
 import re
 import shutil
 import signal
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -88,7 +91,8 @@ def config_files(folder: Path) -> dict[str, str]:
             'network_cmd_options = ["allow_host_loopback=true", "enable_ipv6=false"]\n'
         ),
         "storage.conf": '[storage]\ndriver = "overlay"\n',
-        "registries.conf": 'unqualified-search-registries = ["docker.io"]\nshort-name-mode = "permissive"\n',
+        "registries.conf": 'unqualified-search-registries = ["docker.io"]\nshort-name-mode = "permissive"\n'
+        + "".join(f'[[registry]]\nlocation = "{host}"\ninsecure = true\n' for host in settings.DIPLOI_CONTAINER_INSECURE_REGISTRIES),
         # slirp4netns, which podman (and buildah, for a build's RUN steps) starts as the deployment
         NETWORK: NETWORK_WRAPPER.format(inside=sandbox.INSIDE.parent, ports=folder / "ports", slirp=SLIRP),
     }
@@ -159,6 +163,11 @@ class Podman:
     def runroot(self) -> Path:
         return RUNROOT / str(self.uid)
 
+    @property
+    def auth_file(self) -> Path:
+        """The project's registry logins, for its pulls (the uid's alone: no container mounts it)."""
+        return self.folder / "auth.json"
+
     def argv(self, *args: str) -> list[str]:
         config = self.data_dir / "containers"
         env = {
@@ -171,6 +180,7 @@ class Podman:
             "CONTAINERS_CONF": str(config / "containers.conf"),
             "CONTAINERS_STORAGE_CONF": str(config / "storage.conf"),
             "CONTAINERS_REGISTRIES_CONF": str(config / "registries.conf"),
+            "REGISTRY_AUTH_FILE": str(self.auth_file),
         }
         drop = ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups", "--"]
         storage = ["--root", str(self.folder / "storage"), "--runroot", str(self.runroot / "storage")]
@@ -182,9 +192,10 @@ class Podman:
             raise RuntimeFailure(f"podman {args[0]} failed: {result.stderr.strip()[-300:]}")
         return result
 
-    def prepare(self, connect: set[int]) -> None:
-        """The account, its storage, the folders podman must reach, and the TCP ports its containers'
-        network may connect to on this machine and beyond (idempotent)."""
+    def prepare(self, connect: set[int], registries: tuple[tuple[str, str, str], ...] = ()) -> None:
+        """The account, its storage, the folders podman must reach, the TCP ports its containers'
+        network may connect to on this machine and beyond, and the registry logins it pulls with
+        ((host, user, password) each; idempotent)."""
         config = write_config(self.data_dir)
         account(self.uid)
         open_paths(self.data_dir, self.home, self.uid)
@@ -200,7 +211,24 @@ class Podman:
             rules.with_suffix(".tmp").write_text(text)
             rules.with_suffix(".tmp").chmod(0o644)
             rules.with_suffix(".tmp").replace(rules)
+        self._write_logins(registries)
         _seed(self)
+
+    def _write_logins(self, registries: tuple[tuple[str, str, str], ...]) -> None:
+        auths = {host: {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()} for host, user, password in registries}
+        if not auths:
+            self.auth_file.unlink(missing_ok=True)
+            return
+        text = json.dumps({"auths": auths}, sort_keys=True)
+        # written by the platform into the uid's own folder: created anew (never through what is there)
+        fd, temporary = tempfile.mkstemp(dir=self.folder, prefix=".auth-")
+        try:
+            os.fchown(fd, self.uid, self.uid)
+            os.fchmod(fd, 0o600)
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+        os.replace(temporary, self.auth_file)
 
     def images(self) -> list[str]:
         """Its images, as repository:tag."""

@@ -253,9 +253,10 @@ def run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: 
 
 def podman(layout: Layout, spec: DeploymentSpec, uid: int, ports: Ports) -> containers.Podman:
     """Podman for the deployment, as its uid, ready: its containers' network connects to the
-    deployment's own ports and DIPLOI_OUTBOUND_PORTS, as its processes do."""
+    deployment's own ports and DIPLOI_OUTBOUND_PORTS, as its processes do; it pulls with the project's
+    registry logins."""
     tool = containers.Podman(layout.data_dir, layout.home(spec), uid)
-    tool.prepare({p for own in ports.values() for p in own.values()} | set(settings.DIPLOI_OUTBOUND_PORTS))
+    tool.prepare({p for own in ports.values() for p in own.values()} | set(settings.DIPLOI_OUTBOUND_PORTS), spec.registries)
     return tool
 
 
