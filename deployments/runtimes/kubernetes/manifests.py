@@ -140,24 +140,24 @@ def registry_secret(spec: DeploymentSpec, name: str, auths: dict[str, str]) -> d
     }
 
 
-def _platform_registry() -> str:
-    return settings.DIPLOI_K8S_REGISTRY.split("/", 1)[0]
+def _auths(platform: str, spec: DeploymentSpec) -> dict[str, str]:
+    """The platform's registry with `platform` ("user:password", "" for none), and the project's own logins."""
+    auths = {settings.DIPLOI_K8S_REGISTRY.split("/", 1)[0]: platform} if platform else {}
+    return auths | {host: f"{user}:{password}" for host, user, password in spec.registries}
 
 
 def pull_auths(spec: DeploymentSpec) -> dict[str, str]:
     """What the deployment's pods pull with: the platform's registry (where its components' images are
     built; DIPLOI_K8S_REGISTRY_PULL_AUTH) and the project's own registry logins."""
-    auths = {_platform_registry(): settings.DIPLOI_K8S_REGISTRY_PULL_AUTH} if settings.DIPLOI_K8S_REGISTRY_PULL_AUTH else {}
-    if spec.stage == "development" and not any(s.container for s in spec.services):
-        auths = {}  # (nothing of the platform's registry runs: development runs recipes' public images)
-    return auths | {host: f"{user}:{password}" for host, user, password in spec.registries}
+    # (a development deployment runs nothing of the platform's registry but images built from a Dockerfile)
+    platform = spec.stage != "development" or any(s.container for s in spec.services)
+    return _auths(settings.DIPLOI_K8S_REGISTRY_PULL_AUTH if platform else "", spec)
 
 
 def push_auths(spec: DeploymentSpec) -> dict[str, str]:
     """What a build Job pushes and pulls (its base images) with: DIPLOI_K8S_REGISTRY_PUSH_AUTH and the
     project's registry logins."""
-    auths = {_platform_registry(): settings.DIPLOI_K8S_REGISTRY_PUSH_AUTH} if settings.DIPLOI_K8S_REGISTRY_PUSH_AUTH else {}
-    return auths | {host: f"{user}:{password}" for host, user, password in spec.registries}
+    return _auths(settings.DIPLOI_K8S_REGISTRY_PUSH_AUTH, spec)
 
 
 def _encoded(values: dict[str, str]) -> dict[str, str]:

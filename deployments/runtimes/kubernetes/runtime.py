@@ -455,18 +455,18 @@ class KubernetesRuntime(Runtime):
         if spec.stage != "development" or not wanted:
             return spec
         recorded = _recorded(self._own_namespace(spec), DEVELOPMENT_IMAGES)
+        keys = {s.identifier: f"{spec.commit}:{self._dockerfile(spec, s)}" for s in wanted}
         images: dict[str, str] = {}
         missing = []
         for service in wanted:
-            key = f"{spec.commit}:{self._dockerfile(spec, service)}"
             entry = recorded.get(service.identifier)
-            if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("image"), str):
+            if isinstance(entry, dict) and entry.get("key") == keys[service.identifier] and isinstance(entry.get("image"), str):
                 images[service.identifier] = entry["image"]
             else:
                 missing.append(service)
         if missing:
             images.update(self._built(spec, missing, _logged(spec)))
-            record = {s.identifier: {"key": f"{spec.commit}:{self._dockerfile(spec, s)}", "image": images[s.identifier]} for s in wanted}
+            record = {s.identifier: {"key": keys[s.identifier], "image": images[s.identifier]} for s in wanted}
             stamp = {"name": namespace(spec), "annotations": {DEVELOPMENT_IMAGES: json.dumps(record, sort_keys=True)}}
             self.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": stamp}, manager=DEVELOPMENT_IMAGES_MANAGER)
         return replace(spec, images=tuple(sorted(images.items())))
