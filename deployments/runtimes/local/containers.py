@@ -215,10 +215,8 @@ class Podman:
         _seed(self)
 
     def _write_logins(self, registries: tuple[tuple[str, str, str], ...]) -> None:
+        # (always written, empty without logins: `podman run` refuses a REGISTRY_AUTH_FILE that is missing)
         auths = {host: {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()} for host, user, password in registries}
-        if not auths:
-            self.auth_file.unlink(missing_ok=True)
-            return
         text = json.dumps({"auths": auths}, sort_keys=True)
         # written by the platform into the uid's own folder: created anew (never through what is there)
         fd, temporary = tempfile.mkstemp(dir=self.folder, prefix=".auth-")
