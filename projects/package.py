@@ -145,6 +145,9 @@ class Package:
     dependencies: tuple[Dependency, ...] = ()
     # local.container: (Dockerfile, development Dockerfile) in the component's folder, built and run with podman
     container: tuple[str, str] = ()
+    # Diploi's convention for its components' Dockerfiles: built with the repository as the context and
+    # FOLDER=/app/<folder> (else the component's folder is the context)
+    context_root: bool = False
     toggles: tuple[tuple[str, bool], ...] = ()  # each toggleable parameter group and whether it is on (its default)
 
     @property

@@ -284,10 +284,26 @@ def _services(
         prebuild = p.string(item.get("prebuildImage"), f"{where}.prebuildImage") if item.get("prebuildImage") is not None else ""
         includes = _env_include(p, item["env"], f"{where}.env") if item.get("env") is not None else []
         starts = _start_commands(p, item["containerCommands"], f"{where}.containerCommands") if "containerCommands" in item else ()
+        if package and kind == "component" and folder is not None and not package.runs_locally and _has_dockerfile(packages.repo, folder):
+            # Diploi's component without a recipe here: its image, built from the folder's Dockerfile
+            package = dataclasses.replace(package, container=DIPLOI_DOCKERFILES, context_root=True)
         if package and identifier and folder is not None and not any(e.field.startswith(where) for e in p.errors):
             own = tuple(includes) + (tuple(shared) if kind == "component" else ())
             services.append(Service(str(item["name"]), identifier, kind, folder, package, ref or "", prebuild or "", own, starts))
     return services
+
+
+DIPLOI_DOCKERFILES = ("Dockerfile", "Dockerfile.dev")
+
+
+def _has_dockerfile(repo: "RepoReader", folder: str) -> bool:
+    """Whether the component's folder has a Dockerfile (Diploi's components carry theirs there)."""
+    try:
+        return repo.read("Dockerfile" if folder in ("", ".") else f"{folder}/Dockerfile", MAX_PACKAGE_BYTES) is not None
+    except TooLarge:
+        return True  # (its build says what is wrong with it)
+    except GitError:
+        return False
 
 
 def _start_commands(p: Problems, value: object, where: str) -> tuple[tuple[str, str], ...]:

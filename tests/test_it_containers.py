@@ -428,3 +428,60 @@ def test_a_private_base_image_is_pulled_with_the_projects_registry_login(db, cas
     auth = containers.Podman(container_runtime.data_dir, container_runtime.home(current_spec(d)), uid_of(container_runtime, d)).auth_file
     assert (auth.stat().st_uid, auth.stat().st_mode & 0o777) == (uid_of(container_runtime, d), 0o600)
     assert shell(container_runtime, d, "ls /app").split() == ["Dockerfile", "index.html"]
+
+
+DIPLOI_PACKAGE = """\
+diploiVersion: v1.0
+type: component
+name: Web in Diploi's shape
+hosts:
+  - {name: Web, identifier: app, port: 8080}
+images:
+  - {identifier: app, prebuildImage: 'registry.example.com/diploi/component-web:[tag]'}
+"""
+# Written the way Diploi's components write theirs: the repository is the context, FOLDER says where
+# the component is in it, and the image names a user of its own.
+DIPLOI_DOCKERFILE = """\
+FROM localhost/busybox
+ARG FOLDER=/app
+COPY . /app
+WORKDIR ${FOLDER}
+USER 1000:1000
+CMD ["sh", "-c", "exec httpd -f -p \\"$PORT\\" -h ."]
+"""
+DIPLOI_DOCKERFILE_DEV = """\
+FROM localhost/busybox
+ARG FOLDER=/app
+WORKDIR ${FOLDER}
+USER 1000:1000
+CMD ["sh", "-c", "echo dev > mode.txt && exec httpd -f -p \\"$PORT\\" -h ."]
+"""
+
+
+def test_a_diploi_component_without_a_recipe_runs_its_own_dockerfiles(db, cast, git_daemon, container_runtime) -> None:
+    """A package of Diploi's (no `local:` block, no recipe here) whose component folder carries its
+    Dockerfile and Dockerfile.dev, as Diploi's templates do: the component is their image, built with the
+    repository as the context and FOLDER=/app/<folder>; in development the checkout is at /app."""
+    from projects.models import Membership, Project, Role
+    from projects.stack import refresh_stack
+
+    base, server = git_daemon
+    publish(base, "component-web", {"diploi.yaml": DIPLOI_PACKAGE})
+    stack = f"diploiVersion: v1.0\ncomponents:\n  - {{name: Web, identifier: web, package: '{server}/component-web.git#main'}}\n"
+    web = {"web/Dockerfile": DIPLOI_DOCKERFILE, "web/Dockerfile.dev": DIPLOI_DOCKERFILE_DEV, "web/index.html": "<h1>Diploi's shape</h1>\n"}
+    publish(base, "diploi-shaped", {"diploi.yaml": stack, **web})
+    project = Project.objects.create(name="Shaped", slug="shaped", repository=f"{server}/diploi-shaped.git", default_branch="main")
+    Membership.objects.create(project=project, user=cast.owner, role=Role.OWNER)
+    refresh_stack(project)
+    assert project.stack_errors == [], project.stack_errors
+    assert "a container built from <code>Dockerfile</code>" in cast.client(cast.owner).get("/projects/shaped/").content.decode()
+
+    prod = started(project, "production", cast.owner, container_runtime)
+    assert "Diploi's shape" in page(prod, "/index.html", container_runtime)
+    # the whole repository was the context; the image's own user runs it
+    assert shell(container_runtime, prod, "ls /app; id -u").split() == ["diploi.yaml", "web", "1000"]
+
+    dev = started(project, "development", cast.owner, container_runtime)
+    assert page(dev, "/mode.txt", container_runtime) == "dev\n"  # Dockerfile.dev's command, in the checkout
+    checkout = container_runtime.layout.code(current_spec(dev)) / "web"
+    assert (checkout / "mode.txt").stat().st_uid == uid_of(container_runtime, dev)  # written as the deployment

@@ -1298,3 +1298,19 @@ def test_a_components_status_items_are_read_through_the_api_servers_proxy(cast, 
         assert colour == "yellow" and message.startswith("its status at /status did not answer") and "refused" in message
     finally:
         subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", "lo"], check=False)
+
+
+@pytest.mark.django_db
+def test_a_diploi_components_dockerfile_is_built_with_the_repository_as_its_context(cast, data_dir) -> None:
+    """Diploi's components: their Dockerfile copies the repository and works in FOLDER (their CI passes
+    the component's folder); the builder gets the same."""
+    from deployments.runtimes.kubernetes.manifests import build_manifests
+
+    _, spec = sample_spec(cast, "production", "prod")
+    web = replace(spec.service("web"), container=("Dockerfile", "Dockerfile.dev"), context_root=True, commands={})
+    args = build_manifests(spec, web, "Dockerfile")[-1]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[1:3] == ["--dockerfile=web/Dockerfile", "--build-arg=FOLDER=/app/web"]
+    assert not any(a.startswith("--context-sub-path") for a in args)
+    root = replace(web, folder=".")
+    args = build_manifests(spec, root, "Dockerfile")[-1]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[1:3] == ["--dockerfile=Dockerfile", "--build-arg=FOLDER=/app"]

@@ -200,6 +200,7 @@ def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build
                 images=tuple(sorted(package_images(s).items())),
                 chart=pkg.chart,
                 container=pkg.container,
+                context_root=pkg.context_root,
                 start_commands=s.start_commands,
                 toggles=pkg.toggles,
             )

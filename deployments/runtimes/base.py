@@ -77,6 +77,7 @@ class ServiceSpec:
     chart: tuple[tuple[str, str], ...] = ()  # the package's Helm templates: what it is on Kubernetes
     start_commands: tuple[tuple[str, str], ...] = ()  # the project's containerCommands (its chart reads them)
     toggles: tuple[tuple[str, bool], ...] = ()  # the package's toggleable parameter groups, on or off
+    context_root: bool = False  # its Dockerfile is built with the repository as context and FOLDER=/app/<folder> (Diploi's)
     container: tuple[str, str] = ()  # on this machine: (Dockerfile, development Dockerfile) it is built from and run as, with podman
 
     @property

@@ -13,6 +13,7 @@ Ingress also carries a label per host name (host_label), by which a new host nam
 import base64
 import hashlib
 import json
+import posixpath
 import re
 
 from django.conf import settings
@@ -476,8 +477,13 @@ def build_manifests(spec: DeploymentSpec, service: ServiceSpec, dockerfile: str 
     volumes: list[dict] = []
     mounts: list[dict] = []
     if dockerfile:
-        args += [f"--context-sub-path={service.folder}"] if service.folder else []
-        args.append(f"--dockerfile={dockerfile}")
+        inside = "" if service.folder in ("", ".") else service.folder
+        if service.context_root:  # Diploi's components: the repository is the context, FOLDER where it is in it
+            app = f"/app/{inside}" if inside else "/app"
+            args += [f"--dockerfile={posixpath.join(inside, dockerfile)}", f"--build-arg=FOLDER={app}"]
+        else:
+            args += [f"--context-sub-path={inside}"] if inside else []
+            args.append(f"--dockerfile={dockerfile}")
     else:
         ctx = placeholder_values(spec, service)
         steps = [render(service.commands[step], ctx) for step in ("install", "build") if service.commands.get(step)]

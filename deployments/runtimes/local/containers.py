@@ -143,6 +143,15 @@ def image(service: ServiceSpec, tag: str) -> str:
     return f"localhost/{service.identifier}:{tag}"
 
 
+def build_args(service: ServiceSpec, root: Path, dockerfile: str) -> list[str]:
+    """`podman build`'s file, build argument and context for `dockerfile` of the component's folder in
+    `root` (its checkout or release): the folder is the context, or (Diploi's components) the whole
+    repository with FOLDER=/app/<folder>, where their Dockerfiles expect it."""
+    folder = root / service.folder
+    app = "/app" if service.folder in ("", ".") else f"/app/{service.folder}"
+    return ["-f", str(folder / dockerfile), "--build-arg", f"FOLDER={app}", str(root if service.context_root else folder)]
+
+
 def container_name(service: ServiceSpec, variant: str = "") -> str:
     return f"{service.identifier}{variant}"
 
@@ -438,6 +447,7 @@ def run_args(
     workdir: str = "",
     command: str = "",
     conmon: Path | None = None,
+    user: str = "",
 ) -> list[str]:
     """`podman run`'s arguments for a container of a service: in the foreground (a step), or with
     `conmon`, detached, its output passed through to the service's log and its conmon's pid written there
@@ -452,6 +462,8 @@ def run_args(
         args += ["-v", f"{source}:{target}"]
     if workdir:
         args += ["-w", workdir]
+    if user:
+        args += ["--user", user]
     args.append(image_ref)
     if command:
         args += ["/bin/sh", "-c", command]

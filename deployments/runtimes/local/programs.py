@@ -273,6 +273,12 @@ def container_environment(layout: Layout, spec: DeploymentSpec, service: Service
     return env
 
 
+# A development container runs as its root, whatever user its image names (Diploi's name 1000): root
+# there is the deployment's uid on this machine, which owns the mounted code (Diploi's charts give their
+# code volume to the image's user instead).
+DEVELOPER = "0:0"
+
+
 def container_run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports, jail: Jail, variant: str = "") -> dict:
     """What exec.py runs for a component that is its image: in development the image of its development
     Dockerfile (built at each start; layers are cached), the code mounted at /app, the package's install
@@ -292,26 +298,27 @@ def container_run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpe
     run: dict = {}  # development: what it follows
     if spec.stage == "development":
         code, folder = layout.code(spec), layout.working_dir(spec, service)
-        dockerfile, development = (folder / f for f in service.container)
-        use = development if development.is_file() and not development.is_symlink() else dockerfile
+        dockerfile, development = service.container
+        use = development if (folder / development).is_file() and not (folder / development).is_symlink() else dockerfile
         ref = containers.image(service, "development")
-        steps.append(tool.argv("build", "-q", "-t", ref, "-f", str(use), str(folder)))
+        steps.append(tool.argv("build", "-q", "-t", ref, *containers.build_args(service, code, use)))
         mounts.append((code, "/app"))
         workdir = "/app" + (f"/{service.folder}" if service.folder else "")
         if service.commands.get("install"):
             install_args = containers.run_args(
-                f"{name}-install", ref, [], mounts, env_path, workdir, command(layout, spec, service, ports, "install")
+                f"{name}-install", ref, [], mounts, env_path, workdir, command(layout, spec, service, ports, "install"), user=DEVELOPER
             )
             steps.append(tool.argv(*install_args))
         if service.reload:
             run["watch"] = str(folder)
         run["reinstall_on"] = [str(folder / f) for f in (*LOCKFILES, *service.container)]
+        user = DEVELOPER
     else:
-        ref, workdir = containers.image(service, spec.release), ""
+        ref, workdir, user = containers.image(service, spec.release), "", ""
     start = "development" if spec.stage == "development" and "development" in service.commands else "start"
     shell = command(layout, spec, service, ports, start) if service.commands.get(start) else ""
     conmon = tool.runroot / f"{name}.conmon.pid"
-    argv = tool.argv(*containers.run_args(name, ref, published, mounts, env_path, workdir, shell, conmon))
+    argv = tool.argv(*containers.run_args(name, ref, published, mounts, env_path, workdir, shell, conmon, user))
     return {
         **run,
         "cwd": "/",

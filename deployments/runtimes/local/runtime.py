@@ -392,7 +392,7 @@ class LocalRuntime(Runtime):
             raise code.BuildFailed("build", f"{service.identifier}: {service.container[0]}: {why}")
         tool = programs.podman(self.layout, spec, jail.uid, ports)
         ref = containers.image(service, spec.commit)
-        argv = tool.argv("build", "--layers", "-t", ref, "-f", str(dockerfile), str(folder))
+        argv = tool.argv("build", "--layers", "-t", ref, *containers.build_args(service, release, service.container[0]))
         return code.Launch(
             f"podman build -t {ref} -f {service.container[0]} .",
             argv,
