@@ -773,7 +773,8 @@ def test_a_few_deployments_are_observed_alone_as_all_of_them_would_be(cast, runt
 
     d = deploy(cast, "Dev")
     spec = current_spec(d)
-    runtime.observe([spec])  # CPU figures need a reading before
+    # (a deployment answers while supervisord still counts its processes' first second: settled first)
+    wait_until(lambda: all(i.colour.value == "green" for i in runtime.observe([spec])[d.pk].containers), what="every process started")
 
     def looked(few: int) -> list[tuple]:
         monkeypatch.setattr(local, "FEW", few)
