@@ -1013,11 +1013,25 @@ spec:
             - name: data
               mountPath: /data
             {{- end }}
+            {{- if hasKey .Values.storage "code" }}
+            - name: app-mount
+              mountPath: /app
+            {{- end }}
+      {{- if eq .Values.stage "development" }}
+      securityContext:
+        runAsUser: 1000
+        runAsGroup: 1000
+      {{- end }}
       volumes:
         {{- if hasKey .Values.storage "data" }}
         - name: data
           hostPath:
             path: {{ .Values.storage.data.hostPath }}
+        {{- end }}
+        {{- if hasKey .Values.storage "code" }}
+        - name: app-mount
+          hostPath:
+            path: {{ .Values.storage.code.hostPath }}
         {{- end }}
 """
 
@@ -1121,7 +1135,14 @@ def test_a_package_chart_is_rendered_with_diploi_values_wrapped_and_applied(
     assert container["command"] == ["/bin/sh", "-c", "python -m http.server 8000"]
     assert (env["CACHE_ON"], env["MAIL_ON"]) == ("true", "false")
     assert env["APP_PUBLIC_URL"] == "dev--echo.localhost" and env["DIPLOI_STAGE"] == "development"
-    assert pod["volumes"] == [{"name": "data", "persistentVolumeClaim": {"claimName": "data.site.data"}}]  # its hostPath, now its claim
+    assert pod["volumes"] == [  # its hostPaths, now its claims
+        {"name": "data", "persistentVolumeClaim": {"claimName": "data.site.data"}},
+        {"name": "app-mount", "persistentVolumeClaim": {"claimName": "code.site"}},  # the development code, at /app
+    ]
+    clone = pod["initContainers"][0]  # the branch cloned onto it first, as the pod's user, the claim the pod's group's
+    assert clone["name"] == "clone" and clone["volumeMounts"] == [{"name": "app-mount", "mountPath": "/app"}]
+    assert clone["command"][-1] == "/app" and pod["securityContext"]["fsGroup"] == 1000
+    assert kube.get("PersistentVolumeClaim", "code.site", ns) is not None
     assert kube.get("PersistentVolumeClaim", "data.site.data", ns)["spec"]["resources"]["requests"]["storage"] == "1Gi"
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"} and pod["automountServiceAccountToken"] is False
     assert container["securityContext"]["allowPrivilegeEscalation"] is False and pod.get("imagePullSecrets", []) == []

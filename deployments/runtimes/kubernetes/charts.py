@@ -65,6 +65,8 @@ def values(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -> d
     for e in found:
         by_host.setdefault(e.port, e.host)  # the component's own name first (endpoints() lists it first)
     items = [{"identifier": k, "value": v, "contexts": f"label={service.identifier},label=app"} for k, v in sorted(env.items())]
+    # a development component's code, where Diploi's charts mount it (/app), cloned there by the platform
+    code = {"code": {"hostPath": HOST_PATH + "code"}} if spec.stage == "development" and service.kind == "component" else {}
     return {
         "stage": spec.stage,
         "enabled": spec.enabled,
@@ -76,7 +78,7 @@ def values(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -> d
         "parameterGroups": [{"identifier": k, "value": v} for k, v in sorted(env.items())],
         "parameterGroupsMap": dict(env),
         "parameterGroupsEnabled": dict(service.toggles),
-        "storage": {v.name: {"hostPath": HOST_PATH + v.name} for v in service.volumes},
+        "storage": {v.name: {"hostPath": HOST_PATH + v.name} for v in service.volumes} | code,
         "containerCommands": dict(service.start_commands),
         "hosts": by_host,
         "endpoints": [{"url": e.host, "serviceName": service.identifier, "port": ports.get(e.port)} for e in found],
@@ -134,9 +136,10 @@ class Tenancy:
 
     namespace: str
     labels: dict[str, str]
-    claims: dict[str, str]  # storage identifier → the deployment's claim
+    claims: dict[str, str]  # storage identifier → the deployment's claim ("code": a development component's code)
     pull_secret: str  # "" when the cluster needs none
     host_label: Callable[[str], str]  # the label that says an Ingress serves a host name
+    clone: dict | None = None  # the init container that fills the code claim (its volume named "code")
 
 
 def wrap(objects: list[dict], spec: DeploymentSpec, service: ServiceSpec, tenancy: Tenancy) -> list[dict]:
@@ -191,6 +194,8 @@ def _pod(pod: dict, what: str, tenancy: Tenancy) -> None:
                 raise ChartRefused(f"{what} is refused: a hostPath volume ({path}) that is not one of its storage.<id>.hostPath")
             volume.pop("hostPath")
             volume["persistentVolumeClaim"] = {"claimName": claims[storage]}
+            if storage == "code" and tenancy.clone:
+                _cloned(pod, volume["name"], tenancy.clone)
     security = pod.setdefault("securityContext", {}) or {}
     pod["securityContext"] = {**security, "seccompProfile": {"type": "RuntimeDefault"}}
     pod["automountServiceAccountToken"] = False
@@ -204,6 +209,17 @@ def _pod(pod: dict, what: str, tenancy: Tenancy) -> None:
         if own.get("privileged") or (own.get("capabilities") or {}).get("add"):
             raise ChartRefused(f"{what} is refused: its container {container.get('name')} asks for privileges")
         container["securityContext"] = {**own, "allowPrivilegeEscalation": False, "privileged": False}
+
+
+def _cloned(pod: dict, volume: str, clone: dict) -> None:
+    """The branch cloned onto the code claim before anything of the pod runs, as the pod's user (the
+    files are then the image's user's, as Diploi's code volumes are); the claim writable by the pod's
+    group."""
+    security = pod.get("securityContext") or {}
+    if "fsGroup" not in security and (group := security.get("runAsGroup", security.get("runAsUser"))) is not None:
+        pod["securityContext"] = {**security, "fsGroup": group}
+    first = {**clone, "volumeMounts": [{**clone["volumeMounts"][0], "name": volume}]}
+    pod["initContainers"] = [first, *(pod.get("initContainers") or [])]
 
 
 def _ingress(obj: dict, spec: DeploymentSpec, tenancy: Tenancy) -> None:

@@ -49,10 +49,16 @@ IMAGES = {
 COPY_POD, COPY_ROOT = "diploi-copy", "/copy"
 
 
+def has_code(spec: DeploymentSpec, service: ServiceSpec) -> bool:
+    """Whether the component works on its code, cloned onto a claim of its own: in development, one
+    that is built, or that is a package's chart (Diploi's charts mount `storage.code` at /app)."""
+    return spec.stage == "development" and service.kind == "component" and (service.built or bool(service.chart))
+
+
 def code_root(service: ServiceSpec) -> str:
-    """Where a development component's code is: a container built from its Dockerfile finds it where
-    Diploi's images expect it (/app), a recipe's image at /code."""
-    return "/app" if service.container else "/code"
+    """Where a development component's code is: a container built from its Dockerfile, or a package's
+    chart, finds it where Diploi's images expect it (/app), a recipe's image at /code."""
+    return "/app" if service.container or service.chart else "/code"
 
 
 def namespace(spec: DeploymentSpec) -> str:
@@ -214,6 +220,19 @@ def clone_command(spec: DeploymentSpec, target: str = "/code") -> list[str]:
     return ["/bin/sh", "-c", CLONE_SCRIPT, "clone", spec.branch, spec.repository, target]
 
 
+def _clone_container(spec: DeploymentSpec, target: str, requests: dict, limits: dict) -> dict:
+    """The init container that clones the branch onto the code claim (mounted as volume "code")."""
+    return {
+        "name": "clone",
+        "image": settings.DIPLOI_K8S_GIT_IMAGE,
+        "command": clone_command(spec, target),
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "resources": {"requests": requests, "limits": limits},
+        "volumeMounts": [{"name": "code", "mountPath": target}],
+        "securityContext": CONTAINER_SECURITY,
+    }
+
+
 def _workload(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -> dict:
     development = service.built and spec.stage == "development"
     command_name = "development" if development and "development" in service.commands else "start"
@@ -245,17 +264,7 @@ def _workload(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -
         container["workingDir"] = placeholder_values(spec, service)["code"]
         mounts.append({"name": "code", "mountPath": root})
         volumes.append({"name": "code", "persistentVolumeClaim": {"claimName": code_claim(service)}})
-        pod["initContainers"] = [
-            {
-                "name": "clone",
-                "image": settings.DIPLOI_K8S_GIT_IMAGE,
-                "command": clone_command(spec, root),
-                "env": [{"name": "HOME", "value": "/tmp"}],
-                "resources": {"requests": requests, "limits": limits},
-                "volumeMounts": [{"name": "code", "mountPath": root}],
-                "securityContext": CONTAINER_SECURITY,
-            }
-        ]
+        pod["initContainers"] = [_clone_container(spec, root, requests, limits)]
         if service.container and (install := render(service.commands.get("install", ""), placeholder_values(spec, service), quote=True)):
             # the package's install step, in the component's own image, on its code (Diploi's
             # charts' install-dependencies)
@@ -337,7 +346,7 @@ def manifests(spec: DeploymentSpec) -> list[dict]:
             }
         )
         objects += [_claim(spec, service, claim_name(service, v.name), v.size, v.name) for v in service.volumes]
-        if service.built and spec.stage == "development":
+        if has_code(spec, service):
             objects.append(_claim(spec, service, code_claim(service), settings.DIPLOI_K8S_CODE_SIZE, "code"))
         if from_chart(service):
             objects += chart_objects(spec, service, env)
@@ -357,10 +366,13 @@ def from_chart(service: ServiceSpec) -> bool:
 
 def chart_objects(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -> list[dict]:
     ns = namespace(spec)
+    code = {"code": code_claim(service)} if has_code(spec, service) else {}
+    requests, limits = SIZES[settings.DIPLOI_K8S_SIZE]
     tenancy = charts.Tenancy(
         namespace=ns,
         labels=labels(spec, service),
-        claims={v.name: claim_name(service, v.name) for v in service.volumes},
+        claims={v.name: claim_name(service, v.name) for v in service.volumes} | code,
+        clone=_clone_container(spec, "/app", requests, limits) if code else None,
         pull_secret=PULL_SECRET if pull_auths(spec) else "",
         host_label=host_label,
     )
@@ -536,7 +548,7 @@ def storage_paths(source: DeploymentSpec, target: DeploymentSpec, service: Servi
     """(claim, path in the container) of what a clone copies for `service`: its volumes, and the code
     when both are development deployments."""
     found = [(claim_name(service, v.name), v.path) for v in service.volumes]
-    if service.built and source.stage == target.stage == "development":
+    if has_code(source, service) and target.stage == "development":
         found.append((code_claim(service), code_root(service)))
     return found
 
