@@ -203,26 +203,27 @@ def _running(deployment: Deployment, spec: DeploymentSpec, actor: str) -> None:
 
 
 def wait_until_answering(spec: DeploymentSpec) -> str:
-    """Running means answering: wait (at most DIPLOI_READY_TIMEOUT) until every public component passes
-    its health check. "" when they do, else why not."""
-    public = [s.identifier for s in spec.public_components]
+    """Running means answering: wait (at most DIPLOI_READY_TIMEOUT) until every service with a port —
+    components and add-ons — passes its health check (a component may answer while its database still
+    starts). "" when they do, else why not."""
+    answering = [s.identifier for s in spec.services if s.ports]
     deadline = time.monotonic() + settings.DIPLOI_READY_TIMEOUT
     waiting: list[str] = []
     delay = 0.05  # most components answer within a fraction of a second: look soon, then less often
-    while public:
+    while answering:
         try:
             services = {i.name: i for i in get_runtime().observe([spec])[spec.id].services}
         except TransientFailure as e:
             services, waiting = {}, [f"the runtime is not answering ({e})"]
         else:
-            waiting = [f"{name}: {services[name].message}" for name in public if name in services and services[name].colour != Colour.GREEN]
+            waiting = [f"{n}: {services[n].message}" for n in answering if n in services and services[n].colour != Colour.GREEN]
             if not waiting:
                 return ""
         if time.monotonic() > deadline:
             break
         time.sleep(delay)
         delay = min(0.5, delay * 2)
-    return f"not answering after {settings.DIPLOI_READY_TIMEOUT} s: {'; '.join(waiting)}" if public else ""
+    return f"not answering after {settings.DIPLOI_READY_TIMEOUT} s: {'; '.join(waiting)}" if answering else ""
 
 
 def settle_after_failure(deployment: Deployment, actor: str, reason: str) -> None:
