@@ -57,16 +57,16 @@ class ChartRefused(RuntimeFailure):
     """The package's chart renders objects a deployment may not have, or does not render."""
 
 
-def values(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -> dict:
-    """What Diploi's charts read, for this deployment's `service` (env: its whole environment)."""
+def values(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str], with_code: bool = False) -> dict:
+    """What Diploi's charts read, for this deployment's `service` (env: its whole environment;
+    `with_code`: a development component's code, as `storage.code`, where Diploi's charts mount it at /app)."""
     found = [e for e in hostnames.endpoints(spec) if e.service == service.identifier]
     ports = {p.name: p.port for p in service.ports}
     by_host: dict[str, str] = {}
     for e in found:
         by_host.setdefault(e.port, e.host)  # the component's own name first (endpoints() lists it first)
     items = [{"identifier": k, "value": v, "contexts": f"label={service.identifier},label=app"} for k, v in sorted(env.items())]
-    # a development component's code, where Diploi's charts mount it (/app), cloned there by the platform
-    code = {"code": {"hostPath": HOST_PATH + "code"}} if spec.stage == "development" and service.kind == "component" else {}
+    storage = [v.name for v in service.volumes] + (["code"] if with_code else [])
     return {
         "stage": spec.stage,
         "enabled": spec.enabled,
@@ -78,7 +78,7 @@ def values(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -> d
         "parameterGroups": [{"identifier": k, "value": v} for k, v in sorted(env.items())],
         "parameterGroupsMap": dict(env),
         "parameterGroupsEnabled": dict(service.toggles),
-        "storage": {v.name: {"hostPath": HOST_PATH + v.name} for v in service.volumes} | code,
+        "storage": {name: {"hostPath": HOST_PATH + name} for name in storage},
         "containerCommands": dict(service.start_commands),
         "hosts": by_host,
         "endpoints": [{"url": e.host, "serviceName": service.identifier, "port": ports.get(e.port)} for e in found],
@@ -86,9 +86,9 @@ def values(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -> d
     }
 
 
-def render(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str], namespace: str) -> list[dict]:
+def render(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str], namespace: str, with_code: bool = False) -> list[dict]:
     """`helm template` of the package's templates with `values()`; ChartRefused when it fails."""
-    values_text = yaml.safe_dump(values(spec, service, env))
+    values_text = yaml.safe_dump(values(spec, service, env, with_code))
     rendered = _template(settings.DIPLOI_HELM, service.identifier, service.chart, values_text, namespace)
     try:
         return [obj for obj in yaml.load_all(rendered, Loader=RenderedLoader) if obj]  # noqa: S506 — a SafeLoader

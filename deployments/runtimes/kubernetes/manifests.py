@@ -220,8 +220,9 @@ def clone_command(spec: DeploymentSpec, target: str = "/code") -> list[str]:
     return ["/bin/sh", "-c", CLONE_SCRIPT, "clone", spec.branch, spec.repository, target]
 
 
-def _clone_container(spec: DeploymentSpec, target: str, requests: dict, limits: dict) -> dict:
+def _clone_container(spec: DeploymentSpec, target: str) -> dict:
     """The init container that clones the branch onto the code claim (mounted as volume "code")."""
+    requests, limits = SIZES[settings.DIPLOI_K8S_SIZE]
     return {
         "name": "clone",
         "image": settings.DIPLOI_K8S_GIT_IMAGE,
@@ -264,7 +265,7 @@ def _workload(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -
         container["workingDir"] = placeholder_values(spec, service)["code"]
         mounts.append({"name": "code", "mountPath": root})
         volumes.append({"name": "code", "persistentVolumeClaim": {"claimName": code_claim(service)}})
-        pod["initContainers"] = [_clone_container(spec, root, requests, limits)]
+        pod["initContainers"] = [_clone_container(spec, root)]
         if service.container and (install := render(service.commands.get("install", ""), placeholder_values(spec, service), quote=True)):
             # the package's install step, in the component's own image, on its code (Diploi's
             # charts' install-dependencies)
@@ -366,17 +367,16 @@ def from_chart(service: ServiceSpec) -> bool:
 
 def chart_objects(spec: DeploymentSpec, service: ServiceSpec, env: dict[str, str]) -> list[dict]:
     ns = namespace(spec)
-    code = {"code": code_claim(service)} if has_code(spec, service) else {}
-    requests, limits = SIZES[settings.DIPLOI_K8S_SIZE]
+    code = has_code(spec, service)
     tenancy = charts.Tenancy(
         namespace=ns,
         labels=labels(spec, service),
-        claims={v.name: claim_name(service, v.name) for v in service.volumes} | code,
-        clone=_clone_container(spec, "/app", requests, limits) if code else None,
+        claims={v.name: claim_name(service, v.name) for v in service.volumes} | ({"code": code_claim(service)} if code else {}),
+        clone=_clone_container(spec, "/app") if code else None,
         pull_secret=PULL_SECRET if pull_auths(spec) else "",
         host_label=host_label,
     )
-    return charts.wrap(charts.render(spec, service, env, ns), spec, service, tenancy)
+    return charts.wrap(charts.render(spec, service, env, ns, code), spec, service, tenancy)
 
 
 def fence(spec: DeploymentSpec) -> list[dict]:

@@ -226,16 +226,7 @@ class Podman:
     def _write_logins(self, registries: tuple[tuple[str, str, str], ...]) -> None:
         # (always written, empty without logins: `podman run` refuses a REGISTRY_AUTH_FILE that is missing)
         auths = {host: {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()} for host, user, password in registries}
-        text = json.dumps({"auths": auths}, sort_keys=True)
-        # written by the platform into the uid's own folder: created anew (never through what is there)
-        fd, temporary = tempfile.mkstemp(dir=self.folder, prefix=".auth-")
-        try:
-            os.fchown(fd, self.uid, self.uid)
-            os.fchmod(fd, 0o600)
-            os.write(fd, text.encode())
-        finally:
-            os.close(fd)
-        os.replace(temporary, self.auth_file)
+        write_owned(self.auth_file, json.dumps({"auths": auths}, sort_keys=True), self.uid)
 
     def images(self) -> list[str]:
         """Its images, as repository:tag."""
@@ -426,16 +417,20 @@ def dockerfile_problem(text: str) -> str | None:
 def env_file(path: Path, env: dict[str, str], uid: int) -> Path:
     """The container's environment as podman's --env-file reads it (one KEY=VALUE a line: a value's
     line breaks arrive as \\n), readable by the deployment's uid only."""
-    text = "".join(f"{k}={v.replace(chr(10), chr(92) + 'n')}\n" for k, v in env.items())
-    tmp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        os.fchown(fd, uid, uid)  # (by its descriptor: nothing in the uid's folder is followed)
-        f.write(text)
-    os.replace(tmp, path)
+    write_owned(path, "".join(f"{k}={v.replace(chr(10), chr(92) + 'n')}\n" for k, v in env.items()), uid)
     return path
+
+
+def write_owned(path: Path, text: str, uid: int) -> None:
+    """`text` as `path` in a folder of the deployment's uid, the uid's alone (0600): written by the
+    platform into a file made anew, owned by its descriptor, then renamed over whatever was there (a
+    link the uid put there is replaced, never followed)."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        os.fchown(fd, uid, uid)
+        os.fchmod(fd, 0o600)
+        f.write(text)
+    os.replace(temporary, path)
 
 
 def run_args(
