@@ -263,21 +263,15 @@ def podman_by_hand(context: Path) -> dict[str, tuple[float, float]]:
     what the platform itself does, without the platform. Per way: (build + run → answering, a
     restart: stop + run → answering) seconds."""
     from deployments.runtimes.local import containers
-    from tests.images import PATH
+    from tests.images import scratch_podman
 
     found = {}
     work = Path(tempfile.mkdtemp(dir=DATA, prefix="podman-by-hand-"))
-    conf = work / "containers.conf"
-    conf.write_text("[containers]\ndefault_ulimits = []\n")
-    env = {"PATH": PATH, "CONTAINERS_CONF": str(conf), "HOME": str(work)}
-    runroot = tempfile.mkdtemp(prefix="podman-run-")  # (podman wants a short path)
-    rootful = ["podman", "--runtime", "runc", "--root", str(work / "store"), "--runroot", runroot]
-    subprocess.run(
-        [*rootful, "load", "-q", "-i", f"{settings.DIPLOI_CONTAINER_IMAGES}/busybox.tar"], env=env, check=True, capture_output=True
-    )
-    found["rootful"] = _build_and_run(rootful, env, context, [])
-    subprocess.run([*rootful, "system", "reset", "--force"], env=env, capture_output=True)
-    shutil.rmtree(runroot, ignore_errors=True)
+    with scratch_podman(work, driver="overlay") as (rootful, env):  # (overlay: what a deployment's podman uses)
+        subprocess.run(
+            [*rootful, "load", "-q", "-i", f"{settings.DIPLOI_CONTAINER_IMAGES}/busybox.tar"], env=env, check=True, capture_output=True
+        )
+        found["rootful"] = _build_and_run(rootful, env, context, [])
 
     uid = 57_999_999
     data_dir = Path(settings.DATA_DIR)  # (podman's configuration is the platform's, as for a deployment)

@@ -1,16 +1,37 @@
 """Base images for container tests and benchmarks on a machine that reaches no registry: a static busybox
 with the usual folders, imported with podman and saved as an archive (what DIPLOI_CONTAINER_IMAGES loads)."""
 
+import contextlib
 import os
 import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static
 TOOLS = ("sh", "httpd", "nc", "cat", "id", "echo", "chmod", "ls", "date", "wget", "sleep", "env")
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@contextlib.contextmanager
+def scratch_podman(work: Path, driver: str = "vfs") -> Iterator[tuple[list[str], dict[str, str]]]:
+    """Root's podman with a store and configuration of its own under `work`, reset afterwards: its
+    command and environment. The run folder is short (podman wants one) and holds its temporary files
+    too (a reset removes them, which must not be /run/libpod that other tests' podman share); vfs, the
+    default, leaves no mount behind."""
+    conf = work / "containers.conf"
+    conf.write_text("[containers]\ndefault_ulimits = []\n")
+    runroot = tempfile.mkdtemp(prefix="podman-run-")
+    podman = ["podman", "--runtime", "runc", "--storage-driver", driver, "--root", str(work / "store")]
+    podman += ["--runroot", runroot, "--tmpdir", runroot]
+    env = {"PATH": PATH, "CONTAINERS_CONF": str(conf), "HOME": str(work)}
+    try:
+        yield podman, env
+    finally:
+        subprocess.run([*podman, "system", "reset", "--force"], env=env, capture_output=True)
+        shutil.rmtree(runroot, ignore_errors=True)
 
 
 def busybox_archive(work: Path) -> Path:
@@ -30,20 +51,16 @@ def busybox_archive(work: Path) -> Path:
 
     with tarfile.open(work / "rootfs.tar", "w") as tar:
         tar.add(root, arcname=".", filter=as_root)
-    conf = work / "containers.conf"
-    conf.write_text("[containers]\ndefault_ulimits = []\n")
-    runroot = tempfile.mkdtemp(prefix="podman-run-")  # (podman wants a short path)
-    podman = ["podman", "--runtime", "runc", "--root", str(work / "store"), "--runroot", runroot]
-    env = {"PATH": PATH, "CONTAINERS_CONF": str(conf), "HOME": str(work)}
     images = work / "images"
     images.mkdir()
-    for args in (
-        ["import", "-q", str(work / "rootfs.tar"), "localhost/busybox:latest"],
-        ["save", "-q", "-o", str(images / "busybox.tar"), "localhost/busybox:latest"],
-    ):
-        subprocess.run([*podman, *args], check=True, env=env, capture_output=True)
-    subprocess.run([*podman, "system", "reset", "--force"], env=env, capture_output=True)
-    shutil.rmtree(runroot, ignore_errors=True)
+    with scratch_podman(work) as (podman, env):
+        for args in (
+            ["import", "-q", str(work / "rootfs.tar"), "localhost/busybox:latest"],
+            ["save", "-q", "-o", str(images / "busybox.tar"), "localhost/busybox:latest"],
+        ):
+            done = subprocess.run([*podman, *args], env=env, capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"podman {args[0]}: {done.stderr.strip()}")
     images.chmod(0o755)
     (images / "busybox.tar").chmod(0o644)
     return images
@@ -69,16 +86,8 @@ def registry_binary() -> Path | None:
 def push_archive(archive: Path, reference: str, work: Path) -> None:
     """Load an image archive (`podman save`) into a store of its own and push it to `reference` over HTTP."""
     work.mkdir(parents=True, exist_ok=True)
-    conf = work / "containers.conf"
-    conf.write_text("[containers]\ndefault_ulimits = []\n")
-    runroot = tempfile.mkdtemp(prefix="podman-run-")
-    podman = ["podman", "--runtime", "runc", "--root", str(work / "store"), "--runroot", runroot]
-    env = {"PATH": PATH, "CONTAINERS_CONF": str(conf), "HOME": str(work)}
-    try:
+    with scratch_podman(work) as (podman, env):
         loaded = subprocess.run([*podman, "load", "-q", "-i", str(archive)], check=True, env=env, capture_output=True, text=True)
         source = loaded.stdout.strip().rsplit(" ", 1)[-1]  # "Loaded image: localhost/busybox:latest"
         subprocess.run([*podman, "tag", source, reference], check=True, env=env, capture_output=True)
         subprocess.run([*podman, "push", "-q", "--tls-verify=false", reference], check=True, env=env, capture_output=True)
-    finally:
-        subprocess.run([*podman, "system", "reset", "--force"], env=env, capture_output=True)
-        shutil.rmtree(runroot, ignore_errors=True)

@@ -232,6 +232,15 @@ def test_a_container_reaches_its_own_services_only_and_its_delete_leaves_nothing
     )
 
 
+def _accept_and_close(listener: socket.socket) -> None:
+    """Answer every connection by closing it, until the listener is closed."""
+    try:
+        while True:
+            listener.accept()[0].close()
+    except OSError:
+        return
+
+
 def test_a_dockerfile_that_reaches_for_the_machine_is_refused_or_confined(
     db, cast, git_daemon, container_runtime, redis_url, settings
 ) -> None:
@@ -249,7 +258,7 @@ def test_a_dockerfile_that_reaches_for_the_machine_is_refused_or_confined(
     redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     with socket.create_server(("127.0.0.1", 0)) as listener:
         allowed = listener.getsockname()[1]
-        threading.Thread(target=lambda: [c.close() for c, _ in iter(listener.accept, None)], daemon=True).start()
+        threading.Thread(target=_accept_and_close, args=(listener,), daemon=True).start()
         settings.DIPLOI_OUTBOUND_PORTS = [*settings.DIPLOI_OUTBOUND_PORTS, allowed]
         probe = "for p in {} {}; do if nc -w 2 10.0.2.2 $p </dev/null; then echo reached-$p; else echo refused-$p; fi; done"
         step = probe.format(allowed, redis_port)

@@ -369,8 +369,8 @@ class Watch:
         self.closed = True
         try:
             self.response.shutdown()  # wakes the thread reading it
-        except (OSError, AttributeError):
-            pass
+        except (OSError, AttributeError, ValueError, RuntimeError):
+            pass  # it has already ended: its connection went back to the pool
 
 
 class _Held:
