@@ -209,7 +209,9 @@ def wait_until_answering(spec: DeploymentSpec) -> str:
     answering = [s.identifier for s in spec.services if s.ports]
     deadline = time.monotonic() + settings.DIPLOI_READY_TIMEOUT
     waiting: list[str] = []
-    delay = 0.05  # most components answer within a fraction of a second: look soon, then less often
+    # Most components answer within a second: look often then (a doubling delay would leave up to half
+    # of the time already waited unseen), less often later.
+    delay = 0.05
     while answering:
         try:
             services = {i.name: i for i in get_runtime().observe([spec])[spec.id].services}
@@ -222,7 +224,7 @@ def wait_until_answering(spec: DeploymentSpec) -> str:
         if time.monotonic() > deadline:
             break
         time.sleep(delay)
-        delay = min(0.5, delay * 2)
+        delay = min(0.5, delay * 1.25)
     return f"not answering after {settings.DIPLOI_READY_TIMEOUT} s: {'; '.join(waiting)}" if answering else ""
 
 

@@ -4,6 +4,7 @@ The layout of a deployment's files is in layout.py; what each process runs in pr
 checkouts and releases in code.py; observation in observe.py; sessions and logs in shell.py.
 """
 
+import concurrent.futures
 import json
 import logging
 import os
@@ -349,28 +350,33 @@ class LocalRuntime(Runtime):
         _kill_processes_of(self.layout.releases(spec))  # a build's commands its dead worker left running
         ports = programs.allocate_ports(self.layout, spec)
         jail = self.jail(spec, ports)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # (left only once its work is done)
+            # A component built from its Dockerfile: the deployment's podman (its account, its storage
+            # seeded with the base images) made ready while the release is cloned, not after.
+            podman = None
+            if jail and jail.uid is not None and any(s.container for s in spec.services):
+                podman = pool.submit(programs.podman, self.layout, spec, jail.uid, ports)
 
-        def launch(step: str, service: ServiceSpec, release: Path) -> code.Launch | None:
-            if service.container and jail and jail.uid is not None:
-                return self._image_build(spec, service, release, ports, jail) if step == "build" else None
-            if not service.commands.get(step):
-                return None
-            command = programs.command(self.layout, spec, service, ports, step)
-            argv = ["/bin/sh", "-c", command]
-            cwd = release / service.folder
-            env = programs.environment(self.layout, spec, service, ports, jail, build_step=True)
-            if jail:  # bubblewrap (root) starts from "/" and enters the folder inside; the env reaches only the command
-                env_file = sandbox.write_env(self.home(spec) / "run" / f"{service.identifier}.build.env", env, jail.uid)
-                argv, cwd, env = jail.sandbox(release, cwd, env_file=env_file).argv(argv), Path("/"), dict(sandbox.OUTER_ENV)
-            return code.Launch(command, argv, env, cwd, jail.preexec() if jail else None, settings.DIPLOI_BUILD_STEP_TIMEOUT)
+            def launch(step: str, service: ServiceSpec, release: Path) -> code.Launch | None:
+                if service.container and jail and podman:
+                    return self._image_build(spec, service, release, podman.result(), jail) if step == "build" else None
+                if not service.commands.get(step):
+                    return None
+                command = programs.command(self.layout, spec, service, ports, step)
+                argv = ["/bin/sh", "-c", command]
+                cwd = release / service.folder
+                env = programs.environment(self.layout, spec, service, ports, jail, build_step=True)
+                if jail:  # bubblewrap (root) starts from "/" and enters the folder inside; the env reaches only the command
+                    env_file = sandbox.write_env(self.home(spec) / "run" / f"{service.identifier}.build.env", env, jail.uid)
+                    argv, cwd, env = jail.sandbox(release, cwd, env_file=env_file).argv(argv), Path("/"), dict(sandbox.OUTER_ENV)
+                return code.Launch(command, argv, env, cwd, jail.preexec() if jail else None, settings.DIPLOI_BUILD_STEP_TIMEOUT)
 
-        code.build_release(spec, self.layout.releases(spec), launch, progress, self._git(spec, jail))
+            code.build_release(spec, self.layout.releases(spec), launch, progress, self._git(spec, jail))
         return {}  # the release is a folder of this machine
 
-    def _image_build(self, spec: DeploymentSpec, service: ServiceSpec, release: Path, ports: programs.Ports, jail: Jail) -> code.Launch:
+    def _image_build(self, spec: DeploymentSpec, service: ServiceSpec, release: Path, tool: containers.Podman, jail: Jail) -> code.Launch:
         """`podman build` of the component's Dockerfile in the release, as the deployment, into the image
         of the release (its tag is the commit: a rollback or a promotion runs it again, unbuilt)."""
-        assert jail.uid is not None
         folder = release / service.folder
         dockerfile = folder / service.container[0]
         # read as the deployment, in its sandbox: a link there leads nowhere of the platform's
@@ -390,7 +396,6 @@ class LocalRuntime(Runtime):
             )
         if why := containers.dockerfile_problem(shown.stdout.decode(errors="replace")):
             raise code.BuildFailed("build", f"{service.identifier}: {service.container[0]}: {why}")
-        tool = programs.podman(self.layout, spec, jail.uid, ports)
         ref = containers.image(service, spec.commit)
         argv = tool.argv("build", "--layers", "-t", ref, *containers.build_args(service, release, service.container[0]))
         return code.Launch(
