@@ -1041,9 +1041,11 @@ kind: Service
 metadata:
   name: app
 spec:
+  type: NodePort
   ports:
     - port: 8000
       targetPort: 8000
+      nodePort: 30080
   selector:
     app: app
 """
@@ -1085,6 +1087,7 @@ rules:
 """
 
 ELSEWHERE = CHART_SERVICE.replace("  name: app\n", "  name: app\n  namespace: kube-system\n")
+OUTSIDE = CHART_SERVICE.replace("  type: NodePort\n", "  externalIPs: [203.0.113.7]\n")  # (CVE-2020-8554)
 
 
 def charted_spec(cast, git_daemon, tmp_path, settings, extra: dict[str, str] | None = None):
@@ -1151,6 +1154,8 @@ def test_a_package_chart_is_rendered_with_diploi_values_wrapped_and_applied(
     assert "kubernetes.io/ingress.class" not in ingress["metadata"].get("annotations", {})
     assert ingress["spec"]["tls"] == [{"hosts": ["dev--echo.localhost"], "secretName": "ingress-tls"}]
     assert {s["metadata"]["name"] for s in kube.list("Service", ns)} == {"app"}  # the chart's, not one of ours besides
+    service = kube.get("Service", "app", ns)  # asked for as NodePort, as Diploi's add-ons do: inside the cluster only
+    assert service["spec"]["type"] == "ClusterIP" and "nodePort" not in service["spec"]["ports"][0]
     assert kube.get("Ingress", "web", ns) is None  # the chart routes its component itself
 
 
@@ -1160,6 +1165,7 @@ def test_a_package_chart_is_rendered_with_diploi_values_wrapped_and_applied(
     [
         ({".diploi/helm/role.yaml": CLUSTER_ROLE}, "its chart's ClusterRole “log-reader” is refused"),
         ({".diploi/helm/service.yaml": ELSEWHERE}, "it names the namespace kube-system, not the deployment's"),
+        ({".diploi/helm/service.yaml": OUTSIDE}, "may not name an address outside the cluster"),
         ({".diploi/helm/app.yaml": CHART_APP.replace("    spec:\n", "    spec:\n      hostNetwork: true\n", 1)}, "pods set hostNetwork"),
     ],
 )

@@ -10,7 +10,7 @@ The wrapping: only the kinds a deployment may have (workloads, Services, Ingress
 Secrets, claims — no cluster-scoped object, no RBAC, no NetworkPolicy that would open its fence), all
 in the deployment's namespace (an object naming another is refused); the deployment's labels on every
 object and pod; `hostPath` only where the chart was given one for its storage, and that replaced by the
-deployment's claim; containers without privileges; Diploi's fixed names (the `traefik` class, the
+deployment's claim; containers without privileges; Services reached inside the cluster only; Diploi's fixed names (the `traefik` class, the
 `tls-secret` certificate, `diploi-pull-secret`) mapped to this cluster's.
 
 Rendering runs `helm template` (DIPLOI_HELM: the binary; scripts/k8s-testenv builds one, the platform's
@@ -158,8 +158,8 @@ def wrap(objects: list[dict], spec: DeploymentSpec, service: ServiceSpec, tenanc
             raise ChartRefused(f"{what} is refused: it names the namespace {meta['namespace']}, not the deployment's")
         meta["namespace"] = namespace
         meta["labels"] = {**(meta.get("labels") or {}), **labels}
-        if kind == "Service" and (kind_of := obj.get("spec", {}).get("type", "ClusterIP")) != "ClusterIP":
-            raise ChartRefused(f"{what} is refused: a Service of type {kind_of}; the deployment's hosts are published by Ingresses")
+        if kind == "Service":
+            _service(obj, what)
         if kind == "Ingress":
             _ingress(obj, spec, tenancy)
         for pod_meta, pod in _pods(obj):
@@ -167,6 +167,36 @@ def wrap(objects: list[dict], spec: DeploymentSpec, service: ServiceSpec, tenanc
             _pod(pod, what, tenancy)
         wrapped.append(obj)
     return wrapped
+
+
+# What makes a Service reach beyond the cluster's own network: a node's port, a load balancer.
+OUTSIDE_FIELDS = (
+    "externalTrafficPolicy",
+    "healthCheckNodePort",
+    "loadBalancerIP",
+    "loadBalancerSourceRanges",
+    "loadBalancerClass",
+    "allocateLoadBalancerNodePorts",
+)
+
+
+def _service(obj: dict, what: str) -> None:
+    """Reached inside the cluster only: Diploi's add-ons ask for NodePort Services (all four of them),
+    which become ClusterIP ones (the deployment's hosts are published by Ingresses, and a tenant may
+    not open a port on every node); an address outside the cluster is refused."""
+    body = obj.setdefault("spec", {}) or {}
+    kind_of = body.get("type", "ClusterIP")
+    if kind_of == "ExternalName" or body.get("externalIPs") or body.get("externalName"):
+        raise ChartRefused(f"{what} is refused: a Service may not name an address outside the cluster (externalName, externalIPs)")
+    if kind_of not in ("ClusterIP", "NodePort", "LoadBalancer"):
+        raise ChartRefused(f"{what} is refused: a Service of type {kind_of}")
+    body["type"] = "ClusterIP"
+    for name in OUTSIDE_FIELDS:
+        body.pop(name, None)
+    for port in body.get("ports") or []:
+        if isinstance(port, dict):
+            port.pop("nodePort", None)
+    obj["spec"] = body
 
 
 def _pods(obj: dict) -> list[tuple[dict, dict]]:
