@@ -284,11 +284,7 @@ def podman_by_hand(context: Path, run: int = 0) -> dict[str, tuple[float, float]
     podman = containers.Podman(data_dir, home, uid)
     podman.prepare(set())  # its account, storage and the base image
     try:
-        cache = home / "cache"  # (the platform gives a deployment's podman its cache folder too)
-        cache.mkdir()
-        os.chown(cache, uid, uid)
         argv = podman.argv()
-        argv.insert(argv.index("-i") + 1, f"XDG_CACHE_HOME={cache}")
         options = ["--network", "slirp4netns", "--log-driver", "none"]  # (as the platform runs them)
         found["rootless"] = _build_and_run(argv, {"PATH": containers.OUTER_PATH}, copy, options)
     finally:

@@ -55,7 +55,7 @@ def data_dir(settings, tmp_path):
     top = Path("/var/tmp/diploi-containers-tests")
     top.mkdir(mode=0o711, exist_ok=True)
     os.chmod(top, 0o711)
-    folder = top / tmp_path.name
+    folder = top / f"{tmp_path.parent.name}-{tmp_path.name}"  # (pytest's names are per worker)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(mode=0o711)
     settings.DATA_DIR = folder / "data"

@@ -48,7 +48,7 @@ def test_it_starts_everything_logs_in_and_stops_cleanly(platform: Platform) -> N
     m = platform.wait_for(r"username: (\S+) password: (\S+)")
     platform.wait_for(rf"SSH into deployments: port {platform.ssh_port} ")
     # whether Dockerfile components can run here, and if not, what stops them (its data directory is private here)
-    platform.wait_for(r"Dockerfile components(: run as containers| cannot run here: \S.+)")
+    platform.wait_for(r"Dockerfile components and image add-ons(: run as containers| cannot run here: \S.+)")
     platform.wait_for(r"celery@\S+ ready")
 
     opener = log_in(platform.port, m.group(1), m.group(2))

@@ -696,3 +696,21 @@ def test_a_failed_development_install_is_red_with_its_error_and_runs_again_when_
     (runtime.home(spec) / "code" / "web" / "package-lock.json").write_text("ok")  # the developer fixes the lockfile
     wait_until(lambda: json.loads(http_get(d.endpoints["web"])), what="the app after the install ran again")
     assert web().colour == Colour.GREEN
+
+
+@pytest.mark.parametrize(
+    "template, want",
+    [
+        ("kv.{namespace}", "{host}"),
+        ("6000", "{port.kv}"),
+        ("http://kv.{namespace}:6000/", "http://{host}:{port.kv}/"),
+        ("kv.{namespace}.svc.cluster.local:6000", "{host}:{port.kv}"),
+        ("other.{namespace}", "other.{namespace}"),  # not one of its Services
+        ("60001", "60001"),
+    ],
+)
+def test_kubernetes_addresses_of_a_chart_become_this_machines(template: str, want: str) -> None:
+    """A package that is only an image and a chart, on this machine: what it tells others of its Service."""
+    from deployments.runtimes.local.charted import _addressed
+
+    assert _addressed(template, [("kv", "kv", 6000, 6000)]) == want

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -506,12 +507,14 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 
 
 def _containers_line(data_dir: Path) -> str:
-    """Whether components built from a Dockerfile can run here, and what would let them."""
+    """Whether components built from a Dockerfile, and packages that are an image and a chart, can run
+    here, and what would let them."""
     from deployments.runtimes.local import containers
 
     if why := containers.problem(data_dir):
-        return f"Dockerfile components cannot run here: {why}"
-    return "Dockerfile components: run as containers (podman, rootless, one account per deployment)"
+        return f"Dockerfile components and image add-ons cannot run here: {why}"
+    helm = "" if shutil.which(settings.DIPLOI_HELM) else "; image add-ons (a package's chart) need Helm: install it or set DIPLOI_HELM"
+    return f"Dockerfile components and image add-ons: run as containers (podman, rootless, one account per deployment){helm}"
 
 
 def _answers_tcp(host: str, port: int) -> bool:

@@ -10,6 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from deployments.models import Build, Deployment, EnvVar, RegistryCredential
+from deployments.runtimes import get_runtime
 from deployments.runtimes.base import DeploymentSpec, EnvImport, PortSpec, ServiceSpec, VolumeSpec
 from projects import git, values
 from projects.remote import GitPackages
@@ -205,7 +206,7 @@ def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build
                 toggles=pkg.toggles,
             )
         )
-    return replace(
+    spec = replace(
         minimal_spec(deployment),
         commit=commit,
         services=tuple(services),
@@ -214,6 +215,7 @@ def build_spec(deployment: Deployment, stack: Stack, commit: str, release: Build
         images=tuple(sorted(release.images.items())) if release else (),
         registries=tuple(RegistryCredential.objects.filter(project_id=deployment.project_id).values_list("host", "username", "password")),
     )
+    return get_runtime().specialise(spec)
 
 
 def minimal_spec(deployment: Deployment) -> DeploymentSpec:

@@ -41,6 +41,20 @@ class VolumeSpec:
 
 
 @dataclass(frozen=True)
+class ImageRun:
+    """A package that is only an image and a chart (Diploi's MariaDB, MongoDB, MinIO, Elasticsearch), as
+    the one container its chart runs: what the local runtime reads from the rendered chart
+    (local/charted.py), or why it cannot run it."""
+
+    image: str = ""
+    entrypoint: tuple[str, ...] = ()  # the chart's `command` (empty: the image's own)
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str = ""
+    problem: str = ""
+
+
+@dataclass(frozen=True)
 class EnvImport:
     """A variable a service takes from another one's exports (from the stack file's env.include)."""
 
@@ -79,6 +93,7 @@ class ServiceSpec:
     toggles: tuple[tuple[str, bool], ...] = ()  # the package's toggleable parameter groups, on or off
     context_root: bool = False  # its Dockerfile is built with the repository as context and FOLDER=/app/<folder> (Diploi's)
     container: tuple[str, str] = ()  # on this machine: (Dockerfile, development Dockerfile) it is built from and run as, with podman
+    image_run: ImageRun | None = None  # on this machine: the container of a package that is only an image and a chart
 
     @property
     def built(self) -> bool:
@@ -290,6 +305,11 @@ class Runtime(ABC):
     def containers_problem(self) -> str:
         """Why a component built from its Dockerfile (a package's local.container) cannot run here ("" when it can)."""
         return ""
+
+    def specialise(self, spec: DeploymentSpec) -> DeploymentSpec:
+        """The spec as this runtime runs it: what it reads of the packages itself (the local runtime, the
+        container of a package that is only an image and a chart). Unchanged by default."""
+        return spec
 
     @abstractmethod
     def apply(self, spec: DeploymentSpec) -> dict[str, str]:

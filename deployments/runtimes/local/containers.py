@@ -185,6 +185,7 @@ class Podman:
             "HOME": str(config),  # (podman looks for a user's configuration there: the platform's, read-only)
             "XDG_CONFIG_HOME": str(config),
             "XDG_DATA_HOME": str(self.folder / "storage"),
+            "XDG_CACHE_HOME": str(self.folder / "cache"),  # (where a short name's resolution is remembered: the uid's)
             "XDG_RUNTIME_DIR": str(self.runroot),
             "CONTAINERS_CONF": str(config / "containers.conf"),
             "CONTAINERS_STORAGE_CONF": str(config / "storage.conf"),
@@ -443,6 +444,8 @@ def run_args(
     command: str = "",
     conmon: Path | None = None,
     user: str = "",
+    entrypoint: tuple[str, ...] = (),
+    arguments: tuple[str, ...] = (),
 ) -> list[str]:
     """`podman run`'s arguments for a container of a service: in the foreground (a step), or with
     `conmon`, detached, its output passed through to the service's log and its conmon's pid written there
@@ -459,9 +462,10 @@ def run_args(
         args += ["-w", workdir]
     if user:
         args += ["--user", user]
+    if entrypoint:
+        args += ["--entrypoint", json.dumps(list(entrypoint))]
     args.append(image_ref)
-    if command:
-        args += ["/bin/sh", "-c", command]
+    args += ["/bin/sh", "-c", command] if command else list(arguments)
     return args
 
 

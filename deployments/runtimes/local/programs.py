@@ -7,6 +7,7 @@ import json
 import os
 import pwd
 import random
+import shlex
 import shutil
 import socket
 import sys
@@ -203,7 +204,7 @@ def command(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: P
 
 
 def run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports, jail: Jail | None, variant: str = "") -> dict:
-    if service.container and jail and jail.uid is not None:
+    if (service.container or service.image_run) and jail and jail.uid is not None:
         return container_run_file(layout, spec, service, ports, jail, variant)
     ports = as_variant(ports, service, variant)
     cwd = layout.working_dir(spec, service, variant)
@@ -282,8 +283,9 @@ DEVELOPER = "0:0"
 def container_run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports, jail: Jail, variant: str = "") -> dict:
     """What exec.py runs for a component that is its image: in development the image of its development
     Dockerfile (built at each start; layers are cached), the code mounted at /app, the package's install
-    step first; otherwise the release's image. Detached, as the deployment (containers.py); exec.py adopts
-    its conmon and stops it."""
+    step first; otherwise the release's image. For a package that is only an image and a chart, its
+    container as the chart runs it (charted.py), its image pulled when this machine does not have it.
+    Detached, as the deployment (containers.py); exec.py adopts its conmon and stops it."""
     assert jail.uid is not None
     ports = as_variant(ports, service, variant)
     tool = podman(layout, spec, jail.uid, ports)
@@ -291,12 +293,15 @@ def container_run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpe
     for volume in service.volumes:
         make_folder(home, layout.volume_dir(spec, service, volume.name), jail.uid)
     mounts = [(layout.volume_dir(spec, service, v.name), v.path) for v in service.volumes]
-    env = container_environment(layout, spec, service, ports)
+    charted = service.image_run
+    env = dict(charted.env) if charted else container_environment(layout, spec, service, ports)
     env_path = containers.env_file(tool.folder / f"{name}.env", env, jail.uid)
     published = [(ports[service.identifier][p.name], p.port) for p in service.ports]
     steps: list[list[str]] = []
     run: dict = {}  # development: what it follows
-    if spec.stage == "development":
+    if charted:
+        ref, workdir, user = charted.image, charted.workdir, ""
+    elif spec.stage == "development":
         code, folder = layout.code(spec), layout.working_dir(spec, service)
         dockerfile, development = service.container
         use = development if (folder / development).is_file() and not (folder / development).is_symlink() else dockerfile
@@ -318,17 +323,18 @@ def container_run_file(layout: Layout, spec: DeploymentSpec, service: ServiceSpe
     start = "development" if spec.stage == "development" and "development" in service.commands else "start"
     shell = command(layout, spec, service, ports, start) if service.commands.get(start) else ""
     conmon = tool.runroot / f"{name}.conmon.pid"
-    argv = tool.argv(*containers.run_args(name, ref, published, mounts, env_path, workdir, shell, conmon, user))
+    entrypoint, args = (charted.entrypoint, charted.args) if charted else ((), ())
+    argv = tool.argv(*containers.run_args(name, ref, published, mounts, env_path, workdir, shell, conmon, user, entrypoint, args))
     return {
         **run,
         "cwd": "/",
-        "command": shell or f"the command of {ref}",
+        "command": shell or shlex.join([*entrypoint, *args]) or f"the command of {ref}",
         "env": env,
         "outer_env": OUTER_ENV,
         "steps": steps,
         "argv": argv,
         "after": tool.argv("rm", "-f", "-t", str(containers.STOP_SECONDS), name),
-        "phase": [str(layout.phase_file(spec, service.identifier)), "building the image"],
+        "phase": [str(layout.phase_file(spec, service.identifier)), "pulling the image" if charted else "building the image"],
         "log": str(layout.log_file(spec, service.identifier)),
         "cgroups": list(jail.cgroups),
         "container": {"name": name, "image": ref, "conmon": str(conmon)},
@@ -371,10 +377,13 @@ priority={100 if service.kind == "addon" else 200}
 
 def requirement_problem(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, jail: Jail | None) -> str | None:
     """Why this machine cannot run `service`, if it cannot."""
-    if service.container:
+    if service.image_run and service.image_run.problem:
+        return f"{service.image_run.problem} (it runs on the Kubernetes runtime)"
+    if service.container or service.image_run:
         confined = "" if jail and jail.uid is not None else "deployments are not confined here"
         if why := confined or containers.problem(layout.data_dir):
-            return f"it runs as a container (its package builds a Dockerfile), which this machine cannot run: {why}"
+            how = "builds a Dockerfile" if service.container else "is an image and a Helm chart"
+            return f"it runs as a container (its package {how}), which this machine cannot run: {why}"
         return None
     if "start" not in service.commands:
         return (

@@ -42,7 +42,7 @@ from deployments.runtimes.base import (
     VolumeSpec,
     forward_candidates,
 )
-from deployments.runtimes.local import code, containers, disks, programs, sandbox
+from deployments.runtimes.local import charted, code, containers, disks, programs, sandbox
 from deployments.runtimes.local.layout import Layout, write_atomic
 from deployments.runtimes.local.observe import (
     CRASHED,
@@ -164,6 +164,9 @@ class LocalRuntime(Runtime):
 
     def containers_problem(self) -> str:
         return self.unsandboxed or containers.problem(self.data_dir)  # (not root: containers.available says so)
+
+    def specialise(self, spec: DeploymentSpec) -> DeploymentSpec:
+        return charted.specialise(spec)
 
     def confinement(self) -> Confinement:
         unlimited = self.unsandboxed or sandbox.network_limits()
