@@ -273,6 +273,10 @@ def test_a_dockerfile_that_reaches_for_the_machine_is_refused_or_confined(
         "COPY --from=localhost:5000/x /a /b\n"
     )
     assert containers.dockerfile_problem("FROM busybox\nRUN echo hi\nCOPY --from=builder /a /b\n") is None
+    # …and by a name that resolves to this machine, or an address written otherwise (podman pulls outside the port rules)
+    for hidden in ("localhost:6379/x", "[::1]:6379/x", "[::ffff:127.0.0.1]:6379/x", "0.0.0.0:80/x", "169.254.169.254/x"):
+        assert "not supported" in (containers.dockerfile_problem(f"FROM {hidden}\n") or ""), hidden
+    assert containers.registry_problem("ghcr.io/diploi/x:main") is None and containers.registry_problem("localhost/busybox") is None
 
 
 def test_a_new_release_of_a_container_takes_over_without_a_failed_request(

@@ -24,6 +24,7 @@ from django.conf import settings
 
 from deployments.runtimes.base import DeploymentSpec, ImageRun, PortSpec, ServiceSpec, VolumeSpec
 from deployments.runtimes.helm import HOST_PATH, ChartRefused, render
+from deployments.runtimes.local import containers
 from deployments.runtimes.placeholders import render as fill
 
 WORKLOADS = ("Deployment", "StatefulSet")
@@ -71,11 +72,11 @@ def _read(service: ServiceSpec, objects: list[dict]) -> ServiceSpec:
     if len(workloads) != 1:
         raise Unsupported(f"{what} runs {len(workloads)} workloads; one container per package runs on this machine")
     pod = ((workloads[0].get("spec") or {}).get("template") or {}).get("spec") or {}
-    containers = pod.get("containers") or []
-    if len(containers) != 1 or pod.get("initContainers"):
+    in_pod = pod.get("containers") or []
+    if len(in_pod) != 1 or pod.get("initContainers"):
         inits = len(pod.get("initContainers") or [])
-        raise Unsupported(f"{what}'s pod has {len(containers)} containers and {inits} init containers; one container runs here")
-    container = containers[0]
+        raise Unsupported(f"{what}'s pod has {len(in_pod)} containers and {inits} init containers; one container runs here")
+    container = in_pod[0]
     volumes = _mounts(container, pod, service, what)
     ports = _ports(objects, container, what)
     exports = {name: _addressed(value, ports) for name, value in service.exports.items()}
@@ -88,6 +89,8 @@ def _read(service: ServiceSpec, objects: list[dict]) -> ServiceSpec:
     )
     if not image_run.image:
         raise Unsupported(f"{what}'s container names no image")
+    if why := containers.registry_problem(image_run.image):
+        raise Unsupported(f"{what}'s container: {why}")
     port_specs = tuple(PortSpec(name, inside, protocol="tcp") for _, name, _, inside in ports)
     return replace(service, ports=port_specs, volumes=volumes, exports=exports, image_run=image_run, image=image_run.image)
 

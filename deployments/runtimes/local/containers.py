@@ -23,12 +23,14 @@ import base64
 import contextlib
 import fcntl
 import grp
+import ipaddress
 import json
 import os
 import pwd
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -397,11 +399,8 @@ def _free_range() -> int:
     return candidate
 
 
-# An image's registry on this machine's loopback (podman pulls as the deployment, outside its port rules).
-LOOPBACK_REGISTRY = re.compile(
-    r"^\s*(?:FROM\s+(?:--platform=\S+\s+)?|.*--from=)(?:localhost:\d+|127(?:\.\d+){3}(?::\d+)?|0\.0\.0\.0(?::\d+)?|\[::1?\](?::\d+)?)/",
-    re.I | re.M,
-)
+# The images a Dockerfile names (FROM, COPY --from=, RUN --mount=from=).
+IMAGE_REFERENCE = re.compile(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)|--from=(\S+?)(?:[\s,]|$)", re.I | re.M)
 
 
 def dockerfile_problem(text: str) -> str | None:
@@ -410,8 +409,34 @@ def dockerfile_problem(text: str) -> str | None:
     for pattern, why in REFUSED:
         if pattern.search(joined):
             return why
-    if LOOPBACK_REGISTRY.search(joined):
-        return "an image from a registry on this machine's loopback is not supported; name a registry by its host name"
+    for match in IMAGE_REFERENCE.finditer(joined):
+        if why := registry_problem(match.group(1) or match.group(2)):
+            return why
+    return None
+
+
+def registry_problem(reference: str) -> str | None:
+    """Why podman may not pull `reference` here: its registry is this machine (podman pulls as the
+    deployment, outside its port rules: it would reach the platform's own services) or a link-local
+    address, written as one or by a name that resolves to one. None for Docker Hub's short names, a
+    build's stage names and `localhost/…` (this storage's own images)."""
+    first, slash, _ = reference.partition("/")
+    if not slash or first == "localhost" or not ("." in first or ":" in first):
+        return None
+    host = first[1 : first.find("]")] if first.startswith("[") else first.rsplit(":", 1)[0]
+    try:
+        addresses = {ipaddress.ip_address(host)}
+    except ValueError:
+        try:
+            found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+            addresses = {ipaddress.ip_address(info[4][0].split("%")[0]) for info in found}
+        except (OSError, UnicodeError, ValueError):
+            return None  # it resolves to nothing: the pull fails by itself
+    for address in addresses:
+        address = getattr(address, "ipv4_mapped", None) or address
+        if address.is_loopback or address.is_link_local or address.is_unspecified:
+            where = f"a registry at {address}, this machine or a link-local address"
+            return f"the image {reference} is on {where}, which is not supported; name a registry elsewhere"
     return None
 
 
