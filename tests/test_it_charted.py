@@ -179,6 +179,8 @@ def test_an_image_and_chart_add_on_runs_as_its_container_and_components_reach_it
     settings.DIPLOI_HELM = HELM
     settings.DIPLOI_CONTAINER_IMAGES = str(kv_images)
     project = kv_project(git_daemon, cast.owner)
+    page = cast.client(cast.owner).get(f"/projects/{project.slug}/").content.decode()
+    assert "its image, as its Helm chart runs it (podman)" in page and "this machine cannot run it" not in page
     d = started(project, "production", cast.owner, container_runtime)
     spec = current_spec(d)
     kv = next(s for s in spec.services if s.identifier == "kv")
@@ -202,6 +204,8 @@ def test_an_image_and_chart_add_on_runs_as_its_container_and_components_reach_it
     assert address == f"10.0.2.2:{port}", address
     secret = dict(kv.image_run.env)["KV_SECRET"]
     assert len(secret) == 16 and answer.strip() == f"args=--from-chart production secret={secret} stage=production", answer
+    # `ssh kv@…` is a shell in its container: its storage where the chart mounts it.
+    assert shell(container_runtime, d, "cat /data/hello.txt", service="kv") == answer
     # Its data is the deployment's volume, and outlives a restart of the container.
     volume = container_runtime.layout.volume_dir(spec, kv, "kv")
     first = (volume / "first.txt").read_text()

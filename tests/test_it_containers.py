@@ -95,9 +95,9 @@ def database_reached(d: Deployment, runtime) -> str:
     return wait_until(status, timeout=60, what="the database from the container")
 
 
-def shell(runtime, d: Deployment, command: str) -> str:
-    """What `ssh web@… <command>` runs: a command in the component's running container."""
-    session = runtime.open_shell(current_spec(d), "web", command, pty=False)
+def shell(runtime, d: Deployment, command: str, service: str = "web") -> str:
+    """What `ssh web@… <command>` runs: a command in the service's running container."""
+    session = runtime.open_shell(current_spec(d), service, command, pty=False)
     out = b""
     while chunk := session.read():
         out += chunk

@@ -643,7 +643,7 @@ class LocalRuntime(Runtime):
         svc = spec.service(service)
         # a shell in its running container; SFTP (sftp-server, which an image seldom has) on the code its
         # development container mounts, in the deployment's sandbox as for any component
-        if svc.container and command != self.sftp_command and (tool := self._podman(spec)):
+        if (svc.container or svc.image_run) and command != self.sftp_command and (tool := self._podman(spec)):
             args = ["exec", "-i", *(["-t"] if pty else []), "-e", "TERM=xterm-256color", containers.container_name(svc), "/bin/sh"]
             argv = tool.argv(*args, *(["-c", command] if command else ["-i"] if pty else []))
             jail = self.jail(spec, programs.allocate_ports(self.layout, spec))
