@@ -69,6 +69,7 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     "allauth.account.middleware.AccountMiddleware",
     "deployments.web.middleware.queue_notice",
+    "diploi.http.Unavailable",
 ]
 
 ROOT_URLCONF = "diploi.urls"

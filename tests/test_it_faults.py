@@ -1,10 +1,12 @@
 """Faults injected into a running platform (`manage.py up`, real processes): nothing the user did is lost."""
 
 import re
+import sqlite3
 import subprocess
 from pathlib import Path
 
 import psutil
+import pytest
 import redis as redis_client
 import requests
 
@@ -152,3 +154,80 @@ def test_a_worker_killed_mid_build_leaves_the_build_retried_not_running(tmp_path
         wait_until(lambda: release()["running"], timeout=60, what="the release to run")
     finally:
         platform.kill()
+
+
+def _deployment(cast):
+    from deployments.models import Deployment, State
+
+    return Deployment.objects.create(
+        project=cast.project, name="Dev", slug="dev", branch="main", state=State.RUNNING, commit=cast.project.stack_commit
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_locked_database_answers_503_saves_nothing_and_pages_are_still_read(cast) -> None:
+    """SQLite's write lock held by another process past the wait: the change answers 503 saying nothing
+    was saved (not a 500), the pages that only read are served, and the same change saves afterwards."""
+    from django.db import connection
+
+    from deployments.models import EnvVar
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's write lock (PostgreSQL's writers wait on rows instead)")
+    _deployment(cast)
+    client = cast.client(cast.developer)
+    url, change = "/projects/shop/d/dev/env/", {"key": "API_TOKEN", "value": "v1", "service": ""}
+    options = connection.settings_dict["OPTIONS"]
+    waited, options["timeout"] = options["timeout"], 0.5
+    connection.close()
+    other = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process writing, for longer than a request waits
+    try:
+        r = client.post(url, change)
+        assert r.status_code == 503 and r["Retry-After"] == "5", r.status_code
+        assert "database is busy right now: nothing of this request was saved" in r.content.decode()
+        htmx = client.post(url, change, headers={"HX-Request": "true"})
+        assert htmx.status_code == 503 and htmx.content.decode().startswith("The platform's database is busy")
+        assert client.get("/projects/shop/d/dev/").status_code == 200  # reading goes on beside the writer
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        options["timeout"] = waited
+        connection.close()
+    assert not EnvVar.objects.exists()
+    assert client.post(url, change).status_code in (200, 302) and EnvVar.objects.get().key == "API_TOKEN"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_full_database_answers_503_and_saves_nothing(cast) -> None:
+    """SQLite's "database or disk is full" (its file may not grow: what a full disk does to it) is a 503
+    saying so, and nothing of the change is kept."""
+    from django.db import connection
+
+    from deployments.models import EnvVar
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's page limit stands in for a full disk")
+    _deployment(cast)
+    client = cast.client(cast.developer)
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA page_count")
+        cursor.execute(f"PRAGMA max_page_count = {cursor.fetchone()[0]}")
+    try:
+        r = client.post("/projects/shop/d/dev/env/", {"key": "BIG", "value": "x" * 30_000, "service": ""})
+        assert r.status_code == 503 and "disk is full: nothing of this request was saved" in r.content.decode(), r.status_code
+    finally:
+        connection.close()  # (the limit is the connection's)
+    assert not EnvVar.objects.exists()
+
+
+def test_only_the_storage_of_the_moment_is_unavailable_not_every_error() -> None:
+    import errno
+
+    from django.db import OperationalError
+
+    from diploi.http import unavailable_reason
+
+    assert unavailable_reason(OSError(errno.ENOSPC, "No space left on device")) == "full"
+    assert unavailable_reason(OperationalError("database is locked")) == "busy"
+    assert unavailable_reason(OperationalError("no such table: x")) is None and unavailable_reason(ValueError("locked")) is None
