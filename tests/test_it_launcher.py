@@ -1,5 +1,6 @@
 """`manage.py up` for real: embedded Redis, migrations, demo account, daphne and a Celery worker."""
 
+import contextlib
 import http.cookiejar
 import json
 import os
@@ -319,3 +320,39 @@ def test_a_short_soak_leaves_nothing_stuck_or_behind() -> None:
     for fault in ("cycle with fault worker", "cycle with fault process", "killed the platform's agent", "killed the platform's redis"):
         assert fault in result.stdout
     assert "cycles stuck: 0" in result.stdout and "processes left after up stopped: 0" in result.stdout
+
+
+def test_the_platforms_supervisord_killed_leaves_nothing_running(tmp_path: Path) -> None:
+    """`kill -9` of the platform's supervisord: `up` stops what it had started (adopted, as a subreaper),
+    the deployments' supervisord by asking it, and exits; no process of the data directory is left, and
+    the next `up` starts."""
+    data_dir = tmp_path / "data"
+    platform = Platform(data_dir, free_port())
+    try:
+        platform.wait_for(r"Diploi is running at")
+        platform.wait_for(r"celery@\S+ ready")
+        children = psutil.Process(platform.proc.pid).children()  # (the deployments' supervisord is its program)
+        next(p for p in children if "supervisord" in " ".join(p.cmdline())).kill()
+        assert platform.proc.wait(timeout=120) == 1
+        assert "stopping what the platform's supervisord left running" in platform.output()
+
+        def of_data_dir() -> list[str]:
+            found = []
+            for p in psutil.process_iter(["pid", "cmdline", "status"]):
+                with contextlib.suppress(psutil.Error):
+                    if p.info["status"] == psutil.STATUS_ZOMBIE or p.pid == os.getpid():
+                        continue
+                    text = " ".join(p.info["cmdline"] or []) + "\0" + "\0".join(f"{k}={v}" for k, v in p.environ().items())
+                    if str(data_dir) in text:
+                        found.append(f"{p.pid} {' '.join(p.info['cmdline'] or [])[:120]}")
+            return found
+
+        assert of_data_dir() == []
+    finally:
+        platform.kill()
+    again = Platform(data_dir, free_port())
+    try:
+        again.wait_for(r"Diploi is running at")
+        assert again.stop() == 0
+    finally:
+        again.kill()

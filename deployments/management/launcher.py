@@ -40,6 +40,7 @@ from deployments.runtimes.local.router import Router
 from deployments.runtimes.local.supervisor import answers, rpc_at, socket_path, supervisord_command
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 EVENTS_KEPT = 50
 WEB_DB_POOL = 8  # PostgreSQL connections each web process keeps (DIPLOI_DB_POOL overrides)
 # What supervisord's log says when a program dies, is given up on, or runs (again)
@@ -174,6 +175,13 @@ class Events:
         tmp.replace(self.path)
 
 
+def _children(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children()
+    except psutil.Error:
+        return []
+
+
 def _descendants(pid: int) -> list[psutil.Process]:
     try:
         return psutil.Process(pid).children(recursive=True)
@@ -247,6 +255,9 @@ class Launcher:
             raise LaunchError(f"Diploi is already running for the data directory {self.data_dir}")
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
+        # What supervisord started stays this process's when supervisord dies (killed, out of memory):
+        # its programs are then adopted here, not by init, and stopped with everything else.
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
 
         env = dict(os.environ, DIPLOI_DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1")
         shown_host = "localhost" if self.host in ("127.0.0.1", "0.0.0.0") else self.host
@@ -455,6 +466,7 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
             if self.proc.poll() is not None:
                 say("up", f"the platform's supervisord exited with code {self.proc.returncode}; stopping everything")
                 return 1
+            self._reap()
             for name, since in list(self.failing.items()):
                 if time.monotonic() - since >= self.retry_after:
                     self.failing[name] = time.monotonic()
@@ -462,6 +474,32 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
                     with contextlib.suppress(OSError, http.client.HTTPException, xmlrpc.client.Fault):
                         self.rpc().startProcess(program.rpc_name(name) if program else name, False)
         return 0
+
+    def _stop_orphans(self) -> None:
+        """supervisord died before it could stop its programs, which this process adopted: the
+        deployments' supervisord is asked to stop the deployments as it always does, then every other
+        program gets SIGTERM and its grace period (what is left after that is killed by shutdown)."""
+        say("up", "stopping what the platform's supervisord left running")
+        agent = rpc_at(socket_path(self.data_dir))
+        with contextlib.suppress(OSError, http.client.HTTPException, xmlrpc.client.Fault):
+            agent.shutdown()
+            deadline = time.monotonic() + 30
+            while answers(agent) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        left = _descendants(os.getpid())
+        for p in left:
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+        psutil.wait_procs(left, timeout=max(p.stopwaitsecs for p in self.programs) if self.programs else 10)
+
+    def _reap(self) -> None:
+        """Adopted processes that ended (a subreaper waits for them, or they stay zombies); never
+        supervisord, whose end `proc` reads."""
+        for child in _children(os.getpid()):
+            if child.pid != self.proc.pid:
+                with contextlib.suppress(ChildProcessError, psutil.Error):
+                    if child.status() == psutil.STATUS_ZOMBIE:
+                        os.waitpid(child.pid, os.WNOHANG)
 
     def _supervisord_said(self, _: str, line: str) -> None:
         if self.stopping:
@@ -484,6 +522,8 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
         the tree is killed."""
         if self.proc is None:
             return
+        if self.proc.poll() is not None:
+            self._stop_orphans()
         tree = _descendants(self.proc.pid)
         try:
             self.rpc().shutdown()
