@@ -356,3 +356,24 @@ def test_the_platforms_supervisord_killed_leaves_nothing_running(tmp_path: Path)
         assert again.stop() == 0
     finally:
         again.kill()
+
+
+def test_a_process_answering_half_at_start_is_waited_for_not_a_failed_start() -> None:
+    """The router's admin API restarting while the monitor loads the routes raised out of `up` (1 in ~35
+    starts): such an answer is "not ready yet"; any other error is still an error."""
+    import pytest
+
+    from deployments.management.launcher import _ready
+    from deployments.runtimes.base import TransientFailure
+
+    answers = iter([TransientFailure("the router's admin API is restarting"), ConnectionResetError(), True])
+
+    def router_synced() -> bool:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert [_ready(router_synced) for _ in range(3)] == [False, False, True]
+    with pytest.raises(ValueError):
+        _ready(lambda: int("not a number"))

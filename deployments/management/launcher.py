@@ -36,6 +36,7 @@ from django.conf import settings
 
 from deployments.management import embedded_redis
 from deployments.runtimes import hostnames
+from deployments.runtimes.base import TransientFailure
 from deployments.runtimes.local.router import Router
 from deployments.runtimes.local.supervisor import answers, rpc_at, socket_path, supervisord_command
 
@@ -175,6 +176,18 @@ class Events:
         tmp.replace(self.path)
 
 
+READY_SECONDS = 300
+
+
+def _ready(ready: Callable[[], bool]) -> bool:
+    """Whether `ready` says so; a process that answers half (the router's admin API restarting as the
+    monitor loads its routes) is not ready yet, not a failed start."""
+    try:
+        return bool(ready())
+    except (TransientFailure, OSError, http.client.HTTPException, xmlrpc.client.Fault):
+        return False
+
+
 def _children(pid: int) -> list[psutil.Process]:
     try:
         return psutil.Process(pid).children()
@@ -293,9 +306,10 @@ class Launcher:
             for program in self.programs:
                 if program.priority >= 250:  # the router, then web, worker, monitor, SSH
                     self._start(program.name)
-            self._wait(lambda: _answers_tcp(self.host, self.port), "web", 60)  # the worker may come later: tasks wait for it
+            # (a loaded machine takes longer: the limits are generous, and what is awaited is said meanwhile)
+            self._wait(lambda: _answers_tcp(self.host, self.port), "web", READY_SECONDS)  # the worker may come later: tasks wait for it
             if self.router:  # the monitor gives it the routes at its first tick
-                self._wait(lambda: self.router.answers() and self.router.synced(), "monitor", 60)
+                self._wait(lambda: self.router.answers() and self.router.synced(), "monitor", READY_SECONDS)
             if self.stopping:
                 return 0
             self._announce(url, login)
@@ -437,7 +451,8 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
                 raise LaunchError(f"{name} could not be started: {e.faultString}") from None
 
     def _wait(self, ready: Callable[[], bool], name: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+        started = said = time.monotonic()
+        deadline = started + timeout
         while not self.stopping:
             self._pump()
             if self.proc.poll() is not None:
@@ -447,10 +462,13 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
                 state = self.rpc().getProcessInfo(program.rpc_name(process))
                 if state["statename"] == "FATAL":
                     raise LaunchError(f"{name} could not be started; see {self.dir / 'logs' / name}.log")
-            if ready():
+            if _ready(ready):
                 return
             if time.monotonic() > deadline:
                 raise LaunchError(f"{name} was not ready within {timeout:.0f} s; see {self.dir / 'logs'}")
+            if time.monotonic() > said + 15:  # a loaded machine: say what it waits for, then go on waiting
+                said = time.monotonic()
+                say("up", f"still starting {name} ({said - started:.0f} s; at most {timeout:.0f} s)")
             time.sleep(0.1)
 
     def _pump(self) -> None:
