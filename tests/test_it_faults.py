@@ -156,6 +156,31 @@ def test_a_worker_killed_mid_build_leaves_the_build_retried_not_running(tmp_path
         platform.kill()
 
 
+def test_a_stopped_worker_is_said_on_every_page_and_its_return_too(tmp_path: Path) -> None:
+    """A worker stopped (SIGSTOP) stops saying it is alive: within seconds every page says no worker
+    answers; continued, the notice goes."""
+    platform = Platform(tmp_path / "data", free_port())
+    worker = None
+    try:
+        base = platform.wait_for(r"Diploi is running at (http://\S+)").group(1).rstrip("/")
+        password = platform.wait_for(r"username: demo password: (\S+)").group(1)
+        platform.wait_for(r"celery@\S+ ready")
+        session = log_in(base, password)
+        page = lambda: session.get(f"{base}/projects/", timeout=10).text  # noqa: E731
+        assert "No worker has answered" not in page()
+        workers = [p for p in platform.descendants() if "celery" in " ".join(p.cmdline()) and "worker" in p.cmdline()]
+        worker = next(p for p in workers if p.parent().pid not in {w.pid for w in workers})  # the main process
+        worker.suspend()
+        wait_until(lambda: "No worker has answered for" in page(), timeout=90, interval=2, what="every page saying no worker answers")
+        worker.resume()
+        worker = None
+        wait_until(lambda: "No worker has answered" not in page(), timeout=60, interval=2, what="the notice to go")
+    finally:
+        if worker is not None:
+            worker.resume()
+        platform.kill()
+
+
 def _deployment(cast):
     from deployments.models import Deployment, State
 

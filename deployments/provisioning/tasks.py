@@ -9,7 +9,7 @@ from celery.signals import worker_ready
 from django.db.models import F
 
 from deployments.models import Deployment, State
-from deployments.provisioning import lease, pipeline
+from deployments.provisioning import heartbeat, lease, pipeline
 from deployments.runtimes.base import TransientFailure
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,12 @@ def destroy(deployment_id: int, actor: str = "task:destroy") -> None:
         if not ours:
             raise lease.Busy(deployment_id)
         pipeline.destroy(deployment, actor)
+
+
+@worker_ready.connect
+def say_alive(**_: object) -> None:
+    """Every page says when no worker has been heard of lately (heartbeat.py)."""
+    heartbeat.start()
 
 
 @worker_ready.connect

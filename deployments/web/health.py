@@ -1,5 +1,5 @@
-"""What every page says of the platform's health: that the task queue is unreachable (to everyone
-signed in, while it is), and what happened lately to the platform's own processes (`up` writes
+"""What every page says of the platform's health: that the task queue is unreachable or that no worker
+has been seen lately (to everyone signed in, while it is so), and what happened lately to the platform's own processes (`up` writes
 DATA_DIR/platform/events.json; to staff accounts, for a quarter of an hour)."""
 
 import json
@@ -10,6 +10,8 @@ from pathlib import Path
 import redis
 from django.conf import settings
 from django.http import HttpRequest
+
+from deployments.provisioning import heartbeat
 
 RECENT = timedelta(minutes=15)
 QUEUE_DOWN = "The task queue (Redis) is unreachable: changes are saved, and carried out when it is back."
@@ -61,10 +63,38 @@ def queue_down() -> bool:
     return bool(_queue["down"])
 
 
+WORKER_SILENT = "No worker has answered for {seconds} s: changes are saved, and carried out when one is back."
+_worker: dict[str, float | None] = {"at": float("-inf"), "seen": None}
+
+
+def worker_silent_for() -> float | None:
+    """Seconds since a worker was last heard of, when that is more than heartbeat.SILENT (None otherwise, and when
+    none ever was); at most one look per QUEUE_CHECK_EVERY."""
+    if not settings.REDIS_URL:
+        return None
+    now = time.monotonic()
+    if now - float(_worker["at"] or 0) >= QUEUE_CHECK_EVERY:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=0.3, socket_timeout=0.3)
+        try:
+            seen = client.get(heartbeat.key())
+            _worker["seen"] = float(seen) if seen else None
+        except (redis.RedisError, OSError, ValueError):
+            _worker["seen"] = None  # (the queue's own notice says it is away)
+        finally:
+            client.close()
+        _worker["at"] = now
+    seen = _worker["seen"]
+    silent = time.time() - seen if seen is not None else 0.0
+    return silent if silent > heartbeat.SILENT else None
+
+
 def platform_events(request: HttpRequest) -> dict[str, list[str]]:
-    """Context processor: the queue's state for whoever is signed in; recent platform events for staff."""
+    """Context processor: the queue's and the workers' state for whoever is signed in; recent platform
+    events for staff."""
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {"platform_events": []}
     lines = [QUEUE_DOWN] if queue_down() else []
+    if not lines and (silent := worker_silent_for()) is not None:
+        lines.append(WORKER_SILENT.format(seconds=round(silent)))
     return {"platform_events": lines + (recent_events() if user.is_staff else [])}
