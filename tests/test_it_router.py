@@ -26,9 +26,12 @@ def deploy(cast, name: str, stage: str = "development") -> Deployment:
 
 
 def served(port: int, host: str, cafile: Path, marker: str = "Visits:") -> str:
+    # (an ACME certificate on a loaded machine: Caddy's first order may come late, or be retried; CI
+    # once saw none asked for within 30 s)
     return wait_until(
         lambda: (answer := https_request(port, host, cafile=cafile))[0] == 200 and marker in answer[2] and answer[2],
-        timeout=30,
+        timeout=120,
+        interval=0.5,
         what=f"{host} to serve the deployment",
     )
 
