@@ -18,6 +18,7 @@ import os
 import shutil
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,7 +107,18 @@ class Router:
 
     def put(self, site: Site) -> None:
         """One deployment's route, as it is now; a router without Diploi's routes gets them at the
-        monitor's next tick instead."""
+        monitor's next tick instead. Caddy's admin API may drop a connection while it applies a change
+        (its admin server is replaced with the config): the whole put is asked again, which is safe, as
+        a route that got in is then patched, not added twice."""
+        for attempt in range(3):
+            try:
+                return self._put(site)
+            except TransientFailure:
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    def _put(self, site: Site) -> None:
         if not self.answers() or not self.synced():
             return
         if self._call("PATCH", f"/id/d{site.id}", _route(site), missing_ok=True) is None:
