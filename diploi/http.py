@@ -76,8 +76,9 @@ class Unavailable:
             return None
         log.warning("%s %s: %s (503): %s", request.method, request.path, why, exception)
         text = f"{UNAVAILABLE[why]}: nothing of this request was saved. Try again in a moment."
-        response = render(request, "unavailable.html", {"message": text}, status=503)
         if request.htmx:  # (a fragment for the part of the page that asked; htmx swaps 5xx answers only when told)
             response = HttpResponse(text, status=503, content_type="text/plain; charset=utf-8")
+        else:
+            response = render(request, "unavailable.html", {"message": text}, status=503)
         response["Retry-After"] = "5"
         return response

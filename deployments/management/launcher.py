@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -186,13 +185,6 @@ def _ready(ready: Callable[[], bool]) -> bool:
         return bool(ready())
     except (TransientFailure, OSError, http.client.HTTPException, xmlrpc.client.Fault):
         return False
-
-
-def _children(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children()
-    except psutil.Error:
-        return []
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
@@ -511,13 +503,17 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
         psutil.wait_procs(left, timeout=max(p.stopwaitsecs for p in self.programs) if self.programs else 10)
 
     def _reap(self) -> None:
-        """Adopted processes that ended (a subreaper waits for them, or they stay zombies); never
-        supervisord, whose end `proc` reads."""
-        for child in _children(os.getpid()):
-            if child.pid != self.proc.pid:
-                with contextlib.suppress(ChildProcessError, psutil.Error):
-                    if child.status() == psutil.STATUS_ZOMBIE:
-                        os.waitpid(child.pid, os.WNOHANG)
+        """Adopted processes that ended (a subreaper waits for them, or they stay zombies), each looked
+        at without being taken first: never supervisord, whose end `proc` reads."""
+        while True:
+            try:
+                ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if ended is None or ended.si_pid == self.proc.pid:
+                return
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(ended.si_pid, 0)
 
     def _supervisord_said(self, _: str, line: str) -> None:
         if self.stopping:
@@ -567,11 +563,11 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 def _containers_line(data_dir: Path) -> str:
     """Whether components built from a Dockerfile, and packages that are an image and a chart, can run
     here, and what would let them."""
-    from deployments.runtimes.local import containers
+    from deployments.runtimes.local import charted, containers
 
     if why := containers.problem(data_dir):
         return f"Dockerfile components and image add-ons cannot run here: {why}"
-    helm = "" if shutil.which(settings.DIPLOI_HELM) else "; image add-ons (a package's chart) need Helm: install it or set DIPLOI_HELM"
+    helm = "" if charted.helm_installed() else "; image add-ons (a package's chart) need Helm: install it or set DIPLOI_HELM"
     return f"Dockerfile components and image add-ons: run as containers (podman, rootless, one account per deployment){helm}"
 
 

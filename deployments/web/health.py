@@ -1,6 +1,7 @@
 """What every page says of the platform's health: that the task queue is unreachable or that no worker
-has been seen lately (to everyone signed in, while it is so), and what happened lately to the platform's own processes (`up` writes
-DATA_DIR/platform/events.json; to staff accounts, for a quarter of an hour)."""
+has been heard of lately (to everyone signed in, while it is so), and what happened lately to the
+platform's own processes (`up` writes DATA_DIR/platform/events.json; to staff accounts, for a quarter
+of an hour)."""
 
 import json
 import time
@@ -16,7 +17,7 @@ from deployments.provisioning import heartbeat
 RECENT = timedelta(minutes=15)
 QUEUE_DOWN = "The task queue (Redis) is unreachable: changes are saved, and carried out when it is back."
 QUEUE_CHECK_EVERY = 10.0  # seconds a web process trusts its last look at the queue
-_queue: dict[str, float | bool] = {"at": float("-inf"), "down": False}
+_queue: dict[str, float | bool | None] = {"at": float("-inf"), "down": False, "seen": None}
 _read: dict[Path, tuple[float, list[dict]]] = {}  # path → (mtime, events): read again only when it changed
 
 
@@ -45,45 +46,37 @@ def recent_events(now: datetime | None = None) -> list[str]:
     return lines
 
 
-def queue_down() -> bool:
-    """Whether Redis did not answer a ping (at most one look per QUEUE_CHECK_EVERY, 0.3 s at most)."""
-    if not settings.REDIS_URL:
-        return False
+def _look() -> dict:
+    """The queue as last seen — whether Redis answered, and when a worker last said it was alive
+    (heartbeat.py) — from one look, one connection, per QUEUE_CHECK_EVERY (0.3 s at most)."""
     now = time.monotonic()
-    if now - _queue["at"] >= QUEUE_CHECK_EVERY:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=0.3, socket_timeout=0.3)
-        try:
-            client.ping()
-            _queue["down"] = False
-        except (redis.RedisError, OSError):
-            _queue["down"] = True
-        finally:
-            client.close()
-        _queue["at"] = now
-    return bool(_queue["down"])
-
-
-WORKER_SILENT = "No worker has answered for {seconds} s: changes are saved, and carried out when one is back."
-_worker: dict[str, float | None] = {"at": float("-inf"), "seen": None}
-
-
-def worker_silent_for() -> float | None:
-    """Seconds since a worker was last heard of, when that is more than heartbeat.SILENT (None otherwise, and when
-    none ever was); at most one look per QUEUE_CHECK_EVERY."""
-    if not settings.REDIS_URL:
-        return None
-    now = time.monotonic()
-    if now - float(_worker["at"] or 0) >= QUEUE_CHECK_EVERY:
+    if settings.REDIS_URL and now - _queue["at"] >= QUEUE_CHECK_EVERY:
         client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=0.3, socket_timeout=0.3)
         try:
             seen = client.get(heartbeat.key())
-            _worker["seen"] = float(seen) if seen else None
-        except (redis.RedisError, OSError, ValueError):
-            _worker["seen"] = None  # (the queue's own notice says it is away)
+            _queue.update(down=False, seen=float(seen) if seen else None)
+        except (redis.RedisError, OSError):
+            _queue.update(down=True, seen=None)
+        except ValueError:  # (not a time: as if never heard of)
+            _queue.update(down=False, seen=None)
         finally:
             client.close()
-        _worker["at"] = now
-    seen = _worker["seen"]
+        _queue["at"] = now
+    return _queue
+
+
+def queue_down() -> bool:
+    """Whether Redis did not answer at the last look."""
+    return bool(settings.REDIS_URL) and bool(_look()["down"])
+
+
+WORKER_SILENT = "No worker has answered for {seconds} s: changes are saved, and carried out when one is back."
+
+
+def worker_silent_for() -> float | None:
+    """Seconds since a worker was last heard of, when that is more than heartbeat.SILENT (None otherwise,
+    and when none ever was)."""
+    seen = _look().get("seen") if settings.REDIS_URL else None
     silent = time.time() - seen if seen is not None else 0.0
     return silent if silent > heartbeat.SILENT else None
 

@@ -24,7 +24,7 @@ from django.conf import settings
 
 from deployments.runtimes.base import DeploymentSpec, ImageRun, PortSpec, ServiceSpec, VolumeSpec
 from deployments.runtimes.helm import HOST_PATH, ChartRefused, render
-from deployments.runtimes.local import containers
+from deployments.runtimes.local import containers, programs
 from deployments.runtimes.placeholders import render as fill
 
 WORKLOADS = ("Deployment", "StatefulSet")
@@ -47,16 +47,15 @@ def specialise(spec: DeploymentSpec) -> DeploymentSpec:
     return replace(spec, services=tuple(_as_container(spec, s) if charted(s) else s for s in spec.services))
 
 
-def namespace(spec: DeploymentSpec) -> str:
-    """What `{namespace}` is on this machine (programs.context says the same)."""
-    return f"{spec.project_slug}-{spec.slug}"
+def helm_installed() -> bool:
+    return shutil.which(settings.DIPLOI_HELM) is not None
 
 
 def _as_container(spec: DeploymentSpec, service: ServiceSpec) -> ServiceSpec:
-    if not shutil.which(settings.DIPLOI_HELM):
+    if not helm_installed():
         why = f"{service.identifier}: its package is an image and a Helm chart, and Helm, which reads the chart, is not installed"
         return replace(service, image_run=ImageRun(problem=f"{why} (DIPLOI_HELM={settings.DIPLOI_HELM})"))
-    ns = namespace(spec)
+    ns = programs.namespace(spec)
     own = {"namespace": ns, "identifier": service.identifier, "deployment": spec.slug, "stage": spec.stage, "password": service.password}
     env = {name: fill(value, own) for name, value in service.exports.items()} | service.env
     try:

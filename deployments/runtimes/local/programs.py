@@ -104,6 +104,11 @@ def check_ports_free(spec: DeploymentSpec, ports: Ports, running: set[str]) -> N
                     ) from None
 
 
+def namespace(spec: DeploymentSpec) -> str:
+    """What `{namespace}` (Diploi's ${DIPLOI_NAMESPACE}) is on this machine."""
+    return f"{spec.project_slug}-{spec.slug}"
+
+
 def context(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: Ports) -> dict[str, str]:
     """The values of a package's placeholders for `service` on this machine."""
     own = ports.get(service.identifier, {})
@@ -115,7 +120,7 @@ def context(layout: Layout, spec: DeploymentSpec, service: ServiceSpec, ports: P
         "identifier": service.identifier,
         "deployment": spec.slug,
         "stage": spec.stage,
-        "namespace": f"{spec.project_slug}-{spec.slug}",
+        "namespace": namespace(spec),
     }
     ctx.update({f"port.{name}": str(port) for name, port in own.items()})
     ctx.update({f"storage.{v.name}": str(layout.volume_dir(spec, service, v.name)) for v in service.volumes})
